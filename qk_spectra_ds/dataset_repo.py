@@ -1,0 +1,237 @@
+"""The dataset repository on disk: one parquet file per model, and the card.
+
+Layout (identical on disk and on the Hub)::
+
+    README.md                           card, rendered from dataset_card.md
+    data/<family>/<model-slug>.parquet  one file per model
+
+Every file is written to a temporary name beside its target and moved into
+place with ``os.replace``, so a reader (or an interrupted build) never sees a
+half-written file. The card is derived from the parquet files present, plus
+the version history it already records, so it can always be regenerated.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import pyarrow.parquet as pq
+
+from . import __version__, schema
+
+CARD_NAME = "README.md"
+DATA_DIR = "data"
+SUMMARY_COLUMNS = (
+    "model_id",
+    "model_revision",
+    "family",
+    "model_type",
+    "variant",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "d_model",
+    "d_head",
+    "weights_dtype",
+    "builder_version",
+    "schema_version",
+)
+_TEMPLATE = Path(__file__).with_name("templates") / "dataset_card.md"
+
+
+def model_slug(model_id: str) -> str:
+    """File-name-safe slug of a model id: ``Qwen/Qwen3-0.6B`` -> ``Qwen--Qwen3-0.6B``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id.strip().strip("/").replace("/", "--"))
+    return slug.strip("-.") or "model"
+
+
+def model_path(out_dir: str | os.PathLike, family: str, model_id: str) -> Path:
+    """Where the parquet file of ``model_id`` in config ``family`` lives."""
+    return Path(out_dir) / DATA_DIR / family / f"{model_slug(model_id)}.parquet"
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; move it into place only on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_model_table(
+    out_dir: str | os.PathLike, family: str, model_id: str, columns: Mapping[str, Sequence[Any]]
+) -> Path:
+    """Write one model's rows (column name -> values) as schema-v1 parquet, atomically."""
+    from datasets import Dataset
+
+    missing = [c for c in schema.COLUMNS if c not in columns]
+    if missing:
+        raise schema.SchemaError(f"rows for {model_id} lack column(s) {', '.join(missing)}")
+    dataset = Dataset.from_dict({c: columns[c] for c in schema.COLUMNS}, features=schema.features())
+    target = model_path(out_dir, family, model_id)
+    with atomic_path(target) as tmp, _quiet_datasets():
+        dataset.to_parquet(str(tmp))
+    return target
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Hide ``datasets``' own progress bar for a one-batch write (ours is per model)."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was_enabled = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            enable_progress_bar()
+
+
+def model_files(out_dir: str | os.PathLike) -> list[Path]:
+    """Every model parquet file in the repo, sorted by family then slug."""
+    return sorted((Path(out_dir) / DATA_DIR).glob("*/*.parquet"))
+
+
+def read_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Per-model metadata of one parquet file (first row of the metadata columns, row count)."""
+    table = pq.read_table(path, columns=[c for c in SUMMARY_COLUMNS])
+    first = table.slice(0, 1).to_pylist()
+    summary = dict(first[0]) if first else {c: None for c in SUMMARY_COLUMNS}
+    summary["n_rows"] = table.num_rows
+    summary["n_bytes"] = os.path.getsize(path)
+    summary["config"] = Path(path).parent.name
+    summary["path"] = Path(path).relative_to(Path(path).parents[2]).as_posix()
+    return summary
+
+
+def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> dict[str, Any] | None:
+    """The summary of the model's file if it exists and is readable, else None."""
+    path = model_path(out_dir, family, model_id)
+    if not path.exists():
+        return None
+    try:
+        return read_summary(path)
+    except Exception:  # an unreadable file is rebuilt, never trusted
+        return None
+
+
+# ---------------------------------------------------------------- the card
+
+
+def read_card_versions(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The version history recorded in an existing card (``qk_spectra_ds.versions``)."""
+    card_path = Path(out_dir) / CARD_NAME
+    if not card_path.exists():
+        return []
+    from huggingface_hub import DatasetCard
+
+    data = DatasetCard.load(card_path).data.to_dict()
+    return list((data.get("qk_spectra_ds") or {}).get("versions") or [])
+
+
+def render_card(
+    summaries: Sequence[Mapping[str, Any]],
+    versions: Sequence[Mapping[str, Any]] = (),
+    repo_id: str | None = None,
+) -> str:
+    """The README.md text: YAML (configs, dataset_info, license, versions) and the body."""
+    from datasets import DatasetInfo
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    families = sorted({s["config"] for s in summaries})
+    configs = [
+        {
+            "config_name": "all",
+            "default": True,
+            "data_files": [{"split": "train", "path": f"{DATA_DIR}/*/*.parquet"}],
+        }
+    ] + [
+        {"config_name": f, "data_files": [{"split": "train", "path": f"{DATA_DIR}/{f}/*.parquet"}]}
+        for f in families
+    ]
+    features_yaml = DatasetInfo(features=schema.features())._to_yaml_dict()["features"]
+    selections = {"all": list(summaries)}
+    selections.update({f: [s for s in summaries if s["config"] == f] for f in families})
+    dataset_info = [
+        {
+            "config_name": name,
+            "features": copy.deepcopy(features_yaml),  # no YAML anchors in the card
+            "splits": [
+                {
+                    "name": "train",
+                    "num_bytes": sum(s["n_bytes"] for s in chosen),
+                    "num_examples": sum(s["n_rows"] for s in chosen),
+                }
+            ],
+        }
+        for name, chosen in selections.items()
+    ]
+    card_data = DatasetCardData(
+        license="apache-2.0",
+        pretty_name="QK-circuit spectra of transformer attention heads",
+        tags=["interpretability", "mechanistic-interpretability", "attention", "spectral-analysis"],
+        size_categories=_size_category(sum(s["n_rows"] for s in summaries)),
+        configs=configs,
+        dataset_info=dataset_info,
+        qk_spectra_ds={
+            "schema_version": schema.SCHEMA_VERSION,
+            "builder_version": __version__,
+            "versions": [dict(v) for v in versions],
+        },
+    )
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(_TEMPLATE),
+        repo_id=repo_id,
+        models=list(summaries),
+        families=families,
+        versions=list(versions),
+        columns=schema.column_types(),
+        schema_version=schema.SCHEMA_VERSION,
+        builder_version=__version__,
+    )
+    return str(card)
+
+
+def write_card(
+    out_dir: str | os.PathLike,
+    new_version: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    """Regenerate README.md from the parquet files present, atomically.
+
+    ``new_version`` (version, date, changes) is appended to the recorded history,
+    replacing an entry of the same version.
+    """
+    versions = read_card_versions(out_dir)
+    if new_version is not None:
+        entry = {"date": _dt.date.today().isoformat(), "builder_version": __version__, **new_version}
+        versions = [v for v in versions if v.get("version") != entry["version"]] + [entry]
+    summaries = [read_summary(p) for p in model_files(out_dir)]
+    text = render_card(summaries, versions, repo_id=repo_id)
+    target = Path(out_dir) / CARD_NAME
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"

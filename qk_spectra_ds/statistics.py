@@ -1,0 +1,70 @@
+"""Per-head statistics and metrics of a spectrum (numpy only, both halves use it).
+
+All functions take arrays of shape ``(..., n)`` (one spectrum per leading index)
+and reduce the last axis, so a whole layer is one call with no Python loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .schema import METRICS, STATISTICS
+
+STD_FLOOR = 1e-9
+"""The original study's floor on the std when standardizing (avoids 0/0)."""
+
+
+def spectrum_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
+    """The original study's six statistics along the last axis.
+
+    min, max, mean, std (N-1), skew = mean(z^3), kurtosis = mean(z^4) - 3,
+    with z = (x - mean) / max(std, 1e-9). Computed in float64.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    mean = x.mean(axis=-1)
+    std = x.std(axis=-1, ddof=1) if x.shape[-1] > 1 else np.zeros(x.shape[:-1])
+    z = (x - mean[..., None]) / np.maximum(std, STD_FLOOR)[..., None]
+    stats = {
+        "min": x.min(axis=-1),
+        "max": x.max(axis=-1),
+        "mean": mean,
+        "std": std,
+        "skew": (z**3).mean(axis=-1),
+        "kurtosis": (z**4).mean(axis=-1) - 3.0,
+    }
+    return {name: stats[name] for name in STATISTICS}
+
+
+def spectrum_metrics(singular_values: np.ndarray, positivity: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Frobenius norm, spectral norm, stable rank, effective rank, log-det (and positivity).
+
+    ``singular_values`` are descending along the last axis. ``positivity`` needs
+    the eigenvalues of W_K W_Q^T, which only the builder has; pass it in, or get
+    NaN (the legacy data cannot provide it).
+    """
+    s = np.asarray(singular_values, dtype=np.float64)
+    ev = s**2
+    total = ev.sum(axis=-1)
+    top = ev.max(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = ev / total[..., None]
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        metrics = {
+            "frobenius": np.sqrt(total),
+            "spectral_norm": s.max(axis=-1),
+            "stable_rank": np.where(top > 0, total / np.where(top > 0, top, 1.0), 0.0),
+            "effective_rank": np.exp(-plogp.sum(axis=-1)),
+            "log_det": np.log(s).sum(axis=-1),
+        }
+    metrics["positivity"] = (
+        np.full(s.shape[:-1], np.nan) if positivity is None else np.asarray(positivity, dtype=np.float64)
+    )
+    return {name: metrics[name] for name in METRICS}
+
+
+def positivity_from_eigenvalues(mu: np.ndarray) -> np.ndarray:
+    """sum(Re mu) / sum(|mu|) along the last axis (1: all eigenvalues positive real)."""
+    mu = np.asarray(mu)
+    denom = np.abs(mu).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, mu.real.sum(axis=-1) / np.where(denom > 0, denom, 1.0), 0.0)
