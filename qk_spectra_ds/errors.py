@@ -1,0 +1,32 @@
+"""Exceptions whose message is a complete one-line answer for the user.
+
+The CLIs print ``error: <message>`` for these (no traceback) and exit non-zero.
+"""
+
+
+class QKSpectraError(Exception):
+    """Base class: something the user can fix, described in one line."""
+
+
+class ModelSourceError(QKSpectraError):
+    """A model cannot be read: missing directory, repo, revision, file or access."""
+
+
+class CheckpointError(QKSpectraError):
+    """A checkpoint is unusable: truncated or corrupt safetensors, missing tensor, NaN/Inf."""
+
+
+class UnsupportedArchitectureError(QKSpectraError):
+    """config.json names a model_type this package does not know how to read."""
+
+
+class CatalogError(QKSpectraError):
+    """An unknown family or a malformed user catalogue."""
+
+
+class BuildError(QKSpectraError):
+    """One or more models of a build failed; the others' results were kept."""
+
+    def __init__(self, message: str, results=()) -> None:
+        super().__init__(message)
+        self.results = list(results)
