@@ -88,7 +88,7 @@ def unique_repo_name(prefix: str = "repo", namespace: str = "qk-test") -> str:
     return f"{namespace}/{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(name="unique_repo_name")
+@pytest.fixture(name="unique_repo_name", scope="session")
 def unique_repo_name_fixture():
     """The :func:`unique_repo_name` helper, as a fixture: ``unique_repo_name("ds")``."""
     return unique_repo_name

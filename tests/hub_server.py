@@ -21,7 +21,7 @@ percent-encoded, so ``refs%2Fpr%2F1`` works):
 * ``GET/HEAD /{p}{repo}/resolve/{rev}/{path}`` with ``Range`` (206 + ``Content-Range``, 416),
   ``X-Repo-Commit``, ``ETag``, ``X-Linked-Size``/``X-Linked-Etag`` for LFS files
 * ``GET /api/models/{repo}/safetensors-metadata/{index}``, ``GET /api/whoami-v2``,
-  ``POST /api/validate-yaml``, ``GET /api/{t}/{repo}/auth-check``
+  ``POST /api/validate-yaml``, ``GET /api/{t}/{repo}/auth-check``, ``GET /api/agent-harnesses``
 
 Errors carry the ``X-Error-Code`` header the client maps to exceptions: ``RepoNotFound``,
 ``RevisionNotFound``, ``EntryNotFound``, ``GatedRepo``. Anything else answers 501 so that a
@@ -245,7 +245,9 @@ class RepoStore:
 
     # -- repos ---------------------------------------------------------------------------
 
-    def create_repo(self, repo_id: str, repo_type: str = "model", private: bool = False, exist_ok: bool = False) -> Repo:
+    def create_repo(
+        self, repo_id: str, repo_type: str = "model", private: bool = False, exist_ok: bool = False
+    ) -> Repo:
         if repo_type not in URL_PREFIX:
             raise HubError(400, f"Invalid repo type {repo_type!r}")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
@@ -255,7 +257,7 @@ class RepoStore:
             if repo is not None:
                 if exist_ok:
                     return repo
-                raise HubError(409, f"You already created this {repo_type} repo", headers={})
+                raise HubError(409, f"You already created this {repo_type} repo")
             repo = Repo(repo_type=repo_type, repo_id=repo_id, private=private)
             files = {}
             if self.gitattributes:
@@ -321,7 +323,9 @@ class RepoStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    def _new_commit(self, repo: Repo, parents: tuple[str, ...], files: dict, title: str, message: str, author: str) -> Commit:
+    def _new_commit(
+        self, repo: Repo, parents: tuple[str, ...], files: dict, title: str, message: str, author: str
+    ) -> Commit:
         self._counter += 1
         seed = f"{repo.repo_type}/{repo.repo_id}\n{parents}\n{title}\n{time.time_ns()}\n{self._counter}\n"
         seed += "".join(f"{p}:{e.git_oid}\n" for p, e in sorted(files.items()))
@@ -565,10 +569,11 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise HubError(416, "Range Not Satisfiable", headers={"Content-Range": f"bytes */{size}"})
         return max(0, size - n), size - 1
     start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
+    if last and int(last) < start:
+        return None  # syntactically invalid: ignored (RFC 7233)
+    if start >= size:
         raise HubError(416, "Range Not Satisfiable", headers={"Content-Range": f"bytes */{size}"})
-    return start, end
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 class HubApp:
@@ -695,6 +700,8 @@ class HubApp:
         m = req.method
         if segs == ["whoami-v2"] and m == "GET":
             return self._whoami(req)
+        if segs == ["agent-harnesses"] and m == "GET":  # client-side agent detection registry
+            return json_response({"standardEnvVars": [], "harnesses": {}})
         if segs == ["validate-yaml"] and m == "POST":
             return self._validate_yaml(req)
         if segs == ["repos", "create"] and m == "POST":
@@ -987,11 +994,20 @@ class HubApp:
         return Response(status, list(headers.items()), body)
 
     def _counted_body(self, key: tuple[str, str, str], data: memoryview) -> Iterator[bytes]:
-        """Yield ``data`` in chunks, counting each chunk once the server has written it."""
+        """Yield ``data`` in chunks and count the bytes sent.
+
+        A chunk is counted before it is handed to the server (so the count is complete by the
+        time the client has the bytes) and uncounted if writing it fails: the server then
+        closes this generator while it is suspended on that chunk.
+        """
         for offset in range(0, len(data), CHUNK_SIZE):
             chunk = bytes(data[offset : offset + CHUNK_SIZE])
-            yield chunk
-            self._count(key, len(chunk))  # resumed => the previous write succeeded
+            self._count(key, len(chunk))
+            try:
+                yield chunk
+            except GeneratorExit:  # the write of this chunk failed (client went away)
+                self._count(key, -len(chunk))
+                raise
 
     def _safetensors_metadata(self, req: Request, repo_type: str, repo_id: str, filename: str) -> Response:
         repo = self._readable_repo(req, repo_type, repo_id)
@@ -1127,7 +1143,12 @@ class HubApp:
             create_pr=truthy(req.param("create_pr")),
         )
         repo_url = self._repo_url(req, repo)
-        out = {"success": True, "commitOid": commit.oid, "commitUrl": f"{repo_url}/commit/{commit.oid}", "hookOutput": ""}
+        out = {
+            "success": True,
+            "commitOid": commit.oid,
+            "commitUrl": f"{repo_url}/commit/{commit.oid}",
+            "hookOutput": "",
+        }
         if pr_num is not None:
             out["pullRequestUrl"] = f"{repo_url}/discussions/{pr_num}"
         return json_response(out)
@@ -1204,7 +1225,9 @@ class HubServer:
     >>> server.stop()
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, username: str = DEFAULT_USER, gitattributes: bool = True):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, username: str = DEFAULT_USER, gitattributes: bool = True
+    ):
         self.host, self.port = host, port
         self.store = RepoStore(username=username, gitattributes=gitattributes)
         self.app = HubApp(self.store)
@@ -1264,7 +1287,9 @@ class HubServer:
         """Body bytes sent by resolve responses, per (repo_type, repo_id, path)."""
         return self.app.served()
 
-    def bytes_served(self, repo_id: str | None = None, filename: str | None = None, repo_type: str | None = None) -> int:
+    def bytes_served(
+        self, repo_id: str | None = None, filename: str | None = None, repo_type: str | None = None
+    ) -> int:
         """Sum of resolve body bytes sent, filtered by repo id, file path and repo type."""
         return sum(
             n
@@ -1279,7 +1304,9 @@ class HubServer:
         """Every request since the last :meth:`reset_counters`, in arrival order."""
         return self.app.log()
 
-    def requests(self, method: str | None = None, path_contains: str | None = None, status: int | None = None) -> list[RequestRecord]:
+    def requests(
+        self, method: str | None = None, path_contains: str | None = None, status: int | None = None
+    ) -> list[RequestRecord]:
         """The request log, filtered."""
         return [
             r
@@ -1289,7 +1316,15 @@ class HubServer:
             and (status is None or r.status == status)
         ]
 
-    def fail_next(self, n: int = 1, status: int = 500, *, method: str | None = None, path_contains: str | None = None, retry_after: int | None = None) -> None:
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 500,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         """Make the next ``n`` matching requests fail with ``status`` (e.g. 500, 429, 503).
 
         ``method``/``path_contains`` restrict which requests count; ``retry_after`` adds a
@@ -1302,7 +1337,10 @@ class HubServer:
 
     # -- direct repo manipulation (no HTTP) ----------------------------------------------
 
-    def create_repo(self, repo_id: str, repo_type: str = "model", *, private: bool = False, exist_ok: bool = True) -> Repo:
+    def create_repo(
+        self, repo_id: str, repo_type: str = "model", *, private: bool = False, exist_ok: bool = True
+    ) -> Repo:
+        """Create a repo directly (with its initial commit); returns the stored :class:`Repo`."""
         return self.store.create_repo(repo_id, repo_type, private=private, exist_ok=exist_ok)
 
     def seed_files(
@@ -1332,9 +1370,11 @@ class HubServer:
                 data = bytes(content)
             else:
                 data = Path(content).read_bytes()
-            ops.append(("add", path, self.store.entry_for(path, data)))
-            if ops[-1][2].lfs:
-                repo.lfs_oids.add(ops[-1][2].sha256)
+            entry = self.store.entry_for(path, data)
+            ops.append(("add", path, entry))
+            if entry.lfs:
+                with self.store.lock:
+                    repo.lfs_oids.add(entry.sha256)
         commit, _ = self.store.commit(repo, revision, ops, title=commit_message)
         if tag is not None:
             self.store.create_tag(repo, tag, commit.oid)
@@ -1362,7 +1402,9 @@ class HubServer:
         return self.seed_files(repo_id, files, repo_type, revision=revision, commit_message=commit_message,
                                private=private, tag=tag)  # fmt: skip
 
-    def set_gated(self, repo_id: str, repo_type: str = "model", gated: bool | str = "manual", granted_tokens: Iterable[str] = ()) -> None:
+    def set_gated(
+        self, repo_id: str, repo_type: str = "model", gated: bool | str = "manual", granted_tokens: Iterable[str] = ()
+    ) -> None:
         """Gate a repo: resolve requests get 401/403 with ``X-Error-Code: GatedRepo`` unless
         their token is in ``granted_tokens``. ``gated=False`` lifts the gate."""
         repo = self.store.get_repo(repo_id, repo_type)

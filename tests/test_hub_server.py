@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pandas as pd
 import pytest
@@ -198,7 +196,9 @@ def test_fault_injection_and_retries(hub_server, published, tmp_path):
     hub_server.fail_next(1, 429)
     assert http_backoff("GET", url, base_wait_time=0.01).status_code == 200
     hub_server.fail_next(1, 500)
-    assert http_backoff("GET", url, max_retries=0).status_code == 500  # faults really fire
+    with pytest.raises(HfHubHTTPError) as exc:  # faults really fire: no retry left => raised
+        http_backoff("GET", url, max_retries=0)
+    assert exc.value.response.status_code == 500
     assert http_backoff("GET", url).status_code == 200
 
 
@@ -245,8 +245,8 @@ def test_seeded_sharded_checkpoint_ranges(hub_server, tmp_path, unique_repo_name
     shard2 = _safetensors({"k.weight": ([4, 4], bytes(range(64, 128)))})
     (tmp_path / "ckpt/model-00001-of-00002.safetensors").write_bytes(shard1)
     (tmp_path / "ckpt/model-00002-of-00002.safetensors").write_bytes(shard2)
-    index = {"metadata": {}, "weight_map": {"q.weight": "model-00001-of-00002.safetensors",
-             "mlp.weight": "model-00001-of-00002.safetensors", "k.weight": "model-00002-of-00002.safetensors"}}  # fmt: skip
+    shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+    index = {"metadata": {}, "weight_map": {"q.weight": shards[0], "mlp.weight": shards[0], "k.weight": shards[1]}}
     (tmp_path / "ckpt/model.safetensors.index.json").write_text(json.dumps(index))
     (tmp_path / "ckpt/config.json").write_text('{"model_type": "tiny"}')
     sha = hub_server.seed_repo(repo, tmp_path / "ckpt")
@@ -298,9 +298,10 @@ def test_concurrent_commits_are_serialized(hub_server, unique_repo_name):
 
     # optimistic concurrency: the loser of a race on the same parent gets 412
     head = api.dataset_info(repo).sha
-    api.upload_file(path_or_fileobj=b"a", path_in_repo="race.txt", repo_id=repo, repo_type="dataset", parent_commit=head)
+    kwargs = dict(path_in_repo="race.txt", repo_id=repo, repo_type="dataset", parent_commit=head)
+    api.upload_file(path_or_fileobj=b"a", **kwargs)
     with pytest.raises(HfHubHTTPError) as exc:
-        api.upload_file(path_or_fileobj=b"b", path_in_repo="race.txt", repo_id=repo, repo_type="dataset", parent_commit=head)
+        api.upload_file(path_or_fileobj=b"b", **kwargs)
     assert exc.value.response.status_code == 412
 
 
