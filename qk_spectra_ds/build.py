@@ -215,6 +215,7 @@ def build_family(
     catalog_file: str | None = None,
     progress: bool = True,
     token: str | bool | None = None,
+    shard: str | None = None,
 ) -> list[ModelResult]:
     """Build every model of a family (or the given ones) into ``out_dir``.
 
@@ -222,6 +223,8 @@ def build_family(
     kept, and a ``BuildError`` naming the failures is raised at the end.
     """
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
+    if shard is not None:
+        specs = select_shard(specs, shard)
     if not specs:
         raise BuildError(f"no models to build for family {family!r}")
     results: list[ModelResult] = []
@@ -243,6 +246,17 @@ def build_family(
         detail = "; ".join(f"{r.model_id}: {r.error}" for r in failed)
         raise BuildError(f"{len(failed)} of {len(results)} model(s) failed ({detail})", results)
     return results
+
+
+def select_shard(specs: list[str], shard: str) -> list[str]:
+    """Models I, I+N, ... of the list for shard ``"I/N"`` (0-based), so N machines split a family."""
+    try:
+        index, count = (int(x) for x in str(shard).split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        raise BuildError(f"--shard {shard!r} is not of the form I/N with 0 <= I < N (e.g. 0/2)") from None
+    return specs[index::count]
 
 
 def summarize(results: Iterable[ModelResult]) -> str:

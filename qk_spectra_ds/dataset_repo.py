@@ -133,15 +133,40 @@ def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> di
 # ---------------------------------------------------------------- the card
 
 
-def read_card_versions(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The version history recorded in an existing card (``qk_spectra_ds.versions``)."""
-    card_path = Path(out_dir) / CARD_NAME
-    if not card_path.exists():
-        return []
+def card_metadata(text: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The ``qk_spectra_ds`` block of a card: ``versions`` (history) and ``models`` (summaries).
+
+    The card records both so that it can be regenerated, or merged with another
+    builder's card, without downloading any parquet file.
+    """
+    if not text:
+        return {"versions": [], "models": []}
     from huggingface_hub import DatasetCard
 
-    data = DatasetCard.load(card_path).data.to_dict()
-    return list((data.get("qk_spectra_ds") or {}).get("versions") or [])
+    block = DatasetCard(text).data.to_dict().get("qk_spectra_ds") or {}
+    return {"versions": list(block.get("versions") or []), "models": list(block.get("models") or [])}
+
+
+def read_card_versions(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The version history recorded in the card in ``out_dir`` (empty if none)."""
+    card_path = Path(out_dir) / CARD_NAME
+    text = card_path.read_text(encoding="utf-8") if card_path.exists() else None
+    return card_metadata(text)["versions"]
+
+
+def merge_summaries(*groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Model summaries keyed by their path in the repo; later groups win. Sorted by path."""
+    merged: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        for summary in group:
+            merged[summary["path"]] = dict(summary)
+    return [merged[path] for path in sorted(merged)]
+
+
+def add_version(versions: Sequence[Mapping[str, Any]], version: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Append a version entry (with today's date and the builder version), replacing a same-named one."""
+    entry = {"date": _dt.date.today().isoformat(), "builder_version": __version__, **version}
+    return [dict(v) for v in versions if v.get("version") != entry["version"]] + [entry]
 
 
 def render_card(
@@ -192,6 +217,7 @@ def render_card(
             "schema_version": schema.SCHEMA_VERSION,
             "builder_version": __version__,
             "versions": [dict(v) for v in versions],
+            "models": [{k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes")} for m in summaries],
         },
     )
     card = DatasetCard.from_template(
@@ -220,8 +246,7 @@ def write_card(
     """
     versions = read_card_versions(out_dir)
     if new_version is not None:
-        entry = {"date": _dt.date.today().isoformat(), "builder_version": __version__, **new_version}
-        versions = [v for v in versions if v.get("version") != entry["version"]] + [entry]
+        versions = add_version(versions, new_version)
     summaries = [read_summary(p) for p in model_files(out_dir)]
     text = render_card(summaries, versions, repo_id=repo_id)
     target = Path(out_dir) / CARD_NAME
