@@ -74,7 +74,8 @@ def build_model(
 
     from .spectra import default_device, qk_layer_spectra
 
-    timings = {"read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}
+    # read_io: time spent reading Q/K (in the prefetch thread); read: time the kernel waited for it.
+    timings = {"read_io": 0.0, "read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}
     started = time.perf_counter()
     source = spec if isinstance(spec, ModelSource) else resolve_source(spec, token=token)
     try:
@@ -121,8 +122,9 @@ def build_model(
         pending = pool.submit(read_layer, 0) if shape.n_layers else None
         for layer in bar:
             wait0 = time.perf_counter()
-            qk, _ = pending.result()
-            timings["read"] += time.perf_counter() - wait0  # time the kernel waited on I/O
+            qk, read_seconds = pending.result()
+            timings["read"] += time.perf_counter() - wait0
+            timings["read_io"] += read_seconds
             if layer + 1 < shape.n_layers:
                 pending = pool.submit(read_layer, layer + 1)
             tensor_names.extend(t.name for t in qk.tensors)

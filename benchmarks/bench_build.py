@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Builder memory and throughput on a Llama-3.2-1B-shaped synthetic bf16 checkpoint.
+
+Writes (once, into --dir) a two-shard bf16 safetensors checkpoint with every
+tensor of a Llama-3.2-1B-shaped model: 16 layers, d_model 2048, 32/8 heads,
+d_head 64, MLP 8192, vocab 128256 (~2.5 GB). Then, each in a fresh process:
+
+- memory: peak RSS of building the model minus the process baseline
+  (interpreter + imports), next to the peak RSS of loading one whole shard with
+  ``safetensors.torch.load_file`` (what the original study did);
+- throughput: the time split (reading the Q/K bytes, kernel, statistics, writing
+  parquet) and end-to-end time as a multiple of (read time + kernel time).
+
+    python benchmarks/bench_build.py [--dir /tmp/qk-bench-llama1b] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = dict(layers=16, d_model=2048, heads=32, kv_heads=8, d_head=64, mlp=8192, vocab=128256)
+
+
+def layer_tensors(layer: int) -> list[tuple[str, tuple[int, ...]]]:
+    d, h, hkv, dh, m = SHAPE["d_model"], SHAPE["heads"], SHAPE["kv_heads"], SHAPE["d_head"], SHAPE["mlp"]
+    p = f"model.layers.{layer}."
+    return [
+        (p + "input_layernorm.weight", (d,)),
+        (p + "self_attn.q_proj.weight", (h * dh, d)),
+        (p + "self_attn.k_proj.weight", (hkv * dh, d)),
+        (p + "self_attn.v_proj.weight", (hkv * dh, d)),
+        (p + "self_attn.o_proj.weight", (d, h * dh)),
+        (p + "post_attention_layernorm.weight", (d,)),
+        (p + "mlp.gate_proj.weight", (m, d)),
+        (p + "mlp.up_proj.weight", (m, d)),
+        (p + "mlp.down_proj.weight", (d, m)),
+    ]
+
+
+def write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...]]], rng: np.random.Generator) -> None:
+    """Stream a bf16 safetensors file tensor by tensor (never the whole shard in memory)."""
+    header, offset = {}, 0
+    for name, shape in tensors:
+        size = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    block = (rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).view(np.uint32) >> 16
+    block = block.astype(np.uint16).tobytes()  # 8 MB of bf16 noise, tiled for the bulk tensors
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        for name, shape in tensors:
+            n = int(np.prod(shape))
+            if "q_proj" in name or "k_proj" in name:  # distinct random weights where the math looks
+                w = rng.standard_normal(n, dtype=np.float32) / np.float32(np.sqrt(shape[-1]))
+                fh.write((w.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+                continue
+            remaining = n * 2
+            while remaining:
+                chunk = block[: min(remaining, len(block))]
+                fh.write(chunk)
+                remaining -= len(chunk)
+
+
+def make_checkpoint(directory: Path) -> Path:
+    if (directory / "model.safetensors.index.json").exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    d, vocab = SHAPE["d_model"], SHAPE["vocab"]
+    half = SHAPE["layers"] // 2
+    shards = {
+        "model-00001-of-00002.safetensors": [("model.embed_tokens.weight", (vocab, d))]
+        + [t for layer in range(half) for t in layer_tensors(layer)],
+        "model-00002-of-00002.safetensors": [t for layer in range(half, SHAPE["layers"]) for t in layer_tensors(layer)]
+        + [("model.norm.weight", (d,))],
+    }
+    weight_map = {}
+    for filename, tensors in shards.items():
+        write_shard(directory / filename, tensors, rng)
+        weight_map.update({name: filename for name, _ in tensors})
+    config = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": d,
+        "intermediate_size": SHAPE["mlp"], "num_hidden_layers": SHAPE["layers"],
+        "num_attention_heads": SHAPE["heads"], "num_key_value_heads": SHAPE["kv_heads"],
+        "head_dim": SHAPE["d_head"], "vocab_size": vocab, "torch_dtype": "bfloat16", "tie_word_embeddings": True,
+    }  # fmt: skip
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return directory
+
+
+CHILD = r"""
+import json, resource, sys, time, tempfile
+import torch, datasets, safetensors.torch  # the same imports in both children: the baseline
+import qk_spectra_ds.build as build
+def rss_mb():  # current RSS from /proc, peak from getrusage (both MB)
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1e6
+mode, ckpt = sys.argv[1], sys.argv[2]
+baseline = rss_mb()
+t0 = time.perf_counter()
+out = {}
+if mode == "build":
+    with tempfile.TemporaryDirectory() as tmp:
+        r = build.build_model(ckpt, "Bench", tmp, device="cpu", progress=False, force=True)
+    out.update(r.timings, bytes_fetched=r.bytes_fetched, checkpoint_bytes=r.checkpoint_bytes)
+else:
+    tensors = safetensors.torch.load_file(ckpt + "/model-00001-of-00002.safetensors")
+    for t in tensors.values():  # use every tensor once, as a computation on the loaded shard would
+        t.view(-1)[:: max(1, 4096 // t.element_size())].float().sum()
+    out["n_tensors"] = len(tensors)
+out["wall"] = time.perf_counter() - t0
+out["baseline_mb"] = baseline
+out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_child(mode: str, ckpt: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(ckpt)], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "qk-bench-llama1b"), help="checkpoint dir (reused)")
+    parser.add_argument("--repeats", type=int, default=3, help="build runs (median reported)")
+    args = parser.parse_args()
+    ckpt = make_checkpoint(Path(args.dir))
+    size = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
+    print(f"checkpoint {ckpt}: {size / 1e9:.2f} GB bf16, 2 shards")
+
+    builds = [run_child("build", ckpt) for _ in range(args.repeats)]
+    load = run_child("load_file", ckpt)
+    med = {k: statistics.median(b[k] for b in builds) for k in builds[0]}
+    build_extra = med["peak_mb"] - med["baseline_mb"]
+    load_extra = load["peak_mb"] - load["baseline_mb"]
+    print(
+        f"memory: baseline {med['baseline_mb']:.0f} MB; build peak {med['peak_mb']:.0f} MB (+{build_extra:.0f} MB); "
+        f"load_file(one shard) peak {load['peak_mb']:.0f} MB (+{load_extra:.0f} MB)"
+    )
+    unavoidable = med["read_io"] + med["kernel"]
+    print(
+        "time split (median of %d): read Q/K %.2fs (kernel waited %.2fs of it), kernel %.2fs, statistics %.3fs, "
+        "write %.3fs, end-to-end %.2fs; fetched %.1f MB of %.0f MB"
+        % (args.repeats, med["read_io"], med["read"], med["kernel"], med["statistics"], med["write"], med["total"],
+           med["bytes_fetched"] / 1e6, med["checkpoint_bytes"] / 1e6)
+    )  # fmt: skip
+    print(f"RATIO memory: build adds {build_extra:.0f} MB over the baseline (target < 300 MB); "
+          f"load_file of one shard adds {load_extra:.0f} MB ({load_extra / max(build_extra, 1):.0f}x more)")  # fmt: skip
+    print(f"RATIO throughput: end-to-end / (read + kernel) = {med['total'] / unavoidable:.2f} (target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()
