@@ -275,8 +275,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         lambda c: FusedGroups("h.{layer}.self_attention.query_key_value.weight"),
     ),
     "falcon": Architecture(_falcon_shape, _falcon_layout),
-    "phi3": Architecture(
-        _shape(("num_hidden_layers",), ("num_attention_heads",), ("hidden_size",), head_dim=()),
+    "phi3": Architecture(  # head_dim from config.json when present, as Phi3Attention does
+        _LLAMA_SHAPE,
         lambda c: FusedSections("layers.{layer}.self_attn.qkv_proj.weight"),
     ),
 }

@@ -224,6 +224,7 @@ def build_family(
     A failing model does not stop the others; their files and the card are
     kept, and a ``BuildError`` naming the failures is raised at the end.
     """
+    dataset_repo.check_family(family)
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
     if shard is not None:
         specs = select_shard(specs, shard)
@@ -236,7 +237,7 @@ def build_family(
         except QKSpectraError as exc:
             result = ModelResult(str(spec), "failed", error=str(exc))
         except Exception as exc:  # a bug or an unforeseen input must not lose the other models
-            log.exception("unexpected error while building %s", spec)
+            log.debug("unexpected error while building %s", spec, exc_info=True)
             result = ModelResult(str(spec), "failed", error=f"{type(exc).__name__}: {exc}")
         results.append(result)
         if result.status == "built":

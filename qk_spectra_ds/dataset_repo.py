@@ -52,9 +52,26 @@ def model_slug(model_id: str) -> str:
     return slug.strip("-.") or "model"
 
 
+_BAD_FAMILY_CHARS = '<>:/\\|?*[]'  # datasets refuses <>:/\|?* in config names; [] would be a glob
+
+
+def check_family(family: str) -> str:
+    """``family`` if it can be a config name and one folder under data/, else a one-line CatalogError."""
+    from .errors import CatalogError
+
+    if not family or family.startswith(".") or not family.isprintable() or any(c in _BAD_FAMILY_CHARS for c in family):
+        raise CatalogError(
+            f"family {family!r} cannot name a dataset config: use a name without {_BAD_FAMILY_CHARS} "
+            "that does not start with '.' (e.g. Qwen3)"
+        )
+    if family == "all":
+        raise CatalogError("family 'all' is reserved for the dataset config of every family: pick another name")
+    return family
+
+
 def model_path(out_dir: str | os.PathLike, family: str, model_id: str) -> Path:
     """Where the parquet file of ``model_id`` in config ``family`` lives."""
-    return Path(out_dir) / DATA_DIR / family / f"{model_slug(model_id)}.parquet"
+    return Path(out_dir) / DATA_DIR / check_family(family) / f"{model_slug(model_id)}.parquet"
 
 
 @contextmanager
