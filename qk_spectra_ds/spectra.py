@@ -22,7 +22,9 @@ O(d_model) work (Gram matrices, Cholesky) runs on ``device``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -80,15 +82,30 @@ def qk_layer_spectra(q: torch.Tensor, k: torch.Tensor, with_positivity: bool = T
     lq = _r_factors(q)  # (H, dh, dh), R_a = lq^T
     lk = _r_factors(k)  # (H_kv, dh, dh), R_b = lk^T
     core = lq.transpose(-1, -2) @ lk[kv_index]  # R_a R_b^T
-    # Small dense problems go to numpy's LAPACK: torch's batched CPU versions fight the
-    # prefetch thread for OpenMP workers and ran up to 40x slower in the build benchmark.
-    singular_values = np.linalg.svd(core.cpu().numpy(), compute_uv=False)
-    if with_positivity:
-        cross = _cross(q, k)  # W_K^g (W_Q^h)^T, (H, dh, dh)
-        positivity = positivity_from_eigenvalues(np.linalg.eigvals(cross.cpu().numpy()))
-    else:
-        positivity = np.full(n_heads, np.nan)
+    cross = _cross(q, k) if with_positivity else None  # W_K^g (W_Q^h)^T, (H, dh, dh)
+    with _single_threaded():
+        singular_values = torch.linalg.svdvals(core.cpu()).numpy()
+        if cross is not None:
+            positivity = positivity_from_eigenvalues(torch.linalg.eigvals(cross.cpu()).numpy())
+        else:
+            positivity = np.full(n_heads, np.nan)
     return LayerSpectra(singular_values, positivity)
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run small batched LAPACK problems on one thread.
+
+    MKL's threaded SVD of a batch of d_head x d_head matrices was 2x slower than one thread
+    on an idle 2-core machine, and up to 40x slower when the prefetch thread or another
+    process competed for the cores (OpenMP workers spinning).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def dense_qk_singular_values(wq_head: np.ndarray, wk_head: np.ndarray) -> np.ndarray:
