@@ -32,9 +32,10 @@ import pandas as pd
 
 from . import schema
 from .dataset_repo import model_slug
+from .errors import QKSpectraError
 
 
-class AnalysisError(ValueError):
+class AnalysisError(QKSpectraError, ValueError):
     """An expected, user-facing failure of the analysis (printed as one line by the CLI)."""
 
 
@@ -114,17 +115,22 @@ def _load_arrow(dataset: str, family: str, revision: str | None):
         source = str(path)
     else:
         source = dataset
+    # datasets caches a local directory under its base name, config and card only: a rebuilt
+    # model file with an unchanged card would be served stale. Re-reading local parquet is cheap.
+    mode = "force_redownload" if local else None
     try:
         with _quiet_datasets():
-            ds = datasets.load_dataset(source, family, revision=revision, split="train")
+            ds = datasets.load_dataset(source, family, revision=revision, split="train", download_mode=mode)
     except DatasetNotFoundError as exc:
         raise LoadError(f"dataset {dataset!r} not found{'' if revision is None else f' at revision {revision!r}'}: {_one_line(exc)}") from exc
     except datasets.exceptions.DatasetGenerationError as exc:
         raise LoadError(_describe_generation_error(dataset, family, exc)) from exc
     except ValueError as exc:
         message = str(exc)
-        if "BuilderConfig" in message or "config" in message.lower():
+        if "BuilderConfig" in message:
             raise LoadError(f"dataset {dataset!r} has no config {family!r}: {_one_line(exc)}") from exc
+        if "corresponds to no data" in message:
+            raise LoadError(f"dataset {dataset!r} config {family!r} has no rows") from exc
         raise LoadError(f"cannot load {dataset!r} config {family!r}: {_one_line(exc)}") from exc
     except FileNotFoundError as exc:
         raise LoadError(f"cannot load {dataset!r} config {family!r}: {_one_line(exc)}") from exc
@@ -211,6 +217,7 @@ def load_spectra(
     if table.num_rows == 0:
         raise LoadError(f"dataset {dataset!r} config {family!r} has no rows")
 
+    _check_required(table, dataset, family)
     scalar_columns = [c for c in schema.COLUMNS if c not in schema.SPECTRUM_COLUMNS]
     frame = table.select(scalar_columns).to_pandas()
     frame[_SPECTRUM_COLUMN] = _spectra_column(table)
@@ -218,6 +225,46 @@ def load_spectra(
     frame = _check_finite(frame, skip_nonfinite)
     _check_duplicates(frame)
     return frame.reset_index(drop=True)
+
+
+REQUIRED_COLUMNS = (
+    "model_id", "family", "variant", "layer", "head", "n_layers", "n_heads", "d_head",
+    "eigenvalues", *EV_STAT_COLUMNS, "builder_version", "schema_version",
+)  # fmt: skip
+"""Columns the analysis needs in every row (the others may be null, e.g. in legacy rows)."""
+
+
+def _check_required(table, dataset: str, family: str) -> None:
+    """A required column that is null: ``datasets`` fills a column missing from a file with nulls."""
+    for name in REQUIRED_COLUMNS:
+        nulls = table.column(name).null_count
+        if nulls == 0:
+            continue
+        files = _local_files_lacking(dataset, family, name)
+        where = f" (file(s) {', '.join(files)})" if files else ""
+        if nulls == table.num_rows or files:
+            raise schema.SchemaError(
+                f"dataset {dataset!r} config {family!r} lacks column {name} of schema v{schema.SCHEMA_VERSION}{where}: "
+                "is this a qk-spectra-ds dataset?"
+            )
+        raise schema.SchemaError(f"dataset {dataset!r} config {family!r}: column {name} is null in {nulls} row(s)")
+
+
+def _local_files_lacking(dataset: str, family: str, column: str) -> list[str]:
+    if not is_local_dataset(dataset):
+        return []
+    import pyarrow.parquet as pq
+
+    root = Path(os.path.expanduser(dataset))
+    pattern = "data/*/*.parquet" if family == "all" else f"data/{family}/*.parquet"
+    lacking = []
+    for path in sorted(root.glob(pattern)):
+        try:
+            if column not in pq.read_schema(path).names:
+                lacking.append(path.relative_to(root).as_posix())
+        except Exception:  # unreadable: datasets would have said so
+            continue
+    return lacking
 
 
 def model_names(model_id: str) -> set[str]:

@@ -96,3 +96,18 @@ def unique_repo_name_fixture():
 
 def pytest_unconfigure(config):
     shutil.rmtree(HF_TEST_HOME, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- analysis half (analyze.py)
+
+
+@pytest.fixture
+def analyze_cli():
+    """``analyze.main(argv) -> exit status`` from the repo root's analyze.py, run in this process."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "analyze.py"
+    spec = importlib.util.spec_from_file_location("analyze_cli_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
