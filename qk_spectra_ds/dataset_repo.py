@@ -83,6 +83,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; published files are readable
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -270,6 +271,12 @@ def write_card(
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _size_category(n: int) -> str:
