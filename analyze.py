@@ -317,22 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected errors become one line on stderr and exit status 1."""
     import fire
 
-    from qk_spectra_ds.errors import QKSpectraError
-    from qk_spectra_ds.schema import SchemaError
+    from qk_spectra_ds.cli_util import run_cli
 
-    try:
+    def run() -> None:
         with warnings.catch_warnings():
             _setup_warnings()
             fire.Fire(COMMANDS, command=argv, name="analyze.py")
-    except (QKSpectraError, SchemaError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except fire.core.FireExit as exc:
-        return int(exc.code or 0)
-    return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def run_cli(main: Callable[[], Any]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: finished models are kept; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # fire's --help and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
