@@ -104,7 +104,10 @@ def _load_arrow(dataset: str, family: str, revision: str | None):
     if local:
         path = Path(os.path.expanduser(dataset))
         if not path.is_dir():
-            raise LoadError(f"no dataset directory {dataset!r}")
+            raise LoadError(
+                f"no dataset directory {dataset!r}: pass a directory written by build_dataset.py "
+                "or import_legacy, or a Hub dataset repo id ORG/NAME"
+            )
         if revision is not None:
             raise LoadError(
                 f"--revision {revision!r} applies to Hub repos only; {dataset!r} is a local directory "
