@@ -22,6 +22,8 @@ O(d_model) work (Gram matrices, Cholesky) runs on ``device``.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -84,12 +86,26 @@ def qk_layer_spectra(q: torch.Tensor, k: torch.Tensor, with_positivity: bool = T
     core = lq.transpose(-1, -2) @ lk[kv_index]  # R_a R_b^T
     cross = _cross(q, k) if with_positivity else None  # W_K^g (W_Q^h)^T, (H, dh, dh)
     with _single_threaded():
-        singular_values = torch.linalg.svdvals(core.cpu()).numpy()
+        singular_values = _per_core(torch.linalg.svdvals, core.cpu())
         if cross is not None:
-            positivity = positivity_from_eigenvalues(torch.linalg.eigvals(cross.cpu()).numpy())
+            positivity = positivity_from_eigenvalues(_per_core(torch.linalg.eigvals, cross.cpu()))
         else:
             positivity = np.full(n_heads, np.nan)
     return LayerSpectra(singular_values, positivity)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _per_core(fn, batch: torch.Tensor) -> np.ndarray:
+    """``fn`` over a batch of small matrices, split across the CPU cores (torch releases the GIL)."""
+    global _POOL
+    workers = min(os.cpu_count() or 1, batch.shape[0])
+    if workers <= 1:
+        return fn(batch).numpy()
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="qk-lapack")
+    return torch.cat(list(_POOL.map(fn, batch.chunk(workers)))).numpy()
 
 
 @contextmanager
