@@ -46,13 +46,33 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+SPLIT_GRAM_MIN_ROWS = 192
+"""From this d_head on, the Gram matrix is built from 3 of its 4 row-blocks (25% fewer flops);
+below it the smaller GEMMs lose more in efficiency than they save (measured on CPU)."""
+
+
+def _gram(w: torch.Tensor) -> torch.Tensor:
+    """W W^T per head; for large d_head the upper block is mirrored instead of multiplied."""
+    n = w.shape[-2]
+    if n < SPLIT_GRAM_MIN_ROWS:
+        return w @ w.transpose(-1, -2)
+    h = n // 2
+    top, bottom = w[..., :h, :], w[..., h:, :]
+    gram = torch.empty(w.shape[:-2] + (n, n), dtype=w.dtype, device=w.device)
+    gram[..., :h, :h] = top @ top.transpose(-1, -2)
+    gram[..., h:, :h] = bottom @ top.transpose(-1, -2)
+    gram[..., h:, h:] = bottom @ bottom.transpose(-1, -2)
+    gram[..., :h, h:] = gram[..., h:, :h].transpose(-1, -2)
+    return gram
+
+
 def _r_factors(w: torch.Tensor) -> torch.Tensor:
     """Lower-triangular L with W W^T = L L^T per head, i.e. R = L^T of W^T = Q R.
 
     ``w`` is (n, d_head, d_model) float64. Cholesky of the Gram matrix, with a
     QR fallback for the heads where it fails (singular Gram matrix).
     """
-    gram = w @ w.transpose(-1, -2)
+    gram = _gram(w)
     lower, info = torch.linalg.cholesky_ex(gram)
     failed = torch.nonzero(info).flatten()
     if failed.numel():

@@ -290,3 +290,20 @@ def test_sharded_bf16_layout(built):
     # only the Q and K rows were fetched, not the whole checkpoint
     assert 0 < built.result.bytes_fetched < 0.5 * built.result.checkpoint_bytes
     assert set(built.rows["weights_dtype"]) == {"bfloat16"}
+
+
+def test_split_gram_matches_direct_product_for_large_heads():
+    """The 3-block Gram path (d_head >= SPLIT_GRAM_MIN_ROWS) equals W W^T, and the kernel stays exact."""
+    import torch
+
+    from qk_spectra_ds import spectra
+
+    gen = torch.Generator().manual_seed(0)
+    dh = spectra.SPLIT_GRAM_MIN_ROWS + 8
+    q = torch.randn(2, dh, 2 * dh, dtype=torch.float64, generator=gen)
+    k = torch.randn(1, dh, 2 * dh, dtype=torch.float64, generator=gen)
+    assert torch.allclose(spectra._gram(q), q @ q.mT, rtol=1e-13, atol=1e-12)
+    got = spectra.qk_layer_spectra(q, k).singular_values
+    for h in range(2):
+        ref = spectra.dense_qk_singular_values(q[h].numpy(), k[0].numpy())
+        assert np.max(np.abs(got[h] - ref) / ref) <= 1e-6
