@@ -17,7 +17,6 @@ import copy
 import datetime as _dt
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import pyarrow.parquet as pq
 
 from . import __version__, schema
+from .atomic import atomic_path, write_text
 
 CARD_NAME = "README.md"
 DATA_DIR = "data"
@@ -72,22 +72,6 @@ def check_family(family: str) -> str:
 def model_path(out_dir: str | os.PathLike, family: str, model_id: str) -> Path:
     """Where the parquet file of ``model_id`` in config ``family`` lives."""
     return Path(out_dir) / DATA_DIR / check_family(family) / f"{model_slug(model_id)}.parquet"
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; move it into place only on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; published files are readable
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def write_model_table(
@@ -267,16 +251,7 @@ def write_card(
         versions = add_version(versions, new_version)
     summaries = [read_summary(p) for p in model_files(out_dir)]
     text = render_card(summaries, versions, repo_id=repo_id)
-    target = Path(out_dir) / CARD_NAME
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return write_text(Path(out_dir) / CARD_NAME, text)
 
 
 def _size_category(n: int) -> str:

@@ -21,6 +21,8 @@ from typing import Iterator, Sequence
 import matplotlib
 import numpy as np
 
+from .atomic import atomic_path
+
 PNG_COMPRESSION = 3
 """zlib level of the PNGs (3: about twice as fast to write as the default 6, files ~15% larger)."""
 
@@ -99,18 +101,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
     """Render with Agg and write a PNG atomically (no timestamp metadata: reruns give identical files)."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.canvas.draw()
-        rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # opaque figures: no alpha
+    fig.canvas.draw()
+    rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # opaque figures: no alpha
+    with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="png", compress_level=PNG_COMPRESSION)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def _grid(n_panels: int):

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, features, layer_stats, taxonomy
+from .atomic import write_text
 from .dataset_repo import model_slug
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
 
@@ -88,20 +89,6 @@ class Outputs:
 
 
 # ---------------------------------------------------------------- tables
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write a file atomically (temporary name beside it, then ``os.replace``), with the usual permissions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
