@@ -9,9 +9,11 @@ Data flow (one module per step):
     architectures  where each model_type keeps Q and K, split into heads
     spectra        the math: singular values of W_Q^T W_K per head, statistics, metrics
     schema         the dataset contract (schema version 1)
-    dataset_repo   parquet files and the card on disk, atomic writes, resume
+    dataset_repo   parquet files and the card on disk, resume
+    atomic         atomic writes for every output (parquet, card, tables, figures)
     build          orchestration: model -> rows -> parquet
     publish        pushing a dataset version to the Hub
+    cli_util, errors  one-line errors for the two CLIs
 
   analysis half (needs only the ``analysis`` extra, never torch)
     loading, legacy, features, taxonomy, layer_stats, plots, report
