@@ -76,9 +76,6 @@ class Layout:
     def read(self, ckpt: Checkpoint, layer: int, shape: AttentionShape) -> LayerQK:
         raise NotImplementedError
 
-    def tensor_names(self, ckpt: Checkpoint, layer: int) -> list[str]:
-        raise NotImplementedError
-
 
 def _expect_shape(ckpt: Checkpoint, info: TensorInfo, expected: tuple[int, ...]) -> None:
     if tuple(info.shape) != tuple(expected):
@@ -95,8 +92,6 @@ class SeparateProjections(Layout):
     q_name: str
     k_name: str
 
-    def tensor_names(self, ckpt, layer):
-        return [ckpt.find(self.q_name.format(layer=layer)).name, ckpt.find(self.k_name.format(layer=layer)).name]
 
     def read(self, ckpt, layer, shape):
         q_info = ckpt.find(self.q_name.format(layer=layer))
@@ -114,8 +109,6 @@ class FusedSections(Layout):
 
     name: str
 
-    def tensor_names(self, ckpt, layer):
-        return [ckpt.find(self.name.format(layer=layer)).name]
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
@@ -138,8 +131,6 @@ class FusedGroups(Layout):
 
     name: str
 
-    def tensor_names(self, ckpt, layer):
-        return [ckpt.find(self.name.format(layer=layer)).name]
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
@@ -162,8 +153,6 @@ class Conv1DFused(Layout):
 
     name: str
 
-    def tensor_names(self, ckpt, layer):
-        return [ckpt.find(self.name.format(layer=layer)).name]
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))

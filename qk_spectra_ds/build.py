@@ -146,7 +146,7 @@ def build_model(
         family=family,
         model_type=config["model_type"],
         weights_dtype=",".join(
-            sorted({DTYPE_NAMES.get(checkpoint.tensors[n].dtype, n) for n in set(tensor_names)})
+            sorted({DTYPE_NAMES.get(dtype, dtype) for dtype in {checkpoint.tensors[n].dtype for n in tensor_names}})
         ),
     )
     timings["statistics"] = time.perf_counter() - t0

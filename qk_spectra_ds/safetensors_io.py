@@ -14,7 +14,6 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -138,9 +137,6 @@ class Checkpoint:
     def total_bytes(self) -> int:
         """Size of all shards, the denominator of the "share fetched" report."""
         return sum(self.source.size(f) for f in self.files)
-
-    def dtypes(self, names: Iterable[str]) -> str:
-        return ",".join(sorted({self.tensors[n].dtype for n in names}))
 
     def find(self, suffix: str) -> TensorInfo:
         """The tensor whose name is ``suffix`` or ends with ``.suffix`` (any prefix)."""
