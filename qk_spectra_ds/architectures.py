@@ -92,7 +92,6 @@ class SeparateProjections(Layout):
     q_name: str
     k_name: str
 
-
     def read(self, ckpt, layer, shape):
         q_info = ckpt.find(self.q_name.format(layer=layer))
         k_info = ckpt.find(self.k_name.format(layer=layer))
@@ -108,7 +107,6 @@ class FusedSections(Layout):
     """One fused weight with rows [Q (H*dh), K (H_kv*dh), V (H_kv*dh)]; reads only Q and K rows."""
 
     name: str
-
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
@@ -131,7 +129,6 @@ class FusedGroups(Layout):
 
     name: str
 
-
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
         hkv, g, dh, d = shape.n_kv_heads, shape.group_size, shape.d_head, shape.d_model
@@ -152,7 +149,6 @@ class Conv1DFused(Layout):
     """
 
     name: str
-
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
