@@ -292,18 +292,41 @@ def test_sharded_bf16_layout(built):
     assert set(built.rows["weights_dtype"]) == {"bfloat16"}
 
 
-def test_split_gram_matches_direct_product_for_large_heads():
-    """The 3-block Gram path (d_head >= SPLIT_GRAM_MIN_ROWS) equals W W^T, and the kernel stays exact."""
+def test_cpu_gram_and_per_core_chunks_match_direct_products():
+    """The syrk Gram path equals W W^T (also for a strided view), and uneven per-core chunks stay exact."""
     import torch
 
     from qk_spectra_ds import spectra
 
     gen = torch.Generator().manual_seed(0)
-    dh = spectra.SPLIT_GRAM_MIN_ROWS + 8
-    q = torch.randn(2, dh, 2 * dh, dtype=torch.float64, generator=gen)
-    k = torch.randn(1, dh, 2 * dh, dtype=torch.float64, generator=gen)
+    dh = 24
+    q = torch.randn(7, dh, 3 * dh, dtype=torch.float64, generator=gen)
+    k = torch.randn(7, dh, 3 * dh, dtype=torch.float64, generator=gen)
     assert torch.allclose(spectra._gram(q), q @ q.mT, rtol=1e-13, atol=1e-12)
-    got = spectra.qk_layer_spectra(q, k).singular_values
-    for h in range(2):
-        ref = spectra.dense_qk_singular_values(q[h].numpy(), k[0].numpy())
-        assert np.max(np.abs(got[h] - ref) / ref) <= 1e-6
+    strided = q[1::2, :, ::2]
+    assert torch.allclose(spectra._gram(strided), strided @ strided.mT, rtol=1e-13, atol=1e-12)
+    got = spectra.qk_layer_spectra(q, k)  # 7 heads over the cores: uneven chunks
+    for h in range(7):
+        ref = spectra.dense_qk_singular_values(q[h].numpy(), k[h].numpy())
+        assert np.max(np.abs(got.singular_values[h] - ref) / ref) <= 1e-9
+        mu = np.linalg.eigvals(k[h].numpy() @ q[h].numpy().T)
+        assert got.positivity[h] == pytest.approx(mu.real.sum() / np.abs(mu).sum(), rel=1e-9)
+
+
+def test_device_batch_path_matches_per_core_path():
+    """The GPU code path (device batch, then small problems on the CPU), run here on CPU tensors."""
+    import torch
+
+    from qk_spectra_ds import spectra
+
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(6, 16, 40, dtype=torch.float64, generator=gen)
+    k = torch.randn(2, 16, 40, dtype=torch.float64, generator=gen)
+    k[1, -1] = k[1, 0]  # a singular Gram matrix: the QR fallback on both paths
+    for with_positivity in (True, False):
+        chunks = spectra._per_core_chunks(q, k, 3, with_positivity)
+        batch = spectra._device_batch(q, k, 3, with_positivity)
+        assert len(batch) == len(chunks)
+        for (sv_a, mu_a), (sv_b, mu_b) in zip(chunks, batch):
+            assert torch.allclose(sv_a, sv_b, rtol=1e-10, atol=1e-12)
+            assert (mu_a is None) == (mu_b is None) == (not with_positivity)
