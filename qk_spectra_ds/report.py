@@ -220,8 +220,10 @@ TAXONOMY_COST_HEADS = 1000
 def default_jobs(n_models: int, n_heads: int | None = None) -> int:
     """Worker processes for ``jobs=None``: one per idle core, only for several models and many heads.
 
-    Idle cores = usable CPUs minus the 1-minute load average (other processes'
-    work), so a busy machine runs in-process. Results never depend on it.
+    Idle cores = usable CPUs minus the work of other processes, taken as the smaller
+    of the 1-minute load average and the processes runnable right now (besides this
+    one): a machine busy with a long job runs in-process, while one that has just
+    finished a job (load average still high) gets its cores. Results never depend on it.
     """
     if n_models < 2 or (n_heads is not None and n_heads < PARALLEL_MIN_HEADS):
         return 1
@@ -229,11 +231,20 @@ def default_jobs(n_models: int, n_heads: int | None = None) -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
+    return max(1, min(n_models, cpus, 4, int(cpus - _other_load() + 0.5)))
+
+
+def _other_load() -> float:
+    """CPU demand of other processes: min(1-minute load average, runnable tasks now minus this one)."""
     try:
-        idle = cpus - os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover
-        idle = cpus
-    return max(1, min(n_models, cpus, 4, int(idle + 0.5)))
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return 0.0
+    try:
+        running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+        return min(load, max(0, int(running) - 1))
+    except (OSError, IndexError, ValueError):  # not Linux: the load average alone
+        return load
 
 
 def _worker_init() -> None:

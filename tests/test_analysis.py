@@ -499,3 +499,20 @@ def test_hub_repo_with_revision(hub_server, unique_repo_name, tmp_path, analyze_
     assert analyze_cli(argv[:6] + ["v9.9.9"] + argv[7:]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "v9.9.9" in err[0]
+
+
+def test_default_jobs_uses_idle_cores_only():
+    """One worker per idle core, for several models and many heads; 1 on a busy machine."""
+    from qk_spectra_ds import report
+
+    cpus = len(os.sched_getaffinity(0))
+    assert report.default_jobs(1, 10_000) == 1
+    assert report.default_jobs(5, report.PARALLEL_MIN_HEADS - 1) == 1
+    for other, expected in [(0.0, min(5, cpus, 4)), (float(cpus), 1), (cpus - 1.0, 1)]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(report, "_other_load", lambda: other)
+            assert report.default_jobs(5, 10_000) == expected
+    with pytest.MonkeyPatch.context() as mp:
+        # a load average left high by a finished job does not count when nothing else runs now
+        mp.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+        assert 0 <= report._other_load() < 7.0
