@@ -76,6 +76,10 @@ class Layout:
     def read(self, ckpt: Checkpoint, layer: int, shape: AttentionShape) -> LayerQK:
         raise NotImplementedError
 
+    def query_tensor(self, layer: int) -> str:
+        """The name (suffix) of the tensor holding layer ``layer``'s queries (fused layouts: ``name``)."""
+        return self.name.format(layer=layer)
+
 
 def _expect_shape(ckpt: Checkpoint, info: TensorInfo, expected: tuple[int, ...]) -> None:
     if tuple(info.shape) != tuple(expected):
@@ -91,6 +95,9 @@ class SeparateProjections(Layout):
 
     q_name: str
     k_name: str
+
+    def query_tensor(self, layer):
+        return self.q_name.format(layer=layer)
 
     def read(self, ckpt, layer, shape):
         q_info = ckpt.find(self.q_name.format(layer=layer))

@@ -68,8 +68,14 @@ def build_model(
     force: bool = False,
     progress: bool = True,
     token: str | bool | None = None,
+    taken_ids: Mapping[str, str] | None = None,
 ) -> ModelResult:
-    """Build (or skip, if already built from the same revision by this version) one model."""
+    """Build (or skip, if already built from the same revision by this version) one model.
+
+    ``taken_ids`` maps the model ids already built in this run to their specs: a
+    second model with the same id (two local folders of one name, one Hub id at
+    two revisions) is refused instead of overwriting the first one's table.
+    """
     import torch
 
     from .spectra import default_device, qk_layer_spectra
@@ -78,6 +84,11 @@ def build_model(
     timings = {"read_io": 0.0, "read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}
     started = time.perf_counter()
     source = spec if isinstance(spec, ModelSource) else resolve_source(spec, token=token)
+    if taken_ids and source.model_id in taken_ids:
+        raise ModelSourceError(
+            f"{spec} has the model id {source.model_id!r} of {taken_ids[source.model_id]}, built earlier in this run: "
+            "a family keeps one table per model id; rename the folder or build it into another family"
+        )
     try:
         config = source.read_json("config.json")
     except ModelSourceError as exc:
@@ -88,6 +99,11 @@ def build_model(
     shape = arch.shape(config)
     layout = arch.layout(config)
     checkpoint = Checkpoint(source)
+    if checkpoint.matches(layout.query_tensor(shape.n_layers)):
+        raise CheckpointError(
+            f"{source.model_id}: the weights have a layer {shape.n_layers} ({layout.query_tensor(shape.n_layers)}) but "
+            f"config.json says {shape.n_layers} layers: config and weights do not match"
+        )
     revision = source.revision or f"local:{checkpoint.header_digest[:40]}"
     result = ModelResult(source.model_id, "built", revision=revision)
 
@@ -226,14 +242,19 @@ def build_family(
     """
     dataset_repo.check_family(family)
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
+    specs = list(dict.fromkeys(str(spec).strip() for spec in specs))  # the same spec twice is built once
     if shard is not None:
         specs = select_shard(specs, shard)
     if not specs:
         raise BuildError(f"no models to build for family {family!r}")
     results: list[ModelResult] = []
+    taken_ids: dict[str, str] = {}
     for spec in _tqdm(specs, progress, desc=f"{family} models", unit="model"):
         try:
-            result = build_model(spec, family, out_dir, device=device, force=force, progress=progress, token=token)
+            result = build_model(
+                spec, family, out_dir, device=device, force=force, progress=progress, token=token, taken_ids=taken_ids
+            )
+            taken_ids[result.model_id] = str(spec)
         except QKSpectraError as exc:
             result = ModelResult(str(spec), "failed", error=str(exc))
         except Exception as exc:  # a bug or an unforeseen input must not lose the other models

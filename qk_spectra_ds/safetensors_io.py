@@ -138,9 +138,13 @@ class Checkpoint:
         """Size of all shards, the denominator of the "share fetched" report."""
         return sum(self.source.size(f) for f in self.files)
 
+    def matches(self, suffix: str) -> list[str]:
+        """Names of the tensors that are ``suffix`` or end with ``.suffix``."""
+        return [n for n in self.tensors if n == suffix or n.endswith("." + suffix)]
+
     def find(self, suffix: str) -> TensorInfo:
         """The tensor whose name is ``suffix`` or ends with ``.suffix`` (any prefix)."""
-        matches = [n for n in self.tensors if n == suffix or n.endswith("." + suffix)]
+        matches = self.matches(suffix)
         if not matches:
             raise CheckpointError(
                 f"{self.source.model_id}: no tensor named *{suffix} in the checkpoint: "

@@ -146,7 +146,8 @@ class HubSource(ModelSource):
             raise ModelSourceError(f"{repo_id} has no revision {revision!r}: check the branch, tag or commit") from None
         except RepositoryNotFoundError:
             raise ModelSourceError(
-                f"{repo_id} not found on the Hub (or private and your token cannot see it): check the id and HF_TOKEN"
+                f"{repo_id} is not a local directory and not found on the Hub (or private and your token "
+                "cannot see it): check the path, or the id and HF_TOKEN"
             ) from None
         except HfHubHTTPError as exc:
             raise ModelSourceError(f"{repo_id}: the Hub answered {_status(exc)}: {_first_line(exc)}") from None

@@ -121,6 +121,11 @@ DAMAGE = {
         CheckpointError,
         ["q_proj.weight", "config and weights do not match"],
     ),
+    "config_with_fewer_layers": (
+        lambda d: _edit_config(d, num_hidden_layers=1),
+        CheckpointError,
+        ["have a layer 1", "config.json says 1 layers", "config and weights do not match"],
+    ),
 }
 
 
@@ -229,6 +234,21 @@ def test_a_failure_keeps_the_previous_build_of_that_model(good_model, tmp_path):
     with pytest.raises(CheckpointError):
         build_model(str(model_dir), "Bad", out, device="cpu", progress=False, force=True)
     assert path.read_bytes() == content
+
+
+def test_two_models_with_one_id_do_not_overwrite_each_other(good_model, tmp_path):
+    """Two local folders named alike give one model id: the second is refused, the first kept."""
+    out = tmp_path / "out"
+    first = copy_model(good_model, tmp_path / "run-a" / "model")
+    second = copy_model(good_model, tmp_path / "run-b" / "model")
+    _rewrite(second, _set(K_LAYER1, 2.0))
+    with pytest.raises(BuildError) as info:
+        build_family("Runs", out, models=[str(first), str(second), str(first)], progress=False)
+    assert_one_clear_line(info.value, ["1 of 2 model(s) failed", "has the model id 'model'", "rename the folder"])
+    assert [r.status for r in info.value.results] == ["built", "failed"]  # the repeated spec is built once
+    expected = build_model(str(first), "Check", tmp_path / "check", device="cpu", progress=False).path
+    built = pq.read_table(dataset_repo.model_path(out, "Runs", "model"))
+    assert built.column("singular_values").equals(pq.read_table(expected).column("singular_values"))
 
 
 def test_missing_directory(tmp_path):

@@ -212,7 +212,7 @@ def test_missing_repo_and_revision_are_one_line_errors(hub_server, hosted_models
         build.build_family(FAMILY, tmp_path, models=["qk-test/does-not-exist", f"{repo_a}@no-such-branch"], progress=False)
     message = str(err.value)
     assert "\n" not in message
-    assert "qk-test/does-not-exist not found" in message
+    assert "qk-test/does-not-exist is not a local directory and not found on the Hub" in message
     assert "has no revision 'no-such-branch'" in message
     assert not dataset_repo.model_files(tmp_path)
 
