@@ -312,17 +312,18 @@ COMMANDS = {
     "import_legacy": import_legacy,
 }
 
+LIST_FLAGS = ("models", "stats")  # comma-separated: a value naming nothing is refused, not read as "all"
+MINIMUMS = {"jobs": 1, "seed": 0, "skip_layers_below": 0}  # the others are checked by report.Params
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; expected errors become one line on stderr and exit status 1."""
-    import fire
-
-    from qk_spectra_ds.cli_util import run_cli
+    """Run the CLI: flags are checked against the command's signature before any work, errors are one line."""
+    from qk_spectra_ds.cli_util import call_cli, run_cli
 
     def run() -> None:
         with warnings.catch_warnings():
             _setup_warnings()
-            fire.Fire(COMMANDS, command=argv, name="analyze.py")
+            call_cli(COMMANDS, argv, name="analyze.py", list_flags=LIST_FLAGS, minimums=MINIMUMS, output_dirs=("out",))
 
     return run_cli(run)
 

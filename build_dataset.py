@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import sys
 
-import fire
+from qk_spectra_ds.cli_util import UsageError, as_list, call_cli, run_cli
 
-from qk_spectra_ds.cli_util import as_list, run_cli
+BUILD_ONLY = ("family", "models", "device", "shard", "catalog")
+PUBLISH_ONLY = ("version", "private", "revision", "message")
 
 
 def main(
@@ -41,6 +42,11 @@ def main(
     already built from the same revision by this builder version are skipped; a failing model
     does not lose the others, and the command then exits non-zero naming it.
 
+    Flags are checked before any work: an unknown or misspelt flag, a value of the wrong type, an
+    --out that is a file or not writable, a --device torch cannot use, or a --version that is not
+    vX.Y.Z stops the command at once with one line. Values are taken as typed (--family 1e3 is the
+    name "1e3"); switches are --force or --force=false.
+
     Args:
       family: Dataset config to build, a catalogued family (see --list; Qwen3, Gemma2, Llama,
         Mistral, MiniLM, or one from --catalog), or any name when --models is given.
@@ -48,8 +54,8 @@ def main(
       models: Comma-separated models to build instead of the family's catalogue, Hub ids
         (org/name, optionally @branch, tag or commit) or local directories with config.json and
         safetensors weights.
-      device: Where the float64 factorizations run, cpu or cuda (default: cuda if torch sees a GPU,
-        else cpu).
+      device: Where the float64 factorizations run: cpu, cuda or cuda:N (default: cuda if torch sees
+        a GPU, else cpu).
       force: Rebuild models even if OUT already has them at the same revision and builder version,
         and with --push-to-hub, move an existing --version tag.
       list: Print the catalogued families and their models, then exit.
@@ -68,21 +74,25 @@ def main(
       skip_build: Publish OUT as it is, without building (with --push-to-hub).
       quiet: No progress bars.
     """
-    from qk_spectra_ds import build, catalog as catalog_mod
+    flags = dict(locals())  # the parameters, before any other local exists
+    from qk_spectra_ds import catalog as catalog_mod
 
     if list:
         print(catalog_mod.format_catalog(catalog_mod.load_catalog(catalog)))
         return
-    if skip_build:
-        if not push_to_hub:
-            raise catalog_mod.CatalogError("--skip-build only makes sense with --push-to-hub ORG/NAME")
-    else:
-        if not family:
-            raise catalog_mod.CatalogError("no --family given: pass --family NAME (see --list)")
+    check_flag_combination({name for name, value in flags.items() if value is not None and value is not False})
+    if push_to_hub:
+        from qk_spectra_ds.publish import check_target
+
+        check_target(push_to_hub, version)  # before a build that could take hours
+    if not skip_build:
+        from qk_spectra_ds import build
+
+        models_list = as_list(models, "--models")
         results = build.build_family(
-            str(family),
+            family,
             out,
-            models=as_list(models),
+            models=models_list,
             device=device,
             force=force,
             catalog_file=catalog,
@@ -90,21 +100,36 @@ def main(
             shard=shard,
         )
         print(build.summarize(results))
-        print(f"dataset: {out} (load with datasets.load_dataset({str(out)!r}, {str(family)!r}))")
+        print(f"dataset: {out} (load with datasets.load_dataset({out!r}, {family!r}))")
     if push_to_hub:
         from qk_spectra_ds.publish import publish
 
-        result = publish(
-            out,
-            str(push_to_hub),
-            version=None if version is None else str(version),
-            private=private,
-            branch=revision,
-            force=force,
-            message=message,
-        )
+        result = publish(out, push_to_hub, version=version, private=private, branch=revision, force=force,
+                         message=message)  # fmt: skip
         print(result.summary())
 
 
+def check_flag_combination(given: set[str]) -> None:
+    """Refuse flags that the rest of the command line would silently ignore."""
+    if "skip_build" in given:
+        if "push_to_hub" not in given:
+            raise UsageError("--skip-build only makes sense with --push-to-hub ORG/NAME")
+        ignored = [f"--{name.replace('_', '-')}" for name in BUILD_ONLY if name in given]
+        if ignored:
+            raise UsageError(f"--skip-build builds nothing, so {', '.join(ignored)} would be ignored: drop them")
+    elif "family" not in given:
+        raise UsageError("no --family given: pass --family NAME (see --list)")
+    if "push_to_hub" not in given:
+        ignored = [f"--{name.replace('_', '-')}" for name in PUBLISH_ONLY if name in given]
+        if ignored:
+            verb = "applies" if len(ignored) == 1 else "apply"
+            raise UsageError(f"{', '.join(ignored)} only {verb} with --push-to-hub ORG/NAME: add it, or leave them out")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run the command line (``argv`` defaults to sys.argv): flags checked first, errors as one line."""
+    return run_cli(lambda: call_cli(main, argv, name="build_dataset.py", list_flags=("models",)))
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda: fire.Fire(main)))
+    sys.exit(cli())

@@ -13,6 +13,7 @@ Tensor names are matched on their suffix, so ``model.``, ``bert.``,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -56,15 +57,59 @@ _MISSING = object()
 
 def config_value(config: Mapping[str, Any], *names: str, default: Any = _MISSING) -> Any:
     """The first of ``names`` present (and not null) in config.json, else ``default``."""
+    return _config_field(config, names, default)[1]
+
+
+def _config_field(config: Mapping[str, Any], names: tuple[str, ...], default: Any = _MISSING) -> tuple[str, Any]:
+    """(name, value) of the first of ``names`` present and not null in config.json, else (names[0], ``default``)."""
     for name in names:
         value = config.get(name)
         if value is not None:
-            return value
+            return name, value
     if default is _MISSING:
         raise CheckpointError(
             f"config.json of this {config.get('model_type')} model has none of {', '.join(names)}: is it complete?"
         )
-    return default
+    return names[0], default
+
+
+def config_count(config: Mapping[str, Any], *names: str, default: Any = _MISSING) -> int:
+    """A size from config.json (layers, heads, widths): a positive whole number, else a one-line error naming it.
+
+    Strings, booleans, floats (even 8.0), zero and negative values are refused
+    here, so that no later division or reshape turns them into a traceback or
+    a silently wrong shape.
+    """
+    name, value = _config_field(config, names, default)
+    if type(value) is not int or value <= 0:  # bool is an int subclass: refused too
+        raise CheckpointError(f"config.json: {name} is {_shown(value)}, but must be a positive whole number")
+    return value
+
+
+def config_switch(config: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A true/false setting of config.json; anything but a JSON boolean is a one-line error naming it."""
+    value = config.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise CheckpointError(f"config.json: {name} is {_shown(value)}, but must be true or false")
+    return value
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A config value as JSON, cut short for a one-line message."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _head_width(config: Mapping[str, Any], width: tuple[str, ...], heads: tuple[str, ...], d_model: int, n_heads: int) -> int:
+    """d_model / n_heads when config.json gives no head_dim; a one-line error if it does not divide."""
+    if d_model % n_heads:
+        raise CheckpointError(
+            f"config.json: {_config_field(config, width)[0]} {d_model} is not a multiple of "
+            f"{_config_field(config, heads)[0]} {n_heads}, and no head_dim is given"
+        )
+    return d_model // n_heads
 
 
 # ---------------------------------------------------------------- layouts
@@ -197,15 +242,20 @@ def _shape(
     head_dim: tuple[str, ...] = ("head_dim",),
 ) -> Callable[[Mapping[str, Any]], AttentionShape]:
     def shape(config: Mapping[str, Any]) -> AttentionShape:
-        n_heads = int(config_value(config, *heads))
-        d_model = int(config_value(config, *width))
-        return AttentionShape(
-            n_layers=int(config_value(config, *layers)),
-            n_heads=n_heads,
-            n_kv_heads=int(config_value(config, *kv_heads, default=n_heads)) if kv_heads else n_heads,
-            d_model=d_model,
-            d_head=int(config_value(config, *head_dim, default=d_model // n_heads)) if head_dim else d_model // n_heads,
-        )
+        n_layers = config_count(config, *layers)
+        n_heads = config_count(config, *heads)
+        d_model = config_count(config, *width)
+        n_kv_heads = config_count(config, *kv_heads, default=n_heads) if kv_heads else n_heads
+        if n_heads % n_kv_heads:
+            raise CheckpointError(
+                f"config.json: {_config_field(config, heads)[0]} {n_heads} is not a multiple of "
+                f"{_config_field(config, kv_heads)[0]} {n_kv_heads} (each key/value head serves a whole group of query heads)"
+            )
+        if head_dim and _has(config, head_dim):
+            d_head = config_count(config, *head_dim)
+        else:
+            d_head = _head_width(config, width, heads, d_model, n_heads)
+        return AttentionShape(n_layers, n_heads, n_kv_heads, d_model, d_head)
 
     return shape
 
@@ -214,21 +264,27 @@ _LLAMA_SHAPE = _shape(("num_hidden_layers",), ("num_attention_heads",), ("hidden
 _LLAMA_LAYOUT = SeparateProjections("layers.{layer}.self_attn.q_proj.weight", "layers.{layer}.self_attn.k_proj.weight")
 
 
+def _has(config: Mapping[str, Any], names: tuple[str, ...]) -> bool:
+    return any(config.get(name) is not None for name in names)
+
+
 def _falcon_shape(config: Mapping[str, Any]) -> AttentionShape:
-    n_heads = int(config_value(config, "num_attention_heads", "n_head"))
-    d_model = int(config_value(config, "hidden_size", "n_embed"))
-    if config.get("new_decoder_architecture", False):
-        n_kv = int(config_value(config, "num_kv_heads", default=n_heads))
-    elif config.get("multi_query", True):
+    n_layers = config_count(config, "num_hidden_layers", "n_layer")
+    n_heads = config_count(config, "num_attention_heads", "n_head")
+    d_model = config_count(config, "hidden_size", "n_embed")
+    if config_switch(config, "new_decoder_architecture", False):
+        n_kv = config_count(config, "num_kv_heads", default=n_heads)
+    elif config_switch(config, "multi_query", True):
         n_kv = 1
     else:
         n_kv = n_heads
-    return AttentionShape(int(config_value(config, "num_hidden_layers", "n_layer")), n_heads, n_kv, d_model, d_model // n_heads)
+    d_head = _head_width(config, ("hidden_size", "n_embed"), ("num_attention_heads", "n_head"), d_model, n_heads)
+    return AttentionShape(n_layers, n_heads, n_kv, d_model, d_head)
 
 
 def _falcon_layout(config: Mapping[str, Any]) -> Layout:
     name = "h.{layer}.self_attention.query_key_value.weight"
-    if not config.get("new_decoder_architecture", False) and config.get("multi_query", True):
+    if not config_switch(config, "new_decoder_architecture", False) and config_switch(config, "multi_query", True):
         return FusedSections(name)
     return FusedGroups(name)
 
@@ -278,9 +334,19 @@ SUPPORTED_MODEL_TYPES = tuple(sorted(ARCHITECTURES))
 
 def architecture_for(config: Mapping[str, Any]) -> Architecture:
     """The architecture of a config.json, or a one-line error listing the supported ones."""
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            f"config.json holds a JSON {_json_kind(config)}, not an object of settings: is it a transformers config?"
+        )
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     return ARCHITECTURES[model_type]
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type (list -> array, str -> string, ...)."""
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)

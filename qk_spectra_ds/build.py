@@ -11,6 +11,7 @@ failing build keeps every finished model, and a rerun skips them.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 
 from . import __version__, catalog, dataset_repo, schema
 from .architectures import AttentionShape, LayerQK, architecture_for
+from .cli_util import check_output_dir
 from .errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
 from .safetensors_io import Checkpoint
 from .statistics import spectrum_metrics, spectrum_statistics
@@ -76,8 +78,7 @@ def build_model(
     second model with the same id (two local folders of one name, one Hub id at
     two revisions) is refused instead of overwriting the first one's table.
     """
-    import torch
-
+    torch = require_build_extra()
     from .spectra import default_device, qk_layer_spectra
 
     # read_io: time spent reading Q/K (in the prefetch thread); read: time the kernel waited for it.
@@ -241,6 +242,8 @@ def build_family(
     kept, and a ``BuildError`` naming the failures is raised at the end.
     """
     dataset_repo.check_family(family)
+    check_output_dir(out_dir)  # refused before any model is read, not after hours of work
+    device = check_device(device, require_build_extra())
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
     specs = list(dict.fromkeys(str(spec).strip() for spec in specs))  # the same spec twice is built once
     if shard is not None:
@@ -270,6 +273,40 @@ def build_family(
         detail = "; ".join(f"{r.model_id}: {r.error}" for r in failed)
         raise BuildError(f"{len(failed)} of {len(results)} model(s) failed ({detail})", results)
     return results
+
+
+def require_build_extra():
+    """The torch module, or a one-line error naming what to install (the analysis half runs without it)."""
+    try:
+        import threadpoolctl  # noqa: F401 - the kernel's BLAS thread control, also from the build extra
+        import torch
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or "torch"
+        raise QKSpectraError(
+            f"building needs {missing}, which cannot be imported ({exc}): install the build extra, "
+            "pip install 'qk-spectra-ds[build]'"
+        ) from None
+    return torch
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_device(device: str | None, torch) -> str:
+    """The device to compute on: ``device`` if torch can use it (None: cuda if present, else cpu), else a one-line error."""
+    from .spectra import default_device
+
+    if device is None:
+        return default_device()
+    if not _DEVICE.fullmatch(str(device)):
+        raise QKSpectraError(f"--device {device!r} is not cpu, cuda or cuda:N (N the index of a GPU)")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise QKSpectraError(f"--device {device} was asked for but torch sees no CUDA device: use --device cpu")
+        count = torch.cuda.device_count()
+        if int(device.partition(":")[2] or 0) >= count:
+            raise QKSpectraError(f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def select_shard(specs: list[str], shard: str) -> list[str]:

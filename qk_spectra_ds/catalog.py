@@ -62,23 +62,36 @@ def load_catalog(path: str | os.PathLike | None = None) -> dict[str, list[str]]:
         return catalog
     file = Path(path).expanduser()
     if not file.is_file():
-        raise CatalogError(f"catalog file {file} does not exist: pass a YAML or JSON file {{family: [model, ...]}}")
-    text = file.read_text(encoding="utf-8")
+        what = "is a directory" if file.is_dir() else "does not exist"
+        raise CatalogError(f"catalog file {file} {what}: pass a YAML or JSON file {{family: [model, ...]}}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise CatalogError(f"catalog file {file} cannot be read as UTF-8 text: {exc}") from None
     try:
         if file.suffix == ".json":
             user = json.loads(text)
         else:
             import yaml
 
-            user = yaml.safe_load(text)
+            user = yaml.safe_load(text)  # safe: a !!python tag is refused, never run
     except Exception as exc:
-        raise CatalogError(f"catalog file {file} is not valid {file.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+        kind = "JSON" if file.suffix == ".json" else "YAML"
+        raise CatalogError(f"catalog file {file} is not valid {kind}: {_parse_error(exc)}") from None
     if not isinstance(user, Mapping) or not all(
         isinstance(k, str) and isinstance(v, list) and all(isinstance(m, str) for m in v) for k, v in user.items()
     ):
         raise CatalogError(f"catalog file {file} must map family names to lists of model ids or paths")
     catalog.update({k: list(v) for k, v in user.items()})
     return catalog
+
+
+def _parse_error(exc: Exception) -> str:
+    """A JSON or YAML parse error on one line: where it is and what is wrong."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:  # yaml.MarkedYAMLError: its str() spans several lines
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
 
 
 def family_models(family: str, catalog: Mapping[str, list[str]] | None = None) -> list[str]:

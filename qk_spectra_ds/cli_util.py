@@ -1,27 +1,317 @@
-"""Small helpers shared by the two fire CLIs: list flags and one-line errors."""
+"""The machinery the two CLIs share: strict flags checked before any work, and one-line errors.
+
+``call_cli`` reads the command line against the signature of the function it
+runs (and, for ``analyze.py``, picks the command first). Every flag must be a
+parameter of that function (a misspelt one is refused at once, with the
+closest valid spelling), its value is converted by the parameter's annotation
+(``str`` flags stay exactly the string typed, so ``--family 1e3`` is "1e3"
+and ``--version 1.0`` is "1.0"; ``int`` flags take decimal integers only),
+and only then is the function called. fire is used for ``--help`` alone: it
+renders each flag with its line from the function's docstring.
+
+``run_cli`` turns every exception into ``error: <one line>`` on stderr and
+exit status 1; unexpected ones add a hint to rerun with ``QK_SPECTRA_DEBUG=1``,
+which prints the traceback.
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+import re
 import sys
-from typing import Any, Callable
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Collection, Mapping
+
+from .errors import QKSpectraError
+
+DEBUG_ENV = "QK_SPECTRA_DEBUG"
+HELP_TOKENS = ("--help", "-h")
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def as_list(value: Any) -> list[str] | None:
-    """A comma-separated flag as a list of strings (fire may hand over a str, tuple or number)."""
-    if value is None or value == "":
+class UsageError(QKSpectraError):
+    """A command line the CLI cannot run: unknown flag or command, a missing or mistyped value."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag of a CLI function: its parameter name and the type its value converts to."""
+
+    name: str
+    kind: type  # str, int, float or bool
+
+
+# ---------------------------------------------------------------- list flags
+
+
+def as_list(value: Any, flag: str | None = None) -> list[str] | None:
+    """A comma-separated flag as a list of its non-blank items; None when not given.
+
+    With ``flag``, a value that was given but names nothing (``""``, ``",,"``) is
+    refused instead of read as "not given" (which would silently mean "all").
+    """
+    if value is None:
         return None
     if isinstance(value, (list, tuple)):
         items = [str(v) for v in value]
     else:
         items = str(value).split(",")
     items = [item.strip() for item in items if str(item).strip()]
+    if not items and flag is not None:
+        raise UsageError(f"{flag} {value!r} names nothing: give comma-separated names, or leave the flag out")
     return items or None
 
 
-def run_cli(main: Callable[[], Any]) -> int:
-    """Run a CLI; a user error prints ``error: <one line>`` on stderr and exits 1."""
-    from .errors import BuildError, QKSpectraError
+# ---------------------------------------------------------------- parsing flags against a signature
 
+
+def signature_flags(function: Callable) -> dict[str, Flag]:
+    """The flags of ``function``: one per parameter, typed by its annotation (or its default's type)."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # an annotation that cannot be evaluated: fall back to the defaults' types
+        hints = {}
+    flags = {}
+    for param in inspect.signature(function).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        flags[param.name] = Flag(param.name, flag_kind(hints.get(param.name), param.default))
+    return flags
+
+
+def flag_kind(annotation: Any, default: Any = None) -> type:
+    """str, int, float or bool for an annotation such as ``int``, ``str | None`` or ``Optional[float]``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = options[0] if len(options) == 1 else str
+    if annotation in (str, int, float, bool):
+        return annotation
+    if annotation is None and default is not None and not isinstance(default, type) and type(default) in (int, float, bool):
+        return type(default)
+    return str  # anything else (or no annotation) reaches the function as the string typed
+
+
+def parse_flags(
+    function: Callable,
+    argv: list[str],
+    prog: str,
+    *,
+    list_flags: Collection[str] = (),
+    minimums: Mapping[str, float] | None = None,
+    output_dirs: Collection[str] = (),
+) -> dict[str, Any] | None:
+    """The keyword arguments that ``argv`` gives ``function``, or None if it asks for help.
+
+    Accepts ``--name VALUE``, ``--name=VALUE``, ``--name-with-dashes``, a unique
+    first letter (``-o DIR``, as fire's help shows), ``--switch`` /
+    ``--noswitch`` / ``--switch=false`` for bools. Refuses, each in one line:
+    unknown flags (naming the closest valid one), positional arguments, a flag
+    given twice, a missing value, blank values, values that are not of the
+    flag's type, numbers below ``minimums``, ``list_flags`` that name nothing,
+    and ``output_dirs`` that cannot be written.
+    """
+    flags = signature_flags(function)
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token in HELP_TOKENS:
+            return None
+        name, typed, value = _read_flag(token, flags, prog, argv[i - 2] if i >= 2 else None)
+        flag = flags[name]
+        if value is None:
+            if i >= len(argv):
+                raise UsageError(f"{typed} needs a value ({prog} --help describes it)")
+            if _looks_like_flag(argv[i]):
+                raise UsageError(f"{typed} needs a value, got the flag {argv[i]} (for a value that starts with -, write {typed}=VALUE)")
+            value = argv[i]
+            i += 1
+        if name in values:
+            raise UsageError(f"{spelled[name]} is given twice ({prog} takes each flag once)")
+        values[name] = convert_value(flag, value, typed)
+        spelled[name] = typed
+    _check_values(function, values, spelled, list_flags, minimums or {}, output_dirs)
+    return values
+
+
+def convert_value(flag: Flag, value: str, typed: str) -> Any:
+    """``value`` as the flag's type, or a one-line UsageError; str values are kept exactly as typed."""
+    if flag.kind is bool:
+        if value.strip().lower() in _TRUE:
+            return True
+        if value.strip().lower() in _FALSE:
+            return False
+        raise UsageError(f"{typed} is a switch: write {typed} or {typed}=false, not {typed}={value!r}")
+    if not value.strip():
+        raise UsageError(f"{typed} is blank: give a value, or leave the flag out")
+    if flag.kind is int:
+        if not _INT.match(value.strip()):
+            raise UsageError(f"{typed} takes a whole number (like 6), not {value!r}")
+        return int(value)
+    if flag.kind is float:
+        if not _FLOAT.match(value.strip()):
+            raise UsageError(f"{typed} takes a finite number (like 0.96), not {value!r}")
+        return float(value)
+    return value
+
+
+def _read_flag(token: str, flags: Mapping[str, Flag], prog: str, previous: str | None) -> tuple[str, str, str | None]:
+    """(parameter name, flag as typed, value or None) of one flag token; bool switches get their value."""
+    if not _looks_like_flag(token):
+        hint = ""
+        if token.strip().lower() in _TRUE + _FALSE and previous and _looks_like_flag(previous):
+            hint = f"; a switch takes no separate value: write {previous}={token}"
+        raise UsageError(f"unexpected argument {token!r}: {prog} takes flags only (--name VALUE){hint}")
+    typed, has_value, value = token.partition("=")
+    key = typed.lstrip("-").replace("-", "_")
+    if not token.startswith("--"):  # -o: a unique first letter, as fire's help offers it
+        matches = [name for name in flags if name[0] == key] if len(key) == 1 else []
+        if len(matches) != 1:
+            which = f" (it could be {', '.join('--' + m for m in matches)})" if matches else ""
+            raise UsageError(f"unknown flag {typed} for {prog}{which}: see {prog} --help")
+        key = matches[0]
+    if key not in flags:
+        negated = re.sub(r"^no_?", "", key)
+        if key != negated and negated in flags and flags[negated].kind is bool and not has_value:
+            return negated, typed, "false"
+        raise UsageError(_unknown_flag(typed, key, flags, prog))
+    if flags[key].kind is bool and not has_value:
+        return key, typed, "true"
+    return key, typed, value if has_value else None
+
+
+def _unknown_flag(typed: str, key: str, flags: Mapping[str, Flag], prog: str) -> str:
+    """'unknown flag --forse for build_dataset.py: did you mean --force?' (or the list of flags)."""
+    dash = "_" if "_" in typed else "-"
+    close = difflib.get_close_matches(key, list(flags), n=1, cutoff=0.6)
+    if close:
+        return f"unknown flag {typed} for {prog}: did you mean --{close[0].replace('_', dash)}? (see {prog} --help)"
+    known = ", ".join("--" + name.replace("_", dash) for name in flags)
+    return f"unknown flag {typed} for {prog}; its flags are {known}"
+
+
+def _looks_like_flag(token: str) -> bool:
+    """True for ``--name``, ``--name=...`` and ``-x``; False for values, including ``-3`` and ``-0.5``."""
+    return token.startswith("--") or bool(re.match(r"^-[A-Za-z]", token))
+
+
+def _check_values(function, values, spelled, list_flags, minimums, output_dirs) -> None:
+    """Refuse list flags naming nothing, numbers below their minimum and unwritable output directories."""
+    defaults = {p.name: p.default for p in inspect.signature(function).parameters.values()}
+    for name in list_flags:
+        if name in values:
+            as_list(values[name], spelled[name])
+    for name, minimum in minimums.items():
+        if values.get(name) is not None and values[name] < minimum:
+            raise UsageError(f"{spelled[name]} must be at least {minimum}, not {values[name]}")
+    for name in output_dirs:
+        value = values.get(name, defaults.get(name))
+        if isinstance(value, str):
+            check_output_dir(value, spelled.get(name, f"--{name}"))
+
+
+# ---------------------------------------------------------------- checks shared with the library
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` if it is (or can be created as) a writable directory; else a one-line UsageError.
+
+    Run before any work, so that a build or an analysis never computes
+    everything only to fail on writing it.
+    """
+    if not str(path).strip():
+        raise UsageError(f"{flag} is blank: give a directory")
+    path = Path(path).expanduser()
+    try:
+        existing = path
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent
+        if existing == path and not path.is_dir():
+            raise UsageError(f"{flag} {path} is a file, not a directory: give a directory (it is created if missing)")
+        if not existing.is_dir():
+            raise UsageError(f"{flag} {path} cannot be created: {existing} is a file, not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {path} is not writable ({existing}: permission denied): choose another directory")
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} cannot be used: {exc.strerror or exc}") from None
+    return path
+
+
+# ---------------------------------------------------------------- running a CLI
+
+
+def call_cli(
+    component: Callable | Mapping[str, Callable],
+    argv: list[str] | None = None,
+    *,
+    name: str,
+    list_flags: Collection[str] = (),
+    minimums: Mapping[str, float] | None = None,
+    output_dirs: Collection[str] = (),
+) -> Any:
+    """Run a function (or one command of a dict of them) with the flags of ``argv``, checked first.
+
+    ``--help`` (or ``-h``) anywhere a flag may stand shows fire's help for the
+    function or the command list.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path: list[str] = []
+    function = component
+    prog = name
+    if isinstance(component, Mapping):
+        command = _pick_command(component, argv, name)
+        if command is None:
+            return show_help(component, [], name)
+        function, path, prog, argv = component[command], [command], f"{name} {command}", argv[1:]
+    kwargs = parse_flags(function, argv, prog, list_flags=list_flags, minimums=minimums, output_dirs=output_dirs)
+    if kwargs is None:
+        return show_help(component, path, name)
+    return function(**kwargs)
+
+
+def _pick_command(commands: Mapping[str, Callable], argv: list[str], name: str) -> str | None:
+    """The command ``argv`` starts with (``import-legacy`` = ``import_legacy``), None for help, else UsageError."""
+    listing = ", ".join(commands)
+    if not argv or argv[0] in HELP_TOKENS:
+        if not argv:
+            raise UsageError(f"no command given: python {name} COMMAND [--flags], COMMAND one of {listing} (--help explains)")
+        return None
+    command = argv[0].replace("-", "_")
+    if command in commands:
+        return command
+    if _looks_like_flag(argv[0]):
+        raise UsageError(f"{argv[0]}: a command comes first: python {name} COMMAND [--flags], COMMAND one of {listing}")
+    close = difflib.get_close_matches(command, list(commands), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UsageError(f"unknown command {argv[0]!r} for {name}: {hint}commands: {listing}")
+
+
+def show_help(component: Any, path: list[str], name: str) -> None:
+    """fire's help (each flag with its docstring line) for ``component`` or one of its commands."""
+    import fire
+
+    fire.Fire(component, command=[*path, "--", "--help"], name=name)
+
+
+def run_cli(main: Callable[[], Any]) -> int:
+    """Run a CLI; any error prints ``error: <one line>`` on stderr and gives exit status 1.
+
+    Unexpected exceptions (bugs, or failures nobody foresaw) also get one line,
+    with a hint to rerun with QK_SPECTRA_DEBUG=1, which prints their traceback.
+    """
+    from .errors import BuildError
+
+    debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         main()
     except BuildError as exc:
@@ -29,14 +319,30 @@ def run_cli(main: Callable[[], Any]) -> int:
 
         if exc.results:
             print(summarize(exc.results), file=sys.stderr)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, debug)
     except (QKSpectraError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, debug)
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except SystemExit as exc:  # fire's --help and usage errors
+    except SystemExit as exc:  # fire's --help
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
+        hint = "" if debug else f" (rerun with {DEBUG_ENV}=1 for the traceback)"
+        return _fail(exc, debug, f"unexpected {type(exc).__name__}: ", hint)
     return 0
+
+
+def _fail(exc: BaseException, debug: bool, prefix: str = "", suffix: str = "") -> int:
+    """Print the exception as ``error: ...`` on one line (after its traceback when debugging); return 1."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {prefix}{one_line(exc)}{suffix}", file=sys.stderr)
+    return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (whitespace runs collapsed), or its type's name if empty."""
+    return " ".join(str(exc).split()) or type(exc).__name__

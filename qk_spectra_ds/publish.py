@@ -61,17 +61,61 @@ def publish(
     token: str | None = None,
     max_attempts: int = 8,
 ) -> PublishResult:
-    """Push ``out_dir`` (data/ and a merged card) to the dataset repo ``repo_id``, then tag ``version``."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    """Push ``out_dir`` (data/ and a merged card) to the dataset repo ``repo_id``, then tag ``version``.
 
+    Every failure is a one-line ``PublishError``: HTTP errors name their status,
+    and a Hub that cannot be reached at all (no network, a wrong HF_ENDPOINT)
+    says so instead of a transport traceback.
+    """
+    check_target(repo_id, version)
     out_dir = Path(out_dir)
     local_files = dataset_repo.model_files(out_dir)
     if not local_files:
         raise PublishError(f"{out_dir} has no data/<family>/*.parquet to publish: build a family first")
+    try:
+        return _publish(out_dir, local_files, repo_id, version, private, branch or "main", force, message, token,
+                        max_attempts)  # fmt: skip
+    except _network_errors() as exc:
+        from huggingface_hub import constants
+
+        raise PublishError(
+            f"cannot reach the Hub at {constants.ENDPOINT} to publish {repo_id} ({type(exc).__name__}: "
+            f"{_first_line(exc)}): check the network or HF_ENDPOINT; {out_dir} is unchanged, rerun to publish it"
+        ) from None
+
+
+def check_target(repo_id: str, version: str | None = None) -> None:
+    """Refuse a repo id or a version the Hub would refuse, before any work (a build can take hours)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise PublishError(f"--push-to-hub {repo_id!r} is not a Hub repo id (ORG/NAME): {_first_line(exc)}") from None
     if version is not None and not VERSION_PATTERN.match(version):
         raise PublishError(f"version {version!r} is not of the form vMAJOR.MINOR.PATCH (e.g. v0.1.0)")
-    branch = branch or "main"
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions of a request that never got an HTTP answer (refused, DNS, timeout, offline mode)."""
+    errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    try:  # huggingface_hub >= 1: httpx (its module, whatever the package is called)
+        from huggingface_hub.utils import httpx
+
+        errors += (httpx.TransportError,)
+    except ImportError:  # pragma: no cover - huggingface_hub < 1 uses requests
+        import requests
+
+        errors += (requests.ConnectionError, requests.Timeout)
+    return errors
+
+
+def _publish(out_dir, local_files, repo_id, version, private, branch, force, message, token, max_attempts):
+    """``publish`` once its arguments are checked: every Hub call, HTTP errors as PublishError."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -219,6 +263,10 @@ def _http_message(repo_id: str, exc: Exception) -> str:
         return f"the Hub rejected the token for {repo_id} (HTTP 401): log in with `hf auth login` or set HF_TOKEN"
     if status == 403:
         return f"no write access to {repo_id} (HTTP 403): check the token's permissions and the organization"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"publishing {repo_id} failed (HTTP {status}): {first}"
+    return f"publishing {repo_id} failed (HTTP {status}): {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
