@@ -9,6 +9,11 @@ Commands (``python analyze.py COMMAND --help`` for the flags of each):
   report         all of the above plus an index.md linking every figure and table
   import_legacy  convert the original study's pickles into a schema-v1 dataset directory
 
+Flags are checked against the command before any work: an unknown flag (the closest valid one is
+named), a value of the wrong type or an unusable ``--out`` stops at once with one ``error:`` line.
+Values are taken as typed (``--family 1e3`` is "1e3"). For an unexpected error, set
+``QK_SPECTRA_DEBUG=1`` to see its traceback.
+
 Outputs go to ``<out>/<family>/``: ``ESDs/<model>.png``,
 ``plots/<STAT>/<model>_<STAT>_box.png``, ``taxonomy/*.png``, ``tables/*.csv``,
 ``index.md``.

@@ -45,7 +45,8 @@ def main(
     Flags are checked before any work: an unknown or misspelt flag, a value of the wrong type, an
     --out that is a file or not writable, a --device torch cannot use, or a --version that is not
     vX.Y.Z stops the command at once with one line. Values are taken as typed (--family 1e3 is the
-    name "1e3"); switches are --force or --force=false.
+    name "1e3"); switches are --force or --force=false. Every failure is one `error:` line; for an
+    unexpected one, set QK_SPECTRA_DEBUG=1 to see its traceback.
 
     Args:
       family: Dataset config to build, a catalogued family (see --list; Qwen3, Gemma2, Llama,
