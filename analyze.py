@@ -273,7 +273,8 @@ def report(
     _summary(quiet, "report", outputs, t0, extra=f"index: {outputs.family_dir / 'index.md'}")
 
 
-def import_legacy(pickles: str = None, family: str = None, out: str = None, quiet: bool = False):
+def import_legacy(pickles: str = None, family: str = None, out: str = None, force: bool = False,
+                  pool_legacy: bool = False, quiet: bool = False):
     """Convert the original study's pickles into a schema-v1 dataset directory.
 
     Each <model>.pkl (dict of layer -> arrays: singular_values, eigen_values and
@@ -283,11 +284,17 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, quie
     anything beyond numpy arrays in dicts/lists is refused before it can run.
     Rows are marked variant=legacy; what the pickles cannot tell (model
     revision and type, d_model, KV heads, dtype, positivity) is left null.
+    A model the family already holds as spectra built from weights is not
+    replaced without --force, and a family holding other built models does not
+    take legacy ones without --pool_legacy (the legacy numbers carry the
+    original study's pairing error; the analysis keeps the two apart unless asked).
 
     Args:
         pickles: directory of *.pkl files (or one .pkl file) from the original study (required).
         family: config name to file the models under, e.g. Qwen3 (required).
         out: dataset directory to create or update (required).
+        force: replace a model the family holds as spectra built from weights by its legacy numbers.
+        pool_legacy: import into a family that already holds spectra built from weights.
         quiet: no progress bar or summary on stderr.
     """
     from qk_spectra_ds.legacy import import_legacy as run_import
@@ -295,7 +302,8 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, quie
     if pickles is None or family is None or out is None:
         raise _usage("import_legacy needs --pickles DIR, --family NAME and --out DATASET_DIR")
     t0 = time.perf_counter()
-    written = run_import(str(pickles), str(family), str(out), progress=not quiet)
+    written = run_import(str(pickles), str(family), str(out), progress=not quiet, force=bool(force),
+                         pool_legacy=bool(pool_legacy))
     _say(quiet, f"import_legacy: {len(written)} model(s) -> {out}/data/{family}/ in {time.perf_counter() - t0:.1f}s")
 
 

@@ -108,6 +108,7 @@ def build_model(
     revision = source.revision or f"local:{checkpoint.header_digest[:40]}"
     result = ModelResult(source.model_id, "built", revision=revision)
 
+    dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
     previous = dataset_repo.existing_build(out_dir, family, source.model_id)
     if (
         not force
@@ -265,14 +266,31 @@ def build_family(
             result = ModelResult(str(spec), "failed", error=f"{type(exc).__name__}: {exc}")
         results.append(result)
         if result.status == "built":
-            dataset_repo.write_card(out_dir)
-    if not Path(out_dir, dataset_repo.CARD_NAME).exists() and dataset_repo.model_files(out_dir):
-        dataset_repo.write_card(out_dir)
+            refresh_card(out_dir)  # a failure here is retried below; the next models still run
+    # Always, so that a rerun repairs a card an interrupted build left behind its files.
+    card_error = refresh_card(out_dir) if dataset_repo.model_files(out_dir) else None
     failed = [r for r in results if r.status == "failed"]
-    if failed:
-        detail = "; ".join(f"{r.model_id}: {r.error}" for r in failed)
-        raise BuildError(f"{len(failed)} of {len(results)} model(s) failed ({detail})", results)
+    if failed or card_error:
+        parts = [f"{len(failed)} of {len(results)} model(s) failed ({'; '.join(f'{r.model_id}: {r.error}' for r in failed)})"] if failed else []
+        parts += [f"{card_error} (the model files are in place)"] if card_error else []
+        raise BuildError("; ".join(parts), results)
     return results
+
+
+def refresh_card(out_dir: str | Path) -> str | None:
+    """Regenerate the card from the files present; a failure is returned as one line, never raised.
+
+    The model files are already in place when this runs: a full disk (ENOSPC)
+    or a card that does not parse must not lose them or stop the other models.
+    """
+    try:
+        dataset_repo.write_card(out_dir)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return f"the card {Path(out_dir) / dataset_repo.CARD_NAME} could not be written ({reason}); rerun to regenerate it"
+    except QKSpectraError as exc:
+        return str(exc)
+    return None
 
 
 def require_build_extra():

@@ -9,6 +9,10 @@ Every file is written to a temporary name beside its target and moved into
 place with ``os.replace``, so a reader (or an interrupted build) never sees a
 half-written file. The card is derived from the parquet files present, plus
 the version history it already records, so it can always be regenerated.
+
+Built spectra and the original study's imported legacy spectra (variant
+``legacy``, computed with its factor pairing error) never replace each other
+silently: :func:`check_replace` refuses it without ``force``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pyarrow.parquet as pq
 
 from . import __version__, schema
 from .atomic import atomic_path, write_text
+from .errors import QKSpectraError
 
 CARD_NAME = "README.md"
 DATA_DIR = "data"
@@ -44,6 +49,14 @@ SUMMARY_COLUMNS = (
     "schema_version",
 )
 _TEMPLATE = Path(__file__).with_name("templates") / "dataset_card.md"
+
+
+class DatasetRepoError(QKSpectraError):
+    """A dataset directory's files or card cannot be used as they are (corrupt, or would be replaced)."""
+
+
+class CardError(DatasetRepoError):
+    """The card's YAML header does not parse as plain data."""
 
 
 def model_slug(model_id: str) -> str:
@@ -111,7 +124,13 @@ def model_files(out_dir: str | os.PathLike) -> list[Path]:
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:
     """Per-model metadata of one parquet file (first row of the metadata columns, row count)."""
-    table = pq.read_table(path, columns=[c for c in SUMMARY_COLUMNS])
+    try:
+        table = pq.read_table(path, columns=[c for c in SUMMARY_COLUMNS])
+    except Exception as exc:  # ArrowInvalid (not parquet, truncated), a missing column, OSError
+        raise DatasetRepoError(
+            f"{_repo_relative(path)} is corrupt or not a model table ({' '.join(str(exc).split())[:200]}): "
+            "rebuild that model (--force) or remove the file"
+        ) from None
     first = table.slice(0, 1).to_pylist()
     summary = dict(first[0]) if first else {c: None for c in SUMMARY_COLUMNS}
     summary["n_rows"] = table.num_rows
@@ -119,6 +138,62 @@ def read_summary(path: str | os.PathLike) -> dict[str, Any]:
     summary["config"] = Path(path).parent.name
     summary["path"] = Path(path).relative_to(Path(path).parents[2]).as_posix()
     return summary
+
+
+def _repo_relative(path: str | os.PathLike) -> str:
+    path = Path(path)
+    return path.relative_to(path.parents[2]).as_posix() if len(path.parents) > 2 else path.as_posix()
+
+
+def table_variants(path: str | os.PathLike) -> set[str] | None:
+    """The variants a model's parquet file holds (None if it cannot be read: it is replaced, never trusted)."""
+    try:
+        return {str(v) for v in pq.read_table(path, columns=["variant"]).column("variant").unique().to_pylist()}
+    except Exception:
+        return None
+
+
+def check_replace(out_dir: str | os.PathLike, family: str, model_id: str, variant: str, force: bool = False) -> None:
+    """Refuse (one line) to replace built spectra by legacy ones, or legacy by built, unless ``force``.
+
+    The model's table in ``family`` holds either spectra built from the weights
+    or the original study's imported legacy spectra (with its pairing error);
+    silently swapping one for the other would change every number under the
+    same name.
+    """
+    path = model_path(out_dir, family, model_id)
+    held = table_variants(path) if path.exists() else None
+    if force or not held:
+        return
+    legacy = schema.VARIANT_LEGACY
+    name = _repo_relative(path)
+    if variant == legacy and held - {legacy}:
+        raise DatasetRepoError(
+            f"{name} holds spectra of {model_id} built from its weights (variant {', '.join(sorted(held - {legacy}))}): "
+            "importing the legacy pickle would replace them with the original study's numbers; pass --force to "
+            "replace them, or import into another family"
+        )
+    if variant != legacy and legacy in held:
+        raise DatasetRepoError(
+            f"{name} holds the original study's imported legacy spectra of {model_id}: building it would replace them; "
+            "pass --force to replace them, or build into another family"
+        )
+
+
+def built_models(out_dir: str | os.PathLike, family: str, exclude: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """Model ids of ``family`` whose tables hold spectra built from weights (not legacy), files in ``exclude`` aside."""
+    skip = {Path(p).resolve() for p in exclude}
+    found = []
+    for path in sorted((Path(out_dir) / DATA_DIR / family).glob("*.parquet")):
+        if path.resolve() in skip:
+            continue
+        held = table_variants(path)
+        if held and held - {schema.VARIANT_LEGACY}:
+            try:
+                found.append(str(pq.read_table(path, columns=["model_id"]).column("model_id")[0]))
+            except Exception:
+                found.append(path.stem)
+    return found
 
 
 def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> dict[str, Any] | None:
@@ -135,7 +210,32 @@ def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> di
 # ---------------------------------------------------------------- the card
 
 
-def card_metadata(text: str | None) -> dict[str, list[dict[str, Any]]]:
+def card_yaml(text: str, where: str = CARD_NAME) -> dict[str, Any]:
+    """The card's YAML header as plain data; one line (:class:`CardError`) if it does not parse.
+
+    Parsed with ``yaml.safe_load`` (through ``huggingface_hub``): a tag such as
+    ``!!python/object/apply`` is refused, never executed.
+    """
+    from huggingface_hub import DatasetCard
+
+    try:
+        return DatasetCard(text).data.to_dict()
+    except Exception as exc:  # yaml.YAMLError (syntax, !!python tags), ValueError (not a mapping)
+        detail = " ".join(str(exc).split())
+        hint = "a !!python tag (never executed)" if "python/" in detail else detail[:160]
+        raise CardError(
+            f"the card {where} has a YAML header that does not parse as plain data ({hint}): fix it, or delete it to "
+            "have it regenerated from the data files (its version history would be lost)"
+        ) from None
+
+
+def card_configs(text: str, where: str = CARD_NAME) -> set[str]:
+    """The config names a card declares."""
+    configs = card_yaml(text, where).get("configs") or []
+    return {str(c.get("config_name")) for c in configs if isinstance(c, dict)} if isinstance(configs, list) else set()
+
+
+def card_metadata(text: str | None, where: str = CARD_NAME) -> dict[str, list[dict[str, Any]]]:
     """The ``qk_spectra_ds`` block of a card: ``versions`` (history) and ``models`` (summaries).
 
     The card records both so that it can be regenerated, or merged with another
@@ -143,17 +243,21 @@ def card_metadata(text: str | None) -> dict[str, list[dict[str, Any]]]:
     """
     if not text:
         return {"versions": [], "models": []}
-    from huggingface_hub import DatasetCard
-
-    block = DatasetCard(text).data.to_dict().get("qk_spectra_ds") or {}
-    return {"versions": list(block.get("versions") or []), "models": list(block.get("models") or [])}
+    block = card_yaml(text, where).get("qk_spectra_ds") or {}
+    if not isinstance(block, dict):
+        raise CardError(f"the card {where} has a qk_spectra_ds block that is not a mapping: fix or delete the card")
+    lists = {key: block.get(key) or [] for key in ("versions", "models")}
+    for key, value in lists.items():
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise CardError(f"the card {where} has a qk_spectra_ds.{key} that is not a list of mappings: fix or delete the card")
+    return {key: list(value) for key, value in lists.items()}
 
 
 def read_card_versions(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The version history recorded in the card in ``out_dir`` (empty if none)."""
     card_path = Path(out_dir) / CARD_NAME
     text = card_path.read_text(encoding="utf-8") if card_path.exists() else None
-    return card_metadata(text)["versions"]
+    return card_metadata(text, where=str(card_path))["versions"]
 
 
 def merge_summaries(*groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -222,11 +326,14 @@ def render_card(
             "models": [{k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes")} for m in summaries],
         },
     )
+    legacy = [s for s in summaries if s.get("variant") == schema.VARIANT_LEGACY]
     card = DatasetCard.from_template(
         card_data,
         template_path=str(_TEMPLATE),
         repo_id=repo_id,
         models=list(summaries),
+        legacy_models=legacy,
+        built_models=[s for s in summaries if s.get("variant") != schema.VARIANT_LEGACY],
         families=families,
         versions=list(versions),
         columns=schema.column_types(),
@@ -241,17 +348,22 @@ def write_card(
     new_version: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
 ) -> Path:
-    """Regenerate README.md from the parquet files present, atomically.
+    """Regenerate README.md from the parquet files present, atomically (not rewritten if unchanged).
 
     ``new_version`` (version, date, changes) is appended to the recorded history,
-    replacing an entry of the same version.
+    replacing an entry of the same version. A card whose YAML does not parse, or
+    a corrupt model file, is a one-line :class:`DatasetRepoError`; an ``OSError``
+    (e.g. ENOSPC) leaves the previous card in place.
     """
     versions = read_card_versions(out_dir)
     if new_version is not None:
         versions = add_version(versions, new_version)
     summaries = [read_summary(p) for p in model_files(out_dir)]
     text = render_card(summaries, versions, repo_id=repo_id)
-    return write_text(Path(out_dir) / CARD_NAME, text)
+    path = Path(out_dir) / CARD_NAME
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
+    return write_text(path, text)
 
 
 def _size_category(n: int) -> str:

@@ -10,7 +10,13 @@ Every expected failure is an :class:`AnalysisError` (or a
 :class:`~qk_spectra_ds.schema.SchemaError`, a subclass of ``ValueError`` too)
 with a one-line message: a missing dataset or config, an unknown
 ``schema_version``, a missing column, an empty selection, non-finite spectra
-(optionally skipped with a warning that counts them), mixed variants.
+(optionally skipped with a warning that counts them), mixed variants, the
+original study's legacy spectra pooled with built ones (allowed only when asked),
+and rows no QK spectrum can have (see :func:`check_structure` and
+:func:`spectrum_problem`). For a local directory the data files are checked
+first (corrupt, empty, one model in two files, a card that does not parse) and
+read as they are, even when the card is out of step with them (an interrupted
+build); each message names the file.
 
 The result is a ``pandas.DataFrame`` with one row per (model, layer, head): the
 scalar columns of schema v1 plus ``eigenvalues`` as an object column holding
@@ -31,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema
-from .dataset_repo import model_slug
+from .dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, model_slug
 from .errors import QKSpectraError
 
 
@@ -95,12 +101,74 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _load_arrow(dataset: str, family: str, revision: str | None):
-    """``load_dataset(dataset, family, revision=..., split="train")`` -> pyarrow Table, errors as LoadError."""
+def config_files(root: Path, family: str) -> list[Path]:
+    """The parquet files a local config reads (``data/<family>/*.parquet``, or every family for ``all``)."""
+    pattern = f"{DATA_DIR}/*/*.parquet" if family == "all" else f"{DATA_DIR}/{family}/*.parquet"
+    return sorted(root.glob(pattern))
+
+
+def check_local_files(root: Path, files: Sequence[Path]) -> dict[tuple[str, str], list[str]]:
+    """Check the data files of a local config before ``datasets`` reads them; map (model, variant) -> files.
+
+    One line naming the file for a file that is empty (0 bytes), not a readable
+    parquet file, or has no rows, and for one (model, variant) held by two
+    files (a parquet copied twice into a family, or one model built into two
+    families and loaded together through ``all``).
+    """
+    import pyarrow.parquet as pq
+
+    owners: dict[tuple[str, str], list[str]] = {}
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        if path.stat().st_size == 0:
+            raise LoadError(f"{name} is empty (0 bytes), so corrupt (an interrupted copy?): rebuild that model or remove the file")
+        try:
+            parquet = pq.ParquetFile(path)
+            columns = [c for c in ("model_id", "variant") if c in parquet.schema_arrow.names]
+            keys = parquet.read(columns=columns).to_pydict() if len(columns) == 2 else None
+        except Exception as exc:  # ArrowInvalid, OSError, ...: the bytes are not a parquet file
+            raise LoadError(f"{name} is corrupt (not a readable parquet file: {_one_line(exc)}): rebuild that model or remove the file") from None
+        if parquet.metadata.num_rows == 0:
+            raise LoadError(f"{name} has no rows (a model file holds one row per head): rebuild that model or remove the file")
+        if keys is None:
+            continue  # a missing column is reported by the schema check, naming the file
+        for key in dict.fromkeys(zip(keys["model_id"], keys["variant"])):
+            owners.setdefault(key, []).append(name)
+    for (model, variant), names in owners.items():
+        if len(names) > 1:
+            raise LoadError(
+                f"model {model} (variant {variant}) is in {len(names)} files, {' and '.join(names)}: a file copied twice, "
+                "or one model in two families loaded together; remove the extra file or load one family"
+            )
+    return owners
+
+
+def _local_card_configs(root: Path) -> set[str] | None:
+    """The configs the local card declares (None without a card); a card that does not parse is one line."""
+    card = root / CARD_NAME
+    if not card.is_file():
+        return None
+    try:
+        return card_configs(card.read_text(encoding="utf-8"), where=f"{root.name}/{CARD_NAME}")
+    except DatasetRepoError as exc:
+        raise LoadError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoadError(f"cannot read {card}: {_one_line(exc)}") from None
+
+
+def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence[Path] | None = None):
+    """``load_dataset(dataset, family, revision=..., split="train")`` -> pyarrow Table, errors as LoadError.
+
+    A local directory is read as its files are: split sizes recorded in the
+    card are not verified (an interrupted build can leave the card behind the
+    files), and a config the card lacks but ``data/<family>/`` holds is read
+    from the files directly.
+    """
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
     local = is_local_dataset(dataset)
+    kwargs = {}
     if local:
         path = Path(os.path.expanduser(dataset))
         if not path.is_dir():
@@ -113,21 +181,30 @@ def _load_arrow(dataset: str, family: str, revision: str | None):
                 f"--revision {revision!r} applies to Hub repos only; {dataset!r} is a local directory "
                 "(check out that revision there instead)"
             )
-        if not (path / "README.md").exists() and not (path / "data").is_dir():
+        if not (path / CARD_NAME).exists() and not (path / DATA_DIR).is_dir():
             raise LoadError(f"{dataset!r} is not a qk-spectra-ds dataset directory (no README.md, no data/)")
-        source = str(path)
+        configs = _local_card_configs(path)
+        source, name = str(path), family
+        if files and (configs is None or family not in configs):
+            source, name = "parquet", None  # the card is behind the files: read what the files hold
+            kwargs["data_files"] = {"train": [str(f) for f in files]}
+        # datasets caches a local directory under its base name, config and card only: a rebuilt
+        # model file with an unchanged card would be served stale. Re-reading local parquet is cheap.
+        kwargs.update(download_mode="force_redownload", verification_mode="no_checks")
     else:
-        source = dataset
-    # datasets caches a local directory under its base name, config and card only: a rebuilt
-    # model file with an unchanged card would be served stale. Re-reading local parquet is cheap.
-    mode = "force_redownload" if local else None
+        source, name = dataset, family
     try:
         with _quiet_datasets():
-            ds = datasets.load_dataset(source, family, revision=revision, split="train", download_mode=mode)
+            ds = datasets.load_dataset(source, name, revision=revision, split="train", **kwargs)
     except DatasetNotFoundError as exc:
         raise LoadError(f"dataset {dataset!r} not found{'' if revision is None else f' at revision {revision!r}'}: {_one_line(exc)}") from exc
     except datasets.exceptions.DatasetGenerationError as exc:
         raise LoadError(_describe_generation_error(dataset, family, exc)) from exc
+    except datasets.exceptions.NonMatchingSplitsSizesError as exc:
+        raise LoadError(
+            f"the card of {dataset!r}{'' if revision is None else f'@{revision}'} records other split sizes than its "
+            f"files hold for config {family!r}: the card is out of step with the data (republish it)"
+        ) from exc
     except ValueError as exc:
         message = str(exc)
         if "BuilderConfig" in message:
@@ -137,13 +214,22 @@ def _load_arrow(dataset: str, family: str, revision: str | None):
         raise LoadError(f"cannot load {dataset!r} config {family!r}: {_one_line(exc)}") from exc
     except FileNotFoundError as exc:
         raise LoadError(f"cannot load {dataset!r} config {family!r}: {_one_line(exc)}") from exc
-    except Exception as exc:  # network / Hub errors from huggingface_hub, with their own types
+    except Exception as exc:  # network / Hub errors from huggingface_hub, YAML errors, with their own types
         name = type(exc).__name__
         if name in {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "HfHubHTTPError",
                     "GatedRepoError", "LocalEntryNotFoundError", "ConnectionError", "HTTPError"}:
             raise LoadError(f"cannot load {dataset!r}{'' if revision is None else f'@{revision}'}: {name}: {_one_line(exc)}") from exc
+        if _is_yaml_error(exc):
+            raise LoadError(
+                f"the card README.md of {dataset!r} has a YAML header that does not parse as plain data "
+                f"({_one_line(exc)}); nothing in it was executed"
+            ) from None
         raise
     return ds.data.table
+
+
+def _is_yaml_error(exc: BaseException) -> bool:
+    return any(cls.__module__.startswith("yaml") for cls in type(exc).__mro__)
 
 
 def _describe_generation_error(dataset: str, family: str, exc: BaseException) -> str:
@@ -165,14 +251,41 @@ def _describe_generation_error(dataset: str, family: str, exc: BaseException) ->
                 f"dataset {dataset!r} config {family!r} has column(s) {', '.join(extra)} unknown to schema "
                 f"v{schema.SCHEMA_VERSION}: upgrade qk-spectra-ds or load an older dataset revision"
             )
+    if _is_corrupt_file_error(exc):
+        return (
+            f"a data file of {dataset!r} config {family!r} is corrupt (not a readable parquet file: "
+            f"{_one_line(_root_cause(exc))}): rebuild that model or remove the file"
+        )
     return f"dataset {dataset!r} config {family!r} does not match its card's features: {_one_line(exc)}"
 
 
-def _spectra_column(table) -> list[np.ndarray | None]:
-    """The ``eigenvalues`` list column as one float32 array per row (None where null)."""
+def _root_cause(exc: BaseException) -> BaseException:
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _is_corrupt_file_error(exc: BaseException) -> bool:
+    """An Arrow error reading the bytes of a file (magic bytes, footer, truncation), not a schema mismatch."""
     import pyarrow as pa
 
-    column = table.column(_SPECTRUM_COLUMN).combine_chunks()
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (pa.ArrowInvalid, pa.ArrowIOError)) and not hasattr(cause, "table_column_names"):
+            text = str(cause).lower()
+            if any(word in text for word in ("magic", "footer", "parquet", "corrupt", "truncat", "eof", "size")):
+                return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _list_column(table, name: str) -> list[np.ndarray | None]:
+    """A list<float32> column (``eigenvalues``, ``singular_values``) as one float32 array per row (None where null)."""
+    import pyarrow as pa
+
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    column = table.column(name).combine_chunks()
     if isinstance(column, pa.ChunkedArray):  # empty table
         return []
     values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
@@ -187,8 +300,9 @@ def load_spectra(
     family: str = "all",
     revision: str | None = None,
     models: str | Sequence[str] | None = None,
-    variant: str | None = None,
+    variant: str | Sequence[str] | None = None,
     skip_nonfinite: bool = False,
+    pool_legacy: bool = False,
 ) -> pd.DataFrame:
     """Load and validate one config of a spectra dataset.
 
@@ -199,19 +313,32 @@ def load_spectra(
         models: keep only these models (``"a,b"`` or a list); each name may be a
             full model id (``Qwen/Qwen3-0.6B``), its file slug or its last path
             component (``Qwen3-0.6B``).
-        variant: keep only rows of this variant (required when the selection
-            mixes variants, e.g. ``raw`` and ``legacy``).
+        variant: keep only rows of this variant (required when a model has rows
+            of several variants, e.g. ``raw`` and ``folded``), or of these
+            variants (``"raw,legacy"`` or a list). Naming ``legacy`` together
+            with another variant asks for them to be pooled.
         skip_nonfinite: drop rows whose spectrum or eigenvalue statistics hold
             NaN/Inf (with a warning that counts them) instead of failing.
+        pool_legacy: analyse the original study's imported spectra (variant
+            ``legacy``, computed with its factor pairing error) together with
+            spectra built from weights; without it such a selection is refused.
 
     Returns:
-        One row per head, dataset order, scalar columns of schema v1 plus
+        One row per head, dataset order, scalar columns of the schema plus
         ``eigenvalues`` (float32 arrays).
     """
     dataset = os.fspath(dataset)
     family = str(family)
     revision = None if revision is None else str(revision)
-    table = _load_arrow(dataset, family, revision)
+    variants = parse_models(variant)
+    owners: dict[tuple[str, str], list[str]] = {}
+    files: list[Path] = []
+    if is_local_dataset(dataset) and revision is None:
+        root = Path(os.path.expanduser(dataset))
+        if root.is_dir():
+            files = config_files(root, family)
+            owners = check_local_files(root, files)
+    table = _load_arrow(dataset, family, revision, files)
 
     versions = []
     if "schema_version" in table.column_names:
@@ -221,13 +348,48 @@ def load_spectra(
         raise LoadError(f"dataset {dataset!r} config {family!r} has no rows")
 
     _check_required(table, dataset, family)
-    scalar_columns = [c for c in schema.COLUMNS if c not in schema.SPECTRUM_COLUMNS]
+    scalar_columns = [c for c in schema.COLUMNS if c not in schema.SPECTRUM_COLUMNS and c in table.column_names]
     frame = table.select(scalar_columns).to_pandas()
-    frame[_SPECTRUM_COLUMN] = _spectra_column(table)
-    frame = _select(frame, dataset, family, parse_models(models), variant)
+    frame[_SPECTRUM_COLUMN] = _list_column(table, _SPECTRUM_COLUMN)
+    singular_values = _list_column(table, "singular_values")
+    frame = _select(frame, dataset, family, parse_models(models), variants)
+    pooled = pool_legacy or (variants is not None and schema.VARIANT_LEGACY in variants and len(variants) > 1)
+    _check_legacy_pooling(frame, dataset, family, pooled)
+    where = _locator(owners, dataset)
+    check_structure(frame, singular_values, where)
     frame = _check_finite(frame, skip_nonfinite)
-    _check_duplicates(frame)
+    check_values(frame, singular_values, where)
     return frame.reset_index(drop=True)
+
+
+def _locator(owners: dict[tuple[str, str], list[str]], dataset: str):
+    """``where(model, variant)``: the file holding those rows (local) or the model and dataset (Hub)."""
+
+    def where(model: str, variant: str) -> str:
+        names = owners.get((model, variant))
+        return f"{names[0]} (model {model})" if names else f"model {model} of {dataset!r}"
+
+    return where
+
+
+def _check_legacy_pooling(frame: pd.DataFrame, dataset: str, family: str, pooled: bool) -> None:
+    """Refuse legacy spectra (the original study's, with its pairing error) mixed with built ones, unless asked."""
+    is_legacy = frame["variant"] == schema.VARIANT_LEGACY
+    if pooled or is_legacy.all() or not is_legacy.any():
+        return
+    legacy = list(dict.fromkeys(frame.loc[is_legacy, "model_id"]))
+    built = list(dict.fromkeys(frame.loc[~is_legacy, "model_id"]))
+    others = sorted({str(v) for v in frame.loc[~is_legacy, "variant"]})
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    raise LoadError(
+        f"{dataset!r} config {family!r} mixes the original study's imported legacy spectra (computed with its factor "
+        f"pairing error: {names(legacy)}) with spectra built from weights ({names(built)}): analyse one with "
+        f"--variant {schema.VARIANT_LEGACY} or --variant {others[0]}, or pool them explicitly with "
+        f"--variant {','.join(others)},{schema.VARIANT_LEGACY}"
+    )
 
 
 REQUIRED_COLUMNS = (
@@ -275,7 +437,7 @@ def model_names(model_id: str) -> set[str]:
     return {model_id, model_slug(model_id), model_id.rstrip("/").rsplit("/", 1)[-1]}
 
 
-def _select(frame: pd.DataFrame, dataset: str, family: str, models: list[str] | None, variant: str | None) -> pd.DataFrame:
+def _select(frame: pd.DataFrame, dataset: str, family: str, models: list[str] | None, variants: list[str] | None) -> pd.DataFrame:
     available = list(dict.fromkeys(frame["model_id"].tolist()))
     if models is not None:
         chosen: list[str] = []
@@ -291,12 +453,14 @@ def _select(frame: pd.DataFrame, dataset: str, family: str, models: list[str] | 
                 f"available: {', '.join(available)}"
             )
         frame = frame[frame["model_id"].isin(chosen)]
-    if variant is not None:
+    if variants is not None:
         present = sorted({str(v) for v in frame["variant"].unique()})
-        frame = frame[frame["variant"] == variant]
-        if frame.empty:
+        missing = [v for v in variants if v not in present]
+        frame = frame[frame["variant"].isin(variants)]
+        if frame.empty or (len(variants) > 1 and missing):
+            wanted = ", ".join(repr(v) for v in missing or variants)
             raise LoadError(
-                f"no rows of variant {variant!r} in the selection from {dataset!r} config {family!r}; "
+                f"no rows of variant {wanted} in the selection from {dataset!r} config {family!r}; "
                 f"variants present: {', '.join(present)}"
             )
     if frame.empty:
@@ -311,7 +475,37 @@ def _select(frame: pd.DataFrame, dataset: str, family: str, models: list[str] | 
     return frame
 
 
+class ConstantSpectraWarning(UserWarning):
+    """Heads with a constant spectrum (e.g. all-zero heads, NaN skew/kurtosis) were left out."""
+
+
+def _drop_constant_spectra(frame: pd.DataFrame) -> pd.DataFrame:
+    """Leave out, with a warning, heads whose spectrum is constant and whose skew/kurtosis are NaN.
+
+    The builder writes NaN skew/kurtosis for a constant spectrum (an all-zero head):
+    it has no shape to classify or to put in a SKEW/KURTOSIS box, so it is not an error.
+    """
+    ev = frame[list(EV_STAT_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    shape = [EV_STAT_COLUMNS.index(c) for c in ("ev_skew", "ev_kurtosis")]
+    rest = [i for i in range(len(EV_STAT_COLUMNS)) if i not in shape]
+    low, high = ev[:, EV_STAT_COLUMNS.index("ev_min")], ev[:, EV_STAT_COLUMNS.index("ev_max")]
+    constant = (low == high) & np.isfinite(ev[:, rest]).all(axis=1) & np.isnan(ev[:, shape]).all(axis=1)
+    if not constant.any():
+        return frame
+    if constant.all():
+        raise LoadError("every selected head has a constant spectrum (e.g. all zero): nothing to classify")
+    first = frame.loc[constant].iloc[0]
+    warnings.warn(
+        f"left out {int(constant.sum())} head(s) with a constant spectrum (first: {first['model_id']} layer "
+        f"{first['layer']} head {first['head']}, eigenvalues all {low[constant][0]:g}): no spectral shape to classify",
+        ConstantSpectraWarning,
+        stacklevel=4,
+    )
+    return frame.loc[~constant]
+
+
 def _check_finite(frame: pd.DataFrame, skip: bool) -> pd.DataFrame:
+    frame = _drop_constant_spectra(frame)
     spectra = frame[_SPECTRUM_COLUMN].tolist()
     null = np.array([s is None or len(s) == 0 for s in spectra], dtype=bool)
     lengths = np.array([0 if s is None else len(s) for s in spectra])
@@ -343,14 +537,117 @@ def _check_finite(frame: pd.DataFrame, skip: bool) -> pd.DataFrame:
     return kept
 
 
-def _check_duplicates(frame: pd.DataFrame) -> None:
-    dup = frame.duplicated(["model_id", "variant", "layer", "head"])
+def check_structure(frame: pd.DataFrame, singular_values: Sequence[np.ndarray | None], where) -> None:
+    """Refuse rows whose indices or shapes are impossible; one line naming the file (``where``) and the row.
+
+    Checked: n_layers, n_heads, d_head positive and the same for all rows of a
+    (model, variant); 0 <= layer < n_layers, 0 <= head < n_heads; n_heads a
+    multiple of n_kv_heads and kv_head = head // (n_heads / n_kv_heads) where
+    known; spectra of length d_head; no (model, variant, layer, head) twice;
+    every layer present with all its n_heads heads.
+    """
+    index = frame.index.to_numpy()
+    ints = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("layer", "head", "kv_head", "n_layers", "n_heads", "n_kv_heads", "d_head")}
+    layer, head, n_layers, n_heads, d_head = (ints[c] for c in ("layer", "head", "n_layers", "n_heads", "d_head"))
+    kv, n_kv = ints["kv_head"], ints["n_kv_heads"]
+    ev_len = np.array([len(s) for s in frame[_SPECTRUM_COLUMN]], dtype=np.float64)
+    sv_len = np.array([np.nan if singular_values[i] is None else len(singular_values[i]) for i in index], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        group = np.where(n_kv >= 1, n_heads // np.where(n_kv >= 1, n_kv, 1), np.nan)
+        checks = [
+            (~((n_layers >= 1) & (n_heads >= 1) & (d_head >= 1)), lambda r: f"n_layers {r.n_layers}, n_heads {r.n_heads}, d_head {r.d_head}: each must be at least 1"),
+            (~((layer >= 0) & (layer < n_layers)), lambda r: f"layer {r.layer} is outside 0..{r.n_layers - 1} (n_layers {r.n_layers})"),
+            (~((head >= 0) & (head < n_heads)), lambda r: f"head {r.head} is outside 0..{r.n_heads - 1} (n_heads {r.n_heads})"),
+            (~np.isnan(n_kv) & ~((n_kv >= 1) & (n_heads % np.where(n_kv >= 1, n_kv, 1) == 0)), lambda r: f"n_heads {r.n_heads} is not a multiple of n_kv_heads {r.n_kv_heads}"),
+            (~np.isnan(kv) & ~np.isnan(group) & (kv != head // group), lambda r: f"kv_head {r.kv_head} is not head // (n_heads / n_kv_heads) = {int(r.head // (r.n_heads // r.n_kv_heads))}"),
+            (ev_len != d_head, lambda r: f"{len(r.eigenvalues)} eigenvalues, but d_head is {r.d_head}"),
+            (~np.isnan(sv_len) & (sv_len != d_head), lambda r: f"{len(singular_values[r.Index])} singular values, but d_head is {r.d_head}"),
+        ]
+    for bad, describe in checks:
+        if bad.any():
+            row = next(frame.loc[bad].itertuples())
+            raise AnalysisError(f"{where(row.model_id, row.variant)}: layer {row.layer} head {row.head}: {describe(row)}")
+    keys = ["model_id", "variant"]
+    for column in ("n_layers", "n_heads", "d_head"):
+        counts = frame.groupby(keys, sort=False)[column].nunique()
+        if (counts > 1).any():
+            model, variant = counts[counts > 1].index[0]
+            values = sorted(frame.loc[(frame.model_id == model) & (frame.variant == variant), column].unique())
+            raise AnalysisError(f"{where(model, variant)}: rows disagree on {column} ({', '.join(map(str, values))})")
+    dup = frame.duplicated(keys + ["layer", "head"])
     if dup.any():
-        row = frame.loc[dup].iloc[0]
-        raise LoadError(
-            f"{int(dup.sum())} duplicate row(s) in the selection (first: {row['model_id']} layer {row['layer']} "
-            f"head {row['head']}): the config holds the same model twice"
+        row = next(frame.loc[dup].itertuples())
+        raise AnalysisError(
+            f"{where(row.model_id, row.variant)}: layer {row.layer} head {row.head} appears more than once "
+            f"({int(dup.sum())} duplicate row(s)): each (model, variant, layer, head) must be one row"
         )
+    heads = frame.groupby(keys + ["layer"], sort=False).agg(count=("head", "size"), n_heads=("n_heads", "first"))
+    short = heads[heads["count"] != heads["n_heads"]]
+    if len(short):
+        (model, variant, layer_id), row = next(iter(short.iterrows()))
+        raise AnalysisError(f"{where(model, variant)}: layer {layer_id} has {row['count']} of its {row['n_heads']} heads")
+
+
+def spectrum_problem(
+    singular_values: np.ndarray, eigenvalues: np.ndarray, stats: dict[str, np.ndarray] | None = None
+) -> tuple[int, str] | None:
+    """The first head (row) whose spectrum no QK circuit can have, and what is wrong; None if all are fine.
+
+    ``singular_values`` and ``eigenvalues`` are ``(n_heads, d_head)``; rows holding
+    NaN/Inf are left to the non-finite check. Errors: a negative value; singular
+    values not in descending order; eigenvalues that are not the squares of the
+    singular values (relative 1e-5, plus 1e-6 of the head's largest eigenvalue
+    for values near float32's underflow); published ``ev_min``/``ev_max``
+    (``sv_min``/``sv_max``) other than the spectrum's smallest and largest value
+    (the same tolerance). float32 rounding of correct data stays below 3e-7.
+    """
+    sv = np.asarray(singular_values, dtype=np.float64)
+    ev = np.asarray(eigenvalues, dtype=np.float64)
+    finite = np.isfinite(sv).all(axis=1) & np.isfinite(ev).all(axis=1)
+    if not finite.any():
+        return None
+    with np.errstate(invalid="ignore"):
+        atol = 1e-6 * np.where(finite, np.abs(ev).max(axis=1, initial=0.0), 0.0) + 1e-37
+        sv_atol = 1e-6 * np.where(finite, np.abs(sv).max(axis=1, initial=0.0), 0.0) + 1e-37
+
+    def close(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return np.abs(a - b) <= 1e-5 * np.abs(b) + scale
+
+    checks = [
+        (((sv < 0) | (ev < 0)).any(axis=1), lambda i: f"negative {'eigenvalue' if (ev[i] < 0).any() else 'singular value'} {min(ev[i].min(), sv[i].min()):.6g}"),
+        ((np.diff(sv, axis=1) > 0).any(axis=1), lambda i: "singular values are not in descending order"),
+        (~close(ev, sv**2, atol[:, None]).all(axis=1), lambda i: "eigenvalues are not the squares of the singular values"),
+    ]
+    for name, values, scale in (("ev", ev, atol), ("sv", sv, sv_atol)):
+        for stat, reduce in (("min", np.min), ("max", np.max)):
+            published = None if stats is None else stats.get(f"{name}_{stat}")
+            if published is None:
+                continue
+            published = np.asarray(published, dtype=np.float64)
+            actual = reduce(values, axis=1)
+            bad = np.isfinite(published) & ~close(published, actual, scale)
+            checks.append((bad, lambda i, n=f"{name}_{stat}", p=published, a=actual: f"{n} {p[i]:.6g} is not the spectrum's {n[3:]} {a[i]:.6g}"))
+    for bad, describe in checks:
+        bad = bad & finite
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            return first, describe(first)
+    return None
+
+
+def check_values(frame: pd.DataFrame, singular_values: Sequence[np.ndarray | None], where) -> None:
+    """Apply :func:`spectrum_problem` per (model, variant) and d_head; one line naming the file and the head."""
+    stat_columns = [c for c in ("ev_min", "ev_max", "sv_min", "sv_max") if c in frame.columns]
+    for (model, variant), rows in frame.groupby(["model_id", "variant"], sort=False):
+        with_sv = rows[[singular_values[i] is not None for i in rows.index]]
+        for _, part in with_sv.groupby(with_sv[_SPECTRUM_COLUMN].map(len), sort=False):
+            sv = np.stack([singular_values[i] for i in part.index])
+            ev = np.stack(part[_SPECTRUM_COLUMN].tolist())
+            stats = {c: part[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in stat_columns}
+            problem = spectrum_problem(sv, ev, stats)
+            if problem is not None:
+                row = part.iloc[problem[0]]
+                raise AnalysisError(f"{where(model, variant)}: layer {row['layer']} head {row['head']}: {problem[1]}")
 
 
 def split_models(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
