@@ -526,5 +526,11 @@ def import_legacy(
         iterator = tqdm(tables, desc="import_legacy", unit="model")
     for model_id, columns in iterator:
         written.append(dataset_repo.write_model_table(out_dir, family, model_id, columns))
-    dataset_repo.write_card(out_dir)
+    try:
+        dataset_repo.write_card(out_dir)
+    except OSError as exc:
+        raise LegacyFormatError(
+            f"the {len(written)} table(s) are in place, but the card {Path(out_dir) / dataset_repo.CARD_NAME} could "
+            f"not be written ({exc.strerror or exc}): rerun the import to regenerate it"
+        ) from None
     return written

@@ -297,6 +297,28 @@ def test_a_corrupt_or_empty_parquet_says_it_is_corrupt(damage, tmp_path):
     assert ("corrupt" in message or "empty" in message) and "features" not in message, message
 
 
+def test_a_corrupt_parquet_read_through_the_card_says_it_is_corrupt(tmp_path):
+    """The path a Hub dataset takes (no local pre-check): the error of ``datasets`` is named for what it is."""
+    from qk_spectra_ds.loading import _load_arrow
+
+    out = make_dataset(tmp_path / "ds", "org/a")
+    dataset_repo.model_path(out, FAMILY, "org/a").write_bytes(b"PAR1 but not really a parquet file" * 10)
+    with pytest.raises(LoadError) as info:
+        _load_arrow(str(out), FAMILY, None)
+    message = one_line(info.value, "corrupt")
+    assert "features" not in message, message
+
+
+def test_import_legacy_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(dataset_repo, "write_text", full_disk)
+    with pytest.raises(LegacyFormatError) as info:
+        import_legacy(write_pickle(tmp_path / "p", "m", legacy_data()), FAMILY, tmp_path / "ds")
+    one_line(info.value, "No space left on device", "README.md", "rerun")
+
+
 # ---------------------------------------------------------------- item 11: card out of step with the files
 
 
