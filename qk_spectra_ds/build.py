@@ -72,7 +72,13 @@ def build_model(
     token: str | bool | None = None,
     taken_ids: Mapping[str, str] | None = None,
 ) -> ModelResult:
-    """Build (or skip, if already built from the same revision by this version) one model.
+    """Build one model, or skip it if its file holds the same revision and method version.
+
+    The skip key is exact: ``model_revision`` (a Hub commit, or for a local
+    folder the digest of every byte its rows depend on, see
+    :func:`local_revision_prepass`) and ``method_version``
+    (:data:`schema.METHOD_VERSION`); the package version plays no part.
+
 
     ``taken_ids`` maps the model ids already built in this run to their specs: a
     second model with the same id (two local folders of one name, one Hub id at
@@ -105,25 +111,8 @@ def build_model(
             f"{source.model_id}: the weights have a layer {shape.n_layers} ({layout.query_tensor(shape.n_layers)}) but "
             f"config.json says {shape.n_layers} layers: config and weights do not match"
         )
-    revision = source.revision or f"local:{checkpoint.header_digest[:40]}"
-    result = ModelResult(source.model_id, "built", revision=revision)
-
-    dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
-    previous = dataset_repo.existing_build(out_dir, family, source.model_id)
-    if (
-        not force
-        and previous is not None
-        and previous.get("model_revision") == revision
-        and previous.get("builder_version") == __version__
-    ):
-        result.status, result.path, result.n_rows = "skipped", dataset_repo.model_path(out_dir, family, source.model_id), previous["n_rows"]
-        return result
-
-    device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise QKSpectraError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
-
     def read_layer(layer: int) -> tuple[LayerQK, float]:
+        """Everything the rows of one layer are computed from: the local revision's pre-pass reads through it too."""
         t0 = time.perf_counter()
         qk = layout.read(checkpoint, layer, shape)
         for info, array in zip(("q", "k"), (qk.q, qk.k)):
@@ -131,6 +120,24 @@ def build_model(
                 names = ", ".join(t.name for t in qk.tensors)
                 raise CheckpointError(f"{source.model_id}: NaN or Inf in the {info.upper()} weights of layer {layer} ({names})")
         return qk, time.perf_counter() - t0
+
+    dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
+    if source.revision is None:
+        t0 = time.perf_counter()
+        revision = local_revision_prepass(source, read_layer, shape.n_layers)
+        timings["digest"] = time.perf_counter() - t0
+    else:
+        revision = source.revision
+    result = ModelResult(source.model_id, "built", revision=revision)
+
+    previous = dataset_repo.existing_build(out_dir, family, source.model_id)
+    if not force and is_up_to_date(previous, revision):
+        result.status, result.path, result.n_rows = "skipped", dataset_repo.model_path(out_dir, family, source.model_id), previous["n_rows"]
+        return result
+
+    device = device or default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QKSpectraError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
 
     singular_values = np.empty((shape.n_layers, shape.n_heads, shape.d_head))
     positivity = np.empty((shape.n_layers, shape.n_heads))
@@ -154,6 +161,8 @@ def build_model(
             positivity[layer] = spectra.positivity
             timings["kernel"] += time.perf_counter() - t0
 
+    if source.revision is None:
+        revision = result.revision = local_revision_after_build(source, revision)
     t0 = time.perf_counter()
     columns = model_columns(
         singular_values,
@@ -179,6 +188,53 @@ def build_model(
     return result
 
 
+LOCAL_REVISION_PREFIX = "local:"
+
+
+def local_revision(source: ModelSource) -> str:
+    """``local:`` + 40 hex of the digest of every byte the source has read (config.json, index, headers, tensors)."""
+    return LOCAL_REVISION_PREFIX + source.read_digest()[:40]
+
+
+def local_revision_prepass(source: ModelSource, read_layer, n_layers: int) -> str:
+    """A local model's revision, before its kernel runs: read (and so hash) every layer through ``read_layer``.
+
+    ``read_layer`` is the very function the build reads with, so whatever the
+    rows depend on (Q/K rows now, norm gains or biases a variant reads there
+    later) is in the digest, together with config.json and the headers read
+    before. Each layer's arrays are dropped at once: memory stays one layer.
+    Cost: a local model's Q/K bytes are read twice when it is built (the second
+    time mostly from the OS page cache) and once when it is skipped; nothing
+    else of a shard is read. Hub models need no pre-pass: their commit names the bytes.
+    """
+    for layer in range(n_layers):
+        read_layer(layer)
+    return local_revision(source)
+
+
+def local_revision_after_build(source: ModelSource, before: str) -> str:
+    """The revision to record once the rows are computed: the digest of everything read, pre-pass and build.
+
+    A range read again with other bytes was refused as it was read (the files
+    changed). If the build read ranges the pre-pass did not, the recorded
+    revision covers them too (it then never equals a later pre-pass, so the
+    model is rebuilt each time rather than ever skipped on a partial digest).
+    """
+    after = local_revision(source)
+    if after != before:
+        log.warning("%s: the build read bytes its revision pre-pass did not; read_layer should read them", source.model_id)
+    return after
+
+
+def is_up_to_date(previous: Mapping[str, Any] | None, revision: str) -> bool:
+    """True if an existing model file has exactly this revision and the current method version."""
+    return (
+        previous is not None
+        and previous.get("model_revision") == revision
+        and previous.get("method_version") == schema.METHOD_VERSION
+    )
+
+
 def model_columns(
     singular_values: np.ndarray,
     positivity: np.ndarray,
@@ -191,7 +247,7 @@ def model_columns(
     weights_dtype: str,
     variant: str = schema.VARIANT_RAW,
 ) -> dict[str, Any]:
-    """Schema-v1 columns for a model from its (L, H, d_head) float64 singular values."""
+    """Current-schema columns for a model from its (L, H, d_head) float64 singular values."""
     n_layers, n_heads, _ = singular_values.shape
     n = n_layers * n_heads
     s = singular_values.reshape(n, -1)
@@ -216,6 +272,7 @@ def model_columns(
         "eigenvalues": list(ev.astype(np.float32)),
         "weights_dtype": [weights_dtype] * n,
         "builder_version": [__version__] * n,
+        "method_version": np.full(n, schema.METHOD_VERSION, np.int32),
         "schema_version": np.full(n, schema.SCHEMA_VERSION, np.int32),
     }
     for prefix, values in (("sv", s), ("ev", ev)):

@@ -197,12 +197,16 @@ def built_models(out_dir: str | os.PathLike, family: str, exclude: Sequence[str 
 
 
 def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> dict[str, Any] | None:
-    """The summary of the model's file if it exists and is readable, else None."""
+    """The summary of the model's file (with its first row's ``method_version``, None before schema v2)
+    if it exists and is readable, else None."""
     path = model_path(out_dir, family, model_id)
     if not path.exists():
         return None
     try:
-        return read_summary(path)
+        summary = read_summary(path)
+        has_method = "method_version" in pq.read_schema(path).names and summary["n_rows"]
+        first = pq.read_table(path, columns=["method_version"]).column(0)[0].as_py() if has_method else None
+        return {**summary, "method_version": first}
     except Exception:  # an unreadable file is rebuilt, never trusted
         return None
 

@@ -460,6 +460,7 @@ def legacy_columns(data: dict[str, dict[int, Any]], model_id: str, family: str) 
             columns[name] = metrics[name].tolist()
     columns["weights_dtype"] = [None] * n_rows
     columns["builder_version"] = [__version__] * n_rows
+    columns["method_version"] = [schema.METHOD_VERSION_LEGACY] * n_rows  # not computed by this builder
     columns["schema_version"] = [schema.SCHEMA_VERSION] * n_rows
     return columns
 

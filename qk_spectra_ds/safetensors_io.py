@@ -6,21 +6,26 @@ major, offsets relative to the end of the header. That is all we need to fetch
 exactly the rows of Q and K from a local file or through HTTP ranges, so this
 module parses headers itself and reads through a ``ModelSource``: no shard is
 ever loaded whole, and the same code serves local dirs and Hub repos.
+
+Because the bytes are read by offset, a header is checked as strictly as the
+``safetensors`` library checks it (its ``Metadata::validate`` and
+``read_metadata``): a header that library refuses is refused here, in one line,
+before any tensor byte is read (:func:`check_entry`, :func:`check_data_layout`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import CheckpointError, ModelSourceError
-from .weights import INDEX_NAME, SINGLE_NAME, ModelSource
+from .weights import INDEX_NAME, SINGLE_NAME, ModelSource, check_relative_name
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit (MAX_HEADER_SIZE)
 
 _NUMPY_DTYPES = {
     "F64": np.dtype("<f8"),
@@ -28,6 +33,15 @@ _NUMPY_DTYPES = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),  # decoded by _bf16_to_float32
 }
+
+DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+    "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+}  # fmt: skip
+"""Bits per element of every dtype the safetensors library (0.8) accepts; any other is refused."""
+
+_USIZE_MAX = 2**64 - 1  # the library's offsets and sizes are 64-bit unsigned
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,12 @@ class TensorInfo:
         return n * self.itemsize
 
 
-def read_header(source: ModelSource, filename: str) -> tuple[dict[str, TensorInfo], bytes]:
-    """Parse a safetensors header with two small reads; validate it against the file size."""
+class _HeaderProblem(ValueError):
+    """What is wrong with one header; read_header turns it into a one-line CheckpointError."""
+
+
+def read_header(source: ModelSource, filename: str) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header with two small reads (the length, then the JSON)."""
     try:
         file_size = source.size(filename)
     except (OSError, ModelSourceError) as exc:
@@ -70,60 +88,206 @@ def read_header(source: ModelSource, filename: str) -> tuple[dict[str, TensorInf
         )
     raw = source.read_range(filename, 8, 8 + n)
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{where} has a corrupt header (not JSON): re-download it") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{where} has a corrupt header (not a JSON object): re-download it")
+        header = parse_header_json(raw)
+    except _HeaderProblem as exc:
+        raise CheckpointError(f"{where} has a corrupt header ({exc}): re-download it") from None
     data_start = 8 + n
     tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, stop) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{where} has a corrupt entry for {name}: re-download it") from None
-        info = TensorInfo(name, filename, dtype, shape, data_start + int(begin), data_start + int(stop))
-        if info.end > file_size:
+    try:
+        for name, entry in header.items():
+            if name == "__metadata__":
+                check_metadata(entry)
+                continue
+            dtype, shape, (begin, end) = check_entry(name, entry)
+            tensors[name] = TensorInfo(name, filename, dtype, shape, data_start + begin, data_start + end)
+        check_data_layout(
+            {name: (t.start - data_start, t.end - data_start) for name, t in tensors.items()}, file_size - data_start
+        )
+    except _HeaderProblem as exc:
+        problem = str(exc)
+        state = "truncated" if problem.startswith("the data ends") else "corrupt"
+        raise CheckpointError(f"{where} is {state}: {problem}: re-download it") from None
+    return tensors
+
+
+def strict_json(raw: bytes) -> Any:
+    """JSON read as serde_json reads it: UTF-8, no NaN or Infinity, no name twice in one object."""
+
+    def no_repeats(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            repeated = next(k for k in keys if keys.count(k) > 1)
+            raise _HeaderProblem(f"the name {repeated!r} appears twice")
+        return dict(pairs)
+
+    def no_constant(name):
+        raise _HeaderProblem(f"{name} is not JSON")
+
+    try:
+        return json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=no_repeats, parse_constant=no_constant)
+    except UnicodeDecodeError:
+        raise _HeaderProblem("not UTF-8") from None
+    except json.JSONDecodeError:
+        raise _HeaderProblem("not JSON") from None
+
+
+def parse_header_json(raw: bytes) -> dict[str, Any]:
+    """The header's JSON object; refuses what serde_json would: bad UTF-8, NaN, repeated names, not an object."""
+    header = strict_json(raw)
+    if not isinstance(header, dict):
+        raise _HeaderProblem("not a JSON object")
+    return header
+
+
+def check_metadata(entry: Any) -> None:
+    """``__metadata__`` is absent, null or a map of strings to strings, as the library requires."""
+    if entry is not None and not (
+        isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())
+    ):
+        raise _HeaderProblem("__metadata__ is not a map of strings to strings")
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON integer the library reads as usize: not a bool, a float or negative, below 2**64."""
+    return type(value) is int and 0 <= value <= _USIZE_MAX
+
+
+def check_entry(name: str, entry: Any) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """(dtype, shape, (begin, end)) of one tensor entry, or why the library would refuse it.
+
+    The dtype must be one the library knows, shape and offsets non-negative
+    integers, begin <= end, and end - begin exactly the size of the shape in
+    that dtype (whole bytes, no 64-bit overflow).
+    """
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise _HeaderProblem(f"the entry of {name} lacks dtype, shape or data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise _HeaderProblem(f"{name} has the unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise _HeaderProblem(f"{name} has the shape {shape!r}, not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise _HeaderProblem(f"{name} has the data_offsets {offsets!r}, not two non-negative integers")
+    begin, end = offsets
+    if begin > end:
+        raise _HeaderProblem(f"{name} begins at byte {begin} after it ends ({end})")
+    bits = DTYPE_BITS[dtype]
+    for dim in shape:
+        bits *= dim
+        if bits > 8 * _USIZE_MAX:
+            raise _HeaderProblem(f"{name}'s shape {shape} overflows 64-bit sizes")
+    if bits % 8 or bits // 8 != end - begin:
+        raise _HeaderProblem(
+            f"{name}'s {end - begin} bytes do not hold its shape {shape} of {dtype} ({bits / 8:g} bytes)"
+        )
+    return dtype, tuple(shape), (begin, end)
+
+
+def check_data_layout(ranges: Mapping[str, tuple[int, int]], data_size: int) -> None:
+    """The tensors' byte ranges tile the data section exactly: from 0, in order, no gap, no overlap, to the end."""
+    position = 0
+    for name, (begin, end) in sorted(ranges.items(), key=lambda item: item[1]):
+        if begin != position:
+            kind = "overlaps the tensor before it" if begin < position else f"leaves a gap after byte {position}"
+            raise _HeaderProblem(f"{name} (bytes {begin}-{end} of the data) {kind}")
+        position = end
+    if position != data_size:
+        if position > data_size:
+            raise _HeaderProblem(f"the data ends at byte {data_size}, but the header needs {position} bytes")
+        raise _HeaderProblem(f"the tensors cover {position} of the {data_size} bytes of data")
+
+
+def shard_names(model_id: str, weight_map: Any) -> list[str]:
+    """The shard files an index's weight_map names, each a plain ``*.safetensors`` file beside the index.
+
+    Anything else (a path into another folder, ``..``, an absolute path, a
+    backslash, a subfolder) is refused: a model's index must not make the
+    builder read files outside the model.
+    """
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{model_id}: {INDEX_NAME} has no weight_map: re-download it")
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard.endswith(".safetensors") or "/" in shard:
             raise CheckpointError(
-                f"{where} is truncated: {name} ends at byte {info.end} but the file has {file_size}: re-download it"
+                f"{model_id}: {INDEX_NAME} maps {tensor} to {shard!r}, not a .safetensors file beside the index: "
+                "refusing to read outside the model's folder"
             )
-        if dtype in _NUMPY_DTYPES and info.end - info.start != int(np.prod(shape, dtype=np.int64)) * info.itemsize:
-            raise CheckpointError(f"{where} is corrupt: {name}'s byte range does not match its shape and dtype")
+        try:
+            check_relative_name(model_id, shard)
+        except ModelSourceError as exc:
+            raise CheckpointError(f"{exc} (named in {INDEX_NAME})") from None
+    return sorted(set(weight_map.values()))
+
+
+def tensors_by_index(
+    model_id: str, weight_map: Mapping[str, str], headers: Mapping[str, Mapping[str, TensorInfo]]
+) -> dict[str, TensorInfo]:
+    """Each tensor of the index, from the shard the index maps it to (a copy in another shard is not used)."""
+    tensors = {}
+    for name, shard in weight_map.items():
+        info = headers[shard].get(name)
+        if info is None:
+            elsewhere = [f for f in sorted(headers) if name in headers[f]]
+            found = f" (it is in {elsewhere[0]})" if elsewhere else ""
+            raise CheckpointError(
+                f"{model_id}: {INDEX_NAME} maps {name} to {shard}, which has no such tensor{found}: "
+                "index and shards do not match, re-download the checkpoint"
+            )
         tensors[name] = info
-    return tensors, raw
+    return tensors
+
+
+def tensors_without_index(model_id: str, headers: Mapping[str, Mapping[str, TensorInfo]]) -> dict[str, TensorInfo]:
+    """The tensors of several shards with no index: a name in two shards is ambiguous and refused."""
+    tensors: dict[str, TensorInfo] = {}
+    for filename in sorted(headers):
+        for name, info in headers[filename].items():
+            if name in tensors:
+                raise CheckpointError(
+                    f"{model_id}: {name} is in both {tensors[name].filename} and {filename}, and no {INDEX_NAME} "
+                    "says which to use: remove the stray file"
+                )
+            tensors[name] = info
+    return tensors
 
 
 class Checkpoint:
     """The tensors of a (possibly sharded) safetensors checkpoint, by name.
 
     Only headers are read on construction; tensor data is fetched on demand.
+    With an index, its weight_map decides which shard each tensor comes from.
     """
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source
-        files = self._shard_names()
-        self.tensors: dict[str, TensorInfo] = {}
-        digest = hashlib.sha256()
-        for filename in files:
-            tensors, raw_header = read_header(source, filename)
-            digest.update(filename.encode() + b"\0" + raw_header)
-            self.tensors.update(tensors)
-        self.files = files
-        self.header_digest = digest.hexdigest()
-
-    def _shard_names(self) -> list[str]:
-        source = self.source
-        if source.exists(INDEX_NAME):
-            weight_map = source.read_json(INDEX_NAME).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{source.model_id}: {INDEX_NAME} has no weight_map: re-download it")
-            files = sorted(set(weight_map.values()))
+        weight_map = self._weight_map()
+        if weight_map is not None:
+            files = shard_names(source.model_id, weight_map)
             missing = [f for f in files if not source.exists(f)]
             if missing:
                 raise CheckpointError(f"{source.model_id}: shard {missing[0]} named in {INDEX_NAME} is missing")
-            return files
+        else:
+            files = self._unindexed_files()
+        headers = {filename: read_header(source, filename) for filename in files}
+        if weight_map is not None:
+            self.tensors = tensors_by_index(source.model_id, weight_map, headers)
+        else:
+            self.tensors = tensors_without_index(source.model_id, headers)
+        self.files = files
+
+    def _weight_map(self) -> Any:
+        """The index's weight_map (None without an index)."""
+        if not self.source.exists(INDEX_NAME):
+            return None
+        try:
+            index = strict_json(self.source.read_file(INDEX_NAME))
+        except _HeaderProblem as exc:  # a tensor listed twice would be ambiguous
+            raise CheckpointError(f"{self.source.model_id}: {INDEX_NAME} is not valid ({exc}): re-download it") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        return {} if weight_map is None else weight_map  # {}: refused by shard_names as "no weight_map"
+
+    def _unindexed_files(self) -> list[str]:
+        source = self.source
         if source.exists(SINGLE_NAME):
             return [SINGLE_NAME]
         files = source.safetensors_files()

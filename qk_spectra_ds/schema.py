@@ -1,15 +1,38 @@
-"""The dataset contract, schema version 1 (DESIGN.md section 3).
+"""The dataset contract (DESIGN.md section 3): columns, their types, schema versions.
 
 One row per (model, layer, query head). Both halves import this module: the
 builder to write rows with explicit ``datasets.Features``, the analysis to
 refuse data it does not understand. It must stay free of torch.
+
+Versions: the builder writes :data:`SCHEMA_VERSION`; the readers accept every
+version in :data:`COLUMNS_BY_VERSION`, each with its own column set. To add a
+column: give it a type in :data:`_TYPES` and add it to the current version's
+tuple in :data:`COLUMNS_BY_VERSION` (a released version's tuple never changes;
+a new version is a new key).
+
+- v1: the first release.
+- v2: adds ``method_version`` (see :data:`METHOD_VERSION`).
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+METHOD_VERSION = 1
+"""Version of the computation behind the rows, stored in each row's ``method_version``.
+
+Bump it whenever what a column means or how it is computed changes (the kernel,
+a statistic, a metric, which bytes are read): a rebuild skips a model only if
+its file has the same ``model_revision`` and exactly this ``method_version``,
+so every model is recomputed after a bump. The package version plays no part.
+
+- 1: the first recorded version (schema v2): Q/K spectra per section 1 of DESIGN.md.
+"""
+
+METHOD_VERSION_LEGACY = 0
+"""``method_version`` of rows imported from the original study: not computed by this builder."""
 
 STATISTICS = ("min", "max", "mean", "std", "skew", "kurtosis")
 """The six per-head statistics of the original study, in its order."""
@@ -24,50 +47,51 @@ IDENTITY_COLUMNS = ("model_id", "model_revision", "family", "model_type", "varia
 INDEX_COLUMNS = ("layer", "head", "kv_head")
 SHAPE_COLUMNS = ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head")
 SPECTRUM_COLUMNS = ("singular_values", "eigenvalues")
-PROVENANCE_COLUMNS = ("weights_dtype", "builder_version", "schema_version")
+PROVENANCE_COLUMNS = ("weights_dtype", "builder_version", "method_version", "schema_version")
 
-COLUMNS = (
-    IDENTITY_COLUMNS
-    + INDEX_COLUMNS
-    + SHAPE_COLUMNS
-    + SPECTRUM_COLUMNS
-    + SV_STAT_COLUMNS
-    + EV_STAT_COLUMNS
-    + METRICS
-    + PROVENANCE_COLUMNS
+_VALUE_COLUMNS = (
+    IDENTITY_COLUMNS + INDEX_COLUMNS + SHAPE_COLUMNS + SPECTRUM_COLUMNS + SV_STAT_COLUMNS + EV_STAT_COLUMNS + METRICS
 )
+
+COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {
+    1: _VALUE_COLUMNS + ("weights_dtype", "builder_version", "schema_version"),
+    2: _VALUE_COLUMNS + PROVENANCE_COLUMNS,
+}
+"""The columns of each schema version this package reads, in file order."""
+
+COLUMNS = COLUMNS_BY_VERSION[SCHEMA_VERSION]
+"""The columns the builder writes."""
+
+_TYPES: dict[str, str] = {
+    **{name: "string" for name in IDENTITY_COLUMNS + ("weights_dtype", "builder_version")},
+    **{name: "int32" for name in INDEX_COLUMNS + SHAPE_COLUMNS + ("method_version", "schema_version")},
+    **{name: "list<float32>" for name in SPECTRUM_COLUMNS},
+    **{name: "float64" for name in SV_STAT_COLUMNS + EV_STAT_COLUMNS + METRICS},
+}
+"""Arrow-style type of every column of any version (a column keeps its type across versions)."""
 
 VARIANT_RAW = "raw"
 VARIANT_LEGACY = "legacy"
 
 
-def column_types() -> dict[str, str]:
-    """Column name -> Arrow-style type name, for docs, the card and validation."""
-    types: dict[str, str] = {}
-    for name in IDENTITY_COLUMNS + ("weights_dtype", "builder_version"):
-        types[name] = "string"
-    for name in INDEX_COLUMNS + SHAPE_COLUMNS + ("schema_version",):
-        types[name] = "int32"
-    for name in SPECTRUM_COLUMNS:
-        types[name] = "list<float32>"
-    for name in SV_STAT_COLUMNS + EV_STAT_COLUMNS + METRICS:
-        types[name] = "float64"
-    return {name: types[name] for name in COLUMNS}
+def column_types(version: int = SCHEMA_VERSION) -> dict[str, str]:
+    """Column name -> Arrow-style type name of a schema version, for docs, the card and validation."""
+    return {name: _TYPES[name] for name in COLUMNS_BY_VERSION[version]}
 
 
-def features():
-    """The explicit ``datasets.Features`` of schema version 1."""
+def features(version: int = SCHEMA_VERSION):
+    """The explicit ``datasets.Features`` of a schema version (the current one by default)."""
     from datasets import Features, List, Value
 
     spec = {}
-    for name, kind in column_types().items():
+    for name, kind in column_types(version).items():
         spec[name] = List(Value("float32")) if kind == "list<float32>" else Value(kind)
     return Features(spec)
 
 
-def arrow_schema():
+def arrow_schema(version: int = SCHEMA_VERSION):
     """The same contract as a ``pyarrow.Schema`` (for writing without ``datasets``)."""
-    return features().arrow_schema
+    return features(version).arrow_schema
 
 
 class SchemaError(ValueError):
@@ -75,17 +99,27 @@ class SchemaError(ValueError):
 
 
 def validate_columns(columns: Iterable[str], schema_versions: Iterable[int | None]) -> None:
-    """Raise ``SchemaError`` with a one-line message if the columns or versions are wrong."""
-    versions = sorted({v for v in schema_versions if v is not None})
-    unknown = [v for v in versions if v != SCHEMA_VERSION]
+    """Raise ``SchemaError`` with a one-line message if the columns or versions are wrong.
+
+    Every ``schema_version`` present must be known, and the columns must hold
+    each present version's column set (a table mixing versions, as ``datasets``
+    loads it, has the union). With no version known (no rows), any known
+    version's complete column set is accepted.
+    """
+    known = ", ".join(str(v) for v in sorted(COLUMNS_BY_VERSION))
+    versions = sorted({int(v) for v in schema_versions if v is not None})
+    unknown = [v for v in versions if v not in COLUMNS_BY_VERSION]
     if unknown:
         raise SchemaError(
-            f"dataset has schema_version {unknown[0]}, this qk-spectra-ds understands only "
-            f"{SCHEMA_VERSION}: upgrade qk-spectra-ds or load an older dataset revision"
+            f"dataset has schema_version {unknown[0]}, this qk-spectra-ds understands only {known}: "
+            "upgrade qk-spectra-ds or load an older dataset revision"
         )
-    missing = [c for c in COLUMNS if c not in set(columns)]
-    if missing:
-        raise SchemaError(
-            f"dataset lacks column(s) {', '.join(missing)} of schema v{SCHEMA_VERSION}: "
-            "is this a qk-spectra-ds dataset?"
-        )
+    have = set(columns)
+    if not versions and any(set(cols) <= have for cols in COLUMNS_BY_VERSION.values()):
+        return
+    for version in versions or [SCHEMA_VERSION]:
+        missing = [c for c in COLUMNS_BY_VERSION[version] if c not in have]
+        if missing:
+            raise SchemaError(
+                f"dataset lacks column(s) {', '.join(missing)} of schema v{version}: is this a qk-spectra-ds dataset?"
+            )

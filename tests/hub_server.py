@@ -469,6 +469,9 @@ class _Fault:
     method: str | None
     path_contains: str | None
     retry_after: int | None
+    range_mode: str | None = None  # set: answer a ranged GET wrongly (see HubServer.misserve_ranges), not with status
+    once_per_range: bool = False  # range faults: only the first request of each (path, Range) is misserved
+    seen: set = field(default_factory=set)
 
 
 @dataclass
@@ -483,6 +486,7 @@ class Request:
     body: bytes
     host: str
     meta: dict[str, Any] = field(default_factory=dict)  # what the handler learnt, for the log
+    range_fault: str | None = None  # a range fault's mode, for _resolve to apply
 
     @property
     def path(self) -> str:
@@ -576,6 +580,37 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(int(last), size - 1) if last else size - 1
 
 
+RANGE_FAULT_MODES = ("shift", "total", "no-header", "whole")
+
+
+def _misserve(mode: str, headers: dict[str, str], blob: memoryview, byte_range: tuple[int, int]):
+    """(status, body) of a wrong answer to a satisfiable range; edits ``headers`` to match.
+
+    ``shift``: the same number of bytes one further on (one back at the end of the file),
+    with a Content-Range that truthfully says so; ``total``: the right bytes, a wrong total;
+    ``no-header``: the right bytes without Content-Range; ``whole``: a 200 with the whole file.
+    """
+    start, end = byte_range
+    size = len(blob)
+    if mode == "shift":
+        step = 1 if end + 1 < size else -1
+        if start + step < 0:
+            raise HubError(500, "test server: cannot shift a range that spans the whole file")
+        start, end = start + step, end + step
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return 206, blob[start : end + 1]
+    if mode == "total":
+        headers["Content-Range"] = f"bytes {start}-{end}/{size + 1}"
+        return 206, blob[start : end + 1]
+    if mode == "no-header":
+        del headers["Content-Range"]
+        return 206, blob[start : end + 1]
+    if mode == "whole":
+        del headers["Content-Range"]
+        return 200, blob
+    raise ValueError(f"unknown range fault {mode!r}; known: {', '.join(RANGE_FAULT_MODES)}")
+
+
 class HubApp:
     """The WSGI application: routing, access control, fault injection, counters and the log."""
 
@@ -618,12 +653,20 @@ class HubApp:
                     continue
                 if fault.path_contains and fault.path_contains not in req.path:
                     continue
+                if fault.range_mode is not None:
+                    key = (req.path, req.headers.get("range"))
+                    if key[1] is None or (fault.once_per_range and key in fault.seen):
+                        continue
+                    fault.seen.add(key)
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
                 break
             else:
                 return None
+        if fault.range_mode is not None:
+            req.range_fault = fault.range_mode
+            return None
         headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
         return json_response({"error": f"Injected fault ({fault.status})"}, fault.status, headers)
 
@@ -989,6 +1032,8 @@ class HubApp:
             start, end = byte_range
             headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
             data = data[start : end + 1]
+            if req.range_fault is not None:
+                status, data = _misserve(req.range_fault, headers, memoryview(self.store.blob(entry.sha256)), byte_range)
         headers["Content-Length"] = str(len(data))
         body: Iterable[bytes] = [] if req.method == "HEAD" else self._counted_body((repo_type, repo_id, path), data)
         return Response(status, list(headers.items()), body)
@@ -1331,6 +1376,21 @@ class HubServer:
         ``Retry-After`` header (seconds; the client then waits that long before retrying).
         """
         self.app.add_fault(_Fault(n, status, method, path_contains, retry_after))
+
+    def misserve_ranges(
+        self, n: int = 1, mode: str = "shift", *, path_contains: str | None = None, once_per_range: bool = False
+    ) -> None:
+        """Answer the next ``n`` ranged GETs (of paths containing ``path_contains``) wrongly.
+
+        ``mode`` (see ``_misserve``): ``shift`` (other bytes of the same length, with their true
+        Content-Range), ``total`` (wrong total size), ``no-header`` (206 without Content-Range),
+        ``whole`` (200 with the whole file). With ``once_per_range`` only the first request of
+        each distinct range counts (a flaky proxy): a client that retries then gets the right bytes.
+        Requests without a Range header are never affected.
+        """
+        if mode not in RANGE_FAULT_MODES:
+            raise ValueError(f"unknown range fault {mode!r}; known: {', '.join(RANGE_FAULT_MODES)}")
+        self.app.add_fault(_Fault(n, 206, "GET", path_contains, None, mode, once_per_range))
 
     def clear_faults(self) -> None:
         self.app.clear_faults()

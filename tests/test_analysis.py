@@ -68,6 +68,7 @@ def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: in
         "eigenvalues": list(ev),
         "weights_dtype": ["float32"] * n,
         "builder_version": [__version__] * n,
+        "method_version": [schema.METHOD_VERSION] * n,
         "schema_version": [schema.SCHEMA_VERSION] * n,
     }
     for prefix, values in (("sv", s), ("ev", ev)):
@@ -260,8 +261,8 @@ def _rewrite(path: Path, **changes) -> None:
 def test_unknown_schema_version_is_refused(tmp_path):
     out = make_dataset(tmp_path / "ds", models=(("org/a", 0),))
     path = dataset_repo.model_path(out, "syn", "org/a")
-    _rewrite(path, schema_version=lambda t: pa.array([2] * t.num_rows, pa.int32()))
-    with pytest.raises(SchemaError, match="schema_version 2"):
+    _rewrite(path, schema_version=lambda t: pa.array([99] * t.num_rows, pa.int32()))
+    with pytest.raises(SchemaError, match="schema_version 99"):
         load_spectra(out, "syn")
 
 

@@ -176,7 +176,7 @@ def test_index_and_shape_columns(built):
     for column, value in expected.items():
         assert set(rows[column]) == {value}, column
     schema = pq.read_schema(built.result.path)
-    for column in ("layer", "head", "kv_head", *expected, "schema_version"):
+    for column in ("layer", "head", "kv_head", *expected, "method_version", "schema_version"):
         assert str(schema.field(column).type) == "int32", column
 
 
@@ -185,7 +185,8 @@ def test_identity_and_provenance_columns(built):
     config = json.loads((built.model_dir / "config.json").read_text())
     assert set(rows["model_type"]) == {config["model_type"]} == {built.case.model_type}
     assert set(rows["weights_dtype"]) == {built.case.weights_dtype}
-    assert set(rows["schema_version"]) == {1}
+    assert set(rows["schema_version"]) == {qk_spectra_ds.schema.SCHEMA_VERSION}
+    assert set(rows["method_version"]) == {qk_spectra_ds.schema.METHOD_VERSION}
     assert set(rows["builder_version"]) == {qk_spectra_ds.__version__}
     assert set(rows["variant"]) == {"raw"}
     assert set(rows["family"]) == {FAMILY}

@@ -258,7 +258,7 @@ def test_rerun_skips_and_force_rebuilds(repo):
 
 
 def test_changed_weights_are_rebuilt_not_skipped(tmp_path):
-    """The local revision is a digest of the safetensors headers; new weights of a new layout rebuild."""
+    """The local revision is a digest of config.json and every byte read; new weights of a new layout rebuild."""
     out = tmp_path / "out"
     _, model_dir = make_saved("olmo-mha-f16", tmp_path / "m")
     first = build_model(str(model_dir), "Tiny", out, device="cpu", progress=False)
