@@ -79,7 +79,6 @@ def build_model(
     :func:`local_revision_prepass`) and ``method_version``
     (:data:`schema.METHOD_VERSION`); the package version plays no part.
 
-
     ``taken_ids`` maps the model ids already built in this run to their specs: a
     second model with the same id (two local folders of one name, one Hub id at
     two revisions) is refused instead of overwriting the first one's table.
@@ -111,6 +110,7 @@ def build_model(
             f"{source.model_id}: the weights have a layer {shape.n_layers} ({layout.query_tensor(shape.n_layers)}) but "
             f"config.json says {shape.n_layers} layers: config and weights do not match"
         )
+
     def read_layer(layer: int) -> tuple[LayerQK, float]:
         """Everything the rows of one layer are computed from: the local revision's pre-pass reads through it too."""
         t0 = time.perf_counter()
