@@ -43,7 +43,7 @@ def _setup_warnings() -> None:
 def _params(**kwargs):
     from qk_spectra_ds.report import Params
 
-    return Params(**kwargs)
+    return Params(**{k: v for k, v in kwargs.items() if v is not None})  # None: the default defined in Params
 
 
 def _load(dataset, family, revision, models, variant, skip_nonfinite):
@@ -79,6 +79,7 @@ def clusters(
     n_bins: int = 24,
     quantile: float = 0.96,
     seed: int = 0,
+    embedding: str = None,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -88,7 +89,7 @@ def clusters(
     Per model: each head's eigenvalues divided by their mean; one set of n_bins
     equal bins on [0, q], q the `quantile` of all normalized values of the model;
     a density histogram per head; KMeans(n_clusters, random_state=seed) on the
-    histograms; a seeded UMAP(2, n_neighbors=10, min_dist=0.1) for display;
+    histograms; a seeded 2-D embedding of the histograms for display (--embedding);
     per class the mean histogram (std error bars), a fitted gamma pdf (alpha,
     theta) and the Jensen-Shannon divergence between the two.
     Writes <out>/<family>/ESDs/<model>.png, tables/classes.csv (model, class,
@@ -105,13 +106,14 @@ def clusters(
         n_bins: number of histogram bins (original: 24).
         quantile: upper bin edge = this quantile of all normalized eigenvalues of the model (original: 0.96).
         seed: random_state of KMeans and UMAP (original KMeans: 0; UMAP was unseeded).
+        embedding: 2-D display of the heads in the ESD figures: pca (default: principal components, fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, ~15 s more per process). Tables do not depend on it.
         skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
-        jobs: worker processes, one model each; default: one per idle core for large configs (results do not depend on it).
+        jobs: worker processes, one model each; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
         quiet: no progress bar or summary on stderr.
     """
     from qk_spectra_ds import report
 
-    params = _params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed)
+    params = _params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, embedding=embedding)
     t0 = time.perf_counter()
     frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
     outputs = report.run_clusters(frame, out, str(family), params, jobs=jobs, progress=not quiet)
@@ -151,7 +153,7 @@ def boxplots(
         stats: comma-separated statistics among MIN, MAX, MEAN, STD, SKEW, KURTOSIS.
         skip_layers_below: leave out layers with index below this (original: 2; 5 for its 70B Llamas).
         skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
-        jobs: worker processes, one model each; default: one per idle core for large configs (results do not depend on it).
+        jobs: worker processes, one model each; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
         quiet: no progress bar or summary on stderr.
     """
     from qk_spectra_ds import report
@@ -225,6 +227,7 @@ def report(
     n_bins: int = 24,
     quantile: float = 0.96,
     seed: int = 0,
+    embedding: str = None,
     stats: str = "MIN,MAX,MEAN,STD,SKEW,KURTOSIS",
     skip_layers_below: int = 2,
     n_bands: int = 5,
@@ -249,18 +252,19 @@ def report(
         n_bins: number of histogram bins (original: 24).
         quantile: upper bin edge quantile of the normalized eigenvalues (original: 0.96).
         seed: random_state of KMeans and UMAP (original KMeans: 0).
+        embedding: 2-D display of the heads in the ESD figures: pca (default: principal components, fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, ~15 s more per process). Tables do not depend on it.
         stats: comma-separated statistics for the box plots among MIN, MAX, MEAN, STD, SKEW, KURTOSIS.
         skip_layers_below: box plots leave out layers with index below this (original: 2).
         n_bands: number of relative-depth bands of the joint taxonomy.
         skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
-        jobs: worker processes for the per-model work; default: one per idle core for large configs (results do not depend on it).
+        jobs: worker processes for the per-model work; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
         quiet: no progress bar, summary or timings on stderr.
     """
     from qk_spectra_ds import report as report_module
 
     params = _params(
         n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, stats=stats,
-        skip_layers_below=skip_layers_below, n_bands=n_bands,
+        skip_layers_below=skip_layers_below, n_bands=n_bands, embedding=embedding,
     )
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error

@@ -92,14 +92,26 @@ def histograms(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / widths / totals
 
 
+def eigenvalue_blocks(eigenvalues) -> list[np.ndarray]:
+    """One ``(heads, d_head)`` array, or a sequence of them (models whose ``d_head`` differ), as a list of 2-D arrays."""
+    if isinstance(eigenvalues, np.ndarray):
+        return [eigenvalues]
+    return [np.asarray(block) for block in eigenvalues]
+
+
 def eigenvalue_histograms(
-    eigenvalues: np.ndarray, n_bins: int = N_BINS, quantile: float = QUANTILE, edges: np.ndarray | None = None
+    eigenvalues, n_bins: int = N_BINS, quantile: float = QUANTILE, edges: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of classification A: ``(histograms (heads, n_bins), edges)``.
 
-    ``edges`` given (shared across models): used as is; else derived from these heads.
+    ``eigenvalues``: a ``(heads, d_head)`` array or a sequence of such arrays
+    (say one per model; their ``d_head`` may differ), histograms stacked in
+    that order. ``edges`` given (fitted before): used as is; else derived from
+    the normalized values of all these heads pooled.
     """
-    normalized = normalize_by_mean(eigenvalues)
+    normalized = [normalize_by_mean(block) for block in eigenvalue_blocks(eigenvalues)]
+    if not normalized:
+        raise ValueError("no heads to histogram")
     if edges is None:
-        edges = shared_edges(normalized, n_bins, quantile)
-    return histograms(normalized, edges), edges
+        edges = shared_edges(np.concatenate([block.reshape(-1) for block in normalized]), n_bins, quantile)
+    return np.concatenate([histograms(block, edges) for block in normalized]), edges

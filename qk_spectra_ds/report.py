@@ -13,24 +13,22 @@ Output layout under ``<out>/<family>/``::
 
 ``<model>`` is the file slug of the model id (``Qwen/Qwen3-0.6B`` ->
 ``Qwen--Qwen3-0.6B``). Each model (classification A and B) and the joint
-taxonomy is one task; with ``jobs > 1`` the tasks run in a pool of worker
-processes (a forkserver with the heavy modules preloaded, largest tasks
-first), by default one per idle core for configs of 2,000+ heads. Results do
-not depend on ``jobs``: KMeans runs single-threaded, UMAP is seeded, warnings
-are replayed in task order, tables are sorted and written atomically, PNGs
-carry no timestamp, so a rerun gives byte-identical files.
+taxonomy is one task; with ``jobs > 1`` joblib runs them in worker processes
+(largest first), by default one per core for configs of 2,000+ heads. Results
+do not depend on ``jobs``: KMeans runs single-threaded, the embedding is
+seeded, warnings are replayed in task order, tables are sorted and written
+atomically, PNGs carry no timestamp, so a rerun gives byte-identical files.
+``index.md`` is rendered from the jinja2 template ``templates/index.md``.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import multiprocessing
 import os
 import sys
 import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -48,7 +46,11 @@ TABLES = "tables"
 
 @dataclass
 class Params:
-    """Every knob of the analysis, defaults as the original study."""
+    """Every knob of the analysis, defaults as the original study except the display embedding.
+
+    The embedding defaults to PCA (no JIT compilation); ``umap`` reproduces the
+    original figures (see ``taxonomy.EMBEDDINGS``). Tables never depend on it.
+    """
 
     n_clusters: int = taxonomy.N_CLUSTERS
     n_bins: int = features.N_BINS
@@ -57,6 +59,7 @@ class Params:
     skip_layers_below: int = layer_stats.SKIP_LAYERS_BELOW
     stats: tuple[str, ...] = layer_stats.STAT_NAMES
     n_bands: int = taxonomy.N_BANDS
+    embedding: str = taxonomy.DEFAULT_EMBEDDING
 
     def __post_init__(self) -> None:
         self.n_clusters = int(self.n_clusters)
@@ -74,6 +77,13 @@ class Params:
             raise AnalysisError(f"--quantile must be in (0, 1], got {self.quantile}")
         if self.n_bands < 1:
             raise AnalysisError(f"--n_bands must be >= 1, got {self.n_bands}")
+        self.embedding = taxonomy.check_embedding(str(self.embedding))
+
+    def classifier(self, **overrides: Any) -> taxonomy.SpectralHeadClassifier:
+        """The classification-A estimator with these parameters (``overrides``: other estimator parameters)."""
+        settings = dict(n_clusters=self.n_clusters, n_bins=self.n_bins, quantile=self.quantile,
+                        random_state=self.seed, embedding=self.embedding)  # fmt: skip
+        return taxonomy.SpectralHeadClassifier(**{**settings, **overrides})
 
 
 @dataclass
@@ -111,6 +121,16 @@ def _recorded(caught) -> list[tuple[type, str]]:
     return [(w.category, str(w.message)) for w in relevant]
 
 
+CLASS_COLUMNS = ["model", "class", "n_heads", "alpha", "theta", "jsd"]
+
+
+def label_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """Columns model, layer, head, class: one row per head, sorted by layer then head."""
+    table = pd.DataFrame({"model": model_id, "layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(),
+                          "class": labels})  # fmt: skip
+    return table.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
+
+
 def analyze_model(
     model_id: str, rows: pd.DataFrame, family_dir: str, params: Params, do_clusters: bool, do_boxplots: bool
 ) -> dict[str, Any]:
@@ -126,23 +146,14 @@ def analyze_model(
         warnings.simplefilter("always")
         if do_clusters:
             t0 = time.perf_counter()
-            result = taxonomy.cluster_model(
-                eigenvalue_matrix(rows),
-                model_id=model_id,
-                layers=rows["layer"].to_numpy(),
-                heads=rows["head"].to_numpy(),
-                n_clusters=params.n_clusters,
-                n_bins=params.n_bins,
-                quantile=params.quantile,
-                seed=params.seed,
-            )
+            classifier = params.classifier().fit(eigenvalue_matrix(rows), name=model_id)
             t1 = time.perf_counter()
             figure = Path("ESDs") / f"{slug}.png"
-            plots.plot_clusters(result, family_dir_path / figure, title=model_id)
+            plots.plot_clusters(classifier, family_dir_path / figure, title=model_id)
             out["timings"]["clusters"] = t1 - t0
             out["timings"]["clusters figures"] = time.perf_counter() - t1
-            out["classes"] = result.class_table()
-            out["labels"] = result.label_table()
+            out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
+            out["labels"] = label_table(model_id, rows, classifier.labels_)
             out["figures"].append(figure.as_posix())
         if do_boxplots:
             t0 = time.perf_counter()
@@ -169,10 +180,8 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(1):
         warnings.simplefilter("always")
         t0 = time.perf_counter()
-        joint = taxonomy.joint_taxonomy(
-            heads, n_clusters=params.n_clusters, n_bins=params.n_bins, quantile=params.quantile,
-            seed=params.seed, n_bands=params.n_bands,
-        )
+        classifier = params.classifier(embedding=None, canonical_order=True)
+        joint = taxonomy.joint_taxonomy(heads, classifier, params.n_bands)
         t1 = time.perf_counter()
         out["frames"] = {
             "taxonomy_classes": joint.class_table(),
@@ -192,64 +201,22 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
     return out
 
 
-_PRELOAD = [
-    "numpy",
-    "pandas",
-    "scipy.optimize",
-    "scipy.stats",
-    "scipy.interpolate",
-    "sklearn.cluster",
-    "threadpoolctl",
-    "umap",
-    "matplotlib",
-    "matplotlib.backends.backend_agg",
-    "PIL.Image",
-    "statsmodels.tsa.stattools",
-    "qk_spectra_ds.report",
-    "qk_spectra_ds.plots",
-]
-
 PARALLEL_MIN_HEADS = 2000
-"""Below this many heads a worker pool's start-up (importing the stack again) costs more than it saves."""
+"""Below this many heads a worker's start-up (importing the stack again) costs more than it saves."""
 
+MAX_DEFAULT_JOBS = 4
 JOINT_TASK = "<joint taxonomy>"
 TAXONOMY_COST_HEADS = 1000
 """Scheduling weight of the joint-taxonomy task, in heads of per-model work."""
 
 
-def default_jobs(n_models: int, n_heads: int | None = None) -> int:
-    """Worker processes for ``jobs=None``: one per idle core, only for several models and many heads.
+def default_jobs(n_models: int, n_heads: int) -> int:
+    """Worker processes for ``jobs=None``: one per core (at most 4), only for several models and many heads."""
+    from joblib import cpu_count
 
-    Idle cores = usable CPUs minus the work of other processes, taken as the smaller
-    of the 1-minute load average and the processes runnable right now (besides this
-    one): a machine busy with a long job runs in-process, while one that has just
-    finished a job (load average still high) gets its cores. Results never depend on it.
-    """
-    if n_models < 2 or (n_heads is not None and n_heads < PARALLEL_MIN_HEADS):
+    if n_models < 2 or n_heads < PARALLEL_MIN_HEADS:
         return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(n_models, cpus, 4, int(cpus - _other_load() + 0.5)))
-
-
-def _other_load() -> float:
-    """CPU demand of other processes: min(1-minute load average, runnable tasks now minus this one)."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover - not Unix
-        return 0.0
-    try:
-        running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
-        return min(load, max(0, int(running) - 1))
-    except (OSError, IndexError, ValueError):  # not Linux: the load average alone
-        return load
-
-
-def _worker_init() -> None:
-    # Make UMAP's numba functions load from the shared on-disk cache in this worker.
-    taxonomy.enable_umap_cache()
+    return max(1, min(n_models, cpu_count(), MAX_DEFAULT_JOBS))
 
 
 @dataclass
@@ -262,39 +229,28 @@ class Task:
     args: tuple
 
 
-def run_tasks(tasks: list[Task], jobs: int = 1, progress: bool = True, desc: str = "models") -> dict[str, dict[str, Any]]:
-    """Run the tasks in-process (``jobs <= 1``, in order) or in a forkserver pool; warnings replayed here.
+def _keyed(key: str, fn: Callable[..., dict[str, Any]], args: tuple) -> tuple[str, dict[str, Any]]:
+    return key, fn(*args)
 
-    Each task records its warnings; they are re-issued in this process in task
-    order, so the output does not depend on ``jobs``.
+
+def run_tasks(tasks: list[Task], jobs: int = 1, progress: bool = True, desc: str = "models") -> dict[str, dict[str, Any]]:
+    """Run the tasks with joblib: in-process and in order (``jobs <= 1``) or in worker processes, largest first.
+
+    Each task records its warnings; they are re-issued here in task order, so
+    the output does not depend on ``jobs``.
     """
+    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     jobs = max(1, min(int(jobs), len(tasks)))
-    bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress, file=sys.stderr)
+    order = tasks if jobs == 1 else sorted(tasks, key=lambda t: -t.cost)  # longest first: the workers finish together
+    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", max_nbytes=None)
     results: dict[str, dict[str, Any]] = {}
-    try:
-        if jobs <= 1:
-            taxonomy.enable_umap_cache()
-            for task in tasks:
-                bar.set_postfix_str(task.key, refresh=False)
-                results[task.key] = task.fn(*task.args)
-                bar.update(1)
-        else:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(_PRELOAD)
-            order = sorted(tasks, key=lambda t: -t.cost)  # longest first: the workers finish together
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
-                futures = {task.key: pool.submit(task.fn, *task.args) for task in order}
-                pending = dict(futures)
-                while pending:
-                    done, _ = wait(list(pending.values()), return_when=FIRST_COMPLETED)
-                    for key in [k for k, f in pending.items() if f in done]:
-                        results[key] = pending.pop(key).result()
-                        bar.set_postfix_str(key, refresh=False)
-                        bar.update(1)
-    finally:
-        bar.close()
+    with tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress, file=sys.stderr) as bar:
+        for key, result in parallel(delayed(_keyed)(task.key, task.fn, task.args) for task in order):
+            results[key] = result
+            bar.set_postfix_str(key, refresh=False)
+            bar.update(1)
     for task in tasks:
         _replay(results[task.key].pop("warnings", []))
     return {task.key: results[task.key] for task in tasks}
@@ -315,6 +271,7 @@ def _model_tasks(models, family_dir: Path, params: Params, do_clusters: bool, do
 
 
 def _jobs(jobs: int | None, models) -> int:
+    """``jobs``, or :func:`default_jobs` for these models when None."""
     n_heads = sum(len(rows) for _, rows in models)
     return default_jobs(len(models), n_heads) if jobs is None else max(1, int(jobs))
 
@@ -423,8 +380,12 @@ def run_taxonomy(
 _FORMATS = {"alpha": "{:.2f}", "theta": "{:.2f}", "jsd": "{:.3f}", "share": "{:.1%}", "bds": "{:.2f}", "p_value": "{:.2e}"}
 """As the original figures print them: alpha/theta to 2 decimals, JSD to 3, BDS 2, p-values 2e."""
 
+INDEX_TEMPLATE = "index.md"
+_TEMPLATES = Path(__file__).with_name("templates")
 
-def _fmt(value: Any, column: str = "") -> str:
+
+def format_value(value: Any, column: str = "") -> str:
+    """A table cell or number for the index: floats by column (:data:`_FORMATS`, else 4 significant digits), NaN as NaN."""
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             return "NaN"
@@ -432,74 +393,59 @@ def _fmt(value: Any, column: str = "") -> str:
     return str(value)
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A small pipe table (no extra dependency)."""
-    columns = list(frame.columns)
-    head = "| " + " | ".join(str(c) for c in columns) + " |"
-    rule = "| " + " | ".join("---" for _ in columns) + " |"
-    body = ["| " + " | ".join(_fmt(v, c) for v, c in zip(row, columns)) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
+def _model_section(model: str, figures: list[str], classes: pd.DataFrame | None, bds: pd.DataFrame | None) -> dict:
+    """What the index shows of one model: its ESD figure, class table and box plots with their BDS."""
+    boxes = []
+    for path in (f for f in figures if f.startswith("plots/")):
+        stat = Path(path).parent.name
+        row = bds[(bds["model"] == model) & (bds["stat"] == stat)] if bds is not None else []
+        found = len(row) > 0
+        boxes.append({"stat": stat, "path": path, "bds": float(row["bds"].iloc[0]) if found else None,
+                      "p_value": float(row["p_value"].iloc[0]) if found else None})  # fmt: skip
+    esd = [f for f in figures if f.startswith("ESDs/")]
+    return {
+        "id": model,
+        "esd": esd[0] if esd else None,
+        "classes": None if classes is None else classes[classes["model"] == model].drop(columns="model"),
+        "boxes": boxes,
+    }
+
+
+def render_index(
+    outputs: Outputs, family: str, dataset: str, revision: str | None, params: Params, frame: pd.DataFrame
+) -> str:
+    """The text of ``index.md`` (template ``templates/index.md``): the run's provenance, tables and figures."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES), trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined, autoescape=False,
+    )  # fmt: skip
+    env.filters["fmt"] = format_value
+    text = env.get_template(INDEX_TEMPLATE).render(
+        family=family,
+        dataset=dataset,
+        revision=revision,
+        version=__version__,
+        n_heads=len(frame),
+        variants=sorted(map(str, frame["variant"].unique())) if len(frame) else [],
+        parameters={k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
+        tables=outputs.tables,
+        joint_classes=outputs.frames.get("taxonomy_classes"),
+        joint_figures=outputs.figures.get("taxonomy", []),
+        models=[
+            _model_section(m, outputs.figures.get(m, []), outputs.frames.get("classes"), outputs.frames.get("bds"))
+            for m in outputs.models
+        ],
+    )
+    return text.rstrip() + "\n"
 
 
 def write_index(
     outputs: Outputs, family: str, dataset: str, revision: str | None, params: Params, frame: pd.DataFrame
 ) -> Path:
-    """``index.md`` linking every figure and table of the run."""
-    lines = [
-        f"# QK-circuit spectra analysis: `{family}`",
-        "",
-        f"- dataset: `{dataset}`, config `{family}`, revision `{revision or 'default'}`",
-        f"- models: {len(outputs.models)}, heads: {len(frame)}"
-        + (f", variants: {', '.join(sorted(map(str, frame['variant'].unique())))}" if len(frame) else ""),
-        f"- qk-spectra-ds {__version__}; parameters: "
-        + ", ".join(f"{k}={v if not isinstance(v, tuple) else ','.join(v)}" for k, v in asdict(params).items()),
-        "",
-        "## Tables",
-        "",
-    ]
-    descriptions = {
-        "classes": "classification A, per model: class, n_heads, gamma alpha/theta, JSD",
-        "labels": "classification A, per head: model, layer, head, class",
-        "bds": "classification B, per model and statistic: BDS statistic and p-value of the per-layer medians",
-        "taxonomy_classes": "joint taxonomy: classes over all models (n_heads, share, alpha, theta, JSD)",
-        "taxonomy_labels": "joint taxonomy, per head: model, layer, head, depth band, class",
-        "taxonomy_shares_model": "joint taxonomy: share of each model's heads per class",
-        "taxonomy_shares_depth": "joint taxonomy: share of each (model, relative-depth band)'s heads per class",
-    }
-    for name, path in outputs.tables.items():
-        lines.append(f"- [{Path(path).name}]({path}): {descriptions.get(name, name)}")
-    if "taxonomy" in outputs.figures:
-        lines += ["", "## Joint taxonomy", ""]
-        if "taxonomy_classes" in outputs.frames:
-            lines += [markdown_table(outputs.frames["taxonomy_classes"]), ""]
-        for path in outputs.figures["taxonomy"]:
-            lines += [f"[{path}]({path})", "", f"![{path}]({path})", ""]
-    classes = outputs.frames.get("classes")
-    bds = outputs.frames.get("bds")
-    lines += ["## Per model", ""]
-    for model in outputs.models:
-        lines += [f"### {model}", ""]
-        figs = outputs.figures.get(model, [])
-        esd = [f for f in figs if f.startswith("ESDs/")]
-        boxes = [f for f in figs if f.startswith("plots/")]
-        if esd:
-            lines += [f"Classification A: [{esd[0]}]({esd[0]})", "", f"![{model} classes]({esd[0]})", ""]
-        if classes is not None:
-            part = classes[classes["model"] == model].drop(columns="model")
-            if len(part):
-                lines += [markdown_table(part), ""]
-        if boxes:
-            stats_part = bds[bds["model"] == model] if bds is not None else None
-            lines += ["Classification B (BDS of the per-layer medians):", ""]
-            for f in boxes:
-                stat = Path(f).parent.name
-                row = stats_part[stats_part["stat"] == stat] if stats_part is not None else None
-                detail = ""
-                if row is not None and len(row):
-                    detail = f": BDS {_fmt(float(row['bds'].iloc[0]), 'bds')}, p-value {_fmt(float(row['p_value'].iloc[0]), 'p_value')}"
-                lines.append(f"- [{stat}]({f}){detail}")
-            lines.append("")
-    return write_text(outputs.family_dir / "index.md", "\n".join(lines).rstrip() + "\n")
+    """``index.md`` linking every figure and table of the run, written atomically."""
+    return write_text(outputs.family_dir / "index.md", render_index(outputs, family, dataset, revision, params, frame))
 
 
 # ---------------------------------------------------------------- everything

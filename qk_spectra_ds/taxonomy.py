@@ -1,43 +1,46 @@
 """Classification A (per model, as the original study) and the joint taxonomy.
 
-Per model (:func:`cluster_model`), with the original defaults:
+:class:`SpectralHeadClassifier` (a scikit-learn estimator) is classification
+A, with the original defaults:
 
 - features: normalized-eigenvalue histograms, 24 bins on ``[0, q]``
   (:mod:`qk_spectra_ds.features`);
 - classes: ``KMeans(n_clusters=6, random_state=seed, n_init="auto")`` on the
   histograms, class ids as KMeans numbers them (heads stacked in dataset
   order, which for an imported legacy model is the original's order);
-- display: ``UMAP(n_components=2, n_neighbors=10, min_dist=0.1,
-  random_state=seed)`` (the original left UMAP unseeded; seeding makes reruns
-  identical);
 - per class: mean histogram and its std (error bars), a gamma pdf fitted to
   the mean histogram at the bin centres with ``curve_fit(p0=(3.0, 0.5),
   sigma=mean_hist.std(), absolute_sigma=True)`` (shape ``alpha``, scale
   ``theta``), and the Jensen-Shannon divergence between the class histogram
-  and the fitted pdf (natural log, eps 1e-12, both renormalized).
+  and the fitted pdf (natural log, eps 1e-12, both renormalized);
+- display: a 2-D embedding of the histograms, :data:`EMBEDDINGS`: the
+  principal components by default (no JIT compilation), or the original's
+  ``UMAP(n_components=2, n_neighbors=10, min_dist=0.1, random_state=seed)``
+  (the original left UMAP unseeded; seeding makes reruns identical).
 
 A gamma fit that fails gives NaN ``alpha``/``theta``/``jsd`` and a
 :class:`GammaFitWarning`, never an exception.
 
-Joint taxonomy (:func:`joint_taxonomy`, beyond the original): one set of
-bins (the quantile over all heads of all models) and one KMeans over all
-heads of a config, classes ordered canonically (most mass in the first bin
-first), then class shares per model and per relative-depth band.
+Joint taxonomy (:func:`joint_taxonomy`, beyond the original): the same
+estimator fitted on the pool of all heads of a config (one set of bins, one
+KMeans), classes ordered canonically (most mass in the first bin first), then
+each model's heads predicted into them, with class shares per model and per
+relative-depth band.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted
 
 from . import features
-from .loading import AnalysisError
+from .loading import AnalysisError, eigenvalue_matrix, split_models
 
 N_CLUSTERS = 6
 SEED = 0
@@ -104,156 +107,73 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray, eps: float = JSD_EPS) -> float:
     return float(0.5 * (kl_pm + kl_qm))
 
 
-def kmeans_labels(hists: np.ndarray, n_clusters: int = N_CLUSTERS, seed: int = SEED) -> np.ndarray:
-    """``KMeans(n_clusters, random_state=seed, n_init="auto").fit_predict(hists)``."""
-    from sklearn.cluster import KMeans
+EMBEDDINGS = {"pca": "PCA", "umap": "UMAP"}
+"""The 2-D display embeddings (``--embedding``) and the name each figure shows.
 
-    n_clusters = int(n_clusters)
-    if n_clusters < 1:
-        raise AnalysisError(f"n_clusters must be >= 1, got {n_clusters}")
-    if len(hists) < n_clusters:
-        raise AnalysisError(f"{len(hists)} head(s) cannot form {n_clusters} classes: lower --n_clusters")
-    return KMeans(n_clusters=n_clusters, random_state=seed, n_init="auto").fit_predict(hists).astype(np.int64)
+``pca``: the first two principal components (``sklearn.decomposition.PCA``):
+no JIT compilation, a few milliseconds. ``umap``: the original study's
+``UMAP(n_components=2, n_neighbors=10, min_dist=0.1)``, seeded; it reproduces
+the original figures, but importing umap and compiling its numba functions
+costs about 15 s in every new process (umap does not cache them on disk).
+The embedding is for display only: classes and tables do not depend on it.
+"""
 
-
-def enable_umap_cache(cache_dir: str | os.PathLike | None = None) -> str | None:
-    """Let numba cache UMAP's jitted functions on disk (compiling them costs ~12 s per process).
-
-    UMAP's numba functions are declared without ``cache=True``; turning the
-    cache on for them changes no result, only skips recompiling in later
-    processes. The cache lives in ``$NUMBA_CACHE_DIR`` if set, else
-    ``$XDG_CACHE_HOME/qk_spectra_ds/numba`` (``~/.cache/...``). Returns the
-    directory, or None if caching could not be enabled (never raises).
-    """
-    global _UMAP_CACHE_DIR
-    if _UMAP_CACHE_DIR is not None:
-        return _UMAP_CACHE_DIR
-    try:
-        import numba
-        from numba.core.dispatcher import Dispatcher
-
-        import umap  # noqa: F401  (imports pynndescent, whose own cache location stays as it is)
-
-        if cache_dir is None:
-            cache_dir = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
-                os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-                "qk_spectra_ds",
-                "numba",
-            )
-        os.makedirs(cache_dir, exist_ok=True)
-        numba.config.CACHE_DIR = os.fspath(cache_dir)
-        for name in ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "umap.sparse", "umap.spectral"):
-            module = importlib.import_module(name)
-            for obj in vars(module).values():
-                if isinstance(obj, Dispatcher) and type(obj._cache).__name__ == "NullCache":
-                    obj.enable_caching()
-        _UMAP_CACHE_DIR = os.fspath(cache_dir)
-    except Exception:  # pragma: no cover - caching is an optimisation only
-        return None
-    return _UMAP_CACHE_DIR
+DEFAULT_EMBEDDING = "pca"
 
 
-_UMAP_CACHE_DIR: str | None = None
+def check_embedding(method: str | None) -> str | None:
+    """``method`` if it names a known embedding (or is None: no embedding), else an :class:`AnalysisError`."""
+    if method is not None and method not in EMBEDDINGS:
+        raise AnalysisError(f"unknown embedding {method!r}: choose from {', '.join(EMBEDDINGS)}")
+    return method
 
 
-def _pairwise_euclidean_py(X):  # jitted by _fast_pairwise(); kept at module level so numba can cache it
-    n = X.shape[0]
-    out = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        for j in range(i + 1, n):
-            d = _umap_euclidean(X[i], X[j])
-            out[i, j] = d
-            out[j, i] = d
+def principal_components(hists: np.ndarray) -> np.ndarray:
+    """The histograms' first two principal components, ``(heads, 2)`` (zero columns where there are fewer)."""
+    from sklearn.decomposition import PCA
+
+    hists = np.asarray(hists, dtype=np.float64)
+    out = np.zeros((len(hists), 2))
+    k = min(2, len(hists) - 1, hists.shape[1])
+    if k >= 1:
+        out[:, :k] = PCA(n_components=k, svd_solver="full").fit_transform(hists)
     return out
-
-
-_umap_euclidean = None
-_PAIRWISE_JIT = None
-
-
-def _fast_pairwise():
-    """A cached numba twin of ``sklearn.pairwise_distances(X, metric=umap.distances.euclidean)``.
-
-    UMAP computes its small-data (< 4096 points) distance matrix through
-    sklearn with a numba metric called once per pair from Python (seconds
-    for a thousand heads). This calls the very same numba ``euclidean`` from a
-    jitted loop and stores float32 as sklearn does, so the matrix is bit-identical.
-    """
-    global _umap_euclidean, _PAIRWISE_JIT
-    if _PAIRWISE_JIT is None:
-        import numba
-        from umap.distances import euclidean
-
-        _umap_euclidean = euclidean
-        jitted = numba.njit(_pairwise_euclidean_py)
-        if enable_umap_cache() is not None:
-            try:
-                jitted.enable_caching()
-            except Exception:  # pragma: no cover
-                pass
-        _PAIRWISE_JIT = jitted
-    return _PAIRWISE_JIT
-
-
-class _FastSmallDataDistances:
-    """Within the block, UMAP's small-data ``pairwise_distances(X, metric=euclidean)`` uses the jitted twin."""
-
-    def __enter__(self):
-        import umap.umap_ as umap_module
-        from umap.distances import euclidean
-
-        self._module = umap_module
-        self._original = original = umap_module.pairwise_distances
-        fast = _fast_pairwise()
-
-        def pairwise_distances(X, Y=None, metric="euclidean", **kwargs):
-            if metric is euclidean and Y is None and not kwargs and isinstance(X, np.ndarray) and X.dtype == np.float32:
-                return fast(np.ascontiguousarray(X))
-            return original(X, Y, metric=metric, **kwargs)
-
-        umap_module.pairwise_distances = pairwise_distances
-        return self
-
-    def __exit__(self, *exc):
-        self._module.pairwise_distances = self._original
-        return False
 
 
 def umap_embedding(
-    hists: np.ndarray, seed: int = SEED, n_neighbors: int = UMAP_NEIGHBORS, min_dist: float = UMAP_MIN_DIST
+    hists: np.ndarray, seed: int | None = SEED, n_neighbors: int = UMAP_NEIGHBORS, min_dist: float = UMAP_MIN_DIST
 ) -> np.ndarray:
-    """The original's 2-D UMAP of the histograms, seeded so reruns are identical.
+    """``umap.UMAP(n_components=2, n_neighbors=10, min_dist=0.1, random_state=seed).fit_transform(hists)``.
 
-    Identical to ``umap.UMAP(n_components=2, n_neighbors=10, min_dist=0.1,
-    random_state=seed).fit_transform(hists)``, only faster (numba cache, jitted
-    distance matrix). Falls back to the first two principal components (with a
-    warning) when UMAP cannot embed so few heads.
+    umap is imported here, only when asked for (its import alone takes seconds).
+    ``n_neighbors`` is capped at ``heads - 1``; the warnings umap gives for
+    small or disconnected data are silenced.
     """
-    n = len(hists)
-    if n >= 4:
-        enable_umap_cache()
-        import umap
+    import umap
 
+    n = len(hists)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        warnings.filterwarnings("ignore", message=".*Spectral initialisation failed.*")
+        warnings.filterwarnings("ignore", message=".*Falling back to random initialisation.*")
+        warnings.filterwarnings("ignore", message=".*n_neighbors is larger than the dataset size.*")
+        warnings.filterwarnings("ignore", message=".*graph is not fully connected.*")
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(int(n_neighbors), n - 1), min_dist=min_dist, random_state=seed)
+        return np.asarray(reducer.fit_transform(hists), dtype=np.float64)
+
+
+def embed(hists: np.ndarray, method: str = DEFAULT_EMBEDDING, seed: int | None = SEED) -> np.ndarray:
+    """2-D display coordinates of the histograms by ``method`` (see :data:`EMBEDDINGS`).
+
+    UMAP needs at least 4 heads; with fewer, or if it fails, the principal
+    components are shown instead (with a warning when it failed).
+    """
+    if check_embedding(method) == "umap" and len(hists) >= 4:
         try:
-            with warnings.catch_warnings(), _FastSmallDataDistances():
-                warnings.filterwarnings("ignore", message=".*n_jobs value.*")
-                warnings.filterwarnings("ignore", message=".*Spectral initialisation failed.*")
-                warnings.filterwarnings("ignore", message=".*Falling back to random initialisation.*")
-                warnings.filterwarnings("ignore", message=".*n_neighbors is larger than the dataset size.*")
-                warnings.filterwarnings("ignore", message=".*graph is not fully connected.*")
-                reducer = umap.UMAP(
-                    n_components=2, n_neighbors=min(int(n_neighbors), n - 1), min_dist=min_dist, random_state=seed
-                )
-                embedding = reducer.fit_transform(hists)
-            return np.asarray(embedding, dtype=np.float64)
+            return umap_embedding(hists, seed=seed)
         except Exception as exc:  # pragma: no cover - depends on umap internals
             warnings.warn(f"UMAP failed ({type(exc).__name__}: {exc}); showing principal components", stacklevel=2)
-    centered = hists - hists.mean(axis=0)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    out = np.zeros((n, 2))
-    k = min(2, vt.shape[0])
-    out[:, :k] = centered @ vt[:k].T
-    return out
+    return principal_components(hists)
 
 
 @dataclass
@@ -299,77 +219,129 @@ def describe_classes(
     return out
 
 
-# ---------------------------------------------------------------- classification A
+# ---------------------------------------------------------------- classification A, as an estimator
 
 
-@dataclass
-class ClusterResult:
-    """Classification A of one model."""
+def canonical_relabelling(hists: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``relabel[old] = new`` so that class 0 has the most mean mass in the first bin (spikiest spectra) and so on.
 
-    model_id: str
-    edges: np.ndarray
-    histograms: np.ndarray
-    labels: np.ndarray
-    embedding: np.ndarray | None
-    classes: list[ClassFit]
-    layers: np.ndarray
-    heads: np.ndarray
-    params: dict[str, Any] = field(default_factory=dict)
+    Makes the numbering independent of KMeans' arbitrary order; ties keep KMeans' order.
+    """
+    first_bin = np.array([hists[labels == k, 0].mean() if (labels == k).any() else -np.inf for k in range(n_clusters)])
+    order = np.argsort(-first_bin, kind="stable")  # new class i = old class order[i]
+    relabel = np.empty(n_clusters, dtype=np.int64)
+    relabel[order] = np.arange(n_clusters)
+    return relabel
 
-    @property
-    def centers(self) -> np.ndarray:
-        return features.bin_centers(self.edges)
 
-    @property
-    def n_clusters(self) -> int:
-        return len(self.classes)
+def eigenvalue_input(X) -> list[np.ndarray]:
+    """The estimator's input as ``(heads, d_head)`` blocks: an array, a list of arrays, or a frame of dataset rows.
+
+    A frame (one or more models, column ``eigenvalues``) gives one block per
+    model, rows in dataset order, so models with different ``d_head`` mix.
+    """
+    if isinstance(X, pd.DataFrame):
+        return [eigenvalue_matrix(rows) for _, rows in split_models(X)]
+    return features.eigenvalue_blocks(X)
+
+
+class SpectralHeadClassifier(ClusterMixin, BaseEstimator):
+    """Classification A: KMeans classes of attention heads from their normalized-eigenvalue histograms.
+
+    The original study's method with its defaults: each head's eigenvalues
+    divided by their mean; ``n_bins`` equal bins on ``[0, q]``, ``q`` the
+    ``quantile`` of all normalized values seen by :meth:`fit`; one density
+    histogram per head; ``KMeans(n_clusters, random_state, n_init="auto")``;
+    per class the mean histogram with its std, a gamma fit and its JSD.
+
+    Parameters
+    ----------
+    n_clusters : number of classes (KMeans clusters).
+    n_bins, quantile : the histogram bins, fixed at fit time.
+    random_state : seed of KMeans and of the embedding.
+    embedding : 2-D display embedding computed by :meth:`fit`
+        (:data:`EMBEDDINGS`: ``"pca"``, ``"umap"``), or None for none.
+    canonical_order : False numbers the classes as KMeans does (the original's
+        numbering); True renumbers them so that class 0 has the most mass in
+        the first bin (:func:`canonical_relabelling`), as the joint taxonomy does.
+
+    Fitted attributes
+    -----------------
+    bin_edges_ : ``(n_bins + 1,)`` histogram edges.
+    kmeans_ : the fitted ``sklearn.cluster.KMeans``.
+    classes_ : ``arange(n_clusters)``.
+    labels_ : class of each training head (input order).
+    cluster_centers_ : ``(n_clusters, n_bins)`` centres, in class order.
+    class_fits_ : one :class:`ClassFit` per class (size, mean/std histogram, gamma fit, JSD).
+    embedding_ : ``(heads, 2)`` display coordinates, or None.
+
+    :meth:`predict` puts new heads (say another model's) into these classes with
+    the fitted bins and centres. Input everywhere: a ``(heads, d_head)``
+    eigenvalue array, a list of them, or a frame of dataset rows.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = N_CLUSTERS,
+        n_bins: int = features.N_BINS,
+        quantile: float = features.QUANTILE,
+        random_state: int | None = SEED,
+        embedding: str | None = DEFAULT_EMBEDDING,
+        canonical_order: bool = False,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.n_bins = n_bins
+        self.quantile = quantile
+        self.random_state = random_state
+        self.embedding = embedding
+        self.canonical_order = canonical_order
+
+    def fit(self, X, y=None, name: str = "") -> "SpectralHeadClassifier":
+        """Fit bins, classes, gamma fits and the embedding on the heads of ``X``; ``name`` prefixes messages."""
+        from sklearn.cluster import KMeans
+
+        n_clusters = int(self.n_clusters)
+        if n_clusters < 1:
+            raise AnalysisError(f"n_clusters must be >= 1, got {n_clusters}")
+        check_embedding(self.embedding)
+        prefix = f"{name}: " if name else ""
+        try:
+            hists, edges = features.eigenvalue_histograms(eigenvalue_input(X), self.n_bins, self.quantile)
+        except ValueError as exc:
+            raise AnalysisError(f"{prefix}{exc}") from exc
+        if len(hists) < n_clusters:
+            raise AnalysisError(f"{prefix}{len(hists)} head(s) cannot form {n_clusters} classes: lower --n_clusters")
+        kmeans = KMeans(n_clusters=n_clusters, random_state=self.random_state, n_init="auto").fit(hists)
+        raw = kmeans.labels_.astype(np.int64)
+        relabel = canonical_relabelling(hists, raw, n_clusters) if self.canonical_order else np.arange(n_clusters)
+        self.bin_edges_ = edges
+        self.kmeans_ = kmeans
+        self.relabel_ = relabel
+        self.classes_ = np.arange(n_clusters)
+        self.labels_ = relabel[raw]
+        self.cluster_centers_ = kmeans.cluster_centers_[np.argsort(relabel)]
+        self.class_fits_ = describe_classes(hists, self.labels_, features.bin_centers(edges), n_clusters, name=name)
+        self.embedding_ = None if self.embedding is None else embed(hists, self.embedding, self.random_state)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Class of each head of ``X``: its histogram on the fitted bins, nearest fitted centre."""
+        check_is_fitted(self, "kmeans_")
+        hists, _ = features.eigenvalue_histograms(eigenvalue_input(X), edges=self.bin_edges_)
+        return self.relabel_[self.kmeans_.predict(hists)]
 
     def class_table(self) -> pd.DataFrame:
-        """Columns model, class, n_heads, alpha, theta, jsd."""
+        """Columns class, n_heads, alpha, theta, jsd (one row per class)."""
+        check_is_fitted(self, "class_fits_")
         return pd.DataFrame(
             {
-                "model": [self.model_id] * len(self.classes),
-                "class": [c.klass for c in self.classes],
-                "n_heads": [c.n_heads for c in self.classes],
-                "alpha": [c.alpha for c in self.classes],
-                "theta": [c.theta for c in self.classes],
-                "jsd": [c.jsd for c in self.classes],
+                "class": [c.klass for c in self.class_fits_],
+                "n_heads": [c.n_heads for c in self.class_fits_],
+                "alpha": [c.alpha for c in self.class_fits_],
+                "theta": [c.theta for c in self.class_fits_],
+                "jsd": [c.jsd for c in self.class_fits_],
             }
         )
-
-    def label_table(self) -> pd.DataFrame:
-        """Columns model, layer, head, class (one row per head, sorted by layer then head)."""
-        table = pd.DataFrame(
-            {"model": self.model_id, "layer": self.layers, "head": self.heads, "class": self.labels}
-        )
-        return table.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
-
-
-def cluster_model(
-    eigenvalues: np.ndarray,
-    model_id: str = "",
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    n_clusters: int = N_CLUSTERS,
-    n_bins: int = features.N_BINS,
-    quantile: float = features.QUANTILE,
-    seed: int = SEED,
-    embed: bool = True,
-) -> ClusterResult:
-    """Classification A of one model from its ``(heads, d_head)`` eigenvalues (rows in stacking order)."""
-    ev = np.asarray(eigenvalues)
-    n = len(ev)
-    layers = np.arange(n) if layers is None else np.asarray(layers)
-    heads = np.zeros(n, dtype=np.int64) if heads is None else np.asarray(heads)
-    try:
-        hists, edges = features.eigenvalue_histograms(ev, n_bins=n_bins, quantile=quantile)
-    except ValueError as exc:
-        raise AnalysisError(f"{model_id}: {exc}") from exc
-    labels = kmeans_labels(hists, n_clusters, seed)
-    embedding = umap_embedding(hists, seed=seed) if embed else None
-    classes = describe_classes(hists, labels, features.bin_centers(edges), n_clusters, name=model_id)
-    params = {"n_clusters": int(n_clusters), "n_bins": int(n_bins), "quantile": float(quantile), "seed": int(seed)}
-    return ClusterResult(model_id, edges, hists, labels, embedding, classes, layers, heads, params)
 
 
 # ---------------------------------------------------------------- joint taxonomy
@@ -390,34 +362,20 @@ class ModelHeads:
 class JointTaxonomy:
     """One set of classes over all heads of a config, with shares per model and per relative depth."""
 
-    edges: np.ndarray
-    classes: list[ClassFit]
-    labels: pd.DataFrame  # model, layer, head, class
+    classifier: SpectralHeadClassifier  # fitted on the pool of all heads
+    labels: pd.DataFrame  # model, layer, head, n_layers, band, class
     n_bands: int
     models: list[str]
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def centers(self) -> np.ndarray:
-        return features.bin_centers(self.edges)
 
     def class_table(self) -> pd.DataFrame:
         """Columns class, n_heads, share, alpha, theta, jsd."""
-        total = sum(c.n_heads for c in self.classes)
-        return pd.DataFrame(
-            {
-                "class": [c.klass for c in self.classes],
-                "n_heads": [c.n_heads for c in self.classes],
-                "share": [c.n_heads / total for c in self.classes],
-                "alpha": [c.alpha for c in self.classes],
-                "theta": [c.theta for c in self.classes],
-                "jsd": [c.jsd for c in self.classes],
-            }
-        )
+        table = self.classifier.class_table()
+        table.insert(2, "share", table["n_heads"] / table["n_heads"].sum())
+        return table
 
     def shares_by_model(self) -> pd.DataFrame:
         """Columns model, class, n_heads, share (share of the model's heads)."""
-        grid = pd.MultiIndex.from_product([self.models, range(len(self.classes))], names=["model", "class"])
+        grid = pd.MultiIndex.from_product([self.models, self.classifier.classes_.tolist()], names=["model", "class"])
         counts = self.labels.groupby(["model", "class"]).size().reindex(grid, fill_value=0)
         totals = counts.groupby(level="model").transform("sum")
         out = pd.DataFrame({"n_heads": counts, "share": counts / totals.where(totals > 0, 1)}).reset_index()
@@ -426,7 +384,7 @@ class JointTaxonomy:
     def shares_by_depth(self) -> pd.DataFrame:
         """Columns model, band, depth_lo, depth_hi, class, n_heads, share (share of the band's heads)."""
         grid = pd.MultiIndex.from_product(
-            [self.models, range(self.n_bands), range(len(self.classes))], names=["model", "band", "class"]
+            [self.models, range(self.n_bands), self.classifier.classes_.tolist()], names=["model", "band", "class"]
         )
         counts = self.labels.groupby(["model", "band", "class"]).size().reindex(grid, fill_value=0)
         totals = counts.groupby(level=["model", "band"]).transform("sum")
@@ -443,40 +401,26 @@ def depth_bands(layers: np.ndarray, n_layers: int, n_bands: int = N_BANDS) -> np
 
 
 def joint_taxonomy(
-    models: Sequence[ModelHeads],
-    n_clusters: int = N_CLUSTERS,
-    n_bins: int = features.N_BINS,
-    quantile: float = features.QUANTILE,
-    seed: int = SEED,
-    n_bands: int = N_BANDS,
+    models: Sequence[ModelHeads], classifier: SpectralHeadClassifier | None = None, n_bands: int = N_BANDS
 ) -> JointTaxonomy:
-    """Fit one set of classes across all models (shared bins), ordered canonically.
+    """Fit one classifier on the pool of all heads of all models, then predict each model's heads.
 
-    Bins: ``n_bins`` on ``[0, q]`` with ``q`` the ``quantile`` of the normalized
-    eigenvalues of all heads of all models. Classes are renumbered so that class
-    0 has the most mass in the first bin (the spikiest spectra), which makes the
-    numbering independent of KMeans' arbitrary order.
+    The bins come from the ``quantile`` of the normalized eigenvalues of every
+    head of every model. ``classifier``: its parameters (a fresh clone is
+    fitted); default ``SpectralHeadClassifier(embedding=None,
+    canonical_order=True)``, canonical numbering making classes comparable
+    across runs.
     """
+    from sklearn.base import clone
+
     if not models:
         raise AnalysisError("the joint taxonomy needs at least one model")
     if int(n_bands) < 1:
         raise AnalysisError(f"n_bands must be >= 1, got {n_bands}")
-    d_heads = {m.eigenvalues.shape[1] for m in models}
-    normalized = [features.normalize_by_mean(m.eigenvalues) for m in models]
-    try:
-        pooled = np.concatenate([x.reshape(-1) for x in normalized])
-        edges = features.shared_edges(pooled, n_bins, quantile)
-    except ValueError as exc:
-        raise AnalysisError(str(exc)) from exc
-    hists = np.concatenate([features.histograms(x, edges) for x in normalized])
-    raw = kmeans_labels(hists, n_clusters, seed)
-    first_bin = np.array([hists[raw == k, 0].mean() if (raw == k).any() else -np.inf for k in range(n_clusters)])
-    order = np.argsort(-first_bin, kind="stable")  # new class i = old class order[i]
-    relabel = np.empty(n_clusters, dtype=np.int64)
-    relabel[order] = np.arange(n_clusters)
-    labels = relabel[raw]
-    classes = describe_classes(hists, labels, features.bin_centers(edges), n_clusters, name="joint taxonomy")
-    table = pd.concat(
+    if classifier is None:
+        classifier = SpectralHeadClassifier(embedding=None, canonical_order=True)
+    fitted = clone(classifier).fit([m.eigenvalues for m in models], name="joint taxonomy")
+    labels = pd.concat(
         [
             pd.DataFrame(
                 {
@@ -485,21 +429,11 @@ def joint_taxonomy(
                     "head": m.heads,
                     "n_layers": m.n_layers,
                     "band": depth_bands(m.layers, m.n_layers, n_bands),
+                    "class": fitted.predict(m.eigenvalues),
                 }
-            )
+            ).sort_values(["layer", "head"], kind="stable")
             for m in models
         ],
         ignore_index=True,
     )
-    table["class"] = labels
-    table["_order"] = np.repeat(np.arange(len(models)), [len(m.layers) for m in models])
-    table = table.sort_values(["_order", "layer", "head"], kind="stable").drop(columns="_order").reset_index(drop=True)
-    params = {
-        "n_clusters": int(n_clusters),
-        "n_bins": int(n_bins),
-        "quantile": float(quantile),
-        "seed": int(seed),
-        "n_bands": int(n_bands),
-        "d_heads": sorted(d_heads),
-    }
-    return JointTaxonomy(edges, classes, table, int(n_bands), [m.model_id for m in models], params)
+    return JointTaxonomy(fitted, labels, int(n_bands), [m.model_id for m in models])

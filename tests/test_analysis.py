@@ -25,7 +25,7 @@ import pytest
 from qk_spectra_ds import __version__, dataset_repo, features, schema, taxonomy
 from qk_spectra_ds.layer_stats import BDSWarning
 from qk_spectra_ds.legacy import import_legacy
-from qk_spectra_ds.loading import LoadError, NonFiniteSpectraWarning, load_spectra
+from qk_spectra_ds.loading import AnalysisError, LoadError, NonFiniteSpectraWarning, load_spectra
 from qk_spectra_ds.report import Params, run_boxplots, run_report
 from qk_spectra_ds.schema import SchemaError
 from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
@@ -139,6 +139,12 @@ def test_layout_and_index_link_every_output(legacy_report):
     assert produced <= links
     assert all((family_dir / link).is_file() for link in links)
     assert "2.80" in index  # the MEAN BDS of Qwen3-0.6B, next to its figure link
+    assert "- [MEAN](plots/MEAN/Qwen3-0.6B_MEAN_box.png): BDS 2.80, p-value 5.07e-03\n" in index
+    classes = pd.read_csv(family_dir / "tables" / "classes.csv")
+    for row in classes.itertuples(index=False):  # each model's class table, rounded as the original's figure
+        assert f"| {row[1]} | {row.n_heads} | {row.alpha:.2f} | {row.theta:.2f} | {row.jsd:.3f} |\n" in index
+    assert "\n| class | n_heads | share | alpha | theta | jsd |\n| --- | --- | --- | --- | --- | --- |\n" in index
+    assert "embedding=pca" in index and index.endswith("\n") and not index.endswith("\n\n")
 
 
 def test_labels_cover_every_head(legacy_report):
@@ -212,9 +218,9 @@ def test_failed_gamma_fit_is_nan_in_the_table_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(scipy.optimize, "curve_fit", no_convergence)
     ev = np.stack(synthetic_columns("m", "f")["eigenvalues"])
-    with pytest.warns(taxonomy.GammaFitWarning, match="did not converge"):
-        result = taxonomy.cluster_model(ev, "m", n_clusters=3, embed=False)
-    table = result.class_table()
+    with pytest.warns(taxonomy.GammaFitWarning, match="m: gamma fit of class .* did not converge"):
+        classifier = taxonomy.SpectralHeadClassifier(n_clusters=3, embedding=None).fit(ev, name="m")
+    table = classifier.class_table()
     assert table[["alpha", "theta", "jsd"]].isna().all().all()
     assert table["n_heads"].sum() == len(ev)
 
@@ -225,14 +231,150 @@ def test_fit_gamma_reports_non_convergence():
     assert np.isnan(alpha) and np.isnan(theta) and "maxfev" in error
 
 
-def test_umap_embedding_is_plain_seeded_umap():
+def test_umap_embedding_is_plain_seeded_umap_and_umap_stays_unpatched():
+    """--embedding umap is the original's UMAP, seeded; umap's functions and numba caching are left as umap ships them."""
+    import sklearn.metrics
     import umap
+    import umap.umap_
+    from numba.core.dispatcher import Dispatcher
 
     hists = np.random.default_rng(3).random((60, 24))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = umap.UMAP(n_components=2, n_neighbors=10, min_dist=0.1, random_state=0).fit_transform(hists)
-    np.testing.assert_array_equal(taxonomy.umap_embedding(hists, seed=0), expected)
+    np.testing.assert_array_equal(taxonomy.embed(hists, "umap", seed=0), expected)
+    assert umap.umap_.pairwise_distances is sklearn.metrics.pairwise_distances
+    shipped_uncached = [obj for obj in vars(umap.umap_).values()
+                        if isinstance(obj, Dispatcher) and not obj.targetoptions.get("cache")]  # fmt: skip
+    assert shipped_uncached and all(type(obj._cache).__name__ == "NullCache" for obj in shipped_uncached)
+
+
+def test_default_embedding_never_imports_umap_or_numba(tmp_path):
+    """The default embedding (PCA) needs no JIT: classes and their figure in a fresh process import neither umap nor numba."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from qk_spectra_ds import plots, report
+        classifier = report.Params(n_clusters=3).classifier().fit(np.random.default_rng(0).random((40, 16)) ** 4)
+        plots.plot_clusters(classifier, {str(tmp_path / "esd.png")!r}, title="m")
+        print(classifier.embedding, classifier.embedding_.shape, sorted(set(sys.modules) & {{"umap", "numba", "pynndescent"}}))
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "pca (40, 2) []"
+    assert (tmp_path / "esd.png").is_file()
+
+
+def test_unknown_embedding_is_refused():
+    with pytest.raises(AnalysisError, match="unknown embedding 'tsne': choose from pca, umap"):
+        Params(embedding="tsne")
+    with pytest.raises(AnalysisError, match="unknown embedding"):
+        taxonomy.SpectralHeadClassifier(embedding="tsne").fit(np.random.default_rng(0).random((12, 8)))
+
+
+# ---------------------------------------------------------------- classification A as an estimator
+
+
+def _parquet_heads(dataset: Path, family: str, model: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """A model's eigenvalues and (layer, head) straight from its parquet file (file order), without the package's reader."""
+    table = pq.read_table(dataset / "data" / family / f"{model}.parquet", columns=["layer", "head", "eigenvalues"])
+    ev = np.stack([np.asarray(v, dtype=np.float32) for v in table.column("eigenvalues").to_pylist()])
+    return ev, table.select(["layer", "head"]).to_pandas()
+
+
+def _original_classification_a(ev: np.ndarray, n_clusters: int = 6, n_bins: int = 24, quantile: float = 0.96):
+    """The original study's Classification A, as its notebook wrote it: labels and (n_heads, alpha, theta, jsd) per class."""
+    from scipy.optimize import curve_fit
+    from scipy.stats import gamma
+    from sklearn.cluster import KMeans
+
+    def pdf(x, a, scale):
+        return gamma.pdf(x, a, loc=0, scale=scale)
+
+    norm = ev / ev.mean(axis=-1)[..., np.newaxis]
+    edges = np.linspace(0.0, np.quantile(norm, quantile), n_bins + 1)
+    hists = np.stack([np.histogram(x, edges, density=True)[0] for x in norm])
+    centers = (edges[:-1] + edges[1:]) / 2
+    labels = KMeans(n_clusters=n_clusters, random_state=0, n_init="auto").fit_predict(hists)
+    rows = []
+    for k in range(n_clusters):
+        mean = hists[labels == k].mean(axis=0)
+        (a, theta), _ = curve_fit(pdf, centers, mean, p0=(3.0, 0.5), sigma=mean.std(), absolute_sigma=True)
+        p, q = mean / (mean.sum() + 1e-12), pdf(centers, a, theta)
+        q = q / (q.sum() + 1e-12)
+        m = 0.5 * (p + q)
+        jsd = 0.5 * (np.sum(p * np.log((p + 1e-12) / (m + 1e-12))) + np.sum(q * np.log((q + 1e-12) / (m + 1e-12))))
+        rows.append((int((labels == k).sum()), float(a), float(theta), float(jsd)))
+    return labels, rows
+
+
+def test_class_table_and_labels_are_exactly_the_original_algorithm(legacy_dataset, legacy_report):
+    """The estimator keeps classes.csv and labels.csv exactly as the original's notebook computes them (no rounding)."""
+    ev, heads = _parquet_heads(legacy_dataset, "legacy", "Qwen3-0.6B")  # the pickle's order (layers 0, 1, 10, 11, ...)
+    labels, rows = _original_classification_a(ev)
+    tables = legacy_report.family_dir / "tables"
+    classes = pd.read_csv(tables / "classes.csv")
+    qwen = classes[classes["model"] == "Qwen3-0.6B"]
+    assert list(qwen["class"]) == list(range(6))
+    assert list(zip(qwen["n_heads"], qwen["alpha"], qwen["theta"], qwen["jsd"])) == rows
+    ours = pd.read_csv(tables / "labels.csv")
+    expected = heads.assign(label=labels).sort_values(["layer", "head"])
+    assert ours.loc[ours["model"] == "Qwen3-0.6B", "class"].tolist() == expected["label"].tolist()
+
+
+def test_classifier_is_a_scikit_learn_estimator(synthetic_dataset):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    clf = taxonomy.SpectralHeadClassifier(n_clusters=3, n_bins=12, quantile=0.9, random_state=1, embedding=None)
+    assert clf.get_params() == {"n_clusters": 3, "n_bins": 12, "quantile": 0.9, "random_state": 1, "embedding": None,
+                                "canonical_order": False}  # fmt: skip
+    with pytest.raises(NotFittedError):
+        clf.predict(np.ones((2, 16)))
+    frame = load_spectra(synthetic_dataset, "syn")
+    train = np.stack(frame.loc[frame["model_id"] == "org/tiny-a", "eigenvalues"].tolist()).astype(np.float32)
+    new = np.stack(frame.loc[frame["model_id"] == "org/tiny-b", "eigenvalues"].tolist()).astype(np.float32)
+    fitted = clone(clf).fit(train)
+    assert not hasattr(clf, "labels_") and clone(fitted).get_params() == clf.get_params()
+    np.testing.assert_array_equal(fitted.classes_, np.arange(3))
+    np.testing.assert_array_equal(fitted.predict(train), fitted.labels_)
+    np.testing.assert_array_equal(clone(clf).fit_predict(train), fitted.labels_)
+    # new heads: their density histogram on the fitted bins, nearest fitted centre (computed here with numpy)
+    hists = np.stack([np.histogram(row / row.mean(), fitted.bin_edges_, density=True)[0] for row in new])
+    distances = ((hists[:, None, :] - fitted.cluster_centers_[None]) ** 2).sum(axis=-1)
+    np.testing.assert_array_equal(fitted.predict(new), distances.argmin(axis=1))
+    assert fitted.bin_edges_[-1] == np.quantile(train / train.mean(axis=1, keepdims=True), 0.9)
+    table = fitted.class_table()
+    assert list(table.columns) == ["class", "n_heads", "alpha", "theta", "jsd"]
+    assert table["n_heads"].tolist() == np.bincount(fitted.labels_, minlength=3).tolist()
+    # a frame of dataset rows is the same input as its eigenvalue matrix
+    rows = frame[frame["model_id"] == "org/tiny-a"]
+    np.testing.assert_array_equal(clone(clf).fit(rows).labels_, fitted.labels_)
+
+
+def test_joint_taxonomy_fits_the_pool_and_predicts_each_model():
+    """Pool of two models with different d_head: shared bins, one KMeans, canonical order; each model predicted."""
+    from sklearn.cluster import KMeans
+
+    a = np.stack(synthetic_columns("a", "f", d_head=16, seed=0)["eigenvalues"])
+    b = np.stack(synthetic_columns("b", "f", n_layers=3, d_head=8, seed=1)["eigenvalues"])
+    models = [taxonomy.ModelHeads("a", a, np.repeat(np.arange(4), 8), np.tile(np.arange(8), 4), 4),
+              taxonomy.ModelHeads("b", b, np.repeat(np.arange(3), 8), np.tile(np.arange(8), 3), 3)]  # fmt: skip
+    joint = taxonomy.joint_taxonomy(models, taxonomy.SpectralHeadClassifier(n_clusters=4, embedding=None,
+                                                                             canonical_order=True))  # fmt: skip
+    norm = [x / x.mean(axis=1, keepdims=True) for x in (a, b)]
+    edges = np.linspace(0.0, np.quantile(np.concatenate([x.ravel() for x in norm]), 0.96), 25)
+    hists = np.stack([np.histogram(row, edges, density=True)[0] for x in norm for row in x])
+    raw = KMeans(n_clusters=4, random_state=0, n_init="auto").fit_predict(hists)
+    first_bin = [hists[raw == k, 0].mean() for k in range(4)]
+    expected = np.argsort(np.argsort(-np.array(first_bin), kind="stable"))[raw]
+    np.testing.assert_array_equal(joint.classifier.bin_edges_, edges)
+    np.testing.assert_array_equal(joint.labels["class"].to_numpy(), expected)
+    np.testing.assert_array_equal(joint.labels["class"].to_numpy(), joint.classifier.labels_)
+    assert joint.labels["model"].tolist() == ["a"] * 32 + ["b"] * 24
+    assert joint.class_table()["n_heads"].sum() == 56
 
 
 def test_too_few_layers_for_bds_is_nan_with_a_warning(synthetic_dataset, tmp_path):
@@ -326,6 +468,7 @@ def test_cli_errors_are_one_line_without_traceback(analyze_cli, synthetic_datase
         ["clusters", "--dataset", str(synthetic_dataset), "--family", "syn", "--models", "nope"],
         ["boxplots", "--dataset", str(synthetic_dataset), "--family", "Nope"],
         ["report", "--family", "syn"],
+        ["report", "--dataset", str(synthetic_dataset), "--family", "syn", "--out", str(tmp_path), "--embedding", "tsne"],
     ):
         assert analyze_cli(argv) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
@@ -454,22 +597,24 @@ def test_analysis_extra_needs_no_torch():
     requirements = config["options"]["install_requires"] + config["options.extras_require"]["analysis"]
     names = {re.split(r"[<>=!~\[ ]", line.strip())[0].lower() for line in requirements.splitlines() if line.strip()}
     assert not names & {"torch", "safetensors", "transformers"}
-    assert {"scipy", "scikit-learn", "umap-learn", "matplotlib", "statsmodels"} <= names
+    assert {"scipy", "scikit-learn", "joblib", "umap-learn", "matplotlib", "seaborn", "statsmodels"} <= names
 
 
-def test_theme_is_seaborn_talk_white():
-    """plots.THEME is seaborn's set_theme("talk", style "white") without importing seaborn at run time."""
+def test_theme_is_seaborn_talk_white_without_global_changes():
+    """plots.style() is seaborn's set_theme("talk", style "white") inside the block only (set_theme is global)."""
     import matplotlib as mpl
     from matplotlib.colors import to_rgba
 
     from qk_spectra_ds import plots
 
     sns = pytest.importorskip("seaborn")
+    before = (dict(mpl.rcParams), to_rgba("b"), to_rgba("g"))
+    with plots.style():
+        ours = dict(mpl.rcParams)
+    assert (dict(mpl.rcParams), to_rgba("b"), to_rgba("g")) == before  # rcParams and colour codes untouched
     with mpl.rc_context():
         sns.set_theme(context="talk", style="white")
         expected = dict(mpl.rcParams)
-    with plots.style():
-        ours = dict(mpl.rcParams)
     for key, value in expected.items():
         if key == "image.cmap":  # a seaborn colormap; every figure here names its own
             continue
@@ -502,18 +647,13 @@ def test_hub_repo_with_revision(hub_server, unique_repo_name, tmp_path, analyze_
     assert len(err) == 1 and err[0].startswith("error: ") and "v9.9.9" in err[0]
 
 
-def test_default_jobs_uses_idle_cores_only():
-    """One worker per idle core, for several models and many heads; 1 on a busy machine."""
+def test_default_jobs_one_per_core_for_large_configs_only():
+    """In-process for one model or few heads; else one worker per core, at most 4 (joblib's count of usable CPUs)."""
+    import joblib
+
     from qk_spectra_ds import report
 
-    cpus = len(os.sched_getaffinity(0))
     assert report.default_jobs(1, 10_000) == 1
     assert report.default_jobs(5, report.PARALLEL_MIN_HEADS - 1) == 1
-    for other, expected in [(0.0, min(5, cpus, 4)), (float(cpus), 1), (cpus - 1.0, 1)]:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(report, "_other_load", lambda: other)
-            assert report.default_jobs(5, 10_000) == expected
-    with pytest.MonkeyPatch.context() as mp:
-        # a load average left high by a finished job does not count when nothing else runs now
-        mp.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))
-        assert 0 <= report._other_load() < 7.0
+    assert report.default_jobs(5, 10_000) == min(5, joblib.cpu_count(), 4)
+    assert report.default_jobs(2, 10_000) == min(2, joblib.cpu_count())
