@@ -84,7 +84,7 @@ def build_model(
     two revisions) is refused instead of overwriting the first one's table.
     """
     torch = require_build_extra()
-    from .spectra import default_device, qk_layer_spectra
+    from .spectra import default_device
 
     # read_io: time spent reading Q/K (in the prefetch thread); read: time the kernel waited for it.
     timings = {"read_io": 0.0, "read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}
@@ -156,7 +156,7 @@ def build_model(
             t0 = time.perf_counter()
             q = torch.from_numpy(qk.q).to(device=device, dtype=torch.float64)
             k = torch.from_numpy(qk.k).to(device=device, dtype=torch.float64)
-            spectra = qk_layer_spectra(q, k)
+            spectra = layer_spectra_or_error(q, k, source.model_id, layer)
             singular_values[layer] = spectra.singular_values
             positivity[layer] = spectra.positivity
             timings["kernel"] += time.perf_counter() - t0
@@ -186,6 +186,25 @@ def build_model(
     result.bytes_fetched = source.fetched.total
     result.checkpoint_bytes = checkpoint.total_bytes()
     return result
+
+
+def layer_spectra_or_error(q, k, model_id: str, layer: int):
+    """The layer's spectra, or a one-line CheckpointError naming model, layer and head.
+
+    Out-of-range weights are refused before LAPACK sees them (NaN, Inf, 1e200: no
+    crash), and results that the float32 columns cannot hold faithfully (Inf, or a
+    significant value underflowing to zero) are refused instead of written.
+    """
+    from .spectra import WeightRangeError, float32_storage_problem, qk_layer_spectra
+
+    try:
+        spectra = qk_layer_spectra(q, k)
+    except WeightRangeError as exc:
+        raise CheckpointError(f"{model_id}: layer {layer} {exc}") from None
+    problem = float32_storage_problem(spectra.singular_values)
+    if problem is not None:
+        raise CheckpointError(f"{model_id}: layer {layer} {problem}")
+    return spectra
 
 
 LOCAL_REVISION_PREFIX = "local:"

@@ -20,7 +20,7 @@ from typing import Iterable
 
 SCHEMA_VERSION = 2
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2
 """Version of the computation behind the rows, stored in each row's ``method_version``.
 
 Bump it whenever what a column means or how it is computed changes (the kernel,
@@ -29,6 +29,9 @@ its file has the same ``model_revision`` and exactly this ``method_version``,
 so every model is recomputed after a bump. The package version plays no part.
 
 - 1: the first recorded version (schema v2): Q/K spectra per section 1 of DESIGN.md.
+- 2: ill-conditioned head blocks (Frobenius condition number above ~6.7e4) are factored
+  by QR instead of Cholesky; undefined values are NaN (skew/kurtosis of a constant
+  spectrum; stable/effective rank and positivity of an all-zero head), no longer 0, 1 or -3.
 """
 
 METHOD_VERSION_LEGACY = 0

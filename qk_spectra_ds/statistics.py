@@ -2,6 +2,14 @@
 
 All functions take arrays of shape ``(..., n)`` (one spectrum per leading index)
 and reduce the last axis, so a whole layer is one call with no Python loop.
+
+Degenerate spectra get NaN where a quantity is undefined, never a number that
+looks like a measurement: skew and kurtosis of a constant spectrum (0/0 after
+standardizing), stable and effective rank of an all-zero spectrum (0/0), and
+positivity when every eigenvalue mu is zero. ``log_det`` of a spectrum with an
+exact zero is -inf (the log of a zero determinant). Every other value, and
+every value of a non-degenerate spectrum, is the original study's formula
+unchanged.
 """
 
 from __future__ import annotations
@@ -18,19 +26,24 @@ def spectrum_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
     """The original study's six statistics along the last axis.
 
     min, max, mean, std (N-1), skew = mean(z^3), kurtosis = mean(z^4) - 3,
-    with z = (x - mean) / max(std, 1e-9). Computed in float64.
+    with z = (x - mean) / max(std, 1e-9). Computed in float64. Skew and kurtosis
+    are NaN for a constant spectrum (all values equal, e.g. an all-zero head;
+    the floor would turn 0/0 into 0 and -3, values of no spectrum at all);
+    every other spectrum gets the original's numbers bit for bit.
     """
     x = np.asarray(values, dtype=np.float64)
     mean = x.mean(axis=-1)
     std = x.std(axis=-1, ddof=1) if x.shape[-1] > 1 else np.zeros(x.shape[:-1])
     z = (x - mean[..., None]) / np.maximum(std, STD_FLOOR)[..., None]
+    low, high = x.min(axis=-1), x.max(axis=-1)
+    shapeless = (low == high) | (x.shape[-1] < 2)  # constant: no shape to measure
     stats = {
-        "min": x.min(axis=-1),
-        "max": x.max(axis=-1),
+        "min": low,
+        "max": high,
         "mean": mean,
         "std": std,
-        "skew": (z**3).mean(axis=-1),
-        "kurtosis": (z**4).mean(axis=-1) - 3.0,
+        "skew": np.where(shapeless, np.nan, (z**3).mean(axis=-1)),
+        "kurtosis": np.where(shapeless, np.nan, (z**4).mean(axis=-1) - 3.0),
     }
     return {name: stats[name] for name in STATISTICS}
 
@@ -40,7 +53,8 @@ def spectrum_metrics(singular_values: np.ndarray, positivity: np.ndarray | None 
 
     ``singular_values`` are descending along the last axis. ``positivity`` needs
     the eigenvalues of W_K W_Q^T, which only the builder has; pass it in, or get
-    NaN (the legacy data cannot provide it).
+    NaN (the legacy data cannot provide it). An all-zero spectrum has NaN stable
+    and effective rank (0/0); a spectrum with an exact zero has log_det -inf.
     """
     s = np.asarray(singular_values, dtype=np.float64)
     ev = s**2
@@ -52,8 +66,8 @@ def spectrum_metrics(singular_values: np.ndarray, positivity: np.ndarray | None 
         metrics = {
             "frobenius": np.sqrt(total),
             "spectral_norm": s.max(axis=-1),
-            "stable_rank": np.where(top > 0, total / np.where(top > 0, top, 1.0), 0.0),
-            "effective_rank": np.exp(-plogp.sum(axis=-1)),
+            "stable_rank": np.where(top > 0, total / np.where(top > 0, top, 1.0), np.nan),
+            "effective_rank": np.where(total > 0, np.exp(-plogp.sum(axis=-1)), np.nan),
             "log_det": np.log(s).sum(axis=-1),
         }
     metrics["positivity"] = (
@@ -63,8 +77,11 @@ def spectrum_metrics(singular_values: np.ndarray, positivity: np.ndarray | None 
 
 
 def positivity_from_eigenvalues(mu: np.ndarray) -> np.ndarray:
-    """sum(Re mu) / sum(|mu|) along the last axis (1: all eigenvalues positive real)."""
+    """sum(Re mu) / sum(|mu|) along the last axis (1: all eigenvalues positive real).
+
+    NaN when every mu is zero (0/0: an all-zero head has no positivity).
+    """
     mu = np.asarray(mu)
     denom = np.abs(mu).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denom > 0, mu.real.sum(axis=-1) / np.where(denom > 0, denom, 1.0), 0.0)
+        return np.where(denom > 0, mu.real.sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan)
