@@ -205,6 +205,8 @@ PARALLEL_MIN_HEADS = 2000
 """Below this many heads a worker's start-up (importing the stack again) costs more than it saves."""
 
 MAX_DEFAULT_JOBS = 4
+"""The most workers ``jobs=None`` starts (each imports the whole analysis stack again)."""
+
 JOINT_TASK = "<joint taxonomy>"
 TAXONOMY_COST_HEADS = 1000
 """Scheduling weight of the joint-taxonomy task, in heads of per-model work."""
