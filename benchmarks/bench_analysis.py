@@ -93,10 +93,10 @@ def baseline(pickles: str, out: str) -> dict:
     sns.set_style("white")
     t["imports"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from qk_spectra_ds.layer_stats import SKIP_LAYERS_BELOW as SKIP_BELOW, STAT_NAMES as STATS
-    from qk_spectra_ds.legacy import safe_load
-    from qk_spectra_ds.features import N_BINS
-    from qk_spectra_ds.taxonomy import N_CLUSTERS
+    from qk_spectra_ds.analysis.layer_stats import SKIP_LAYERS_BELOW as SKIP_BELOW, STAT_NAMES as STATS
+    from qk_spectra_ds.analysis.legacy import safe_load
+    from qk_spectra_ds.analysis.features import N_BINS
+    from qk_spectra_ds.analysis.taxonomy import N_CLUSTERS
 
     t["loader import (excluded)"] = time.perf_counter() - t0  # with the package's default parameters
 
@@ -214,8 +214,8 @@ def our_stages(dataset: str, repeats: int) -> dict:
 
     from threadpoolctl import threadpool_limits
 
-    from qk_spectra_ds import features, layer_stats, report, taxonomy
-    from qk_spectra_ds.loading import eigenvalue_matrix, load_spectra, split_models
+    from qk_spectra_ds.analysis import features, layer_stats, report, taxonomy
+    from qk_spectra_ds.analysis.loading import eigenvalue_matrix, load_spectra, split_models
 
     imports = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -269,7 +269,7 @@ def cold_warm(dataset: Path, tmp: Path, repeats: int) -> dict[str, dict[str, lis
     processes that keep those caches. The embeddings are interleaved so that
     background load hits both alike.
     """
-    from qk_spectra_ds.taxonomy import EMBEDDINGS
+    from qk_spectra_ds.analysis.taxonomy import EMBEDDINGS
 
     times: dict[str, dict[str, list[float]]] = {m: {"cold": [], "warm": []} for m in EMBEDDINGS}
     caches = {m: {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix=f"numba_{m}_", dir=tmp),
@@ -469,7 +469,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         dataset = tmp / "dataset"
         t0 = time.perf_counter()
-        from qk_spectra_ds.legacy import import_legacy, legacy_files
+        from qk_spectra_ds.analysis.legacy import import_legacy, legacy_files
 
         try:
             written = import_legacy(args.pickles, FAMILY, dataset)
@@ -542,7 +542,7 @@ def main() -> None:
         print(f"RATIO ours (default) scaled to the reference's machine speed (ours x {REFERENCE_S:.0f}s / baseline): "
               f"{scaled:.2f}s = {scaled / TARGET_S:.2f} of the target")  # fmt: skip
     if cold is not None:
-        from qk_spectra_ds.taxonomy import DEFAULT_EMBEDDING
+        from qk_spectra_ds.analysis.taxonomy import DEFAULT_EMBEDDING
 
         for method, t in cold.items():
             verdict = ("MET" if t["cold"][0] <= COLD_TARGET_S else "NOT MET") if method == DEFAULT_EMBEDDING else "no target"

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from qk_spectra_ds.spectra import qk_layer_spectra
+from qk_spectra_ds.build.kernel import qk_layer_spectra
 
 SHAPE = dict(layers=80, n_heads=64, n_kv=8, d_head=128, d_model=8192)
 

@@ -28,7 +28,8 @@ import time
 import numpy as np
 import torch
 
-from qk_spectra_ds.spectra import dense_qk_singular_values, qk_layer_spectra
+from qk_spectra_ds.build.spectra import dense_qk_singular_values
+from qk_spectra_ds.build.kernel import qk_layer_spectra
 
 SHAPES = {
     "Llama-3.1-8B layer": dict(n_heads=32, n_kv=8, d_head=128, d_model=4096),

@@ -303,6 +303,12 @@ def show_help(component: Any, path: list[str], name: str) -> None:
     fire.Fire(component, command=[*path, "--", "--help"], name=name)
 
 
+def program_name(default: str) -> str:
+    """How the user called the CLI: the installed command's name, or the script's (for messages)."""
+    called = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return called if called.startswith("qk-spectra") else default
+
+
 def run_cli(main: Callable[[], Any]) -> int:
     """Run a CLI; any error prints ``error: <one line>`` on stderr and gives exit status 1.
 
@@ -315,10 +321,8 @@ def run_cli(main: Callable[[], Any]) -> int:
     try:
         main()
     except BuildError as exc:
-        from .build import summarize
-
-        if exc.results:
-            print(summarize(exc.results), file=sys.stderr)
+        if exc.report:
+            print(exc.report, file=sys.stderr)
         return _fail(exc, debug)
     except (QKSpectraError, ValueError) as exc:
         return _fail(exc, debug)

@@ -27,6 +27,8 @@ class CatalogError(QKSpectraError):
 class BuildError(QKSpectraError):
     """One or more models of a build failed; the others' results were kept."""
 
-    def __init__(self, message: str, results=()) -> None:
+    def __init__(self, message: str, results=(), report: str = "") -> None:
         super().__init__(message)
         self.results = list(results)
+        self.report = report
+        """The per-model summary (one line each), printed by the CLIs before the error."""

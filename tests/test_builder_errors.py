@@ -23,8 +23,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from qk_spectra_ds import dataset_repo
-from qk_spectra_ds.architectures import SUPPORTED_MODEL_TYPES
-from qk_spectra_ds.build import build_family, build_model
+from qk_spectra_ds.build.architectures import SUPPORTED_MODEL_TYPES
+from qk_spectra_ds.build.pipeline import build_family, build_model
 from qk_spectra_ds.errors import (
     BuildError,
     CatalogError,
@@ -33,7 +33,7 @@ from qk_spectra_ds.errors import (
     QKSpectraError,
     UnsupportedArchitectureError,
 )
-from qk_spectra_ds.weights import HubSource, open_source
+from qk_spectra_ds.build.weights import HubSource, open_source
 from tiny_models import make_saved
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from qk_spectra_ds import build, dataset_repo
+from qk_spectra_ds import dataset_repo
+from qk_spectra_ds.build import pipeline as build
 from qk_spectra_ds.errors import BuildError
-from qk_spectra_ds.publish import PublishError, publish
+from qk_spectra_ds.build.publish import PublishError, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "Tiny"
@@ -159,7 +160,7 @@ def test_versioned_round_trip(hub_server, hosted_models, tmp_path, unique_repo_n
 
 
 def test_analysis_runs_on_pushed_dataset(hub_server, hosted_models, tmp_path, unique_repo_name):
-    loading = pytest.importorskip("qk_spectra_ds.loading")
+    loading = pytest.importorskip("qk_spectra_ds.analysis.loading")
     dataset = unique_repo_name("spectra-analysis")
     out = tmp_path / "ds"
     build.build_family(FAMILY, out, models=[hosted_models["a"][0], hosted_models["sharded"][0]], device="cpu", progress=False)

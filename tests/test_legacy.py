@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from qk_spectra_ds import __version__, schema
-from qk_spectra_ds.legacy import (
+from qk_spectra_ds.analysis.legacy import (
     LegacyFormatError,
     UnsafePickleError,
     import_legacy,

@@ -21,8 +21,9 @@ TOKEN = os.environ.get("QK_SPECTRA_LIVE_HF_TOKEN")
 SCRIPT = r"""
 import os, sys, tempfile
 from huggingface_hub import HfApi
-from qk_spectra_ds import build, weights
-from qk_spectra_ds.publish import publish
+from qk_spectra_ds.build import pipeline as build
+from qk_spectra_ds.build import weights
+from qk_spectra_ds.build.publish import publish
 
 repo = os.environ.get("QK_SPECTRA_LIVE_REPO") or HfApi().whoami()["name"] + "/qk-spectra-ds-live-test"
 source = weights.open_source("sentence-transformers/all-MiniLM-L6-v2")

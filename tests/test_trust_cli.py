@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from qk_spectra_ds import build, dataset_repo
-from qk_spectra_ds.architectures import architecture_for
-from qk_spectra_ds.build import build_model
+from qk_spectra_ds import dataset_repo
+from qk_spectra_ds.build import pipeline as build
+from qk_spectra_ds.build.architectures import architecture_for
+from qk_spectra_ds.build.pipeline import build_model
 from qk_spectra_ds.cli_util import DEBUG_ENV, run_cli
 from qk_spectra_ds.errors import CheckpointError, QKSpectraError, UnsupportedArchitectureError
 
@@ -461,7 +462,7 @@ def test_unexpected_exception_is_one_line_with_a_debug_hint(monkeypatch, capsys)
 
 
 def test_unexpected_exception_inside_an_analysis_is_one_line(analyze_cli, monkeypatch, tmp_path, capsys):
-    from qk_spectra_ds import loading
+    from qk_spectra_ds.analysis import loading
 
     monkeypatch.delenv(DEBUG_ENV, raising=False)
     monkeypatch.setattr(loading, "load_spectra", lambda *a, **k: {}["no such key"])

@@ -33,11 +33,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qk_spectra_ds import build, dataset_repo, schema
-from qk_spectra_ds.architectures import AttentionShape
+from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds.build import pipeline as build
+from qk_spectra_ds.build.architectures import AttentionShape
 from qk_spectra_ds.errors import BuildError, QKSpectraError
-from qk_spectra_ds.legacy import LegacyFormatError, UnsafePickleError, import_legacy, read_legacy
-from qk_spectra_ds.loading import AnalysisError, LoadError, load_spectra
+from qk_spectra_ds.analysis.legacy import LegacyFormatError, UnsafePickleError, import_legacy, read_legacy
+from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, load_spectra
 
 FAMILY = "syn"
 
@@ -299,7 +300,7 @@ def test_a_corrupt_or_empty_parquet_says_it_is_corrupt(damage, tmp_path):
 
 def test_a_corrupt_parquet_read_through_the_card_says_it_is_corrupt(tmp_path):
     """The path a Hub dataset takes (no local pre-check): the error of ``datasets`` is named for what it is."""
-    from qk_spectra_ds.loading import _load_arrow
+    from qk_spectra_ds.analysis.loading import _load_arrow
 
     out = make_dataset(tmp_path / "ds", "org/a")
     dataset_repo.model_path(out, FAMILY, "org/a").write_bytes(b"PAR1 but not really a parquet file" * 10)
@@ -517,7 +518,7 @@ _RUNNER = textwrap.dedent(
     import json, resource, signal, sys
     from pathlib import Path
 
-    from qk_spectra_ds.legacy import read_legacy
+    from qk_spectra_ds.analysis.legacy import read_legacy
 
     def vm_bytes():
         return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])

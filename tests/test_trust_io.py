@@ -31,12 +31,14 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from qk_spectra_ds import build, dataset_repo, schema, weights
-from qk_spectra_ds.build import build_family, build_model
+from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds.build import pipeline as build
+from qk_spectra_ds.build import weights
+from qk_spectra_ds.build.pipeline import build_family, build_model
 from qk_spectra_ds.errors import BuildError, CheckpointError, ModelSourceError
-from qk_spectra_ds.loading import load_spectra
-from qk_spectra_ds.safetensors_io import Checkpoint
-from qk_spectra_ds.weights import HubSource, LocalSource, ReadLog, range_answer_problem
+from qk_spectra_ds.analysis.loading import load_spectra
+from qk_spectra_ds.build.safetensors_io import Checkpoint
+from qk_spectra_ds.build.weights import HubSource, LocalSource, ReadLog, range_answer_problem
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, save
 
 ROOT = Path(__file__).resolve().parents[1]

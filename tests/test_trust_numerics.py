@@ -28,9 +28,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from qk_spectra_ds import dataset_repo
-from qk_spectra_ds.build import build_family, build_model
+from qk_spectra_ds.build.pipeline import build_family, build_model
 from qk_spectra_ds.errors import CheckpointError
-from qk_spectra_ds.spectra import qk_layer_spectra
+from qk_spectra_ds.build.kernel import qk_layer_spectra
 from qk_spectra_ds.statistics import STD_FLOOR, positivity_from_eigenvalues, spectrum_metrics, spectrum_statistics
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
 
@@ -165,7 +165,8 @@ def test_huge_f64_weights_and_overflow_fail_in_one_line_and_the_good_model_is_wr
 KERNEL_PROBE = textwrap.dedent(
     """
     import torch
-    from qk_spectra_ds.spectra import WeightRangeError, qk_layer_spectra
+    from qk_spectra_ds.build.spectra import WeightRangeError
+    from qk_spectra_ds.build.kernel import qk_layer_spectra
 
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(4, 8, 32, dtype=torch.float64, generator=gen)
@@ -243,7 +244,7 @@ def test_ill_conditioned_heads_match_a_60_digit_reference(q_kappas, k_kappas):
 
 
 def test_qr_fallback_only_for_the_heads_that_need_it():
-    from qk_spectra_ds.spectra import CHOLESKY_KAPPA_MAX, qr_fallback
+    from qk_spectra_ds.build.spectra import CHOLESKY_KAPPA_MAX, qr_fallback
 
     rng = np.random.default_rng(3)
     kappas = (10.0, 1e3, CHOLESKY_KAPPA_MAX / 20, 1e6, 1e8)
@@ -341,8 +342,8 @@ def test_zero_heads_build_with_nan_metrics_and_minus_inf_log_det(zero_heads_data
 
 
 def test_analysis_leaves_zero_heads_out_with_a_warning(zero_heads_dataset):
-    from qk_spectra_ds.layer_stats import layer_stats
-    from qk_spectra_ds.loading import load_spectra
+    from qk_spectra_ds.analysis.layer_stats import layer_stats
+    from qk_spectra_ds.analysis.loading import load_spectra
 
     model, out = zero_heads_dataset
     with warnings.catch_warnings(record=True) as caught:

@@ -66,9 +66,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, dataset_repo, schema
+from .. import __version__, dataset_repo, schema
 from .loading import AnalysisError, spectrum_problem
-from .statistics import spectrum_metrics
+from ..statistics import spectrum_metrics
 
 LEGACY_KEYS = ("singular_values", "singular_values_stats", "eigen_values", "eigen_values_stats")
 

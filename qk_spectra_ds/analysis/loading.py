@@ -36,9 +36,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from . import schema
-from .dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, model_slug
-from .errors import QKSpectraError
+from .. import schema
+from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, model_slug
+from ..errors import QKSpectraError
 
 
 class AnalysisError(QKSpectraError, ValueError):

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import CheckpointError, ModelSourceError
+from ..errors import CheckpointError, ModelSourceError
 from .weights import INDEX_NAME, SINGLE_NAME, ModelSource, check_relative_name
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit (MAX_HEADER_SIZE)

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dataset_repo
-from .errors import QKSpectraError
+from .. import dataset_repo
+from ..errors import QKSpectraError
 
 log = logging.getLogger(__name__)
 

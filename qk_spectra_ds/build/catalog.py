@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .errors import CatalogError
+from ..errors import CatalogError
 
 __all__ = ["CatalogError", "FAMILIES", "PACKAGED_MODELS", "load_catalog", "family_models", "packaged_model_dir", "format_catalog"]
 

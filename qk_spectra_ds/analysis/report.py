@@ -36,9 +36,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import __version__, features, layer_stats, taxonomy
-from .atomic import write_text
-from .dataset_repo import model_slug
+from .. import __version__
+
+from . import features, layer_stats, taxonomy
+from ..atomic import write_text
+from ..dataset_repo import model_slug
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
 
 TABLES = "tables"
@@ -383,7 +385,7 @@ _FORMATS = {"alpha": "{:.2f}", "theta": "{:.2f}", "jsd": "{:.3f}", "share": "{:.
 """As the original figures print them: alpha/theta to 2 decimals, JSD to 3, BDS 2, p-values 2e."""
 
 INDEX_TEMPLATE = "index.md"
-_TEMPLATES = Path(__file__).with_name("templates")
+_TEMPLATES = Path(__file__).parents[1] / "templates"
 
 
 def format_value(value: Any, column: str = "") -> str:

@@ -20,12 +20,14 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from . import __version__, catalog, dataset_repo, schema
+from .. import __version__, dataset_repo, schema
+
+from . import catalog
 from .architectures import AttentionShape, LayerQK, architecture_for
-from .cli_util import check_output_dir
-from .errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
+from ..cli_util import check_output_dir
+from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
 from .safetensors_io import Checkpoint
-from .statistics import spectrum_metrics, spectrum_statistics
+from ..statistics import spectrum_metrics, spectrum_statistics
 from .weights import ModelSource, open_source
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def build_model(
     two revisions) is refused instead of overwriting the first one's table.
     """
     torch = require_build_extra()
-    from .spectra import default_device
+    from .kernel import default_device
 
     # read_io: time spent reading Q/K (in the prefetch thread); read: time the kernel waited for it.
     timings = {"read_io": 0.0, "read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}
@@ -195,7 +197,8 @@ def layer_spectra_or_error(q, k, model_id: str, layer: int):
     crash), and results that the float32 columns cannot hold faithfully (Inf, or a
     significant value underflowing to zero) are refused instead of written.
     """
-    from .spectra import WeightRangeError, float32_storage_problem, qk_layer_spectra
+    from .kernel import qk_layer_spectra
+    from .spectra import WeightRangeError, float32_storage_problem
 
     try:
         spectra = qk_layer_spectra(q, k)
@@ -349,7 +352,7 @@ def build_family(
     if failed or card_error:
         parts = [f"{len(failed)} of {len(results)} model(s) failed ({'; '.join(f'{r.model_id}: {r.error}' for r in failed)})"] if failed else []
         parts += [f"{card_error} (the model files are in place)"] if card_error else []
-        raise BuildError("; ".join(parts), results)
+        raise BuildError("; ".join(parts), results, report=summarize(results))
     return results
 
 
@@ -388,7 +391,7 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 def check_device(device: str | None, torch) -> str:
     """The device to compute on: ``device`` if torch can use it (None: cuda if present, else cpu), else a one-line error."""
-    from .spectra import default_device
+    from .kernel import default_device
 
     if device is None:
         return default_device()

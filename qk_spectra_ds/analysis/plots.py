@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import matplotlib
 import numpy as np
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .taxonomy import EMBEDDINGS
 
 PNG_COMPRESSION = 3

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import CheckpointError, UnsupportedArchitectureError
+from ..errors import CheckpointError, UnsupportedArchitectureError
 from .safetensors_io import Checkpoint, TensorInfo
 
 

@@ -1,0 +1,344 @@
+"""Classify attention heads from a published QK-spectra dataset (no model weights, no torch).
+
+Commands (``python analyze.py COMMAND --help`` for the flags of each):
+
+  clusters       classification A per model: histograms, KMeans, UMAP, gamma fits, JSD
+  boxplots       classification B per model: statistics by layer, BDS test, spline
+  taxonomy       one set of classes across all models of a config, shares by model and depth
+  report         all of the above plus an index.md linking every figure and table
+  import_legacy  convert the original study's pickles into a schema-v1 dataset directory
+
+Flags are checked against the command before any work: an unknown flag (the closest valid one is
+named), a value of the wrong type or an unusable ``--out`` stops at once with one ``error:`` line.
+Values are taken as typed (``--family 1e3`` is "1e3"). For an unexpected error, set
+``QK_SPECTRA_DEBUG=1`` to see its traceback.
+
+Outputs go to ``<out>/<family>/``: ``ESDs/<model>.png``,
+``plots/<STAT>/<model>_<STAT>_box.png``, ``taxonomy/*.png``, ``tables/*.csv``,
+``index.md``.
+
+Example::
+
+  python analyze.py report --dataset ./qk-spectra --family Qwen3 --out analysis
+  python analyze.py clusters --dataset user/qk-spectra --family Qwen3 --revision v1.0.0 --models Qwen3-0.6B,Qwen3-4B
+"""
+
+import sys
+import time
+import warnings
+
+
+def _setup_warnings() -> None:
+    """Warnings as one line each (``warning: ...``) on stderr; call inside ``warnings.catch_warnings()``."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _params(**kwargs):
+    from .report import Params
+
+    return Params(**{k: v for k, v in kwargs.items() if v is not None})  # None: the default defined in Params
+
+
+def _load(dataset, family, revision, models, variant, skip_nonfinite):
+    from .loading import load_spectra
+
+    if dataset is None:
+        raise _usage("--dataset is required (a local dataset directory or a Hub dataset repo id)")
+    if family is None:
+        raise _usage("--family is required (a config of the dataset, e.g. Qwen3, or all)")
+    return load_spectra(str(dataset), str(family), revision=None if revision is None else str(revision),
+                        models=models, variant=variant, skip_nonfinite=bool(skip_nonfinite))
+
+
+def _usage(message: str):
+    from .loading import AnalysisError
+
+    return AnalysisError(message)
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, file=sys.stderr)
+
+
+def clusters(
+    dataset: str = None,
+    family: str = None,
+    out: str = "analysis",
+    revision: str = None,
+    models: str = None,
+    variant: str = None,
+    n_clusters: int = 6,
+    n_bins: int = 24,
+    quantile: float = 0.96,
+    seed: int = 0,
+    embedding: str = None,
+    skip_nonfinite: bool = False,
+    jobs: int = None,
+    quiet: bool = False,
+):
+    """Classification A per model, as the original study: ESD figures and class/label tables.
+
+    Per model: each head's eigenvalues divided by their mean; one set of n_bins
+    equal bins on [0, q], q the `quantile` of all normalized values of the model;
+    a density histogram per head; KMeans(n_clusters, random_state=seed) on the
+    histograms; a seeded 2-D embedding of the histograms for display (--embedding);
+    per class the mean histogram (std error bars), a fitted gamma pdf (alpha,
+    theta) and the Jensen-Shannon divergence between the two.
+    Writes <out>/<family>/ESDs/<model>.png, tables/classes.csv (model, class,
+    n_heads, alpha, theta, jsd) and tables/labels.csv (model, layer, head, class).
+
+    Args:
+        dataset: local dataset directory or Hub dataset repo id (required).
+        family: dataset config to analyse, e.g. Qwen3, or all (required).
+        out: output root; results go to <out>/<family>/.
+        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
+        models: comma-separated models to keep (id, file slug or last path part); default all.
+        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
+        n_clusters: number of KMeans classes (original: 6).
+        n_bins: number of histogram bins (original: 24).
+        quantile: upper bin edge = this quantile of all normalized eigenvalues of the model (original: 0.96).
+        seed: random_state of KMeans and UMAP (original KMeans: 0; UMAP was unseeded).
+        embedding: 2-D display of the heads in the ESD figures: pca (default: principal components, fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, ~15 s more per process). Tables do not depend on it.
+        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
+        jobs: worker processes, one model each; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
+        quiet: no progress bar or summary on stderr.
+    """
+    from . import report
+
+    params = _params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, embedding=embedding)
+    t0 = time.perf_counter()
+    frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
+    outputs = report.run_clusters(frame, out, str(family), params, jobs=jobs, progress=not quiet)
+    _summary(quiet, "clusters", outputs, t0)
+
+
+def boxplots(
+    dataset: str = None,
+    family: str = None,
+    out: str = "analysis",
+    revision: str = None,
+    models: str = None,
+    variant: str = None,
+    stats: str = "MIN,MAX,MEAN,STD,SKEW,KURTOSIS",
+    skip_layers_below: int = 2,
+    skip_nonfinite: bool = False,
+    jobs: int = None,
+    quiet: bool = False,
+):
+    """Classification B per model, as the original study: statistics by layer with the BDS test.
+
+    For each model and statistic of the eigenvalues: one box per layer over its
+    heads (means shown, no fliers), the BDS statistic and p-value
+    (statsmodels defaults) of the series of per-layer medians in the title, and
+    a dashed linear smoothing spline (s=20) of the per-layer means.
+    Writes <out>/<family>/plots/<STAT>/<model>_<STAT>_box.png and
+    tables/bds.csv (model, stat, bds, p_value, n_layers). Too few layers for BDS
+    give NaN and a warning.
+
+    Args:
+        dataset: local dataset directory or Hub dataset repo id (required).
+        family: dataset config to analyse, e.g. Qwen3, or all (required).
+        out: output root; results go to <out>/<family>/.
+        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
+        models: comma-separated models to keep (id, file slug or last path part); default all.
+        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
+        stats: comma-separated statistics among MIN, MAX, MEAN, STD, SKEW, KURTOSIS.
+        skip_layers_below: leave out layers with index below this (original: 2; 5 for its 70B Llamas).
+        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
+        jobs: worker processes, one model each; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
+        quiet: no progress bar or summary on stderr.
+    """
+    from . import report
+
+    params = _params(stats=stats, skip_layers_below=skip_layers_below)
+    t0 = time.perf_counter()
+    frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
+    outputs = report.run_boxplots(frame, out, str(family), params, jobs=jobs, progress=not quiet)
+    _summary(quiet, "boxplots", outputs, t0)
+
+
+def taxonomy(
+    dataset: str = None,
+    family: str = None,
+    out: str = "analysis",
+    revision: str = None,
+    models: str = None,
+    variant: str = None,
+    n_clusters: int = 6,
+    n_bins: int = 24,
+    quantile: float = 0.96,
+    seed: int = 0,
+    n_bands: int = 5,
+    skip_nonfinite: bool = False,
+    quiet: bool = False,
+):
+    """Joint taxonomy: one set of classes across all models of a config (beyond the original).
+
+    The same histogram features as `clusters`, but on bins shared by all models
+    (q = the quantile of the normalized eigenvalues of every head of every
+    model) and one KMeans over all heads; classes are numbered canonically
+    (class 0 has the most mass in the first bin). Reports each class's gamma
+    fit and the share of each model's heads per class, and per relative-depth
+    band (layer / n_layers in n_bands equal bands), so that models of
+    different sizes can be compared class by class.
+    Writes <out>/<family>/taxonomy/classes.png, taxonomy/depth.png and
+    tables/taxonomy_{classes,labels,shares_model,shares_depth}.csv.
+
+    Args:
+        dataset: local dataset directory or Hub dataset repo id (required).
+        family: dataset config to analyse, e.g. Qwen3, or all (required).
+        out: output root; results go to <out>/<family>/.
+        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
+        models: comma-separated models to keep (id, file slug or last path part); default all.
+        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
+        n_clusters: number of joint classes.
+        n_bins: number of histogram bins.
+        quantile: upper bin edge = this quantile of all normalized eigenvalues of all models.
+        seed: random_state of KMeans.
+        n_bands: number of relative-depth bands.
+        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
+        quiet: no summary on stderr.
+    """
+    from . import report
+
+    params = _params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, n_bands=n_bands)
+    t0 = time.perf_counter()
+    frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
+    outputs = report.run_taxonomy(frame, out, str(family), params, progress=not quiet)
+    _summary(quiet, "taxonomy", outputs, t0)
+
+
+def report(
+    dataset: str = None,
+    family: str = None,
+    out: str = "analysis",
+    revision: str = None,
+    models: str = None,
+    variant: str = None,
+    n_clusters: int = 6,
+    n_bins: int = 24,
+    quantile: float = 0.96,
+    seed: int = 0,
+    embedding: str = None,
+    stats: str = "MIN,MAX,MEAN,STD,SKEW,KURTOSIS",
+    skip_layers_below: int = 2,
+    n_bands: int = 5,
+    skip_nonfinite: bool = False,
+    jobs: int = None,
+    quiet: bool = False,
+):
+    """Everything for one config: clusters, boxplots and taxonomy, plus <out>/<family>/index.md.
+
+    The index links every figure and table and records the dataset, config,
+    revision, package version and parameters. Per-stage timings are printed
+    on stderr unless --quiet.
+
+    Args:
+        dataset: local dataset directory or Hub dataset repo id (required).
+        family: dataset config to analyse, e.g. Qwen3, or all (required).
+        out: output root; results go to <out>/<family>/.
+        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
+        models: comma-separated models to keep (id, file slug or last path part); default all.
+        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
+        n_clusters: number of KMeans classes, per model and joint (original: 6).
+        n_bins: number of histogram bins (original: 24).
+        quantile: upper bin edge quantile of the normalized eigenvalues (original: 0.96).
+        seed: random_state of KMeans and UMAP (original KMeans: 0).
+        embedding: 2-D display of the heads in the ESD figures: pca (default: principal components, fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, ~15 s more per process). Tables do not depend on it.
+        stats: comma-separated statistics for the box plots among MIN, MAX, MEAN, STD, SKEW, KURTOSIS.
+        skip_layers_below: box plots leave out layers with index below this (original: 2).
+        n_bands: number of relative-depth bands of the joint taxonomy.
+        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
+        jobs: worker processes for the per-model work; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
+        quiet: no progress bar, summary or timings on stderr.
+    """
+    from . import report as report_module
+
+    params = _params(
+        n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, stats=stats,
+        skip_layers_below=skip_layers_below, n_bands=n_bands, embedding=embedding,
+    )
+    if dataset is None or family is None:
+        _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
+    t0 = time.perf_counter()
+    outputs = report_module.run_report(
+        str(dataset), str(family), out, revision=None if revision is None else str(revision), models=models,
+        variant=variant, skip_nonfinite=bool(skip_nonfinite), params=params, jobs=jobs, progress=not quiet,
+        log=None if quiet else (lambda line: print(line, file=sys.stderr)),
+    )
+    _summary(quiet, "report", outputs, t0, extra=f"index: {outputs.family_dir / 'index.md'}")
+
+
+def import_legacy(pickles: str = None, family: str = None, out: str = None, force: bool = False,
+                  pool_legacy: bool = False, quiet: bool = False):
+    """Convert the original study's pickles into a schema-v1 dataset directory.
+
+    Each <model>.pkl (dict of layer -> arrays: singular_values, eigen_values and
+    their six statistics) becomes <out>/data/<family>/<model>.parquet, and the
+    card README.md is regenerated, so `load_dataset(out, family)` and every
+    command here work on it. The pickles are read with a restricted unpickler:
+    anything beyond numpy arrays in dicts/lists is refused before it can run.
+    Rows are marked variant=legacy; what the pickles cannot tell (model
+    revision and type, d_model, KV heads, dtype, positivity) is left null.
+    A model the family already holds as spectra built from weights is not
+    replaced without --force, and a family holding other built models does not
+    take legacy ones without --pool_legacy (the legacy numbers carry the
+    original study's pairing error; the analysis keeps the two apart unless asked).
+
+    Args:
+        pickles: directory of *.pkl files (or one .pkl file) from the original study (required).
+        family: config name to file the models under, e.g. Qwen3 (required).
+        out: dataset directory to create or update (required).
+        force: replace a model the family holds as spectra built from weights by its legacy numbers.
+        pool_legacy: import into a family that already holds spectra built from weights.
+        quiet: no progress bar or summary on stderr.
+    """
+    from .legacy import import_legacy as run_import
+
+    if pickles is None or family is None or out is None:
+        raise _usage("import_legacy needs --pickles DIR, --family NAME and --out DATASET_DIR")
+    t0 = time.perf_counter()
+    written = run_import(str(pickles), str(family), str(out), progress=not quiet, force=bool(force),
+                         pool_legacy=bool(pool_legacy))
+    _say(quiet, f"import_legacy: {len(written)} model(s) -> {out}/data/{family}/ in {time.perf_counter() - t0:.1f}s")
+
+
+def _summary(quiet: bool, command: str, outputs, t0: float, extra: str = "") -> None:
+    n_figures = sum(len(v) for v in outputs.figures.values())
+    tables = ", ".join(outputs.tables.values())
+    _say(
+        quiet,
+        f"{command}: {len(outputs.models)} model(s), {n_figures} figure(s), tables {tables} "
+        f"in {outputs.family_dir} ({time.perf_counter() - t0:.1f}s)" + (f"; {extra}" if extra else ""),
+    )
+
+
+COMMANDS = {
+    "clusters": clusters,
+    "boxplots": boxplots,
+    "taxonomy": taxonomy,
+    "report": report,
+    "import_legacy": import_legacy,
+}
+
+LIST_FLAGS = ("models", "stats")  # comma-separated: a value naming nothing is refused, not read as "all"
+MINIMUMS = {"jobs": 1, "seed": 0, "skip_layers_below": 0}  # the others are checked by report.Params
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI: flags are checked against the command's signature before any work, errors are one line."""
+    from ..cli_util import call_cli, program_name, run_cli
+
+    def run() -> None:
+        with warnings.catch_warnings():
+            _setup_warnings()
+            call_cli(COMMANDS, argv, name=program_name("analyze.py"), list_flags=LIST_FLAGS, minimums=MINIMUMS, output_dirs=("out",))
+
+    return run_cli(run)

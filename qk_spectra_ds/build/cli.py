@@ -1,0 +1,129 @@
+"""Build per-head QK spectra for a family of models into a Hugging Face dataset repo.
+
+Examples:
+  python build_dataset.py --list
+  python build_dataset.py --family MiniLM                      # offline, the packaged all-MiniLM-L6-v2
+  python build_dataset.py --family Qwen3 --out ./qk-spectra    # from the Hub
+  python build_dataset.py --family Mine --models /path/to/model,org/name@main
+"""
+
+from __future__ import annotations
+
+from ..cli_util import UsageError, as_list, call_cli, program_name, run_cli
+
+BUILD_ONLY = ("family", "models", "device", "shard", "catalog")
+PUBLISH_ONLY = ("version", "private", "revision", "message")
+
+
+def main(
+    family: str | None = None,
+    out: str = "./qk-spectra",
+    models: str | None = None,
+    device: str | None = None,
+    force: bool = False,
+    list: bool = False,  # noqa: A002 - the flag users type
+    catalog: str | None = None,
+    shard: str | None = None,
+    push_to_hub: str | None = None,
+    version: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    skip_build: bool = False,
+    quiet: bool = False,
+):
+    """Compute the singular values of every attention head's W_QK = W_Q^T W_K and write them as a dataset.
+
+    Each model becomes data/<family>/<model-slug>.parquet in OUT (one row per layer and query
+    head, schema v2) and OUT/README.md is regenerated (configs per family and 'all'). Models
+    already built from the same revision with the same method version are skipped; a failing model
+    does not lose the others, and the command then exits non-zero naming it.
+
+    Flags are checked before any work: an unknown or misspelt flag, a value of the wrong type, an
+    --out that is a file or not writable, a --device torch cannot use, or a --version that is not
+    vX.Y.Z stops the command at once with one line. Values are taken as typed (--family 1e3 is the
+    name "1e3"); switches are --force or --force=false. Every failure is one `error:` line; for an
+    unexpected one, set QK_SPECTRA_DEBUG=1 to see its traceback.
+
+    Args:
+      family: Dataset config to build, a catalogued family (see --list; Qwen3, Gemma2, Llama,
+        Mistral, MiniLM, or one from --catalog), or any name when --models is given.
+      out: Dataset repo directory (created if missing; reused and updated if present).
+      models: Comma-separated models to build instead of the family's catalogue, Hub ids
+        (org/name, optionally @branch, tag or commit) or local directories with config.json and
+        safetensors weights.
+      device: Where the float64 factorizations run: cpu, cuda or cuda:N (default: cuda if torch sees
+        a GPU, else cpu).
+      force: Rebuild models even if OUT already has them at the same revision and builder version,
+        and with --push-to-hub, move an existing --version tag.
+      list: Print the catalogued families and their models, then exit.
+      catalog: YAML or JSON file mapping extra family names to model lists, merged over the
+        built-in catalogue (default $QK_SPECTRA_CATALOG if set).
+      shard: Build only part of the model list, as I/N (0-based): models I, I+N, I+2N, ... Use one
+        shard per machine and --push-to-hub the same repo from each; the Hub repo is the shared store.
+      push_to_hub: After building, publish OUT to this Hub dataset repo (ORG/NAME, created if
+        missing), the changed parquet files and the merged card in one commit.
+      version: Tag the published commit as this version (vMAJOR.MINOR.PATCH) and record it in the
+        card's version table. An existing tag is refused unless --force.
+      private: Create the Hub dataset repo as private (only when it does not exist yet).
+      revision: Branch of the Hub dataset repo to commit to (default main; created if missing).
+      message: Commit message and the "what changed" entry of the version table (default: the
+        models added or updated).
+      skip_build: Publish OUT as it is, without building (with --push-to-hub).
+      quiet: No progress bars.
+    """
+    flags = dict(locals())  # the parameters, before any other local exists
+    from . import catalog as catalog_mod
+
+    if list:
+        print(catalog_mod.format_catalog(catalog_mod.load_catalog(catalog)))
+        return
+    check_flag_combination({name for name, value in flags.items() if value is not None and value is not False})
+    if push_to_hub:
+        from .publish import check_target
+
+        check_target(push_to_hub, version)  # before a build that could take hours
+    if not skip_build:
+        from . import pipeline as build
+
+        models_list = as_list(models, "--models")
+        results = build.build_family(
+            family,
+            out,
+            models=models_list,
+            device=device,
+            force=force,
+            catalog_file=catalog,
+            progress=not quiet,
+            shard=shard,
+        )
+        print(build.summarize(results))
+        print(f"dataset: {out} (load with datasets.load_dataset({out!r}, {family!r}))")
+    if push_to_hub:
+        from .publish import publish
+
+        result = publish(out, push_to_hub, version=version, private=private, branch=revision, force=force,
+                         message=message)  # fmt: skip
+        print(result.summary())
+
+
+def check_flag_combination(given: set[str]) -> None:
+    """Refuse flags that the rest of the command line would silently ignore."""
+    if "skip_build" in given:
+        if "push_to_hub" not in given:
+            raise UsageError("--skip-build only makes sense with --push-to-hub ORG/NAME")
+        ignored = [f"--{name.replace('_', '-')}" for name in BUILD_ONLY if name in given]
+        if ignored:
+            raise UsageError(f"--skip-build builds nothing, so {', '.join(ignored)} would be ignored: drop them")
+    elif "family" not in given:
+        raise UsageError("no --family given: pass --family NAME (see --list)")
+    if "push_to_hub" not in given:
+        ignored = [f"--{name.replace('_', '-')}" for name in PUBLISH_ONLY if name in given]
+        if ignored:
+            verb = "applies" if len(ignored) == 1 else "apply"
+            raise UsageError(f"{', '.join(ignored)} only {verb} with --push-to-hub ORG/NAME: add it, or leave them out")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run the command line (``argv`` defaults to sys.argv): flags checked first, errors as one line."""
+    return run_cli(lambda: call_cli(main, argv, name=program_name("build_dataset.py"), list_flags=("models",)))
