@@ -212,6 +212,211 @@ class Conv1DFused(Layout):
         return LayerQK(layer, q, k, (info,))
 
 
+# ---------------------------------------------------------------- per-layer facts
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """The rotary embedding of one layer, as config.json defines it (transformers 5.x semantics)."""
+
+    theta: float  # base
+    rotary_dim: int  # dims of each head that rotate (partial rotary: < d_head)
+    interleaved: bool  # True: pairs (2i, 2i+1) (GPT-J style); False: rotate-half pairs (i, i + r/2)
+    scaling: dict | None  # the rope_scaling / rope_parameters dict (rope_type, factor, ...); None for default
+    max_position_embeddings: int | None
+    rotary_start: int = 0  # first rotating dim within the head (MLA: qk_nope_head_dim; else 0)
+
+
+@dataclass(frozen=True)
+class LayerFacts:
+    """What one softmax-attention layer does, from config.json."""
+
+    layer: int  # true layer index in the model
+    attention_type: str  # 'full', 'sliding' or 'chunked'
+    sliding_window: int | None  # tokens each query sees (sliding layers only)
+    rope: RopeSpec | None  # None: no rotary at this layer (NoPE, absolute positions, ALiBi)
+
+
+FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
+SOFTMAX_KINDS = {FULL: "full", SLIDING: "sliding", CHUNKED: "chunked", "hybrid": "full"}
+"""transformers' layer_types values that hold softmax attention, and the attention_type they give."""
+
+_LEGACY_KINDS = {"attention": FULL, "mamba": "linear_attention"}  # transformers' _LEGACY_LAYER_TYPE_REMAP
+
+
+def layer_kinds(config: Mapping[str, Any], n_layers: int, default: Callable[[int], str]) -> list[str]:
+    """transformers' ``layer_types`` of every layer: config.json's list if given, else ``default(i)``."""
+    given = config.get("layer_types")
+    if given is None:
+        return [default(i) for i in range(n_layers)]
+    if not isinstance(given, list) or len(given) != n_layers or not all(isinstance(k, str) for k in given):
+        raise CheckpointError(f"config.json: layer_types is {_shown(given)}, not a list of {n_layers} layer kinds")
+    return [_LEGACY_KINDS.get(k, k) for k in given]
+
+
+def rope_parameters(config: Mapping[str, Any], kind: str, default_theta: float, legacy_theta: str = "rope_theta") -> tuple[float, dict | None, float | None]:
+    """(theta, scaling, partial_rotary_factor) of layers of ``kind``, as transformers 5.x reads config.json.
+
+    ``rope_parameters`` (flat, or nested per layer kind) wins; else the legacy
+    keys: ``rope_scaling`` and ``legacy_theta`` (``rope_theta``; Gemma 3's local
+    layers: ``rope_local_base_freq``), else the config class's default theta.
+    """
+    params = config.get("rope_parameters")
+    if isinstance(params, Mapping) and any(isinstance(v, Mapping) for v in params.values()):
+        params = params.get(kind) or params.get(FULL)
+    if isinstance(params, Mapping):
+        theta = params.get("rope_theta", default_theta)
+        scaling = params
+    else:
+        theta = config_value(config, legacy_theta, default=default_theta)
+        scaling = config.get("rope_scaling") if isinstance(config.get("rope_scaling"), Mapping) else None
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+        raise CheckpointError(f"config.json: the rope theta is {_shown(theta)}, not a positive number")
+    partial = (scaling or {}).get("partial_rotary_factor", config.get("partial_rotary_factor"))
+    scaling = {("rope_type" if k == "type" else k): v for k, v in (scaling or {}).items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if scaling.get("rope_type", "default") == "default":
+        scaling = None
+    return float(theta), scaling, partial
+
+
+def rope_spec(
+    config: Mapping[str, Any],
+    kind: str,
+    d_rot: int,
+    *,
+    default_theta: float = 10000.0,
+    interleaved: bool = False,
+    default_partial: float = 1.0,
+    legacy_theta: str = "rope_theta",
+    rotary_start: int = 0,
+) -> RopeSpec:
+    """The rotary embedding of a layer of ``kind`` whose heads have ``d_rot`` dims open to rotation."""
+    theta, scaling, partial = rope_parameters(config, kind, default_theta, legacy_theta)
+    partial = default_partial if partial is None else partial
+    if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0 < partial <= 1:
+        raise CheckpointError(f"config.json: partial_rotary_factor is {_shown(partial)}, not in (0, 1]")
+    max_pos = config.get("max_position_embeddings")
+    return RopeSpec(theta, int(d_rot * partial), interleaved, scaling, max_pos if type(max_pos) is int else None, rotary_start)
+
+
+def window_of(config: Mapping[str, Any], default: int | None = None) -> int | None:
+    """config.json's sliding_window (a positive whole number), or ``default``."""
+    if config.get("sliding_window") is None:
+        return default
+    return config_count(config, "sliding_window")
+
+
+def facts_from_kinds(
+    kinds: list[str], window: int | None, rope: Callable[[int, str], RopeSpec | None]
+) -> list[LayerFacts]:
+    """LayerFacts of the softmax layers among ``kinds``; ``rope(layer, kind)`` gives each one's rotary."""
+    facts = []
+    for layer, kind in enumerate(kinds):
+        if kind not in SOFTMAX_KINDS:
+            continue
+        attention = SOFTMAX_KINDS[kind]
+        facts.append(LayerFacts(layer, attention, window if attention == "sliding" else None, rope(layer, kind)))
+    return facts
+
+
+def llama_like_facts(
+    *,
+    default_kind: Callable[[Mapping[str, Any], int], str] = lambda c, i: FULL,
+    default_window: int | None = None,
+    default_theta: float = 10000.0,
+    interleaved: bool = False,
+    default_partial: float = 1.0,
+    has_rope: Callable[[Mapping[str, Any], int, str], bool] = lambda c, i, kind: True,
+) -> Callable[[Mapping[str, Any], AttentionShape], list[LayerFacts]]:
+    """Facts of a decoder whose layers differ only by kind (full / sliding / ...) and by rope or NoPE."""
+
+    def facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+        kinds = layer_kinds(config, shape.n_layers, lambda i: default_kind(config, i))
+        window = window_of(config, default_window)
+
+        def rope(layer: int, kind: str) -> RopeSpec | None:
+            if not has_rope(config, layer, kind):
+                return None
+            return rope_spec(
+                config, kind, shape.d_head, default_theta=default_theta, interleaved=interleaved, default_partial=default_partial
+            )
+
+        return facts_from_kinds(kinds, window, rope)
+
+    return facts
+
+
+def _window_everywhere(config: Mapping[str, Any], i: int) -> str:
+    """Mistral, Mixtral, Starcoder2, Phi-3: every layer slides when config.json sets a sliding_window."""
+    return SLIDING if config.get("sliding_window") is not None else FULL
+
+
+def _qwen2_kind(config: Mapping[str, Any], i: int) -> str:
+    """Qwen2/Qwen3: layers from max_window_layers on slide when use_sliding_window is set."""
+    slides = config_switch(config, "use_sliding_window", False) and config.get("sliding_window") is not None
+    return SLIDING if slides and i >= config_value(config, "max_window_layers", default=28) else FULL
+
+
+def _alternating(config: Mapping[str, Any], i: int) -> str:
+    """Gemma 2: even layers slide, odd layers are global."""
+    return SLIDING if (i + 1) % 2 else FULL
+
+
+def _every_nth_full(pattern_key: str, default: int) -> Callable[[Mapping[str, Any], int], str]:
+    """Layer i is global iff (i + 1) % pattern == 0, else sliding (Gemma 3, Cohere2, Exaone4 ...)."""
+
+    def kind(config: Mapping[str, Any], i: int) -> str:
+        pattern = config_value(config, pattern_key, default=default)
+        if type(pattern) is not int or pattern <= 0:
+            raise CheckpointError(f"config.json: {pattern_key} is {_shown(pattern)}, not a positive whole number")
+        return FULL if (i + 1) % pattern == 0 else SLIDING
+
+    return kind
+
+
+def no_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """Absolute positions or ALiBi: every layer full attention, no rotary."""
+    return [LayerFacts(layer, "full", None, None) for layer in range(shape.n_layers)]
+
+
+def _gemma3_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """Gemma 3: sliding layers rotate with rope_local_base_freq (1e4), global ones with rope_theta (1e6)."""
+    kinds = layer_kinds(config, shape.n_layers, lambda i: _every_nth_full("sliding_window_pattern", 6)(config, i))
+
+    def rope(layer: int, kind: str) -> RopeSpec:
+        if kind == SLIDING:
+            local = {k: v for k, v in config.items() if k != "rope_scaling"}  # legacy rope_scaling: global layers only
+            return rope_spec(local, kind, shape.d_head, default_theta=1e4, legacy_theta="rope_local_base_freq")
+        return rope_spec(config, kind, shape.d_head, default_theta=1e6)
+
+    return facts_from_kinds(kinds, window_of(config, 4096), rope)
+
+
+def _gptj_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """GPT-J: interleaved rotary on the first rotary_dim dims of each head (all of them when null)."""
+    rotary_dim = config.get("rotary_dim")
+    d_rot = shape.d_head if rotary_dim is None else config_count(config, "rotary_dim")
+    spec = RopeSpec(10000.0, min(d_rot, shape.d_head), True, None, config.get("max_position_embeddings") or config.get("n_positions"))
+    return [LayerFacts(layer, "full", None, spec) for layer in range(shape.n_layers)]
+
+
+def _gpt_neox_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """GPT-NeoX / Pythia: rotate-half on the first rotary_pct of each head, base rotary_emb_base."""
+    params = dict(config)
+    if "rope_parameters" not in params:
+        params.setdefault("rope_theta", config.get("rotary_emb_base"))
+        params.setdefault("partial_rotary_factor", config.get("rotary_pct"))
+    spec = rope_spec(params, FULL, shape.d_head, default_partial=0.25)
+    return [LayerFacts(layer, "full", None, spec) for layer in range(shape.n_layers)]
+
+
+def _falcon_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """Falcon: rotary unless alibi."""
+    if config_switch(config, "alibi", False):
+        return no_facts(config, shape)
+    return llama_like_facts()(config, shape)
+
+
 # ---------------------------------------------------------------- architectures
 
 
@@ -221,6 +426,7 @@ class Architecture:
 
     shape_fn: Callable[[Mapping[str, Any]], AttentionShape]
     layout_fn: Callable[[Mapping[str, Any]], Layout]
+    facts_fn: Callable[[Mapping[str, Any], AttentionShape], list[LayerFacts]] | None = None
 
     def shape(self, config: Mapping[str, Any]) -> AttentionShape:
         shape = self.shape_fn(config)
@@ -232,6 +438,11 @@ class Architecture:
 
     def layout(self, config: Mapping[str, Any]) -> Layout:
         return self.layout_fn(config)
+
+    def layer_facts(self, config: Mapping[str, Any]) -> list[LayerFacts]:
+        """One LayerFacts per layer with softmax attention, in layer order (true layer indices)."""
+        facts_fn = self.facts_fn or llama_like_facts()
+        return facts_fn(config, self.shape(config))
 
 
 def _shape(
@@ -289,43 +500,60 @@ def _falcon_layout(config: Mapping[str, Any]) -> Layout:
     return FusedGroups(name)
 
 
+_LLAMA_FACTS = {
+    "llama": llama_like_facts(),
+    "olmo": llama_like_facts(),
+    "olmo2": llama_like_facts(),
+    "gemma": llama_like_facts(),
+    "mistral": llama_like_facts(default_kind=_window_everywhere, default_window=4096),
+    "mixtral": llama_like_facts(default_kind=_window_everywhere, default_theta=1e6),
+    "qwen2": llama_like_facts(default_kind=_qwen2_kind),
+    "qwen3": llama_like_facts(default_kind=_qwen2_kind),
+    "gemma2": llama_like_facts(default_kind=_alternating, default_window=4096),
+    "gemma3_text": _gemma3_facts,
+}
+
 ARCHITECTURES: dict[str, Architecture] = {
-    **{
-        t: Architecture(_LLAMA_SHAPE, lambda c: _LLAMA_LAYOUT)
-        for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2")
-    },
+    **{t: Architecture(_LLAMA_SHAPE, lambda c: _LLAMA_LAYOUT, facts) for t, facts in _LLAMA_FACTS.items()},
     "gptj": Architecture(
         _shape(("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"), ("n_embd", "hidden_size"), (), ()),
         lambda c: SeparateProjections("h.{layer}.attn.q_proj.weight", "h.{layer}.attn.k_proj.weight"),
+        _gptj_facts,
     ),
     "opt": Architecture(
         _shape(("num_hidden_layers",), ("num_attention_heads",), ("hidden_size",), (), ()),
         lambda c: SeparateProjections(
             "decoder.layers.{layer}.self_attn.q_proj.weight", "decoder.layers.{layer}.self_attn.k_proj.weight"
         ),
+        no_facts,
     ),
     "bert": Architecture(
         _shape(("num_hidden_layers",), ("num_attention_heads",), ("hidden_size",), (), ()),
         lambda c: SeparateProjections(
             "encoder.layer.{layer}.attention.self.query.weight", "encoder.layer.{layer}.attention.self.key.weight"
         ),
+        no_facts,
     ),
     "gpt2": Architecture(
         _shape(("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"), ("n_embd", "hidden_size"), (), ()),
         lambda c: Conv1DFused("h.{layer}.attn.c_attn.weight"),
+        no_facts,
     ),
     "gpt_neox": Architecture(
         _shape(("num_hidden_layers",), ("num_attention_heads",), ("hidden_size",), (), ()),
         lambda c: FusedGroups("layers.{layer}.attention.query_key_value.weight"),
+        _gpt_neox_facts,
     ),
     "bloom": Architecture(
         _shape(("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"), ("hidden_size", "n_embed"), (), ()),
         lambda c: FusedGroups("h.{layer}.self_attention.query_key_value.weight"),
+        no_facts,
     ),
-    "falcon": Architecture(_falcon_shape, _falcon_layout),
+    "falcon": Architecture(_falcon_shape, _falcon_layout, _falcon_facts),
     "phi3": Architecture(  # head_dim from config.json when present, as Phi3Attention does
         _LLAMA_SHAPE,
         lambda c: FusedSections("layers.{layer}.self_attn.qkv_proj.weight"),
+        llama_like_facts(default_kind=_window_everywhere),
     ),
 }
 
