@@ -23,9 +23,55 @@ Example::
   python analyze.py clusters --dataset user/qk-spectra --family Qwen3 --revision v1.0.0 --models Qwen3-0.6B,Qwen3-4B
 """
 
+import inspect
 import sys
 import time
 import warnings
+
+from .report import Params
+
+DEFAULT_STATS = ",".join(Params.stats)
+
+FLAG_HELP = {
+    "dataset": "local dataset directory or Hub dataset repo id (required).",
+    "family": "dataset config to analyse, e.g. Qwen3, or all (required).",
+    "out": "output root; results go to <out>/<family>/.",
+    "revision": "Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.",
+    "models": "comma-separated models to keep (id, file slug or last path part); default all.",
+    "variant": "keep only rows of this variant (e.g. raw, legacy); needed if a model has several.",
+    "n_clusters": "number of KMeans classes, per model and for the joint taxonomy (default: as the original).",
+    "n_bins": "number of histogram bins (default: as the original).",
+    "quantile": "upper bin edge = this quantile of all normalized eigenvalues of the model (for the joint taxonomy: of "
+                "all models; default: as the original).",
+    "seed": "random_state of KMeans and of the embedding (default: as the original's KMeans; its UMAP was unseeded).",
+    "embedding": "2-D display of the heads in the ESD figures: pca (principal components, "
+                 "fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, "
+                 "~15 s more per process). Tables do not depend on it.",
+    "stats": f"comma-separated statistics for the box plots among {', '.join(Params.stats)}.",
+    "skip_layers_below": "box plots leave out layers with index below this "
+                         "(default: as the original; it used 5 for its 70B Llamas).",
+    "n_bands": "number of relative-depth bands of the joint taxonomy.",
+    "skip_nonfinite": "drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.",
+    "jobs": "worker processes for the per-model work; default: one per core (at most 4) for configs of 2,000+ heads "
+            "(results do not depend on it).",
+    "quiet": "no progress bar, summary or timings on stderr (warnings and errors still show).",
+}
+"""The help line of each flag the analysis commands share, written once (defaults from ``report.Params``)."""
+
+
+def with_flag_help(function):
+    """``function`` with an ``Args:`` line from FLAG_HELP for each of its flags its docstring leaves out.
+
+    fire shows these lines in ``--help``; a command documents a flag itself only where it means something else.
+    """
+    doc = inspect.cleandoc(function.__doc__ or "")
+    documented = doc.partition("Args:")[2]
+    missing = [name for name in inspect.signature(function).parameters
+               if name in FLAG_HELP and f"    {name}: " not in documented]
+    if missing:
+        doc += ("" if "Args:" in doc else "\n\nArgs:") + "".join(f"\n    {name}: {FLAG_HELP[name]}" for name in missing)
+    function.__doc__ = doc
+    return function
 
 
 def _setup_warnings() -> None:
@@ -37,12 +83,6 @@ def _setup_warnings() -> None:
     warnings.showwarning = show
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def _params(**kwargs):
-    from .report import Params
-
-    return Params(**{k: v for k, v in kwargs.items() if v is not None})  # None: the default defined in Params
 
 
 def _load(dataset, family, revision, models, variant, skip_nonfinite):
@@ -67,6 +107,7 @@ def _say(quiet: bool, message: str) -> None:
         print(message, file=sys.stderr)
 
 
+@with_flag_help
 def clusters(
     dataset: str = None,
     family: str = None,
@@ -74,11 +115,11 @@ def clusters(
     revision: str = None,
     models: str = None,
     variant: str = None,
-    n_clusters: int = 6,
-    n_bins: int = 24,
-    quantile: float = 0.96,
-    seed: int = 0,
-    embedding: str = None,
+    n_clusters: int = Params.n_clusters,
+    n_bins: int = Params.n_bins,
+    quantile: float = Params.quantile,
+    seed: int = Params.seed,
+    embedding: str = Params.embedding,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -93,32 +134,17 @@ def clusters(
     theta) and the Jensen-Shannon divergence between the two.
     Writes <out>/<family>/ESDs/<model>.png, tables/classes.csv (model, class,
     n_heads, alpha, theta, jsd) and tables/labels.csv (model, layer, head, class).
-
-    Args:
-        dataset: local dataset directory or Hub dataset repo id (required).
-        family: dataset config to analyse, e.g. Qwen3, or all (required).
-        out: output root; results go to <out>/<family>/.
-        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
-        models: comma-separated models to keep (id, file slug or last path part); default all.
-        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
-        n_clusters: number of KMeans classes (original: 6).
-        n_bins: number of histogram bins (original: 24).
-        quantile: upper bin edge = this quantile of all normalized eigenvalues of the model (original: 0.96).
-        seed: random_state of KMeans and UMAP (original KMeans: 0; UMAP was unseeded).
-        embedding: 2-D display of the heads in the ESD figures: pca (default: principal components, fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, ~15 s more per process). Tables do not depend on it.
-        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
-        jobs: worker processes, one model each; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
-        quiet: no progress bar or summary on stderr.
     """
     from . import report
 
-    params = _params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, embedding=embedding)
+    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, embedding=embedding)
     t0 = time.perf_counter()
     frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
     outputs = report.run_clusters(frame, out, str(family), params, jobs=jobs, progress=not quiet)
     _summary(quiet, "clusters", outputs, t0)
 
 
+@with_flag_help
 def boxplots(
     dataset: str = None,
     family: str = None,
@@ -126,8 +152,8 @@ def boxplots(
     revision: str = None,
     models: str = None,
     variant: str = None,
-    stats: str = "MIN,MAX,MEAN,STD,SKEW,KURTOSIS",
-    skip_layers_below: int = 2,
+    stats: str = DEFAULT_STATS,
+    skip_layers_below: int = Params.skip_layers_below,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -141,29 +167,17 @@ def boxplots(
     Writes <out>/<family>/plots/<STAT>/<model>_<STAT>_box.png and
     tables/bds.csv (model, stat, bds, p_value, n_layers). Too few layers for BDS
     give NaN and a warning.
-
-    Args:
-        dataset: local dataset directory or Hub dataset repo id (required).
-        family: dataset config to analyse, e.g. Qwen3, or all (required).
-        out: output root; results go to <out>/<family>/.
-        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
-        models: comma-separated models to keep (id, file slug or last path part); default all.
-        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
-        stats: comma-separated statistics among MIN, MAX, MEAN, STD, SKEW, KURTOSIS.
-        skip_layers_below: leave out layers with index below this (original: 2; 5 for its 70B Llamas).
-        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
-        jobs: worker processes, one model each; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
-        quiet: no progress bar or summary on stderr.
     """
     from . import report
 
-    params = _params(stats=stats, skip_layers_below=skip_layers_below)
+    params = Params(stats=stats, skip_layers_below=skip_layers_below)
     t0 = time.perf_counter()
     frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
     outputs = report.run_boxplots(frame, out, str(family), params, jobs=jobs, progress=not quiet)
     _summary(quiet, "boxplots", outputs, t0)
 
 
+@with_flag_help
 def taxonomy(
     dataset: str = None,
     family: str = None,
@@ -171,11 +185,11 @@ def taxonomy(
     revision: str = None,
     models: str = None,
     variant: str = None,
-    n_clusters: int = 6,
-    n_bins: int = 24,
-    quantile: float = 0.96,
-    seed: int = 0,
-    n_bands: int = 5,
+    n_clusters: int = Params.n_clusters,
+    n_bins: int = Params.n_bins,
+    quantile: float = Params.quantile,
+    seed: int = Params.seed,
+    n_bands: int = Params.n_bands,
     skip_nonfinite: bool = False,
     quiet: bool = False,
 ):
@@ -190,31 +204,17 @@ def taxonomy(
     different sizes can be compared class by class.
     Writes <out>/<family>/taxonomy/classes.png, taxonomy/depth.png and
     tables/taxonomy_{classes,labels,shares_model,shares_depth}.csv.
-
-    Args:
-        dataset: local dataset directory or Hub dataset repo id (required).
-        family: dataset config to analyse, e.g. Qwen3, or all (required).
-        out: output root; results go to <out>/<family>/.
-        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
-        models: comma-separated models to keep (id, file slug or last path part); default all.
-        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
-        n_clusters: number of joint classes.
-        n_bins: number of histogram bins.
-        quantile: upper bin edge = this quantile of all normalized eigenvalues of all models.
-        seed: random_state of KMeans.
-        n_bands: number of relative-depth bands.
-        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
-        quiet: no summary on stderr.
     """
     from . import report
 
-    params = _params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, n_bands=n_bands)
+    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, n_bands=n_bands)
     t0 = time.perf_counter()
     frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
     outputs = report.run_taxonomy(frame, out, str(family), params, progress=not quiet)
     _summary(quiet, "taxonomy", outputs, t0)
 
 
+@with_flag_help
 def report(
     dataset: str = None,
     family: str = None,
@@ -222,14 +222,14 @@ def report(
     revision: str = None,
     models: str = None,
     variant: str = None,
-    n_clusters: int = 6,
-    n_bins: int = 24,
-    quantile: float = 0.96,
-    seed: int = 0,
-    embedding: str = None,
-    stats: str = "MIN,MAX,MEAN,STD,SKEW,KURTOSIS",
-    skip_layers_below: int = 2,
-    n_bands: int = 5,
+    n_clusters: int = Params.n_clusters,
+    n_bins: int = Params.n_bins,
+    quantile: float = Params.quantile,
+    seed: int = Params.seed,
+    embedding: str = Params.embedding,
+    stats: str = DEFAULT_STATS,
+    skip_layers_below: int = Params.skip_layers_below,
+    n_bands: int = Params.n_bands,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -239,29 +239,10 @@ def report(
     The index links every figure and table and records the dataset, config,
     revision, package version and parameters. Per-stage timings are printed
     on stderr unless --quiet.
-
-    Args:
-        dataset: local dataset directory or Hub dataset repo id (required).
-        family: dataset config to analyse, e.g. Qwen3, or all (required).
-        out: output root; results go to <out>/<family>/.
-        revision: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
-        models: comma-separated models to keep (id, file slug or last path part); default all.
-        variant: keep only rows of this variant (e.g. raw, legacy); needed if a model has several.
-        n_clusters: number of KMeans classes, per model and joint (original: 6).
-        n_bins: number of histogram bins (original: 24).
-        quantile: upper bin edge quantile of the normalized eigenvalues (original: 0.96).
-        seed: random_state of KMeans and UMAP (original KMeans: 0).
-        embedding: 2-D display of the heads in the ESD figures: pca (default: principal components, fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, ~15 s more per process). Tables do not depend on it.
-        stats: comma-separated statistics for the box plots among MIN, MAX, MEAN, STD, SKEW, KURTOSIS.
-        skip_layers_below: box plots leave out layers with index below this (original: 2).
-        n_bands: number of relative-depth bands of the joint taxonomy.
-        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
-        jobs: worker processes for the per-model work; default: one per core (at most 4) for configs of 2,000+ heads (results do not depend on it).
-        quiet: no progress bar, summary or timings on stderr.
     """
     from . import report as report_module
 
-    params = _params(
+    params = Params(
         n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, stats=stats,
         skip_layers_below=skip_layers_below, n_bands=n_bands, embedding=embedding,
     )
