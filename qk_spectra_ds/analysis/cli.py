@@ -7,6 +7,7 @@ Commands (``python analyze.py COMMAND --help`` for the flags of each):
   taxonomy       one set of classes across all models of a config, shares by model and depth
   report         all of the above plus an index.md linking every figure and table
   import_legacy  convert the original study's pickles into a schema-v1 dataset directory
+  compare        one model in two datasets/variants head by head; any metric against relative depth
 
 Flags are checked against the command before any work: an unknown flag (the closest valid one is
 named), a value of the wrong type or an unusable ``--out`` stops at once with one ``error:`` line.
@@ -291,6 +292,73 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, forc
     _say(quiet, f"import_legacy: {len(written)} model(s) -> {out}/data/{family}/ in {time.perf_counter() - t0:.1f}s")
 
 
+def compare(
+    dataset: str = None,
+    family: str = None,
+    out: str = "analysis",
+    revision: str = None,
+    models: str = None,
+    variant: str = None,
+    against: str = None,
+    against_family: str = None,
+    against_revision: str = None,
+    against_models: str = None,
+    against_variant: str = None,
+    metrics: str = "stable_rank,effective_rank,positivity,log_det",
+    skip_nonfinite: bool = False,
+    quiet: bool = False,
+):
+    """Compare spectra: one model in two datasets or variants head by head, and models by relative depth.
+
+    Head by head (when any --against* flag is given): side A is --dataset/--family/--variant,
+    side B the same with the --against* flags replaced. Each model is paired with its
+    namesake on side B (Qwen/Qwen3-0.6B matches the legacy Qwen3-0.6B; one model per
+    side is paired whatever the names), shapes (n_layers, n_heads, d_head) must agree, and
+    heads are matched by (layer, head). Per head: the relative error |B - A| / |A| of each
+    singular value and eigenvalue (max and median over the head) and of every statistic and
+    metric. E.g. the original study's legacy spectra against the corrected ones built from
+    weights: --dataset ./qk-spectra --family Qwen3 --against ./legacy-spectra; or raw
+    against folded in one dataset: --variant raw --against_variant folded.
+    By depth (always, for every model of both sides): each --metrics value per layer (median
+    over heads, interquartile band) against relative depth layer / (n_layers - 1), one line
+    per model. Legacy rows are labelled as carrying the original study's pairing error.
+    Writes <out>/<family>/tables/compare_heads.csv, compare_summary.csv, compare/<model>.png
+    (per-layer distribution of the per-head error), tables/depth.csv and depth/<metric>.png.
+
+    Args:
+        dataset: side A: local dataset directory or Hub dataset repo id (required).
+        family: side A: dataset config, e.g. Qwen3, or all (required).
+        out: output root; results go to <out>/<family>/.
+        revision: side A: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
+        models: comma-separated models to keep (id, file slug or last path part); default all. Side B keeps the same names unless --against_models.
+        variant: side A: keep only rows of this variant (e.g. raw, folded, legacy); needed if a model has several.
+        against: side B: another dataset directory or Hub repo id (default: --dataset).
+        against_family: side B: its config (default: --family).
+        against_revision: side B: its Hub revision (default: --revision within the same dataset).
+        against_models: side B: comma-separated models, paired in order of names with side A's (default: those of --models).
+        against_variant: side B: its variant (default: --variant within the same dataset, else what the dataset holds).
+        metrics: comma-separated metrics to plot against depth: stable_rank, effective_rank, positivity, log_det, spectral_norm, frobenius, or any sv_/ev_ statistic (sv_mean, ev_kurtosis, ...).
+        skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
+        quiet: no summary on stderr.
+    """
+    from . import compare as comparing
+
+    if dataset is None or family is None:
+        _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
+    chosen = comparing.parse_metrics(metrics)
+    t0 = time.perf_counter()
+    side_a, side_b = comparing.load_sides(
+        str(dataset), str(family), revision=revision, models=models, variant=variant, against=against,
+        against_family=against_family, against_revision=against_revision, against_models=against_models,
+        against_variant=against_variant, skip_nonfinite=bool(skip_nonfinite),
+    )
+    outputs = comparing.run_compare(side_a, side_b, out, str(family), chosen)
+    if "compare_summary" in outputs.frames:
+        for line in comparing.error_lines(outputs.frames["compare_summary"]):
+            _say(quiet, line)
+    _summary(quiet, "compare", outputs, t0)
+
+
 def _summary(quiet: bool, command: str, outputs, t0: float, extra: str = "") -> None:
     n_figures = sum(len(v) for v in outputs.figures.values())
     tables = ", ".join(outputs.tables.values())
@@ -307,9 +375,10 @@ COMMANDS = {
     "taxonomy": taxonomy,
     "report": report,
     "import_legacy": import_legacy,
+    "compare": compare,
 }
 
-LIST_FLAGS = ("models", "stats")  # comma-separated: a value naming nothing is refused, not read as "all"
+LIST_FLAGS = ("models", "stats", "against_models", "metrics")  # comma-separated: a value naming nothing is refused, not read as "all"
 MINIMUMS = {"jobs": 1, "seed": 0, "skip_layers_below": 0}  # the others are checked by report.Params
 
 
