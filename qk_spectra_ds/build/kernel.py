@@ -19,7 +19,7 @@ import torch
 from threadpoolctl import ThreadpoolController
 
 from ..statistics import positivity_from_eigenvalues
-from .spectra import LayerSpectra, query_matrices, r_factors, small_problems
+from .spectra import LayerSpectra, cross_matrices, query_matrices, r_factors, small_problems
 
 T = TypeVar("T")
 _BLAS = ThreadpoolController()
@@ -120,3 +120,105 @@ def _single_threaded() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+def qk_layer_variants(q: torch.Tensor, k: torch.Tensor, plan) -> dict:
+    """Every variant of a layer's spectra (:mod:`.variants`): variant name -> ``VariantSpectra``.
+
+    Stage 1, the O(d_model) work, produces the factors: raw L_q, L_k and crosses
+    W_K W_Q^T; for folded/null the folded factors (each head folded into a scratch
+    buffer, never a folded copy of the layer on the CPU) and the folded crosses
+    c G_k X_k X_q^T G_q. On the CPU it runs per core (key heads, then query heads);
+    on a GPU as one batch. Stage 2, the d_head x d_head problems (SVDs, eigenvalues,
+    positional offsets, null rotations), runs per core on the CPU. Raw values are
+    computed exactly as :func:`qk_layer_spectra` computes them.
+    """
+    from .variants import FOLDED, NULL, RAW, VariantSpectra
+
+    n_heads, n_kv = q.shape[0], k.shape[0]
+    if n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} key heads")
+    group = n_heads // n_kv
+    want_folded = FOLDED in plan.variants or NULL in plan.variants
+    factors = (_variant_factors_cpu if q.device.type == "cpu" else _variant_factors_device)(q, k, group, plan, want_folded)
+    with _single_threaded():
+        parts = _per_core(lambda heads: _variant_small_problems(factors, heads, group, plan, want_folded), n_heads)
+    out = {}
+    for name in (RAW, FOLDED, NULL):
+        if name not in plan.variants:
+            continue
+        sv = np.concatenate([p[name][0] for p in parts])
+        mu = np.concatenate([p[name][1] for p in parts])
+        pos = [p[name][2] for p in parts]
+        positional = None if pos[0] is None else np.concatenate(pos, axis=1)
+        out[name] = VariantSpectra(sv, positivity_from_eigenvalues(mu), positional)
+    return out
+
+
+def _variant_factors_cpu(q, k, group, plan, want_folded) -> dict:
+    """Stage 1 on the CPU: factors and crosses, one contiguous chunk of heads per core."""
+    from .variants import folded_cross, folded_r_factors
+
+    from .variants import RAW
+
+    n_heads, n_kv = q.shape[0], k.shape[0]
+    factors = {}
+    with _single_threaded():
+        if RAW in plan.variants:
+            factors["lk"] = torch.cat(_per_core(lambda kv: r_factors(k[kv.start : kv.stop], kv.start, group), n_kv))
+            factors["lq"] = torch.cat(_per_core(lambda h: r_factors(q[h.start : h.stop], h.start), n_heads))
+            factors["cross"] = torch.cat(_per_core(lambda h: cross_matrices(q, k, h, group), n_heads))
+        if want_folded:
+            f = plan.folding
+            factors["lk_f"] = torch.cat(_per_core(lambda kv: folded_r_factors(k[kv.start : kv.stop], f, kv.start, group), n_kv))
+            factors["lq_f"] = torch.cat(_per_core(lambda h: folded_r_factors(q[h.start : h.stop], f, h.start), n_heads))
+            factors["cross_f"] = torch.cat(_per_core(lambda h: folded_cross(q, k, f, h, group), n_heads))
+    return factors
+
+
+def _variant_factors_device(q, k, group, plan, want_folded) -> dict:
+    """Stage 1 on a GPU: the same factors as one batch each, moved to the CPU."""
+    from .variants import RAW, _fold_all, folded_cross_batch
+
+    factors = {}
+    if RAW in plan.variants:
+        every = range(q.shape[0])
+        factors.update(lq=r_factors(q), lk=r_factors(k, 0, group), cross=cross_matrices(q, k, every, group))
+    if want_folded:
+        factors["lq_f"] = r_factors(_fold_all(q, plan.folding))
+        factors["lk_f"] = r_factors(_fold_all(k, plan.folding), 0, group)
+        factors["cross_f"] = folded_cross_batch(q, k, plan.folding, group)
+    return {name: value.cpu() for name, value in factors.items()}
+
+
+def _variant_small_problems(factors, heads: range, group: int, plan, want_folded) -> dict:
+    """Stage 2 for the query heads ``heads``: (singular values, eigenvalues mu, positional or None) per variant."""
+    from .variants import FOLDED, NULL, RAW, positional_singular_values, with_head_gains
+
+    kv_index = torch.arange(heads.start, heads.stop) // group
+    positional = plan.rotary is not None and len(plan.offsets) > 0
+    out = {}
+    if RAW in plan.variants:
+        lq_t = factors["lq"][heads.start : heads.stop].transpose(-1, -2)
+        sv = torch.linalg.svdvals(lq_t @ factors["lk"][kv_index]).numpy()
+        mu = torch.linalg.eigvals(factors["cross"][heads.start : heads.stop]).numpy()
+        pos = positional_singular_values(lq_t, factors["lk"], kv_index, plan.rotary, plan.offsets, sv) if positional else None
+        out[RAW] = (sv, mu, pos)
+    if not want_folded:
+        return out
+    f = plan.folding
+    scale = abs(f.scale)
+    lq_tf = with_head_gains(factors["lq_f"][heads.start : heads.stop], f.q_gain, heads).transpose(-1, -2)
+    lk_f = with_head_gains(factors["lk_f"], f.k_gain, range(factors["lk_f"].shape[0]))
+    cross_f = factors["cross_f"][heads.start : heads.stop]
+    if FOLDED in plan.variants:
+        sv_f = torch.linalg.svdvals(lq_tf @ lk_f[kv_index]).numpy()
+        pos = None
+        if positional:
+            pos = scale * positional_singular_values(lq_tf, lk_f, kv_index, plan.rotary, plan.offsets, sv_f)
+        out[FOLDED] = (scale * sv_f, torch.linalg.eigvals(cross_f).numpy(), pos)
+    if NULL in plan.variants:
+        rot = torch.from_numpy(plan.null_rotations[heads.start : heads.stop])
+        sv_n = torch.linalg.svdvals(lq_tf @ rot @ lk_f[kv_index]).numpy()
+        out[NULL] = (scale * sv_n, torch.linalg.eigvals(rot @ cross_f).numpy(), None)
+    return out

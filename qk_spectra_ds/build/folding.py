@@ -1,0 +1,258 @@
+"""What the model does to the residual stream around W_Q and W_K, per model_type: the folded variant's facts.
+
+The folded circuit of query head h and key head g (see :mod:`qk_spectra_ds.build.variants`) is
+
+    M_h = c * P D W_Q^h^T G_q^h G_k^g W_K^g D P
+
+- D: the gain of the norm whose output the attention's Q/K projections read
+  (``input_layernorm``, ``ln_1``, ...; post-norm models: the previous block's output
+  LayerNorm, and the embedding LayerNorm for layer 0). Gemma-family RMSNorms scale by 1 + w.
+- P = I - 1 1^T / d_model when that norm is a LayerNorm (it centres its input), else I.
+- G_q, G_k: per-head q/k norm gains (Qwen3, Gemma3 with 1 + w, OLMo2's full-width
+  q_norm/k_norm sliced per head), identity otherwise.
+- c: what the attention module multiplies q.k by (the rotary attention factor a^2 is
+  added by the caller for rotary layers).
+
+Which tensor feeds each layer's attention was checked per class with forward hooks
+(the norm's output is the q projection's input). Effects that are not a bilinear form
+(biases, LayerNorm beta, tanh soft-capping, QKV clipping, ALiBi) stay outside M_h and
+are listed in :attr:`FoldingFacts.outside`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import CheckpointError, UnsupportedArchitectureError
+
+RMS, LAYER = "rms", "layer"
+
+
+@dataclass(frozen=True)
+class FoldingFacts:
+    """One layer's folding: where D and G come from, and the attention scale c."""
+
+    norm: tuple[str, ...]  # candidate tensor suffixes of D, first present wins; () = no stored gain
+    kind: str | None  # RMS, LAYER or None (no norm feeds the attention: D = P = I)
+    gain_offset: float  # 1.0 for Gemma's (1 + w)
+    q_norm: str | None  # tensor suffix of the per-head q gain (None: G_q = I)
+    k_norm: str | None
+    qk_norm_width: str  # "head": (d_head,) shared by every head; "full": (H*d_head,) sliced per head
+    qk_offset: float
+    scale: float  # c_attn
+    outside: tuple[str, ...] = field(default=())  # non-bilinear effects left out of M_h
+
+    @property
+    def centres(self) -> bool:
+        return self.kind == LAYER
+
+
+def _cfg(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The text model's settings (multimodal configs nest them under text_config)."""
+    text = config.get("text_config")
+    return text if isinstance(text, Mapping) else config
+
+
+def _head_dim(c: Mapping[str, Any]) -> int:
+    heads = c.get("num_attention_heads") or c.get("n_head")
+    width = c.get("hidden_size") or c.get("n_embd") or c.get("n_embed")
+    return int(c.get("head_dim") or width // heads)
+
+
+def _number(c: Mapping[str, Any], name: str, default: float) -> float:
+    value = c.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise CheckpointError(f"config.json: {name} is {value!r}, but must be a positive number")
+    return float(value)
+
+
+def _pre_rms(prefix: str = "layers.{layer}.", offset: float = 0.0):
+    return ((prefix + "input_layernorm.weight",), RMS, offset)
+
+
+def folding_facts(config: Mapping[str, Any], layer: int) -> FoldingFacts:
+    """The folding facts of layer ``layer`` of a model, from config.json (one line for an unsupported type)."""
+    model_type = config.get("model_type")
+    c = _cfg(config)
+    inner = c.get("model_type", model_type)
+    rule = _RULES.get(inner) or _RULES.get(model_type)
+    if rule is None:
+        raise UnsupportedArchitectureError(
+            f"the folded and null variants are not implemented for model_type {model_type!r} "
+            f"(supported: {', '.join(sorted(_RULES))}): build with --variants raw"
+        )
+    return rule(c, layer)
+
+
+def _llama_like(offset: float = 0.0, qk: str | None = None, qk_offset: float = 0.0, scale_fn=None, outside=()):
+    def rule(c, layer):
+        norm, kind, off = _pre_rms(offset=offset)
+        scale = scale_fn(c, layer) if scale_fn else _head_dim(c) ** -0.5
+        q = k = None
+        if qk:
+            q, k = f"layers.{layer}.self_attn.q_norm.weight", f"layers.{layer}.self_attn.k_norm.weight"
+        return FoldingFacts(
+            tuple(n.format(layer=layer) for n in norm), kind, off, q, k, qk or "head", qk_offset, scale,
+            tuple(o for o in outside if _applies(o, c)),
+        )
+
+    return rule
+
+
+def _applies(note: str, c: Mapping[str, Any]) -> bool:
+    """Record an outside-M effect only when the config switches it on."""
+    key = note.split(":", 1)[0]
+    return bool(c.get(key)) if key in ("attn_logit_softcapping", "clip_qkv") else True
+
+
+def _query_pre_attn(c, layer):
+    return _number(c, "query_pre_attn_scalar", 256.0) ** -0.5
+
+
+def _granite(c, layer):
+    return _number(c, "attention_multiplier", 1.0)
+
+
+def _olmo(c, layer):
+    return FoldingFacts((), LAYER, 0.0, None, None, "head", 0.0, _head_dim(c) ** -0.5,
+                        ("clip_qkv: clamp of q, k, v",) if c.get("clip_qkv") else ())
+
+
+def _olmo2(c, layer):
+    return FoldingFacts((), None, 0.0, f"layers.{layer}.self_attn.q_norm.weight",
+                        f"layers.{layer}.self_attn.k_norm.weight", "full", 0.0, _head_dim(c) ** -0.5)
+
+
+def _layer_norm(name: str, scale_fn=None):
+    def rule(c, layer):
+        scale = scale_fn(c, layer) if scale_fn else _head_dim(c) ** -0.5
+        return FoldingFacts((name.format(layer=layer),), LAYER, 0.0, None, None, "head", 0.0, scale)
+
+    return rule
+
+
+def _gpt2_scale(c, layer):
+    scale = _head_dim(c) ** -0.5 if c.get("scale_attn_weights", True) else 1.0
+    return scale / (layer + 1) if c.get("scale_attn_by_inverse_layer_idx", False) else scale
+
+
+def _falcon(c, layer):
+    names = (f"h.{layer}.ln_attn.weight", f"h.{layer}.input_layernorm.weight")
+    return FoldingFacts(names, LAYER, 0.0, None, None, "head", 0.0, _head_dim(c) ** -0.5,
+                        ("alibi: additive position bias",) if c.get("alibi") else ())
+
+
+def _opt(c, layer):
+    scale = _head_dim(c) ** -0.5
+    affine = c.get("layer_norm_elementwise_affine", True)
+    if c.get("do_layer_norm_before", True):
+        names = (f"decoder.layers.{layer}.self_attn_layer_norm.weight",) if affine else ()
+        return FoldingFacts(names, LAYER, 0.0, None, None, "head", 0.0, scale)
+    if layer == 0:  # post-norm OPT: layer 0 reads the (projected) embeddings, no norm
+        return FoldingFacts((), None, 0.0, None, None, "head", 0.0, scale)
+    names = (f"decoder.layers.{layer - 1}.final_layer_norm.weight",) if affine else ()
+    return FoldingFacts(names, LAYER, 0.0, None, None, "head", 0.0, scale)
+
+
+def _bert(c, layer):
+    name = "embeddings.LayerNorm.weight" if layer == 0 else f"encoder.layer.{layer - 1}.output.LayerNorm.weight"
+    return FoldingFacts((name,), LAYER, 0.0, None, None, "head", 0.0, _head_dim(c) ** -0.5)
+
+
+_RULES = {
+    **{t: _llama_like() for t in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "phi3", "smollm3")},
+    **{t: _llama_like(qk="head") for t in ("qwen3", "qwen3_moe")},
+    "gemma": _llama_like(offset=1.0),
+    "gemma2": _llama_like(offset=1.0, scale_fn=_query_pre_attn, outside=("attn_logit_softcapping: tanh soft-cap of the logits",)),
+    "gemma3_text": _llama_like(offset=1.0, qk="head", qk_offset=1.0, scale_fn=_query_pre_attn),
+    "granite": _llama_like(scale_fn=_granite),
+    "olmo": _olmo,
+    "olmo2": _olmo2,
+    "olmo3": _olmo2,
+    "gptj": _layer_norm("h.{layer}.ln_1.weight"),
+    "gpt2": _layer_norm("h.{layer}.ln_1.weight", _gpt2_scale),
+    "gpt_neox": _layer_norm("layers.{layer}.input_layernorm.weight"),
+    "bloom": _layer_norm("h.{layer}.input_layernorm.weight"),
+    "falcon": _falcon,
+    "opt": _opt,
+    "bert": _bert,
+}
+
+FOLDING_MODEL_TYPES = tuple(sorted(_RULES))
+
+
+@dataclass(frozen=True)
+class FoldingTensors:
+    """One layer's folding read from the checkpoint (gains already offset: Gemma's 1 + w)."""
+
+    gain: Any  # (d_model,) float64 or None (D = I)
+    centre: bool
+    q_gain: Any  # (H, d_head) or None
+    k_gain: Any  # (H_kv, d_head) or None
+    attention_scale: float  # c_attn, without the rotary attention factor
+    tensors: tuple[str, ...]  # checkpoint names read
+
+
+def _near(ckpt, suffix: str, anchor: str):
+    """The tensor ``*suffix`` closest to ``anchor`` (longest shared name prefix), or None if none matches."""
+    import os
+
+    matches = ckpt.matches(suffix)
+    if not matches:
+        return None
+    return ckpt.tensors[max(sorted(matches), key=lambda m: len(os.path.commonprefix([m, anchor])))]
+
+
+def _vector(ckpt, info, length: int, what: str):
+    import numpy as np
+
+    if tuple(info.shape) != (length,):
+        raise CheckpointError(
+            f"{ckpt.source.model_id}: {info.name} ({what}) has shape {list(info.shape)}, expected [{length}]: "
+            "config and weights do not match"
+        )
+    array = np.asarray(ckpt.read_rows(info), dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise CheckpointError(f"{ckpt.source.model_id}: NaN or Inf in {info.name} ({what})")
+    return array
+
+
+def read_folding(ckpt, config: Mapping[str, Any], layer: int, shape, anchor: str) -> FoldingTensors:
+    """Read layer ``layer``'s norm gain and q/k norm gains through ``ckpt`` (so a local revision digests them).
+
+    ``anchor`` is the full name of the layer's Q tensor: among several tensors that
+    match a suffix (a multimodal checkpoint), the one beside it is taken.
+    """
+    import numpy as np
+
+    facts = folding_facts(config, layer)
+    read: list[str] = []
+    gain = None
+    if facts.norm:
+        info = next((i for i in (_near(ckpt, n, anchor) for n in facts.norm) if i is not None), None)
+        if info is None:
+            raise CheckpointError(
+                f"{ckpt.source.model_id}: no tensor *{facts.norm[0]} (the norm feeding layer {layer}'s attention): "
+                "is config.json's model_type right for these weights?"
+            )
+        gain = _vector(ckpt, info, shape.d_model, "norm gain") + facts.gain_offset
+        read.append(info.name)
+    q_gain = k_gain = None
+    if facts.q_norm:
+        heads = {"q": shape.n_heads, "k": shape.n_kv_heads}
+        gains = {}
+        for side, name in (("q", facts.q_norm), ("k", facts.k_norm)):
+            info = _near(ckpt, name, anchor)
+            if info is None:
+                raise CheckpointError(f"{ckpt.source.model_id}: no tensor *{name} ({side}_norm of layer {layer})")
+            if facts.qk_norm_width == "head":
+                g = np.tile(_vector(ckpt, info, shape.d_head, f"{side}_norm gain"), (heads[side], 1))
+            else:
+                g = _vector(ckpt, info, heads[side] * shape.d_head, f"{side}_norm gain").reshape(heads[side], shape.d_head)
+            gains[side] = g + facts.qk_offset
+            read.append(info.name)
+        q_gain, k_gain = gains["q"], gains["k"]
+    return FoldingTensors(gain, facts.centres, q_gain, k_gain, facts.scale, tuple(read))

@@ -1,0 +1,258 @@
+"""Folded, positional (RoPE) and null QK spectra from the kernel's own factors: the pure math.
+
+For layer l, query head h, key head g (DESIGN.md section 1 for the raw circuit):
+
+- **raw**: s(W_Q^h^T W_K^g) = s(L_q^T L_k), L the lower Cholesky factors of the head
+  blocks' Gram matrices (:func:`spectra.r_factors`).
+- **folded**: s(M_h), M_h = c P D W_Q^h^T G_q G_k W_K^g D P (:mod:`.folding` says where D,
+  P, G and c come from; c includes the rotary attention factor a^2). With X = W D P
+  (each row scaled by the gain, then centred when the norm is a LayerNorm) and L_X its
+  factor, s(M_h) = |c| s(L_Xq^T G_q G_k L_Xk): a diagonal on the d_head side scales the
+  rows of L. X is formed by explicit centring (a rank-1 downdate of the Gram matrix
+  cancels catastrophically when rows have large means), one head at a time in a
+  reused scratch buffer.
+- **positional**: for an offset delta >= 0 (key delta tokens before the query), the
+  logit matrix with the model's rotary embedding applied at p + delta and p is
+  c P D W_Q^T G_q R(delta)^T G_k W_K D P (rotation between the q/k gains, where the
+  model applies it), so s = |c| s(L_Xq^T G_q R(delta)^T G_k L_Xk): the key factor's rows
+  are rotated in O(d_head^2). Raw positional: the same without D, P, G, c, a.
+  Independent of p; at delta = 0 equal to the non-positional spectrum.
+- **null**: |c| s(L_Xq^T G_q O_h G_k L_Xk), O_h Haar-random orthogonal (d_head x d_head),
+  drawn per head from a recorded seed: each factor keeps its spectrum, the pairing of
+  query and key directions is broken.
+
+Positivity: the non-zero eigenvalues of M are those of the d_head x d_head
+c G_k X_k X_q^T G_q (folded), times O_h for the null (eig(O_h C)).
+
+Pure functions of arrays; scheduling is :mod:`.kernel`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .rotary import Rotary, rotate_key_rows
+from .spectra import GRAM_FLOOR, check_range, gram_ceiling, qr_fallback
+
+RAW, FOLDED, NULL = "raw", "folded", "null"
+VARIANTS = (RAW, FOLDED, NULL)
+
+POSITIONAL_EIGH_RATIO = 1e-8
+"""Positional singular values come from eigvalsh(core core^T) (0.6x the cost of an SVD).
+
+Its relative error on s_k is about eps (s_1 / s_k)^2; a head whose smallest
+eigenvalue is below this fraction of its largest (s_1 / s_min > 1e4) is redone with
+an SVD so that every value keeps the 1e-6 promise.
+"""
+
+
+@dataclass(frozen=True)
+class LayerFolding:
+    """One layer's numeric folding: gain D (None: identity), centring P, q/k gains, scale c."""
+
+    gain: np.ndarray | None  # (d_model,)
+    centre: bool
+    q_gain: np.ndarray | None  # (H, d_head)
+    k_gain: np.ndarray | None  # (H_kv, d_head)
+    scale: float  # c, including the rotary attention factor a^2
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What to compute for one layer besides the raw spectra."""
+
+    variants: tuple[str, ...]
+    folding: LayerFolding | None = None  # needed for folded and null
+    rotary: Rotary | None = None  # None: no positional spectra (no rotary, or no offsets)
+    offsets: tuple[int, ...] = ()
+    null_rotations: np.ndarray | None = None  # (H, d_head, d_head)
+
+
+@dataclass
+class VariantSpectra:
+    """One variant of one layer: (H, d_head) singular values, (H,) positivity, (n_off, H, d_head) positional."""
+
+    singular_values: np.ndarray
+    positivity: np.ndarray
+    positional: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------- folded factors
+
+
+def fold_rows(w: np.ndarray, gain: np.ndarray | None, centre: bool, out: np.ndarray) -> np.ndarray:
+    """X = W D P into ``out``: columns scaled by the norm gain, each row centred for a LayerNorm."""
+    if gain is None:
+        out[...] = w
+    else:
+        np.multiply(w, gain, out=out)
+    if centre:
+        out -= out.mean(axis=-1, keepdims=True)
+    return out
+
+
+def folded_r_factors(w: torch.Tensor, folding: LayerFolding, first: int = 0, group: int = 0) -> torch.Tensor:
+    """Lower L with X X^T = L L^T for the folded blocks X = W D P of ``w`` (n, d_head, d_model), CPU float64.
+
+    Each head is folded into one reused (d_head, d_model) scratch buffer and its
+    Gram matrix formed at once (no folded copy of the layer); the range check and
+    the QR fallback of :func:`spectra.r_factors` apply to X unchanged (the few
+    heads that need X again are refolded).
+    """
+    blocks = w.numpy()
+    n, d_head, _ = blocks.shape
+    scratch = np.empty(blocks.shape[1:])
+    gram = np.empty((n, d_head, d_head))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(n):
+            x = fold_rows(blocks[i], folding.gain, folding.centre, scratch)
+            np.matmul(x, x.T, out=gram[i])
+    gram_t = torch.from_numpy(gram)
+    top = gram.diagonal(axis1=-2, axis2=-1).max(axis=-1)
+    if not ((top >= GRAM_FLOOR) & (top <= gram_ceiling(d_head))).all():
+        check_range(gram_t, _fold_all(w, folding), first, group)
+    lower, info = torch.linalg.cholesky_ex(gram_t)
+    redo = torch.nonzero(qr_fallback(gram_t, lower, info)).flatten()
+    if redo.numel():
+        x = _fold_all(w[redo], folding)
+        lower[redo] = torch.linalg.qr(x.transpose(-1, -2), mode="r")[1].transpose(-1, -2)
+    return lower
+
+
+def _fold_all(w: torch.Tensor, folding: LayerFolding) -> torch.Tensor:
+    """X = W D P for a batch of blocks on any device (a folded copy: used only on rare or device paths)."""
+    x = w if folding.gain is None else w * torch.as_tensor(folding.gain, dtype=w.dtype, device=w.device)
+    return x - x.mean(dim=-1, keepdim=True) if folding.centre else x.clone()
+
+
+def folded_cross(q: torch.Tensor, k: torch.Tensor, folding: LayerFolding, heads: range, group: int) -> torch.Tensor:
+    """c G_k X_k X_q^T G_q for the query heads ``heads`` (CPU float64; X refolded per head into scratch)."""
+    qb, kb = q.numpy(), k.numpy()
+    d_head = qb.shape[1]
+    xq, xk = np.empty(qb.shape[1:]), np.empty(kb.shape[1:])
+    out = np.empty((len(heads), d_head, d_head))
+    current = -1
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, h in enumerate(heads):
+            if h // group != current:
+                current = h // group
+                fold_rows(kb[current], folding.gain, folding.centre, xk)
+            fold_rows(qb[h], folding.gain, folding.centre, xq)
+            np.matmul(xk, xq.T, out=out[i])
+    cross = torch.from_numpy(out)
+    return _gain_cross(cross, folding, heads, group)
+
+
+def folded_cross_batch(q: torch.Tensor, k: torch.Tensor, folding: LayerFolding, group: int) -> torch.Tensor:
+    """The same as :func:`folded_cross` for all heads at once on a device (folded copies of the layer)."""
+    xq, xk = _fold_all(q, folding), _fold_all(k, folding)
+    kv = torch.arange(q.shape[0], device=q.device) // group
+    cross = xk[kv] @ xq.transpose(-1, -2)
+    return _gain_cross(cross, folding, range(q.shape[0]), group)
+
+
+def _gain_cross(cross: torch.Tensor, folding: LayerFolding, heads: range, group: int) -> torch.Tensor:
+    """Scale the cross matrices' rows by G_k, columns by G_q, and the whole by c."""
+    idx = np.arange(heads.start, heads.stop)
+    if folding.k_gain is not None:
+        cross = cross * torch.as_tensor(folding.k_gain[idx // group], device=cross.device)[:, :, None]
+    if folding.q_gain is not None:
+        cross = cross * torch.as_tensor(folding.q_gain[idx], device=cross.device)[:, None, :]
+    return cross * folding.scale
+
+
+def with_head_gains(lower: torch.Tensor, gains: np.ndarray | None, heads: range) -> torch.Tensor:
+    """G L: the per-head q/k norm gains scale the rows of L (the d_head side)."""
+    if gains is None:
+        return lower
+    return lower * torch.as_tensor(gains[heads.start : heads.stop], device=lower.device)[:, :, None]
+
+
+# ---------------------------------------------------------------- small problems
+
+
+def positional_singular_values(
+    lq_t: torch.Tensor, lk: torch.Tensor, kv_index: torch.Tensor, rotary: Rotary, offsets: Sequence[int],
+    base: torch.Tensor | None = None,
+) -> np.ndarray:
+    """(n_off, n, d_head) unscaled s(lq_t @ R(delta)^T lk[kv]) per offset, descending.
+
+    ``lq_t`` = L_q^T G_q (n, dh, dh), ``lk`` = G_k L_k of the key heads indexed by
+    ``kv_index``. Offset 0 reuses ``base`` (the non-positional values) when given.
+    Values come from eigvalsh(core core^T), with an SVD for the heads where that would
+    not be accurate (:data:`POSITIONAL_EIGH_RATIO`).
+    """
+    lk_np = lk.numpy()
+    n, d_head = lq_t.shape[0], lq_t.shape[-1]
+    out = np.empty((len(offsets), n, d_head))
+    todo = [i for i, delta in enumerate(offsets) if not (delta == 0 and base is not None)]
+    if base is not None:
+        for i, delta in enumerate(offsets):
+            if delta == 0:
+                out[i] = base
+    if not todo:
+        return out
+    rotated = np.empty((len(todo),) + lk_np.shape)
+    for j, i in enumerate(todo):
+        rotate_key_rows(lk_np, offsets[i], rotary, out=rotated[j])
+    cores = lq_t.unsqueeze(0) @ torch.from_numpy(rotated)[:, kv_index]  # (n_todo, n, dh, dh)
+    ev = torch.linalg.eigvalsh(cores @ cores.transpose(-1, -2)).flip(-1)
+    top = ev[..., :1]
+    unsure = ~(ev[..., -1:] >= POSITIONAL_EIGH_RATIO * top).squeeze(-1) & (top.squeeze(-1) > 0)
+    s = ev.clamp_min(0).sqrt()
+    if bool(unsure.any()):
+        s[unsure] = torch.linalg.svdvals(cores[unsure])
+    out[todo] = s.numpy()
+    return out
+
+
+def null_seed_key(model_id: str) -> int:
+    """A 64-bit key of the model id for the null draws (sha256, stable across processes, unlike hash())."""
+    return int.from_bytes(hashlib.sha256(model_id.encode()).digest()[:8], "little")
+
+
+def haar_rotations(seed: int, model_id: str, layer: int, n_heads: int, d_head: int) -> np.ndarray:
+    """(H, d_head, d_head) Haar-random orthogonal matrices, one per query head, reproducible from the seed.
+
+    numpy PCG64 from SeedSequence(entropy=seed, spawn_key=(sha256(model_id)[:8] LE, layer, head)),
+    standard_normal (d_head, d_head), QR with the signs of R's diagonal moved into Q (Mezzadri 2007).
+    """
+    key = null_seed_key(model_id)
+    out = np.empty((n_heads, d_head, d_head))
+    for h in range(n_heads):
+        rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(key, layer, h)))
+        q, r = np.linalg.qr(rng.standard_normal((d_head, d_head)))
+        out[h] = q * np.sign(np.diag(r))
+    return out
+
+
+def positional_summaries(singular_values: np.ndarray, positional: np.ndarray, offsets: Sequence[int]) -> dict[str, np.ndarray]:
+    """Sortable per-head summaries of the positional spectra (rows: heads).
+
+    ``singular_values`` (n, dh), ``positional`` (n, n_off, dh). With r(delta) =
+    s_1(delta) / s_1 (spectral norm at the offset relative to the non-positional one,
+    i.e. to offset 0): ``positional_norm_ratio_min`` and ``_max`` over the offsets > 0,
+    and ``half_norm_offset``, the first offset > 0 where r < 1/2 (-1 if none).
+    NaN (and -1) for a zero head.
+    """
+    offs = np.asarray(offsets)
+    later = offs > 0
+    top = singular_values[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = positional[:, later, 0] / top[:, None]
+    if not later.any():
+        nan = np.full(len(top), np.nan)
+        return {"positional_norm_ratio_min": nan, "positional_norm_ratio_max": nan.copy(),
+                "half_norm_offset": np.full(len(top), -1, np.int64)}
+    below = ratio < 0.5
+    first = np.where(below.any(axis=1), offs[later][below.argmax(axis=1)], -1)
+    return {
+        "positional_norm_ratio_min": ratio.min(axis=1),
+        "positional_norm_ratio_max": ratio.max(axis=1),
+        "half_norm_offset": first,
+    }
