@@ -285,10 +285,18 @@ def compare_heads(a: Side, b: Side) -> pd.DataFrame:
 
 
 def model_order(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """``(source, model_id, variant)`` of every model, smallest first (by n_layers * n_heads * d_head^2)."""
-    keys = frame.groupby(["source", "model_id", "variant"], sort=False)[["n_layers", "n_heads", "d_head"]].first()
-    size = keys["n_layers"].astype(float) * keys["n_heads"] * keys["d_head"].astype(float) ** 2
-    return list(size.sort_values(kind="stable").index)
+    """``(source, model_id, variant)`` of every model, smallest first, ties by name.
+
+    Size from the shapes, as the report orders models: ``n_layers * n_heads *
+    d_head * d_model`` (the QK weights' element count), or, where some model
+    lacks ``d_model`` (legacy imports), ``n_layers * n_heads * d_head`` for all.
+    """
+    columns = ["n_layers", "n_heads", "d_head", "d_model"]
+    keys = frame.groupby(["source", "model_id", "variant"], sort=False)[columns].first().astype("float64")
+    size = keys["n_layers"] * keys["n_heads"] * keys["d_head"]
+    if keys["d_model"].notna().all():
+        size = size * keys["d_model"]
+    return sorted(size.index, key=lambda key: (size[key], str(key[1]), str(key[2]), str(key[0])))
 
 
 def depth_table(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
