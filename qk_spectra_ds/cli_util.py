@@ -25,9 +25,9 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
-from .errors import QKSpectraError
+from .errors import QKSpectraError, one_line
 
 DEBUG_ENV = "QK_SPECTRA_DEBUG"
 HELP_TOKENS = ("--help", "-h")
@@ -60,10 +60,10 @@ def as_list(value: Any, flag: str | None = None) -> list[str] | None:
     """
     if value is None:
         return None
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
+    if isinstance(value, str) or not isinstance(value, Iterable):
         items = str(value).split(",")
+    else:
+        items = [str(v) for v in value]
     items = [item.strip() for item in items if str(item).strip()]
     if not items and flag is not None:
         raise UsageError(f"{flag} {value!r} names nothing: give comma-separated names, or leave the flag out")
@@ -343,10 +343,5 @@ def _fail(exc: BaseException, debug: bool, prefix: str = "", suffix: str = "") -
         import traceback
 
         traceback.print_exc()
-    print(f"error: {prefix}{one_line(exc)}{suffix}", file=sys.stderr)
+    print(f"error: {prefix}{one_line(exc, limit=None)}{suffix}", file=sys.stderr)
     return 1
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (whitespace runs collapsed), or its type's name if empty."""
-    return " ".join(str(exc).split()) or type(exc).__name__

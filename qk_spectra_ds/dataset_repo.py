@@ -98,23 +98,26 @@ def write_model_table(
         raise schema.SchemaError(f"rows for {model_id} lack column(s) {', '.join(missing)}")
     dataset = Dataset.from_dict({c: columns[c] for c in schema.COLUMNS}, features=schema.features())
     target = model_path(out_dir, family, model_id)
-    with atomic_path(target) as tmp, _quiet_datasets():
+    with atomic_path(target) as tmp, quiet_datasets():
         dataset.to_parquet(str(tmp))
     return target
 
 
 @contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Hide ``datasets``' own progress bar for a one-batch write (ours is per model)."""
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+def quiet_datasets() -> Iterator[None]:
+    """Silence ``datasets``' progress bars and info logging (ours report per model), restoring them after."""
+    from datasets.utils import logging as ds_logging
 
-    was_enabled = is_progress_bar_enabled()
-    disable_progress_bar()
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    level = ds_logging.get_verbosity()
+    ds_logging.disable_progress_bar()
+    ds_logging.set_verbosity_error()
     try:
         yield
     finally:
+        ds_logging.set_verbosity(level)
         if was_enabled:
-            enable_progress_bar()
+            ds_logging.enable_progress_bar()
 
 
 def model_files(out_dir: str | os.PathLike) -> list[Path]:

@@ -8,6 +8,21 @@ class QKSpectraError(Exception):
     """Base class: something the user can fix, described in one line."""
 
 
+def one_line(exc: BaseException, limit: int | None = 300, *, first_line: bool = False) -> str:
+    """``exc``'s message on one line, to print or to quote inside another message.
+
+    Whitespace runs are collapsed (``first_line``: only the message's first
+    line is kept, for multi-line HTTP errors); a message longer than ``limit``
+    characters is cut with "..." (None: never); an empty message gives the
+    exception type's name.
+    """
+    text = str(exc).strip()
+    if first_line:
+        text = text.splitlines()[0] if text else text
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ModelSourceError(QKSpectraError):
     """A model cannot be read: missing directory, repo, revision, file or access."""
 

@@ -40,3 +40,83 @@ def test_shared_flags_have_one_help_line():
     for flag in shared:
         texts = {lines[name][flag] for name in ANALYSIS_COMMANDS if flag in lines[name]}
         assert len(texts) == 1, (flag, texts)
+
+
+# ---------------------------------------------------------------- helpers defined once
+
+
+def _definitions(*names: str) -> list[str]:
+    """'module:name' for each top-level function of the package named one of ``names``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "qk_spectra_ds"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name in names:
+                found.append(f"{path.relative_to(root)}:{node.name}")
+    return found
+
+
+def test_each_shared_helper_is_defined_once():
+    """One error formatter, one comma-list parser, one way to silence datasets (they existed 2-4 times)."""
+    for job in (("one_line", "_one_line", "_first_line"), ("as_list", "parse_models"),
+                ("quiet_datasets", "_quiet_datasets")):  # fmt: skip
+        assert len(_definitions(*job)) == 1, _definitions(*job)
+
+
+def test_one_line():
+    from qk_spectra_ds.errors import one_line
+
+    assert one_line(ValueError("a\n  b\tc")) == "a b c"
+    assert one_line(ValueError("first  line\nsecond"), first_line=True) == "first line"
+    assert one_line(KeyError()) == "KeyError"
+    long = one_line(ValueError("x" * 500), limit=50)
+    assert len(long) == 50 and long.endswith("...")
+    assert one_line(ValueError("x" * 500), limit=None) == "x" * 500
+
+
+def test_as_list_takes_any_iterable():
+    from qk_spectra_ds.cli_util import as_list
+
+    assert as_list(" a, b ,,c ") == ["a", "b", "c"]
+    assert as_list({"b": 1}.keys()) == ["b"]
+    assert as_list(("a", " ")) == ["a"]
+    assert as_list(None) is None and as_list("") is None
+
+
+# ---------------------------------------------------------------- exceptions recognised by class
+
+
+class _ProxyRefused(ConnectionError):
+    """A network error whose class name no list of names could know."""
+
+
+def _yaml_error():
+    import yaml
+
+    class CardHeaderError(yaml.YAMLError):  # defined outside the yaml package
+        pass
+
+    return CardHeaderError("mapping values are not allowed here")
+
+
+def test_hub_and_yaml_errors_are_recognised_by_class(monkeypatch):
+    """Subclasses of the network and YAML exceptions are load errors of one line, whatever they are named."""
+    import datasets
+    import pytest
+
+    from qk_spectra_ds.analysis.loading import LoadError, load_spectra
+
+    for error, words in ((_ProxyRefused("connection refused by proxy"), ("org/name", "@v1", "_ProxyRefused", "proxy")),
+                         (_yaml_error(), ("YAML header", "mapping values"))):  # fmt: skip
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(datasets, "load_dataset", fail)
+        with pytest.raises(LoadError) as info:
+            load_spectra("org/name", "fam", revision="v1" if isinstance(error, ConnectionError) else None)
+        message = str(info.value)
+        assert "\n" not in message and all(word in message for word in words), message

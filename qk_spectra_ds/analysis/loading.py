@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, model_slug
-from ..errors import QKSpectraError
+from ..cli_util import as_list
+from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, model_slug, quiet_datasets
+from ..errors import QKSpectraError, one_line
 
 
 class AnalysisError(QKSpectraError, ValueError):
@@ -57,48 +57,12 @@ EV_STAT_COLUMNS = schema.EV_STAT_COLUMNS
 _SPECTRUM_COLUMN = "eigenvalues"
 
 
-def parse_models(models: str | Sequence[str] | None) -> list[str] | None:
-    """``"a,b"``, ``("a", "b")`` or None -> a list of names (None: every model)."""
-    if models is None:
-        return None
-    if isinstance(models, str):
-        items = models.split(",")
-    elif isinstance(models, Iterable):
-        items = [str(m) for m in models]
-    else:
-        items = [str(models)]
-    items = [m.strip() for m in items if str(m).strip()]
-    return items or None
-
-
 def is_local_dataset(dataset: str | os.PathLike) -> bool:
     """True when ``dataset`` names a local path rather than a Hub repo id."""
     text = os.fspath(dataset)
     if os.path.isdir(text):
         return True
     return text.startswith((".", "/", "~")) or text.endswith("/") or text.count("/") > 1
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Silence ``datasets``' progress bars and info logging while loading."""
-    from datasets.utils import logging as ds_logging
-
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    level = ds_logging.get_verbosity()
-    ds_logging.disable_progress_bar()
-    ds_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        ds_logging.set_verbosity(level)
-        if was_enabled:
-            ds_logging.enable_progress_bar()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def config_files(root: Path, family: str) -> list[Path]:
@@ -127,7 +91,7 @@ def check_local_files(root: Path, files: Sequence[Path]) -> dict[tuple[str, str]
             columns = [c for c in ("model_id", "variant") if c in parquet.schema_arrow.names]
             keys = parquet.read(columns=columns).to_pydict() if len(columns) == 2 else None
         except Exception as exc:  # ArrowInvalid, OSError, ...: the bytes are not a parquet file
-            raise LoadError(f"{name} is corrupt (not a readable parquet file: {_one_line(exc)}): rebuild that model or remove the file") from None
+            raise LoadError(f"{name} is corrupt (not a readable parquet file: {one_line(exc)}): rebuild that model or remove the file") from None
         if parquet.metadata.num_rows == 0:
             raise LoadError(f"{name} has no rows (a model file holds one row per head): rebuild that model or remove the file")
         if keys is None:
@@ -153,7 +117,7 @@ def _local_card_configs(root: Path) -> set[str] | None:
     except DatasetRepoError as exc:
         raise LoadError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise LoadError(f"cannot read {card}: {_one_line(exc)}") from None
+        raise LoadError(f"cannot read {card}: {one_line(exc)}") from None
 
 
 def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence[Path] | None = None):
@@ -165,6 +129,7 @@ def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence
     from the files directly.
     """
     import datasets
+    import yaml
     from datasets.exceptions import DatasetNotFoundError
 
     local = is_local_dataset(dataset)
@@ -194,10 +159,10 @@ def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence
     else:
         source, name = dataset, family
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             ds = datasets.load_dataset(source, name, revision=revision, split="train", **kwargs)
     except DatasetNotFoundError as exc:
-        raise LoadError(f"dataset {dataset!r} not found{'' if revision is None else f' at revision {revision!r}'}: {_one_line(exc)}") from exc
+        raise LoadError(f"dataset {dataset!r} not found{'' if revision is None else f' at revision {revision!r}'}: {one_line(exc)}") from exc
     except datasets.exceptions.DatasetGenerationError as exc:
         raise LoadError(_describe_generation_error(dataset, family, exc)) from exc
     except datasets.exceptions.NonMatchingSplitsSizesError as exc:
@@ -208,37 +173,41 @@ def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence
     except ValueError as exc:
         message = str(exc)
         if "BuilderConfig" in message:
-            raise LoadError(f"dataset {dataset!r} has no config {family!r}: {_one_line(exc)}") from exc
+            raise LoadError(f"dataset {dataset!r} has no config {family!r}: {one_line(exc)}") from exc
         if "corresponds to no data" in message:
             raise LoadError(f"dataset {dataset!r} config {family!r} has no rows") from exc
-        raise LoadError(f"cannot load {dataset!r} config {family!r}: {_one_line(exc)}") from exc
+        raise LoadError(f"cannot load {dataset!r} config {family!r}: {one_line(exc)}") from exc
     except FileNotFoundError as exc:
-        raise LoadError(f"cannot load {dataset!r} config {family!r}: {_one_line(exc)}") from exc
-    except Exception as exc:  # network / Hub errors from huggingface_hub, YAML errors, with their own types
-        name = type(exc).__name__
-        if name in {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "HfHubHTTPError",
-                    "GatedRepoError", "LocalEntryNotFoundError", "ConnectionError", "HTTPError"}:
-            raise LoadError(f"cannot load {dataset!r}{'' if revision is None else f'@{revision}'}: {name}: {_one_line(exc)}") from exc
-        if _is_yaml_error(exc):
-            raise LoadError(
-                f"the card README.md of {dataset!r} has a YAML header that does not parse as plain data "
-                f"({_one_line(exc)}); nothing in it was executed"
-            ) from None
-        raise
+        raise LoadError(f"cannot load {dataset!r} config {family!r}: {one_line(exc)}") from exc
+    except hub_errors() as exc:
+        raise LoadError(
+            f"cannot load {dataset!r}{'' if revision is None else f'@{revision}'}: {type(exc).__name__}: {one_line(exc)}"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise LoadError(
+            f"the card README.md of {dataset!r} has a YAML header that does not parse as plain data "
+            f"({one_line(exc)}); nothing in it was executed"
+        ) from None
     return ds.data.table
 
 
-def _is_yaml_error(exc: BaseException) -> bool:
-    return any(cls.__module__.startswith("yaml") for cls in type(exc).__mro__)
+def hub_errors() -> tuple[type[BaseException], ...]:
+    """What reaching a Hub repo can raise: its HTTP answers (missing or gated repo, revision, file), no network."""
+    from httpx2 import HTTPError  # huggingface_hub's HTTP client: timeouts and transport errors
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    return HfHubHTTPError, EntryNotFoundError, HTTPError, ConnectionError
 
 
 def _describe_generation_error(dataset: str, family: str, exc: BaseException) -> str:
     """Turn a cast error of ``datasets`` (files vs card features) into a schema message."""
+    from datasets.table import CastError
+
     cause = exc.__cause__ or exc.__context__
-    while cause is not None and not hasattr(cause, "table_column_names"):
+    while cause is not None and not isinstance(cause, CastError):
         cause = cause.__cause__ or cause.__context__
     if cause is not None:
-        have = set(getattr(cause, "table_column_names", []) or [])
+        have = set(cause.table_column_names or [])
         missing = [c for c in schema.COLUMNS if c not in have]
         if missing:
             return (
@@ -254,9 +223,9 @@ def _describe_generation_error(dataset: str, family: str, exc: BaseException) ->
     if _is_corrupt_file_error(exc):
         return (
             f"a data file of {dataset!r} config {family!r} is corrupt (not a readable parquet file: "
-            f"{_one_line(_root_cause(exc))}): rebuild that model or remove the file"
+            f"{one_line(_root_cause(exc))}): rebuild that model or remove the file"
         )
-    return f"dataset {dataset!r} config {family!r} does not match its card's features: {_one_line(exc)}"
+    return f"dataset {dataset!r} config {family!r} does not match its card's features: {one_line(exc)}"
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -271,7 +240,7 @@ def _is_corrupt_file_error(exc: BaseException) -> bool:
 
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, (pa.ArrowInvalid, pa.ArrowIOError)) and not hasattr(cause, "table_column_names"):
+        if isinstance(cause, (pa.ArrowInvalid, pa.ArrowIOError)):  # a CastError (schema mismatch) is neither
             text = str(cause).lower()
             if any(word in text for word in ("magic", "footer", "parquet", "corrupt", "truncat", "eof", "size")):
                 return True
@@ -330,7 +299,7 @@ def load_spectra(
     dataset = os.fspath(dataset)
     family = str(family)
     revision = None if revision is None else str(revision)
-    variants = parse_models(variant)
+    variants = as_list(variant)
     owners: dict[tuple[str, str], list[str]] = {}
     files: list[Path] = []
     if is_local_dataset(dataset) and revision is None:
@@ -352,7 +321,7 @@ def load_spectra(
     frame = table.select(scalar_columns).to_pandas()
     frame[_SPECTRUM_COLUMN] = _list_column(table, _SPECTRUM_COLUMN)
     singular_values = _list_column(table, "singular_values")
-    frame = _select(frame, dataset, family, parse_models(models), variants)
+    frame = _select(frame, dataset, family, as_list(models), variants)
     pooled = pool_legacy or (variants is not None and schema.VARIANT_LEGACY in variants and len(variants) > 1)
     _check_legacy_pooling(frame, dataset, family, pooled)
     where = _locator(owners, dataset)

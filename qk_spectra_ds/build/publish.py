@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dataset_repo
-from ..errors import QKSpectraError
+from ..errors import QKSpectraError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def publish(
 
         raise PublishError(
             f"cannot reach the Hub at {constants.ENDPOINT} to publish {repo_id} ({type(exc).__name__}: "
-            f"{_first_line(exc)}): check the network or HF_ENDPOINT; {out_dir} is unchanged, rerun to publish it"
+            f"{one_line(exc, first_line=True)}): check the network or HF_ENDPOINT; {out_dir} is unchanged, rerun to publish it"
         ) from None
 
 
@@ -92,7 +92,7 @@ def check_target(repo_id: str, version: str | None = None) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise PublishError(f"--push-to-hub {repo_id!r} is not a Hub repo id (ORG/NAME): {_first_line(exc)}") from None
+        raise PublishError(f"--push-to-hub {repo_id!r} is not a Hub repo id (ORG/NAME): {one_line(exc, first_line=True)}") from None
     if version is not None and not VERSION_PATTERN.match(version):
         raise PublishError(f"version {version!r} is not of the form vMAJOR.MINOR.PATCH (e.g. v0.1.0)")
 
@@ -263,10 +263,5 @@ def _http_message(repo_id: str, exc: Exception) -> str:
         return f"the Hub rejected the token for {repo_id} (HTTP 401): log in with `hf auth login` or set HF_TOKEN"
     if status == 403:
         return f"no write access to {repo_id} (HTTP 403): check the token's permissions and the organization"
-    return f"publishing {repo_id} failed (HTTP {status}): {_first_line(exc)}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return f"publishing {repo_id} failed (HTTP {status}): {one_line(exc, first_line=True)}"
 

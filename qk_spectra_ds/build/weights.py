@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelSourceError
+from ..errors import ModelSourceError, one_line
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -250,10 +250,10 @@ class HubSource(ModelSource):
                 "cannot see it): check the path, or the id and HF_TOKEN"
             ) from None
         except HfHubHTTPError as exc:
-            raise ModelSourceError(f"{repo_id}: the Hub answered {_status(exc)}: {_first_line(exc)}") from None
+            raise ModelSourceError(f"{repo_id}: the Hub answered {_status(exc)}: {one_line(exc, first_line=True)}") from None
         except Exception as exc:  # connection refused, DNS, timeouts after retries
             raise ModelSourceError(
-                f"cannot reach the Hub for {repo_id} ({type(exc).__name__}: {_first_line(exc)}): check the network or HF_ENDPOINT"
+                f"cannot reach the Hub for {repo_id} ({type(exc).__name__}: {one_line(exc, first_line=True)}): check the network or HF_ENDPOINT"
             ) from None
         self.revision = info.sha
         self._files = sorted(s.rfilename for s in (info.siblings or []))
@@ -303,11 +303,11 @@ class HubSource(ModelSource):
             raise ModelSourceError(f"{self.model_id}@{self.revision[:12]}: no file {filename}") from None
         except HfHubHTTPError as exc:
             raise ModelSourceError(
-                f"{self.model_id}: reading {filename} failed, the Hub answered {_status(exc)}: {_first_line(exc)}"
+                f"{self.model_id}: reading {filename} failed, the Hub answered {_status(exc)}: {one_line(exc, first_line=True)}"
             ) from None
         except Exception as exc:
             raise ModelSourceError(
-                f"{self.model_id}: reading {filename} failed ({type(exc).__name__}: {_first_line(exc)})"
+                f"{self.model_id}: reading {filename} failed ({type(exc).__name__}: {one_line(exc, first_line=True)})"
             ) from None
         self.fetched.add(len(data))
         if byte_range is not None and len(data) != byte_range[1] - byte_range[0]:
@@ -390,8 +390,3 @@ def open_source(spec: str, model_id: str | None = None, token: str | bool | None
 def _status(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     return str(getattr(response, "status_code", "an error"))
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
