@@ -215,7 +215,7 @@ def test_metrics_against_relative_depth_for_models_of_different_depth(tmp_path, 
             values = np.array(columns[metric])
             rows = depth[(depth["model"] == model_id) & (depth["metric"] == metric)].sort_values("layer")
             assert rows["layer"].tolist() == list(range(n_layers))
-            np.testing.assert_allclose(rows["relative_depth"], np.arange(n_layers) / (n_layers - 1))
+            np.testing.assert_allclose(rows["relative_depth"], np.arange(n_layers) / (n_layers - 1), rtol=1e-5)
             for layer, row in zip(range(n_layers), rows.itertuples()):
                 q25, q50, q75 = np.percentile(values[layers == layer], [25, 50, 75])
                 assert (row.median, row.q25, row.q75) == pytest.approx((q50, q25, q75), rel=1e-5)  # CSV: 6 significant digits
