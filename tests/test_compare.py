@@ -239,3 +239,24 @@ def test_unknown_metric_and_same_selection_are_one_line(tmp_path, analyze_cli, c
 def test_relative_error_edge_cases():
     got = compare.relative_error([0.0, 1.0, 2.0, np.nan, -np.inf], [0.0, 0.0, 1.0, 1.0, -np.inf])
     assert got[0] == 0 and got[1] == np.inf and got[2] == 1 and np.isnan(got[3]) and got[4] == 0
+
+
+def test_models_are_paired_by_name_across_datasets(tmp_path, analyze_cli, capsys):
+    """Org/Model-X (built) pairs with the legacy Model-X; a model with no partner is left out with a warning."""
+    built, legacy = tmp_path / "built", tmp_path / "legacy"
+    x = write_synthetic(built, "fam", "org/Model-X", n_layers=3, n_heads=4, d_head=8, seed=7)
+    write_synthetic(built, "fam", "org/Model-Y", n_layers=2, n_heads=4, d_head=8, seed=8)
+    old = write_synthetic(legacy, "fam", "Model-X", n_layers=3, n_heads=4, d_head=8, seed=9, variant="legacy")
+    with pytest.warns(UserWarning, match="1 model.*no partner.*org/Model-Y"):
+        a, b = compare.load_sides(str(built), "fam", against=str(legacy))
+        heads = compare.compare_heads(a, b)
+    assert set(zip(heads["model_a"], heads["model_b"])) == {("org/Model-X", "Model-X")}
+    expected = np.max(rel(np.stack(old["singular_values"]), np.stack(x["singular_values"])), axis=1)
+    np.testing.assert_allclose(heads["sv_err_max"], expected, rtol=1e-6)  # rows in (layer, head) order, as written
+    # --models names one model; side B looks it up by its short name
+    argv = ["compare", "--dataset", str(built), "--family", "fam", "--models", "org/Model-X", "--against", str(legacy),
+            "--out", str(tmp_path / "out"), "--metrics", "sv_max"]  # fmt: skip
+    assert analyze_cli(argv) == 0
+    assert "Model-X [legacy, original pairing error] vs Model-X [raw]" in capsys.readouterr().err
+    depth = pd.read_csv(tmp_path / "out" / "fam" / "tables" / "depth.csv")
+    assert sorted(set(zip(depth["model"], depth["variant"]))) == [("Model-X", "legacy"), ("org/Model-X", "raw")]
