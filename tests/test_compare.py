@@ -260,3 +260,19 @@ def test_models_are_paired_by_name_across_datasets(tmp_path, analyze_cli, capsys
     assert "Model-X [legacy, original pairing error] vs Model-X [raw]" in capsys.readouterr().err
     depth = pd.read_csv(tmp_path / "out" / "fam" / "tables" / "depth.csv")
     assert sorted(set(zip(depth["model"], depth["variant"]))) == [("Model-X", "legacy"), ("org/Model-X", "raw")]
+
+
+def test_legacy_pooled_with_built_in_one_family(tmp_path):
+    """A family holding built and legacy models (import_legacy --pool_legacy): compare is the explicit request."""
+    out = tmp_path / "ds"
+    x = write_synthetic(out, "fam", "org/Model-X", n_layers=3, n_heads=4, d_head=8, seed=7)
+    old = write_synthetic(out, "fam", "Model-X", n_layers=3, n_heads=4, d_head=8, seed=9, variant="legacy")
+    side, none = compare.load_sides(str(out), "fam")  # depth only: both drawn, the legacy one labelled
+    assert none is None and set(side.frame["variant"]) == {"raw", "legacy"}
+    depth = compare.depth_table(side.frame, ["stable_rank"])
+    assert dict(zip(depth["variant"], depth["note"])) == {"raw": "", "legacy": compare.LEGACY_NOTE}
+    a, b = compare.load_sides(str(out), "fam", variant="raw", against_variant="legacy")
+    heads = compare.compare_heads(a, b)
+    expected = np.max(rel(np.stack(old["singular_values"]), np.stack(x["singular_values"])), axis=1)
+    np.testing.assert_allclose(heads["sv_err_max"], expected, rtol=1e-6)
+    assert (heads["note"] == "side B " + compare.LEGACY_NOTE).all()
