@@ -56,6 +56,18 @@ FLAG_HELP = {
     "jobs": "worker processes for the per-model work; default: one per core (at most 4) for configs of 2,000+ heads "
             "(results do not depend on it).",
     "quiet": "no progress bar, summary or timings on stderr (warnings and errors still show).",
+    "method": "consensus (default: the original's tables kept for comparison, plus order-independent consensus classes "
+              "with their stability, k from the data, permutation tests of the per-layer series and a random-matrix "
+              "null) or original (the original study's method only; its BDS p-values are asymptotic, invalid at "
+              "16-36 layers).",
+    "features": "consensus features: log (default: density histogram of log10(l / mean l) on a fixed range, the whole "
+                "spectrum) or linear (the original's [0, q] histogram, which drops the tail above q).",
+    "k": "number of consensus classes: auto (default: among k = 2..8 with mean bootstrap ARI >= 0.8 the best "
+         "silhouette, else the most stable k) or a whole number (6: the original's).",
+    "permutations": "shufflings of the layer order for the permutation BDS and depth-trend tests (>= 99; default 999).",
+    "min_layers": "per-layer series shorter than this are not tested, and say so (default 10).",
+    "format": "file type of every figure: png (default), pdf or svg (vector, for papers).",
+    "dpi": "resolution of the figures in dots per inch (default 100, the original's; 300 for print).",
 }
 """The help line of each flag the analysis commands share, written once (defaults from ``report.Params``)."""
 
@@ -231,6 +243,11 @@ def report(
     stats: str = DEFAULT_STATS,
     skip_layers_below: int = Params.skip_layers_below,
     n_bands: int = Params.n_bands,
+    method: str = Params.method,
+    features: str = Params.features,
+    k: str = Params.k,
+    permutations: int = Params.permutations,
+    min_layers: int = Params.min_layers,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -245,7 +262,8 @@ def report(
 
     params = Params(
         n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, stats=stats,
-        skip_layers_below=skip_layers_below, n_bands=n_bands, embedding=embedding,
+        skip_layers_below=skip_layers_below, n_bands=n_bands, embedding=embedding, method=method, features=features,
+        k=k, permutations=permutations, min_layers=min_layers,
     )
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
@@ -317,7 +335,7 @@ def compare(
     heads are matched by (layer, head). Per head: the relative error |B - A| / |A| of each
     singular value and eigenvalue (max and median over the head) and of every statistic and
     metric. E.g. the original study's legacy spectra against the corrected ones built from
-    weights: --dataset ./qk-spectra --family Qwen3 --variant raw --against ./legacy-spectra; or raw
+    weights: --dataset ./qk-spectra --family Qwen3 --against ./legacy-spectra; or raw
     against folded in one dataset: --variant raw --against_variant folded.
     By depth (always, for every model of both sides): each --metrics value per layer (median
     over heads, interquartile band) against relative depth layer / (n_layers - 1), one line
@@ -335,7 +353,7 @@ def compare(
         against: side B: another dataset directory or Hub repo id (default: --dataset).
         against_family: side B: its config (default: --family).
         against_revision: side B: its Hub revision (default: --revision within the same dataset).
-        against_models: side B: comma-separated models (default: the last path part of each model --models kept, else all); one model per side is paired whatever the names.
+        against_models: side B: comma-separated models, paired in order of names with side A's (default: those of --models).
         against_variant: side B: its variant (default: --variant within the same dataset, else what the dataset holds).
         metrics: comma-separated metrics to plot against depth: stable_rank, effective_rank, positivity, log_det, spectral_norm, frobenius, or any sv_/ev_ statistic (sv_mean, ev_kurtosis, ...).
         skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
@@ -379,7 +397,7 @@ COMMANDS = {
 }
 
 LIST_FLAGS = ("models", "stats", "against_models", "metrics")  # comma-separated: a value naming nothing is refused, not read as "all"
-MINIMUMS = {"jobs": 1, "seed": 0, "skip_layers_below": 0}  # the others are checked by report.Params
+MINIMUMS = {"jobs": 1, "seed": 0, "skip_layers_below": 0, "permutations": 99, "min_layers": 4}  # the others are checked by report.Params
 
 
 def main(argv: list[str] | None = None) -> int:

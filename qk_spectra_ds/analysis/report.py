@@ -38,12 +38,24 @@ import pandas as pd
 
 from .. import __version__
 
-from . import features, layer_stats, taxonomy
+from . import consensus, features, layer_stats, layer_tests, taxonomy
 from ..atomic import write_text
 from ..dataset_repo import model_slug
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
 
 TABLES = "tables"
+
+METHODS = ("consensus", "original")
+DEFAULT_METHOD = "consensus"
+"""``original``: the original study's method only (its tables, bit for bit on its data; BDS p-values
+asymptotic, labelled invalid at these lengths). ``consensus`` (default): those tables too, for comparison,
+plus order-independent consensus classes with their stability and k curve, whole-spectrum features,
+permutation tests of the per-layer series and the random-matrix null (``consensus_*``, ``stability``,
+``k_selection``, ``energy``, ``null_classes``, ``layer_tests`` tables)."""
+
+CONSENSUS_TABLES = ("consensus_classes", "consensus_labels", "k_selection", "stability", "energy", "null_classes")
+
+
 
 
 @dataclass
@@ -62,6 +74,11 @@ class Params:
     stats: tuple[str, ...] = layer_stats.STAT_NAMES
     n_bands: int = taxonomy.N_BANDS
     embedding: str = taxonomy.DEFAULT_EMBEDDING
+    method: str = DEFAULT_METHOD
+    features: str = consensus.DEFAULT_FEATURES
+    k: str = "auto"
+    permutations: int = layer_tests.N_PERMUTATIONS
+    min_layers: int = layer_tests.MIN_LAYERS
 
     def __post_init__(self) -> None:
         self.n_clusters = int(self.n_clusters)
@@ -80,6 +97,21 @@ class Params:
         if self.n_bands < 1:
             raise AnalysisError(f"--n_bands must be >= 1, got {self.n_bands}")
         self.embedding = taxonomy.check_embedding(str(self.embedding))
+        self.method = str(self.method)
+        if self.method not in METHODS:
+            raise AnalysisError(f"unknown --method {self.method!r}: choose from {', '.join(METHODS)}")
+        self.features = str(self.features)
+        if self.features not in consensus.FEATURES:
+            raise AnalysisError(f"unknown --features {self.features!r}: choose from {', '.join(consensus.FEATURES)}")
+        self.k = str(self.k)
+        if self.k != "auto" and not (self.k.isdigit() and int(self.k) >= 1):
+            raise AnalysisError(f"--k must be auto or a whole number >= 1, got {self.k!r}")
+        self.permutations = int(self.permutations)
+        self.min_layers = int(self.min_layers)
+        if self.permutations < 99:
+            raise AnalysisError(f"--permutations must be >= 99, got {self.permutations}")
+        if self.min_layers < 4:
+            raise AnalysisError(f"--min_layers must be >= 4 (BDS needs them), got {self.min_layers}")
 
     def classifier(self, **overrides: Any) -> taxonomy.SpectralHeadClassifier:
         """The classification-A estimator with these parameters (``overrides``: other estimator parameters)."""
@@ -134,7 +166,8 @@ def label_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.Dat
 
 
 def analyze_model(
-    model_id: str, rows: pd.DataFrame, family_dir: str, params: Params, do_clusters: bool, do_boxplots: bool
+    model_id: str, rows: pd.DataFrame, family_dir: str, params: Params, do_clusters: bool, do_boxplots: bool,
+    null_eigenvalues: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Classification A and/or B of one model; figures written, tables returned (runs in a worker)."""
     from threadpoolctl import threadpool_limits
@@ -157,6 +190,16 @@ def analyze_model(
             out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
             out["labels"] = label_table(model_id, rows, classifier.labels_)
             out["figures"].append(figure.as_posix())
+            if params.method == "consensus":
+                t0 = time.perf_counter()
+                result = consensus.analyze(model_id, rows, params.features, params.k, params.n_bins, params.quantile,
+                                           params.seed, null_eigenvalues)  # fmt: skip
+                figure = Path("consensus") / f"{slug}.png"
+                consensus.plot_consensus(result, family_dir_path / figure, title=f"{model_id}: consensus classes")
+                out["figures"].append(figure.as_posix())
+                out["consensus"] = result["frames"]
+                out["k"] = result["k"]
+                out["timings"]["consensus"] = time.perf_counter() - t0
         if do_boxplots:
             t0 = time.perf_counter()
             results = layer_stats.layer_stats(rows, list(params.stats), params.skip_layers_below, model_id)
@@ -166,7 +209,14 @@ def analyze_model(
             out["figures"].extend(f.as_posix() for f in figures)
             out["timings"]["boxplots"] = t1 - t0
             out["timings"]["boxplots figures"] = time.perf_counter() - t1
-            out["bds"] = layer_stats.bds_table(results)
+            out["bds"] = layer_stats.bds_table(results).assign(p_value_kind=layer_tests.ASYMPTOTIC_LABEL)
+            if params.method == "consensus":
+                t0 = time.perf_counter()
+                tested = [layer_tests.series_tests(model_id, r.stat, r.medians, r.p_value, params.permutations,
+                                                   params.min_layers, params.seed) for r in results]  # fmt: skip
+                legacy = bool((rows["variant"] == "legacy").any())
+                out["layer_tests"] = layer_tests.layer_test_table(tested).assign(legacy_pairing_error=legacy)
+                out["timings"]["layer tests"] = time.perf_counter() - t0
     out["warnings"] = _recorded(caught)
     return out
 
@@ -267,9 +317,12 @@ def _family_dir(out: str | os.PathLike, family: str) -> Path:
     return Path(os.path.expanduser(os.fspath(out))) / family
 
 
-def _model_tasks(models, family_dir: Path, params: Params, do_clusters: bool, do_boxplots: bool) -> list[Task]:
+def _model_tasks(models, family_dir: Path, params: Params, do_clusters: bool, do_boxplots: bool,
+                 null_rows: dict[str, np.ndarray] | None = None) -> list[Task]:  # fmt: skip
+    null_rows = null_rows or {}
     return [
-        Task(model_id, float(len(rows)), analyze_model, (model_id, rows, str(family_dir), params, do_clusters, do_boxplots))
+        Task(model_id, float(len(rows)), analyze_model,
+             (model_id, rows, str(family_dir), params, do_clusters, do_boxplots, null_rows.get(model_id)))  # fmt: skip
         for model_id, rows in models
     ]
 
@@ -306,6 +359,15 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
         write_table(bds, tables / "bds.csv")
         outputs.tables["bds"] = f"{TABLES}/bds.csv"
         outputs.frames["bds"] = bds
+    per_model = {name: [r["consensus"][name] for r in results if len(r.get("consensus", {}).get(name, ()))]
+                 for name in CONSENSUS_TABLES}  # fmt: skip
+    per_model["layer_tests"] = [r["layer_tests"] for r in results if "layer_tests" in r]
+    for name, parts in per_model.items():
+        if parts:
+            table = pd.concat(parts, ignore_index=True).sort_values("model", kind="stable", ignore_index=True)
+            write_table(table, tables / f"{name}.csv")
+            outputs.tables[name] = f"{TABLES}/{name}.csv"
+            outputs.frames[name] = table
     _add_timings(outputs, results)
 
 
@@ -381,7 +443,8 @@ def run_taxonomy(
 # ---------------------------------------------------------------- index
 
 
-_FORMATS = {"alpha": "{:.2f}", "theta": "{:.2f}", "jsd": "{:.3f}", "share": "{:.1%}", "bds": "{:.2f}", "p_value": "{:.2e}"}
+_FORMATS = {"alpha": "{:.2f}", "theta": "{:.2f}", "jsd": "{:.3f}", "share": "{:.1%}", "bds": "{:.2f}", "p_value": "{:.2e}",
+            "p_bds_asymptotic": "{:.2e}", "p_bds_permutation_holm": "{:.3f}", "p_trend_permutation_holm": "{:.3f}"}
 """As the original figures print them: alpha/theta to 2 decimals, JSD to 3, BDS 2, p-values 2e."""
 
 INDEX_TEMPLATE = "index.md"
@@ -415,6 +478,33 @@ def _model_section(model: str, figures: list[str], classes: pd.DataFrame | None,
     }
 
 
+def _rows_of(outputs: Outputs, name: str, model: str, columns: Sequence[str]) -> pd.DataFrame | None:
+    """The rows of table ``name`` for ``model``, these ``columns`` (None when the run has no such table)."""
+    table = outputs.frames.get(name)
+    if table is None or not len(table):
+        return None
+    rows = table[table["model"] == model]
+    return rows[[c for c in columns if c in rows.columns]] if len(rows) else None
+
+
+def _consensus_section(outputs: Outputs, model: str) -> dict:
+    """What the index shows of a model's default-method results (empty under --method original)."""
+    figure = [f for f in outputs.figures.get(model, []) if f.startswith("consensus/")]
+    scan = _rows_of(outputs, "k_selection", model, ["k", "stability_ari_mean", "silhouette", "chosen"])
+    chosen = None if scan is None else int(scan.loc[scan["chosen"], "k"].iloc[0])
+    return {
+        "figure": figure[0] if figure else None,
+        "k": chosen,
+        "classes": _rows_of(outputs, "consensus_classes", model, ["class", "n_heads", "share", "confidence_mean"]),
+        "stability": _rows_of(outputs, "stability", model, ["perturbation", "n", "ari_median", "ari_min"]),
+        "null": _rows_of(outputs, "null_classes", model, ["class", "n_heads", "median_ks_distance", "median_fraction_outside",
+                                                          "mc_ks_q99", "distinguishable_from_gaussian",
+                                                          "distinguishable_from_null_variant"]),
+        "tests": _rows_of(outputs, "layer_tests", model, ["stat", "n_layers", "p_bds_asymptotic", "p_bds_permutation_holm",
+                                                          "trend_rho", "p_trend_permutation_holm", "survives", "note"]),
+    }  # fmt: skip
+
+
 def render_index(
     outputs: Outputs, family: str, dataset: str, revision: str | None, params: Params, frame: pd.DataFrame
 ) -> str:
@@ -438,9 +528,12 @@ def render_index(
         joint_classes=outputs.frames.get("taxonomy_classes"),
         joint_figures=outputs.figures.get("taxonomy", []),
         models=[
-            _model_section(m, outputs.figures.get(m, []), outputs.frames.get("classes"), outputs.frames.get("bds"))
+            {**_model_section(m, outputs.figures.get(m, []), outputs.frames.get("classes"), outputs.frames.get("bds")),
+             "consensus": _consensus_section(outputs, m)}
             for m in outputs.models
         ],
+        method=params.method,
+        legacy=bool(len(frame)) and bool((frame["variant"] == "legacy").any()),
     )
     return text.rstrip() + "\n"
 
@@ -453,6 +546,24 @@ def write_index(
 
 
 # ---------------------------------------------------------------- everything
+
+
+def null_variant_rows(dataset: str, family: str, revision: str | None, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per model of ``frame``: the eigenvalues of its ``null`` variant rows, where the dataset has them.
+
+    Nothing for legacy data (the original study made no null rows) or when ``frame`` is the null variant itself.
+    """
+    variants = set(map(str, frame["variant"].unique())) if len(frame) else set()
+    if not variants or variants & {"legacy", "null"}:
+        return {}
+    wanted = list(dict.fromkeys(frame["model_id"].tolist()))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            null = load_spectra(dataset, family, revision=revision, models=wanted, variant="null", skip_nonfinite=True)
+    except AnalysisError:
+        return {}
+    return {m: eigenvalue_matrix(rows).astype(np.float64) for m, rows in split_models(null)}
 
 
 def run_report(
@@ -482,7 +593,8 @@ def run_report(
     outputs.timings["load"] = time.perf_counter() - t0
     per_model = split_models(frame)
     outputs.models = [m for m, _ in per_model]
-    tasks = _model_tasks(per_model, family_dir, params, True, True)
+    null_rows = null_variant_rows(dataset, family, revision, frame) if params.method == "consensus" else {}
+    tasks = _model_tasks(per_model, family_dir, params, True, True, null_rows)
     tasks.append(Task(JOINT_TASK, float(TAXONOMY_COST_HEADS), taxonomy_task,
                       (model_heads(frame), str(family_dir), family, params)))  # fmt: skip
     t1 = time.perf_counter()
