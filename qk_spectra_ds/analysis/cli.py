@@ -66,8 +66,6 @@ FLAG_HELP = {
          "silhouette, else the most stable k) or a whole number (6: the original's).",
     "permutations": "shufflings of the layer order for the permutation BDS and depth-trend tests (>= 99; default 999).",
     "min_layers": "per-layer series shorter than this are not tested, and say so (default 10).",
-    "format": "file type of every figure: png (default), pdf or svg (vector, for papers).",
-    "dpi": "resolution of the figures in dots per inch (default 100, the original's; 300 for print).",
 }
 """The help line of each flag the analysis commands share, written once (defaults from ``report.Params``)."""
 
@@ -335,7 +333,7 @@ def compare(
     heads are matched by (layer, head). Per head: the relative error |B - A| / |A| of each
     singular value and eigenvalue (max and median over the head) and of every statistic and
     metric. E.g. the original study's legacy spectra against the corrected ones built from
-    weights: --dataset ./qk-spectra --family Qwen3 --against ./legacy-spectra; or raw
+    weights: --dataset ./qk-spectra --family Qwen3 --variant raw --against ./legacy-spectra; or raw
     against folded in one dataset: --variant raw --against_variant folded.
     By depth (always, for every model of both sides): each --metrics value per layer (median
     over heads, interquartile band) against relative depth layer / (n_layers - 1), one line
@@ -353,7 +351,7 @@ def compare(
         against: side B: another dataset directory or Hub repo id (default: --dataset).
         against_family: side B: its config (default: --family).
         against_revision: side B: its Hub revision (default: --revision within the same dataset).
-        against_models: side B: comma-separated models, paired in order of names with side A's (default: those of --models).
+        against_models: side B: comma-separated models (default: the last path part of each model --models kept, else all); one model per side is paired whatever the names.
         against_variant: side B: its variant (default: --variant within the same dataset, else what the dataset holds).
         metrics: comma-separated metrics to plot against depth: stable_rank, effective_rank, positivity, log_det, spectral_norm, frobenius, or any sv_/ev_ statistic (sv_mean, ev_kurtosis, ...).
         skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
