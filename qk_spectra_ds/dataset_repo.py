@@ -17,7 +17,6 @@ silently: :func:`check_replace` refuses it without ``force``.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import os
 import re
@@ -288,7 +287,8 @@ def render_card(
     repo_id: str | None = None,
 ) -> str:
     """The README.md text: YAML (configs, dataset_info, license, versions) and the body."""
-    from datasets import DatasetInfo
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
     families = sorted({s["config"] for s in summaries})
@@ -302,30 +302,19 @@ def render_card(
         {"config_name": f, "data_files": [{"split": "train", "path": f"{DATA_DIR}/{f}/*.parquet"}]}
         for f in families
     ]
-    features_yaml = DatasetInfo(features=schema.features())._to_yaml_dict()["features"]
     selections = {"all": list(summaries)}
     selections.update({f: [s for s in summaries if s["config"] == f] for f in families})
-    dataset_info = [
-        {
-            "config_name": name,
-            "features": copy.deepcopy(features_yaml),  # no YAML anchors in the card
-            "splits": [
-                {
-                    "name": "train",
-                    "num_bytes": sum(s["n_bytes"] for s in chosen),
-                    "num_examples": sum(s["n_rows"] for s in chosen),
-                }
-            ],
-        }
-        for name, chosen in selections.items()
-    ]
+    infos = DatasetInfosDict()  # per config: the schema's features and the size of its train split
+    for name, chosen in selections.items():
+        splits = SplitDict()
+        splits.add(SplitInfo("train", num_bytes=sum(s["n_bytes"] for s in chosen), num_examples=sum(s["n_rows"] for s in chosen)))
+        infos[name] = DatasetInfo(features=schema.features(), splits=splits)
     card_data = DatasetCardData(
         license="apache-2.0",
         pretty_name="QK-circuit spectra of transformer attention heads",
         tags=["interpretability", "mechanistic-interpretability", "attention", "spectral-analysis"],
         size_categories=_size_category(sum(s["n_rows"] for s in summaries)),
         configs=configs,
-        dataset_info=dataset_info,
         qk_spectra_ds={
             "schema_version": schema.SCHEMA_VERSION,
             "builder_version": __version__,
@@ -333,6 +322,7 @@ def render_card(
             "models": [{k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes")} for m in summaries],
         },
     )
+    infos.to_dataset_card_data(card_data)  # the card's dataset_info, written as datasets writes it
     legacy = [s for s in summaries if s.get("variant") == schema.VARIANT_LEGACY]
     card = DatasetCard.from_template(
         card_data,

@@ -92,11 +92,6 @@ def features(version: int = SCHEMA_VERSION):
     return Features(spec)
 
 
-def arrow_schema(version: int = SCHEMA_VERSION):
-    """The same contract as a ``pyarrow.Schema`` (for writing without ``datasets``)."""
-    return features(version).arrow_schema
-
-
 class SchemaError(ValueError):
     """The data does not follow a schema version this package understands."""
 

@@ -120,3 +120,41 @@ def test_hub_and_yaml_errors_are_recognised_by_class(monkeypatch):
             load_spectra("org/name", "fam", revision="v1" if isinstance(error, ConnectionError) else None)
         message = str(info.value)
         assert "\n" not in message and all(word in message for word in words), message
+
+
+# ---------------------------------------------------------------- item 9: dead code, private library API
+
+
+def test_no_private_library_api_and_no_dead_helpers():
+    """The package calls no private ``datasets`` API, and the removed dead helpers stay removed."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "qk_spectra_ds"
+    source = "\n".join(path.read_text(encoding="utf-8") for path in root.rglob("*.py"))
+    for private in ("._to_yaml_dict", "._to_yaml_list", "._from_yaml"):
+        assert private not in source, private
+    assert not _definitions("arrow_schema")
+    from qk_spectra_ds.build import weights
+
+    assert not hasattr(weights.ModelSource, "describe")
+
+
+def test_card_dataset_info_is_what_datasets_reads(tmp_path):
+    """The card's dataset_info: per config, the schema's features and the train split's bytes and rows."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard
+
+    from qk_spectra_ds import dataset_repo, schema
+
+    summaries = [{"config": "A", "model_id": "org/a", "n_rows": 6, "n_bytes": 100, "path": "data/A/org--a.parquet"},
+                 {"config": "A", "model_id": "org/b", "n_rows": 4, "n_bytes": 50, "path": "data/A/org--b.parquet"},
+                 {"config": "B", "model_id": "org/c", "n_rows": 3, "n_bytes": 7, "path": "data/B/org--c.parquet"}]  # fmt: skip
+    path = tmp_path / "README.md"
+    path.write_text(dataset_repo.render_card(summaries), encoding="utf-8")
+    infos = DatasetInfosDict.from_dataset_card_data(DatasetCard.load(path).data)
+    expected = {"all": (157, 13), "A": (150, 10), "B": (7, 3)}
+    assert set(infos) == set(expected)
+    for name, (n_bytes, n_rows) in expected.items():
+        assert infos[name].features == schema.features()
+        split = infos[name].splits["train"]
+        assert (split.num_bytes, split.num_examples) == (n_bytes, n_rows), name

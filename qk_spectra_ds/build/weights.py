@@ -164,9 +164,6 @@ class ModelSource:
             detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
             raise ModelSourceError(f"{self.model_id}: {filename} is not valid JSON ({detail})") from None
 
-    def describe(self) -> str:
-        return self.model_id
-
 
 class LocalSource(ModelSource):
     """A directory with config.json and safetensors files, read through the filesystem."""
@@ -206,9 +203,6 @@ class LocalSource(ModelSource):
 
     def safetensors_files(self) -> list[str]:
         return sorted(p.name for p in self.root.glob("*.safetensors"))
-
-    def describe(self) -> str:
-        return f"{self.model_id} ({self.root})"
 
 
 class HubSource(ModelSource):
@@ -334,9 +328,6 @@ class HubSource(ModelSource):
             f"({RANGE_ATTEMPTS} tries): the server or a proxy returns the wrong bytes; retry later, or download "
             "the model and build from its folder"
         )
-
-    def describe(self) -> str:
-        return f"{self.model_id}@{self.revision[:12]}"
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)  # range units are case-insensitive
