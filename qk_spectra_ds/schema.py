@@ -11,7 +11,9 @@ tuple in :data:`COLUMNS_BY_VERSION` (a released version's tuple never changes;
 a new version is a new key).
 
 - v1: the first release.
-- v2: adds ``method_version`` (see :data:`METHOD_VERSION`).
+- v2: adds ``method_version`` (see :data:`METHOD_VERSION`) and the per-layer facts
+  ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`). No v2
+  dataset was published before the facts were added, so v2 requires them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ IDENTITY_COLUMNS = ("model_id", "model_revision", "family", "model_type", "varia
 INDEX_COLUMNS = ("layer", "head", "kv_head")
 SHAPE_COLUMNS = ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head")
 SPECTRUM_COLUMNS = ("singular_values", "eigenvalues")
+LAYER_FACT_COLUMNS = ("attention_type", "sliding_window", "rope_theta")
+"""What the row's layer does, from config.json: ``full``/``sliding``/``chunked``, the window (null unless
+sliding), the rotary base (null without rotary: NoPE layers, absolute positions, ALiBi, legacy rows)."""
+
 PROVENANCE_COLUMNS = ("weights_dtype", "builder_version", "method_version", "schema_version")
 
 _VALUE_COLUMNS = (
@@ -58,7 +64,7 @@ _VALUE_COLUMNS = (
 
 COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {
     1: _VALUE_COLUMNS + ("weights_dtype", "builder_version", "schema_version"),
-    2: _VALUE_COLUMNS + PROVENANCE_COLUMNS,
+    2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + PROVENANCE_COLUMNS,
 }
 """The columns of each schema version this package reads, in file order."""
 
@@ -66,7 +72,9 @@ COLUMNS = COLUMNS_BY_VERSION[SCHEMA_VERSION]
 """The columns the builder writes."""
 
 _TYPES: dict[str, str] = {
-    **{name: "string" for name in IDENTITY_COLUMNS + ("weights_dtype", "builder_version")},
+    **{name: "string" for name in IDENTITY_COLUMNS + ("weights_dtype", "builder_version", "attention_type")},
+    "sliding_window": "int32",
+    "rope_theta": "float64",
     **{name: "int32" for name in INDEX_COLUMNS + SHAPE_COLUMNS + ("method_version", "schema_version")},
     **{name: "list<float32>" for name in SPECTRUM_COLUMNS},
     **{name: "float64" for name in SV_STAT_COLUMNS + EV_STAT_COLUMNS + METRICS},

@@ -25,7 +25,7 @@ import qk_spectra_ds
 from qk_spectra_ds.build.architectures import ARCHITECTURES
 from qk_spectra_ds.build.pipeline import ModelResult, build_model
 from qk_spectra_ds.build.kernel import qk_layer_spectra
-from tiny_models import CASES, ArchCase, dense_singular_values, save
+from tiny_models import CASES, CASES_2026, ArchCase, dense_singular_values, save
 
 FAMILY = "Tiny"
 DEVICE = os.environ.get("QK_TEST_DEVICE", "cpu")  # QK_TEST_DEVICE=cuda runs the same checks on a GPU
@@ -76,7 +76,7 @@ def max_relative_error(actual, expected) -> float:
 
 
 def test_every_architecture_has_a_case():
-    assert {case.model_type for case in CASES} == set(ARCHITECTURES)
+    assert {case.model_type for case in CASES + CASES_2026} == set(ARCHITECTURES)  # 2025-26: test_architectures_2026
 
 
 def test_falcon_layouts_gqa_mqa_and_head_dim_are_covered():

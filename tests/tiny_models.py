@@ -319,3 +319,204 @@ def dense_singular_values(wq_head: np.ndarray, wk_head: np.ndarray) -> np.ndarra
 
 def read_config(directory: str | Path) -> dict:
     return json.loads((Path(directory) / "config.json").read_text())
+
+
+# ------------------------------------------------------------------ 2025-26 architectures (issue 11)
+#
+# References map each softmax-attention layer's true index to its (W_Q (H, dh, d), W_K (H_kv, dh, d)),
+# float64, pulled from the in-memory module the way its modeling code uses them.
+
+SMALL = dict(TOKENS, intermediate_size=64, max_position_embeddings=256)
+"""Common sizes of the 2025-26 cases: 4 query heads over 2 key heads unless a case says otherwise."""
+
+
+def _attn_refs(layers, attn: str = "self_attn", keep=lambda i, layer: True) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """q_proj / k_proj rows split per head (``view(..., -1, head_dim)``), for the layers ``keep`` selects."""
+    out = {}
+    for i, layer in enumerate(layers):
+        module = getattr(layer, attn, None)
+        if module is None or not keep(i, layer):
+            continue
+        dh = module.head_dim
+        out[i] = (_heads(module.q_proj.weight, dh), _heads(module.k_proj.weight, dh))
+    return out
+
+
+def ref2_causal(model):
+    """Decoder-only ``model.model.layers[i].self_attn`` (MoE, dense, falcon_h1)."""
+    return _attn_refs(model.model.layers)
+
+
+def ref2_gemma3_mm(model):
+    """Gemma3ForConditionalGeneration / Mistral3ForConditionalGeneration: ``model.model.language_model.layers``."""
+    return _attn_refs(model.model.language_model.layers)
+
+
+def ref2_llama4_mm(model):
+    """Llama4ForConditionalGeneration: ``model.language_model.model.layers`` (the vision tower is left out)."""
+    return _attn_refs(model.language_model.model.layers)
+
+
+def ref2_gated(model):
+    """Qwen3-Next: ``q_proj(x).view(..., -1, 2 * head_dim)`` then ``chunk(2)``: per head [query | gate]; queries only."""
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is None:
+            continue
+        dh = attn.head_dim
+        w = attn.q_proj.weight.detach().to(torch.float64)
+        query = w.reshape(-1, 2 * dh, w.shape[-1])[:, :dh]
+        out[i] = (query.numpy(), _heads(attn.k_proj.weight, dh))
+    return out
+
+
+def ref2_modernbert(model):
+    """ModernBERT ``Wqkv(x).view(bs, -1, 3, H, dh)``: sections [Q | K | V], rows per head inside."""
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.attn
+        dh = attn.head_dim
+        w = attn.Wqkv.weight.detach().to(torch.float64)
+        d = w.shape[-1]
+        q, k, _ = w.reshape(3, -1, dh, d)
+        out[i] = (q.numpy(), k.numpy())
+    return out
+
+
+def ref2_mla(model):
+    """DeepSeek MLA from the module's own q_a_proj/q_b_proj (or q_proj), kv_a_proj_with_mqa and kv_b_proj.
+
+    W_Q^h = Qb_h Qa (or the rows of q_proj), per head [nope | rope] rows; W_K^h = [Kb_h KVa_latent ; KVa_rope]
+    with Kb_h the first qk_nope_head_dim rows of head h in kv_b_proj. Dense, float64, d_model wide.
+    """
+    cfg = model.config
+    h, dn, dr, dv, rkv = (
+        cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank,
+    )  # fmt: skip
+    f64 = lambda t: t.weight.detach().to(torch.float64).numpy()  # noqa: E731
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.self_attn
+        if cfg.q_lora_rank is None:
+            wq = f64(attn.q_proj).reshape(h, dn + dr, -1)
+        else:
+            wq = f64(attn.q_b_proj).reshape(h, dn + dr, -1) @ f64(attn.q_a_proj)
+        kva = f64(attn.kv_a_proj_with_mqa)
+        kb = f64(attn.kv_b_proj).reshape(h, dn + dv, rkv)[:, :dn]
+        wk = np.concatenate([kb @ kva[:rkv], np.broadcast_to(kva[rkv:], (h, dr, kva.shape[1]))], axis=1)
+        out[i] = (wq, wk)
+    return out
+
+
+_D = dict(SMALL, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+_MLA = dict(
+    SMALL, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, kv_lora_rank=16, qk_nope_head_dim=16,
+    qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+    n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+)  # fmt: skip
+_GEMMA3_TEXT = dict(
+    SMALL, model_type="gemma3_text", hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=24, sliding_window=16, sliding_window_pattern=2,
+)  # fmt: skip
+_LLAMA4_TEXT = dict(
+    SMALL, model_type="llama4_text", intermediate_size_mlp=96, hidden_size=64, num_hidden_layers=4,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=2, interleave_moe_layer_step=2,
+    attention_chunk_size=16,
+)  # fmt: skip
+_VISION = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+
+
+def _case2(id, model_type, config_cls, model_cls, config, reference, H, H_kv, d, dh, layers, **kw) -> ArchCase:
+    return ArchCase(id, model_type, config_cls, model_cls, config, reference, H, H_kv, d, dh, n_layers=layers, **kw)
+
+
+CASES_2026: list[ArchCase] = [
+    # multimodal: nested text_config, vision towers with their own q_proj/k_proj left out
+    _case2(
+        "gemma3-mm", "gemma3", "Gemma3Config", "Gemma3ForConditionalGeneration",
+        dict(text_config=_GEMMA3_TEXT, vision_config=dict(_VISION, model_type="siglip_vision_model"), mm_tokens_per_image=4,
+             **{k: TOKENS[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id")}),
+        ref2_gemma3_mm, 4, 2, 64, 24, 4,
+    ),
+    _case2(
+        "llama4-mm", "llama4", "Llama4Config", "Llama4ForConditionalGeneration",
+        dict(text_config=_LLAMA4_TEXT, vision_config=dict(_VISION, vision_output_dim=32, projector_input_dim=32,
+                                                           projector_output_dim=64)),
+        ref2_llama4_mm, 4, 2, 64, 16, 4,
+    ),
+    _case2(
+        "mistral3-mm", "mistral3", "Mistral3Config", "Mistral3ForConditionalGeneration",
+        dict(text_config=dict(SMALL, model_type="mistral", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=24),
+             vision_config=dict(_VISION, model_type="pixtral", head_dim=16)),
+        ref2_gemma3_mm, 4, 2, 64, 24, 2,
+    ),
+    _case2(
+        "llama4_text-nope-chunked", "llama4_text", "Llama4TextConfig", "Llama4ForCausalLM",
+        {k: v for k, v in _LLAMA4_TEXT.items() if k != "model_type"}, ref2_causal, 4, 2, 64, 16, 4,
+    ),
+    # MoE (experts never read)
+    _case2(
+        "qwen3_moe", "qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(_D, num_hidden_layers=3, head_dim=24, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+             mlp_only_layers=[1]),
+        ref2_causal, 4, 2, 64, 24, 3,
+    ),
+    _case2(
+        "qwen2_moe-bias", "qwen2_moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+        dict(_D, num_hidden_layers=3, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+             shared_expert_intermediate_size=32),
+        ref2_causal, 4, 2, 64, 16, 3,
+    ),
+    _case2(
+        "gpt_oss-sinks-bias", "gpt_oss", "GptOssConfig", "GptOssForCausalLM",
+        dict(_D, head_dim=24, num_local_experts=4, num_experts_per_tok=2, sliding_window=16),
+        ref2_causal, 4, 2, 64, 24, 4,
+    ),
+    # dense
+    _case2("olmo3", "olmo3", "Olmo3Config", "Olmo3ForCausalLM", dict(_D, sliding_window=16), ref2_causal, 4, 2, 64, 16, 4),
+    _case2(
+        "smollm3-nope", "smollm3", "SmolLM3Config", "SmolLM3ForCausalLM", dict(_D, no_rope_layer_interval=2),
+        ref2_causal, 4, 2, 64, 16, 4,
+    ),
+    _case2("cohere2", "cohere2", "Cohere2Config", "Cohere2ForCausalLM", dict(_D, sliding_window=16), ref2_causal, 4, 2, 64, 16, 4),
+    _case2("glm4-partial", "glm4", "Glm4Config", "Glm4ForCausalLM", dict(_D, head_dim=16), ref2_causal, 4, 2, 64, 16, 4),
+    _case2("exaone4", "exaone4", "Exaone4Config", "Exaone4ForCausalLM", dict(_D, sliding_window=16), ref2_causal, 4, 2, 64, 16, 4),
+    _case2(
+        "granite", "granite", "GraniteConfig", "GraniteForCausalLM", dict(_D, attention_multiplier=0.03),
+        ref2_causal, 4, 2, 64, 16, 4,
+    ),
+    _case2("starcoder2-bias", "starcoder2", "Starcoder2Config", "Starcoder2ForCausalLM", dict(_D), ref2_causal, 4, 2, 64, 16, 4),
+    _case2(
+        "phi3-partial", "phi3", "Phi3Config", "Phi3ForCausalLM", dict(_D, partial_rotary_factor=0.75),
+        ref_phi3_dict := (lambda model: dict(enumerate(ref_phi3(model)))), 4, 2, 64, 16, 4,
+    ),
+    _case2(
+        "modernbert-wqkv", "modernbert", "ModernBertConfig", "ModernBertForMaskedLM",
+        dict(SMALL, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, local_attention=16, cls_token_id=1,
+             sep_token_id=2),
+        ref2_modernbert, 4, 4, 64, 16, 4,
+    ),
+    # hybrids: rows only for the softmax-attention layers
+    _case2(
+        "qwen3_next-gated", "qwen3_next", "Qwen3NextConfig", "Qwen3NextForCausalLM",
+        dict(_D, head_dim=16, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+             linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+             shared_expert_intermediate_size=32, full_attention_interval=2),
+        ref2_gated, 4, 2, 64, 16, 4,
+    ),
+    _case2(
+        "falcon_h1", "falcon_h1", "FalconH1Config", "FalconH1ForCausalLM",
+        dict(_D, num_hidden_layers=2, head_dim=16, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
+             mamba_d_state=8, mamba_chunk_size=16, key_multiplier=0.5, attention_in_multiplier=2.0),
+        ref2_causal, 4, 2, 64, 16, 2,
+    ),
+    # latent attention (MLA), with and without q_lora_rank
+    _case2("deepseek_v2-lite", "deepseek_v2", "DeepseekV2Config", "DeepseekV2ForCausalLM", dict(_MLA, q_lora_rank=None), ref2_mla, 4, 4, 64, 24, 3),
+    _case2("deepseek_v2-qlora", "deepseek_v2", "DeepseekV2Config", "DeepseekV2ForCausalLM", dict(_MLA, q_lora_rank=32), ref2_mla, 4, 4, 64, 24, 3),
+    _case2("deepseek_v3-qlora", "deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", dict(_MLA, q_lora_rank=32), ref2_mla, 4, 4, 64, 24, 3),
+    _case2("deepseek_v3-noqlora", "deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", dict(_MLA, q_lora_rank=None), ref2_mla, 4, 4, 64, 24, 3),
+]
+
+CASES_2026_BY_ID = {case.id: case for case in CASES_2026}

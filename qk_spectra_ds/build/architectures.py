@@ -125,6 +125,10 @@ class Layout:
         """The name (suffix) of the tensor holding layer ``layer``'s queries (fused layouts: ``name``)."""
         return self.name.format(layer=layer)
 
+    def has_layer(self, ckpt: Checkpoint, layer: int) -> bool:
+        """Whether the checkpoint holds attention weights of layer ``layer`` (checks config's layer count)."""
+        return bool(ckpt.matches(self.query_tensor(layer)))
+
 
 def _expect_shape(ckpt: Checkpoint, info: TensorInfo, expected: tuple[int, ...]) -> None:
     if tuple(info.shape) != tuple(expected):
@@ -300,9 +304,11 @@ def rope_spec(
 
 
 def window_of(config: Mapping[str, Any], default: int | None = None) -> int | None:
-    """config.json's sliding_window (a positive whole number), or ``default``."""
+    """config.json's sliding_window (a positive whole number), or ``default``; 0 (Qwen2-MoE without a window): None."""
     if config.get("sliding_window") is None:
         return default
+    if config.get("sliding_window") == 0 and type(config.get("sliding_window")) is int:
+        return None
     return config_count(config, "sliding_window")
 
 
@@ -439,6 +445,11 @@ class Architecture:
     def layout(self, config: Mapping[str, Any]) -> Layout:
         return self.layout_fn(config)
 
+    def stored_layers(self, config: Mapping[str, Any]) -> int:
+        """Layers the checkpoint holds: num_hidden_layers plus DeepSeek-V3's multi-token-prediction layers (never read)."""
+        extra = config.get("num_nextn_predict_layers") or 0
+        return self.shape(config).n_layers + (extra if type(extra) is int and extra > 0 else 0)
+
     def layer_facts(self, config: Mapping[str, Any]) -> list[LayerFacts]:
         """One LayerFacts per layer with softmax attention, in layer order (true layer indices)."""
         facts_fn = self.facts_fn or llama_like_facts()
@@ -500,6 +511,326 @@ def _falcon_layout(config: Mapping[str, Any]) -> Layout:
     return FusedGroups(name)
 
 
+# ---------------------------------------------------------------- 2025-26 layouts
+
+
+TEXT_PREFIXES = ("language_model.model.", "model.language_model.")
+"""Where multimodal checkpoints keep the text tower: the Hub layout (and what transformers 5.x saves),
+and transformers 5.x's in-memory names. A bare suffix would also match vision towers (Llama 4's
+``vision_model.model.layers.N.self_attn.q_proj``)."""
+
+
+def find_prefixed(ckpt: Checkpoint, prefixes: tuple[str, ...], name: str) -> TensorInfo:
+    """The tensor ``prefix + name`` for the first prefix with a match ("" = any prefix)."""
+    for prefix in prefixes:
+        if ckpt.matches(prefix + name):
+            return ckpt.find(prefix + name)
+    return ckpt.find(prefixes[0] + name)  # the one-line "no tensor named" error
+
+
+@dataclass(frozen=True)
+class PrefixedProjections(SeparateProjections):
+    """q_proj / k_proj under one of several prefixes (multimodal text towers)."""
+
+    prefixes: tuple[str, ...] = ("",)
+
+    def query_tensor(self, layer):
+        return self.prefixes[0] + self.q_name.format(layer=layer)
+
+    def has_layer(self, ckpt, layer):
+        return any(ckpt.matches(p + self.q_name.format(layer=layer)) for p in self.prefixes)
+
+    def read(self, ckpt, layer, shape):
+        q_info = find_prefixed(ckpt, self.prefixes, self.q_name.format(layer=layer))
+        k_info = find_prefixed(ckpt, self.prefixes, self.k_name.format(layer=layer))
+        _expect_shape(ckpt, q_info, (shape.n_heads * shape.d_head, shape.d_model))
+        _expect_shape(ckpt, k_info, (shape.n_kv_heads * shape.d_head, shape.d_model))
+        q = ckpt.read_rows(q_info).reshape(shape.n_heads, shape.d_head, shape.d_model)
+        k = ckpt.read_rows(k_info).reshape(shape.n_kv_heads, shape.d_head, shape.d_model)
+        return LayerQK(layer, q, k, (q_info, k_info))
+
+
+@dataclass(frozen=True)
+class GatedQuery(SeparateProjections):
+    """Qwen3-Next / Qwen3.5: q_proj rows per head h are [query (d_head) | output gate (d_head)].
+
+    Only the query rows are read (one ranged read per head); the gate multiplies
+    the attention output and is no part of the bilinear form.
+    """
+
+    def read(self, ckpt, layer, shape):
+        q_info = ckpt.find(self.q_name.format(layer=layer))
+        k_info = ckpt.find(self.k_name.format(layer=layer))
+        h, dh, d = shape.n_heads, shape.d_head, shape.d_model
+        _expect_shape(ckpt, q_info, (2 * h * dh, d))
+        _expect_shape(ckpt, k_info, (shape.n_kv_heads * dh, d))
+        q = np.stack([ckpt.read_rows(q_info, 2 * i * dh, (2 * i + 1) * dh) for i in range(h)])
+        k = ckpt.read_rows(k_info).reshape(shape.n_kv_heads, dh, d)
+        return LayerQK(layer, q, k, (q_info, k_info))
+
+
+@dataclass(frozen=True)
+class LatentAttention(Layout):
+    """DeepSeek V2/V3 multi-head latent attention (MLA), as small exact factors.
+
+    Head h: W_Q^h = Qb_h Qa (or the rows of q_proj when q_lora_rank is null) and
+    W_K^h = [[Kb_h, 0], [0, I_dr]] KVa, with Kb_h the k_nope rows of head h in
+    kv_b_proj and KVa = kv_a_proj_with_mqa ([latent (r_kv) ; shared rope key (d_r)]).
+    With q_lora_rank set, both maps factor through the span of [Qa^T, KVa^T]
+    (m = r_q + r_kv + d_r columns, far below d_model): a thin QR U R of it gives
+    W_Q^h = (Qb_h R_a^T) U^T and W_K^h = (P_h R_k^T) U^T, so W_Q^h^T W_K^h =
+    U (q_h^T k_h) U^T has the singular values of the m-wide q_h^T k_h, and
+    no d_model x d_model matrix (nor d_model-wide head block) is ever formed.
+    Every head has its own key map: n_kv_heads = n_heads.
+    """
+
+    prefix: str = "layers.{layer}.self_attn."
+    q_lora: bool = True
+    d_nope: int = 0
+    d_rope: int = 0
+    kv_rank: int = 0
+
+    def query_tensor(self, layer):
+        return self.prefix.format(layer=layer) + "kv_a_proj_with_mqa.weight"
+
+    def read(self, ckpt, layer, shape):
+        base = self.prefix.format(layer=layer)
+        h, dh, d = shape.n_heads, shape.d_head, shape.d_model
+        dn, dr, rkv = self.d_nope, self.d_rope, self.kv_rank
+        kva_info = ckpt.find(base + "kv_a_proj_with_mqa.weight")
+        kvb_info = ckpt.find(base + "kv_b_proj.weight")
+        _expect_shape(ckpt, kva_info, (rkv + dr, d))
+        if kvb_info.shape[1:] != (rkv,) or kvb_info.shape[0] % h or kvb_info.shape[0] // h <= dn:
+            _expect_shape(ckpt, kvb_info, (h * (dn + max(kvb_info.shape[0] // h - dn, 1)), rkv))
+        per_head = kvb_info.shape[0] // h  # d_nope + v_head_dim
+        kva = ckpt.read_rows(kva_info).astype(np.float64)
+        kvb = ckpt.read_rows(kvb_info).astype(np.float64).reshape(h, per_head, rkv)[:, :dn]
+        if self.q_lora:
+            qa_info = ckpt.find(base + "q_a_proj.weight")
+            qb_info = ckpt.find(base + "q_b_proj.weight")
+            rq = qa_info.shape[0]
+            _expect_shape(ckpt, qa_info, (rq, d))
+            _expect_shape(ckpt, qb_info, (h * dh, rq))
+            qa = ckpt.read_rows(qa_info).astype(np.float64)
+            qb = ckpt.read_rows(qb_info).astype(np.float64).reshape(h, dh, rq)
+            basis_r = np.linalg.qr(np.concatenate([qa, kva]).T, mode="r")  # [Qa^T, KVa^T] = U R
+            r_a, r_k = basis_r[:, :rq], basis_r[:, rq:]
+            q = qb @ r_a.T  # (h, dh, m)
+            k_latent = kvb @ r_k[:, :rkv].T  # (h, dn, m)
+            k_rope = np.broadcast_to(r_k[:, rkv:].T, (h, dr, r_k.shape[0]))
+            tensors = (qa_info, qb_info, kva_info, kvb_info)
+        else:
+            q_info = ckpt.find(base + "q_proj.weight")
+            _expect_shape(ckpt, q_info, (h * dh, d))
+            q = ckpt.read_rows(q_info).astype(np.float64).reshape(h, dh, d)
+            k_latent = kvb @ kva[:rkv]  # (h, dn, d)
+            k_rope = np.broadcast_to(kva[rkv:], (h, dr, d))
+            tensors = (q_info, kva_info, kvb_info)
+        k = np.concatenate([k_latent, k_rope], axis=1)
+        return LayerQK(layer, np.ascontiguousarray(q), np.ascontiguousarray(k), tensors)
+
+
+def _mla_sizes(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(qk_nope_head_dim, qk_rope_head_dim, kv_lora_rank) of an MLA config."""
+    return (
+        config_count(config, "qk_nope_head_dim"),
+        config_count(config, "qk_rope_head_dim"),
+        config_count(config, "kv_lora_rank"),
+    )
+
+
+def _mla_shape(config: Mapping[str, Any]) -> AttentionShape:
+    """MLA: d_head = qk_nope_head_dim + qk_rope_head_dim (never config's head_dim, = the rope dims); a key per head."""
+    n_layers = config_count(config, "num_hidden_layers")
+    n_heads = config_count(config, "num_attention_heads")
+    d_model = config_count(config, "hidden_size")
+    dn, dr, _ = _mla_sizes(config)
+    return AttentionShape(n_layers, n_heads, n_heads, d_model, dn + dr)
+
+
+def _mla_layout(config: Mapping[str, Any]) -> Layout:
+    dn, dr, rkv = _mla_sizes(config)
+    q_lora = config.get("q_lora_rank") is not None
+    if q_lora:
+        config_count(config, "q_lora_rank")
+    return LatentAttention(q_lora=q_lora, d_nope=dn, d_rope=dr, kv_rank=rkv)
+
+
+def _mla_facts(interleaved_default: bool) -> Callable[[Mapping[str, Any], AttentionShape], list[LayerFacts]]:
+    """MLA: every layer full attention; the last qk_rope_head_dim dims of each head rotate (interleaved pairs)."""
+
+    def facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+        dn, dr, _ = _mla_sizes(config)
+        interleaved = config_switch(config, "rope_interleave", interleaved_default)
+        spec = rope_spec(config, FULL, dr, interleaved=interleaved, rotary_start=dn)
+        return [LayerFacts(layer, "full", None, spec) for layer in range(shape.n_layers)]
+
+    return facts
+
+
+# ---------------------------------------------------------------- 2025-26 layer kinds and rotary
+
+
+def _gpt_oss_kind(config: Mapping[str, Any], i: int) -> str:
+    """gpt-oss: even layers slide (window 128), odd layers are global."""
+    return SLIDING if i % 2 == 0 else FULL
+
+
+def _qwen2_moe_kind(config: Mapping[str, Any], i: int) -> str:
+    """Qwen2-MoE: even layers below max_window_layers slide when use_sliding_window is set."""
+    slides = config_switch(config, "use_sliding_window", False)
+    return SLIDING if slides and i % 2 == 0 and i < config_value(config, "max_window_layers", default=28) else FULL
+
+
+def _qwen3_moe_kind(config: Mapping[str, Any], i: int) -> str:
+    """Qwen3-MoE: every layer slides when use_sliding_window is set."""
+    return SLIDING if config_switch(config, "use_sliding_window", False) and config.get("sliding_window") else FULL
+
+
+def _rope_flags(config: Mapping[str, Any], n_layers: int) -> list[bool]:
+    """Llama 4 / SmolLM3 ``no_rope_layers``: 1 = rotary, 0 = NoPE; default every no_rope_layer_interval-th is NoPE."""
+    flags = config.get("no_rope_layers")
+    if not flags:  # null or [] -> the config class's default
+        interval = config_value(config, "no_rope_layer_interval", default=4)
+        if type(interval) is not int or interval <= 0:
+            raise CheckpointError(f"config.json: no_rope_layer_interval is {_shown(interval)}, not a positive whole number")
+        return [(i + 1) % interval != 0 for i in range(n_layers)]
+    if not isinstance(flags, list) or len(flags) < n_layers or any(f not in (0, 1) for f in flags):
+        raise CheckpointError(f"config.json: no_rope_layers is {_shown(flags)}, not {n_layers} flags of 0 or 1")
+    return [bool(f) for f in flags[:n_layers]]
+
+
+def _llama4_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """Llama 4: rotary layers do chunked attention (attention_chunk_size), NoPE layers global attention."""
+    ropes = _rope_flags(config, shape.n_layers)
+    chunked = config.get("attention_chunk_size") is not None
+    kinds = layer_kinds(config, shape.n_layers, lambda i: CHUNKED if ropes[i] and chunked else FULL)
+    return facts_from_kinds(
+        kinds,
+        None,
+        lambda layer, kind: rope_spec(config, kind, shape.d_head, default_theta=5e5, interleaved=True) if ropes[layer] else None,
+    )
+
+
+def _smollm3_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """SmolLM3: NoPE every 4th layer; with use_sliding_window those NoPE layers slide."""
+    ropes = _rope_flags(config, shape.n_layers)
+    slides = config_switch(config, "use_sliding_window", False) and config.get("sliding_window") is not None
+    kinds = layer_kinds(config, shape.n_layers, lambda i: SLIDING if slides and not ropes[i] else FULL)
+    return facts_from_kinds(
+        kinds,
+        window_of(config),
+        lambda layer, kind: rope_spec(config, kind, shape.d_head, default_theta=2e6) if ropes[layer] else None,
+    )
+
+
+def _olmo3_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """OLMo 3: global every 4th layer, else sliding (4096); a legacy rope_theta sets the global layers only."""
+    kinds = layer_kinds(config, shape.n_layers, lambda i: FULL if (i + 1) % 4 == 0 else SLIDING)
+    local = {k: v for k, v in config.items() if k != "rope_theta"}
+
+    def rope(layer: int, kind: str) -> RopeSpec:
+        return rope_spec(config if kind == FULL else local, kind, shape.d_head, default_theta=5e5)
+
+    return facts_from_kinds(kinds, window_of(config, 4096), rope)
+
+
+def _exaone4_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """EXAONE 4: with a sliding window, global every sliding_window_pattern-th layer and NoPE there."""
+    windowed = config.get("sliding_window") is not None
+    pattern = _every_nth_full("sliding_window_pattern", 4)
+    kinds = layer_kinds(config, shape.n_layers, lambda i: pattern(config, i) if windowed else FULL)
+    return facts_from_kinds(
+        kinds,
+        window_of(config),
+        lambda layer, kind: rope_spec(config, kind, shape.d_head) if not windowed or kind == SLIDING else None,
+    )
+
+
+def _modernbert_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
+    """ModernBERT: global every global_attn_every_n_layers-th layer (from 0), else local (local_attention / 2 each side)."""
+    every = config_value(config, "global_attn_every_n_layers", default=3)
+    kinds = layer_kinds(config, shape.n_layers, lambda i: FULL if i % every == 0 else SLIDING)
+    window = window_of(config, config_value(config, "local_attention", default=128) // 2)
+
+    def rope(layer: int, kind: str) -> RopeSpec:
+        if kind == FULL:
+            return rope_spec(config, kind, shape.d_head, default_theta=1.6e5, legacy_theta="global_rope_theta")
+        return rope_spec(config, kind, shape.d_head, default_theta=1e4, legacy_theta="local_rope_theta")
+
+    return facts_from_kinds(kinds, window, rope)
+
+
+def _qwen3_next_kind(config: Mapping[str, Any], i: int) -> str:
+    """Qwen3-Next / Qwen3.5: softmax attention every full_attention_interval-th layer, linear attention between."""
+    interval = config_value(config, "full_attention_interval", default=4)
+    return FULL if (i + 1) % interval == 0 else "linear_attention"
+
+
+# ---------------------------------------------------------------- multimodal configs
+
+
+NESTED_TEXT = {"gemma3": "gemma3_text", "llama4": "llama4_text", "mistral3": "mistral"}
+"""Multimodal model_types whose text tower is described by ``text_config``, and that config's default model_type."""
+
+TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma3_text": dict(
+        hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+        sliding_window=4096, sliding_window_pattern=6, max_position_embeddings=131072,
+    ),
+    "llama4_text": dict(
+        hidden_size=5120, num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8, head_dim=128,
+        attention_chunk_size=8192, no_rope_layer_interval=4, max_position_embeddings=131072,
+    ),
+    "mistral": dict(
+        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        sliding_window=4096, max_position_embeddings=131072,
+    ),
+}  # fmt: skip
+"""The transformers 5.x config-class defaults (Gemma3TextConfig, Llama4TextConfig, MistralConfig) of the
+fields the spectra and the per-layer facts read, for text_configs that leave them out (Gemma 3's Hub
+text_configs give only hidden_size, intermediate_size, num_hidden_layers, rope_scaling and sliding_window)."""
+
+
+def text_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The text tower's config of a multimodal config.json, with its config class's defaults filled in.
+
+    As transformers does, a text_config dict picks its class from its own
+    model_type (default: the multimodal type's usual one); fields it leaves
+    out (and explicit nulls of fields that are not nullable) get that class's defaults.
+    """
+    nested = config.get("text_config")
+    if not isinstance(nested, Mapping):
+        raise CheckpointError(
+            f"config.json of this {config.get('model_type')} model has no text_config object: is it complete?"
+        )
+    text_type = nested.get("model_type") or NESTED_TEXT[config["model_type"]]
+    if text_type not in TEXT_CONFIG_DEFAULTS:
+        raise UnsupportedArchitectureError(
+            f"unsupported text_config model_type {text_type!r} in config.json; supported: {', '.join(sorted(TEXT_CONFIG_DEFAULTS))}"
+        )
+    return {**TEXT_CONFIG_DEFAULTS[text_type], **{k: v for k, v in nested.items() if v is not None or k == "sliding_window"}, "model_type": text_type}
+
+
+def _nested(text_arch: Callable[[], Mapping[str, Architecture]]) -> Architecture:
+    """A multimodal model_type: the architecture of its text_config, reading the text tower's tensors only."""
+
+    def inner(config: Mapping[str, Any]) -> tuple[Architecture, dict[str, Any]]:
+        text = text_config(config)
+        return text_arch()[text["model_type"]], text
+
+    def layout(config: Mapping[str, Any]) -> Layout:
+        arch, text = inner(config)
+        base = arch.layout(text)
+        return PrefixedProjections(base.q_name, base.k_name, prefixes=TEXT_PREFIXES)
+
+    return Architecture(
+        lambda c: inner(c)[0].shape(inner(c)[1]),
+        layout,
+        lambda c, shape: inner(c)[0].layer_facts(inner(c)[1]),
+    )
+
+
 _LLAMA_FACTS = {
     "llama": llama_like_facts(),
     "olmo": llama_like_facts(),
@@ -511,6 +842,22 @@ _LLAMA_FACTS = {
     "qwen3": llama_like_facts(default_kind=_qwen2_kind),
     "gemma2": llama_like_facts(default_kind=_alternating, default_window=4096),
     "gemma3_text": _gemma3_facts,
+    # 2025-26 dense and MoE decoders (experts never read: only self_attn tensors are)
+    "olmo3": _olmo3_facts,
+    "qwen2_moe": llama_like_facts(default_kind=_qwen2_moe_kind),
+    "qwen3_moe": llama_like_facts(default_kind=_qwen3_moe_kind),
+    "gpt_oss": llama_like_facts(default_kind=_gpt_oss_kind, default_window=128, default_theta=1.5e5),
+    "smollm3": _smollm3_facts,
+    "cohere2": llama_like_facts(
+        default_kind=_every_nth_full("sliding_window_pattern", 4), default_window=4096, interleaved=True,
+        has_rope=lambda c, i, kind: kind == SLIDING,
+    ),
+    "glm4": llama_like_facts(interleaved=True, default_partial=0.5),
+    "exaone4": _exaone4_facts,
+    "granite": llama_like_facts(),
+    "starcoder2": llama_like_facts(default_kind=_window_everywhere),
+    "llama4_text": _llama4_facts,
+    "falcon_h1": llama_like_facts(default_kind=lambda c, i: "hybrid"),
 }
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -550,6 +897,19 @@ ARCHITECTURES: dict[str, Architecture] = {
         no_facts,
     ),
     "falcon": Architecture(_falcon_shape, _falcon_layout, _falcon_facts),
+    "qwen3_next": Architecture(
+        _LLAMA_SHAPE,
+        lambda c: GatedQuery("layers.{layer}.self_attn.q_proj.weight", "layers.{layer}.self_attn.k_proj.weight"),
+        llama_like_facts(default_kind=_qwen3_next_kind, default_partial=0.25),
+    ),
+    "modernbert": Architecture(
+        _shape(("num_hidden_layers",), ("num_attention_heads",), ("hidden_size",), (), ()),
+        lambda c: FusedSections("layers.{layer}.attn.Wqkv.weight"),
+        _modernbert_facts,
+    ),
+    "deepseek_v2": Architecture(_mla_shape, _mla_layout, _mla_facts(True)),
+    "deepseek_v3": Architecture(_mla_shape, _mla_layout, _mla_facts(True)),
+    **{t: _nested(lambda: ARCHITECTURES) for t in NESTED_TEXT},
     "phi3": Architecture(  # head_dim from config.json when present, as Phi3Attention does
         _LLAMA_SHAPE,
         lambda c: FusedSections("layers.{layer}.self_attn.qkv_proj.weight"),

