@@ -66,6 +66,8 @@ FLAG_HELP = {
          "silhouette, else the most stable k) or a whole number (6: the original's).",
     "permutations": "shufflings of the layer order for the permutation BDS and depth-trend tests (>= 99; default 999).",
     "min_layers": "per-layer series shorter than this are not tested, and say so (default 10).",
+    "format": "file type of every figure: png (default), pdf or svg (vector, for papers).",
+    "dpi": "resolution of the figures in dots per inch (default 100, the original's; 300 for print).",
 }
 """The help line of each flag the analysis commands share, written once (defaults from ``report.Params``)."""
 
@@ -131,6 +133,8 @@ def clusters(
     quantile: float = Params.quantile,
     seed: int = Params.seed,
     embedding: str = Params.embedding,
+    format: str = Params.format,
+    dpi: float = Params.dpi,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -148,7 +152,8 @@ def clusters(
     """
     from . import report
 
-    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, embedding=embedding)
+    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, embedding=embedding,
+                    format=format, dpi=dpi)  # fmt: skip
     t0 = time.perf_counter()
     frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
     outputs = report.run_clusters(frame, out, str(family), params, jobs=jobs, progress=not quiet)
@@ -165,6 +170,8 @@ def boxplots(
     variant: str = None,
     stats: str = DEFAULT_STATS,
     skip_layers_below: int = Params.skip_layers_below,
+    format: str = Params.format,
+    dpi: float = Params.dpi,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -181,7 +188,7 @@ def boxplots(
     """
     from . import report
 
-    params = Params(stats=stats, skip_layers_below=skip_layers_below)
+    params = Params(stats=stats, skip_layers_below=skip_layers_below, format=format, dpi=dpi)
     t0 = time.perf_counter()
     frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
     outputs = report.run_boxplots(frame, out, str(family), params, jobs=jobs, progress=not quiet)
@@ -201,6 +208,8 @@ def taxonomy(
     quantile: float = Params.quantile,
     seed: int = Params.seed,
     n_bands: int = Params.n_bands,
+    format: str = Params.format,
+    dpi: float = Params.dpi,
     skip_nonfinite: bool = False,
     quiet: bool = False,
 ):
@@ -218,7 +227,8 @@ def taxonomy(
     """
     from . import report
 
-    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, n_bands=n_bands)
+    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, n_bands=n_bands,
+                    format=format, dpi=dpi)  # fmt: skip
     t0 = time.perf_counter()
     frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
     outputs = report.run_taxonomy(frame, out, str(family), params, progress=not quiet)
@@ -246,14 +256,18 @@ def report(
     k: str = Params.k,
     permutations: int = Params.permutations,
     min_layers: int = Params.min_layers,
+    format: str = Params.format,
+    dpi: float = Params.dpi,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
 ):
-    """Everything for one config: clusters, boxplots and taxonomy, plus <out>/<family>/index.md.
+    """Everything for one config: clusters, boxplots and taxonomy, plus <out>/<family>/index.md and index.html.
 
     The index links every figure and table and records the dataset, config,
-    revision, package version and parameters. Per-stage timings are printed
+    revision, package version and parameters. index.html is the same to explore
+    in a browser, offline: the heads' embedding with hover (model, layer, head,
+    class, variant), sortable tables, every figure. Per-stage timings are printed
     on stderr unless --quiet.
     """
     from . import report as report_module
@@ -261,7 +275,7 @@ def report(
     params = Params(
         n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, stats=stats,
         skip_layers_below=skip_layers_below, n_bands=n_bands, embedding=embedding, method=method, features=features,
-        k=k, permutations=permutations, min_layers=min_layers,
+        k=k, permutations=permutations, min_layers=min_layers, format=format, dpi=dpi,
     )
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error

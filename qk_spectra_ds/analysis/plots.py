@@ -1,16 +1,29 @@
-"""All figures of the analysis (matplotlib Agg canvases outside pyplot, so nothing stays open).
+"""All figures of the analysis (matplotlib canvases outside pyplot, so nothing stays open).
 
 The layouts follow the original study's figures, in its seaborn theme
-(``talk`` context, ``white`` style, ``deep`` palette). The ESD figure is a 2-D
-embedding of the heads coloured by class (Set2) on the left and one panel per
-class on the right (mean histogram as bars, std as error bars, the fitted
-gamma pdf dashed red, ``alpha``/``theta`` in the corner, title ``Class_k
-(JSD:0.005)``), 15 x 2.8*rows inches; the box plot is matplotlib's
-``boxplot`` (as the original's ``plt.boxplot``), 20 x 8 inches, one box per
-layer (means shown, no fliers), the dashed linear smoothing spline of the
-means, title ``<model>_<STAT> (BDS: 2.80 p-value: 5.07e-03)``; the joint
-taxonomy's shares are seaborn heat maps. The theme is applied in an
-``rc_context`` so nothing global changes.
+(``talk`` context, ``white`` style, ``deep`` palette), made ready for a paper:
+every axis has a title (and units where the quantity has any), every colour
+bar a title, the statistic its full name, and legends say what the marks are.
+
+- ESD figure (classification A): a 2-D embedding of the heads on the left,
+  one panel per class on the right (mean histogram of the normalized
+  eigenvalues as bars, std over the heads as error bars, the fitted gamma pdf
+  dashed, ``alpha``/``theta`` in the corner, ``n`` and JSD in the title).
+  Each class has one colour (:func:`class_colors`) in the embedding, its panel
+  and its legend entry.
+- Box plot (classification B): matplotlib's ``boxplot`` (as the original's
+  ``plt.boxplot``), one box per layer (quartiles, whiskers at 1.5 IQR, no
+  fliers), median and mean marked, the dashed linear smoothing spline of the
+  per-layer means, BDS of the per-layer medians in the title, and a legend.
+- Joint taxonomy: seaborn heat maps of class shares, models ordered by size
+  (``order``: the report passes :func:`html_report.size_order`), never alphabetically (0.6B, 1.7B, 14B, 4B, 8B).
+
+Tick labels are thinned automatically (``MaxNLocator(nbins="auto")`` for layer
+axes, seaborn's ``"auto"`` labels for heat maps) so they stay readable at 72
+layers or 5,000 heads. Figures are written as PNG (default), PDF or SVG
+(:data:`FIGURE_FORMATS`, from the path's suffix) at ``dpi`` (default 100, the
+original's), without timestamps so reruns give identical files. The theme is
+applied in an ``rc_context`` so nothing global changes.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from typing import Iterator, Sequence
 
 import matplotlib
 import numpy as np
+import pandas as pd
 
 from ..atomic import atomic_path
 from .taxonomy import EMBEDDINGS
@@ -30,11 +44,34 @@ from .taxonomy import EMBEDDINGS
 PNG_COMPRESSION = 3
 """zlib level of the PNGs (3: about twice as fast to write as the default 6, files ~15% larger)."""
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+"""``--format``: the file types a figure can be written as."""
+
+DEFAULT_DPI = 100.0
+"""``--dpi`` default: the original's figures were 100 dpi."""
+
 WIDE_LAYERS = 100
-"""Above this many layers the box plot widens and drops the tick labels (the original's 405B case)."""
+"""Above this many layers the box plot widens (the original's 405B case); its tick labels are thinned."""
 
 THEME = {"context": "talk", "style": "white", "palette": "deep"}
 """The original's ``seaborn.set_theme("talk")`` + ``set_style("white")``."""
+
+STAT_TITLES = {
+    "MIN": "minimum eigenvalue",
+    "MAX": "maximum eigenvalue",
+    "MEAN": "mean eigenvalue",
+    "STD": "standard deviation of the eigenvalues",
+    "SKEW": "skewness of the eigenvalues",
+    "KURTOSIS": "excess kurtosis of the eigenvalues",
+}
+"""The full name of each per-head statistic of the box plots (the eigenvalues are l = s^2 of W_QK)."""
+
+STAT_UNITS = {"MIN": "λ = σ² of W_QK", "MAX": "λ = σ² of W_QK", "MEAN": "λ = σ² of W_QK", "STD": "λ = σ² of W_QK",
+              "SKEW": "dimensionless", "KURTOSIS": "dimensionless"}
+"""Units of each statistic: those of an eigenvalue λ = σ²(W_QK) (squared weight units), or none."""
+
+MEDIAN_COLOR, MEAN_COLOR, SPLINE_COLOR = "C1", "C2", "C0"
+GAMMA_COLOR = "red"
 
 
 def theme_rc() -> dict:
@@ -56,7 +93,42 @@ def style() -> Iterator[None]:
         yield
 
 
-def new_figure(figsize: tuple[float, float], dpi: float = 100):
+def class_colors(n_classes: int) -> list[str]:
+    """One hex colour per class: seaborn's ``Set2`` (the original's scatter map) up to 8 classes, ``husl`` beyond.
+
+    The embedding, the class panels, the interactive report and the heat-map
+    labels all take a class's colour from here, so they match.
+    """
+    import seaborn as sns
+
+    palette = sns.color_palette("Set2", n_classes) if n_classes <= 8 else sns.color_palette("husl", n_classes)
+    return [matplotlib.colors.to_hex(c) for c in palette]
+
+
+def check_figure_format(fmt: str) -> str:
+    """``fmt`` lower-cased if it is one of :data:`FIGURE_FORMATS`, else an :class:`AnalysisError`."""
+    from .loading import AnalysisError
+
+    value = str(fmt).lower().lstrip(".")
+    if value not in FIGURE_FORMATS:
+        raise AnalysisError(f"unknown figure format {fmt!r}: choose from {', '.join(FIGURE_FORMATS)}")
+    return value
+
+
+def check_dpi(dpi: float) -> float:
+    """``dpi`` as a float if it is in [10, 1200], else an :class:`AnalysisError` (a typo like 30000 would fill the disk)."""
+    from .loading import AnalysisError
+
+    try:
+        value = float(dpi)
+    except (TypeError, ValueError):
+        raise AnalysisError(f"--dpi must be a number, got {dpi!r}") from None
+    if not 10 <= value <= 1200:
+        raise AnalysisError(f"--dpi must be between 10 and 1200, got {dpi!r}")
+    return value
+
+
+def new_figure(figsize: tuple[float, float], dpi: float = DEFAULT_DPI):
     """A ``Figure`` on its own Agg canvas, outside pyplot's registry (nothing to leak or close)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -66,21 +138,28 @@ def new_figure(figsize: tuple[float, float], dpi: float = 100):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
-    """Render with Agg and write a PNG atomically (no timestamp metadata: reruns give identical files)."""
-    from PIL import Image
-
-    fig.canvas.draw()
-    rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # opaque figures: no alpha
+def _save(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI) -> Path:
+    """Write the figure atomically as its suffix says (png, pdf, svg), with no timestamp: reruns give identical files."""
+    fmt = check_figure_format(Path(path).suffix or "png")
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="png", compress_level=PNG_COMPRESSION)
+        if fmt == "png":
+            from PIL import Image
+
+            fig.set_dpi(dpi)
+            fig.canvas.draw()
+            rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # opaque figures: no alpha
+            Image.fromarray(rgb).save(tmp, format="png", compress_level=PNG_COMPRESSION)
+        else:
+            metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None}
+            with matplotlib.rc_context({"svg.hashsalt": "qk-spectra-ds"}):  # fixed SVG ids: identical reruns
+                fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
     return Path(path)
 
 
-def _grid(n_panels: int):
+def _grid(n_panels: int, width: float = 16):
     """The original's grid: 5 columns (0.65, 0.65, 0.65, 1, 1), a 3x3 block top-left, panels elsewhere."""
     n_rows = int(3 + max(math.ceil((n_panels - 6) / 5), 0))
-    fig = new_figure((15, 2.8 * n_rows))
+    fig = new_figure((width, 3.3 * n_rows + 0.9))
     gs = fig.add_gridspec(n_rows, 5, width_ratios=[0.65, 0.65, 0.65, 1, 1])
     big = fig.add_subplot(gs[:3, :3])
     cells = [(r, c) for r in range(n_rows) for c in range(5) if not (r < 3 and c < 3)]
@@ -88,136 +167,236 @@ def _grid(n_panels: int):
     return fig, big, panels
 
 
-def _class_panel(ax, klass, n_bins: int, label: str | None = None) -> None:
-    """One class: bars of the mean histogram, std error bars, gamma pdf, alpha/theta, JSD title."""
-    x = np.arange(n_bins)
+PANEL_FONT = 12
+
+
+def _class_title(klass, label: str | None = None) -> str:
+    name = label if label is not None else f"Class {klass.klass}"
+    jsd = "NaN" if not np.isfinite(klass.jsd) else f"{klass.jsd:.3f}"
+    return f"{name} (n={klass.n_heads}, JSD {jsd})"
+
+
+def _class_panel(ax, klass, edges: np.ndarray, color: str, label: str | None = None) -> None:
+    """One class: bars of the mean histogram, std error bars, gamma pdf, alpha/theta, n and JSD in the title."""
+    edges = np.asarray(edges, dtype=np.float64)
+    centers = 0.5 * (edges[:-1] + edges[1:])
     mean = np.nan_to_num(klass.mean_hist)
-    ax.bar(x, mean)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.errorbar(x, mean, yerr=np.nan_to_num(klass.std_hist), fmt="none", capsize=2.0, color="black", alpha=0.7, elinewidth=2)
+    ax.bar(centers, mean, width=np.diff(edges) * 0.9, color=color, edgecolor="none")
+    ax.errorbar(centers, mean, yerr=np.nan_to_num(klass.std_hist), fmt="none", capsize=1.5, color="black", alpha=0.7,
+                elinewidth=1)  # fmt: skip
     if np.isfinite(klass.alpha):
-        ax.plot(x, klass.pdf, color="red", linestyle="--", lw=0.8)
+        ax.plot(centers, klass.pdf, color=GAMMA_COLOR, linestyle="--", lw=1.2)
         text = f"α : {klass.alpha:.2f}\nθ : {klass.theta:.2f}"
     else:
         text = "gamma fit\nfailed"
     _, top = ax.get_ylim()
     ax.set_ylim((0, top))
-    ax.text(
-        0.6, 0.9, text, transform=ax.transAxes, ha="left", va="top", fontsize=16,
-        bbox=dict(facecolor="white", alpha=0.6, edgecolor="none"),
-    )
-    name = label if label is not None else f"Class_{klass.klass}"
-    ax.set_title(f"{name} (JSD:{klass.jsd:.3f})")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.text(0.6, 0.9, text, transform=ax.transAxes, ha="left", va="top", fontsize=PANEL_FONT + 1,
+            bbox=dict(facecolor="white", alpha=0.6, edgecolor="none"))  # fmt: skip
+    ax.tick_params(labelsize=PANEL_FONT - 1)
+    ax.set_xlabel("λ / mean λ of the head", fontsize=PANEL_FONT)
+    ax.set_ylabel("density", fontsize=PANEL_FONT)
+    ax.set_title(_class_title(klass, label), fontsize=PANEL_FONT + 1)
+    for spine in ax.spines.values():  # the class's colour, as in the embedding (coloured text would be unreadable)
+        spine.set_edgecolor(color)
+        spine.set_linewidth(2.5)
 
 
-def plot_clusters(classifier, path: str | os.PathLike, title: str) -> Path:
-    """Classification A figure of one model (a fitted :class:`~qk_spectra_ds.taxonomy.SpectralHeadClassifier`)."""
+def _panel_legend(fig) -> None:
+    """One legend for all class panels: what the bars, error bars and dashed line are."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor="0.6", label="mean histogram of the class's heads"),
+        Line2D([], [], color="black", marker="|", linestyle="none", markersize=10, label="± 1 std over the heads"),
+        Line2D([], [], color=GAMMA_COLOR, linestyle="--", label="fitted gamma pdf (shape α, scale θ)"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=PANEL_FONT + 1, frameon=False)
+
+
+def _embedding_axes(big, classifier, colors: list[str]) -> None:
+    """The 2-D embedding, coloured by class (legend: class and n), axes named after the embedding."""
+    labels = np.asarray(classifier.labels_)
+    emb = classifier.embedding_ if classifier.embedding_ is not None else np.zeros((len(labels), 2))
+    method = EMBEDDINGS.get(classifier.embedding, "no")
+    point_colors = np.asarray(colors, dtype=object)[labels]
+    big.scatter(emb[:, 0], emb[:, 1], c=list(point_colors), s=10, alpha=0.75, rasterized=len(labels) > 2000)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="none", color=colors[k.klass], label=f"Class {k.klass} (n={k.n_heads})")
+               for k in classifier.class_fits_]  # fmt: skip
+    big.legend(handles=handles, fontsize=PANEL_FONT + 1, loc="best", framealpha=0.8, title="class",
+               title_fontsize=PANEL_FONT + 1)  # fmt: skip
+    unit = "principal component" if method == "PCA" else f"{method} dimension"
+    big.set_xlabel(f"{unit} 1 (arbitrary units)")
+    big.set_ylabel(f"{unit} 2 (arbitrary units)")
+    big.tick_params(labelsize=PANEL_FONT)
+    big.set_title(f"{method} of the heads' eigenvalue histograms ({len(labels)} heads)")
+
+
+def clusters_figure(classifier, title: str):
+    """Classification A figure of one model (a fitted :class:`~qk_spectra_ds.taxonomy.SpectralHeadClassifier`); call inside :func:`style`."""
+    fig, big, panels = _grid(len(classifier.classes_))
+    colors = class_colors(len(classifier.classes_))
+    _embedding_axes(big, classifier, colors)
+    for ax, klass in zip(panels, classifier.class_fits_):
+        _class_panel(ax, klass, classifier.bin_edges_, colors[klass.klass])
+    fig.suptitle(f"{title}: classes of heads by normalized-eigenvalue histogram")
+    _panel_legend(fig)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_clusters(classifier, path: str | os.PathLike, title: str, dpi: float = DEFAULT_DPI) -> Path:
+    """Write :func:`clusters_figure` to ``path`` (format from its suffix) at ``dpi``."""
     with style():
-        fig, big, panels = _grid(len(classifier.classes_))
-        labels = classifier.labels_
-        emb = classifier.embedding_ if classifier.embedding_ is not None else np.zeros((len(labels), 2))
-        big.scatter(emb[:, 0], emb[:, 1], c=labels, s=10, cmap="Set2", alpha=0.75)
-        big.set_xticks([])
-        big.set_yticks([])
-        big.set_title(f"{EMBEDDINGS.get(classifier.embedding, 'no')} features")
-        n_bins = len(classifier.bin_edges_) - 1
-        for ax, klass in zip(panels, classifier.class_fits_):
-            _class_panel(ax, klass, n_bins)
-        fig.suptitle(title)
-        fig.tight_layout()
-        return _save(fig, path)
+        return _save(clusters_figure(classifier, title), path, dpi)
 
 
-def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike]) -> list[Path]:
+def _box_legend(ax, spline: bool) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor="white", edgecolor="black", label="quartiles (whiskers: 1.5 IQR)"),
+        Line2D([], [], color=MEDIAN_COLOR, lw=2, label="median"),
+        Line2D([], [], color=MEAN_COLOR, marker="^", linestyle="none", label="mean"),
+    ]
+    if spline:
+        handles.append(Line2D([], [], color=SPLINE_COLOR, linestyle="--", lw=2, label="smoothing spline of the means"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=14, frameon=False)
+
+
+def _layer_ticks(ax) -> None:
+    """Integer layer ticks, as many as fit at this font size (all of them for a few dozen layers)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=2))
+
+
+def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi: float = DEFAULT_DPI) -> list[Path]:
     """Classification B figures of one model, one per statistic (:class:`~qk_spectra_ds.layer_stats.LayerStat`).
 
-    Each figure is the original's: 20 x 8 inches at 100 dpi (35 wide above
-    100 layers, then without tick labels), one box per layer at positions
-    ``0..n-1`` labelled by layer, means shown, no fliers, the dashed spline,
-    the BDS title. The statistics of one model share the layers, so one
-    figure is drawn and saved per statistic without being rebuilt.
+    Each figure is the original's box plot, 20 x 8 inches (35 wide above 100
+    layers), one box per layer at its layer number (means shown, no fliers),
+    the dashed spline of the per-layer means, the BDS of the per-layer medians
+    in the title, axis titles with units, a legend, and thinned layer ticks.
     """
-    written = []
-    if not results:
-        return written
     with style():
-        fig = None
-        for result, path in zip(results, paths):
-            n = len(result.layers)
-            wide = n > WIDE_LAYERS
-            if fig is None or list(result.layers) != layers:
-                layers = list(result.layers)
-                fig = new_figure((35 if wide else 20, 8), dpi=100)
-                ax = fig.add_subplot()
-                if wide:
-                    ax.set_xticks([])
-                else:
-                    ax.set_xticks(np.arange(n), [str(x) for x in layers])
-            for artist in [*ax.lines, *ax.collections]:
-                artist.remove()
-            ax.ignore_existing_data_limits = True
-            ax.boxplot(result.values, positions=np.arange(n), widths=0.5, showmeans=True, showfliers=False,
-                       manage_ticks=False)
-            if result.spline_x is not None:
-                ax.plot(result.spline_x, result.spline_y, linestyle="--", color="C0", scalex=False, scaley=False)
-                ax.update_datalim(np.column_stack([result.spline_x, result.spline_y]))
-            ax.autoscale_view(scalex=False)
-            ax.set_xlim(-0.5, n - 0.5)
-            ax.set_title(f"{result.model_id}_{result.stat} (BDS: {result.bds:.2f} p-value: {result.p_value:.2e})")
-            fig.tight_layout()
-            written.append(_save(fig, path))
-    return written
+        return [_save(layer_stat_figure(result), path, dpi) for result, path in zip(results, paths)]
+
+
+def layer_stat_figure(result):
+    """The box plot of one :class:`~qk_spectra_ds.layer_stats.LayerStat` (see :func:`plot_layer_stats`); call inside :func:`style`."""
+    layers = np.asarray(result.layers, dtype=np.float64)
+    n = len(layers)
+    fig = new_figure((35 if n > WIDE_LAYERS else 20, 8))
+    ax = fig.add_subplot()
+    ax.boxplot(result.values, positions=layers, widths=0.5, showmeans=True, showfliers=False, manage_ticks=False,
+               medianprops={"color": MEDIAN_COLOR, "lw": 2},
+               meanprops={"marker": "^", "markerfacecolor": MEAN_COLOR, "markeredgecolor": MEAN_COLOR})  # fmt: skip
+    spline = result.spline_x is not None
+    if spline:  # the spline is fitted on positions 0..n-1: put it at the layer numbers
+        x = np.interp(result.spline_x, np.arange(n), layers)
+        ax.plot(x, result.spline_y, linestyle="--", color=SPLINE_COLOR, lw=2, scalex=False, scaley=False)
+        ax.update_datalim(np.column_stack([x, result.spline_y]))
+    ax.autoscale_view(scalex=False)
+    ax.set_xlim(layers[0] - 0.5, layers[-1] + 0.5)
+    _layer_ticks(ax)
+    name = STAT_TITLES.get(result.stat, result.stat)
+    unit = STAT_UNITS.get(result.stat, "")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"{name} of a head ({unit})" if unit else f"{name} of a head")
+    bds = "NaN" if not np.isfinite(result.bds) else f"{result.bds:.2f}"
+    ax.set_title(f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
+                 f"asymptotic p-value: {result.p_value:.2e})")  # fmt: skip
+    _box_legend(ax, spline)
+    fig.tight_layout()
+    return fig
 
 
 def _share_heatmap(
-    ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], vmax: float, cbar: bool = True, fontsize: float = 9
+    ax, matrix: pd.DataFrame, vmax: float, cbar: bool = True, fontsize: float = 9, cbar_label: str = "share"
 ) -> None:
-    """``seaborn.heatmap`` of shares (viridis, 0..vmax), annotated in percent up to 400 cells.
+    """``seaborn.heatmap`` of shares (viridis, 0..vmax), annotated in percent up to 400 cells, titled colour bar.
 
     Tick labels stay horizontal (seaborn turns them when they might overlap,
-    which a colour bar beside a panel makes it guess wrongly).
+    which a colour bar beside a panel makes it guess wrongly) and are thinned
+    by seaborn (``"auto"``) when there are too many to read.
     """
     import seaborn as sns
 
-    matrix = np.asarray(matrix, dtype=float)
     sns.heatmap(
-        matrix, ax=ax, cmap="viridis", vmin=0.0, vmax=vmax, cbar=cbar, annot=matrix.size <= 400, fmt=".0%",
-        annot_kws={"fontsize": fontsize}, xticklabels=list(cols), yticklabels=list(rows),
+        matrix.astype(float), ax=ax, cmap="viridis", vmin=0.0, vmax=vmax, cbar=cbar, annot=matrix.size <= 400, fmt=".0%",
+        annot_kws={"fontsize": fontsize}, xticklabels="auto", yticklabels="auto",
+        cbar_kws={"format": matplotlib.ticker.PercentFormatter(1.0, decimals=0)} if cbar else None,
     )
+    if cbar:
+        ax.collections[0].colorbar.set_label(cbar_label, fontsize=14)
     ax.tick_params(axis="both", labelrotation=0, length=0)
 
 
-def plot_taxonomy_classes(taxonomy, path: str | os.PathLike, title: str = "Joint taxonomy") -> Path:
-    """The joint classes: share of each model's heads per class (heat map, left) and one panel per class."""
+def _display_models(taxonomy, order: Sequence[str] | None) -> list[str]:
+    """The taxonomy's models in ``order`` (models it lacks dropped, models ``order`` lacks appended)."""
+    order = [m for m in (order or []) if m in taxonomy.models]
+    return order + [m for m in taxonomy.models if m not in order]
+
+
+def plot_taxonomy_classes(
+    taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy", order: Sequence[str] | None = None,
+    dpi: float = DEFAULT_DPI,
+) -> Path:
+    """The joint classes: share of each model's heads per class (heat map, left) and one panel per class.
+
+    ``order``: the models top to bottom (default: the taxonomy's; the report passes them by size).
+    ``path`` None: the figure is returned instead of written.
+    """
     classes = taxonomy.classifier.class_fits_
+    models = _display_models(taxonomy, order)
     shares = taxonomy.shares_by_model()
-    matrix = shares.pivot(index="model", columns="class", values="share").reindex(taxonomy.models).to_numpy()
+    matrix = shares.pivot(index="model", columns="class", values="share").reindex(models)
+    matrix.columns = [f"{k}\nn={c.n_heads}" for k, c in zip(matrix.columns, classes)]
+    colors = class_colors(len(classes))
     with style():
-        fig, big, panels = _grid(len(classes))
-        _share_heatmap(big, matrix, taxonomy.models, [str(k) for k in range(len(classes))], vmax=1.0, fontsize=13)
-        big.set_xlabel("class")
+        fig, big, panels = _grid(len(classes), width=19)
+        _share_heatmap(big, matrix, vmax=1.0, fontsize=13, cbar_label="share of the model's heads in the class")
+        for tick in big.get_xticklabels():
+            k = int(tick.get_text().split("\n")[0])
+            tick.set_color(colors[k])
+        big.set_xlabel("class (n = heads in the class, all models)")
+        big.set_ylabel("model (ordered by size)")
         big.set_title("share of each model's heads per class")
-        n_bins = len(taxonomy.classifier.bin_edges_) - 1
         for ax, klass in zip(panels, classes):
-            _class_panel(ax, klass, n_bins)
+            _class_panel(ax, klass, taxonomy.classifier.bin_edges_, colors[klass.klass])
         fig.suptitle(title)
-        fig.tight_layout()
-        return _save(fig, path)
+        _panel_legend(fig)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        return fig if path is None else _save(fig, path, dpi)
 
 
-def plot_taxonomy_depth(taxonomy, path: str | os.PathLike, title: str = "Joint taxonomy by relative depth") -> Path:
-    """One heat map per class: share of the heads of each (model, relative-depth band) in that class."""
+def plot_taxonomy_depth(
+    taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy by relative depth",
+    order: Sequence[str] | None = None, dpi: float = DEFAULT_DPI,
+) -> Path:
+    """One heat map per class: share of the heads of each (model, relative-depth band) in that class.
+
+    ``order`` as in :func:`plot_taxonomy_classes`; ``path`` None: the figure is returned instead of written.
+    """
     shares = taxonomy.shares_by_depth()
-    n_classes = len(taxonomy.classifier.classes_)
+    models = _display_models(taxonomy, order)
+    classes = taxonomy.classifier.class_fits_
+    colors = class_colors(len(classes))
+    n_classes = len(classes)
     n_cols = min(3, n_classes)
     n_rows = math.ceil(n_classes / n_cols)
     bands = [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(np.arange(taxonomy.n_bands) / taxonomy.n_bands,
                                                       np.arange(1, taxonomy.n_bands + 1) / taxonomy.n_bands)]
     vmax = max(float(shares["share"].max()), 1e-9)
-    height = max(2.5, 0.45 * len(taxonomy.models) + 1.6)
+    height = max(2.8, 0.45 * len(models) + 2.0)
     with style():
-        fig = new_figure((6.5 * n_cols, height * n_rows))
+        fig = new_figure((7.0 * n_cols, height * n_rows))
         axes = fig.subplots(n_rows, n_cols, squeeze=False)
         for k in range(n_rows * n_cols):
             ax = axes.flat[k]
@@ -225,12 +404,21 @@ def plot_taxonomy_depth(taxonomy, path: str | os.PathLike, title: str = "Joint t
                 ax.remove()
                 continue
             part = shares[shares["class"] == k]
-            matrix = part.pivot(index="model", columns="band", values="share").reindex(taxonomy.models).to_numpy()
-            _share_heatmap(ax, matrix, taxonomy.models, bands, vmax=vmax, cbar=(k % n_cols == n_cols - 1))
-            ax.set_title(f"Class_{k}")
+            matrix = part.pivot(index="model", columns="band", values="share").reindex(models)
+            matrix.columns = bands[: matrix.shape[1]]
+            last = k % n_cols == n_cols - 1 or k == n_classes - 1
+            _share_heatmap(ax, matrix, vmax=vmax, cbar=last, cbar_label="share of the band's heads")
+            ax.set_title(_class_title(classes[k]).split(", JSD")[0] + ")")
+            for spine in ax.spines.values():  # the class's colour, as in the other figures
+                spine.set_visible(True)
+                spine.set_edgecolor(colors[k])
+                spine.set_linewidth(3)
             ax.set_xlabel("relative depth (layer / n_layers)")
             if k % n_cols:
+                ax.set_ylabel("")
                 ax.set_yticklabels([])
+            else:
+                ax.set_ylabel("model (by size)")
         fig.suptitle(title)
         fig.tight_layout()
-        return _save(fig, path)
+        return fig if path is None else _save(fig, path, dpi)

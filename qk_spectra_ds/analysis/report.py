@@ -10,6 +10,7 @@ Output layout under ``<out>/<family>/``::
     tables/bds.csv                        model, stat, bds, p_value, n_layers
     tables/taxonomy_*.csv                 joint classes, labels, shares per model and per depth
     index.md                              links to every figure and table
+    index.html                            the same to explore in a browser: interactive embedding, sortable tables
 
 ``<model>`` is the file slug of the model id (``Qwen/Qwen3-0.6B`` ->
 ``Qwen--Qwen3-0.6B``). Each model (classification A and B) and the joint
@@ -38,7 +39,7 @@ import pandas as pd
 
 from .. import __version__
 
-from . import consensus, features, layer_stats, layer_tests, taxonomy
+from . import consensus, features, html_report, layer_stats, layer_tests, taxonomy
 from ..atomic import write_text
 from ..dataset_repo import model_slug
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
@@ -79,6 +80,8 @@ class Params:
     k: str = "auto"
     permutations: int = layer_tests.N_PERMUTATIONS
     min_layers: int = layer_tests.MIN_LAYERS
+    format: str = "png"
+    dpi: float = 100.0
 
     def __post_init__(self) -> None:
         self.n_clusters = int(self.n_clusters)
@@ -97,6 +100,9 @@ class Params:
         if self.n_bands < 1:
             raise AnalysisError(f"--n_bands must be >= 1, got {self.n_bands}")
         self.embedding = taxonomy.check_embedding(str(self.embedding))
+        from .plots import check_dpi, check_figure_format
+
+        self.format, self.dpi = check_figure_format(self.format), check_dpi(self.dpi)
         self.method = str(self.method)
         if self.method not in METHODS:
             raise AnalysisError(f"unknown --method {self.method!r}: choose from {', '.join(METHODS)}")
@@ -183,12 +189,13 @@ def analyze_model(
             t0 = time.perf_counter()
             classifier = params.classifier().fit(eigenvalue_matrix(rows), name=model_id)
             t1 = time.perf_counter()
-            figure = Path("ESDs") / f"{slug}.png"
-            plots.plot_clusters(classifier, family_dir_path / figure, title=model_id)
+            figure = Path("ESDs") / f"{slug}.{params.format}"
+            plots.plot_clusters(classifier, family_dir_path / figure, title=model_id, dpi=params.dpi)
             out["timings"]["clusters"] = t1 - t0
             out["timings"]["clusters figures"] = time.perf_counter() - t1
             out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
             out["labels"] = label_table(model_id, rows, classifier.labels_)
+            out["embedding"] = html_report.embedding_table(model_id, rows, classifier)
             out["figures"].append(figure.as_posix())
             if params.method == "consensus":
                 t0 = time.perf_counter()
@@ -204,8 +211,8 @@ def analyze_model(
             t0 = time.perf_counter()
             results = layer_stats.layer_stats(rows, list(params.stats), params.skip_layers_below, model_id)
             t1 = time.perf_counter()
-            figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.png" for res in results]
-            plots.plot_layer_stats(results, [family_dir_path / f for f in figures])
+            figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
+            plots.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi)
             out["figures"].extend(f.as_posix() for f in figures)
             out["timings"]["boxplots"] = t1 - t0
             out["timings"]["boxplots figures"] = time.perf_counter() - t1
@@ -221,8 +228,9 @@ def analyze_model(
     return out
 
 
-def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str, params: Params) -> dict[str, Any]:
-    """Fit the joint taxonomy and draw its figures; tables returned (runs in a worker or in-process)."""
+def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str, params: Params,
+                  order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Fit the joint taxonomy and draw its figures (models in ``order``); tables returned (worker or in-process)."""
     from threadpoolctl import threadpool_limits
 
     from . import plots
@@ -242,11 +250,11 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
             "taxonomy_shares_depth": joint.shares_by_depth(),
         }
         title = f"{family}: joint taxonomy of {len(heads)} model(s)"
-        plots.plot_taxonomy_classes(joint, family_dir_path / "taxonomy" / "classes.png", title=title)
-        plots.plot_taxonomy_depth(
-            joint, family_dir_path / "taxonomy" / "depth.png", title=f"{family}: class shares by relative depth"
-        )
-        out["figures"] = ["taxonomy/classes.png", "taxonomy/depth.png"]
+        names = [f"taxonomy/classes.{params.format}", f"taxonomy/depth.{params.format}"]
+        plots.plot_taxonomy_classes(joint, family_dir_path / names[0], title=title, order=order, dpi=params.dpi)
+        plots.plot_taxonomy_depth(joint, family_dir_path / names[1], title=f"{family}: class shares by relative depth",
+                                  order=order, dpi=params.dpi)  # fmt: skip
+        out["figures"] = names
         out["timings"]["taxonomy"] = t1 - t0
         out["timings"]["taxonomy figures"] = time.perf_counter() - t1
     out["warnings"] = _recorded(caught)
@@ -354,6 +362,7 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
         outputs.tables["labels"] = f"{TABLES}/labels.csv"
         outputs.frames["classes"] = classes
         outputs.frames["labels"] = labels
+        outputs.frames["embedding"] = pd.concat([r["embedding"] for r in results], ignore_index=True)
     if do_boxplots:
         bds = pd.concat([r["bds"] for r in results], ignore_index=True)
         write_table(bds, tables / "bds.csv")
@@ -433,7 +442,7 @@ def run_taxonomy(
     if not outputs.models:
         outputs.models = list(dict.fromkeys(frame["model_id"].tolist()))
     t0 = time.perf_counter()
-    result = taxonomy_task(model_heads(frame), str(family_dir), family, params)
+    result = taxonomy_task(model_heads(frame), str(family_dir), family, params, html_report.size_order(frame))
     _replay(result.pop("warnings", []))
     outputs.timings["taxonomy (wall)"] = time.perf_counter() - t0
     _store_taxonomy(outputs, result)
@@ -596,7 +605,7 @@ def run_report(
     null_rows = null_variant_rows(dataset, family, revision, frame) if params.method == "consensus" else {}
     tasks = _model_tasks(per_model, family_dir, params, True, True, null_rows)
     tasks.append(Task(JOINT_TASK, float(TAXONOMY_COST_HEADS), taxonomy_task,
-                      (model_heads(frame), str(family_dir), family, params)))  # fmt: skip
+                      (model_heads(frame), str(family_dir), family, params, html_report.size_order(frame))))  # fmt: skip
     t1 = time.perf_counter()
     n_jobs = _jobs(jobs, per_model)
     results = run_tasks(tasks, n_jobs, progress, desc="report")
@@ -606,6 +615,8 @@ def run_report(
     _store_taxonomy(outputs, taxonomy_result)
     t2 = time.perf_counter()
     write_index(outputs, family, str(dataset), revision, params, frame)
+    html_report.write_html(outputs, family, str(dataset), revision, params, frame,
+                           html_report.size_order(frame))  # fmt: skip
     outputs.timings["tables + index"] = time.perf_counter() - t2
     outputs.timings["total"] = time.perf_counter() - t0
     if log is not None:
