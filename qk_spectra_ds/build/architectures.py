@@ -148,9 +148,13 @@ class SeparateProjections(Layout):
     def query_tensor(self, layer):
         return self.q_name.format(layer=layer)
 
+    def tensor(self, ckpt, name):
+        """The header entry of tensor ``name`` (a subclass may look under other prefixes)."""
+        return ckpt.find(name)
+
     def read(self, ckpt, layer, shape):
-        q_info = ckpt.find(self.q_name.format(layer=layer))
-        k_info = ckpt.find(self.k_name.format(layer=layer))
+        q_info = self.tensor(ckpt, self.q_name.format(layer=layer))
+        k_info = self.tensor(ckpt, self.k_name.format(layer=layer))
         _expect_shape(ckpt, q_info, (shape.n_heads * shape.d_head, shape.d_model))
         _expect_shape(ckpt, k_info, (shape.n_kv_heads * shape.d_head, shape.d_model))
         q = ckpt.read_rows(q_info).reshape(shape.n_heads, shape.d_head, shape.d_model)
@@ -540,14 +544,8 @@ class PrefixedProjections(SeparateProjections):
     def has_layer(self, ckpt, layer):
         return any(ckpt.matches(p + self.q_name.format(layer=layer)) for p in self.prefixes)
 
-    def read(self, ckpt, layer, shape):
-        q_info = find_prefixed(ckpt, self.prefixes, self.q_name.format(layer=layer))
-        k_info = find_prefixed(ckpt, self.prefixes, self.k_name.format(layer=layer))
-        _expect_shape(ckpt, q_info, (shape.n_heads * shape.d_head, shape.d_model))
-        _expect_shape(ckpt, k_info, (shape.n_kv_heads * shape.d_head, shape.d_model))
-        q = ckpt.read_rows(q_info).reshape(shape.n_heads, shape.d_head, shape.d_model)
-        k = ckpt.read_rows(k_info).reshape(shape.n_kv_heads, shape.d_head, shape.d_model)
-        return LayerQK(layer, q, k, (q_info, k_info))
+    def tensor(self, ckpt, name):
+        return find_prefixed(ckpt, self.prefixes, name)
 
 
 @dataclass(frozen=True)
