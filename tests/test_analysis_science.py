@@ -195,7 +195,9 @@ def test_shuffled_rows_give_identical_default_tables_and_original_is_unchanged(t
     params = Params(stats=("MEAN", "STD"), n_clusters=3)
     out1 = _default_tables(_frame(models, permute=False), tmp_path / "o1", params)
     out2 = _default_tables(_frame(models[::-1], permute=True), tmp_path / "o2", params)  # rows shuffled, models swapped
-    for name in (*CONSENSUS_TABLES, "layer_tests"):
+    made = {p.stem for p in (out1.family_dir / "tables").glob("*.csv")} & {*CONSENSUS_TABLES, "layer_tests"}
+    assert made == {*CONSENSUS_TABLES, "layer_tests"} - {"variants_ari", "variants_transitions"}  # no folded rows here
+    for name in sorted(made):
         a, b = (o.family_dir / "tables" / f"{name}.csv" for o in (out1, out2))
         assert a.read_bytes() == b.read_bytes(), name
     tests = pd.read_csv(out1.family_dir / "tables" / "layer_tests.csv")
@@ -206,3 +208,19 @@ def test_shuffled_rows_give_identical_default_tables_and_original_is_unchanged(t
     assert written == {"classes", "labels", "bds"}
     for name in written:  # the original's tables do not depend on the method
         assert (original.family_dir / "tables" / f"{name}.csv").read_bytes() == (out1.family_dir / "tables" / f"{name}.csv").read_bytes()
+
+
+# ---------------------------------------------------------------- variants compared
+
+
+def test_variants_compared_by_ari_and_transitions():
+    from qk_spectra_ds.analysis import variants_compare
+
+    raw = _frame([("org/a", 0)], permute=False)
+    same = raw.sample(frac=1.0, random_state=3).assign(variant="folded")  # same spectra, other row order
+    summary, moves = variants_compare.compare("org/a", raw, same, ("raw", "folded"), k=3)
+    assert summary["ari"].iloc[0] == 1.0 and moves["n_heads"].sum() == len(raw)
+    rng = np.random.default_rng(0)  # folded spectra unrelated to raw: the classes no longer agree
+    other = raw.assign(eigenvalues=[np.sort(rng.gamma(rng.uniform(0.2, 3.0), size=16))[::-1] for _ in range(len(raw))])
+    summary, moves = variants_compare.compare("org/a", raw, other, ("raw", "folded"), k=3)
+    assert summary["ari"].iloc[0] < 0.5 and moves["n_heads"].sum() == len(raw)

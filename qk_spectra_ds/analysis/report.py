@@ -54,7 +54,8 @@ plus order-independent consensus classes with their stability and k curve, whole
 permutation tests of the per-layer series and the random-matrix null (``consensus_*``, ``stability``,
 ``k_selection``, ``energy``, ``null_classes``, ``layer_tests`` tables)."""
 
-CONSENSUS_TABLES = ("consensus_classes", "consensus_labels", "k_selection", "stability", "energy", "null_classes")
+CONSENSUS_TABLES = ("consensus_classes", "consensus_labels", "k_selection", "stability", "energy", "null_classes",
+                    "variants_ari", "variants_transitions")
 
 
 
@@ -173,7 +174,7 @@ def label_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.Dat
 
 def analyze_model(
     model_id: str, rows: pd.DataFrame, family_dir: str, params: Params, do_clusters: bool, do_boxplots: bool,
-    null_eigenvalues: np.ndarray | None = None,
+    null_eigenvalues: np.ndarray | None = None, folded_rows: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Classification A and/or B of one model; figures written, tables returned (runs in a worker)."""
     from threadpoolctl import threadpool_limits
@@ -206,6 +207,12 @@ def analyze_model(
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
+                if folded_rows is not None and len(folded_rows):
+                    from . import variants_compare
+
+                    summary, moves = variants_compare.compare(model_id, rows, folded_rows, (str(rows["variant"].iloc[0]), "folded"),
+                                                              params.features, params.k, params.n_bins, params.quantile, params.seed)  # fmt: skip
+                    out["consensus"] = {**out["consensus"], "variants_ari": summary, "variants_transitions": moves}
                 out["timings"]["consensus"] = time.perf_counter() - t0
         if do_boxplots:
             t0 = time.perf_counter()
@@ -326,11 +333,13 @@ def _family_dir(out: str | os.PathLike, family: str) -> Path:
 
 
 def _model_tasks(models, family_dir: Path, params: Params, do_clusters: bool, do_boxplots: bool,
-                 null_rows: dict[str, np.ndarray] | None = None) -> list[Task]:  # fmt: skip
-    null_rows = null_rows or {}
+                 null_rows: dict[str, np.ndarray] | None = None,
+                 folded: dict[str, pd.DataFrame] | None = None) -> list[Task]:  # fmt: skip
+    null_rows, folded = null_rows or {}, folded or {}
     return [
         Task(model_id, float(len(rows)), analyze_model,
-             (model_id, rows, str(family_dir), params, do_clusters, do_boxplots, null_rows.get(model_id)))  # fmt: skip
+             (model_id, rows, str(family_dir), params, do_clusters, do_boxplots, null_rows.get(model_id),
+              folded.get(model_id)))  # fmt: skip
         for model_id, rows in models
     ]
 
@@ -509,6 +518,7 @@ def _consensus_section(outputs: Outputs, model: str) -> dict:
         "null": _rows_of(outputs, "null_classes", model, ["class", "n_heads", "median_ks_distance", "median_fraction_outside",
                                                           "mc_ks_q99", "distinguishable_from_gaussian",
                                                           "distinguishable_from_null_variant"]),
+        "variants": _rows_of(outputs, "variants_ari", model, ["variant_a", "variant_b", "n_heads", "k_a", "k_b", "ari"]),
         "tests": _rows_of(outputs, "layer_tests", model, ["stat", "n_layers", "p_bds_asymptotic", "p_bds_permutation_holm",
                                                           "trend_rho", "p_trend_permutation_holm", "survives", "note"]),
     }  # fmt: skip
@@ -562,17 +572,25 @@ def null_variant_rows(dataset: str, family: str, revision: str | None, frame: pd
 
     Nothing for legacy data (the original study made no null rows) or when ``frame`` is the null variant itself.
     """
+    return {m: eigenvalue_matrix(rows).astype(np.float64) for m, rows in other_variant_rows(dataset, family, revision, frame, "null").items()}
+
+
+def other_variant_rows(dataset: str, family: str, revision: str | None, frame: pd.DataFrame, variant: str) -> dict[str, pd.DataFrame]:
+    """Per model of ``frame``: its rows of another ``variant`` (``null``, ``folded``) where the dataset has them.
+
+    Nothing for legacy data (the original study made no other variants) or when ``frame`` holds ``variant`` itself.
+    """
     variants = set(map(str, frame["variant"].unique())) if len(frame) else set()
-    if not variants or variants & {"legacy", "null"}:
+    if not variants or variants & {"legacy", variant}:
         return {}
     wanted = list(dict.fromkeys(frame["model_id"].tolist()))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            null = load_spectra(dataset, family, revision=revision, models=wanted, variant="null", skip_nonfinite=True)
+            other = load_spectra(dataset, family, revision=revision, models=wanted, variant=variant, skip_nonfinite=True)
     except AnalysisError:
         return {}
-    return {m: eigenvalue_matrix(rows).astype(np.float64) for m, rows in split_models(null)}
+    return dict(split_models(other))
 
 
 def run_report(
@@ -603,7 +621,8 @@ def run_report(
     per_model = split_models(frame)
     outputs.models = [m for m, _ in per_model]
     null_rows = null_variant_rows(dataset, family, revision, frame) if params.method == "consensus" else {}
-    tasks = _model_tasks(per_model, family_dir, params, True, True, null_rows)
+    folded = other_variant_rows(dataset, family, revision, frame, "folded") if params.method == "consensus" else {}
+    tasks = _model_tasks(per_model, family_dir, params, True, True, null_rows, folded)
     tasks.append(Task(JOINT_TASK, float(TAXONOMY_COST_HEADS), taxonomy_task,
                       (model_heads(frame), str(family_dir), family, params, html_report.size_order(frame))))  # fmt: skip
     t1 = time.perf_counter()
