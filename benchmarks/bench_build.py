@@ -6,8 +6,10 @@ tensor of a Llama-3.2-1B-shaped model: 16 layers, d_model 2048, 32/8 heads,
 d_head 64, MLP 8192, vocab 128256 (~2.5 GB). Then, each in a fresh process:
 
 - memory: peak RSS of building the model minus the process baseline
-  (interpreter + imports), next to the peak RSS of loading one whole shard with
-  ``safetensors.torch.load_file`` (what the original study did);
+  (interpreter + imports), with every variant (raw, folded, null and the
+  positional spectra, the default) and with ``--variants raw`` alone, next to the
+  peak RSS of loading one whole shard with ``safetensors.torch.load_file`` (what
+  the original study did);
 - throughput: the time split (reading the Q/K bytes, kernel, statistics, writing
   parquet) and end-to-end time as a multiple of (read time + kernel time).
 
@@ -74,6 +76,7 @@ def write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...]]], rng: np.
 
 def make_checkpoint(directory: Path) -> Path:
     if (directory / "model.safetensors.index.json").exists():
+        write_config(directory)
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -89,15 +92,23 @@ def make_checkpoint(directory: Path) -> Path:
     for filename, tensors in shards.items():
         write_shard(directory / filename, tensors, rng)
         weight_map.update({name: filename for name, _ in tensors})
-    config = {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": d,
-        "intermediate_size": SHAPE["mlp"], "num_hidden_layers": SHAPE["layers"],
-        "num_attention_heads": SHAPE["heads"], "num_key_value_heads": SHAPE["kv_heads"],
-        "head_dim": SHAPE["d_head"], "vocab_size": vocab, "torch_dtype": "bfloat16", "tie_word_embeddings": True,
-    }  # fmt: skip
-    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    write_config(directory)
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return directory
+
+
+def write_config(directory: Path) -> None:
+    """Llama-3.2-1B's config (llama3 rope scaling, 131072 positions: 18 default offsets)."""
+    config = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": SHAPE["d_model"],
+        "intermediate_size": SHAPE["mlp"], "num_hidden_layers": SHAPE["layers"],
+        "num_attention_heads": SHAPE["heads"], "num_key_value_heads": SHAPE["kv_heads"],
+        "head_dim": SHAPE["d_head"], "vocab_size": SHAPE["vocab"], "torch_dtype": "bfloat16", "tie_word_embeddings": True,
+        "max_position_embeddings": 131072, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+    }  # fmt: skip
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
 
 
 CHILD = r"""
@@ -111,9 +122,10 @@ mode, ckpt = sys.argv[1], sys.argv[2]
 baseline = rss_mb()
 t0 = time.perf_counter()
 out = {}
-if mode == "build":
+if mode in ("build", "build_raw"):
+    variants = ["raw"] if mode == "build_raw" else None  # None: the default, every variant
     with tempfile.TemporaryDirectory() as tmp:
-        r = build.build_model(ckpt, "Bench", tmp, device="cpu", progress=False, force=True)
+        r = build.build_model(ckpt, "Bench", tmp, device="cpu", progress=False, force=True, variants=variants)
     out.update(r.timings, bytes_fetched=r.bytes_fetched, checkpoint_bytes=r.checkpoint_bytes)
 else:
     tensors = safetensors.torch.load_file(ckpt + "/model-00001-of-00002.safetensors")
@@ -145,9 +157,12 @@ def main() -> None:
     print(f"checkpoint {ckpt}: {size / 1e9:.2f} GB bf16, 2 shards")
 
     builds = [run_child("build", ckpt) for _ in range(args.repeats)]
+    raw_builds = [run_child("build_raw", ckpt) for _ in range(args.repeats)]
     load = run_child("load_file", ckpt)
     med = {k: statistics.median(b[k] for b in builds) for k in builds[0]}
+    raw = {k: statistics.median(b[k] for b in raw_builds) for k in raw_builds[0]}
     build_extra = med["peak_mb"] - med["baseline_mb"]
+    raw_extra = raw["peak_mb"] - raw["baseline_mb"]
     load_extra = load["peak_mb"] - load["baseline_mb"]
     print(
         f"memory: baseline {med['baseline_mb']:.0f} MB; build peak {med['peak_mb']:.0f} MB (+{build_extra:.0f} MB); "
@@ -163,6 +178,9 @@ def main() -> None:
     print(f"RATIO memory: build adds {build_extra:.0f} MB over the baseline (target < 300 MB); "
           f"load_file of one shard adds {load_extra:.0f} MB ({load_extra / max(build_extra, 1):.0f}x more)")  # fmt: skip
     print(f"RATIO throughput: end-to-end / (read + kernel) = {med['total'] / unavoidable:.2f} (target <= 1.25)")
+    print(f"RATIO variants: peak RSS all variants {med['peak_mb']:.0f} MB / raw only {raw['peak_mb']:.0f} MB = "
+          f"{med['peak_mb'] / raw['peak_mb']:.2f}x (target <= 1.5x); over the baseline +{build_extra:.0f} MB vs "
+          f"+{raw_extra:.0f} MB; time {med['total']:.1f}s vs {raw['total']:.1f}s ({med['total'] / raw['total']:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ over ~3 orders of magnitude), time
   the baseline does not compute);
 
 and check both against a dense float64 SVD of W_QK on a sample of heads.
+
+Variants (issue 12), on the Llama-3.1-8B-shaped layer: ``qk_layer_variants`` with
+raw + folded + null and 16 offsets (0, 1, 2, 4, ..., 2^14; llama3 rope scaling)
+for each of raw and folded, against ``qk_layer_spectra`` (raw alone, with
+positivity) in the same run (target <= 3x).
 Prints medians of several runs and the ratios last.
 
     python benchmarks/bench_spectra.py [--repeats 5] [--device cpu]
@@ -29,7 +34,9 @@ import numpy as np
 import torch
 
 from qk_spectra_ds.build.spectra import dense_qk_singular_values
-from qk_spectra_ds.build.kernel import qk_layer_spectra
+from qk_spectra_ds.build.kernel import qk_layer_spectra, qk_layer_variants
+from qk_spectra_ds.build.rotary import Rotary, inverse_frequencies
+from qk_spectra_ds.build.variants import LayerFolding, LayerPlan, haar_rotations
 
 SHAPES = {
     "Llama-3.1-8B layer": dict(n_heads=32, n_kv=8, d_head=128, d_model=4096),
@@ -59,6 +66,18 @@ def original_algorithm(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def variant_plan(n_heads: int, d_head: int, d_model: int, n_offsets: int = 16) -> LayerPlan:
+    """raw + folded + null with Llama-3.1-8B's rope (llama3 scaling) at 0, 1, 2, 4, ... (n_offsets offsets)."""
+    rng = np.random.default_rng(1)
+    scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=8192)  # fmt: skip
+    inv, a, kind = inverse_frequencies(500000.0, d_head, scaling, 131072)
+    folding = LayerFolding(rng.normal(1.0, 0.3, d_model), False, None, None, d_head**-0.5)
+    offsets = (0,) + tuple(2**i for i in range(n_offsets - 1))
+    return LayerPlan(("raw", "folded", "null"), folding, Rotary(inv, a, False, kind), offsets,
+                     haar_rotations(0, "bench", 0, n_heads, d_head))  # fmt: skip
+
+
 def median_time(fn, repeats: int, device: str) -> float:
     times = []
     for _ in range(repeats):
@@ -77,11 +96,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (median reported)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--sample", type=int, default=4, help="heads checked against a dense float64 SVD")
+    parser.add_argument("--variants-only", action="store_true", help="only the variants timing (skip the baseline)")
     args = parser.parse_args()
     gen = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, float64")
     lines = []
-    for name, shape in SHAPES.items():
+    for name, shape in {} if args.variants_only else SHAPES.items():
         q = anisotropic(shape["n_heads"], shape["d_head"], shape["d_model"], 1e3, gen, args.device)
         k = anisotropic(shape["n_kv"], shape["d_head"], shape["d_model"], 1e3, gen, args.device)
         original_algorithm(q[:2], k[:1])  # warm up LAPACK / kernels
@@ -106,6 +126,21 @@ def main() -> None:
             f"RATIO {name}: kernel (singular values) {t_base / t_sv:.1f}x faster, "
             f"with positivity {t_base / t_all:.1f}x faster, max rel err {err_ours:.1e} (target >= 8x, <= 1e-6)"
         )
+    name, shape = "Llama-3.1-8B layer", SHAPES["Llama-3.1-8B layer"]
+    gen = torch.Generator().manual_seed(0)
+    q = anisotropic(shape["n_heads"], shape["d_head"], shape["d_model"], 1e3, gen, args.device)
+    k = anisotropic(shape["n_kv"], shape["d_head"], shape["d_model"], 1e3, gen, args.device)
+    plan = variant_plan(shape["n_heads"], shape["d_head"], shape["d_model"])
+    qk_layer_variants(q, k, plan)  # warm up
+    t_raw = median_time(lambda: qk_layer_spectra(q, k), args.repeats, args.device)
+    t_var = median_time(lambda: qk_layer_variants(q, k, plan), args.repeats, args.device)
+    t_raw_again = median_time(lambda: qk_layer_spectra(q, k), args.repeats, args.device)
+    t_raw = min(t_raw, t_raw_again)  # the machine may be shared: the faster of two raw timings (conservative ratio)
+    out = qk_layer_variants(q, k, plan)
+    same = np.array_equal(out["raw"].singular_values, qk_layer_spectra(q, k).singular_values)
+    print(f"{name}: raw alone (with positivity) {t_raw:.3f}s | raw + folded + null + {len(plan.offsets)} offsets "
+          f"for raw and folded {t_var:.3f}s | raw rows identical to qk_layer_spectra: {same}")
+    lines.append(f"RATIO variants {name}: all variants / raw alone = {t_var / t_raw:.2f}x (target <= 3x)")
     print("\n".join(lines))
 
 

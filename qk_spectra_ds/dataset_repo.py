@@ -135,6 +135,8 @@ def read_summary(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     first = table.slice(0, 1).to_pylist()
     summary = dict(first[0]) if first else {c: None for c in SUMMARY_COLUMNS}
+    if first:  # a model's file holds one row per (layer, head, variant): name every variant
+        summary["variant"] = ", ".join(str(v) for v in dict.fromkeys(table.column("variant").to_pylist()))
     summary["n_rows"] = table.num_rows
     summary["n_bytes"] = os.path.getsize(path)
     summary["config"] = Path(path).parent.name
@@ -336,6 +338,7 @@ def render_card(
         columns=schema.column_types(),
         schema_version=schema.SCHEMA_VERSION,
         builder_version=__version__,
+        null_seed=schema.NULL_SEED,
     )
     return str(card)
 

@@ -11,9 +11,10 @@ tuple in :data:`COLUMNS_BY_VERSION` (a released version's tuple never changes;
 a new version is a new key).
 
 - v1: the first release.
-- v2: adds ``method_version`` (see :data:`METHOD_VERSION`) and the per-layer facts
-  ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`). No v2
-  dataset was published before the facts were added, so v2 requires them.
+- v2: adds ``method_version`` (see :data:`METHOD_VERSION`), and with the variants
+  (``raw``, ``folded``, ``null``) the positional spectra :data:`OFFSET_COLUMNS`, and the
+  per-layer facts ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`).
+  No v2 dataset was published before these were added, so v2 requires them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Iterable
 
 SCHEMA_VERSION = 2
 
-METHOD_VERSION = 2
+METHOD_VERSION = 3
 """Version of the computation behind the rows, stored in each row's ``method_version``.
 
 Bump it whenever what a column means or how it is computed changes (the kernel,
@@ -34,6 +35,10 @@ so every model is recomputed after a bump. The package version plays no part.
 - 2: ill-conditioned head blocks (Frobenius condition number above ~6.7e4) are factored
   by QR instead of Cholesky; undefined values are NaN (skew/kurtosis of a constant
   spectrum; stable/effective rank and positivity of an all-zero head), no longer 0, 1 or -3.
+- 3: one row per (layer, head, variant): ``folded`` (norm gains, q/k norm gains, centring and
+  the attention scale folded in) and ``null`` (Haar-random pairing) beside ``raw``, positional
+  (RoPE) spectra per offset on raw and folded rows of rotary layers; the norm and q/k-norm
+  tensors are read (and part of a local model's revision).
 """
 
 METHOD_VERSION_LEGACY = 0
@@ -52,6 +57,10 @@ IDENTITY_COLUMNS = ("model_id", "model_revision", "family", "model_type", "varia
 INDEX_COLUMNS = ("layer", "head", "kv_head")
 SHAPE_COLUMNS = ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head")
 SPECTRUM_COLUMNS = ("singular_values", "eigenvalues")
+OFFSET_COLUMNS = (
+    "offsets", "positional_singular_values", "positional_norm_ratio_min", "positional_norm_ratio_max", "half_norm_offset",
+)
+"""Positional (RoPE) spectra per token offset and their sortable summaries; null on null rows and layers without rotary."""
 LAYER_FACT_COLUMNS = ("attention_type", "sliding_window", "rope_theta")
 """What the row's layer does, from config.json: ``full``/``sliding``/``chunked``, the window (null unless
 sliding), the rotary base (null without rotary: NoPE layers, absolute positions, ALiBi, legacy rows)."""
@@ -64,7 +73,7 @@ _VALUE_COLUMNS = (
 
 COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {
     1: _VALUE_COLUMNS + ("weights_dtype", "builder_version", "schema_version"),
-    2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + PROVENANCE_COLUMNS,
+    2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + PROVENANCE_COLUMNS,
 }
 """The columns of each schema version this package reads, in file order."""
 
@@ -78,10 +87,22 @@ _TYPES: dict[str, str] = {
     **{name: "int32" for name in INDEX_COLUMNS + SHAPE_COLUMNS + ("method_version", "schema_version")},
     **{name: "list<float32>" for name in SPECTRUM_COLUMNS},
     **{name: "float64" for name in SV_STAT_COLUMNS + EV_STAT_COLUMNS + METRICS},
+    "offsets": "list<int32>",
+    "positional_singular_values": "list<list<float32>>",
+    "positional_norm_ratio_min": "float64",
+    "positional_norm_ratio_max": "float64",
+    "half_norm_offset": "int32",
 }
 """Arrow-style type of every column of any version (a column keeps its type across versions)."""
 
 VARIANT_RAW = "raw"
+VARIANT_FOLDED = "folded"
+VARIANT_NULL = "null"
+BUILT_VARIANTS = (VARIANT_RAW, VARIANT_FOLDED, VARIANT_NULL)
+
+NULL_SEED = 0
+"""Entropy of the null variant's draws: numpy PCG64 from SeedSequence(entropy=NULL_SEED,
+spawn_key=(sha256(model_id)[:8] little-endian, layer, head)); recorded in the card."""
 VARIANT_LEGACY = "legacy"
 
 
@@ -96,7 +117,11 @@ def features(version: int = SCHEMA_VERSION):
 
     spec = {}
     for name, kind in column_types(version).items():
-        spec[name] = List(Value("float32")) if kind == "list<float32>" else Value(kind)
+        if kind.startswith("list<"):
+            inner = kind[len("list<") : -1]
+            spec[name] = List(List(Value(inner[5:-1]))) if inner.startswith("list<") else List(Value(inner))
+        else:
+            spec[name] = Value(kind)
     return Features(spec)
 
 

@@ -106,7 +106,7 @@ def repo(tmp_path_factory, minilm_dir):
 @pytest.fixture(scope="module")
 def minilm_rows(repo):
     path = dataset_repo.model_path(repo["out"], "MiniLM", MINILM)
-    return pq.read_table(path).to_pandas().set_index(["layer", "head"], drop=False)
+    return pq.read_table(path, filters=[("variant", "=", "raw")]).to_pandas().set_index(["layer", "head"], drop=False)
 
 
 def test_minilm_matches_dense_svd(minilm_rows, minilm_dense, minilm_dir):

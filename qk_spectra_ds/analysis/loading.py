@@ -317,7 +317,8 @@ def load_spectra(
         raise LoadError(f"dataset {dataset!r} config {family!r} has no rows")
 
     _check_required(table, dataset, family)
-    scalar_columns = [c for c in schema.COLUMNS if c not in schema.SPECTRUM_COLUMNS and c in table.column_names]
+    lists = schema.SPECTRUM_COLUMNS + ("offsets", "positional_singular_values")
+    scalar_columns = [c for c in schema.COLUMNS if c not in lists and c in table.column_names]
     frame = table.select(scalar_columns).to_pandas()
     frame[_SPECTRUM_COLUMN] = _list_column(table, _SPECTRUM_COLUMN)
     singular_values = _list_column(table, "singular_values")
@@ -422,6 +423,9 @@ def _select(frame: pd.DataFrame, dataset: str, family: str, models: list[str] | 
                 f"available: {', '.join(available)}"
             )
         frame = frame[frame["model_id"].isin(chosen)]
+    if variants is None:  # default: the folded variant where a model has it, else what the model has
+        has_folded = frame.loc[frame["variant"] == schema.VARIANT_FOLDED, "model_id"].unique()
+        frame = frame[(frame["variant"] == schema.VARIANT_FOLDED) | ~frame["model_id"].isin(has_folded)]
     if variants is not None:
         present = sorted({str(v) for v in frame["variant"].unique()})
         missing = [v for v in variants if v not in present]

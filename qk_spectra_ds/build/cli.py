@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..cli_util import UsageError, as_list, call_cli, program_name, run_cli
 
-BUILD_ONLY = ("family", "models", "device", "shard", "catalog")
+BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets")
 PUBLISH_ONLY = ("version", "private", "revision", "message")
 
 
@@ -31,6 +31,8 @@ def main(
     message: str | None = None,
     skip_build: bool = False,
     quiet: bool = False,
+    variants: str | None = None,
+    offsets: str | None = None,
 ):
     """Compute the singular values of every attention head's W_QK = W_Q^T W_K and write them as a dataset.
 
@@ -71,6 +73,11 @@ def main(
         models added or updated).
       skip_build: Publish OUT as it is, without building (with --push-to-hub).
       quiet: No progress bars.
+      variants: Comma-separated variants to build, rows per (layer, head, variant): raw (W_Q^T W_K),
+        folded (norm gains, q/k norm gains, centring and attention scale folded in), null (folded
+        factors paired through a seeded Haar-random rotation). Default raw,folded,null.
+      offsets: Comma-separated token offsets for the positional (RoPE) spectra of raw and folded rows
+        of rotary layers (default 0,1,2,4,... up to max_position_embeddings; none: no positional spectra).
     """
     flags = dict(locals())  # the parameters, before any other local exists
     from . import catalog as catalog_mod
@@ -96,6 +103,8 @@ def main(
             catalog_file=catalog,
             progress=not quiet,
             shard=shard,
+            variants=as_list(variants, "--variants") if variants is not None else None,
+            offsets=as_list(offsets, "--offsets") if offsets is not None else None,
         )
         print(build.summarize(results))
         print(f"dataset: {out} (load with datasets.load_dataset({out!r}, {family!r}))")
@@ -126,4 +135,4 @@ def check_flag_combination(given: set[str]) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line (``argv`` defaults to sys.argv): flags checked first, errors as one line."""
-    return run_cli(lambda: call_cli(main, argv, name=program_name("build_dataset.py"), list_flags=("models",)))
+    return run_cli(lambda: call_cli(main, argv, name=program_name("build_dataset.py"), list_flags=("models", "variants", "offsets")))

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from .. import __version__, dataset_repo, schema
 
 from . import catalog
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
+from .folding import read_folding
 from ..cli_util import check_output_dir
 from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
 from .safetensors_io import Checkpoint
@@ -73,6 +74,9 @@ def build_model(
     progress: bool = True,
     token: str | bool | None = None,
     taken_ids: Mapping[str, str] | None = None,
+    variants: Sequence[str] | None = None,
+    offsets: Sequence[int] | None = None,
+    null_seed: int = schema.NULL_SEED,
 ) -> ModelResult:
     """Build one model, or skip it if its file holds the same revision and method version.
 
@@ -84,6 +88,10 @@ def build_model(
     ``taken_ids`` maps the model ids already built in this run to their specs: a
     second model with the same id (two local folders of one name, one Hub id at
     two revisions) is refused instead of overwriting the first one's table.
+
+    ``variants`` (default raw, folded, null) and ``offsets`` (default 0, 1, 2, 4, ...
+    up to max_position_embeddings; ``[]``: no positional spectra) choose the rows:
+    one per (layer, head, variant), see :mod:`.variants`.
     """
     torch = require_build_extra()
     from .kernel import default_device
@@ -108,6 +116,9 @@ def build_model(
     layout = arch.layout(config)
     facts = arch.layer_facts(config)  # the softmax-attention layers, with their true indices
     layers = [f.layer for f in facts]
+    variants = check_variants(variants)
+    rotaries, offsets = layer_rotaries(arch, config, offsets) if variants else ({}, ())
+    want_folding = any(v in variants for v in (schema.VARIANT_FOLDED, schema.VARIANT_NULL))
     checkpoint = Checkpoint(source)
     stored = arch.stored_layers(config)
     if layout.has_layer(checkpoint, stored):
@@ -116,15 +127,19 @@ def build_model(
             f"config.json says {shape.n_layers} layers: config and weights do not match"
         )
 
-    def read_layer(layer: int) -> tuple[LayerQK, float]:
-        """Everything the rows of one layer are computed from: the local revision's pre-pass reads through it too."""
+    def read_layer(layer: int) -> tuple[tuple[LayerQK, Any], float]:
+        """Everything the rows of one layer are computed from: the local revision's pre-pass reads through it too.
+
+        Q/K, and for the folded and null variants the norm and q/k-norm gains.
+        """
         t0 = time.perf_counter()
         qk = layout.read(checkpoint, layer, shape)
+        folding = read_folding(checkpoint, config, layer, shape, qk.tensors[0].name) if want_folding else None
         for info, array in zip(("q", "k"), (qk.q, qk.k)):
             if not np.isfinite(array).all():
                 names = ", ".join(t.name for t in qk.tensors)
                 raise CheckpointError(f"{source.model_id}: NaN or Inf in the {info.upper()} weights of layer {layer} ({names})")
-        return qk, time.perf_counter() - t0
+        return (qk, folding), time.perf_counter() - t0
 
     dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
     if source.revision is None:
@@ -136,7 +151,7 @@ def build_model(
     result = ModelResult(source.model_id, "built", revision=revision)
 
     previous = dataset_repo.existing_build(out_dir, family, source.model_id)
-    if not force and is_up_to_date(previous, revision):
+    if not force and is_up_to_date(previous, revision) and held_variants(out_dir, family, source.model_id) == set(variants):
         result.status, result.path, result.n_rows = "skipped", dataset_repo.model_path(out_dir, family, source.model_id), previous["n_rows"]
         return result
 
@@ -144,50 +159,56 @@ def build_model(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QKSpectraError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
 
-    singular_values = np.empty((len(layers), shape.n_heads, shape.d_head))
-    positivity = np.empty((len(layers), shape.n_heads))
+    spectra_by_variant: dict[str, list] = {v: [] for v in variants}
     tensor_names: list[str] = []
     bar = _tqdm(range(len(layers)), progress, desc=f"{source.model_id} layers", leave=False)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qk-prefetch") as pool:
         pending = pool.submit(read_layer, layers[0]) if layers else None
         for row, layer in zip(bar, layers):
             wait0 = time.perf_counter()
-            qk, read_seconds = pending.result()
+            (qk, folding), read_seconds = pending.result()
             timings["read"] += time.perf_counter() - wait0
             timings["read_io"] += read_seconds
             if row + 1 < len(layers):
                 pending = pool.submit(read_layer, layers[row + 1])
             tensor_names.extend(t.name for t in qk.tensors)
+            plan = layer_plan(variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed)
             t0 = time.perf_counter()
             q = torch.from_numpy(qk.q).to(device=device, dtype=torch.float64)
             k = torch.from_numpy(qk.k).to(device=device, dtype=torch.float64)
-            spectra = layer_spectra_or_error(q, k, source.model_id, layer)
-            singular_values[row] = spectra.singular_values
-            positivity[row] = spectra.positivity
+            for name, spectra in layer_variants_or_error(q, k, plan, source.model_id, layer).items():
+                spectra_by_variant[name].append(spectra)
             timings["kernel"] += time.perf_counter() - t0
 
     if source.revision is None:
         revision = result.revision = local_revision_after_build(source, revision)
     t0 = time.perf_counter()
-    columns = model_columns(
-        singular_values,
-        positivity,
-        shape,
-        facts=facts,
-        model_id=source.model_id,
-        revision=revision,
-        family=family,
-        model_type=config["model_type"],
-        weights_dtype=",".join(
-            sorted({DTYPE_NAMES.get(dtype, dtype) for dtype in {checkpoint.tensors[n].dtype for n in tensor_names}})
-        ),
+    weights_dtype = ",".join(
+        sorted({DTYPE_NAMES.get(dtype, dtype) for dtype in {checkpoint.tensors[n].dtype for n in tensor_names}})
     )
+    columns = concat_columns([
+        model_columns(
+            np.stack([s.singular_values for s in per_layer]),
+            np.stack([s.positivity for s in per_layer]),
+            shape,
+            facts=facts,
+            model_id=source.model_id,
+            revision=revision,
+            family=family,
+            model_type=config["model_type"],
+            weights_dtype=weights_dtype,
+            variant=name,
+            positional=[s.positional for s in per_layer],
+            offsets=offsets,
+        )
+        for name, per_layer in spectra_by_variant.items()
+    ])
     timings["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result.path = dataset_repo.write_model_table(out_dir, family, source.model_id, columns)
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
-    result.n_rows = len(layers) * shape.n_heads
+    result.n_rows = len(layers) * shape.n_heads * len(variants)
     result.timings = timings
     result.bytes_fetched = source.fetched.total
     result.checkpoint_bytes = checkpoint.total_bytes()
@@ -273,8 +294,14 @@ def model_columns(
     model_type: str,
     weights_dtype: str,
     variant: str = schema.VARIANT_RAW,
+    positional: Sequence[np.ndarray | None] | None = None,
+    offsets: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Current-schema columns for a model from its (L, H, d_head) float64 singular values."""
+    """Current-schema columns for a model from its (L, H, d_head) float64 singular values.
+
+    ``positional``: per layer None (no rotary, or a null row) or the (n_offsets, H, d_head)
+    positional singular values at ``offsets``.
+    """
     n_layers, n_heads, _ = singular_values.shape  # n_layers: the layers with softmax attention (facts)
     n = n_layers * n_heads
     s = singular_values.reshape(n, -1)
@@ -309,6 +336,7 @@ def model_columns(
         for name, stat in spectrum_statistics(values).items():
             columns[f"{prefix}_{name}"] = stat
     columns.update(spectrum_metrics(s, positivity.reshape(n)))
+    columns.update(positional_columns(s.reshape(n_layers, n_heads, -1), positional, offsets))
     return columns
 
 
@@ -319,6 +347,116 @@ def layer_fact_columns(facts: list[LayerFacts], n_heads: int) -> dict[str, list]
         "sliding_window": [f.sliding_window for f in facts for _ in range(n_heads)],
         "rope_theta": [None if f.rope is None else f.rope.theta for f in facts for _ in range(n_heads)],
     }
+
+
+def positional_columns(
+    singular_values: np.ndarray, positional: Sequence[np.ndarray | None] | None, offsets: Sequence[int]
+) -> dict[str, list]:
+    """The positional columns (schema.OFFSET_COLUMNS), row-major over (layer, head); null where absent."""
+    from .variants import positional_summaries
+
+    n_layers, n_heads, _ = singular_values.shape
+    columns: dict[str, list] = {name: [] for name in schema.OFFSET_COLUMNS}
+    for layer in range(n_layers):
+        values = None if positional is None else positional[layer]
+        if values is None:
+            for name in schema.OFFSET_COLUMNS:
+                columns[name].extend([None] * n_heads)
+            continue
+        per_head = np.moveaxis(values, 1, 0)  # (H, n_off, d_head)
+        summary = positional_summaries(singular_values[layer], per_head, offsets)
+        columns["offsets"].extend([list(map(int, offsets))] * n_heads)
+        columns["positional_singular_values"].extend([list(h.astype(np.float32)) for h in per_head])
+        columns["positional_norm_ratio_min"].extend(summary["positional_norm_ratio_min"].tolist())
+        columns["positional_norm_ratio_max"].extend(summary["positional_norm_ratio_max"].tolist())
+        columns["half_norm_offset"].extend(None if v < 0 else int(v) for v in summary["half_norm_offset"])
+    return columns
+
+
+def concat_columns(parts: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """Row-wise concatenation of column dicts (one per variant)."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {name: [v for part in parts for v in list(part[name])] for name in parts[0]}
+
+
+DEFAULT_VARIANTS = schema.BUILT_VARIANTS
+
+
+def check_offsets(offsets: Sequence[int] | None) -> tuple[int, ...] | None:
+    """Offsets as given (None: the model's default), checked: whole numbers >= 0, sorted, without repeats."""
+    if offsets is None:
+        return None
+    try:
+        values = [int(str(o).strip()) for o in offsets if str(o).strip().lower() != "none"]
+    except ValueError:
+        raise BuildError(f"--offsets {','.join(map(str, offsets))!r}: give whole numbers >= 0 (e.g. 0,1,16,256) or none") from None
+    if any(v < 0 or v >= 2**31 for v in values):
+        raise BuildError(f"--offsets {','.join(map(str, offsets))!r}: offsets must be whole numbers from 0 to 2^31 - 1")
+    return tuple(sorted(set(values)))
+
+
+def check_variants(variants: Sequence[str] | None) -> tuple[str, ...]:
+    """The variants to build, in canonical order (default raw, folded, null); one line for an unknown one."""
+    if variants is None:
+        return DEFAULT_VARIANTS
+    chosen = [str(v).strip() for v in variants]
+    unknown = [v for v in chosen if v not in schema.BUILT_VARIANTS]
+    if unknown or not chosen:
+        raise BuildError(f"--variants {','.join(chosen)!r}: choose among {', '.join(schema.BUILT_VARIANTS)}")
+    return tuple(v for v in schema.BUILT_VARIANTS if v in chosen)
+
+
+def held_variants(out_dir, family: str, model_id: str) -> set[str] | None:
+    """The variants the model's existing file holds (None if none or unreadable)."""
+    path = dataset_repo.model_path(out_dir, family, model_id)
+    return dataset_repo.table_variants(path) if path.exists() else None
+
+
+def layer_rotaries(arch, config: Mapping[str, Any], offsets: Sequence[int] | None) -> tuple[dict, tuple[int, ...]]:
+    """(layer -> Rotary of every rotary layer, the model's offsets); offsets () when no layer rotates."""
+    from .rotary import default_offsets, rotary_from_spec
+
+    rotaries = {}
+    for facts in arch.layer_facts(config):
+        rotary = rotary_from_spec(facts.rope, config)
+        if rotary is not None:
+            rotaries[facts.layer] = (rotary, facts.rope.max_position_embeddings)
+    if not rotaries:
+        return {}, ()
+    if offsets is None:
+        offsets = default_offsets(max((m or 0) for _, m in rotaries.values()) or None)
+    return {layer: r for layer, (r, _) in rotaries.items()}, tuple(int(o) for o in offsets)
+
+
+def layer_plan(variants, folding, rotary, offsets, model_id: str, layer: int, shape: AttentionShape, null_seed: int):
+    """The kernel's plan for one layer: variants, numeric folding (c includes the rotary factor a^2), offsets, null draws."""
+    from .variants import LayerFolding, LayerPlan, haar_rotations
+
+    layer_folding = rotations = None
+    if folding is not None:
+        a = 1.0 if rotary is None else rotary.attention_factor
+        layer_folding = LayerFolding(folding.gain, folding.centre, folding.q_gain, folding.k_gain, folding.attention_scale * a * a)
+    if schema.VARIANT_NULL in variants:
+        rotations = haar_rotations(null_seed, model_id, layer, shape.n_heads, shape.d_head)
+    return LayerPlan(tuple(variants), layer_folding, rotary if offsets else None, tuple(offsets), rotations)
+
+
+def layer_variants_or_error(q, k, plan, model_id: str, layer: int) -> dict:
+    """Every variant's spectra of a layer, or a one-line CheckpointError naming model, layer, head (and variant)."""
+    from .kernel import qk_layer_variants
+    from .spectra import WeightRangeError, float32_storage_problem
+
+    try:
+        spectra = qk_layer_variants(q, k, plan)
+    except WeightRangeError as exc:
+        raise CheckpointError(f"{model_id}: layer {layer} {exc}") from None
+    for name, values in spectra.items():
+        problem = float32_storage_problem(values.singular_values)
+        if problem is not None:
+            suffix = "" if name == schema.VARIANT_RAW else f" ({name} variant)"
+            raise CheckpointError(f"{model_id}: layer {layer} {problem}{suffix}")
+    return spectra
 
 
 def build_family(
@@ -332,6 +470,8 @@ def build_family(
     progress: bool = True,
     token: str | bool | None = None,
     shard: str | None = None,
+    variants: Sequence[str] | None = None,
+    offsets: Sequence[int] | None = None,
 ) -> list[ModelResult]:
     """Build every model of a family (or the given ones) into ``out_dir``.
 
@@ -340,6 +480,8 @@ def build_family(
     """
     dataset_repo.check_family(family)
     check_output_dir(out_dir)  # refused before any model is read, not after hours of work
+    variants = check_variants(variants)
+    offsets = check_offsets(offsets)
     device = check_device(device, require_build_extra())
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
     specs = list(dict.fromkeys(str(spec).strip() for spec in specs))  # the same spec twice is built once
@@ -352,7 +494,8 @@ def build_family(
     for spec in _tqdm(specs, progress, desc=f"{family} models", unit="model"):
         try:
             result = build_model(
-                spec, family, out_dir, device=device, force=force, progress=progress, token=token, taken_ids=taken_ids
+                spec, family, out_dir, device=device, force=force, progress=progress, token=token, taken_ids=taken_ids,
+                variants=variants, offsets=offsets,
             )
             taken_ids[result.model_id] = str(spec)
         except QKSpectraError as exc:
