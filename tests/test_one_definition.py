@@ -158,3 +158,29 @@ def test_card_dataset_info_is_what_datasets_reads(tmp_path):
         assert infos[name].features == schema.features()
         split = infos[name].splits["train"]
         assert (split.num_bytes, split.num_examples) == (n_bytes, n_rows), name
+
+
+def test_commands_take_their_flags_from_one_declaration():
+    """clusters/boxplots/taxonomy/compare declare no flag of their own that `report` declares: they take its."""
+    full = inspect.signature(cli.report).parameters
+    for name in ("clusters", "boxplots", "taxonomy", "compare"):
+        command = cli.COMMANDS[name]
+        declared = set(inspect.signature(command.__wrapped__).parameters) - {"flags"}
+        assert not declared & set(full), (name, declared & set(full))
+        for flag, parameter in inspect.signature(command).parameters.items():
+            assert flag not in full or parameter == full[flag], (name, flag)
+
+    def source(a: int = 1, b: str = "x", c: float = 2.0):
+        """Args:\n    a: the a.\n    b: the b.\n    c: the c."""
+
+    @cli.flags_of(source, "a", "c")
+    def sub(*, d: bool = False, **flags):
+        """A subset of source's flags and one of its own."""
+        return flags, d
+
+    assert list(inspect.signature(sub).parameters) == ["a", "c", "d"]
+    from qk_spectra_ds.cli_util import signature_flags
+
+    assert {name: flag.kind for name, flag in signature_flags(sub).items()} == {"a": int, "c": float, "d": bool}
+    assert sub() == ({"a": 1, "c": 2.0}, False)
+    assert sub(a=5, d=True) == ({"a": 5, "c": 2.0}, True)

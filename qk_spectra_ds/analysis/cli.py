@@ -24,6 +24,8 @@ Example::
   python analyze.py clusters --dataset user/qk-spectra --family Qwen3 --revision v1.0.0 --models Qwen3-0.6B,Qwen3-4B
 """
 
+import dataclasses
+import functools
 import inspect
 import sys
 import time
@@ -87,6 +89,39 @@ def with_flag_help(function):
     return function
 
 
+def flags_of(command, *names: str):
+    """Decorator: the function takes flags ``names`` of ``command``, declared there once (type and default).
+
+    The function receives every one of them as a keyword (defaults filled in),
+    then its own keyword-only flags; ``--help`` lines of the shared ones come
+    from FLAG_HELP unless its docstring gives its own.
+    """
+    shared = inspect.signature(command).parameters
+
+    def decorate(function):
+        own = [p for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        parameters = [shared[name] for name in names] + own  # its own flags (keyword-only) come last
+        signature = inspect.Signature(parameters)
+
+        @functools.wraps(function)
+        def run(**flags):
+            bound = signature.bind(**flags)
+            bound.apply_defaults()
+            return function(**bound.arguments)
+
+        run.__signature__ = signature
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_flag_help(run)
+
+    return decorate
+
+
+def _params(flags) -> Params:
+    """The analysis parameters among ``flags`` (the others are not Params fields)."""
+    fields = {field.name for field in dataclasses.fields(Params)}
+    return Params(**{name: value for name, value in flags.items() if name in fields})
+
+
 def _setup_warnings() -> None:
     """Warnings as one line each (``warning: ...``) on stderr; call inside ``warnings.catch_warnings()``."""
 
@@ -118,121 +153,6 @@ def _usage(message: str):
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
         print(message, file=sys.stderr)
-
-
-@with_flag_help
-def clusters(
-    dataset: str = None,
-    family: str = None,
-    out: str = "analysis",
-    revision: str = None,
-    models: str = None,
-    variant: str = None,
-    n_clusters: int = Params.n_clusters,
-    n_bins: int = Params.n_bins,
-    quantile: float = Params.quantile,
-    seed: int = Params.seed,
-    embedding: str = Params.embedding,
-    format: str = Params.format,
-    dpi: float = Params.dpi,
-    skip_nonfinite: bool = False,
-    jobs: int = None,
-    quiet: bool = False,
-):
-    """Classification A per model, as the original study: ESD figures and class/label tables.
-
-    Per model: each head's eigenvalues divided by their mean; one set of n_bins
-    equal bins on [0, q], q the `quantile` of all normalized values of the model;
-    a density histogram per head; KMeans(n_clusters, random_state=seed) on the
-    histograms; a seeded 2-D embedding of the histograms for display (--embedding);
-    per class the mean histogram (std error bars), a fitted gamma pdf (alpha,
-    theta) and the Jensen-Shannon divergence between the two.
-    Writes <out>/<family>/ESDs/<model>.png, tables/classes.csv (model, class,
-    n_heads, alpha, theta, jsd) and tables/labels.csv (model, layer, head, class).
-    """
-    from . import report
-
-    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, embedding=embedding,
-                    format=format, dpi=dpi)  # fmt: skip
-    t0 = time.perf_counter()
-    frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
-    outputs = report.run_clusters(frame, out, str(family), params, jobs=jobs, progress=not quiet)
-    _summary(quiet, "clusters", outputs, t0)
-
-
-@with_flag_help
-def boxplots(
-    dataset: str = None,
-    family: str = None,
-    out: str = "analysis",
-    revision: str = None,
-    models: str = None,
-    variant: str = None,
-    stats: str = DEFAULT_STATS,
-    skip_layers_below: int = Params.skip_layers_below,
-    format: str = Params.format,
-    dpi: float = Params.dpi,
-    skip_nonfinite: bool = False,
-    jobs: int = None,
-    quiet: bool = False,
-):
-    """Classification B per model, as the original study: statistics by layer with the BDS test.
-
-    For each model and statistic of the eigenvalues: one box per layer over its
-    heads (means shown, no fliers), the BDS statistic and p-value
-    (statsmodels defaults) of the series of per-layer medians in the title, and
-    a dashed linear smoothing spline (s=20) of the per-layer means.
-    Writes <out>/<family>/plots/<STAT>/<model>_<STAT>_box.png and
-    tables/bds.csv (model, stat, bds, p_value, n_layers). Too few layers for BDS
-    give NaN and a warning.
-    """
-    from . import report
-
-    params = Params(stats=stats, skip_layers_below=skip_layers_below, format=format, dpi=dpi)
-    t0 = time.perf_counter()
-    frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
-    outputs = report.run_boxplots(frame, out, str(family), params, jobs=jobs, progress=not quiet)
-    _summary(quiet, "boxplots", outputs, t0)
-
-
-@with_flag_help
-def taxonomy(
-    dataset: str = None,
-    family: str = None,
-    out: str = "analysis",
-    revision: str = None,
-    models: str = None,
-    variant: str = None,
-    n_clusters: int = Params.n_clusters,
-    n_bins: int = Params.n_bins,
-    quantile: float = Params.quantile,
-    seed: int = Params.seed,
-    n_bands: int = Params.n_bands,
-    format: str = Params.format,
-    dpi: float = Params.dpi,
-    skip_nonfinite: bool = False,
-    quiet: bool = False,
-):
-    """Joint taxonomy: one set of classes across all models of a config (beyond the original).
-
-    The same histogram features as `clusters`, but on bins shared by all models
-    (q = the quantile of the normalized eigenvalues of every head of every
-    model) and one KMeans over all heads; classes are numbered canonically
-    (class 0 has the most mass in the first bin). Reports each class's gamma
-    fit and the share of each model's heads per class, and per relative-depth
-    band (layer / n_layers in n_bands equal bands), so that models of
-    different sizes can be compared class by class.
-    Writes <out>/<family>/taxonomy/classes.png, taxonomy/depth.png and
-    tables/taxonomy_{classes,labels,shares_model,shares_depth}.csv.
-    """
-    from . import report
-
-    params = Params(n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, n_bands=n_bands,
-                    format=format, dpi=dpi)  # fmt: skip
-    t0 = time.perf_counter()
-    frame = _load(dataset, family, revision, models, variant, skip_nonfinite)
-    outputs = report.run_taxonomy(frame, out, str(family), params, progress=not quiet)
-    _summary(quiet, "taxonomy", outputs, t0)
 
 
 @with_flag_help
@@ -270,13 +190,9 @@ def report(
     class, variant), sortable tables, every figure. Per-stage timings are printed
     on stderr unless --quiet.
     """
+    params = _params(locals())  # first, while the locals are the flags
     from . import report as report_module
 
-    params = Params(
-        n_clusters=n_clusters, n_bins=n_bins, quantile=quantile, seed=seed, stats=stats,
-        skip_layers_below=skip_layers_below, n_bands=n_bands, embedding=embedding, method=method, features=features,
-        k=k, permutations=permutations, min_layers=min_layers, format=format, dpi=dpi,
-    )
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
     t0 = time.perf_counter()
@@ -286,6 +202,80 @@ def report(
         log=None if quiet else (lambda line: print(line, file=sys.stderr)),
     )
     _summary(quiet, "report", outputs, t0, extra=f"index: {outputs.family_dir / 'index.md'}")
+
+
+DATA_FLAGS = ("dataset", "family", "out", "revision", "models", "variant")
+"""The flags that choose what to analyse and where the results go."""
+
+
+@flags_of(report, *DATA_FLAGS, "n_clusters", "n_bins", "quantile", "seed", "embedding", "format", "dpi",
+          "skip_nonfinite", "jobs", "quiet")  # fmt: skip
+def clusters(**flags):
+    """Classification A per model, as the original study: ESD figures and class/label tables.
+
+    Per model: each head's eigenvalues divided by their mean; one set of n_bins
+    equal bins on [0, q], q the `quantile` of all normalized values of the model;
+    a density histogram per head; KMeans(n_clusters, random_state=seed) on the
+    histograms; a seeded 2-D embedding of the histograms for display (--embedding);
+    per class the mean histogram (std error bars), a fitted gamma pdf (alpha,
+    theta) and the Jensen-Shannon divergence between the two.
+    Writes <out>/<family>/ESDs/<model>.png, tables/classes.csv (model, class,
+    n_heads, alpha, theta, jsd) and tables/labels.csv (model, layer, head, class).
+    """
+    from . import report as run
+
+    params, t0 = _params(flags), time.perf_counter()
+    outputs = run.run_clusters(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
+                               progress=not flags["quiet"])  # fmt: skip
+    _summary(flags["quiet"], "clusters", outputs, t0)
+
+
+@flags_of(report, *DATA_FLAGS, "stats", "skip_layers_below", "format", "dpi", "skip_nonfinite", "jobs", "quiet")
+def boxplots(**flags):
+    """Classification B per model, as the original study: statistics by layer with the BDS test.
+
+    For each model and statistic of the eigenvalues: one box per layer over its
+    heads (means shown, no fliers), the BDS statistic and p-value
+    (statsmodels defaults) of the series of per-layer medians in the title, and
+    a dashed linear smoothing spline (s=20) of the per-layer means.
+    Writes <out>/<family>/plots/<STAT>/<model>_<STAT>_box.png and
+    tables/bds.csv (model, stat, bds, p_value, n_layers). Too few layers for BDS
+    give NaN and a warning.
+    """
+    from . import report as run
+
+    params, t0 = _params(flags), time.perf_counter()
+    outputs = run.run_boxplots(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
+                               progress=not flags["quiet"])  # fmt: skip
+    _summary(flags["quiet"], "boxplots", outputs, t0)
+
+
+@flags_of(report, *DATA_FLAGS, "n_clusters", "n_bins", "quantile", "seed", "n_bands", "format", "dpi",
+          "skip_nonfinite", "quiet")  # fmt: skip
+def taxonomy(**flags):
+    """Joint taxonomy: one set of classes across all models of a config (beyond the original).
+
+    The same histogram features as `clusters`, but on bins shared by all models
+    (q = the quantile of the normalized eigenvalues of every head of every
+    model) and one KMeans over all heads; classes are numbered canonically
+    (class 0 has the most mass in the first bin). Reports each class's gamma
+    fit and the share of each model's heads per class, and per relative-depth
+    band (layer / n_layers in n_bands equal bands), so that models of
+    different sizes can be compared class by class.
+    Writes <out>/<family>/taxonomy/classes.png, taxonomy/depth.png and
+    tables/taxonomy_{classes,labels,shares_model,shares_depth}.csv.
+    """
+    from . import report as run
+
+    params, t0 = _params(flags), time.perf_counter()
+    outputs = run.run_taxonomy(_frame(flags), flags["out"], str(flags["family"]), params, progress=not flags["quiet"])
+    _summary(flags["quiet"], "taxonomy", outputs, t0)
+
+
+def _frame(flags):
+    """The rows ``flags`` select (dataset, family, revision, models, variant, skip_nonfinite)."""
+    return _load(flags["dataset"], flags["family"], flags["revision"], flags["models"], flags["variant"],
+                 flags["skip_nonfinite"])  # fmt: skip
 
 
 def import_legacy(pickles: str = None, family: str = None, out: str = None, force: bool = False,
@@ -322,21 +312,16 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, forc
     _say(quiet, f"import_legacy: {len(written)} model(s) -> {out}/data/{family}/ in {time.perf_counter() - t0:.1f}s")
 
 
+@flags_of(report, *DATA_FLAGS, "skip_nonfinite", "quiet")
 def compare(
-    dataset: str = None,
-    family: str = None,
-    out: str = "analysis",
-    revision: str = None,
-    models: str = None,
-    variant: str = None,
+    *,
     against: str = None,
     against_family: str = None,
     against_revision: str = None,
     against_models: str = None,
     against_variant: str = None,
     metrics: str = "stable_rank,effective_rank,positivity,log_det",
-    skip_nonfinite: bool = False,
-    quiet: bool = False,
+    **flags,
 ):
     """Compare spectra: one model in two datasets or variants head by head, and models by relative depth.
 
@@ -373,6 +358,8 @@ def compare(
     """
     from . import compare as comparing
 
+    dataset, family, out, revision, models, variant = (flags[name] for name in DATA_FLAGS)
+    skip_nonfinite, quiet = flags["skip_nonfinite"], flags["quiet"]
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
     chosen = comparing.parse_metrics(metrics)
