@@ -95,7 +95,7 @@ def baseline(pickles: str, out: str) -> dict:
     t0 = time.perf_counter()
     from qk_spectra_ds.analysis.layer_stats import SKIP_LAYERS_BELOW as SKIP_BELOW, STAT_NAMES as STATS
     from qk_spectra_ds.analysis.legacy import safe_load
-    from qk_spectra_ds.analysis.features import N_BINS
+    from qk_spectra_ds.analysis.features import N_BINS, QUANTILE
     from qk_spectra_ds.analysis.taxonomy import N_CLUSTERS
 
     t["loader import (excluded)"] = time.perf_counter() - t0  # with the package's default parameters
@@ -123,7 +123,7 @@ def baseline(pickles: str, out: str) -> dict:
         ev = np.concatenate(list(data.values()), axis=0)
         s = tick("A load", s)
         norm = ev / ev.mean(axis=-1)[..., np.newaxis]
-        edges = np.linspace(0.0, np.quantile(norm, 0.96), N_BINS + 1)
+        edges = np.linspace(0.0, np.quantile(norm, QUANTILE), N_BINS + 1)
         hists = np.stack([np.histogram(x, edges, density=True)[0] for x in norm], axis=0)
         centers = (edges[:-1] + edges[1:]) / 2
         s = tick("A histograms", s)
