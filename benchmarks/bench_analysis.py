@@ -20,6 +20,10 @@ disk exist, as for the reference numbers):
   user gets: one worker per core for large configs) and with ``--jobs 1``,
   ``--jobs <nproc>`` and ``--embedding umap`` (the original's figures), runs
   interleaved. Target: at most 20 s warm.
+- ``--method original`` (the original study's method only) in the same
+  interleaved runs: the default method (consensus classes, stability, k
+  curve, permutation tests, random-matrix null, plus the original's tables)
+  at most 3x its time (issue 13).
 
 Also printed: the per-stage split of both (ours from the timings the report
 logs, plus histograms / KMeans / embeddings / gamma fits timed by calling the
@@ -35,7 +39,7 @@ empty numba cache (``NUMBA_CACHE_DIR``) and an empty matplotlib cache
 processes with those caches kept. Target: cold at most 20 s with the default
 embedding. Ratios are printed last.
 
-    python benchmarks/bench_analysis.py [--repeats 3] [--pickles DIR] [--skip-baseline] [--minilm DIR] [--skip-minilm]
+    python benchmarks/bench_analysis.py [--repeats 3] [--pickles DIR] [--skip-baseline] [--minilm DIR] [--skip-minilm] [--methods-only]
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ TARGET_S = 20.0
 REFERENCE_S = 42.0
 REFERENCE = "about 42 s (5 s imports, 22 s clusters with UMAP, 15 s box plots)"
 COLD_TARGET_S = 20.0
+METHOD_RATIO_TARGET = 3.0
+"""Issue 13: the default method's report at most 3x ``--method original``'s, same run, same machine."""
 
 
 # ---------------------------------------------------------------- baseline: the original study's algorithm shape
@@ -419,14 +425,17 @@ def print_ours(ours: dict[str, list[tuple[float, dict]]], stages: dict, repeats:
 
 def print_identity(hashes: dict[str, dict[str, str]], variants) -> bool:
     """Whether every report run wrote the same tables, and the same figures and index per embedding; hashes if not."""
-    groups = {"tables": lambda name: "all"}
-    groups["figures"] = groups["index"] = lambda name: "umap" if "umap" in name else "pca"
+    def method_of(name: str) -> str:
+        return "original" if "method=original" in name else "consensus"
+
+    groups = {"tables": method_of}
+    groups["figures"] = groups["index"] = lambda name: f"{method_of(name)}, {'umap' if 'umap' in name else 'pca'}"
     print(f"output identity over {len(hashes)} report runs ({', '.join(variants)}, warm-up included):")
     same = True
     for group, embedding_of in groups.items():
         for embedding in sorted({embedding_of(name) for name in hashes}):
             versions = {h[group] for name, h in hashes.items() if embedding_of(name) == embedding}
-            label = group if embedding == "all" else f"{group} ({embedding})"
+            label = f"{group} ({embedding})"
             print(f"  {label:16s} {'identical' if len(versions) == 1 else f'DIFFERENT ({len(versions)} versions)'}  "
                   f"sha256 {sorted(versions)[0][:16]}...")  # fmt: skip
             same = same and len(versions) == 1
@@ -443,6 +452,8 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true", help="time only ours (no ratio against the baseline)")
     parser.add_argument("--minilm", help="MiniLM dataset directory for the cold/warm runs (default: built here)")
     parser.add_argument("--skip-minilm", action="store_true", help="no cold/warm runs on MiniLM")
+    parser.add_argument("--methods-only", action="store_true",
+                        help="only the default method and --method original (the issue-13 ratio), no other variants")
     parser.add_argument("--_worker", choices=["baseline", "stages"], help=argparse.SUPPRESS)
     parser.add_argument("--_arg", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -461,7 +472,9 @@ def main() -> None:
           f"python {sys.version.split()[0]}")  # fmt: skip
     me = [sys.executable, str(Path(__file__).resolve())]
     variants = {"default": [], "jobs=1": ["--jobs", "1"], f"jobs={nproc}": ["--jobs", str(nproc)],
-                "embedding=umap": ["--embedding", "umap"]}  # fmt: skip
+                "embedding=umap": ["--embedding", "umap"], "method=original": ["--method", "original"]}  # fmt: skip
+    if args.methods_only:
+        variants = {v: variants[v] for v in ("default", "method=original")}
     ours: dict[str, list[tuple[float, dict]]] = {v: [] for v in variants}
     hashes: dict[str, dict[str, str]] = {}
     base_runs: list[tuple[float, dict]] = []
@@ -529,11 +542,15 @@ def main() -> None:
     print(f"\nbenchmark wall time: {time.perf_counter() - t_start:.0f}s\n")
 
     o_default = med([w for w, _ in ours["default"]])
-    o_parallel = med([w for w, _ in ours[f"jobs={nproc}"]])
+    o_parallel = med([w for w, _ in ours.get(f"jobs={nproc}", ours["default"])])
     if b_total is not None:
         for v, runs in ours.items():
             o = med([w for w, _ in runs])
             print(f"RATIO baseline/ours ({v}, warm): {b_total / o:.2f}x  ({b_total:.2f}s / {o:.2f}s)")
+    o_original = med([w for w, _ in ours["method=original"]])
+    verdict = "MET" if o_default <= METHOD_RATIO_TARGET * o_original else "NOT MET"
+    print(f"RATIO default method (consensus)/--method original: {o_default / o_original:.2f}x  "
+          f"({o_default:.2f}s / {o_original:.2f}s; target <= {METHOD_RATIO_TARGET:.0f}x: {verdict})")
     verdict = "MET" if o_default <= TARGET_S else "NOT MET"
     print(f"RATIO ours (default)/target: {o_default / TARGET_S:.2f}  ({o_default:.2f}s vs {TARGET_S:.0f}s: {verdict}); "
           f"ours (jobs={nproc})/target: {o_parallel / TARGET_S:.2f}")  # fmt: skip
