@@ -138,7 +138,7 @@ def test_rebuild_refuses_to_replace_a_legacy_table_without_force(tiny_model, tmp
     assert target.read_bytes() == before
     [result] = build.build_family(FAMILY, out, [str(tiny_model)], device="cpu", force=True, progress=False)
     assert result.status == "built"
-    assert set(pq.read_table(target).column("variant").to_pylist()) == {schema.VARIANT_RAW}
+    assert set(pq.read_table(target).column("variant").to_pylist()) == set(schema.BUILT_VARIANTS)  # legacy replaced
 
 
 def test_import_legacy_into_a_family_of_built_models_needs_pool_legacy(tmp_path, analyze_cli, capsys):

@@ -66,7 +66,7 @@ def reference(model) -> np.ndarray:
 
 
 def built_singular_values(path: Path) -> np.ndarray:
-    table = pq.read_table(path).to_pydict()
+    table = pq.read_table(path, filters=[("variant", "=", "raw")]).to_pydict()
     order = np.lexsort((table["head"], table["layer"]))
     n_layers, n_heads = table["n_layers"][0], table["n_heads"][0]
     return np.array([table["singular_values"][i] for i in order]).reshape(n_layers, n_heads, -1)
@@ -125,7 +125,10 @@ def test_a_changed_config_alone_changes_the_revision(tiny, tmp_path):
 
 
 def test_the_revision_pre_pass_reads_only_config_headers_and_qk(tiny, tmp_path):
-    """Skipping a local model reads config, header and Q/K bytes once each, never a whole shard."""
+    """Skipping a local model reads config, header, Q/K and norm-gain bytes once each, never a whole shard.
+
+    (The folded variant's input_layernorm gains are read through the same read path as Q/K.)
+    """
     model_dir, out = copy_model(tiny, tmp_path / "m"), tmp_path / "out"
     build_model(str(model_dir), FAMILY, out, device="cpu", progress=False)
     source = LocalSource(model_dir)
@@ -133,7 +136,7 @@ def test_the_revision_pre_pass_reads_only_config_headers_and_qk(tiny, tmp_path):
     shard = model_dir / "model.safetensors"
     header = header_bytes(shard)
     entries = json.loads(header[8:])
-    qk = sum(e["data_offsets"][1] - e["data_offsets"][0] for n, e in entries.items() if n.endswith(("q_proj.weight", "k_proj.weight")))
+    qk = sum(e["data_offsets"][1] - e["data_offsets"][0] for n, e in entries.items() if n.endswith(("q_proj.weight", "k_proj.weight", "input_layernorm.weight")))
     assert source.fetched.total == (model_dir / "config.json").stat().st_size + len(header) + qk
     assert source.fetched.total < 0.5 * shard.stat().st_size
 

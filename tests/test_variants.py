@@ -419,3 +419,19 @@ def test_minilm_folded_differs_from_raw_and_matches_its_reference(tmp_path):
         ref = np.stack([_svd(c * (y @ wq[h].T) @ (y @ wk[h].T).T, d_head) for h in range(n_heads)])
         assert _rel(folded, ref) <= RTOL
         assert not np.allclose(folded / folded.max(), raw / raw.max(), rtol=1e-2)
+
+
+def test_checkpoint_without_norms_builds_raw_by_default_and_refuses_folded_when_asked(tmp_path):
+    """Only Q/K in the checkpoint: the default builds raw rows (and says so); --variants folded is one line."""
+    from safetensors.numpy import load_file, save_file
+
+    case = CASES["llama"]
+    directory = save(case.make(), tmp_path / "m", case)
+    tensors = load_file(str(directory / "model.safetensors"))
+    save_file({n: t for n, t in tensors.items() if "layernorm" not in n}, str(directory / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+    result = pipeline.build_model(str(directory), "fam", tmp_path / "out", progress=False)
+    assert set(pq.read_table(result.path).column("variant").to_pylist()) == {"raw"}
+    with pytest.raises(Exception, match="cannot build the folded/null variants: no tensor .*input_layernorm") as info:
+        pipeline.build_model(str(directory), "fam", tmp_path / "out2", progress=False, variants=["folded"])
+    assert "\n" not in str(info.value)

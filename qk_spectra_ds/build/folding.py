@@ -256,3 +256,22 @@ def read_folding(ckpt, config: Mapping[str, Any], layer: int, shape, anchor: str
             read.append(info.name)
         q_gain, k_gain = gains["q"], gains["k"]
     return FoldingTensors(gain, facts.centres, q_gain, k_gain, facts.scale, tuple(read))
+
+
+def folding_problem(ckpt, config: Mapping[str, Any], layers) -> str | None:
+    """Why the folded/null variants cannot be built for this checkpoint (headers only), or None.
+
+    An unsupported model_type, or a norm / q/k-norm tensor that the layer's facts name
+    and the checkpoint lacks (e.g. a checkpoint holding only Q/K weights).
+    """
+    try:
+        for layer in layers:
+            facts = folding_facts(config, layer)
+            if facts.norm and not any(ckpt.matches(name) for name in facts.norm):
+                return f"no tensor *{facts.norm[0]} (the norm feeding layer {layer}'s attention)"
+            for name in (facts.q_norm, facts.k_norm):
+                if name and not ckpt.matches(name):
+                    return f"no tensor *{name}"
+    except (UnsupportedArchitectureError, CheckpointError) as exc:
+        return str(exc)
+    return None

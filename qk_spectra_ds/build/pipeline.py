@@ -24,7 +24,7 @@ from .. import __version__, dataset_repo, schema
 
 from . import catalog
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
-from .folding import read_folding
+from .folding import folding_problem, read_folding
 from ..cli_util import check_output_dir
 from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
 from .safetensors_io import Checkpoint
@@ -116,10 +116,18 @@ def build_model(
     layout = arch.layout(config)
     facts = arch.layer_facts(config)  # the softmax-attention layers, with their true indices
     layers = [f.layer for f in facts]
+    asked = variants is not None
     variants = check_variants(variants)
-    rotaries, offsets = layer_rotaries(arch, config, offsets) if variants else ({}, ())
-    want_folding = any(v in variants for v in (schema.VARIANT_FOLDED, schema.VARIANT_NULL))
+    rotaries, offsets = layer_rotaries(arch, config, offsets, source.model_id)
     checkpoint = Checkpoint(source)
+    if any(v in variants for v in (schema.VARIANT_FOLDED, schema.VARIANT_NULL)):
+        problem = folding_problem(checkpoint, config, layers)
+        if problem and asked:
+            raise CheckpointError(f"{source.model_id}: cannot build the folded/null variants: {problem}")
+        if problem:  # the default asks for every variant the checkpoint allows
+            log.warning("%s: raw rows only (%s)", source.model_id, problem)
+            variants = (schema.VARIANT_RAW,)
+    want_folding = any(v in variants for v in (schema.VARIANT_FOLDED, schema.VARIANT_NULL))
     stored = arch.stored_layers(config)
     if layout.has_layer(checkpoint, stored):
         raise CheckpointError(
@@ -413,19 +421,35 @@ def held_variants(out_dir, family: str, model_id: str) -> set[str] | None:
     return dataset_repo.table_variants(path) if path.exists() else None
 
 
-def layer_rotaries(arch, config: Mapping[str, Any], offsets: Sequence[int] | None) -> tuple[dict, tuple[int, ...]]:
-    """(layer -> Rotary of every rotary layer, the model's offsets); offsets () when no layer rotates."""
+def layer_rotaries(
+    arch, config: Mapping[str, Any], offsets: Sequence[int] | None, model_id: str = ""
+) -> tuple[dict, tuple[int, ...]]:
+    """(layer -> Rotary of every rotary layer, the model's offsets); offsets () when no layer rotates.
+
+    With the default offsets (``offsets`` None), a rotary this builder cannot reproduce
+    exactly (an unknown rope_type; MLA's decoupled rope dims, not yet checked against a
+    reference) gives no positional spectra and a warning; asked-for offsets make it an error.
+    """
     from .rotary import default_offsets, rotary_from_spec
 
     rotaries = {}
-    for facts in arch.layer_facts(config):
-        rotary = rotary_from_spec(facts.rope, config)
-        if rotary is not None:
-            rotaries[facts.layer] = (rotary, facts.rope.max_position_embeddings)
+    try:
+        for facts in arch.layer_facts(config):
+            rotary = rotary_from_spec(facts.rope, config)
+            if rotary is not None and rotary.start:
+                raise CheckpointError(f"config.json: rotary dims start at {rotary.start} of the head (latent attention)")
+            if rotary is not None:
+                rotaries[facts.layer] = (rotary, facts.rope.max_position_embeddings)
+    except CheckpointError as exc:
+        if offsets is not None:
+            raise CheckpointError(f"{model_id}: no positional spectra: {exc}") from None
+        log.warning("%s: no positional spectra (%s)", model_id, exc)
+        return {}, ()
     if not rotaries:
         return {}, ()
     if offsets is None:
-        offsets = default_offsets(max((m or 0) for _, m in rotaries.values()) or None)
+        longest = max((m or 0) for _, m in rotaries.values()) or config.get("n_positions") or config.get("max_position_embeddings")
+        offsets = default_offsets(longest)
     return {layer: r for layer, (r, _) in rotaries.items()}, tuple(int(o) for o in offsets)
 
 
@@ -480,7 +504,7 @@ def build_family(
     """
     dataset_repo.check_family(family)
     check_output_dir(out_dir)  # refused before any model is read, not after hours of work
-    variants = check_variants(variants)
+    variants = None if variants is None else check_variants(variants)  # None: every variant a model allows
     offsets = check_offsets(offsets)
     device = check_device(device, require_build_extra())
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
