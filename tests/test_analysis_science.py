@@ -28,14 +28,17 @@ def _synthetic_columns():
 
 def _gaussian_product_spectra(d_head: int, d_model: int, n: int, seed: int) -> np.ndarray:
     """Normalised eigenvalues of (A^T B)^T (A^T B) for dense Gaussian A, B (d_head x d_model), by a dense SVD."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
-        a = rng.standard_normal((d_head, d_model))
-        b = rng.standard_normal((d_head, d_model))
-        s = np.linalg.svd(a.T @ b, compute_uv=False)[:d_head]  # the d_model x d_model circuit, formed on purpose
-        ev = s**2
-        out.append(ev / ev.mean())
+    with threadpool_limits(1):  # small matrices: BLAS threads only contend on a shared machine
+        for _ in range(n):
+            a = rng.standard_normal((d_head, d_model))
+            b = rng.standard_normal((d_head, d_model))
+            s = np.linalg.svd(a.T @ b, compute_uv=False)[:d_head]  # the d_model x d_model circuit, formed on purpose
+            ev = s**2
+            out.append(ev / ev.mean())
     return np.concatenate(out)
 
 
