@@ -276,3 +276,19 @@ def test_legacy_pooled_with_built_in_one_family(tmp_path):
     expected = np.max(rel(np.stack(old["singular_values"]), np.stack(x["singular_values"])), axis=1)
     np.testing.assert_allclose(heads["sv_err_max"], expected, rtol=1e-6)
     assert (heads["note"] == "side B " + compare.LEGACY_NOTE).all()
+
+
+def test_the_default_variant_named_again_is_the_same_selection(tmp_path):
+    """--against_variant naming the variant side A got by default compares rows with themselves: refused."""
+    out = tmp_path / "ds"
+    raw = write_synthetic(out, "syn", "org/m", n_layers=2, n_heads=2, d_head=4, seed=1)
+    table = pq.read_table(dataset_repo.model_path(out, "syn", "org/m"))
+    folded = table.set_column(table.column_names.index("variant"), "variant", pa.array(["folded"] * len(raw["layer"])))
+    pq.write_table(folded, out / "data" / "syn" / "org--m-folded.parquet")
+    side, _ = compare.load_sides(str(out), "syn", variant=None, against_variant=None)
+    (default,) = set(side.frame["variant"])
+    with pytest.raises(compare.CompareError, match="both sides of the comparison select the same rows"):
+        compare.load_sides(str(out), "syn", against_variant=default)
+    other = "raw" if default != "raw" else "folded"
+    a, b = compare.load_sides(str(out), "syn", variant=other, against_variant=default)
+    assert set(a.frame["variant"]) == {other} and set(b.frame["variant"]) == {default}

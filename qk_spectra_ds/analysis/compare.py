@@ -414,6 +414,11 @@ def describe(dataset: str, family: str, revision: str | None) -> str:
     return f"{name}/{family}" + (f"@{revision}" if revision else "")
 
 
+def selection(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (model_id, variant) pairs a loaded frame holds."""
+    return list(dict.fromkeys(zip(frame["model_id"].astype(str), frame["variant"].astype(str))))
+
+
 def load_sides(
     dataset: str, family: str, revision: str | None = None, models=None, variant=None,
     against: str | None = None, against_family: str | None = None, against_revision: str | None = None,
@@ -449,6 +454,11 @@ def load_sides(
                            "--against_variant, --against_family, --against_revision or --against_models")  # fmt: skip
     frame_b = load_spectra(dataset_b, family_b, revision=revision_b, models=models_b, variant=variant_b,
                            skip_nonfinite=skip_nonfinite, pool_legacy=True)  # fmt: skip
+    same_source = same_dataset and (family_b, revision_b) == (family, revision)
+    if same_source and set(selection(frame_a)) == set(selection(frame_b)):
+        chosen = ", ".join(f"{m} [{v}]" for m, v in sorted(set(selection(frame_a)))[:3])
+        raise CompareError(f"both sides of the comparison select the same rows ({chosen}): name both variants "
+                           "(--variant and --against_variant), or give --against, --against_family or --against_revision")  # fmt: skip
     if name_b == name_a:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
     return Side(frame_a, name_a), Side(frame_b, name_b)
