@@ -346,12 +346,12 @@ def compare(
         out: output root; results go to <out>/<family>/.
         revision: side A: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
         models: comma-separated models to keep (id, file slug or last path part); default all. Side B keeps the same names unless --against_models.
-        variant: side A: keep only rows of this variant (e.g. raw, folded, legacy); needed if a model has several.
+        variant: side A: rows of this variant (raw, folded, null or legacy); default: as the other commands. Name both variants to compare two of one dataset.
         against: side B: another dataset directory or Hub repo id (default: --dataset).
         against_family: side B: its config (default: --family).
         against_revision: side B: its Hub revision (default: --revision within the same dataset).
         against_models: side B: comma-separated models (default: the last path part of each model --models kept, else all); one model per side is paired whatever the names.
-        against_variant: side B: its variant (default: --variant within the same dataset, else what the dataset holds).
+        against_variant: side B: its variant (default: --variant within the same dataset, else the other dataset's default); two sides loading the same rows are refused.
         metrics: comma-separated metrics to plot against depth: stable_rank, effective_rank, positivity, log_det, spectral_norm, frobenius, or any sv_/ev_ statistic (sv_mean, ev_kurtosis, ...).
         skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
         quiet: no summary on stderr.
