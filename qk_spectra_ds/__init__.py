@@ -10,7 +10,59 @@ Two halves around a small shared core, in data-flow order:
     loading, legacy, features, taxonomy, layer_stats, plots, report,
     cli (qk-spectra-analyze)
 
-This module imports nothing heavy so that both halves can import the package.
+The public Python API (README, "Python API") is exported here lazily: ``import
+qk_spectra_ds`` imports nothing heavy, and a name is imported from its module
+on first use (``qk_spectra_ds.load_spectra`` loads the analysis half only, never
+torch; ``qk_spectra_ds.build_family`` the builder), so both halves can import
+the package.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # build a dataset (the ``build`` extra)
+    "build_family": "qk_spectra_ds.build.pipeline",
+    "build_model": "qk_spectra_ds.build.pipeline",
+    "publish": "qk_spectra_ds.build.publish",
+    # load it (the ``analysis`` extra)
+    "load_spectra": "qk_spectra_ds.analysis.loading",
+    "transformer_lens_name": "qk_spectra_ds.analysis.loading",
+    "add_transformer_lens_names": "qk_spectra_ds.analysis.loading",
+    # classification A and the joint taxonomy
+    "SpectralHeadClassifier": "qk_spectra_ds.analysis.taxonomy",
+    "joint_taxonomy": "qk_spectra_ds.analysis.taxonomy",
+    "model_heads": "qk_spectra_ds.analysis.report",
+    # classification B: per-layer statistics, BDS, spline
+    "layer_stat": "qk_spectra_ds.analysis.layer_stats",
+    "layer_stats": "qk_spectra_ds.analysis.layer_stats",
+    "bds_table": "qk_spectra_ds.analysis.layer_stats",
+    # figures and the whole report
+    "plot_clusters": "qk_spectra_ds.analysis.plots",
+    "plot_layer_stats": "qk_spectra_ds.analysis.plots",
+    "plot_taxonomy_classes": "qk_spectra_ds.analysis.plots",
+    "plot_taxonomy_depth": "qk_spectra_ds.analysis.plots",
+    "run_report": "qk_spectra_ds.analysis.report",
+    # errors
+    "QKSpectraError": "qk_spectra_ds.errors",
+}
+"""Public name -> the module that defines it (imported on first access)."""
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    """Import a public name from its module on first use (PEP 562), then cache it here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qk_spectra_ds' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -300,7 +300,35 @@ def show_help(component: Any, path: list[str], name: str) -> None:
     """fire's help (each flag with its docstring line) for ``component`` or one of its commands."""
     import fire
 
+    if isinstance(component, Mapping):
+        component = {key: help_view(value) for key, value in component.items()}
+    else:
+        component = help_view(component)
     fire.Fire(component, command=[*path, "--", "--help"], name=name)
+
+
+def help_view(function: Callable) -> Callable:
+    """``function`` as fire's help should show it: each flag annotated with the type its value converts to.
+
+    The CLI modules use ``from __future__ import annotations``, so their
+    annotations are strings, which fire prints as ``Optional['str | None']``;
+    the view's signature carries the real types (str, int, float, bool), which
+    fire prints as ``str`` (``Optional[str]`` when the default is None).
+    """
+    import functools
+
+    if not callable(function) or isinstance(function, type):
+        return function
+    flags = signature_flags(function)
+    signature = inspect.signature(function)
+    params = [p.replace(annotation=flags[p.name].kind) if p.name in flags else p for p in signature.parameters.values()]
+
+    @functools.wraps(function)
+    def view(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    view.__signature__ = signature.replace(parameters=params, return_annotation=inspect.Signature.empty)
+    return view
 
 
 def program_name(default: str) -> str:

@@ -68,6 +68,9 @@ def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: in
         "d_head": [d_head] * n,
         "singular_values": list(s),
         "eigenvalues": list(ev),
+        "attention_type": ["full"] * n,  # the per-layer facts of schema v2 (a full-attention rotary layer)
+        "sliding_window": [None] * n,
+        "rope_theta": [10000.0] * n,
         "weights_dtype": ["float32"] * n,
         "builder_version": [__version__] * n,
         "method_version": [schema.METHOD_VERSION] * n,
@@ -315,15 +318,18 @@ def _original_classification_a(ev: np.ndarray, n_clusters: int = 6, n_bins: int 
 
 
 def test_class_table_and_labels_are_exactly_the_original_algorithm(legacy_dataset, legacy_report):
-    """The estimator keeps classes.csv and labels.csv exactly as the original's notebook computes them (no rounding)."""
+    """The estimator keeps classes and labels exactly as the original's notebook computes them (no rounding).
+
+    The exact values are in the parquet beside each CSV (the CSV rounds floats to 6 significant digits).
+    """
     ev, heads = _parquet_heads(legacy_dataset, "legacy", "Qwen3-0.6B")  # the pickle's order (layers 0, 1, 10, 11, ...)
     labels, rows = _original_classification_a(ev)
     tables = legacy_report.family_dir / "tables"
-    classes = pd.read_csv(tables / "classes.csv")
+    classes = pd.read_parquet(tables / "classes.parquet")
     qwen = classes[classes["model"] == "Qwen3-0.6B"]
     assert list(qwen["class"]) == list(range(6))
     assert list(zip(qwen["n_heads"], qwen["alpha"], qwen["theta"], qwen["jsd"])) == rows
-    ours = pd.read_csv(tables / "labels.csv")
+    ours = pd.read_parquet(tables / "labels.parquet")
     expected = heads.assign(label=labels).sort_values(["layer", "head"])
     assert ours.loc[ours["model"] == "Qwen3-0.6B", "class"].tolist() == expected["label"].tolist()
 

@@ -315,7 +315,8 @@ def test_cli_list_prints_the_families():
     proc = run_cli("--list")
     assert proc.returncode == 0, proc.stderr
     for family, models in catalog.FAMILIES.items():
-        assert re.search(rf"^{family} \({len(models)} models\)$", proc.stdout, re.M), family
+        plural = "" if len(models) == 1 else "s"
+        assert re.search(rf"^{family} \({len(models)} model{plural}\)$", proc.stdout, re.M), family
         for model in models:
             assert model in proc.stdout
     assert "[offline copy installed]" in proc.stdout  # MiniLM

@@ -272,6 +272,7 @@ def load_spectra(
     variant: str | Sequence[str] | None = None,
     skip_nonfinite: bool = False,
     pool_legacy: bool = False,
+    keep_spectra: bool = False,
 ) -> pd.DataFrame:
     """Load and validate one config of a spectra dataset.
 
@@ -291,10 +292,15 @@ def load_spectra(
         pool_legacy: analyse the original study's imported spectra (variant
             ``legacy``, computed with its factor pairing error) together with
             spectra built from weights; without it such a selection is refused.
+        keep_spectra: also keep ``singular_values`` (one float32 array per head,
+            descending; None in rows that lack them), for work on the spectra
+            themselves. Off by default: the analysis needs only the eigenvalues.
 
     Returns:
         One row per head, dataset order, scalar columns of the schema plus
-        ``eigenvalues`` (float32 arrays).
+        ``eigenvalues`` (float32 arrays), and ``singular_values`` with
+        ``keep_spectra``. :func:`add_transformer_lens_names` adds the
+        TransformerLens names of the heads.
     """
     dataset = os.fspath(dataset)
     family = str(family)
@@ -329,7 +335,32 @@ def load_spectra(
     check_structure(frame, singular_values, where)
     frame = _check_finite(frame, skip_nonfinite)
     check_values(frame, singular_values, where)
+    if keep_spectra:
+        frame.insert(frame.columns.get_loc(_SPECTRUM_COLUMN), "singular_values", [singular_values[i] for i in frame.index])
     return frame.reset_index(drop=True)
+
+
+def transformer_lens_name(layer: int, head: int) -> tuple[str, int]:
+    """``("blocks.{layer}.attn", head)``: the TransformerLens attention module of a head and its head index.
+
+    TransformerLens splits Q into heads in the same order as the checkpoint
+    (query head ``h`` is index ``h`` of ``blocks.{layer}.attn``'s ``W_Q``,
+    ``hook_pattern`` and ``hook_z``), so ``head`` carries over unchanged; under
+    GQA its ``W_K`` repeats key head ``kv_head`` for that query head.
+    """
+    return f"blocks.{int(layer)}.attn", int(head)
+
+
+def add_transformer_lens_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with columns ``tl_module`` (``blocks.{layer}.attn``) and ``tl_head`` (the head index).
+
+    Join key for TransformerLens results: ``(model_id, tl_module, tl_head)``,
+    or ``blocks.{layer}.attn.hook_pattern`` indexed by ``tl_head``.
+    """
+    out = frame.copy()
+    out["tl_module"] = [transformer_lens_name(layer, 0)[0] for layer in out["layer"]]
+    out["tl_head"] = out["head"].astype("int64")
+    return out
 
 
 def _locator(owners: dict[tuple[str, str], list[str]], dataset: str):

@@ -142,10 +142,18 @@ class Outputs:
 # ---------------------------------------------------------------- tables
 
 
+CSV_FLOAT_FORMAT = "%.6g"
+"""Floats in the CSV tables: 6 significant digits (the exact values are in the parquet file beside each CSV)."""
+
+
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
-    """CSV, atomically, floats in shortest round-trip form (byte-identical reruns)."""
+    """CSV with floats to 6 significant digits, and the exact values as parquet beside it (same stem), atomically."""
+    from ..atomic import atomic_path
+
     buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, lineterminator="\n")
+    frame.to_csv(buffer, index=False, lineterminator="\n", float_format=CSV_FLOAT_FORMAT)
+    with atomic_path(Path(path).with_suffix(".parquet")) as tmp:
+        frame.to_parquet(tmp, index=False)
     return write_text(path, buffer.getvalue())
 
 

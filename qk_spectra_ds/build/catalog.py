@@ -137,7 +137,7 @@ def format_catalog(catalog: Mapping[str, list[str]]) -> str:
     """Human-readable listing for ``--list``."""
     lines = []
     for family, models in catalog.items():
-        lines.append(f"{family} ({len(models)} models)")
+        lines.append(f"{family} ({len(models)} model{'' if len(models) == 1 else 's'})")
         for model in models:
             note = "  [offline copy installed]" if packaged_model_dir(model) else ""
             lines.append(f"  {model}{note}")

@@ -63,6 +63,8 @@ def main(
         built-in catalogue (default $QK_SPECTRA_CATALOG if set).
       shard: Build only part of the model list, as I/N (0-based): models I, I+N, I+2N, ... Use one
         shard per machine and --push-to-hub the same repo from each; the Hub repo is the shared store.
+        "auto" reads I/N from a SLURM array task (SLURM_ARRAY_TASK_ID minus SLURM_ARRAY_TASK_MIN,
+        SLURM_ARRAY_TASK_COUNT); for other schedulers pass --shard I/N from their variables (see README).
       push_to_hub: After building, publish OUT to this Hub dataset repo (ORG/NAME, created if
         missing), the changed parquet files and the merged card in one commit.
       version: Tag the published commit as this version (vMAJOR.MINOR.PATCH) and record it in the
@@ -93,6 +95,9 @@ def main(
     if not skip_build:
         from . import pipeline as build
 
+        if shard is not None and str(shard).strip().lower() == build.SHARD_AUTO:
+            shard = build.resolve_shard(shard)  # before any work: outside an array job, one line
+            print(f"shard {shard} (from the SLURM array task)")
         models_list = as_list(models, "--models")
         results = build.build_family(
             family,
