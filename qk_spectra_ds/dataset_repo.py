@@ -70,10 +70,6 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "n_kv_heads": "key/value heads per layer (= n_heads without GQA/MQA)",
     "d_model": "residual-stream width (W_QK is d_model x d_model)",
     "d_head": "head dimension: the rank bound of W_QK and the length of each spectrum",
-    "attention_type": "what the row's layer does, from config.json: `full`, `sliding` (a local window) or `chunked`",
-    "sliding_window": "the layer's attention window in tokens; null unless `attention_type` is `sliding`",
-    "rope_theta": "the layer's rotary base (RoPE theta); null without rotary (NoPE layers, absolute positions, ALiBi, "
-    "legacy rows)",
     "offsets": "token offsets delta (key delta tokens before the query) of the positional spectra; null without rotary "
     "and on null rows",
     "positional_singular_values": "per offset, the d_head singular values of the circuit with the model's rotary "

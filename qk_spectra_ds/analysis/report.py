@@ -58,8 +58,6 @@ CONSENSUS_TABLES = ("consensus_classes", "consensus_labels", "k_selection", "sta
                     "variants_ari", "variants_transitions")
 
 
-
-
 @dataclass
 class Params:
     """Every knob of the analysis, defaults as the original study except the display embedding.
