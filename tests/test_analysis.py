@@ -463,13 +463,18 @@ def test_missing_dataset_config_and_local_revision(synthetic_dataset, tmp_path):
 def test_mixed_variants_need_a_choice(tmp_path):
     out = tmp_path / "ds"
     raw = synthetic_columns("org/a", "syn")
-    folded = synthetic_columns("org/a", "syn", variant="folded", seed=5)
+    null = synthetic_columns("org/a", "syn", variant="null", seed=5)
     dataset_repo.write_model_table(out, "syn", "org/a", raw)
-    dataset_repo.write_model_table(out, "syn", "org/a-folded", {**folded, "model_id": ["org/a"] * 32})
+    dataset_repo.write_model_table(out, "syn", "org/a-null", {**null, "model_id": ["org/a"] * 32})
     dataset_repo.write_card(out)
     with pytest.raises(LoadError, match="several variants.*--variant"):
         load_spectra(out, "syn")
-    assert set(load_spectra(out, "syn", variant="folded")["variant"]) == {"folded"}
+    assert set(load_spectra(out, "syn", variant="null")["variant"]) == {"null"}
+    # with folded rows present they are the default (issue 12); --variant still chooses
+    folded = synthetic_columns("org/a", "syn", variant="folded", seed=6)
+    dataset_repo.write_model_table(out, "syn", "org/a-folded", {**folded, "model_id": ["org/a"] * 32})
+    assert set(load_spectra(out, "syn")["variant"]) == {"folded"}
+    assert set(load_spectra(out, "syn", variant="raw")["variant"]) == {"raw"}
 
 
 def test_cli_errors_are_one_line_without_traceback(analyze_cli, synthetic_dataset, tmp_path, capsys):

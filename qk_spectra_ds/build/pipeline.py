@@ -49,6 +49,7 @@ class ModelResult:
     bytes_fetched: int = 0
     checkpoint_bytes: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    variants: tuple[str, ...] = (schema.VARIANT_RAW,)
 
     @property
     def fetched_share(self) -> float:
@@ -217,6 +218,7 @@ def build_model(
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
     result.n_rows = len(layers) * shape.n_heads * len(variants)
+    result.variants = tuple(variants)
     result.timings = timings
     result.bytes_fetched = source.fetched.total
     result.checkpoint_bytes = checkpoint.total_bytes()
@@ -654,7 +656,7 @@ def summarize(results: Iterable[ModelResult]) -> str:
             lines.append(f"skipped {r.model_id} (already built at {r.revision}; --force rebuilds)")
         else:
             lines.append(
-                f"built   {r.model_id}: {r.n_rows} heads -> {r.path} | fetched {_mb(r.bytes_fetched)} of "
+                f"built   {r.model_id}: {r.n_rows} rows ({r.n_rows // len(r.variants)} heads x {len(r.variants)} variants) -> {r.path} | fetched {_mb(r.bytes_fetched)} of "
                 f"{_mb(r.checkpoint_bytes)} ({100 * r.fetched_share:.1f}%) | "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items())
             )
