@@ -61,7 +61,8 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "family": "dataset config the model was built into (the `--family` name)",
     "model_type": "`model_type` from the model's config.json (selects where Q and K live)",
     "variant": "what the spectra are of: `raw` = W_QK of the checkpoint's Q/K weights as stored (no norms, scale or "
-    "rotary); `legacy` = the original study's published numbers; other values only when built so, never mixed",
+    "rotary); `folded` = norm gains, centring, q/k norm gains and attention scale folded in; `null` = folded factors "
+    "paired through a seeded Haar-random rotation; `legacy` = the original study's published numbers (see Variants)",
     "layer": "0-based layer index (TransformerLens `blocks.{layer}.attn`)",
     "head": "0-based query-head index within the layer (TransformerLens head index)",
     "kv_head": "key head the query head reads, head // (n_heads / n_kv_heads) (GQA/MQA; = head without GQA)",
