@@ -340,3 +340,14 @@ def test_format_and_dpi_flags(tmp_path, analyze_cli, capsys):
         assert not list((tmp_path / "o2").rglob("*.*"))  # stopped before any work
     with pytest.raises(AnalysisError):
         Params(format="jpeg")
+
+
+def test_report_writes_every_figure_in_the_chosen_format(tmp_path, analyze_cli, capsys):
+    """--format svg reaches every figure of the default report (the consensus figures included), none left in PNG."""
+    dataset = sized_dataset(tmp_path / "ds", models=("org/m-0.6B",))
+    out = tmp_path / "o"
+    assert analyze_cli(["report", "--dataset", str(dataset), "--family", "syn", "--stats", "MEAN", "--quiet",
+                        "--out", str(out), "--format", "svg"]) == 0  # fmt: skip
+    figures = [p for p in (out / "syn").rglob("*") if p.suffix in (".png", ".svg", ".pdf")]
+    assert any(p.parent.name == "consensus" for p in figures)
+    assert figures and all(p.suffix == ".svg" for p in figures), sorted(p.name for p in figures if p.suffix != ".svg")

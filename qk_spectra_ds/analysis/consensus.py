@@ -324,7 +324,7 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
             "scan": scan, "null": null_info, "d_model_source": d_source}  # fmt: skip
 
 
-def plot_consensus(result: dict, path, title: str):
+def plot_consensus(result: dict, path, title: str, dpi: float | None = None):
     """k curve (stability, silhouette; chosen k marked) and each class's mean histogram with the null overlaid."""
     from . import plots, rmt_null
 
@@ -356,4 +356,4 @@ def plot_consensus(result: dict, path, title: str):
             axc.legend(fontsize=8)
         fig.suptitle(title + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
         fig.tight_layout()
-        return plots._save(fig, path)
+        return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)

@@ -208,8 +208,9 @@ def analyze_model(
                 t0 = time.perf_counter()
                 result = consensus.analyze(model_id, rows, params.features, params.k, params.n_bins, params.quantile,
                                            params.seed, null_eigenvalues)  # fmt: skip
-                figure = Path("consensus") / f"{slug}.png"
-                consensus.plot_consensus(result, family_dir_path / figure, title=f"{model_id}: consensus classes")
+                figure = Path("consensus") / f"{slug}.{params.format}"
+                consensus.plot_consensus(result, family_dir_path / figure, title=f"{model_id}: consensus classes",
+                                         dpi=params.dpi)  # fmt: skip
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
