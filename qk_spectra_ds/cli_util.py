@@ -354,6 +354,10 @@ def run_cli(main: Callable[[], Any]) -> int:
         return _fail(exc, debug)
     except (QKSpectraError, ValueError) as exc:
         return _fail(exc, debug)
+    except BrokenPipeError:  # the reader went away (``--list | head``): not an error; silence the final flush
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130

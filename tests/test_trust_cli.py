@@ -475,3 +475,13 @@ def test_errors_are_qkspectra_errors(tmp_path):
     with pytest.raises(QKSpectraError, match="--device 'gpu' is not cpu, cuda or cuda:N"):
         build.build_family("Tiny", tmp_path / "out", models=["x"], device="gpu", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    """``--list | head``: the reader goes away before the CLI writes; exit 0 and nothing on stderr."""
+    code = ("import sys, time; sys.argv = ['build_dataset.py', '--list']; time.sleep(2); "
+            "from qk_spectra_ds.build.cli import cli; sys.exit(cli())")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # before the CLI prints anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err
