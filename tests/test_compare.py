@@ -292,3 +292,20 @@ def test_the_default_variant_named_again_is_the_same_selection(tmp_path):
     other = "raw" if default != "raw" else "folded"
     a, b = compare.load_sides(str(out), "syn", variant=other, against_variant=default)
     assert set(a.frame["variant"]) == {other} and set(b.frame["variant"]) == {default}
+
+
+def test_compare_figures_follow_format_and_dpi(tmp_path, analyze_cli, capsys):
+    """--format/--dpi reach the compare and depth figures; a bad format stops before any work."""
+    out, other = tmp_path / "ds", tmp_path / "other"
+    write_synthetic(out, "fam", "org/small", n_layers=3, n_heads=4, d_head=8, seed=2)
+    write_synthetic(other, "fam", "org/small", n_layers=3, n_heads=4, d_head=8, seed=5)
+    base = ["compare", "--dataset", str(out), "--family", "fam", "--against", str(other),
+            "--metrics", "stable_rank", "--quiet"]  # fmt: skip
+    assert analyze_cli([*base, "--out", str(tmp_path / "out"), "--format", "pdf", "--dpi", "72"]) == 0
+    figures = sorted(p.relative_to(tmp_path / "out" / "fam").as_posix() for p in (tmp_path / "out").rglob("*.pdf"))
+    assert figures == ["compare/org--small.pdf", "depth/stable_rank.pdf"], figures
+    assert not list((tmp_path / "out").rglob("*.png"))
+    capsys.readouterr()
+    assert analyze_cli([*base, "--out", str(tmp_path / "bad"), "--format", "bmp"]) == 1
+    assert "unknown figure format 'bmp'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").rglob("*.*"))

@@ -312,7 +312,7 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, forc
     _say(quiet, f"import_legacy: {len(written)} model(s) -> {out}/data/{family}/ in {time.perf_counter() - t0:.1f}s")
 
 
-@flags_of(report, *DATA_FLAGS, "skip_nonfinite", "quiet")
+@flags_of(report, *DATA_FLAGS, "format", "dpi", "skip_nonfinite", "quiet")
 def compare(
     *,
     against: str = None,
@@ -337,8 +337,8 @@ def compare(
     By depth (always, for every model of both sides): each --metrics value per layer (median
     over heads, interquartile band) against relative depth layer / (n_layers - 1), one line
     per model. Legacy rows are labelled as carrying the original study's pairing error.
-    Writes <out>/<family>/tables/compare_heads.csv, compare_summary.csv, compare/<model>.png
-    (per-layer distribution of the per-head error), tables/depth.csv and depth/<metric>.png.
+    Writes <out>/<family>/tables/compare_heads.csv, compare_summary.csv, compare/<model>.<format>
+    (per-layer distribution of the per-head error), tables/depth.csv and depth/<metric>.<format>.
 
     Args:
         dataset: side A: local dataset directory or Hub dataset repo id (required).
@@ -363,13 +363,14 @@ def compare(
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
     chosen = comparing.parse_metrics(metrics)
+    params = _params(flags)  # checks --format and --dpi before any work
     t0 = time.perf_counter()
     side_a, side_b = comparing.load_sides(
         str(dataset), str(family), revision=revision, models=models, variant=variant, against=against,
         against_family=against_family, against_revision=against_revision, against_models=against_models,
         against_variant=against_variant, skip_nonfinite=bool(skip_nonfinite),
     )
-    outputs = comparing.run_compare(side_a, side_b, out, str(family), chosen)
+    outputs = comparing.run_compare(side_a, side_b, out, str(family), chosen, params.format, params.dpi)
     if "compare_summary" in outputs.frames:
         for line in comparing.error_lines(outputs.frames["compare_summary"]):
             _say(quiet, line)

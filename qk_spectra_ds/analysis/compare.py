@@ -337,9 +337,9 @@ def depth_labels(depth: pd.DataFrame) -> dict[tuple[str, str, str], str]:
 # ---------------------------------------------------------------- figures
 
 
-def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str) -> Path:
+def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str, dpi: float | None = None) -> Path:
     """Per layer, the distribution over heads of the per-head max and median relative error of s (box plots)."""
-    from .plots import _save, new_figure, style
+    from .plots import DEFAULT_DPI, _save, new_figure, style
 
     layers = sorted(heads["layer"].unique())
     with style():
@@ -361,16 +361,17 @@ def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str) -
         axes[-1].set_xlim(-0.5, len(layers) - 0.5)
         fig.suptitle(textwrap.fill(title, 90), fontsize="medium")
         fig.tight_layout()
-        return _save(fig, path)
+        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi)
 
 
-def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike, title: str | None = None,
+                      dpi: float | None = None) -> Path:  # fmt: skip
     """One metric against relative depth: per model the per-layer median line and its interquartile band.
 
     ``depth`` is a :func:`depth_table`; models without any value of the metric
     (e.g. positivity of legacy rows) are named below the axes instead of drawn.
     """
-    from .plots import _save, new_figure, style
+    from .plots import DEFAULT_DPI, _save, new_figure, style
 
     part = depth[depth["metric"] == metric]
     labels = depth_labels(depth)
@@ -401,7 +402,7 @@ def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike,
         ax.set_title((title or default) + ("\n(dashed: legacy spectra, with the original study's pairing error)" if legacy else ""),
                      fontsize="medium")  # fmt: skip
         fig.tight_layout()
-        return _save(fig, path)
+        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi)
 
 
 # ---------------------------------------------------------------- loading the two sides
@@ -484,6 +485,8 @@ def run_compare(
     out: str | os.PathLike,
     family: str,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    fmt: str = "png",
+    dpi: float | None = None,
 ) -> CompareOutputs:
     """Write the comparison under ``<out>/<family>/``; everything is computed before anything is written.
 
@@ -511,18 +514,18 @@ def run_compare(
         outputs.tables.update(compare_heads="tables/compare_heads.csv", compare_summary="tables/compare_summary.csv")
         (family_dir / "compare").mkdir(exist_ok=True)
         for (model_a, va, model_b, vb), part in heads.groupby(["model_a", "variant_a", "model_b", "variant_b"], sort=False):
-            name = f"compare/{model_slug(model_a)}.png"
+            name = f"compare/{model_slug(model_a)}.{fmt}"
             title = (f"{side_label(model_b, vb)} ({b.name}) against {side_label(model_a, va)} ({a.name}): "
                      f"per-head relative error of the singular values")  # fmt: skip
-            plot_head_errors(part, family_dir / name, title)
+            plot_head_errors(part, family_dir / name, title, dpi)
             outputs.figures.setdefault("compare", []).append(name)
     outputs.frames["depth"] = depth
     write_table(depth, family_dir / "tables" / "depth.csv")
     outputs.tables["depth"] = "tables/depth.csv"
     (family_dir / "depth").mkdir(exist_ok=True)
     for metric in metrics:
-        name = f"depth/{metric}.png"
-        plot_metric_depth(depth, metric, family_dir / name, f"{family}: {METRIC_TITLES[metric]} by relative depth")
+        name = f"depth/{metric}.{fmt}"
+        plot_metric_depth(depth, metric, family_dir / name, f"{family}: {METRIC_TITLES[metric]} by relative depth", dpi)
         outputs.figures.setdefault("depth", []).append(name)
     return outputs
 
