@@ -225,26 +225,6 @@ def build_model(
     return result
 
 
-def layer_spectra_or_error(q, k, model_id: str, layer: int):
-    """The layer's spectra, or a one-line CheckpointError naming model, layer and head.
-
-    Out-of-range weights are refused before LAPACK sees them (NaN, Inf, 1e200: no
-    crash), and results that the float32 columns cannot hold faithfully (Inf, or a
-    significant value underflowing to zero) are refused instead of written.
-    """
-    from .kernel import qk_layer_spectra
-    from .spectra import WeightRangeError, float32_storage_problem
-
-    try:
-        spectra = qk_layer_spectra(q, k)
-    except WeightRangeError as exc:
-        raise CheckpointError(f"{model_id}: layer {layer} {exc}") from None
-    problem = float32_storage_problem(spectra.singular_values)
-    if problem is not None:
-        raise CheckpointError(f"{model_id}: layer {layer} {problem}")
-    return spectra
-
-
 LOCAL_REVISION_PREFIX = "local:"
 
 
