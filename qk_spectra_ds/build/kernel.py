@@ -131,7 +131,9 @@ def qk_layer_variants(q: torch.Tensor, k: torch.Tensor, plan) -> dict:
     c G_k X_k X_q^T G_q. On the CPU it runs per core (key heads, then query heads);
     on a GPU as one batch. Stage 2, the d_head x d_head problems (SVDs, eigenvalues,
     positional offsets, null rotations), runs per core on the CPU. Raw values are
-    computed exactly as :func:`qk_layer_spectra` computes them.
+    computed exactly as :func:`qk_layer_spectra` computes them. ``plan.folded_blocks``,
+    when set, are blocks already folded by their reader (MLA, whose gains sit inside
+    the latent maps): the folded factors come from them, not from ``q`` and ``k``.
     """
     from .variants import FOLDED, NULL, RAW, VariantSpectra
 
@@ -170,9 +172,10 @@ def _variant_factors_cpu(q, k, group, plan, want_folded) -> dict:
             factors["cross"] = torch.cat(_per_core(lambda h: cross_matrices(q, k, h, group), n_heads))
         if want_folded:
             f = plan.folding
-            factors["lk_f"] = torch.cat(_per_core(lambda kv: folded_r_factors(k[kv.start : kv.stop], f, kv.start, group), n_kv))
-            factors["lq_f"] = torch.cat(_per_core(lambda h: folded_r_factors(q[h.start : h.stop], f, h.start), n_heads))
-            factors["cross_f"] = torch.cat(_per_core(lambda h: folded_cross(q, k, f, h, group), n_heads))
+            fq, fk = plan.folded_blocks or (q, k)
+            factors["lk_f"] = torch.cat(_per_core(lambda kv: folded_r_factors(fk[kv.start : kv.stop], f, kv.start, group), n_kv))
+            factors["lq_f"] = torch.cat(_per_core(lambda h: folded_r_factors(fq[h.start : h.stop], f, h.start), n_heads))
+            factors["cross_f"] = torch.cat(_per_core(lambda h: folded_cross(fq, fk, f, h, group), n_heads))
     return factors
 
 
@@ -185,9 +188,10 @@ def _variant_factors_device(q, k, group, plan, want_folded) -> dict:
         every = range(q.shape[0])
         factors.update(lq=r_factors(q), lk=r_factors(k, 0, group), cross=cross_matrices(q, k, every, group))
     if want_folded:
-        factors["lq_f"] = r_factors(_fold_all(q, plan.folding))
-        factors["lk_f"] = r_factors(_fold_all(k, plan.folding), 0, group)
-        factors["cross_f"] = folded_cross_batch(q, k, plan.folding, group)
+        fq, fk = plan.folded_blocks or (q, k)
+        factors["lq_f"] = r_factors(_fold_all(fq, plan.folding))
+        factors["lk_f"] = r_factors(_fold_all(fk, plan.folding), 0, group)
+        factors["cross_f"] = folded_cross_batch(fq, fk, plan.folding, group)
     return {name: value.cpu() for name, value in factors.items()}
 
 

@@ -62,6 +62,7 @@ class LayerPlan:
     rotary: Rotary | None = None  # None: no positional spectra (no rotary, or no offsets)
     offsets: tuple[int, ...] = ()
     null_rotations: np.ndarray | None = None  # (H, d_head, d_head)
+    folded_blocks: tuple | None = None  # (q, k) already folded (MLA: gains inside the latent maps); folding.gain None
 
 
 @dataclass
