@@ -176,24 +176,31 @@ def positional_singular_values(
 
     ``lq_t`` = L_q^T G_q (n, dh, dh), ``lk`` = G_k L_k of the key heads indexed by
     ``kv_index``. Offset 0 reuses ``base`` (the non-positional values) when given.
-    One batched SVD of every offset's cores: measured as fast here as eigvalsh of
-    core core^T plus its GEMM, and exact with no conditioning guard.
+    Each key head used is rotated once per offset (O(d_head^2)), and the cores of all
+    its query heads at all offsets come from one GEMM (query rows stacked against the
+    rotated key factors side by side); then one batched SVD of every core: measured
+    as fast here as eigvalsh of core core^T plus its GEMM, and exact with no
+    conditioning guard.
     """
-    lk_np = lk.numpy()
-    n, d_head = lq_t.shape[0], lq_t.shape[-1]
+    lk_np, lq_np = lk.numpy(), lq_t.numpy()
+    n, d_head = lq_np.shape[0], lq_np.shape[-1]
     out = np.empty((len(offsets), n, d_head))
     todo = [i for i, delta in enumerate(offsets) if not (delta == 0 and base is not None)]
-    if base is not None:
-        for i, delta in enumerate(offsets):
-            if delta == 0:
-                out[i] = base
+    for i, delta in enumerate(offsets):
+        if i not in todo:
+            out[i] = base
     if not todo:
         return out
-    rotated = np.empty((len(todo),) + lk_np.shape)
-    for j, i in enumerate(todo):
-        rotate_key_rows(lk_np, offsets[i], rotary, out=rotated[j])
-    cores = lq_t.unsqueeze(0) @ torch.from_numpy(rotated)[:, kv_index]  # (n_todo, n, dh, dh)
-    out[todo] = torch.linalg.svdvals(cores).numpy()
+    kv = kv_index.numpy()
+    cores = np.empty((len(todo), n, d_head, d_head))
+    side_by_side = np.empty((d_head, len(todo) * d_head))
+    for g in np.unique(kv):
+        heads = np.flatnonzero(kv == g)
+        for j, i in enumerate(todo):
+            rotate_key_rows(lk_np[g], offsets[i], rotary, out=side_by_side[:, j * d_head : (j + 1) * d_head])
+        stacked = lq_np[heads].reshape(-1, d_head) @ side_by_side  # (m dh, n_todo dh)
+        cores[:, heads] = stacked.reshape(len(heads), d_head, len(todo), d_head).transpose(2, 0, 1, 3)
+    out[todo] = torch.linalg.svdvals(torch.from_numpy(cores)).numpy()
     return out
 
 
