@@ -79,6 +79,8 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "coupling weakens with distance",
     "positional_norm_ratio_max": "largest s_1(delta) / s_1 over the offsets > 0",
     "half_norm_offset": "first offset > 0 where s_1(delta) / s_1 < 1/2; null if no offset gets there",
+    "null_seed": "null rows: the seed their Haar-random rotations were drawn from (builder --null-seed); null on "
+    "other rows",
     "singular_values": "the d_head singular values s_1 >= ... >= s_dhead >= 0 of W_QK = (W_Q^h)^T W_K^g",
     "eigenvalues": "their squares l_k = s_k^2, the eigenvalues of W_QK^T W_QK (the original study's name)",
     **{f"sv_{k}": v.format(one="singular value of the head", many="head's singular values") for k, v in _STAT_MEANINGS.items()},
@@ -254,9 +256,17 @@ def built_models(out_dir: str | os.PathLike, family: str, exclude: Sequence[str 
     return found
 
 
+def null_seed_of(path: str | os.PathLike) -> int | None:
+    """The seed of a model file's null rows (None if it has none, or if they disagree)."""
+    if "null_seed" not in pq.read_schema(path).names:
+        return None
+    seeds = {s for s in pq.read_table(path, columns=["null_seed"]).column(0).to_pylist() if s is not None}
+    return seeds.pop() if len(seeds) == 1 else None
+
+
 def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> dict[str, Any] | None:
-    """The summary of the model's file (with its first row's ``method_version``, None before schema v2)
-    if it exists and is readable, else None."""
+    """The summary of the model's file (with its first row's ``method_version``, None before schema v2,
+    and its null rows' ``null_seed``, None without them) if it exists and is readable, else None."""
     path = model_path(out_dir, family, model_id)
     if not path.exists():
         return None
@@ -264,7 +274,7 @@ def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> di
         summary = read_summary(path)
         has_method = "method_version" in pq.read_schema(path).names and summary["n_rows"]
         first = pq.read_table(path, columns=["method_version"]).column(0)[0].as_py() if has_method else None
-        return {**summary, "method_version": first}
+        return {**summary, "method_version": first, "null_seed": null_seed_of(path)}
     except Exception:  # an unreadable file is rebuilt, never trusted
         return None
 

@@ -13,7 +13,8 @@ a new version is a new key).
 - v1: the first release.
 - v2: adds ``method_version`` (see :data:`METHOD_VERSION`), and with the variants
   (``raw``, ``folded``, ``null``) the positional spectra :data:`OFFSET_COLUMNS`, and the
-  per-layer facts ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`).
+  per-layer facts ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`),
+  and the null rows' ``null_seed``.
   No v2 dataset was published before these were added, so v2 requires them.
 """
 
@@ -65,6 +66,9 @@ LAYER_FACT_COLUMNS = ("attention_type", "sliding_window", "rope_theta")
 """What the row's layer does, from config.json: ``full``/``sliding``/``chunked``, the window (null unless
 sliding), the rotary base (null without rotary: NoPE layers, absolute positions, ALiBi, legacy rows)."""
 
+NULL_COLUMNS = ("null_seed",)
+"""The entropy the null rows' Haar rotations were drawn from (``--null-seed``); null on raw and folded rows."""
+
 PROVENANCE_COLUMNS = ("weights_dtype", "builder_version", "method_version", "schema_version")
 
 _VALUE_COLUMNS = (
@@ -73,7 +77,7 @@ _VALUE_COLUMNS = (
 
 COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {
     1: _VALUE_COLUMNS + ("weights_dtype", "builder_version", "schema_version"),
-    2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + PROVENANCE_COLUMNS,
+    2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + NULL_COLUMNS + PROVENANCE_COLUMNS,
 }
 """The columns of each schema version this package reads, in file order."""
 
@@ -92,6 +96,7 @@ _TYPES: dict[str, str] = {
     "positional_norm_ratio_min": "float64",
     "positional_norm_ratio_max": "float64",
     "half_norm_offset": "int32",
+    "null_seed": "int64",
 }
 """Arrow-style type of every column of any version (a column keeps its type across versions)."""
 
@@ -101,8 +106,11 @@ VARIANT_NULL = "null"
 BUILT_VARIANTS = (VARIANT_RAW, VARIANT_FOLDED, VARIANT_NULL)
 
 NULL_SEED = 0
-"""Entropy of the null variant's draws: numpy PCG64 from SeedSequence(entropy=NULL_SEED,
-spawn_key=(sha256(model_id)[:8] little-endian, layer, head)); recorded in the card."""
+"""Default entropy of the null variant's draws (``--null-seed``): numpy PCG64 from SeedSequence(entropy=seed,
+spawn_key=(sha256(model_id)[:8] little-endian, layer, head)); each null row records its seed in ``null_seed``."""
+
+NULL_SEED_MAX = 2**63 - 1
+"""Largest ``--null-seed`` (the ``null_seed`` column is int64)."""
 VARIANT_LEGACY = "legacy"
 
 

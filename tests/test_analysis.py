@@ -81,8 +81,8 @@ def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: in
             columns[f"{prefix}_{name}"] = stat.tolist()
     for name, value in spectrum_metrics(s, positivity=rng.uniform(-1, 1, n)).items():
         columns[name] = value.tolist()
-    for name in schema.OFFSET_COLUMNS:
-        columns[name] = [None] * n  # no positional spectra in these synthetic rows
+    for name in schema.OFFSET_COLUMNS + schema.NULL_COLUMNS:
+        columns[name] = [None] * n  # no positional spectra (nor null rows) in these synthetic rows
     return columns
 
 

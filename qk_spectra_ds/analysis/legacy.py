@@ -458,8 +458,8 @@ def legacy_columns(data: dict[str, dict[int, Any]], model_id: str, family: str) 
             columns[name] = [None] * n_rows  # needs the weights: unknowable from the legacy data
         else:
             columns[name] = metrics[name].tolist()
-    for name in schema.LAYER_FACT_COLUMNS + schema.OFFSET_COLUMNS:
-        columns[name] = [None] * n_rows  # legacy spectra have no positional part, nor per-layer facts
+    for name in schema.LAYER_FACT_COLUMNS + schema.OFFSET_COLUMNS + schema.NULL_COLUMNS:
+        columns[name] = [None] * n_rows  # legacy spectra have no positional part, per-layer facts or null draws
     columns["weights_dtype"] = [None] * n_rows
     columns["builder_version"] = [__version__] * n_rows
     columns["method_version"] = [schema.METHOD_VERSION_LEGACY] * n_rows  # not computed by this builder

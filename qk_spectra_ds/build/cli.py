@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..cli_util import UsageError, as_list, call_cli, program_name, run_cli
 
-BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets")
+BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed")
 PUBLISH_ONLY = ("version", "private", "revision", "message")
 
 
@@ -33,6 +33,7 @@ def main(
     quiet: bool = False,
     variants: str | None = None,
     offsets: str | None = None,
+    null_seed: str | None = None,
 ):
     """Compute the singular values of every attention head's W_QK = W_Q^T W_K and write them as a dataset.
 
@@ -80,6 +81,9 @@ def main(
         factors paired through a seeded Haar-random rotation). Default raw,folded,null.
       offsets: Comma-separated token offsets for the positional (RoPE) spectra of raw and folded rows
         of rotary layers (default 0,1,2,4,... up to max_position_embeddings; none: no positional spectra).
+      null_seed: Seed of the null variant's Haar-random rotations, a whole number from 0 to 2^63 - 1
+        (default 0). Each null row records it in its null_seed column; a model whose null rows hold
+        another seed is rebuilt.
     """
     flags = dict(locals())  # the parameters, before any other local exists
     from . import catalog as catalog_mod
@@ -110,6 +114,7 @@ def main(
             shard=shard,
             variants=as_list(variants, "--variants") if variants is not None else None,
             offsets=as_list(offsets, "--offsets") if offsets is not None else None,
+            null_seed=null_seed,
         )
         print(build.summarize(results))
         print(f"dataset: {out} (load with datasets.load_dataset({out!r}, {family!r}))")

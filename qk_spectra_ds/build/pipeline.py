@@ -84,7 +84,8 @@ def build_model(
     The skip key is exact: ``model_revision`` (a Hub commit, or for a local
     folder the digest of every byte its rows depend on, see
     :func:`local_revision_prepass`) and ``method_version``
-    (:data:`schema.METHOD_VERSION`); the package version plays no part.
+    (:data:`schema.METHOD_VERSION`), with the same variants and, for the null variant,
+    the same ``null_seed``; the package version plays no part.
 
     ``taken_ids`` maps the model ids already built in this run to their specs: a
     second model with the same id (two local folders of one name, one Hub id at
@@ -160,7 +161,8 @@ def build_model(
     result = ModelResult(source.model_id, "built", revision=revision)
 
     previous = dataset_repo.existing_build(out_dir, family, source.model_id)
-    if not force and is_up_to_date(previous, revision) and held_variants(out_dir, family, source.model_id) == set(variants):
+    if (not force and is_up_to_date(previous, revision) and held_variants(out_dir, family, source.model_id) == set(variants)
+            and (schema.VARIANT_NULL not in variants or previous.get("null_seed") == null_seed)):
         result.status, result.path, result.n_rows = "skipped", dataset_repo.model_path(out_dir, family, source.model_id), previous["n_rows"]
         return result
 
@@ -209,6 +211,7 @@ def build_model(
             variant=name,
             positional=[s.positional for s in per_layer],
             offsets=offsets,
+            null_seed=null_seed,
         )
         for name, per_layer in spectra_by_variant.items()
     ])
@@ -286,11 +289,12 @@ def model_columns(
     variant: str = schema.VARIANT_RAW,
     positional: Sequence[np.ndarray | None] | None = None,
     offsets: Sequence[int] = (),
+    null_seed: int | None = None,
 ) -> dict[str, Any]:
     """Current-schema columns for a model from its (L, H, d_head) float64 singular values.
 
     ``positional``: per layer None (no rotary, or a null row) or the (n_offsets, H, d_head)
-    positional singular values at ``offsets``.
+    positional singular values at ``offsets``. ``null_seed`` is recorded on null rows only.
     """
     n_layers, n_heads, _ = singular_values.shape  # n_layers: the layers with softmax attention (facts)
     n = n_layers * n_heads
@@ -319,6 +323,7 @@ def model_columns(
         "eigenvalues": list(ev.astype(np.float32)),
         "weights_dtype": [weights_dtype] * n,
         "builder_version": [__version__] * n,
+        "null_seed": [int(null_seed) if variant == schema.VARIANT_NULL else None] * n,
         "method_version": np.full(n, schema.METHOD_VERSION, np.int32),
         "schema_version": np.full(n, schema.SCHEMA_VERSION, np.int32),
     }
@@ -384,6 +389,16 @@ def check_offsets(offsets: Sequence[int] | None) -> tuple[int, ...] | None:
     if any(v < 0 or v >= 2**31 for v in values):
         raise BuildError(f"--offsets {','.join(map(str, offsets))!r}: offsets must be whole numbers from 0 to 2^31 - 1")
     return tuple(sorted(set(values)))
+
+
+def check_null_seed(seed: int | str | None) -> int:
+    """The null variant's seed (None: :data:`schema.NULL_SEED`): a whole number from 0 to 2^63 - 1, else one line."""
+    if seed is None:
+        return schema.NULL_SEED
+    text = str(seed).strip()
+    if isinstance(seed, bool) or not text.isdigit() or int(text) > schema.NULL_SEED_MAX:
+        raise BuildError(f"--null-seed {seed!r}: give a whole number from 0 to 2^63 - 1 (default {schema.NULL_SEED})")
+    return int(text)
 
 
 def check_variants(variants: Sequence[str] | None) -> tuple[str, ...]:
@@ -478,6 +493,7 @@ def build_family(
     shard: str | None = None,
     variants: Sequence[str] | None = None,
     offsets: Sequence[int] | None = None,
+    null_seed: int | str | None = None,
 ) -> list[ModelResult]:
     """Build every model of a family (or the given ones) into ``out_dir``.
 
@@ -488,6 +504,7 @@ def build_family(
     check_output_dir(out_dir)  # refused before any model is read, not after hours of work
     variants = None if variants is None else check_variants(variants)  # None: every variant a model allows
     offsets = check_offsets(offsets)
+    null_seed = check_null_seed(null_seed)
     device = check_device(device, require_build_extra())
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
     specs = list(dict.fromkeys(str(spec).strip() for spec in specs))  # the same spec twice is built once
@@ -501,7 +518,7 @@ def build_family(
         try:
             result = build_model(
                 spec, family, out_dir, device=device, force=force, progress=progress, token=token, taken_ids=taken_ids,
-                variants=variants, offsets=offsets,
+                variants=variants, offsets=offsets, null_seed=null_seed,
             )
             taken_ids[result.model_id] = str(spec)
         except QKSpectraError as exc:
