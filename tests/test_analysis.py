@@ -117,7 +117,8 @@ def legacy_report(legacy_dataset, tmp_path_factory):
 
 def test_classes_match_the_original_figure(legacy_report):
     classes = pd.read_csv(legacy_report.family_dir / "tables" / "classes.csv")
-    assert list(classes.columns) == ["model", "class", "n_heads", "alpha", "theta", "jsd"]
+    assert list(classes.columns) == ["model", "variant", "class", "n_heads", "alpha", "theta", "jsd"]  # variant: issue 12
+    assert set(classes["variant"]) == {"legacy"}
     qwen = classes[classes["model"] == "Qwen3-0.6B"]
     got = [(round(a, 2), round(t, 2), round(j, 3)) for a, t, j in zip(qwen["alpha"], qwen["theta"], qwen["jsd"])]
     assert sorted(got) == sorted(REFERENCE_CLASSES)  # up to class order and the printed rounding
@@ -127,7 +128,7 @@ def test_classes_match_the_original_figure(legacy_report):
 
 def test_mean_boxplot_bds_matches_the_original_title(legacy_report):
     bds = pd.read_csv(legacy_report.family_dir / "tables" / "bds.csv")
-    assert list(bds.columns[:4]) == ["model", "stat", "bds", "p_value"]
+    assert list(bds.columns[:5]) == ["model", "variant", "stat", "bds", "p_value"]
     row = bds[(bds["model"] == "Qwen3-0.6B") & (bds["stat"] == "MEAN")].iloc[0]
     assert (round(row["bds"], 2), f"{row['p_value']:.2e}") == REFERENCE_MEAN_BDS
     assert set(bds["stat"]) == {"MIN", "MAX", "MEAN", "STD", "SKEW", "KURTOSIS"}
@@ -149,14 +150,14 @@ def test_layout_and_index_link_every_output(legacy_report):
     assert "- [MEAN](plots/MEAN/Qwen3-0.6B_MEAN_box.png): BDS 2.80, p-value 5.07e-03\n" in index
     classes = pd.read_csv(family_dir / "tables" / "classes.csv")
     for row in classes.itertuples(index=False):  # each model's class table, rounded as the original's figure
-        assert f"| {row[1]} | {row.n_heads} | {row.alpha:.2f} | {row.theta:.2f} | {row.jsd:.3f} |\n" in index
+        assert f"| {row[2]} | {row.n_heads} | {row.alpha:.2f} | {row.theta:.2f} | {row.jsd:.3f} |\n" in index
     assert "\n| class | n_heads | share | alpha | theta | jsd |\n| --- | --- | --- | --- | --- | --- |\n" in index
     assert "embedding=pca" in index and index.endswith("\n") and not index.endswith("\n\n")
 
 
 def test_labels_cover_every_head(legacy_report):
     labels = pd.read_csv(legacy_report.family_dir / "tables" / "labels.csv")
-    assert list(labels.columns) == ["model", "layer", "head", "class"]
+    assert list(labels.columns) == ["model", "variant", "layer", "head", "class"]
     assert len(labels) == 28 * 16 + 16 * 32
     assert labels["class"].between(0, 5).all()
     qwen = labels[labels["model"] == "Qwen3-0.6B"]

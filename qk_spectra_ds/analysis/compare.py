@@ -495,6 +495,7 @@ def run_compare(
     per-head error). Always: ``tables/depth.csv`` and ``depth/<metric>.png`` for every
     model of both sides.
     """
+    from .plots import variant_suffix
     from .report import write_table
 
     metrics = parse_metrics(metrics)
@@ -525,7 +526,8 @@ def run_compare(
     (family_dir / "depth").mkdir(exist_ok=True)
     for metric in metrics:
         name = f"depth/{metric}.{fmt}"
-        plot_metric_depth(depth, metric, family_dir / name, f"{family}: {METRIC_TITLES[metric]} by relative depth", dpi)
+        title = f"{family}: {METRIC_TITLES[metric]} by relative depth" + variant_suffix(sorted(set(depth["variant"])))
+        plot_metric_depth(depth, metric, family_dir / name, title, dpi)
         outputs.figures.setdefault("depth", []).append(name)
     return outputs
 

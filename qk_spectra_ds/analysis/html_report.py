@@ -39,6 +39,8 @@ TABLE_DESCRIPTIONS = {
     "classes": "classification A, per model: class, n_heads, gamma alpha/theta, JSD",
     "labels": "classification A, per head: model, layer, head, class",
     "bds": "classification B, per model and statistic: BDS statistic and p-value of the per-layer medians",
+    "positional": "positional spectra, per head: spectral norm at each query-key offset relative to offset 0 "
+                  "(norm_ratio_<delta>) and the dataset's summaries",
     "taxonomy_classes": "joint taxonomy: classes over all models (n_heads, share, alpha, theta, JSD)",
     "taxonomy_labels": "joint taxonomy, per head: model, layer, head, depth band, class",
     "taxonomy_shares_model": "joint taxonomy: share of each model's heads per class",

@@ -248,8 +248,8 @@ def _is_corrupt_file_error(exc: BaseException) -> bool:
     return False
 
 
-def _list_column(table, name: str) -> list[np.ndarray | None]:
-    """A list<float32> column (``eigenvalues``, ``singular_values``) as one float32 array per row (None where null)."""
+def _list_column(table, name: str, dtype=np.float32) -> list[np.ndarray | None]:
+    """A list column (``eigenvalues``, ``singular_values``, ``offsets``) as one ``dtype`` array per row (None where null)."""
     import pyarrow as pa
 
     if name not in table.column_names:
@@ -257,11 +257,45 @@ def _list_column(table, name: str) -> list[np.ndarray | None]:
     column = table.column(name).combine_chunks()
     if isinstance(column, pa.ChunkedArray):  # empty table
         return []
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
     lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     valid = column.is_valid().to_numpy(zero_copy_only=False)
     bounds = np.concatenate(([0], np.cumsum(lengths)))
     return [values[bounds[i] : bounds[i + 1]] if valid[i] else None for i in range(len(lengths))]
+
+
+def _nested_list_column(table, name: str) -> list[np.ndarray | None]:
+    """A list<list<float32>> column (``positional_singular_values``) as one (outer, inner) float32 array per row.
+
+    None where the row is null (layers without rotary, null rows); a row whose
+    inner lists differ in length is a :class:`LoadError` (every offset holds d_head values).
+    """
+    import pyarrow as pa
+
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    column = table.column(name).combine_chunks()
+    if isinstance(column, pa.ChunkedArray):  # empty table
+        return []
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    outer = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    inner = column.flatten()  # the valid rows' inner lists, in order
+    inner_lengths = inner.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = inner.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    starts = np.concatenate(([0], np.cumsum(outer)))
+    value_starts = np.concatenate(([0], np.cumsum(inner_lengths)))
+    out: list[np.ndarray | None] = []
+    for row in range(len(outer)):
+        if not valid[row]:
+            out.append(None)
+            continue
+        lengths = inner_lengths[starts[row] : starts[row + 1]]
+        width = int(lengths[0]) if len(lengths) else 0
+        if (lengths != width).any():
+            raise LoadError(f"column {name}: row {row} holds lists of different lengths ({sorted(set(lengths.tolist()))})")
+        lo = value_starts[starts[row]]
+        out.append(values[lo : lo + width * len(lengths)].reshape(len(lengths), width))
+    return out
 
 
 def load_spectra(
@@ -273,6 +307,7 @@ def load_spectra(
     skip_nonfinite: bool = False,
     pool_legacy: bool = False,
     keep_spectra: bool = False,
+    keep_positional: bool = False,
 ) -> pd.DataFrame:
     """Load and validate one config of a spectra dataset.
 
@@ -295,6 +330,10 @@ def load_spectra(
         keep_spectra: also keep ``singular_values`` (one float32 array per head,
             descending; None in rows that lack them), for work on the spectra
             themselves. Off by default: the analysis needs only the eigenvalues.
+        keep_positional: also keep ``offsets`` (int64 array per head) and
+            ``positional_singular_values`` (float32 array of shape (offsets,
+            d_head) per head), None in rows without positional spectra (no
+            rotary, null rows, schema v1).
 
     Returns:
         One row per head, dataset order, scalar columns of the schema plus
@@ -337,6 +376,11 @@ def load_spectra(
     check_values(frame, singular_values, where)
     if keep_spectra:
         frame.insert(frame.columns.get_loc(_SPECTRUM_COLUMN), "singular_values", [singular_values[i] for i in frame.index])
+    if keep_positional:
+        offsets = _list_column(table, "offsets", np.int64)
+        positional = _nested_list_column(table, "positional_singular_values")
+        frame["offsets"] = [offsets[i] for i in frame.index]
+        frame["positional_singular_values"] = [positional[i] for i in frame.index]
     return frame.reset_index(drop=True)
 
 

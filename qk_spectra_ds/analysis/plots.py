@@ -138,19 +138,51 @@ def new_figure(figsize: tuple[float, float], dpi: float = DEFAULT_DPI):
     return fig
 
 
+def variant_suffix(variant: str | Sequence[str] | None) -> str:
+    """`` · folded spectra``: the end of a figure title naming the variant(s) of the spectra it shows ('' for None).
+
+    Several variants (a joint taxonomy over models with different ones, a
+    comparison) are joined: `` · folded + raw spectra``.
+    """
+    if variant is None:
+        return ""
+    names = [variant] if isinstance(variant, str) else list(dict.fromkeys(map(str, variant)))
+    return f" · {' + '.join(names)} spectra" if names else ""
+
+
+def figure_title(fig) -> str:
+    """The title a reader sees first: the figure's suptitle, else its first axes title ('' if none)."""
+    title = fig.get_suptitle()
+    if title:
+        return title
+    return next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+
+
 def _save(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI) -> Path:
-    """Write the figure atomically as its suffix says (png, pdf, svg), with no timestamp: reruns give identical files."""
+    """Write the figure atomically as its suffix says (png, pdf, svg), with no timestamp: reruns give identical files.
+
+    The file's ``Title`` metadata (PNG text chunk, PDF info, SVG ``dc:title``)
+    holds :func:`figure_title`, so a figure says what it shows (model, variant)
+    to any image tool, and tests can read it back from the file.
+    """
     fmt = check_figure_format(Path(path).suffix or "png")
+    title = figure_title(fig)
     with atomic_path(path) as tmp:
         if fmt == "png":
             from PIL import Image
+            from PIL.PngImagePlugin import PngInfo
 
             fig.set_dpi(dpi)
             fig.canvas.draw()
             rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # opaque figures: no alpha
-            Image.fromarray(rgb).save(tmp, format="png", compress_level=PNG_COMPRESSION)
+            info = PngInfo()
+            if title:
+                info.add_itxt("Title", title)  # international text: titles hold non-ASCII (·, λ, σ)
+            Image.fromarray(rgb).save(tmp, format="png", compress_level=PNG_COMPRESSION, pnginfo=info)
         else:
             metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None}
+            if title:
+                metadata["Title"] = title
             with matplotlib.rc_context({"svg.hashsalt": "qk-spectra-ds"}):  # fixed SVG ids: identical reruns
                 fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
     return Path(path)
@@ -236,23 +268,27 @@ def _embedding_axes(big, classifier, colors: list[str]) -> None:
     big.set_title(f"{method} of the heads' eigenvalue histograms ({len(labels)} heads)")
 
 
-def clusters_figure(classifier, title: str):
-    """Classification A figure of one model (a fitted :class:`~qk_spectra_ds.taxonomy.SpectralHeadClassifier`); call inside :func:`style`."""
+def clusters_figure(classifier, title: str, variant: str | None = None):
+    """Classification A figure of one model (a fitted :class:`~qk_spectra_ds.taxonomy.SpectralHeadClassifier`); call inside :func:`style`.
+
+    ``variant``: the variant of the spectra, named at the end of the title (:func:`variant_suffix`).
+    """
     fig, big, panels = _grid(len(classifier.classes_))
     colors = class_colors(len(classifier.classes_))
     _embedding_axes(big, classifier, colors)
     for ax, klass in zip(panels, classifier.class_fits_):
         _class_panel(ax, klass, classifier.bin_edges_, colors[klass.klass])
-    fig.suptitle(f"{title}: classes of heads by normalized-eigenvalue histogram")
+    fig.suptitle(f"{title}: classes of heads by normalized-eigenvalue histogram{variant_suffix(variant)}")
     _panel_legend(fig)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
-def plot_clusters(classifier, path: str | os.PathLike, title: str, dpi: float = DEFAULT_DPI) -> Path:
+def plot_clusters(classifier, path: str | os.PathLike, title: str, dpi: float = DEFAULT_DPI,
+                  variant: str | None = None) -> Path:  # fmt: skip
     """Write :func:`clusters_figure` to ``path`` (format from its suffix) at ``dpi``."""
     with style():
-        return _save(clusters_figure(classifier, title), path, dpi)
+        return _save(clusters_figure(classifier, title, variant), path, dpi)
 
 
 def _box_legend(ax, spline: bool) -> None:
@@ -276,19 +312,20 @@ def _layer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=2))
 
 
-def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi: float = DEFAULT_DPI) -> list[Path]:
+def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi: float = DEFAULT_DPI,
+                     variant: str | None = None) -> list[Path]:  # fmt: skip
     """Classification B figures of one model, one per statistic (:class:`~qk_spectra_ds.layer_stats.LayerStat`).
 
     Each figure is the original's box plot, 20 x 8 inches (35 wide above 100
     layers), one box per layer at its layer number (means shown, no fliers),
     the dashed spline of the per-layer means, the BDS of the per-layer medians
-    in the title, axis titles with units, a legend, and thinned layer ticks.
+    in the title (with the ``variant`` of the spectra), axis titles with units, a legend, and thinned layer ticks.
     """
     with style():
-        return [_save(layer_stat_figure(result), path, dpi) for result, path in zip(results, paths)]
+        return [_save(layer_stat_figure(result, variant), path, dpi) for result, path in zip(results, paths)]
 
 
-def layer_stat_figure(result):
+def layer_stat_figure(result, variant: str | None = None):
     """The box plot of one :class:`~qk_spectra_ds.layer_stats.LayerStat` (see :func:`plot_layer_stats`); call inside :func:`style`."""
     layers = np.asarray(result.layers, dtype=np.float64)
     n = len(layers)
@@ -311,7 +348,7 @@ def layer_stat_figure(result):
     ax.set_ylabel(f"{name} of a head ({unit})" if unit else f"{name} of a head")
     bds = "NaN" if not np.isfinite(result.bds) else f"{result.bds:.2f}"
     ax.set_title(f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
-                 f"asymptotic p-value: {result.p_value:.2e})")  # fmt: skip
+                 f"asymptotic p-value: {result.p_value:.2e}){variant_suffix(variant)}")  # fmt: skip
     _box_legend(ax, spline)
     fig.tight_layout()
     return fig
@@ -346,11 +383,12 @@ def _display_models(taxonomy, order: Sequence[str] | None) -> list[str]:
 
 def plot_taxonomy_classes(
     taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy", order: Sequence[str] | None = None,
-    dpi: float = DEFAULT_DPI,
+    dpi: float = DEFAULT_DPI, variant: str | Sequence[str] | None = None,
 ) -> Path:
     """The joint classes: share of each model's heads per class (heat map, left) and one panel per class.
 
     ``order``: the models top to bottom (default: the taxonomy's; the report passes them by size).
+    ``variant``: the variant(s) of the spectra, named at the end of the title.
     ``path`` None: the figure is returned instead of written.
     """
     classes = taxonomy.classifier.class_fits_
@@ -370,7 +408,7 @@ def plot_taxonomy_classes(
         big.set_title("share of each model's heads per class")
         for ax, klass in zip(panels, classes):
             _class_panel(ax, klass, taxonomy.classifier.bin_edges_, colors[klass.klass])
-        fig.suptitle(title)
+        fig.suptitle(title + variant_suffix(variant))
         _panel_legend(fig)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
         return fig if path is None else _save(fig, path, dpi)
@@ -378,11 +416,11 @@ def plot_taxonomy_classes(
 
 def plot_taxonomy_depth(
     taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy by relative depth",
-    order: Sequence[str] | None = None, dpi: float = DEFAULT_DPI,
+    order: Sequence[str] | None = None, dpi: float = DEFAULT_DPI, variant: str | Sequence[str] | None = None,
 ) -> Path:
     """One heat map per class: share of the heads of each (model, relative-depth band) in that class.
 
-    ``order`` as in :func:`plot_taxonomy_classes`; ``path`` None: the figure is returned instead of written.
+    ``order`` and ``variant`` as in :func:`plot_taxonomy_classes`; ``path`` None: the figure is returned instead of written.
     """
     shares = taxonomy.shares_by_depth()
     models = _display_models(taxonomy, order)
@@ -419,6 +457,6 @@ def plot_taxonomy_depth(
                 ax.set_yticklabels([])
             else:
                 ax.set_ylabel("model (by size)")
-        fig.suptitle(title)
+        fig.suptitle(title + variant_suffix(variant))
         fig.tight_layout()
         return fig if path is None else _save(fig, path, dpi)

@@ -171,6 +171,28 @@ def _recorded(caught) -> list[tuple[type, str]]:
 CLASS_COLUMNS = ["model", "class", "n_heads", "alpha", "theta", "jsd"]
 
 
+def variant_of(rows: pd.DataFrame) -> str:
+    """The variant of a model's rows (``folded``, ``raw``, ``null``, ``legacy``; several joined by ``+``).
+
+    Every table gets it as its ``variant`` column and every figure names it in
+    its title, so no output hides which spectra it was made from.
+    """
+    return "+".join(sorted({str(v) for v in rows["variant"].unique()})) if "variant" in rows and len(rows) else ""
+
+
+def with_variant(table: pd.DataFrame, variant: str | dict[str, str]) -> pd.DataFrame:
+    """``table`` with a ``variant`` column after ``model`` (first if none): one name, or per model from a dict.
+
+    A table that already has ``variant`` is returned unchanged.
+    """
+    if "variant" in table.columns:
+        return table
+    values = table["model"].map(variant).fillna("").astype(str) if isinstance(variant, dict) else str(variant)
+    out = table.copy()
+    out.insert(out.columns.get_loc("model") + 1 if "model" in out.columns else 0, "variant", values)
+    return out
+
+
 def label_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Columns model, layer, head, class: one row per head, sorted by layer then head."""
     table = pd.DataFrame({"model": model_id, "layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(),
@@ -187,7 +209,8 @@ def analyze_model(
 
     from . import plots
 
-    out: dict[str, Any] = {"model": model_id, "figures": [], "timings": {}}
+    variant = variant_of(rows)
+    out: dict[str, Any] = {"model": model_id, "variant": variant, "figures": [], "timings": {}}
     family_dir_path = Path(family_dir)
     slug = model_slug(model_id)
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(1):
@@ -197,7 +220,7 @@ def analyze_model(
             classifier = params.classifier().fit(eigenvalue_matrix(rows), name=model_id)
             t1 = time.perf_counter()
             figure = Path("ESDs") / f"{slug}.{params.format}"
-            plots.plot_clusters(classifier, family_dir_path / figure, title=model_id, dpi=params.dpi)
+            plots.plot_clusters(classifier, family_dir_path / figure, title=model_id, dpi=params.dpi, variant=variant)
             out["timings"]["clusters"] = t1 - t0
             out["timings"]["clusters figures"] = time.perf_counter() - t1
             out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
@@ -210,7 +233,7 @@ def analyze_model(
                                            params.seed, null_eigenvalues)  # fmt: skip
                 figure = Path("consensus") / f"{slug}.{params.format}"
                 consensus.plot_consensus(result, family_dir_path / figure, title=f"{model_id}: consensus classes",
-                                         dpi=params.dpi)  # fmt: skip
+                                         dpi=params.dpi, variant=variant)  # fmt: skip
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
@@ -226,7 +249,7 @@ def analyze_model(
             results = layer_stats.layer_stats(rows, list(params.stats), params.skip_layers_below, model_id)
             t1 = time.perf_counter()
             figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
-            plots.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi)
+            plots.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi, variant=variant)
             out["figures"].extend(f.as_posix() for f in figures)
             out["timings"]["boxplots"] = t1 - t0
             out["timings"]["boxplots figures"] = time.perf_counter() - t1
@@ -243,8 +266,11 @@ def analyze_model(
 
 
 def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str, params: Params,
-                  order: Sequence[str] | None = None) -> dict[str, Any]:
-    """Fit the joint taxonomy and draw its figures (models in ``order``); tables returned (worker or in-process)."""
+                  order: Sequence[str] | None = None, variant: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """Fit the joint taxonomy and draw its figures (models in ``order``); tables returned (worker or in-process).
+
+    ``variant``: the variant(s) of the models' spectra, named in the figures' titles.
+    """
     from threadpoolctl import threadpool_limits
 
     from . import plots
@@ -265,9 +291,10 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
         }
         title = f"{family}: joint taxonomy of {len(heads)} model(s)"
         names = [f"taxonomy/classes.{params.format}", f"taxonomy/depth.{params.format}"]
-        plots.plot_taxonomy_classes(joint, family_dir_path / names[0], title=title, order=order, dpi=params.dpi)
+        plots.plot_taxonomy_classes(joint, family_dir_path / names[0], title=title, order=order, dpi=params.dpi,
+                                    variant=variant)  # fmt: skip
         plots.plot_taxonomy_depth(joint, family_dir_path / names[1], title=f"{family}: class shares by relative depth",
-                                  order=order, dpi=params.dpi)  # fmt: skip
+                                  order=order, dpi=params.dpi, variant=variant)  # fmt: skip
         out["figures"] = names
         out["timings"]["taxonomy"] = t1 - t0
         out["timings"]["taxonomy figures"] = time.perf_counter() - t1
@@ -367,11 +394,12 @@ def _add_timings(outputs: Outputs, results: Sequence[dict[str, Any]]) -> None:
 def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: bool, do_boxplots: bool) -> None:
     """Write classes/labels/bds tables from per-model results (model order) and record the figures."""
     tables = outputs.family_dir / TABLES
+    variants = {r["model"]: r.get("variant", "") for r in results}
     for r in results:
         outputs.figures.setdefault(r["model"], []).extend(r["figures"])
     if do_clusters:
-        classes = pd.concat([r["classes"] for r in results], ignore_index=True)
-        labels = pd.concat([r["labels"] for r in results], ignore_index=True)
+        classes = with_variant(pd.concat([r["classes"] for r in results], ignore_index=True), variants)
+        labels = with_variant(pd.concat([r["labels"] for r in results], ignore_index=True), variants)
         write_table(classes, tables / "classes.csv")
         write_table(labels, tables / "labels.csv")
         outputs.tables["classes"] = f"{TABLES}/classes.csv"
@@ -380,7 +408,7 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
         outputs.frames["labels"] = labels
         outputs.frames["embedding"] = pd.concat([r["embedding"] for r in results], ignore_index=True)
     if do_boxplots:
-        bds = pd.concat([r["bds"] for r in results], ignore_index=True)
+        bds = with_variant(pd.concat([r["bds"] for r in results], ignore_index=True), variants)
         write_table(bds, tables / "bds.csv")
         outputs.tables["bds"] = f"{TABLES}/bds.csv"
         outputs.frames["bds"] = bds
@@ -390,15 +418,19 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
     for name, parts in per_model.items():
         if parts:
             table = pd.concat(parts, ignore_index=True).sort_values("model", kind="stable", ignore_index=True)
+            table = with_variant(table, variants)
             write_table(table, tables / f"{name}.csv")
             outputs.tables[name] = f"{TABLES}/{name}.csv"
             outputs.frames[name] = table
     _add_timings(outputs, results)
 
 
-def _store_taxonomy(outputs: Outputs, result: dict[str, Any]) -> None:
+def _store_taxonomy(outputs: Outputs, result: dict[str, Any], variants: dict[str, str]) -> None:
+    """Write the joint taxonomy's tables, each with a ``variant`` column (per model, or all models' for the classes)."""
     tables = outputs.family_dir / TABLES
+    pooled = "+".join(sorted(set(variants.values())))
     for name, table in result["frames"].items():
+        table = with_variant(table, variants if "model" in table.columns else pooled)
         write_table(table, tables / f"{name}.csv")
         outputs.tables[name] = f"{TABLES}/{name}.csv"
         outputs.frames[name] = table
@@ -435,6 +467,11 @@ def _run_per_model(frame, out, family, params, jobs, progress, outputs, do_clust
     return outputs
 
 
+def model_variants(frame: pd.DataFrame) -> dict[str, str]:
+    """Per model of ``frame``: :func:`variant_of` its rows."""
+    return {model_id: variant_of(rows) for model_id, rows in split_models(frame)}
+
+
 def model_heads(frame: pd.DataFrame) -> list[taxonomy.ModelHeads]:
     """Per model: eigenvalues, layers, heads and n_layers (from the column, else max layer + 1)."""
     out = []
@@ -458,10 +495,12 @@ def run_taxonomy(
     if not outputs.models:
         outputs.models = list(dict.fromkeys(frame["model_id"].tolist()))
     t0 = time.perf_counter()
-    result = taxonomy_task(model_heads(frame), str(family_dir), family, params, html_report.size_order(frame))
+    variants = model_variants(frame)
+    result = taxonomy_task(model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
+                           sorted(set(variants.values())))  # fmt: skip
     _replay(result.pop("warnings", []))
     outputs.timings["taxonomy (wall)"] = time.perf_counter() - t0
-    _store_taxonomy(outputs, result)
+    _store_taxonomy(outputs, result, variants)
     return outputs
 
 
@@ -498,7 +537,7 @@ def _model_section(model: str, figures: list[str], classes: pd.DataFrame | None,
     return {
         "id": model,
         "esd": esd[0] if esd else None,
-        "classes": None if classes is None else classes[classes["model"] == model].drop(columns="model"),
+        "classes": None if classes is None else classes[classes["model"] == model].drop(columns=["model", "variant"], errors="ignore"),
         "boxes": boxes,
     }
 
@@ -515,10 +554,12 @@ def _rows_of(outputs: Outputs, name: str, model: str, columns: Sequence[str]) ->
 def _consensus_section(outputs: Outputs, model: str) -> dict:
     """What the index shows of a model's default-method results (empty under --method original)."""
     figure = [f for f in outputs.figures.get(model, []) if f.startswith("consensus/")]
+    by_offset = [f for f in outputs.figures.get(model, []) if f.startswith("positional/")]
     scan = _rows_of(outputs, "k_selection", model, ["k", "stability_ari_mean", "silhouette", "chosen"])
     chosen = None if scan is None else int(scan.loc[scan["chosen"], "k"].iloc[0])
     return {
         "figure": figure[0] if figure else None,
+        "positional": by_offset[0] if by_offset else None,
         "k": chosen,
         "classes": _rows_of(outputs, "consensus_classes", model, ["class", "n_heads", "share", "confidence_mean"]),
         "stability": _rows_of(outputs, "stability", model, ["perturbation", "n", "ari_median", "ari_min"]),
@@ -542,6 +583,8 @@ def render_index(
         undefined=jinja2.StrictUndefined, autoescape=False,
     )  # fmt: skip
     env.filters["fmt"] = format_value
+    joint = outputs.frames.get("taxonomy_classes")
+    variants = model_variants(frame) if len(frame) else {}
     text = env.get_template(INDEX_TEMPLATE).render(
         family=family,
         dataset=dataset,
@@ -551,11 +594,12 @@ def render_index(
         variants=sorted(map(str, frame["variant"].unique())) if len(frame) else [],
         parameters={k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
         tables=outputs.tables,
-        joint_classes=outputs.frames.get("taxonomy_classes"),
+        joint_classes=None if joint is None else joint.drop(columns="variant", errors="ignore"),
+        joint_variant=None if joint is None or "variant" not in joint else "+".join(sorted(set(map(str, joint["variant"])))),
         joint_figures=outputs.figures.get("taxonomy", []),
         models=[
             {**_model_section(m, outputs.figures.get(m, []), outputs.frames.get("classes"), outputs.frames.get("bds")),
-             "consensus": _consensus_section(outputs, m)}
+             "consensus": _consensus_section(outputs, m), "variant": variants.get(m)}
             for m in outputs.models
         ],
         method=params.method,
@@ -572,6 +616,56 @@ def write_index(
 
 
 # ---------------------------------------------------------------- everything
+
+
+POSITIONAL_COLUMNS = ("offsets", "positional_singular_values")
+
+
+def split_positional(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``(frame without the positional lists, the rows' keys, summaries and lists)``; None when not loaded."""
+    if not all(c in frame.columns for c in POSITIONAL_COLUMNS):
+        return frame, None
+    from .positional import SUMMARY_COLUMNS
+
+    keep = ["model_id", "variant", "layer", "head", "n_layers", "spectral_norm", *POSITIONAL_COLUMNS,
+            *(c for c in SUMMARY_COLUMNS if c in frame.columns)]  # fmt: skip
+    return frame.drop(columns=list(POSITIONAL_COLUMNS)), frame[keep]
+
+
+def _store_positional(outputs: Outputs, rows: pd.DataFrame, params: Params,
+                      log: Callable[[str], None] | None) -> None:  # fmt: skip
+    """Per model with positional spectra: ``positional/<model>`` figure; all of them in ``tables/positional.csv``.
+
+    Models without any (no rotary, built without offsets, legacy or null rows)
+    are skipped, with one log line naming them.
+    """
+    from . import plots, positional
+
+    tables, without = [], []
+    for model_id, part in split_models(rows):
+        variant = variant_of(part)
+        if not positional.has_positional(part):
+            without.append(f"{model_id} [{variant}]")
+            continue
+        table = positional.positional_table(model_id, part, variant)
+        n_layers = part["n_layers"].dropna()
+        n = int(n_layers.iloc[0]) if len(n_layers) else int(part["layer"].max()) + 1
+        figure = f"positional/{model_slug(model_id)}.{params.format}"
+        title = (f"{model_id}: each head's spectral norm by query-key offset, s₁(δ) / s₁(0), per layer"
+                 + plots.variant_suffix(variant))  # fmt: skip
+        positional.plot_positional(table, n, outputs.family_dir / figure, title, params.dpi)
+        outputs.figures.setdefault(model_id, []).append(figure)
+        tables.append(table)
+    if without and log is not None:
+        log(f"positional: no positional spectra for {', '.join(without)} (no rotary layers, built without offsets, "
+            "or a legacy/null variant): no positional figure for them")  # fmt: skip
+    if tables:
+        table = pd.concat(tables, ignore_index=True)
+        ratio_columns = [positional.ratio_column(d) for d in positional.offsets_of(table)]  # offsets ascending
+        table = table[["model", "variant", "layer", "head", *ratio_columns, *positional.SUMMARY_COLUMNS]]
+        write_table(table, outputs.family_dir / TABLES / "positional.csv")
+        outputs.tables["positional"] = f"{TABLES}/positional.csv"
+        outputs.frames["positional"] = table
 
 
 def null_variant_rows(dataset: str, family: str, revision: str | None, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -621,7 +715,9 @@ def run_report(
     params = params or Params()
     family = str(family)
     t0 = time.perf_counter()
-    frame = load_spectra(dataset, family, revision=revision, models=models, variant=variant, skip_nonfinite=skip_nonfinite)
+    frame = load_spectra(dataset, family, revision=revision, models=models, variant=variant, skip_nonfinite=skip_nonfinite,
+                         keep_positional=params.method == "consensus")  # fmt: skip
+    frame, positional_rows = split_positional(frame)  # the workers need only the eigenvalues
     family_dir = _family_dir(out, family)
     outputs = Outputs(family_dir)
     outputs.timings["load"] = time.perf_counter() - t0
@@ -630,15 +726,21 @@ def run_report(
     null_rows = null_variant_rows(dataset, family, revision, frame) if params.method == "consensus" else {}
     folded = other_variant_rows(dataset, family, revision, frame, "folded") if params.method == "consensus" else {}
     tasks = _model_tasks(per_model, family_dir, params, True, True, null_rows, folded)
+    variants = model_variants(frame)
     tasks.append(Task(JOINT_TASK, float(TAXONOMY_COST_HEADS), taxonomy_task,
-                      (model_heads(frame), str(family_dir), family, params, html_report.size_order(frame))))  # fmt: skip
+                      (model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
+                       sorted(set(variants.values())))))  # fmt: skip
     t1 = time.perf_counter()
     n_jobs = _jobs(jobs, per_model)
     results = run_tasks(tasks, n_jobs, progress, desc="report")
     outputs.timings[f"analysis (wall, jobs={n_jobs})"] = time.perf_counter() - t1
     taxonomy_result = results.pop(JOINT_TASK)
     _store_models(outputs, list(results.values()), True, True)
-    _store_taxonomy(outputs, taxonomy_result)
+    _store_taxonomy(outputs, taxonomy_result, variants)
+    if positional_rows is not None:
+        t2 = time.perf_counter()
+        _store_positional(outputs, positional_rows, params, log)
+        outputs.timings["positional (table + figures)"] = time.perf_counter() - t2
     t2 = time.perf_counter()
     write_index(outputs, family, str(dataset), revision, params, frame)
     html_report.write_html(outputs, family, str(dataset), revision, params, frame,
