@@ -129,6 +129,15 @@ class Layout:
         """Whether the checkpoint holds attention weights of layer ``layer`` (checks config's layer count)."""
         return bool(ckpt.matches(self.query_tensor(layer)))
 
+    def read_with_folding(self, ckpt: Checkpoint, layer: int, shape: AttentionShape, read_folding: Callable[[str], Any]):
+        """(LayerQK, folding): the folded and null variants' inputs too; ``read_folding(anchor)`` reads the gains.
+
+        ``anchor`` is the full name of the layer's first Q/K tensor. Layouts whose gains sit
+        inside composed maps (:class:`LatentAttention`) fold them in while composing.
+        """
+        qk = self.read(ckpt, layer, shape)
+        return qk, read_folding(qk.tensors[0].name)
+
 
 def _expect_shape(ckpt: Checkpoint, info: TensorInfo, expected: tuple[int, ...]) -> None:
     if tuple(info.shape) != tuple(expected):
@@ -567,6 +576,17 @@ class GatedQuery(SeparateProjections):
         return LayerQK(layer, q, k, (q_info, k_info))
 
 
+@dataclass
+class LatentWeights:
+    """One MLA layer's projections as read, float64: what the raw and the folded compositions share."""
+
+    qa: np.ndarray | None  # (r_q, d_model) q_a_proj; None without q_lora_rank
+    qb: np.ndarray  # (H, d_head, r_q) q_b_proj per head; without q_lora_rank (H, d_head, d_model) q_proj
+    kva: np.ndarray  # (r_kv + d_r, d_model) kv_a_proj_with_mqa: [latent ; shared rope key]
+    kvb: np.ndarray  # (H, d_nope, r_kv) the k_nope rows of kv_b_proj
+    tensors: tuple[TensorInfo, ...]
+
+
 @dataclass(frozen=True)
 class LatentAttention(Layout):
     """DeepSeek V2/V3 multi-head latent attention (MLA), as small exact factors.
@@ -580,6 +600,14 @@ class LatentAttention(Layout):
     U (q_h^T k_h) U^T has the singular values of the m-wide q_h^T k_h, and
     no d_model x d_model matrix (nor d_model-wide head block) is ever formed.
     Every head has its own key map: n_kv_heads = n_heads.
+
+    Folded (:meth:`read_with_folding`): the model computes
+    q_h = Qb_h G_qa rms_qa^-1 Qa D x / rms(x) and k_h = [Kb_h G_kv rms_kv^-1 KVa_lat ; KVa_rope] D x / rms(x),
+    with D the input_layernorm gain and G_qa, G_kv the q_a_layernorm / kv_a_layernorm gains
+    (the shared rope key rows skip kv_a_layernorm). The gains are composed into the maps
+    BEFORE the thin QR (of D [Qa^T, KVa^T]), giving folded blocks in their own basis. The
+    per-token RMS divisors stay outside: rms(x) and rms_qa scale a whole query or key, but
+    rms_kv (of the key's kv latent) divides only the key's nope rows, not its rope rows.
     """
 
     prefix: str = "layers.{layer}.self_attn."
@@ -592,6 +620,26 @@ class LatentAttention(Layout):
         return self.prefix.format(layer=layer) + "kv_a_proj_with_mqa.weight"
 
     def read(self, ckpt, layer, shape):
+        weights = self.read_weights(ckpt, layer, shape)
+        q, k = self.compose(weights)
+        return LayerQK(layer, q, k, weights.tensors)
+
+    def read_with_folding(self, ckpt, layer, shape, read_folding):
+        """(raw LayerQK, folding with its folded blocks) from one read of the projections.
+
+        ``read_folding(anchor)`` returns the layer's folding (see :mod:`.folding`): its
+        ``gain`` (D) and ``latent_gains`` (G_qa or None, G_kv) are composed here, and
+        ``with_blocks(q, k)`` gives the folding the kernel uses (gain then None).
+        """
+        weights = self.read_weights(ckpt, layer, shape)
+        q, k = self.compose(weights)
+        folding = read_folding(weights.tensors[0].name)
+        q_gain, kv_gain = folding.latent_gains
+        folded = self.compose(weights, folding.gain, q_gain, kv_gain)
+        return LayerQK(layer, q, k, weights.tensors), folding.with_blocks(*folded)
+
+    def read_weights(self, ckpt, layer, shape) -> LatentWeights:
+        """The layer's q_a/q_b (or q_proj), kv_a_proj_with_mqa and kv_b_proj k_nope rows, shapes checked."""
         base = self.prefix.format(layer=layer)
         h, dh, d = shape.n_heads, shape.d_head, shape.d_model
         dn, dr, rkv = self.d_nope, self.d_rope, self.kv_rank
@@ -611,21 +659,48 @@ class LatentAttention(Layout):
             _expect_shape(ckpt, qb_info, (h * dh, rq))
             qa = ckpt.read_rows(qa_info).astype(np.float64)
             qb = ckpt.read_rows(qb_info).astype(np.float64).reshape(h, dh, rq)
-            basis_r = np.linalg.qr(np.concatenate([qa, kva]).T, mode="r")  # [Qa^T, KVa^T] = U R
+            return LatentWeights(qa, qb, kva, kvb, (qa_info, qb_info, kva_info, kvb_info))
+        q_info = ckpt.find(base + "q_proj.weight")
+        _expect_shape(ckpt, q_info, (h * dh, d))
+        q = ckpt.read_rows(q_info).astype(np.float64).reshape(h, dh, d)
+        return LatentWeights(None, q, kva, kvb, (q_info, kva_info, kvb_info))
+
+    def compose(
+        self,
+        w: LatentWeights,
+        gain: np.ndarray | None = None,
+        q_gain: np.ndarray | None = None,
+        kv_gain: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-head query and key blocks (H, d_head, m): raw without gains, folded with them.
+
+        ``gain`` (d_model,) scales the d_model side of Qa, KVa (or q_proj) before the QR;
+        ``q_gain`` (r_q,) sits between Qb and Qa; ``kv_gain`` (r_kv,) between Kb and the
+        latent rows of KVa only (the rope rows skip kv_a_layernorm). A diagonal between
+        two maps scales the rows of the right-hand one: Qb diag(g) R_a^T = Qb (g * R_a^T).
+        """
+        rkv = self.kv_rank
+        kva = w.kva if gain is None else w.kva * gain
+        h, dr = w.kvb.shape[0], kva.shape[0] - rkv
+        if w.qa is not None:
+            qa = w.qa if gain is None else w.qa * gain
+            rq = qa.shape[0]
+            basis_r = np.linalg.qr(np.concatenate([qa, kva]).T, mode="r")  # D [Qa^T, KVa^T] = U R
             r_a, r_k = basis_r[:, :rq], basis_r[:, rq:]
-            q = qb @ r_a.T  # (h, dh, m)
-            k_latent = kvb @ r_k[:, :rkv].T  # (h, dn, m)
+            q = w.qb @ _rows_scaled(r_a.T, q_gain)  # (h, dh, m)
+            k_latent = w.kvb @ _rows_scaled(r_k[:, :rkv].T, kv_gain)  # (h, dn, m)
             k_rope = np.broadcast_to(r_k[:, rkv:].T, (h, dr, r_k.shape[0]))
-            tensors = (qa_info, qb_info, kva_info, kvb_info)
         else:
-            q_info = ckpt.find(base + "q_proj.weight")
-            _expect_shape(ckpt, q_info, (h * dh, d))
-            q = ckpt.read_rows(q_info).astype(np.float64).reshape(h, dh, d)
-            k_latent = kvb @ kva[:rkv]  # (h, dn, d)
-            k_rope = np.broadcast_to(kva[rkv:], (h, dr, d))
-            tensors = (q_info, kva_info, kvb_info)
+            q = w.qb if gain is None else w.qb * gain
+            k_latent = w.kvb @ _rows_scaled(kva[:rkv], kv_gain)  # (h, dn, d)
+            k_rope = np.broadcast_to(kva[rkv:], (h, dr, kva.shape[1]))
         k = np.concatenate([k_latent, k_rope], axis=1)
-        return LayerQK(layer, np.ascontiguousarray(q), np.ascontiguousarray(k), tensors)
+        return np.ascontiguousarray(q), np.ascontiguousarray(k)
+
+
+def _rows_scaled(m: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+    """diag(gain) @ m (m itself when gain is None)."""
+    return m if gain is None else gain[:, None] * m
 
 
 def _mla_sizes(config: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -654,12 +729,16 @@ def _mla_layout(config: Mapping[str, Any]) -> Layout:
     return LatentAttention(q_lora=q_lora, d_nope=dn, d_rope=dr, kv_rank=rkv)
 
 
-def _mla_facts(interleaved_default: bool) -> Callable[[Mapping[str, Any], AttentionShape], list[LayerFacts]]:
-    """MLA: every layer full attention; the last qk_rope_head_dim dims of each head rotate (interleaved pairs)."""
+def _mla_facts(honours_rope_interleave: bool) -> Callable[[Mapping[str, Any], AttentionShape], list[LayerFacts]]:
+    """MLA: every layer full attention; the last qk_rope_head_dim dims of each head rotate.
+
+    DeepSeek V2 always pairs adjacent dims (its ``apply_rotary_emb`` views them as complex
+    numbers); V3 does when ``rope_interleave`` (default true), else rotate-half within the rope dims.
+    """
 
     def facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
         dn, dr, _ = _mla_sizes(config)
-        interleaved = config_switch(config, "rope_interleave", interleaved_default)
+        interleaved = config_switch(config, "rope_interleave", True) if honours_rope_interleave else True
         spec = rope_spec(config, FULL, dr, interleaved=interleaved, rotary_start=dn)
         return [LayerFacts(layer, "full", None, spec) for layer in range(shape.n_layers)]
 
@@ -905,7 +984,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         lambda c: FusedSections("layers.{layer}.attn.Wqkv.weight"),
         _modernbert_facts,
     ),
-    "deepseek_v2": Architecture(_mla_shape, _mla_layout, _mla_facts(True)),
+    "deepseek_v2": Architecture(_mla_shape, _mla_layout, _mla_facts(False)),
     "deepseek_v3": Architecture(_mla_shape, _mla_layout, _mla_facts(True)),
     **{t: _nested(lambda: ARCHITECTURES) for t in NESTED_TEXT},
     "phi3": Architecture(  # head_dim from config.json when present, as Phi3Attention does

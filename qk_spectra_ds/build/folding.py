@@ -10,18 +10,32 @@ The folded circuit of query head h and key head g (see :mod:`qk_spectra_ds.build
 - P = I - 1 1^T / d_model when that norm is a LayerNorm (it centres its input), else I.
 - G_q, G_k: per-head q/k norm gains (Qwen3, Gemma3 with 1 + w, OLMo2's full-width
   q_norm/k_norm sliced per head), identity otherwise.
-- c: what the attention module multiplies q.k by (the rotary attention factor a^2 is
-  added by the caller for rotary layers).
+- c: what the attention module multiplies q.k by (the rotary attention factor a is added
+  by the caller for rotary layers: a^2 in c when every dim of the head rotates, else a on
+  the rotating dims next to G, :func:`..pipeline.rotary_factor_gains`).
 
 Which tensor feeds each layer's attention was checked per class with forward hooks
 (the norm's output is the q projection's input). Effects that are not a bilinear form
 (biases, LayerNorm beta, tanh soft-capping, QKV clipping, ALiBi) stay outside M_h and
 are listed in :attr:`FoldingFacts.outside`.
+
+Latent attention (DeepSeek V2/V3, MLA): besides D (``input_layernorm``), the latent norms'
+gains sit between the two composed maps: W_Q^h = Qb_h G_qa Qa (``q_a_layernorm``; none
+without q_lora_rank) and W_K^h = [Kb_h G_kv KVa_latent ; KVa_rope] (``kv_a_layernorm``: the
+shared rope key rows skip it). :class:`..architectures.LatentAttention` composes them before
+its thin QR, so the kernel gets folded blocks and no gain of its own. c is the module's
+``scaling``: qk_head_dim^-1/2, times yarn's mscale(factor, mscale_all_dim)^2 when the rope
+type is not default and mscale_all_dim is set (transformers' ``yarn_apply_mscale``). The
+latent RMS norms divide by per-token scalars that are NOT one scalar per logit: rms of the
+q latent scales the whole query, but the kv latent's rms divides only the key's nope rows
+(the rope rows are not divided by it), so the per-token balance between the nope and rope
+parts of the logit stays outside M_h (recorded in :attr:`FoldingFacts.outside`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ..errors import CheckpointError, UnsupportedArchitectureError
@@ -42,6 +56,7 @@ class FoldingFacts:
     qk_offset: float
     scale: float  # c_attn
     outside: tuple[str, ...] = field(default=())  # non-bilinear effects left out of M_h
+    latent_norms: tuple[str | None, str] | None = None  # MLA: (q_a_layernorm or None, kv_a_layernorm) suffixes
 
     @property
     def centres(self) -> bool:
@@ -162,6 +177,37 @@ def _bert(c, layer):
     return FoldingFacts((name,), LAYER, 0.0, None, None, "head", 0.0, _head_dim(c) ** -0.5)
 
 
+MLA_OUTSIDE = (
+    "latent RMS norms: q_a_layernorm divides the whole query by its latent's RMS, but kv_a_layernorm divides "
+    "only the key's nope rows by the kv latent's RMS (the shared rope rows are not): the per-token weight of the "
+    "nope part against the rope part of the logit"
+)
+
+
+def _mla(c, layer):
+    """DeepSeek V2/V3: RMS input_layernorm, the latent norms' gains inside the maps, c = the module's scaling."""
+    base = f"layers.{layer}.self_attn."
+    q_norm = base + "q_a_layernorm.weight" if c.get("q_lora_rank") is not None else None
+    return FoldingFacts((f"layers.{layer}.input_layernorm.weight",), RMS, 0.0, None, None, "head", 0.0,
+                        _mla_scale(c), (MLA_OUTSIDE,), (q_norm, base + "kv_a_layernorm.weight"))
+
+
+def _mla_scale(c) -> float:
+    """DeepseekV2/V3Attention.scaling: qk_head_dim^-1/2, times mscale^2 (yarn_apply_mscale) for scaled rope."""
+    from .architectures import FULL, config_count, rope_parameters
+
+    scale = (config_count(c, "qk_nope_head_dim") + config_count(c, "qk_rope_head_dim")) ** -0.5
+    _, scaling, _ = rope_parameters(c, FULL, 10000.0)
+    mscale_all_dim = (scaling or {}).get("mscale_all_dim")
+    if mscale_all_dim:  # any rope_type but default, as transformers does
+        factor = scaling.get("factor")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise CheckpointError(f"config.json: the rope factor is {factor!r}, but mscale_all_dim needs a number")
+        mscale = 1.0 if factor <= 1 else 0.1 * mscale_all_dim * math.log(factor) + 1.0
+        scale *= mscale * mscale
+    return scale
+
+
 _RULES = {
     **{t: _llama_like() for t in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "phi3", "smollm3")},
     **{t: _llama_like(qk="head") for t in ("qwen3", "qwen3_moe")},
@@ -179,6 +225,8 @@ _RULES = {
     "falcon": _falcon,
     "opt": _opt,
     "bert": _bert,
+    "deepseek_v2": _mla,
+    "deepseek_v3": _mla,
 }
 
 FOLDING_MODEL_TYPES = tuple(sorted(_RULES))
@@ -194,6 +242,12 @@ class FoldingTensors:
     k_gain: Any  # (H_kv, d_head) or None
     attention_scale: float  # c_attn, without the rotary attention factor
     tensors: tuple[str, ...]  # checkpoint names read
+    latent_gains: tuple | None = None  # MLA: (q_a_layernorm gain (r_q,) or None, kv_a_layernorm gain (r_kv,))
+    blocks: tuple | None = None  # MLA: (q, k) blocks with every gain composed in (then gain is None)
+
+    def with_blocks(self, q, k) -> "FoldingTensors":
+        """This folding once a reader has composed its gains into the head blocks (q, k): D is then inside them."""
+        return replace(self, gain=None, latent_gains=None, blocks=(q, k))
 
 
 def _near(ckpt, suffix: str, anchor: str):
@@ -255,7 +309,22 @@ def read_folding(ckpt, config: Mapping[str, Any], layer: int, shape, anchor: str
             gains[side] = g + facts.qk_offset
             read.append(info.name)
         q_gain, k_gain = gains["q"], gains["k"]
-    return FoldingTensors(gain, facts.centres, q_gain, k_gain, facts.scale, tuple(read))
+    latent = None
+    if facts.latent_norms:
+        latent = tuple(_latent_gain(ckpt, config, name, anchor, read) for name in facts.latent_norms)
+    return FoldingTensors(gain, facts.centres, q_gain, k_gain, facts.scale, tuple(read), latent)
+
+
+def _latent_gain(ckpt, config: Mapping[str, Any], name: str | None, anchor: str, read: list[str]):
+    """An MLA latent norm's gain (q_a_layernorm: q_lora_rank wide, kv_a_layernorm: kv_lora_rank), or None."""
+    if name is None:
+        return None
+    info = _near(ckpt, name, anchor)
+    if info is None:
+        raise CheckpointError(f"{ckpt.source.model_id}: no tensor *{name} (a latent norm of the attention)")
+    width = _cfg(config).get("q_lora_rank" if "q_a_layernorm" in name else "kv_lora_rank")
+    read.append(info.name)
+    return _vector(ckpt, info, width, "latent norm gain")
 
 
 def folding_problem(ckpt, config: Mapping[str, Any], layers) -> str | None:
@@ -269,7 +338,7 @@ def folding_problem(ckpt, config: Mapping[str, Any], layers) -> str | None:
             facts = folding_facts(config, layer)
             if facts.norm and not any(ckpt.matches(name) for name in facts.norm):
                 return f"no tensor *{facts.norm[0]} (the norm feeding layer {layer}'s attention)"
-            for name in (facts.q_norm, facts.k_norm):
+            for name in (facts.q_norm, facts.k_norm, *(facts.latent_norms or ())):
                 if name and not ckpt.matches(name):
                     return f"no tensor *{name}"
     except (UnsupportedArchitectureError, CheckpointError) as exc:

@@ -143,8 +143,12 @@ def build_model(
         Q/K, and for the folded and null variants the norm and q/k-norm gains.
         """
         t0 = time.perf_counter()
-        qk = layout.read(checkpoint, layer, shape)
-        folding = read_folding(checkpoint, config, layer, shape, qk.tensors[0].name) if want_folding else None
+        if want_folding:  # MLA composes the latent norms' gains into its maps as it reads them
+            qk, folding = layout.read_with_folding(
+                checkpoint, layer, shape, lambda anchor: read_folding(checkpoint, config, layer, shape, anchor)
+            )
+        else:
+            qk, folding = layout.read(checkpoint, layer, shape), None
         for info, array in zip(("q", "k"), (qk.q, qk.k)):
             if not np.isfinite(array).all():
                 names = ", ".join(t.name for t in qk.tensors)
@@ -183,7 +187,7 @@ def build_model(
             if row + 1 < len(layers):
                 pending = pool.submit(read_layer, layers[row + 1])
             tensor_names.extend(t.name for t in qk.tensors)
-            plan = layer_plan(variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed)
+            plan = layer_plan(variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed, device)
             t0 = time.perf_counter()
             q = torch.from_numpy(qk.q).to(device=device, dtype=torch.float64)
             k = torch.from_numpy(qk.k).to(device=device, dtype=torch.float64)
@@ -424,8 +428,9 @@ def layer_rotaries(
     """(layer -> Rotary of every rotary layer, the model's offsets); offsets () when no layer rotates.
 
     With the default offsets (``offsets`` None), a rotary this builder cannot reproduce
-    exactly (an unknown rope_type; MLA's decoupled rope dims, not yet checked against a
-    reference) gives no positional spectra and a warning; asked-for offsets make it an error.
+    exactly (an unknown rope_type) gives no positional spectra and a warning; asked-for
+    offsets make it an error. MLA's decoupled rope dims (the last qk_rope_head_dim of each
+    head, ``Rotary.start``) are rotated where they sit.
     """
     from .rotary import default_offsets, rotary_from_spec
 
@@ -433,8 +438,6 @@ def layer_rotaries(
     try:
         for facts in arch.layer_facts(config):
             rotary = rotary_from_spec(facts.rope, config)
-            if rotary is not None and rotary.start:
-                raise CheckpointError(f"config.json: rotary dims start at {rotary.start} of the head (latent attention)")
             if rotary is not None:
                 rotaries[facts.layer] = (rotary, facts.rope.max_position_embeddings)
     except CheckpointError as exc:
@@ -450,17 +453,49 @@ def layer_rotaries(
     return {layer: r for layer, (r, _) in rotaries.items()}, tuple(int(o) for o in offsets)
 
 
-def layer_plan(variants, folding, rotary, offsets, model_id: str, layer: int, shape: AttentionShape, null_seed: int):
-    """The kernel's plan for one layer: variants, numeric folding (c includes the rotary factor a^2), offsets, null draws."""
+def layer_plan(
+    variants, folding, rotary, offsets, model_id: str, layer: int, shape: AttentionShape, null_seed: int, device: str = "cpu"
+):
+    """The kernel's plan for one layer: variants, numeric folding, offsets, null draws.
+
+    The rotary attention factor a enters c as a^2 when every dim of the head rotates, else
+    as a on the rotating dims of the q/k gains (:func:`rotary_factor_gains`).
+
+    A folding whose reader composed the gains into the head blocks (MLA) passes those
+    blocks on (as float64 tensors on ``device``), with no gain left for the kernel.
+    """
     from .variants import LayerFolding, LayerPlan, haar_rotations
 
-    layer_folding = rotations = None
+    layer_folding = rotations = blocks = None
     if folding is not None:
         a = 1.0 if rotary is None else rotary.attention_factor
-        layer_folding = LayerFolding(folding.gain, folding.centre, folding.q_gain, folding.k_gain, folding.attention_scale * a * a)
+        q_gain, k_gain, scale = folding.q_gain, folding.k_gain, folding.attention_scale * a * a
+        if a != 1.0 and rotary.rotary_dim < shape.d_head:  # a scales the rotating dims only: a diagonal, not a^2 in c
+            q_gain = rotary_factor_gains(q_gain, rotary, shape.n_heads, shape.d_head)
+            k_gain = rotary_factor_gains(k_gain, rotary, shape.n_kv_heads, shape.d_head)
+            scale = folding.attention_scale
+        layer_folding = LayerFolding(folding.gain, folding.centre, q_gain, k_gain, scale)
+        if getattr(folding, "blocks", None) is not None:
+            import torch
+
+            blocks = tuple(torch.from_numpy(b).to(device=device, dtype=torch.float64) for b in folding.blocks)
     if schema.VARIANT_NULL in variants:
         rotations = haar_rotations(null_seed, model_id, layer, shape.n_heads, shape.d_head)
-    return LayerPlan(tuple(variants), layer_folding, rotary if offsets else None, tuple(offsets), rotations)
+    return LayerPlan(tuple(variants), layer_folding, rotary if offsets else None, tuple(offsets), rotations, folded_blocks=blocks)
+
+
+def rotary_factor_gains(gains, rotary, n_heads: int, d_head: int) -> np.ndarray:
+    """(n_heads, d_head) per-head gains times A = diag(a on the rotating dims, 1 elsewhere).
+
+    The rotary module scales cos and sin by its attention factor a, so a query or key is
+    multiplied by a on the dims it rotates and left alone on the others (partial rotary's
+    pass dims, MLA's nope dims): with some dims not rotating, a^2 is no factor of c but the
+    diagonal A next to the q/k gains, where the rotation also sits (A commutes with R(delta)).
+    """
+    factor = np.ones(d_head)
+    for dims in rotary.pairs():
+        factor[dims] = rotary.attention_factor
+    return factor * (np.ones((n_heads, d_head)) if gains is None else gains)
 
 
 def layer_variants_or_error(q, k, plan, model_id: str, layer: int) -> dict:
