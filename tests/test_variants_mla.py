@@ -343,3 +343,32 @@ def test_attention_factor_scales_only_the_rotating_dims_of_partial_rotary(tmp_pa
             if delta in tv.SMALL:
                 assert _rel(pos_f[:, i], np.stack(module_ref[layer]["positional"][delta])) <= RTOL, delta
             assert _rel(pos_f[:, i], np.stack(exact_ref[layer]["positional"][delta])) <= RTOL, delta
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3"])
+@pytest.mark.parametrize("rope", [
+    None,
+    dict(type="yarn", factor=40, mscale=1.0, mscale_all_dim=1.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1),
+    dict(type="yarn", factor=40, mscale=0.707, mscale_all_dim=0.707, original_max_position_embeddings=4096),
+    dict(rope_type="yarn", factor=4.0, mscale=1.0, original_max_position_embeddings=4096),
+])
+def test_mla_scale_and_rotary_from_config_json_match_the_modules(model_type, rope):
+    """The published DeepSeek rope configs (legacy ``type`` key): c = the attention module's scaling, and the
+    rotary frequencies and attention factor = the rotary module's, from config.json alone."""
+    from qk_spectra_ds.build import architectures, folding, rotary
+
+    name = "DeepseekV3" if model_type == "deepseek_v3" else "DeepseekV2"
+    kwargs = dict(_BASE, q_lora_rank=32, max_position_embeddings=163840)
+    if rope is not None:
+        kwargs["rope_scaling"] = dict(rope)
+    config = getattr(transformers, f"{name}Config")(**kwargs)
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    attn = getattr(modeling, f"{name}Attention")(config, 0)
+    rot = getattr(modeling, f"{name}RotaryEmbedding")(config)
+    as_json = config.to_dict()
+    assert folding.folding_facts(as_json, 0).scale == pytest.approx(attn.scaling, rel=1e-15)
+    [facts, *_] = architectures.architecture_for(as_json).layer_facts(as_json)
+    ours = rotary.rotary_from_spec(facts.rope, as_json)
+    assert np.array_equal(ours.inv_freq, rot.inv_freq.double().numpy())
+    assert ours.attention_factor == pytest.approx(float(rot.attention_scaling), rel=1e-15)
+    assert ours.start == config.qk_nope_head_dim and ours.interleaved
