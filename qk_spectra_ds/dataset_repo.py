@@ -266,7 +266,7 @@ def null_seed_of(path: str | os.PathLike) -> int | None:
 
 def existing_build(out_dir: str | os.PathLike, family: str, model_id: str) -> dict[str, Any] | None:
     """The summary of the model's file (with its first row's ``method_version``, None before schema v2,
-    and its null rows' ``null_seed``, None without them) if it exists and is readable, else None."""
+    and its null rows' ``null_seed``, None without them (before schema v3)) if it exists and is readable, else None."""
     path = model_path(out_dir, family, model_id)
     if not path.exists():
         return None

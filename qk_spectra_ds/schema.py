@@ -13,18 +13,17 @@ a new version is a new key).
 - v1: the first release.
 - v2: adds ``method_version`` (see :data:`METHOD_VERSION`), and with the variants
   (``raw``, ``folded``, ``null``) the positional spectra :data:`OFFSET_COLUMNS`, and the
-  per-layer facts ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`),
-  and the null rows' ``null_seed``.
-  No v2 dataset was published before these were added, so v2 requires them.
+  per-layer facts ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`).
+- v3: adds the null rows' ``null_seed`` (:data:`NULL_COLUMNS`, the builder's ``--null-seed``).
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-METHOD_VERSION = 3
+METHOD_VERSION = 4
 """Version of the computation behind the rows, stored in each row's ``method_version``.
 
 Bump it whenever what a column means or how it is computed changes (the kernel,
@@ -40,6 +39,10 @@ so every model is recomputed after a bump. The package version plays no part.
   the attention scale folded in) and ``null`` (Haar-random pairing) beside ``raw``, positional
   (RoPE) spectra per offset on raw and folded rows of rotary layers; the norm and q/k-norm
   tensors are read (and part of a local model's revision).
+- 4: null rows record their seed (schema v3); DeepSeek MLA gets folded, null and positional rows (the
+  latent norms' gains folded into its maps, rotary on the rope dims); the rotary attention factor a
+  scales only the rotating dimensions (partial rotary pass dims and MLA's no-position dims are not
+  scaled, as in the model), where method 3 put a^2 into c for the whole head.
 """
 
 METHOD_VERSION_LEGACY = 0
@@ -77,7 +80,8 @@ _VALUE_COLUMNS = (
 
 COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {
     1: _VALUE_COLUMNS + ("weights_dtype", "builder_version", "schema_version"),
-    2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + NULL_COLUMNS + PROVENANCE_COLUMNS,
+    2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + PROVENANCE_COLUMNS,
+    3: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + NULL_COLUMNS + PROVENANCE_COLUMNS,
 }
 """The columns of each schema version this package reads, in file order."""
 

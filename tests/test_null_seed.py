@@ -88,3 +88,31 @@ def test_a_bad_null_seed_is_one_line_and_writes_nothing(tmp_path, seed):
     proc = run_script("--family", "fam", "--models", str(tmp_path / "absent"), "--out", str(out), "--null-seed", seed)
     assert_one_error(proc.returncode, proc.stderr, "--null-seed")
     assert not list(out.rglob("*.parquet")) and not (out / "README.md").exists()
+
+
+def test_schema_v2_files_without_null_seed_are_read_beside_v3_and_rebuilt(tmp_path):
+    """A file from the builder before --null-seed (schema v2, method 3) loads next to current files and is rebuilt."""
+    import pyarrow as pa
+
+    from qk_spectra_ds import dataset_repo, schema
+    from qk_spectra_ds.analysis.loading import load_spectra
+    from qk_spectra_ds.build import pipeline
+
+    case = CASES["llama"]
+    old_dir, new_dir, out = tmp_path / "old", tmp_path / "new", tmp_path / "out"
+    save(case.make(), old_dir, case)
+    save(case.make(), new_dir, case)
+    first = pipeline.build_model(str(old_dir), "fam", out, progress=False, offsets=(0, 4))
+    table = pq.read_table(first.path).drop(["null_seed"])
+    for name, value in (("schema_version", 2), ("method_version", 3)):
+        i = table.column_names.index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array([value] * table.num_rows, pa.int32()))
+    assert table.column_names == list(schema.COLUMNS_BY_VERSION[2])
+    pq.write_table(table, first.path)
+    pipeline.build_model(str(new_dir), "fam", out, progress=False, offsets=(0, 4))
+    dataset_repo.write_card(out)
+    mixed = load_spectra(out, "fam", variant="null")
+    assert sorted(set(mixed["schema_version"])) == [2, 3]
+    rebuilt = pipeline.build_model(str(old_dir), "fam", out, progress=False, offsets=(0, 4))
+    assert rebuilt.status == "built"
+    assert set(pq.read_table(rebuilt.path)["schema_version"].to_pylist()) == {3}

@@ -198,8 +198,8 @@ def test_schema_v1_files_are_read_and_rebuilt(tiny, tmp_path):
     _, newer = make_saved(CASE.id, tmp_path / "new-model")
     build_model(str(newer), FAMILY, out, device="cpu", progress=False)
     dataset_repo.write_card(out)
-    mixed = load_spectra(out, FAMILY)  # v1 and v2 side by side
-    assert sorted(set(mixed["schema_version"])) == [1, 2] and len(mixed) == 16
+    mixed = load_spectra(out, FAMILY)  # v1 and the current version side by side
+    assert sorted(set(mixed["schema_version"])) == [1, schema.SCHEMA_VERSION] and len(mixed) == 16
 
     rebuilt = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False)  # same weights, v1 row
     assert rebuilt.status == "built"
@@ -207,16 +207,19 @@ def test_schema_v1_files_are_read_and_rebuilt(tiny, tmp_path):
 
 
 def test_validation_knows_each_version_and_refuses_others():
-    v1, v2 = schema.COLUMNS_BY_VERSION[1], schema.COLUMNS_BY_VERSION[2]
+    v1, v2, v3 = (schema.COLUMNS_BY_VERSION[v] for v in (1, 2, 3))
     schema.validate_columns(v1, [1])
     schema.validate_columns(v2, [2])
     schema.validate_columns(v2, [1, 2])
+    schema.validate_columns(v3, [1, 2, 3])
     schema.validate_columns(v1, [])
     with pytest.raises(schema.SchemaError, match="lacks column.*method_version of schema v2"):
         schema.validate_columns(v1, [2])
+    with pytest.raises(schema.SchemaError, match="lacks column.*null_seed of schema v3"):
+        schema.validate_columns(v2, [3])
     with pytest.raises(schema.SchemaError) as info:
-        schema.validate_columns(v2, [2, 3])
-    one_line(info.value, "schema_version 3", "understands only 1, 2", "upgrade qk-spectra-ds")
+        schema.validate_columns(v3, [3, 4])
+    one_line(info.value, "schema_version 4", "understands only 1, 2, 3", "upgrade qk-spectra-ds")
     assert "method_version" in schema.column_types() and "method_version" not in schema.column_types(1)
 
 

@@ -38,7 +38,7 @@ def main(
     """Compute the singular values of every attention head's W_QK = W_Q^T W_K and write them as a dataset.
 
     Each model becomes data/<family>/<model-slug>.parquet in OUT (one row per layer and query
-    head, schema v2) and OUT/README.md is regenerated (configs per family and 'all'). Models
+    head and variant, schema v3) and OUT/README.md is regenerated (configs per family and 'all'). Models
     already built from the same revision with the same method version are skipped; a failing model
     does not lose the others, and the command then exits non-zero naming it.
 

@@ -5,7 +5,8 @@ For layer l, query head h, key head g (DESIGN.md section 1 for the raw circuit):
 - **raw**: s(W_Q^h^T W_K^g) = s(L_q^T L_k), L the lower Cholesky factors of the head
   blocks' Gram matrices (:func:`spectra.r_factors`).
 - **folded**: s(M_h), M_h = c P D W_Q^h^T G_q G_k W_K^g D P (:mod:`.folding` says where D,
-  P, G and c come from; c includes the rotary attention factor a^2). With X = W D P
+  P, G and c come from; the rotary attention factor a scales the rotating dims: a^2 in c
+  when the whole head rotates, else a diagonal on the q/k gains). With X = W D P
   (each row scaled by the gain, then centred when the norm is a LayerNorm) and L_X its
   factor, s(M_h) = |c| s(L_Xq^T G_q G_k L_Xk): a diagonal on the d_head side scales the
   rows of L. X is formed by explicit centring (a rank-1 downdate of the Gram matrix
@@ -50,7 +51,7 @@ class LayerFolding:
     centre: bool
     q_gain: np.ndarray | None  # (H, d_head)
     k_gain: np.ndarray | None  # (H_kv, d_head)
-    scale: float  # c, including the rotary attention factor a^2
+    scale: float  # c, with the rotary factor a^2 when every dim rotates (else a sits in q_gain/k_gain)
 
 
 @dataclass(frozen=True)
