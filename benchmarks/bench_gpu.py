@@ -11,7 +11,11 @@ generation. Checked: ``--sample-layers`` layers against an independent CPU
 float64 route (Householder QR of each head's W^T, no Gram matrix, then the
 singular values of R_a R_b^T), max relative error over all their heads.
 
-    python benchmarks/bench_gpu.py [--device cuda] [--layers 80] [--sample-layers 2]
+    python benchmarks/bench_gpu.py [--device cuda] [--layers 80] [--sample-layers 2] [--variants]
+
+``--variants`` also times ``qk_layer_variants`` on every layer (raw + folded + null,
+16 offsets for raw and folded, llama3 rope as in bench_spectra.py) and prints its
+ratio to the raw kernel in the same run (issue 12's target: <= 3x).
 
 Runs on the CPU too (``--device cpu --layers 2``), slowly, to check the script.
 """
@@ -19,12 +23,17 @@ Runs on the CPU too (``--device cpu --layers 2``), slowly, to check the script.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from qk_spectra_ds.build.kernel import qk_layer_spectra
+from qk_spectra_ds.build.kernel import qk_layer_spectra, qk_layer_variants
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_spectra import variant_plan  # noqa: E402  (the same plan as the CPU benchmark)
 
 SHAPE = dict(layers=80, n_heads=64, n_kv=8, d_head=128, d_model=8192)
 
@@ -56,6 +65,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (the target) or cpu (to check the script)")
     parser.add_argument("--layers", type=int, default=SHAPE["layers"], help="layers to run (80 = the whole model)")
     parser.add_argument("--sample-layers", type=int, default=2, help="layers checked against the CPU float64 route")
+    parser.add_argument("--variants", action="store_true", help="also time all variants per layer (ratio to raw)")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -67,7 +77,11 @@ def main() -> None:
 
     warm_q, warm_k = random_layer(SHAPE["n_heads"], gen, args.device), random_layer(SHAPE["n_kv"], gen, args.device)
     qk_layer_spectra(warm_q.double(), warm_k.double())  # CUDA context, cuBLAS/cuSOLVER handles, LAPACK
-    convert = kernel = 0.0
+    plan = variant_plan(SHAPE["n_heads"], SHAPE["d_head"], SHAPE["d_model"]) if args.variants else None
+    if plan is not None:
+        qk_layer_variants(warm_q.double(), warm_k.double(), plan)
+    convert = kernel = all_variants = 0.0
+    raw_identical = True
     max_error = 0.0
     heads = 0
     for layer in range(args.layers):
@@ -82,6 +96,12 @@ def main() -> None:
         t2 = time.perf_counter()
         convert += t1 - t0
         kernel += t2 - t1
+        if plan is not None:
+            t3 = time.perf_counter()
+            out = qk_layer_variants(q64, k64, plan)
+            synchronize(args.device)
+            all_variants += time.perf_counter() - t3
+            raw_identical &= bool(np.array_equal(out["raw"].singular_values, spectra.singular_values))
         heads += q.shape[0]
         if layer in sampled:
             ref = reference_singular_values(q, k)
@@ -94,6 +114,9 @@ def main() -> None:
         f"RESULT {heads} heads: kernel {kernel:.2f}s (whole 70B model: {per_model:.2f}s, target < 10 s), "
         f"max rel err vs CPU float64 QR route ({len(sampled)} layers) {max_error:.1e} (target <= 1e-6)"
     )
+    if plan is not None:
+        print(f"RATIO variants: raw + folded + null + {len(plan.offsets)} offsets for raw and folded {all_variants:.2f}s "
+              f"/ raw {kernel:.2f}s = {all_variants / kernel:.2f}x (target <= 3x); raw rows identical: {raw_identical}")
 
 
 if __name__ == "__main__":
