@@ -490,6 +490,8 @@ def main() -> None:
             sys.exit(f"error: cannot import the legacy pickles from {args.pickles}: {exc} (see --pickles)")
         print(f"import_legacy: {len(written)} model(s) from {args.pickles} in {time.perf_counter() - t0:.2f}s (not timed below)")
 
+        kept: dict[str, Path] = {}  # the first --method original output: only it has classes.csv and bds.csv (issue 13)
+
         def run_ours(variant: str, record: bool) -> None:
             out = tmp / f"out{len(hashes) + 1}"
             load = os.getloadavg()[0]
@@ -502,7 +504,9 @@ def main() -> None:
             hashes[f"run {len(hashes) + 1} ({variant}{'' if record else ', warm-up'})"] = tree_hashes(out / FAMILY)
             if record:
                 ours[variant].append((wall, timings))
-            if len(hashes) > 1:  # the first output stays for the agreement check
+            if variant == "method=original" and "original" not in kept:  # the original's tables, for the agreement check
+                kept["original"] = out
+            elif len(hashes) > 1:  # the first output stays too
                 shutil.rmtree(out)
 
         def run_baseline(record: bool) -> None:
@@ -526,7 +530,7 @@ def main() -> None:
                 run_ours(variant, record=True)
         _, stages_proc = run_timed(me + ["--_worker", "stages", "--_arg", str(dataset), str(repeats)])
         stages = worker_json(stages_proc)
-        agree = agreement(base_runs[0][1], tmp / "out1" / FAMILY) if base_runs else ""
+        agree = agreement(base_runs[0][1], kept["original"] / FAMILY) if base_runs and "original" in kept else ""
         cold = None
         if not args.skip_minilm:
             minilm = Path(args.minilm) if args.minilm else minilm_dataset(tmp / "minilm")

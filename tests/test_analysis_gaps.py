@@ -91,6 +91,17 @@ def test_every_table_and_figure_title_names_the_variant(reports, variant):
     assert f"### {MODEL} · {variant} spectra\n" in index and f"## Joint taxonomy · {variant} spectra\n" in index
 
 
+@pytest.mark.parametrize("variant", ["raw", "folded"])
+def test_raw_and_folded_classes_compared_whichever_variant_the_report_analyses(reports, variant):
+    """Issue 13 item 5: the default variant (folded) compares with raw too, not only a --variant raw run."""
+    outputs, _ = reports[variant]
+    ari = pd.read_csv(outputs.family_dir / "tables" / "variants_ari.csv")
+    assert ari[["variant", "variant_a", "variant_b"]].values.tolist() == [[variant, "raw", "folded"]]
+    assert ari["n_heads"].tolist() == [32] and -1 <= ari["ari"].iloc[0] <= 1
+    moves = pd.read_csv(outputs.family_dir / "tables" / "variants_transitions.csv")
+    assert moves["n_heads"].sum() == 32
+
+
 def test_compare_figures_name_both_variants(dataset, tmp_path):
     a, b = compare.load_sides(str(dataset), "Tiny", variant="raw", against_variant="folded")
     outputs = compare.run_compare(a, b, tmp_path, "Tiny", ["stable_rank"])
@@ -152,3 +163,33 @@ def test_without_positional_spectra_no_figure_and_one_log_line(dataset, tmp_path
         f"positional: no positional spectra for {MODEL} [null] (no rotary layers, built without offsets, "
         "or a legacy/null variant): no positional figure for them"
     ]
+
+
+# ---------------------------------------------------------------- issue 13 leftovers
+
+
+ORIGINAL_TABLES = {"classes", "labels", "bds"}
+
+
+def test_original_tables_only_under_method_original(dataset, reports, tmp_path):
+    outputs, _ = reports["folded"]
+    written = {p.stem for p in (outputs.family_dir / "tables").glob("*.csv")}
+    assert not ORIGINAL_TABLES & written and not ORIGINAL_TABLES & set(outputs.tables)
+    index = (outputs.family_dir / "index.md").read_text()
+    assert not re.search(r"\((tables/)?(classes|labels|bds)\.csv\)", index) and "kept for comparison" not in index
+    original = run_report(str(dataset), "Tiny", tmp_path, params=Params(**FAST, method="original"), jobs=1, progress=False)
+    written = {p.stem for p in (original.family_dir / "tables").glob("*.csv")}
+    assert ORIGINAL_TABLES <= written and not {"consensus_classes", "layer_tests", "positional"} & written
+    index = (original.family_dir / "index.md").read_text()
+    assert all(f"](tables/{name}.csv)" in index for name in ORIGINAL_TABLES)
+
+
+def test_per_model_timings_say_they_are_sums_over_models(reports):
+    outputs, lines = reports["folded"]
+    assert outputs.timings["consensus (sum over 1 model)"] > 0  # was an unlabelled "consensus"
+    assert "taxonomy (joint, all models)" in outputs.timings
+    labelled = ("(sum over", "(joint, all models)", "(wall", "(table + figures)")
+    plain = {"load", "tables + index", "total"}
+    assert all(key in plain or any(mark in key for mark in labelled) for key in outputs.timings), outputs.timings
+    (line,) = [line for line in lines if line.startswith("timings: ")]
+    assert "consensus (sum over 1 model) " in line

@@ -58,10 +58,10 @@ FLAG_HELP = {
     "jobs": "worker processes for the per-model work; default: one per core (at most 4) for configs of 2,000+ heads "
             "(results do not depend on it).",
     "quiet": "no progress bar, summary or timings on stderr (warnings and errors still show).",
-    "method": "consensus (default: the original's tables kept for comparison, plus order-independent consensus classes "
-              "with their stability, k from the data, permutation tests of the per-layer series and a random-matrix "
-              "null) or original (the original study's method only; its BDS p-values are asymptotic, invalid at "
-              "16-36 layers).",
+    "method": "consensus (default: order-independent consensus classes with their stability, k from the data, "
+              "permutation tests of the per-layer series, a random-matrix null, heads by rotary offset) or original "
+              "(the original study's method only, and its tables classes.csv, labels.csv, bds.csv, which depend on "
+              "the row order; its BDS p-values are asymptotic, invalid at 16-36 layers).",
     "features": "consensus features: log (default: density histogram of log10(l / mean l) on a fixed range, the whole "
                 "spectrum) or linear (the original's [0, q] histogram, which drops the tail above q).",
     "k": "number of consensus classes: auto (default: among k = 2..8 with mean bootstrap ARI >= 0.8 the best "
@@ -224,7 +224,7 @@ def clusters(**flags):
     """
     from . import report as run
 
-    params, t0 = _params(flags), time.perf_counter()
+    params, t0 = dataclasses.replace(_params(flags), method="original"), time.perf_counter()  # the original's method
     outputs = run.run_clusters(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
                                progress=not flags["quiet"])  # fmt: skip
     _summary(flags["quiet"], "clusters", outputs, t0)
@@ -244,7 +244,7 @@ def boxplots(**flags):
     """
     from . import report as run
 
-    params, t0 = _params(flags), time.perf_counter()
+    params, t0 = dataclasses.replace(_params(flags), method="original"), time.perf_counter()  # the original's method
     outputs = run.run_boxplots(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
                                progress=not flags["quiet"])  # fmt: skip
     _summary(flags["quiet"], "boxplots", outputs, t0)

@@ -5,9 +5,12 @@ Output layout under ``<out>/<family>/``::
     ESDs/<model>.png                      classification A figure per model
     plots/<STAT>/<model>_<STAT>_box.png   classification B figure per model and statistic
     taxonomy/classes.png, depth.png       joint taxonomy figures
-    tables/classes.csv                    model, class, n_heads, alpha, theta, jsd
-    tables/labels.csv                     model, layer, head, class
-    tables/bds.csv                        model, stat, bds, p_value, n_layers
+    consensus/<model>.png                 default method: k curve, consensus classes against the null
+    positional/<model>.png                default method, rotary models: s_1(delta)/s_1 per layer, head and offset
+    tables/classes.csv                    --method original: model, variant, class, n_heads, alpha, theta, jsd
+    tables/labels.csv                     --method original: model, variant, layer, head, class
+    tables/bds.csv                        --method original: model, variant, stat, bds, p_value, n_layers
+    tables/consensus_*.csv, ...           default method: see :data:`DEFAULT_METHOD`
     tables/taxonomy_*.csv                 joint classes, labels, shares per model and per depth
     index.md                              links to every figure and table
     index.html                            the same to explore in a browser: interactive embedding, sortable tables
@@ -48,11 +51,12 @@ TABLES = "tables"
 
 METHODS = ("consensus", "original")
 DEFAULT_METHOD = "consensus"
-"""``original``: the original study's method only (its tables, bit for bit on its data; BDS p-values
-asymptotic, labelled invalid at these lengths). ``consensus`` (default): those tables too, for comparison,
-plus order-independent consensus classes with their stability and k curve, whole-spectrum features,
-permutation tests of the per-layer series and the random-matrix null (``consensus_*``, ``stability``,
-``k_selection``, ``energy``, ``null_classes``, ``layer_tests`` tables)."""
+"""``original``: the original study's method only (its tables ``classes``, ``labels``, ``bds``, bit for bit
+on its data; BDS p-values asymptotic, labelled invalid at these lengths). ``consensus`` (default):
+order-independent consensus classes with their stability and k curve, whole-spectrum features, permutation
+tests of the per-layer series and the random-matrix null (``consensus_*``, ``stability``, ``k_selection``,
+``energy``, ``null_classes``, ``layer_tests`` tables; ``positional`` where the spectra have offsets); it
+does not write the original's row-order-dependent tables (the ESD figures and box plots stay)."""
 
 CONSENSUS_TABLES = ("consensus_classes", "consensus_labels", "k_selection", "stability", "energy", "null_classes",
                     "variants_ari", "variants_transitions")
@@ -202,9 +206,13 @@ def label_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.Dat
 
 def analyze_model(
     model_id: str, rows: pd.DataFrame, family_dir: str, params: Params, do_clusters: bool, do_boxplots: bool,
-    null_eigenvalues: np.ndarray | None = None, folded_rows: pd.DataFrame | None = None,
+    null_eigenvalues: np.ndarray | None = None, other_rows: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Classification A and/or B of one model; figures written, tables returned (runs in a worker)."""
+    """Classification A and/or B of one model; figures written, tables returned (runs in a worker).
+
+    ``other_rows``: the model's rows of another variant (raw when these are
+    folded, folded otherwise), whose consensus classes are compared with these.
+    """
     from threadpoolctl import threadpool_limits
 
     from . import plots
@@ -237,10 +245,12 @@ def analyze_model(
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
-                if folded_rows is not None and len(folded_rows):
+                if other_rows is not None and len(other_rows):
                     from . import variants_compare
 
-                    summary, moves = variants_compare.compare(model_id, rows, folded_rows, (str(rows["variant"].iloc[0]), "folded"),
+                    pair = sorted([(variant, rows), (variant_of(other_rows), other_rows)],
+                                  key=lambda item: item[0] != "raw")  # raw first: transitions read raw -> folded
+                    summary, moves = variants_compare.compare(model_id, pair[0][1], pair[1][1], (pair[0][0], pair[1][0]),
                                                               params.features, params.k, params.n_bins, params.quantile, params.seed)  # fmt: skip
                     out["consensus"] = {**out["consensus"], "variants_ari": summary, "variants_transitions": moves}
                 out["timings"]["consensus"] = time.perf_counter() - t0
@@ -368,12 +378,12 @@ def _family_dir(out: str | os.PathLike, family: str) -> Path:
 
 def _model_tasks(models, family_dir: Path, params: Params, do_clusters: bool, do_boxplots: bool,
                  null_rows: dict[str, np.ndarray] | None = None,
-                 folded: dict[str, pd.DataFrame] | None = None) -> list[Task]:  # fmt: skip
-    null_rows, folded = null_rows or {}, folded or {}
+                 other: dict[str, pd.DataFrame] | None = None) -> list[Task]:  # fmt: skip
+    null_rows, other = null_rows or {}, other or {}
     return [
         Task(model_id, float(len(rows)), analyze_model,
              (model_id, rows, str(family_dir), params, do_clusters, do_boxplots, null_rows.get(model_id),
-              folded.get(model_id)))  # fmt: skip
+              other.get(model_id)))  # fmt: skip
         for model_id, rows in models
     ]
 
@@ -384,20 +394,43 @@ def _jobs(jobs: int | None, models) -> int:
     return default_jobs(len(models), n_heads) if jobs is None else max(1, int(jobs))
 
 
-def _add_timings(outputs: Outputs, results: Sequence[dict[str, Any]]) -> None:
+def _add_timings(outputs: Outputs, results: Sequence[dict[str, Any]], scope: str = "per model") -> None:
+    """Add the stage times of task results to ``outputs.timings``, each key saying what it measures.
+
+    ``scope="per model"``: a stage's times are summed over the models that ran
+    it, labelled ``(sum over N models)`` (worker time: with several jobs they
+    overlap); ``"joint"``: the one joint-taxonomy task, labelled ``(joint, all models)``.
+    """
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for result in results:
         for key, value in result.get("timings", {}).items():
-            name = f"{key} (sum over models)" if key.startswith(("clusters", "boxplots")) else key
-            outputs.timings[name] = outputs.timings.get(name, 0.0) + float(value)
+            sums[key] = sums.get(key, 0.0) + float(value)
+            counts[key] = counts.get(key, 0) + 1
+    for key, total in sums.items():
+        if scope == "joint":
+            name = f"{key} (joint, all models)"
+        else:
+            name = f"{key} (sum over {counts[key]} model{'s' if counts[key] != 1 else ''})"
+        outputs.timings[name] = outputs.timings.get(name, 0.0) + total
 
 
-def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: bool, do_boxplots: bool) -> None:
-    """Write classes/labels/bds tables from per-model results (model order) and record the figures."""
+def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: bool, do_boxplots: bool,
+                  method: str = DEFAULT_METHOD) -> None:  # fmt: skip
+    """Write the per-model tables from the results (model order) and record the figures.
+
+    The original method's ``classes``/``labels``/``bds`` tables (its single
+    KMeans depends on the row order, its BDS p-values are asymptotic) only
+    under ``method="original"``; the default method writes its own.
+    """
     tables = outputs.family_dir / TABLES
     variants = {r["model"]: r.get("variant", "") for r in results}
     for r in results:
         outputs.figures.setdefault(r["model"], []).extend(r["figures"])
+    original = method == "original"
     if do_clusters:
+        outputs.frames["embedding"] = pd.concat([r["embedding"] for r in results], ignore_index=True)
+    if do_clusters and original:
         classes = with_variant(pd.concat([r["classes"] for r in results], ignore_index=True), variants)
         labels = with_variant(pd.concat([r["labels"] for r in results], ignore_index=True), variants)
         write_table(classes, tables / "classes.csv")
@@ -406,8 +439,7 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
         outputs.tables["labels"] = f"{TABLES}/labels.csv"
         outputs.frames["classes"] = classes
         outputs.frames["labels"] = labels
-        outputs.frames["embedding"] = pd.concat([r["embedding"] for r in results], ignore_index=True)
-    if do_boxplots:
+    if do_boxplots and original:
         bds = with_variant(pd.concat([r["bds"] for r in results], ignore_index=True), variants)
         write_table(bds, tables / "bds.csv")
         outputs.tables["bds"] = f"{TABLES}/bds.csv"
@@ -435,14 +467,17 @@ def _store_taxonomy(outputs: Outputs, result: dict[str, Any], variants: dict[str
         outputs.tables[name] = f"{TABLES}/{name}.csv"
         outputs.frames[name] = table
     outputs.figures["taxonomy"] = list(result["figures"])
-    _add_timings(outputs, [result])
+    _add_timings(outputs, [result], scope="joint")
 
 
 def run_clusters(
     frame: pd.DataFrame, out: str | os.PathLike, family: str, params: Params | None = None,
     jobs: int | None = None, progress: bool = True, outputs: Outputs | None = None,
 ) -> Outputs:
-    """Classification A for every model of ``frame``: ESD figures, ``classes.csv``, ``labels.csv``."""
+    """Classification A for every model of ``frame``: ESD figures; ``classes.csv``, ``labels.csv`` under ``method="original"``.
+
+    The default method writes its consensus tables instead (``consensus_*``, ``k_selection``, ...).
+    """
     return _run_per_model(frame, out, family, params or Params(), jobs, progress, outputs, True, False)
 
 
@@ -450,7 +485,7 @@ def run_boxplots(
     frame: pd.DataFrame, out: str | os.PathLike, family: str, params: Params | None = None,
     jobs: int | None = None, progress: bool = True, outputs: Outputs | None = None,
 ) -> Outputs:
-    """Classification B for every model of ``frame``: box plots and ``bds.csv``."""
+    """Classification B for every model of ``frame``: box plots; ``bds.csv`` under ``method="original"``, else ``layer_tests.csv``."""
     return _run_per_model(frame, out, family, params or Params(), jobs, progress, outputs, False, True)
 
 
@@ -463,7 +498,7 @@ def _run_per_model(frame, out, family, params, jobs, progress, outputs, do_clust
     t0 = time.perf_counter()
     results = run_tasks(_model_tasks(models, family_dir, params, do_clusters, do_boxplots), _jobs(jobs, models), progress, desc)
     outputs.timings[f"{desc} (wall)"] = time.perf_counter() - t0
-    _store_models(outputs, list(results.values()), do_clusters, do_boxplots)
+    _store_models(outputs, list(results.values()), do_clusters, do_boxplots, params.method)
     return outputs
 
 
@@ -724,8 +759,11 @@ def run_report(
     per_model = split_models(frame)
     outputs.models = [m for m, _ in per_model]
     null_rows = null_variant_rows(dataset, family, revision, frame) if params.method == "consensus" else {}
-    folded = other_variant_rows(dataset, family, revision, frame, "folded") if params.method == "consensus" else {}
-    tasks = _model_tasks(per_model, family_dir, params, True, True, null_rows, folded)
+    other = {}
+    if params.method == "consensus":  # raw against folded where the dataset has both (whichever this run analyses)
+        other = {**other_variant_rows(dataset, family, revision, frame, "raw"),
+                 **other_variant_rows(dataset, family, revision, frame, "folded")}  # fmt: skip
+    tasks = _model_tasks(per_model, family_dir, params, True, True, null_rows, other)
     variants = model_variants(frame)
     tasks.append(Task(JOINT_TASK, float(TAXONOMY_COST_HEADS), taxonomy_task,
                       (model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
@@ -735,7 +773,7 @@ def run_report(
     results = run_tasks(tasks, n_jobs, progress, desc="report")
     outputs.timings[f"analysis (wall, jobs={n_jobs})"] = time.perf_counter() - t1
     taxonomy_result = results.pop(JOINT_TASK)
-    _store_models(outputs, list(results.values()), True, True)
+    _store_models(outputs, list(results.values()), True, True, params.method)
     _store_taxonomy(outputs, taxonomy_result, variants)
     if positional_rows is not None:
         t2 = time.perf_counter()
