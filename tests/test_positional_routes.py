@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from qk_spectra_ds.build.rotary import Rotary
+from qk_spectra_ds.build import variants
 from qk_spectra_ds.build.variants import GRAM_ROUTE_COND_MAX, positional_singular_values
 
 D_HEAD = 32
@@ -40,7 +41,10 @@ def _rotation(rotary: Rotary, delta: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("interleaved", [False, True])
-def test_each_head_takes_a_route_that_keeps_every_singular_value_exact(interleaved):
+@pytest.mark.parametrize("buffer_bytes", [None, 1])  # 1: one offset per pass
+def test_each_head_takes_a_route_that_keeps_every_singular_value_exact(interleaved, buffer_bytes, monkeypatch):
+    if buffer_bytes is not None:
+        monkeypatch.setattr(variants, "CORE_BUFFER_BYTES", buffer_bytes)
     rng = np.random.default_rng(3)
     conds = [3.0, 30.0, 1e3, 1e6]  # query-factor conditions; key factors have condition 10
     lq_t = np.stack([_factor(rng, c) for c in conds])  # A (the query side)

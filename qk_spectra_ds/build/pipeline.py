@@ -97,6 +97,9 @@ def build_model(
     """
     torch = require_build_extra()
     from .kernel import default_device
+    from .memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # freed per-layer buffers go back to the OS: flat memory over the layers
 
     # read_io: time spent reading Q/K (in the prefetch thread); read: time the kernel waited for it.
     timings = {"read_io": 0.0, "read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}

@@ -206,26 +206,38 @@ def positional_singular_values(
     if not todo:
         return out
     kv = kv_index.numpy()
-    cores = np.empty((len(todo), n, d_head, d_head))
-    rotated = np.empty((d_head, d_head))
-    for g in np.unique(kv):
-        heads = np.flatnonzero(kv == g)
-        lo, hi = heads[0], heads[-1] + 1  # a key head's query heads are contiguous
-        stacked = lq_np[lo:hi].reshape(-1, d_head)  # (m dh, dh): every query head of g against one rotated key
-        for j, i in enumerate(todo):
-            rotate_key_rows(lk_np[g], offsets[i], rotary, out=rotated)
-            np.matmul(stacked, rotated, out=cores[j, lo:hi].reshape(-1, d_head))
     gram_route = _well_conditioned(lq_t, lk, kv)
-    if gram_route.all():  # the usual case: no copies of the cores
-        out[todo] = _gram_route(cores)
-    elif not gram_route.any():
-        out[todo] = torch.linalg.svdvals(torch.from_numpy(cores)).numpy()
-    else:
-        values = np.empty((len(todo), n, d_head))
-        values[:, gram_route] = _gram_route(cores[:, gram_route])
-        values[:, ~gram_route] = torch.linalg.svdvals(torch.from_numpy(cores[:, ~gram_route])).numpy()
-        out[todo] = values
+    block = max(1, CORE_BUFFER_BYTES // (n * d_head * d_head * 8))  # offsets per pass: bounded memory
+    cores = np.empty((min(block, len(todo)), n, d_head, d_head))
+    rotated = np.empty((d_head, d_head))
+    for first in range(0, len(todo), block):
+        part = todo[first : first + block]
+        buffer = cores[: len(part)]
+        for g in np.unique(kv):
+            heads = np.flatnonzero(kv == g)
+            lo, hi = heads[0], heads[-1] + 1  # a key head's query heads are contiguous
+            stacked = lq_np[lo:hi].reshape(-1, d_head)  # (m dh, dh): every query head of g against one rotated key
+            for j, i in enumerate(part):
+                rotate_key_rows(lk_np[g], offsets[i], rotary, out=rotated)
+                np.matmul(stacked, rotated, out=buffer[j, lo:hi].reshape(-1, d_head))
+        out[part] = _core_singular_values(buffer, gram_route)
     return out
+
+
+CORE_BUFFER_BYTES = 8 << 20
+"""Memory for one pass of positional cores (per CPU core): offsets are taken in blocks that fit."""
+
+
+def _core_singular_values(cores: np.ndarray, gram_route: np.ndarray) -> np.ndarray:
+    """(n_off, n, dh) descending singular values of (n_off, n, dh, dh) cores, by the route each head takes."""
+    if gram_route.all():  # the usual case: no copies of the cores
+        return _gram_route(cores)
+    if not gram_route.any():
+        return torch.linalg.svdvals(torch.from_numpy(cores)).numpy()
+    values = np.empty(cores.shape[:-1])
+    values[:, gram_route] = _gram_route(cores[:, gram_route])
+    values[:, ~gram_route] = torch.linalg.svdvals(torch.from_numpy(cores[:, ~gram_route])).numpy()
+    return values
 
 
 def _gram_route(cores: np.ndarray) -> np.ndarray:
