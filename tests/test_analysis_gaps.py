@@ -89,6 +89,8 @@ def test_every_table_and_figure_title_names_the_variant(reports, variant):
         assert title.endswith(f"· {variant} spectra") or f"· {variant} spectra [" in title, (figure, title)
     index = (outputs.family_dir / "index.md").read_text()
     assert f"### {MODEL} · {variant} spectra\n" in index and f"## Joint taxonomy · {variant} spectra\n" in index
+    html = (outputs.family_dir / "index.html").read_text()  # the interactive embedding's title (plotly JSON)
+    assert f"histograms · {variant} spectra" in html or f"histograms \\u00b7 {variant} spectra" in html
 
 
 @pytest.mark.parametrize("variant", ["raw", "folded"])

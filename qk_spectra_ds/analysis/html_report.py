@@ -116,6 +116,7 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     models = [m for m in order if (embedding["model"] == m).any()]
     fig = go.Figure()
     owner = []
+    titles = {m: _embedding_title(m, method, embedding.loc[embedding["model"] == m, "variant"].unique()) for m in models}
     for i, model in enumerate(models):
         part = embedding[embedding["model"] == model]
         for k in sorted(part["class"].unique()):
@@ -130,13 +131,13 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
             owner.append(model)
     buttons = [
         {"label": model, "method": "update",
-         "args": [{"visible": [o == model for o in owner]}, {"title.text": _embedding_title(model, method)}]}
+         "args": [{"visible": [o == model for o in owner]}, {"title.text": titles[model]}]}
         for model in models
     ]  # fmt: skip
     name = EMBEDDINGS.get(method, "embedding")
     unit = "principal component" if name == "PCA" else f"{name} dimension"
     fig.update_layout(
-        title={"text": _embedding_title(models[0], method) if models else "", "x": 0.5, "xanchor": "center"},
+        title={"text": titles[models[0]] if models else "", "x": 0.5, "xanchor": "center"},
         xaxis_title=f"{unit} 1 (arbitrary units)", yaxis_title=f"{unit} 2 (arbitrary units)",
         legend_title_text="class (n heads)", template="plotly_white", height=620, margin={"t": 90},
         updatemenus=[{"buttons": buttons, "direction": "down", "x": 0.0, "xanchor": "left", "y": 1.2,
@@ -145,10 +146,13 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     return fig
 
 
-def _embedding_title(model: str, method: str | None) -> str:
+def _embedding_title(model: str, method: str | None, variants: Sequence[str] = ()) -> str:
+    """The interactive figure's title for ``model``, ending with the variant of its spectra (as every static figure)."""
+    from .plots import variant_suffix
     from .taxonomy import EMBEDDINGS
 
-    return f"{model}: {EMBEDDINGS.get(method, 'embedding')} of the heads' eigenvalue histograms"
+    name = EMBEDDINGS.get(method, "embedding")
+    return f"{model}: {name} of the heads' eigenvalue histograms{variant_suffix(sorted(map(str, variants)) or None)}"
 
 
 def _table_html(name: str, frame: pd.DataFrame) -> str:
