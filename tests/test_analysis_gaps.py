@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from qk_spectra_ds.analysis import compare
-from qk_spectra_ds.analysis.report import Params, run_report
+from qk_spectra_ds.analysis.report import Outputs, Params, remove_stale_tables, run_report
 from tiny_models import ArchCase, _llama_style, ref_llama_like, save
 
 pytest.importorskip("torch")
@@ -179,11 +180,24 @@ def test_original_tables_only_under_method_original(dataset, reports, tmp_path):
     assert not ORIGINAL_TABLES & written and not ORIGINAL_TABLES & set(outputs.tables)
     index = (outputs.family_dir / "index.md").read_text()
     assert not re.search(r"\((tables/)?(classes|labels|bds)\.csv\)", index) and "kept for comparison" not in index
-    original = run_report(str(dataset), "Tiny", tmp_path, params=Params(**FAST, method="original"), jobs=1, progress=False)
-    written = {p.stem for p in (original.family_dir / "tables").glob("*.csv")}
-    assert ORIGINAL_TABLES <= written and not {"consensus_classes", "layer_tests", "positional"} & written
+    shutil.copytree(outputs.family_dir, tmp_path / "Tiny")  # a default report's outputs, then --method original there
+    lines: list[str] = []
+    original = run_report(str(dataset), "Tiny", tmp_path, params=Params(**FAST, method="original"), jobs=1, progress=False,
+                          log=lines.append)  # fmt: skip
+    written = {p.stem for p in (original.family_dir / "tables").glob("*.*")}
+    assert ORIGINAL_TABLES <= written and not {"consensus_classes", "layer_tests", "positional"} & written  # none stale
+    assert any(line.startswith("removed tables of the other method") and "positional.csv" in line for line in lines)
     index = (original.family_dir / "index.md").read_text()
     assert all(f"](tables/{name}.csv)" in index for name in ORIGINAL_TABLES)
+
+
+def test_default_report_removes_the_original_tables_a_previous_run_left(tmp_path):
+    outputs = Outputs(tmp_path / "Tiny")
+    (outputs.family_dir / "tables").mkdir(parents=True)
+    for name in ("classes.csv", "classes.parquet", "bds.csv", "stability.csv"):
+        (outputs.family_dir / "tables" / name).write_text("x\n")
+    assert sorted(remove_stale_tables(outputs, "consensus")) == ["bds.csv", "classes.csv", "classes.parquet"]
+    assert [p.name for p in (outputs.family_dir / "tables").iterdir()] == ["stability.csv"]
 
 
 def test_per_model_timings_say_they_are_sums_over_models(reports):

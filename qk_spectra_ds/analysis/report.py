@@ -653,6 +653,33 @@ def write_index(
 # ---------------------------------------------------------------- everything
 
 
+ORIGINAL_TABLES = ("classes", "labels", "bds")
+"""The tables only ``--method original`` writes (order-dependent KMeans, asymptotic BDS)."""
+
+DEFAULT_ONLY_TABLES = (*CONSENSUS_TABLES, "layer_tests", "positional")
+"""The tables only the default method writes."""
+
+
+def remove_stale_tables(outputs: Outputs, method: str) -> list[str]:
+    """Remove the other method's tables a previous report left in ``tables/`` (CSV and parquet); returns their names.
+
+    A report replaces its family directory's tables: without this, a default
+    run after a ``--method original`` one (or after a version that wrote both)
+    would leave ``classes.csv`` beside tables it does not belong with.
+    """
+    others = DEFAULT_ONLY_TABLES if method == "original" else ORIGINAL_TABLES
+    removed = []
+    for name in others:
+        if name in outputs.tables:
+            continue
+        for suffix in (".csv", ".parquet"):
+            path = outputs.family_dir / TABLES / f"{name}{suffix}"
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
 POSITIONAL_COLUMNS = ("offsets", "positional_singular_values")
 
 
@@ -779,6 +806,9 @@ def run_report(
         t2 = time.perf_counter()
         _store_positional(outputs, positional_rows, params, log)
         outputs.timings["positional (table + figures)"] = time.perf_counter() - t2
+    removed = remove_stale_tables(outputs, params.method)
+    if removed and log is not None:
+        log(f"removed tables of the other method left by a previous report: {', '.join(removed)}")
     t2 = time.perf_counter()
     write_index(outputs, family, str(dataset), revision, params, frame)
     html_report.write_html(outputs, family, str(dataset), revision, params, frame,
