@@ -91,7 +91,7 @@ def test_every_table_and_figure_title_names_the_variant(reports, variant):
     index = (outputs.family_dir / "index.md").read_text()
     assert f"### {MODEL} · {variant} spectra\n" in index and f"## Joint taxonomy · {variant} spectra\n" in index
     html = (outputs.family_dir / "index.html").read_text()  # the interactive embedding's title (plotly JSON)
-    assert f"histograms · {variant} spectra" in html or f"histograms \\u00b7 {variant} spectra" in html
+    assert f"classes · {variant} spectra" in html or f"classes \\u00b7 {variant} spectra" in html
 
 
 @pytest.mark.parametrize("variant", ["raw", "folded"])
@@ -209,3 +209,25 @@ def test_per_model_timings_say_they_are_sums_over_models(reports):
     assert all(key in plain or any(mark in key for mark in labelled) for key in outputs.timings), outputs.timings
     (line,) = [line for line in lines if line.startswith("timings: ")]
     assert "consensus (sum over 1 model) " in line
+
+
+def test_the_default_method_colours_the_embedding_by_consensus_classes_and_labels_the_esd_figure(dataset, reports, tmp_path):
+    """Default method: the interactive embedding shows the consensus classes and the ESD figure says its classes are
+    the original method's; under --method original both are the original's KMeans classes."""
+    outputs, _ = reports["folded"]
+    embedding = outputs.frames["embedding"]
+    consensus = pd.read_csv(outputs.family_dir / "tables" / "consensus_labels.csv")
+    merged = embedding.merge(consensus, on=["model", "layer", "head"], suffixes=("", "_consensus"))
+    assert len(merged) == len(embedding) > 0 and (merged["class"] == merged["class_consensus"]).all()
+    assert "consensus classes" in (outputs.family_dir / "index.html").read_text()
+    (esd,) = (outputs.family_dir / "ESDs").glob("*.png")
+    assert "the original method's classes" in figure_title(esd)
+
+    original = run_report(str(dataset), "Tiny", tmp_path, params=Params(**FAST, method="original"), jobs=1,
+                          progress=False)  # fmt: skip
+    labels = pd.read_csv(original.family_dir / "tables" / "labels.csv")
+    merged = original.frames["embedding"].merge(labels, on=["model", "layer", "head"], suffixes=("", "_original"))
+    assert (merged["class"] == merged["class_original"]).all()
+    (esd,) = (original.family_dir / "ESDs").glob("*.png")
+    assert "original method" not in figure_title(esd)
+    assert "the original method's KMeans classes" in (original.family_dir / "index.html").read_text()

@@ -105,8 +105,12 @@ def in_display_order(frame: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     return frame.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str | None, n_classes: int):
-    """A plotly figure: per model one trace per class (model chosen in a menu), hover = model/layer/head/class/variant."""
+def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str | None, n_classes: int,
+                     analysis: str | None = None):
+    """A plotly figure: per model one trace per class (model chosen in a menu), hover = model/layer/head/class/variant.
+
+    ``analysis``: the report's ``--method``, whose classes colour the points (named in the title).
+    """
     import plotly.graph_objects as go
 
     from . import plots
@@ -116,7 +120,8 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     models = [m for m in order if (embedding["model"] == m).any()]
     fig = go.Figure()
     owner = []
-    titles = {m: _embedding_title(m, method, embedding.loc[embedding["model"] == m, "variant"].unique()) for m in models}
+    titles = {m: _embedding_title(m, method, embedding.loc[embedding["model"] == m, "variant"].unique(), analysis)
+              for m in models}  # fmt: skip
     for i, model in enumerate(models):
         part = embedding[embedding["model"] == model]
         for k in sorted(part["class"].unique()):
@@ -146,13 +151,14 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     return fig
 
 
-def _embedding_title(model: str, method: str | None, variants: Sequence[str] = ()) -> str:
-    """The interactive figure's title for ``model``, ending with the variant of its spectra (as every static figure)."""
+def _embedding_title(model: str, method: str | None, variants: Sequence[str] = (), analysis: str | None = None) -> str:
+    """The interactive figure's title for ``model``: which classes colour it, ending with the variant of its spectra."""
     from .plots import variant_suffix
     from .taxonomy import EMBEDDINGS
 
     name = EMBEDDINGS.get(method, "embedding")
-    return f"{model}: {name} of the heads' eigenvalue histograms{variant_suffix(sorted(map(str, variants)) or None)}"
+    classes = {"consensus": ", consensus classes", "original": ", the original method's KMeans classes"}.get(analysis or "", "")
+    return f"{model}: {name} of the heads' eigenvalue histograms{classes}{variant_suffix(sorted(map(str, variants)) or None)}"
 
 
 def _table_html(name: str, frame: pd.DataFrame) -> str:
@@ -205,7 +211,7 @@ def render_html(
     plot_html = None
     if embedding is not None and len(embedding):
         n_classes = int(parameters.get("n_clusters", 0) or 0)
-        fig = embedding_figure(embedding, order, parameters.get("embedding"), n_classes)
+        fig = embedding_figure(embedding, order, parameters.get("embedding"), n_classes, parameters.get("method"))
         plot_html = fig.to_html(full_html=False, include_plotlyjs=False, div_id=EMBEDDING_DIV,
                                 config={"responsive": True, "displaylogo": False})  # fmt: skip
     tables = []

@@ -197,6 +197,19 @@ def with_variant(table: pd.DataFrame, variant: str | dict[str, str]) -> pd.DataF
     return out
 
 
+ORIGINAL_CLASSES_NOTE = "the original method's classes (one KMeans seed, row-order dependent)"
+"""How the default method's ESD figures say that their classes are the original study's, not the consensus ones."""
+
+
+def with_consensus_classes(embedding: pd.DataFrame, consensus_labels: pd.DataFrame) -> pd.DataFrame:
+    """The embedding table coloured by the consensus classes (matched on layer and head), as the default method reports."""
+    if not len(embedding):
+        return embedding
+    by_head = consensus_labels.set_index(["layer", "head"])["class"]
+    keys = pd.MultiIndex.from_arrays([embedding["layer"], embedding["head"]])
+    return embedding.assign(**{"class": by_head.reindex(keys).to_numpy()})
+
+
 def label_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Columns model, layer, head, class: one row per head, sorted by layer then head."""
     table = pd.DataFrame({"model": model_id, "layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(),
@@ -228,7 +241,8 @@ def analyze_model(
             classifier = params.classifier().fit(eigenvalue_matrix(rows), name=model_id)
             t1 = time.perf_counter()
             figure = Path("ESDs") / f"{slug}.{params.format}"
-            plots.plot_clusters(classifier, family_dir_path / figure, title=model_id, dpi=params.dpi, variant=variant)
+            esd_title = model_id if params.method == "original" else f"{model_id}: {ORIGINAL_CLASSES_NOTE}"
+            plots.plot_clusters(classifier, family_dir_path / figure, title=esd_title, dpi=params.dpi, variant=variant)
             out["timings"]["clusters"] = t1 - t0
             out["timings"]["clusters figures"] = time.perf_counter() - t1
             out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
@@ -245,6 +259,7 @@ def analyze_model(
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
+                out["embedding"] = with_consensus_classes(out["embedding"], result["frames"]["consensus_labels"])
                 if other_rows is not None and len(other_rows):
                     from . import variants_compare
 
