@@ -47,6 +47,13 @@ class ByteCounter:
 
 
 WHOLE_FILE = -1
+
+SMALL_FILE_LIMIT = 256 << 20
+"""Largest file read whole (config.json, the safetensors index): far above any real one, far below memory.
+
+A larger one (a lying server, a corrupt or hostile folder) is one line, never read into memory:
+locally its size is checked first, from the Hub the download stops once it passes the limit.
+"""
 """The ``stop`` a :class:`ReadLog` records for a whole-file read (config.json, the index)."""
 
 
@@ -189,6 +196,8 @@ class LocalSource(ModelSource):
         path = self._path(filename)
         if not path.is_file():
             raise ModelSourceError(f"{self.model_id}: no {filename} in {self.root}")
+        if path.stat().st_size > SMALL_FILE_LIMIT:
+            raise ModelSourceError(_too_large(self.model_id, filename, path.stat().st_size))
         data = path.read_bytes()
         self.fetched.add(len(data))
         return data
@@ -292,7 +301,14 @@ class HubSource(ModelSource):
                     )
                 if problem is not None:
                     return None, problem  # the body is never downloaded (it may be a whole shard)
-                data = bytearray(response.read())  # writable, so numpy/torch can wrap it
+                limit = SMALL_FILE_LIMIT if byte_range is None else byte_range[1] - byte_range[0]
+                data = _bounded_body(response, limit)  # writable, so numpy/torch can wrap it
+                if data is None and byte_range is None:
+                    raise ModelSourceError(_too_large(self.model_id, filename, None))
+                if data is None:
+                    return None, f"more than the {limit} bytes asked for"
+        except ModelSourceError:
+            raise
         except EntryNotFoundError:
             raise ModelSourceError(f"{self.model_id}@{self.revision[:12]}: no file {filename}") from None
         except HfHubHTTPError as exc:
@@ -381,3 +397,20 @@ def open_source(spec: str, model_id: str | None = None, token: str | bool | None
 def _status(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     return str(getattr(response, "status_code", "an error"))
+
+
+def _bounded_body(response, limit: int) -> bytearray | None:
+    """The streamed body, or None as soon as it passes ``limit`` bytes (the rest is never downloaded)."""
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) > limit:
+            return None
+    return data
+
+
+def _too_large(model_id: str, filename: str, size: int | None) -> str:
+    """The one-line error for a config or index over :data:`SMALL_FILE_LIMIT`."""
+    actual = "" if size is None else f" ({size / 2**20:.0f} MiB)"
+    return (f"{model_id}: {filename} is larger than {SMALL_FILE_LIMIT >> 20} MiB{actual}, far beyond any real "
+            "config or index: the model folder or repo is corrupt")
