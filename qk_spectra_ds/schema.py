@@ -15,6 +15,10 @@ a new version is a new key).
   (``raw``, ``folded``, ``null``) the positional spectra :data:`OFFSET_COLUMNS`, and the
   per-layer facts ``attention_type``, ``sliding_window``, ``rope_theta`` (:data:`LAYER_FACT_COLUMNS`).
 - v3: adds the null rows' ``null_seed`` (:data:`NULL_COLUMNS`, the builder's ``--null-seed``).
+- v4: one row per (layer, head, circuit, variant): ``circuit`` (``qk`` or ``ov``, :data:`CIRCUIT_COLUMNS`), the
+  symmetry and copying metrics and the matched-null z-scores (:data:`CIRCUIT_METRIC_COLUMNS`), and the optional
+  behaviour scores with their probe parameters (:data:`BEHAVIOUR_COLUMNS`, :data:`PROBE_COLUMNS`; null unless
+  built with ``--behaviour``, and only on ``qk`` rows).
 """
 
 from __future__ import annotations
@@ -72,6 +76,29 @@ sliding), the rotary base (null without rotary: NoPE layers, absolute positions,
 NULL_COLUMNS = ("null_seed",)
 """The entropy the null rows' Haar rotations were drawn from (``--null-seed``); null on raw and folded rows."""
 
+CIRCUIT_QK = "qk"
+CIRCUIT_OV = "ov"
+CIRCUITS = (CIRCUIT_QK, CIRCUIT_OV)
+CIRCUIT_COLUMNS = ("circuit",)
+"""Which circuit of the head a row describes: ``qk`` (W_Q^T W_K, where it looks) or ``ov`` (W_O W_V, what it writes)."""
+
+MATCHED_NULL_METRICS = ("positivity", "copying_score", "symmetry")
+"""Metrics compared per head with a matched null (the head's own singular values, Haar-random orientations)."""
+CIRCUIT_METRIC_COLUMNS = (
+    "symmetry", "copying_score", "copying_positive_share",
+    *(f"{m}_{suffix}" for m in MATCHED_NULL_METRICS for suffix in ("null_mean", "null_sd", "z")),
+    "matched_null_draws", "matched_null_seed",
+)  # fmt: skip
+"""Symmetry (both circuits), copying score and positive share (ov rows; null on qk), the matched-null mean,
+sd and z of each :data:`MATCHED_NULL_METRICS` (null where the metric does not apply), and the Monte Carlo
+draws and seed behind them (draws null where the null moments are analytic)."""
+
+BEHAVIOUR_SCORES = ("previous_token", "next_token", "induction", "first_token", "local", "entropy")
+BEHAVIOUR_COLUMNS = tuple(f"behaviour_{s}" for s in BEHAVIOUR_SCORES)
+"""Per-head scores from running the model on seeded probes (``--behaviour``); null where not measured."""
+PROBE_COLUMNS = ("probe_seed", "probe_sequences", "probe_length", "probe_local_window")
+"""The probe's parameters behind the behaviour scores; null where none were measured."""
+
 PROVENANCE_COLUMNS = ("weights_dtype", "builder_version", "method_version", "schema_version")
 
 _VALUE_COLUMNS = (
@@ -82,6 +109,9 @@ COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {
     1: _VALUE_COLUMNS + ("weights_dtype", "builder_version", "schema_version"),
     2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + PROVENANCE_COLUMNS,
     3: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + NULL_COLUMNS + PROVENANCE_COLUMNS,
+    4: IDENTITY_COLUMNS[:-1] + CIRCUIT_COLUMNS + _VALUE_COLUMNS[len(IDENTITY_COLUMNS) - 1 :]
+    + CIRCUIT_METRIC_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + NULL_COLUMNS
+    + BEHAVIOUR_COLUMNS + PROBE_COLUMNS + PROVENANCE_COLUMNS,
 }
 """The columns of each schema version this package reads, in file order."""
 
@@ -101,6 +131,14 @@ _TYPES: dict[str, str] = {
     "positional_norm_ratio_max": "float64",
     "half_norm_offset": "int32",
     "null_seed": "int64",
+    "circuit": "string",
+    **{name: "float64" for name in CIRCUIT_METRIC_COLUMNS[:-2] + BEHAVIOUR_COLUMNS},
+    "matched_null_draws": "int32",
+    "matched_null_seed": "int64",
+    "probe_seed": "int64",
+    "probe_sequences": "int32",
+    "probe_length": "int32",
+    "probe_local_window": "int32",
 }
 """Arrow-style type of every column of any version (a column keeps its type across versions)."""
 
