@@ -14,6 +14,8 @@ unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .schema import METRICS, STATISTICS
@@ -85,3 +87,30 @@ def positivity_from_eigenvalues(mu: np.ndarray) -> np.ndarray:
     denom = np.abs(mu).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denom > 0, mu.real.sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def positional_summaries(singular_values: np.ndarray, positional: np.ndarray, offsets: Sequence[int]) -> dict[str, np.ndarray]:
+    """Sortable per-head summaries of the positional spectra (rows: heads).
+
+    ``singular_values`` (n, dh), ``positional`` (n, n_off, dh). With r(delta) =
+    s_1(delta) / s_1 (spectral norm at the offset relative to the non-positional one,
+    i.e. to offset 0): ``positional_norm_ratio_min`` and ``_max`` over the offsets > 0,
+    and ``half_norm_offset``, the first offset > 0 where r < 1/2 (-1 if none).
+    NaN (and -1) for a zero head.
+    """
+    offs = np.asarray(offsets)
+    later = offs > 0
+    top = singular_values[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = positional[:, later, 0] / top[:, None]
+    if not later.any():
+        nan = np.full(len(top), np.nan)
+        return {"positional_norm_ratio_min": nan, "positional_norm_ratio_max": nan.copy(),
+                "half_norm_offset": np.full(len(top), -1, np.int64)}
+    below = ratio < 0.5
+    first = np.where(below.any(axis=1), offs[later][below.argmax(axis=1)], -1)
+    return {
+        "positional_norm_ratio_min": ratio.min(axis=1),
+        "positional_norm_ratio_max": ratio.max(axis=1),
+        "half_norm_offset": first,
+    }

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..statistics import positional_summaries  # noqa: F401  (numpy only: the loader recomputes the summaries too)
 from .rotary import Rotary, rotate_key_rows
 from .spectra import GRAM_FLOOR, check_range, gram_ceiling, qr_fallback
 
@@ -276,30 +277,3 @@ def haar_rotations(seed: int, model_id: str, layer: int, n_heads: int, d_head: i
         q, r = np.linalg.qr(rng.standard_normal((d_head, d_head)))
         out[h] = q * np.sign(np.diag(r))
     return out
-
-
-def positional_summaries(singular_values: np.ndarray, positional: np.ndarray, offsets: Sequence[int]) -> dict[str, np.ndarray]:
-    """Sortable per-head summaries of the positional spectra (rows: heads).
-
-    ``singular_values`` (n, dh), ``positional`` (n, n_off, dh). With r(delta) =
-    s_1(delta) / s_1 (spectral norm at the offset relative to the non-positional one,
-    i.e. to offset 0): ``positional_norm_ratio_min`` and ``_max`` over the offsets > 0,
-    and ``half_norm_offset``, the first offset > 0 where r < 1/2 (-1 if none).
-    NaN (and -1) for a zero head.
-    """
-    offs = np.asarray(offsets)
-    later = offs > 0
-    top = singular_values[:, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = positional[:, later, 0] / top[:, None]
-    if not later.any():
-        nan = np.full(len(top), np.nan)
-        return {"positional_norm_ratio_min": nan, "positional_norm_ratio_max": nan.copy(),
-                "half_norm_offset": np.full(len(top), -1, np.int64)}
-    below = ratio < 0.5
-    first = np.where(below.any(axis=1), offs[later][below.argmax(axis=1)], -1)
-    return {
-        "positional_norm_ratio_min": ratio.min(axis=1),
-        "positional_norm_ratio_max": ratio.max(axis=1),
-        "half_norm_offset": first,
-    }
