@@ -98,6 +98,20 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "sliding_window": "tokens in the layer's window (sliding layers only, else null)",
     "rope_theta": "rotary base of the layer (Gemma 3's local and global layers differ); null without rotary "
     "(NoPE layers of Llama 4, SmolLM3, Cohere2, EXAONE 4; absolute positions; ALiBi; legacy rows)",
+    **{f"behaviour_{name}": f"{meaning} (see Behaviour scores); null unless built with --behaviour, on ov rows{extra}"
+       for name, meaning, extra in (
+           ("previous_token", "mean attention to the previous position", ""),
+           ("next_token", "mean attention to the next position", " and for causal models (encoders only)"),
+           ("induction", "mean attention, in the probe's second repeat, to the token after the current token's earlier "
+            "occurrence", " and for encoders"),
+           ("first_token", "mean attention to the first position (sink; [CLS] in encoders)", ""),
+           ("local", "mean attention mass within probe_local_window positions of the query, first token excluded", ""),
+           ("entropy", "mean entropy of the attention distribution divided by ln(context length)", ""))},
+    "probe_seed": "seed of the behaviour probes' random tokens (builder --probe-seed); null on unscored rows",
+    "probe_sequences": "number of probe sequences the behaviour scores average over; null on unscored rows",
+    "probe_length": "random tokens per repeat: each probe is a first token and the same probe_length tokens twice; "
+    "null on unscored rows",
+    "probe_local_window": "positions next to the query that count as local for behaviour_local; null on unscored rows",
     "weights_dtype": "dtype of the Q/K weights in the checkpoint (they were upcast to float64 for the factorization)",
     "builder_version": "qk-spectra-ds version that wrote the row",
     "method_version": "version of the computation behind the row (0 = imported from the original study)",
