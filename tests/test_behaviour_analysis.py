@@ -105,3 +105,30 @@ def test_classes_are_tested_and_untestable_cases_say_so():
     table = ab.predictor_table(frame, permutations=99)
     rows = table[table["score"] == "induction"]
     assert rows["value"].isna().all() and rows["note"].str.contains("constant").all()
+
+
+def test_report_section_writes_table_figures_and_sentences(tmp_path):
+    from qk_spectra_ds.analysis.report import Outputs, Params
+
+    frame = synthetic(1, planted=2.0)
+    labels = frame[["model_id", "layer", "head"]].rename(columns={"model_id": "model"}).assign(cls=frame["layer"] % 2)
+    outputs = Outputs(tmp_path)
+    outputs.frames["consensus_labels"] = labels.rename(columns={"cls": "class"})
+    lines = []
+    section = ab.store_behaviour(outputs, frame, Params(), lines.append)
+    assert (tmp_path / "tables" / "behaviour.csv").is_file() and outputs.tables["behaviour"] == "tables/behaviour.csv"
+    written = pd.read_csv(tmp_path / "tables" / "behaviour.csv")
+    assert len(written) == len(outputs.frames["behaviour"]) and written["conclusion"].notna().all()
+    scores = ["previous_token", "induction", "first_token", "local", "entropy"]
+    assert outputs.figures["behaviour"] == [f"behaviour/{s}.png" for s in scores]
+    assert all((tmp_path / f).stat().st_size > 1000 for f in outputs.figures["behaviour"])
+    assert "- The previous-token score is predicted by stable_rank" in section
+    assert "- No spectral metric predicts the induction score, nor do the classes" in section
+    assert "![previous_token](behaviour/previous_token.png)" in section
+    assert lines and "significant after Benjamini-Hochberg" in lines[0]
+    index = tmp_path / "index.md"
+    index.write_text("# report\n")
+    ab.append_section(index, section)
+    assert index.read_text().startswith("# report\n\n## Does the spectrum predict what heads do?")
+    assert ab.store_behaviour(Outputs(tmp_path / "none"), frame.drop(columns=[c for c in frame if c.startswith("behaviour_")]),
+                              Params()) is None  # fmt: skip

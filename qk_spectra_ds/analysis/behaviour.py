@@ -403,3 +403,11 @@ def store_behaviour(outputs, frame: pd.DataFrame, params, log=None) -> str | Non
         log(f"behaviour: {int(table['significant'].sum())} of {int(table['p_permutation'].notna().sum())} tests significant "
             f"after {CORRECTION}")  # fmt: skip
     return section_markdown(table, figures, f"{TABLES}/behaviour.csv")
+
+
+def append_section(index: Path, markdown: str) -> Path:
+    """Add the behaviour section to the end of a written ``index.md`` (atomically: the whole file is rewritten)."""
+    from ..atomic import write_text
+
+    index = Path(index)
+    return write_text(index, index.read_text("utf-8").rstrip() + "\n\n" + markdown.rstrip() + "\n")

@@ -821,11 +821,19 @@ def run_report(
         t2 = time.perf_counter()
         _store_positional(outputs, positional_rows, params, log)
         outputs.timings["positional (table + figures)"] = time.perf_counter() - t2
+    from .behaviour import append_section, store_behaviour
+
+    t2 = time.perf_counter()
+    behaviour_section = store_behaviour(outputs, frame, params, log)  # None when no row has behaviour scores
+    if behaviour_section is not None:
+        outputs.timings["behaviour (tests + figures)"] = time.perf_counter() - t2
     removed = remove_stale_tables(outputs, params.method)
     if removed and log is not None:
         log(f"removed tables of the other method left by a previous report: {', '.join(removed)}")
     t2 = time.perf_counter()
     write_index(outputs, family, str(dataset), revision, params, frame)
+    if behaviour_section is not None:
+        append_section(outputs.family_dir / "index.md", behaviour_section)
     html_report.write_html(outputs, family, str(dataset), revision, params, frame,
                            html_report.size_order(frame))  # fmt: skip
     outputs.timings["tables + index"] = time.perf_counter() - t2
