@@ -48,7 +48,8 @@ LOG_RANGE = (-4.0, 2.5)
 N_RUNS = 30
 K_RANGE = tuple(range(2, 9))
 STABLE_ARI = 0.8
-PERTURBED_SEEDS = (1, 2)
+PERTURBED_SEEDS = tuple(range(1, 9))
+"""Other master seeds for the stability table: 8, so that the stated ARI has a spread (its 5-95% range)."""
 PERTURBED_BINS = (16, 32)
 PERTURBED_QUANTILES = (0.90, 0.99)
 PERTURBED_LOG_LOW = (-3.0, -5.0)
@@ -220,7 +221,8 @@ def k_scan(X: np.ndarray, ks=K_RANGE, n_runs: int = N_RUNS, seed: int = 0) -> tu
 
 def _summary(kind: str, aris) -> dict:
     aris = np.asarray(list(aris), dtype=np.float64)
-    return {"perturbation": kind, "n": int(len(aris)), "ari_median": float(np.median(aris)), "ari_min": float(aris.min())}
+    return {"perturbation": kind, "n": int(len(aris)), "ari_median": float(np.median(aris)), "ari_min": float(aris.min()),
+            "ari_q05": float(np.quantile(aris, 0.05)), "ari_q95": float(np.quantile(aris, 0.95))}
 
 
 def stability_rows(eigenvalues: np.ndarray, labels: np.ndarray, runs: np.ndarray, k: int, kind: str, n_bins: int,
@@ -257,29 +259,56 @@ def original_seed_aris(eigenvalues: np.ndarray, n_clusters: int = 6) -> list[flo
 LEGACY_NOTE = "legacy: the original study's spectra, with its SVD pairing error"
 
 
+def choose_classes(name: str, X: np.ndarray, k: int | str = "auto", seed: int = 0, structure_draws: int | None = None):
+    """``(k, scan, results, structure_row)``: the structure test, then k from the k scan (``k="auto"``) or fixed.
+
+    ``k="auto"``: k = 1 (one class, no consensus) when the structure test
+    (:mod:`.structure`) finds no evidence of classes, else the k scan's
+    choice among :data:`K_RANGE`. ``results[1]`` is always the one-class answer.
+    """
+    from . import structure
+
+    draws = structure.N_DRAWS if structure_draws is None else int(structure_draws)
+    test = structure.structure_row(name, X, draws, seed)
+    ks = K_RANGE if k == "auto" else ((int(k),) if int(k) >= 2 else ())
+    scan, results = k_scan(X, ks, N_RUNS, seed)
+    if scan.empty and (k == "auto" or int(k) >= 2):
+        raise AnalysisError(f"{name}: {len(X)} head(s) are too few for consensus classes (need at least 3)")
+    if k != "auto":
+        chosen = int(k)
+    elif not bool(test["structure"].iloc[0]):
+        chosen = 1
+    else:
+        chosen = choose_k(dict(zip(scan["k"], scan["stability_ari_mean"])), dict(zip(scan["k"], scan["silhouette"])))
+    one = {"k": 1, "stability_ari_mean": np.nan, "stability_ari_min": np.nan, "silhouette": np.nan, "n_classes": 1}
+    scan = pd.concat([pd.DataFrame([one]), scan], ignore_index=True)
+    scan["chosen"] = scan["k"] == chosen
+    results[1] = (np.zeros(len(X), dtype=np.int64), np.ones(len(X)), np.zeros((1, len(X)), dtype=np.int64))
+    return chosen, scan, results, test.assign(k=chosen)
+
+
 def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: int | str = "auto",
             n_bins: int = original_features.N_BINS, quantile: float = original_features.QUANTILE, seed: int = 0,
-            null_eigenvalues: np.ndarray | None = None) -> dict:  # fmt: skip
+            null_eigenvalues: np.ndarray | None = None, structure_draws: int | None = None) -> dict:  # fmt: skip
     """Consensus classes, k curve, stability, energy and the random-matrix null for one model's rows.
 
     Returns ``frames`` (tables, each with ``legacy_pairing_error``), the chosen
     ``k`` and what the figure needs. ``null_eigenvalues``: the model's ``null``
     variant rows, when the dataset has them.
     """
-    from . import rmt_null
+    from . import class_profiles, rmt_null
 
     rows = canonical_order(rows)
     ev = np.stack(rows["eigenvalues"].tolist()).astype(np.float64)
     legacy = bool((rows["variant"] == "legacy").any()) if "variant" in rows else False
     X, edges, energy = head_features(ev, kind, n_bins, quantile)
-    ks = K_RANGE if k == "auto" else (int(k),)
-    scan, results = k_scan(X, ks, N_RUNS, seed)
-    if scan.empty:
-        raise AnalysisError(f"{model_id}: {len(X)} head(s) are too few for consensus classes (need at least 3)")
-    chosen = choose_k(dict(zip(scan["k"], scan["stability_ari_mean"])), dict(zip(scan["k"], scan["silhouette"]))) if k == "auto" else int(k)
-    scan["chosen"] = scan["k"] == chosen
+    chosen, scan, results, test = choose_classes(model_id, X, k, seed, structure_draws)
     labels, conf, runs = results[chosen]
-    stability = pd.DataFrame(stability_rows(ev, labels, runs, chosen, kind, n_bins, quantile, N_RUNS, seed))
+    if chosen >= 2:
+        stability = pd.DataFrame(stability_rows(ev, labels, runs, chosen, kind, n_bins, quantile, N_RUNS, seed))
+    else:
+        stability = pd.DataFrame([{"perturbation": "k = 1 (no classes): stability not applicable", "n": 0,
+                                   "ari_median": np.nan, "ari_min": np.nan}])  # fmt: skip
     _, lin_edges, lin_energy = head_features(ev, "linear", n_bins, quantile)
     energy_table = pd.DataFrame([
         {"features": "linear (original: [0, q] bins)", "energy_kept_median": float(np.median(lin_energy)),
@@ -307,20 +336,23 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
         null_classes["d_model_source"] = d_source
         null_info = {"c": c, "mc_features": head_features(mc, kind, n_bins, quantile, )[0] if kind == "log" else None,
                      "edges_x": edges, "log": kind == "log"}  # fmt: skip
+    described = class_profiles.describe(model_id, rows, ev, labels, mc if null_info["c"] is not None else None)
     classes = pd.DataFrame([
-        {"model": model_id, "class": int(c_), "n_heads": int((labels == c_).sum()), "share": float((labels == c_).mean()),
+        {"model": model_id, "class": int(c_), "name": described["names"][int(c_)], "n_heads": int((labels == c_).sum()),
+         "share": float((labels == c_).mean()),
          "confidence_mean": float(conf[labels == c_].mean()), "confidence_min": float(conf[labels == c_].min())}
         for c_ in np.unique(labels)
     ])  # fmt: skip
     frames = {"consensus_classes": classes, "consensus_labels": labels_table,
               "k_selection": scan.assign(model=model_id), "stability": stability.assign(model=model_id, k=chosen),
-              "energy": energy_table.assign(model=model_id), "null_classes": null_classes}  # fmt: skip
+              "energy": energy_table.assign(model=model_id), "null_classes": null_classes, "structure": test,
+              "class_profiles": described["class_profiles"], "class_metrics": described["class_metrics"]}  # fmt: skip
     for name, frame in frames.items():
         if len(frame):
             frame = frame[["model"] + [col for col in frame.columns if col != "model"]]
             frames[name] = frame.assign(legacy_pairing_error=legacy)
     means = np.array([X[labels == c_].mean(axis=0) for c_ in np.unique(labels)])
-    return {"frames": frames, "k": chosen, "legacy": legacy, "class_means": means, "edges": edges, "kind": kind,
+    return {"frames": frames, "k": chosen, "structure": test.iloc[0].to_dict(), "legacy": legacy, "class_means": means, "edges": edges, "kind": kind,
             "scan": scan, "null": null_info, "d_model_source": d_source}  # fmt: skip
 
 
@@ -342,7 +374,10 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
         ax.axvline(result["k"], color="grey", lw=1)
         ax.set_xlabel("k")
         ax.legend(fontsize=9)
-        ax.set_title(f"k = {result['k']}")
+        test = result.get("structure") or {}
+        said = (f"structure test p = {test['p_value']:.3f}: {test['conclusion']}" if test.get("tested")
+                else str(test.get("conclusion", "")))  # fmt: skip
+        ax.set_title(f"k = {result['k']}\n{said}", fontsize=9)
         centers = (edges[:-1] + edges[1:]) / 2
         null = result["null"]
         expected = None

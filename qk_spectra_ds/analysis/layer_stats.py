@@ -149,3 +149,12 @@ def bds_table(results: list[LayerStat]) -> pd.DataFrame:
             "n_layers": [len(r.layers) for r in results],
         }
     )
+
+
+def skipped_layers_text(rows: pd.DataFrame, skip_layers_below: int = SKIP_LAYERS_BELOW) -> str | None:
+    """``"layers 0-1 not shown: --skip_layers_below 2"`` for the box plots' axis, or None when none is skipped."""
+    skipped = sorted({int(x) for x in rows["layer"] if int(x) < int(skip_layers_below)})
+    if not skipped:
+        return None
+    span = f"layer {skipped[0]}" if len(skipped) == 1 else f"layers {skipped[0]}-{skipped[-1]}"
+    return f"{span} not shown: --skip_layers_below {int(skip_layers_below)}"

@@ -13,7 +13,21 @@ series:
   ``(1 + #{|T*| >= |T|}) / (1 + P)``;
 - **depth trend by permutation**: Spearman's rho between layer position and
   value, same permutations, two-sided;
-- **Holm's correction** over the model's tests (all statistics, both tests).
+- **depth profile by permutation** (non-monotone shapes too): the share of
+  the series' variance explained by a cubic polynomial in layer position
+  (``profile_r2``), same permutations, one-sided;
+- **effect sizes** beside every p-value: BDS with its permutation null's
+  2.5/97.5% quantiles, Spearman's rho with a 95% interval (Fisher z, standard
+  error ``1.06 / sqrt(n - 3)``, Fieller, Hartley and Pearson 1957), the
+  profile's R^2 with its null's 95% quantile;
+- **Holm's correction** over the model's tests (all statistics, the three
+  tests: ``*_holm``) and across every test of the report (all models:
+  ``*_holm_all``, :func:`correct_across`), named in the ``correction`` column;
+- **power** at the series' length (``power_note``): how often each test,
+  at the report's level after the model's Holm correction, finds a linear
+  trend and a hump of 2 standard deviations of i.i.d. noise
+  (:func:`power_at`, simulated with fixed seeds). "Not significant" with
+  low power means "not seen", never "flat".
 
 Series shorter than :data:`MIN_LAYERS` are not tested (NaN, ``note`` says
 why): with so few layers the permutation distribution of the BDS indicator
@@ -87,16 +101,47 @@ def permutation_pvalues(
     rng = rng if rng is not None else np.random.default_rng(0)
     perms = rng.permuted(np.broadcast_to(x, (int(n_permutations), len(x))), axis=1)
     out = {}
-    for name, fn in (("bds", bds_statistic), ("trend_rho", spearman_trend)):
+    for name, fn in (("bds", bds_statistic), ("trend_rho", spearman_trend), ("profile_r2", profile_r2)):
         observed = float(fn(x)[0])
         null = fn(perms)
+        null = null[np.isfinite(null)]
+        out[f"{name}_null_q025"], out[f"{name}_null_q975"] = (
+            (float(np.quantile(null, 0.025)), float(np.quantile(null, 0.975))) if len(null) else (np.nan, np.nan))
         if not np.isfinite(observed):
             out[name], out[f"p_{name}"] = float("nan"), float("nan")
             continue
         tol = 1e-12 * max(1.0, abs(observed))  # ties of the discrete statistic count as extreme
-        extreme = np.count_nonzero(np.abs(null[np.isfinite(null)]) >= abs(observed) - tol)
+        if name == "profile_r2":  # one-sided: more variance explained than chance
+            extreme = np.count_nonzero(null >= observed - tol)
+        else:
+            extreme = np.count_nonzero(np.abs(null) >= abs(observed) - tol)
         out[name], out[f"p_{name}"] = observed, (1 + extreme) / (1 + len(null))
     return out
+
+
+PROFILE_DEGREE = 3
+
+
+def profile_r2(series: np.ndarray, degree: int = PROFILE_DEGREE) -> np.ndarray:
+    """Share of each row's variance explained by a polynomial of ``degree`` in position (humps, U shapes, trends)."""
+    y = np.atleast_2d(np.asarray(series, dtype=np.float64))
+    n = y.shape[1]
+    t = np.linspace(-1.0, 1.0, n)
+    basis = np.stack([t**d for d in range(1, int(degree) + 1)], axis=1)
+    basis -= basis.mean(axis=0)
+    q = np.linalg.qr(basis)[0]
+    yc = y - y.mean(axis=1, keepdims=True)
+    with np.errstate(all="ignore"):
+        return ((yc @ q) ** 2).sum(axis=1) / (yc**2).sum(axis=1)
+
+
+def spearman_interval(rho: float, n: int) -> tuple[float, float]:
+    """95% interval of Spearman's rho: Fisher z with standard error 1.06 / sqrt(n - 3) (NaN for n <= 3)."""
+    if not np.isfinite(rho) or n <= 3:
+        return float("nan"), float("nan")
+    z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+    half = 1.959964 * 1.06 / np.sqrt(n - 3)
+    return float(np.tanh(z - half)), float(np.tanh(z + half))
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
@@ -119,9 +164,10 @@ def series_tests(
 ) -> dict:
     """One row of the layer-test table for one model and statistic (permutation BDS, trend; untested if short)."""
     x = np.asarray(medians, dtype=np.float64)
-    row = {"model": model_id, "stat": stat, "n_layers": len(x), "bds": np.nan, "p_bds_permutation": np.nan,
-           "trend_rho": np.nan, "p_trend_permutation": np.nan,
-           "p_bds_asymptotic": float(original_p), "note": ""}  # fmt: skip
+    row = {"model": model_id, "stat": stat, "n_layers": len(x), "bds": np.nan, "bds_null_q025": np.nan,
+           "bds_null_q975": np.nan, "p_bds_permutation": np.nan, "trend_rho": np.nan, "trend_rho_low": np.nan,
+           "trend_rho_high": np.nan, "p_trend_permutation": np.nan, "profile_r2": np.nan, "profile_r2_null_q975": np.nan,
+           "p_profile_permutation": np.nan, "p_bds_asymptotic": float(original_p), "note": "", "power_note": ""}  # fmt: skip
     if len(x) < int(min_layers):
         row["note"] = f"not tested: {len(x)} layers < {int(min_layers)}"
         return row
@@ -130,16 +176,28 @@ def series_tests(
         return row
     rng = np.random.default_rng(seed_for(model_id, stat, seed=seed))
     res = permutation_pvalues(x, n_permutations, rng)
-    row.update(bds=res["bds"], p_bds_permutation=res["p_bds"], trend_rho=res["trend_rho"],
-               p_trend_permutation=res["p_trend_rho"])  # fmt: skip
+    low, high = spearman_interval(res["trend_rho"], len(x))
+    row.update(bds=res["bds"], bds_null_q025=res["bds_null_q025"], bds_null_q975=res["bds_null_q975"],
+               p_bds_permutation=res["p_bds"], trend_rho=res["trend_rho"], trend_rho_low=low, trend_rho_high=high,
+               p_trend_permutation=res["p_trend_rho"], profile_r2=res["profile_r2"],
+               profile_r2_null_q975=res["profile_r2_null_q975"], p_profile_permutation=res["p_profile_r2"],
+               power_note=power_note(len(x)))  # fmt: skip
     return row
 
 
+TESTS = ("bds", "trend", "profile")
+
 LAYER_TEST_COLUMNS = [
-    "model", "stat", "n_layers", "bds", "p_bds_permutation", "p_bds_permutation_holm", "trend_rho",
-    "p_trend_permutation", "p_trend_permutation_holm", "p_bds_asymptotic", "p_bds_asymptotic_kind",
-    "original_significant", "survives", "note",
+    "model", "stat", "n_layers", "bds", "bds_null_q025", "bds_null_q975", "p_bds_permutation", "p_bds_permutation_holm",
+    "p_bds_permutation_holm_all", "trend_rho", "trend_rho_low", "trend_rho_high", "p_trend_permutation",
+    "p_trend_permutation_holm", "p_trend_permutation_holm_all", "profile_r2", "profile_r2_null_q975",
+    "p_profile_permutation", "p_profile_permutation_holm", "p_profile_permutation_holm_all", "correction",
+    "p_bds_asymptotic", "p_bds_asymptotic_kind", "original_significant", "survives", "note", "power_note",
 ]  # fmt: skip
+"""``*_holm``: Holm within the model (its statistics x the three tests); ``*_holm_all``: Holm across every
+test of the report (all models), filled by :func:`correct_across`; ``survives`` uses the report-wide column."""
+
+CORRECTION = "Holm (family-wise error): *_holm within the model, *_holm_all across all {m} tests of the report"
 
 
 def layer_test_table(rows: list[dict], alpha: float = ALPHA) -> pd.DataFrame:
@@ -149,14 +207,116 @@ def layer_test_table(rows: list[dict], alpha: float = ALPHA) -> pd.DataFrame:
     ``survives``: that, and the permutation BDS p-value after Holm < ``alpha``.
     """
     table = pd.DataFrame(rows)
-    table["p_bds_permutation_holm"] = np.nan
-    table["p_trend_permutation_holm"] = np.nan
+    for test in TESTS:
+        table[f"p_{test}_permutation_holm"] = np.nan
     for _, idx in table.groupby("model", sort=False).groups.items():
-        both = np.concatenate([table.loc[idx, "p_bds_permutation"], table.loc[idx, "p_trend_permutation"]])
-        adjusted = holm(both)
-        table.loc[idx, "p_bds_permutation_holm"] = adjusted[: len(idx)]
-        table.loc[idx, "p_trend_permutation_holm"] = adjusted[len(idx):]
+        _holm_columns(table, idx, "holm")
     table["p_bds_asymptotic_kind"] = ASYMPTOTIC_LABEL
     table["original_significant"] = table["p_bds_asymptotic"] < alpha
-    table["survives"] = table["original_significant"] & (table["p_bds_permutation_holm"] < alpha)
-    return table[LAYER_TEST_COLUMNS]
+    return correct_across(table, alpha)
+
+
+def _holm_columns(table: pd.DataFrame, idx, suffix: str) -> None:
+    """Holm over the three tests' p-values of the rows ``idx``, written to ``p_<test>_permutation_<suffix>``."""
+    stacked = np.concatenate([table.loc[idx, f"p_{t}_permutation"].to_numpy(np.float64) for t in TESTS])
+    adjusted = holm(stacked)
+    for i, test in enumerate(TESTS):
+        table.loc[idx, f"p_{test}_permutation_{suffix}"] = adjusted[i * len(idx):(i + 1) * len(idx)]
+
+
+def correct_across(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm across every test in ``table`` (all models): ``*_holm_all``, ``correction``, ``survives``.
+
+    ``survives``: the original's asymptotic BDS was significant, and the
+    permutation BDS is too after the report-wide correction.
+    """
+    table = table.copy().reset_index(drop=True)
+    _holm_columns(table, table.index, "holm_all")
+    m = int(sum(np.isfinite(table[f"p_{t}_permutation"].to_numpy(np.float64)).sum() for t in TESTS))
+    table["correction"] = CORRECTION.format(m=m)
+    table["survives"] = table["original_significant"].astype(bool) & (table["p_bds_permutation_holm_all"] < alpha)
+    return table[[c for c in LAYER_TEST_COLUMNS if c in table.columns] + [c for c in table.columns if c not in LAYER_TEST_COLUMNS]]
+
+
+POWER_SIMULATIONS = 400
+POWER_NULL_DRAWS = 4000
+POWER_EFFECT_SD = 2.0
+"""Effect of the power study: the depth profile spans this many noise standard deviations (lowest to highest point)."""
+
+
+def shapes(n: int, effect: float = POWER_EFFECT_SD) -> dict[str, np.ndarray]:
+    """Depth profiles of ``n`` layers spanning ``effect`` (max - min): ``linear`` and a ``hump`` (peak mid-depth)."""
+    t = np.linspace(-1.0, 1.0, n)
+    return {"linear": effect * (t - t.min()) / np.ptp(t), "hump": effect * (1.0 - t**2)}
+
+
+def simulated_power(n: int, n_sim: int = POWER_SIMULATIONS, effect: float = POWER_EFFECT_SD, alpha: float = ALPHA,
+                    seed: int = 0, n_stats: int = 6, null_draws: int = POWER_NULL_DRAWS) -> dict:  # fmt: skip
+    """Rejection rates of the three tests at ``alpha`` after Holm over ``3 * n_stats`` tests, per shape.
+
+    Shapes: ``null`` (i.i.d. Gaussian noise), ``linear`` and ``hump``
+    (:func:`shapes`) plus unit noise. The permutation tests are approximated
+    by one Monte Carlo null of ``null_draws`` i.i.d. Gaussian series (exact
+    for Spearman's rho, whose permutation null is the same for every series;
+    the benchmark checks the others against real permutations). The model's
+    other ``n_stats - 1`` statistics are taken as null (p uniform).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(n), 7)))
+    fns = {"bds": bds_statistic, "trend": spearman_trend, "profile": profile_r2}
+    null = {name: fn(rng.standard_normal((int(null_draws), n))) for name, fn in fns.items()}
+    out = {}
+    for shape, signal in {"null": np.zeros(n), **shapes(n, effect)}.items():
+        x = signal + rng.standard_normal((int(n_sim), n))
+        p = np.empty((int(n_sim), 3))
+        for j, (name, fn) in enumerate(fns.items()):
+            obs, ref = fn(x), null[name][np.isfinite(null[name])]
+            if name == "profile":
+                p[:, j] = (1 + (ref[None, :] >= obs[:, None]).sum(axis=1)) / (1 + len(ref))
+            else:
+                p[:, j] = (1 + (np.abs(ref)[None, :] >= np.abs(obs)[:, None]).sum(axis=1)) / (1 + len(ref))
+        others = rng.uniform(size=(int(n_sim), 3 * (int(n_stats) - 1)))
+        adjusted = np.array([holm(np.concatenate([p[i], others[i]]))[:3] for i in range(int(n_sim))])
+        out[shape] = dict(zip(TESTS, (adjusted < alpha).mean(axis=0)))
+    return out
+
+
+_POWER_CACHE: dict[int, dict] = {}
+
+
+def power_at(n: int) -> dict:
+    """:func:`simulated_power` for ``n`` layers (cached per process)."""
+    if n not in _POWER_CACHE:
+        _POWER_CACHE[n] = simulated_power(int(n))
+    return _POWER_CACHE[n]
+
+
+def power_note(n: int) -> str:
+    """The power of the three tests at ``n`` layers, in words (for the table's notes)."""
+    p = power_at(int(n))
+    return (f"power at {n} layers, Holm over 6 stats x 3 tests, {POWER_SIMULATIONS} simulations; profile spanning "
+            f"{POWER_EFFECT_SD:g} noise sd: "
+            f"linear: trend {p['linear']['trend']:.0%}, BDS {p['linear']['bds']:.0%}, "
+            f"profile {p['linear']['profile']:.0%}; hump: trend {p['hump']['trend']:.0%}, "
+            f"BDS {p['hump']['bds']:.0%}, profile {p['hump']['profile']:.0%}; i.i.d. noise: "
+            f"{max(p['null'].values()):.0%} at most")  # fmt: skip
+
+
+def figure_title_text(row: pd.Series | dict, n_permutations: int = N_PERMUTATIONS, min_layers: int = MIN_LAYERS) -> str:
+    """What a default-method box plot's title says about its series: permutation p-values (Holm) or why untested.
+
+    Never the asymptotic BDS p-value, which is invalid at these lengths.
+    """
+    row = dict(row)
+    if not np.isfinite(row.get("p_bds_permutation", np.nan)) and not np.isfinite(row.get("p_trend_permutation", np.nan)):
+        note = str(row.get("note") or "")
+        n = int(row.get("n_layers", 0))
+        return f"not tested (n = {n} < {int(min_layers)} layers)" if "layers <" in note or not note else f"not tested ({note.removeprefix('not tested: ')})"
+
+    def p(name: str) -> str:
+        value = row.get(f"p_{name}_permutation_holm", np.nan)
+        return "NaN" if not np.isfinite(value) else f"{value:.3f}"
+
+    return (f"permutation tests ({n_permutations} shufflings), p Holm-adjusted within the model: "
+            f"BDS {row['bds']:.2f} (null 95%: {row['bds_null_q025']:.2f}..{row['bds_null_q975']:.2f}), p = {p('bds')}; "
+            f"trend ρ = {row['trend_rho']:.2f} [{row['trend_rho_low']:.2f}, {row['trend_rho_high']:.2f}], p = {p('trend')}; "
+            f"profile R² = {row['profile_r2']:.2f}, p = {p('profile')}")  # fmt: skip

@@ -313,19 +313,24 @@ def _layer_ticks(ax) -> None:
 
 
 def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi: float = DEFAULT_DPI,
-                     variant: str | None = None) -> list[Path]:  # fmt: skip
+                     variant: str | None = None, tests: Sequence[str] | None = None,
+                     skipped: str | None = None) -> list[Path]:  # fmt: skip
     """Classification B figures of one model, one per statistic (:class:`~qk_spectra_ds.layer_stats.LayerStat`).
 
     Each figure is the original's box plot, 20 x 8 inches (35 wide above 100
     layers), one box per layer at its layer number (means shown, no fliers),
     the dashed spline of the per-layer means, the BDS of the per-layer medians
     in the title (with the ``variant`` of the spectra), axis titles with units, a legend, and thinned layer ticks.
+    ``tests`` (default method): per result, the title's text about its tests instead of the asymptotic BDS
+    p-value (``layer_tests.figure_title_text``); ``skipped``: the layers left out, named under the axis.
     """
+    tests = list(tests) if tests is not None else [None] * len(results)
     with style():
-        return [_save(layer_stat_figure(result, variant), path, dpi) for result, path in zip(results, paths)]
+        return [_save(layer_stat_figure(result, variant, text, skipped), path, dpi)
+                for result, path, text in zip(results, paths, tests)]  # fmt: skip
 
 
-def layer_stat_figure(result, variant: str | None = None):
+def layer_stat_figure(result, variant: str | None = None, tests: str | None = None, skipped: str | None = None):
     """The box plot of one :class:`~qk_spectra_ds.layer_stats.LayerStat` (see :func:`plot_layer_stats`); call inside :func:`style`."""
     layers = np.asarray(result.layers, dtype=np.float64)
     n = len(layers)
@@ -344,11 +349,14 @@ def layer_stat_figure(result, variant: str | None = None):
     _layer_ticks(ax)
     name = STAT_TITLES.get(result.stat, result.stat)
     unit = STAT_UNITS.get(result.stat, "")
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer" + (f" ({skipped})" if skipped else ""))
     ax.set_ylabel(f"{name} of a head ({unit})" if unit else f"{name} of a head")
-    bds = "NaN" if not np.isfinite(result.bds) else f"{result.bds:.2f}"
-    ax.set_title(f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
-                 f"asymptotic p-value: {result.p_value:.2e}){variant_suffix(variant)}")  # fmt: skip
+    if tests is not None:  # the default method: valid tests only, never the asymptotic p-value
+        ax.set_title(f"{result.model_id}: {name} by layer{variant_suffix(variant)}\nper-layer medians: {tests}", fontsize=13)
+    else:
+        bds = "NaN" if not np.isfinite(result.bds) else f"{result.bds:.2f}"
+        ax.set_title(f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
+                     f"asymptotic p-value: {result.p_value:.2e}){variant_suffix(variant)}")  # fmt: skip
     _box_legend(ax, spline)
     fig.tight_layout()
     return fig

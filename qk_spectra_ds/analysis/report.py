@@ -59,7 +59,7 @@ tests of the per-layer series and the random-matrix null (``consensus_*``, ``sta
 does not write the original's row-order-dependent tables (the ESD figures and box plots stay)."""
 
 CONSENSUS_TABLES = ("consensus_classes", "consensus_labels", "k_selection", "stability", "energy", "null_classes",
-                    "variants_ari", "variants_transitions")
+                    "variants_ari", "variants_transitions", "structure", "class_profiles", "class_metrics")
 
 
 @dataclass
@@ -273,19 +273,25 @@ def analyze_model(
             t0 = time.perf_counter()
             results = layer_stats.layer_stats(rows, list(params.stats), params.skip_layers_below, model_id)
             t1 = time.perf_counter()
-            figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
-            plots.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi, variant=variant)
-            out["figures"].extend(f.as_posix() for f in figures)
-            out["timings"]["boxplots"] = t1 - t0
-            out["timings"]["boxplots figures"] = time.perf_counter() - t1
-            out["bds"] = layer_stats.bds_table(results).assign(p_value_kind=layer_tests.ASYMPTOTIC_LABEL)
-            if params.method == "consensus":
-                t0 = time.perf_counter()
+            titles, skipped = None, None
+            if params.method == "consensus":  # tests first: the box plots' titles show them, not the asymptotic p
+                t2 = time.perf_counter()
                 tested = [layer_tests.series_tests(model_id, r.stat, r.medians, r.p_value, params.permutations,
                                                    params.min_layers, params.seed) for r in results]  # fmt: skip
                 legacy = bool((rows["variant"] == "legacy").any())
                 out["layer_tests"] = layer_tests.layer_test_table(tested).assign(legacy_pairing_error=legacy)
-                out["timings"]["layer tests"] = time.perf_counter() - t0
+                titles = [layer_tests.figure_title_text(r, params.permutations, params.min_layers)
+                          for r in out["layer_tests"].to_dict("records")]  # fmt: skip
+                skipped = layer_stats.skipped_layers_text(rows, params.skip_layers_below)
+                out["timings"]["layer tests"] = time.perf_counter() - t2
+            t1 = time.perf_counter()
+            figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
+            plots.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi, variant=variant,
+                                   tests=titles, skipped=skipped)  # fmt: skip
+            out["figures"].extend(f.as_posix() for f in figures)
+            out["timings"]["boxplots"] = t1 - t0
+            out["timings"]["boxplots figures"] = time.perf_counter() - t1
+            out["bds"] = layer_stats.bds_table(results).assign(p_value_kind=layer_tests.ASYMPTOTIC_LABEL)
     out["warnings"] = _recorded(caught)
     return out
 
@@ -465,6 +471,8 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
     for name, parts in per_model.items():
         if parts:
             table = pd.concat(parts, ignore_index=True).sort_values("model", kind="stable", ignore_index=True)
+            if name == "layer_tests":  # Holm across every test of the report, beside the per-model column
+                table = layer_tests.correct_across(table)
             table = with_variant(table, variants)
             write_table(table, tables / f"{name}.csv")
             outputs.tables[name] = f"{TABLES}/{name}.csv"
@@ -612,7 +620,7 @@ def _consensus_section(outputs: Outputs, model: str) -> dict:
         "positional": by_offset[0] if by_offset else None,
         "k": chosen,
         "classes": _rows_of(outputs, "consensus_classes", model, ["class", "n_heads", "share", "confidence_mean"]),
-        "stability": _rows_of(outputs, "stability", model, ["perturbation", "n", "ari_median", "ari_min"]),
+        "stability": _rows_of(outputs, "stability", model, ["perturbation", "n", "ari_median", "ari_min", "ari_q05", "ari_q95"]),
         "null": _rows_of(outputs, "null_classes", model, ["class", "n_heads", "median_ks_distance", "median_fraction_outside",
                                                           "mc_ks_q99", "distinguishable_from_gaussian",
                                                           "distinguishable_from_null_variant"]),
