@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import CheckpointError, UnsupportedArchitectureError
+from . import config_checks
 from .safetensors_io import Checkpoint, TensorInfo
 
 
@@ -78,12 +79,11 @@ def config_count(config: Mapping[str, Any], *names: str, default: Any = _MISSING
 
     Strings, booleans, floats (even 8.0), zero and negative values are refused
     here, so that no later division or reshape turns them into a traceback or
-    a silently wrong shape.
+    a silently wrong shape; so are sizes past :data:`config_checks.SIZE_LIMITS`
+    (num_hidden_layers 1e12 must not reach a loop over the layers).
     """
     name, value = _config_field(config, names, default)
-    if type(value) is not int or value <= 0:  # bool is an int subclass: refused too
-        raise CheckpointError(f"config.json: {name} is {_shown(value)}, but must be a positive whole number")
-    return value
+    return config_checks.whole(name, value)
 
 
 def config_switch(config: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -262,13 +262,17 @@ _LEGACY_KINDS = {"attention": FULL, "mamba": "linear_attention"}  # transformers
 
 
 def layer_kinds(config: Mapping[str, Any], n_layers: int, default: Callable[[int], str]) -> list[str]:
-    """transformers' ``layer_types`` of every layer: config.json's list if given, else ``default(i)``."""
+    """transformers' ``layer_types`` of every layer: config.json's list if given, else ``default(i)``.
+
+    A kind the builder does not know is refused (as transformers refuses it), never skipped:
+    skipping would drop that layer's rows while n_layers still counts it.
+    """
     given = config.get("layer_types")
     if given is None:
         return [default(i) for i in range(n_layers)]
     if not isinstance(given, list) or len(given) != n_layers or not all(isinstance(k, str) for k in given):
         raise CheckpointError(f"config.json: layer_types is {_shown(given)}, not a list of {n_layers} layer kinds")
-    return [_LEGACY_KINDS.get(k, k) for k in given]
+    return [config_checks.layer_kind(f"layer_types[{i}]", _LEGACY_KINDS.get(k, k), SOFTMAX_KINDS) for i, k in enumerate(given)]
 
 
 def rope_parameters(config: Mapping[str, Any], kind: str, default_theta: float, legacy_theta: str = "rope_theta") -> tuple[float, dict | None, float | None]:
@@ -278,22 +282,32 @@ def rope_parameters(config: Mapping[str, Any], kind: str, default_theta: float, 
     keys: ``rope_scaling`` and ``legacy_theta`` (``rope_theta``; Gemma 3's local
     layers: ``rope_local_base_freq``), else the config class's default theta.
     """
-    params = config.get("rope_parameters")
+    return _rope_parameters(config, kind, default_theta, legacy_theta)[:3]
+
+
+def _rope_parameters(config: Mapping[str, Any], kind: str, default_theta: float, legacy_theta: str) -> tuple[float, dict | None, float | None, str]:
+    """:func:`rope_parameters` and where its scaling sits in config.json (for messages); theta checked by name."""
+    params, where = config.get("rope_parameters"), "rope_parameters"
+    if params is not None and not isinstance(params, Mapping):
+        config_checks.refuse(where, params, "an object of rope settings or null")
     if isinstance(params, Mapping) and any(isinstance(v, Mapping) for v in params.values()):
-        params = params.get(kind) or params.get(FULL)
+        key = kind if params.get(kind) else FULL
+        params, where = params.get(key), f"rope_parameters.{key}"
+        if params is not None and not isinstance(params, Mapping):
+            config_checks.refuse(where, params, "an object of rope settings or null")
     if isinstance(params, Mapping):
-        theta = params.get("rope_theta", default_theta)
+        theta = config_checks.rope_theta(f"{where}.rope_theta", params.get("rope_theta", default_theta))
         scaling = params
     else:
-        theta = config_value(config, legacy_theta, default=default_theta)
-        scaling = config.get("rope_scaling") if isinstance(config.get("rope_scaling"), Mapping) else None
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-        raise CheckpointError(f"config.json: the rope theta is {_shown(theta)}, not a positive number")
+        theta = config_checks.rope_theta(legacy_theta, config_value(config, legacy_theta, default=default_theta))
+        scaling, where = config.get("rope_scaling"), "rope_scaling"
+        if scaling is not None and not isinstance(scaling, Mapping):
+            config_checks.refuse(where, scaling, "an object of rope settings or null")
     partial = (scaling or {}).get("partial_rotary_factor", config.get("partial_rotary_factor"))
     scaling = {("rope_type" if k == "type" else k): v for k, v in (scaling or {}).items() if k not in ("rope_theta", "partial_rotary_factor")}
     if scaling.get("rope_type", "default") == "default":
         scaling = None
-    return float(theta), scaling, partial
+    return theta, scaling, partial, where
 
 
 def rope_spec(
@@ -307,13 +321,21 @@ def rope_spec(
     legacy_theta: str = "rope_theta",
     rotary_start: int = 0,
 ) -> RopeSpec:
-    """The rotary embedding of a layer of ``kind`` whose heads have ``d_rot`` dims open to rotation."""
-    theta, scaling, partial = rope_parameters(config, kind, default_theta, legacy_theta)
+    """The rotary embedding of a layer of ``kind`` whose heads have ``d_rot`` dims open to rotation.
+
+    Every rotary field is checked by name here (:func:`config_checks.rope_scaling`), before any work.
+    """
+    theta, scaling, partial, where = _rope_parameters(config, kind, default_theta, legacy_theta)
     partial = default_partial if partial is None else partial
     if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0 < partial <= 1:
         raise CheckpointError(f"config.json: partial_rotary_factor is {_shown(partial)}, not in (0, 1]")
-    max_pos = config.get("max_position_embeddings")
-    return RopeSpec(theta, int(d_rot * partial), interleaved, scaling, max_pos if type(max_pos) is int else None, rotary_start)
+    max_pos = config_checks.positions("max_position_embeddings", config.get("max_position_embeddings"))
+    original = config_checks.positions("original_max_position_embeddings", config.get("original_max_position_embeddings"))
+    rotary_dim = int(d_rot * partial)
+    config_checks.rope_scaling(
+        where, scaling, rotary_dim=rotary_dim, max_position_embeddings=max_pos, original_max_position_embeddings=original
+    )
+    return RopeSpec(theta, rotary_dim, interleaved, scaling, max_pos, rotary_start)
 
 
 def window_of(config: Mapping[str, Any], default: int | None = None) -> int | None:
@@ -373,7 +395,7 @@ def _window_everywhere(config: Mapping[str, Any], i: int) -> str:
 def _qwen2_kind(config: Mapping[str, Any], i: int) -> str:
     """Qwen2/Qwen3: layers from max_window_layers on slide when use_sliding_window is set."""
     slides = config_switch(config, "use_sliding_window", False) and config.get("sliding_window") is not None
-    return SLIDING if slides and i >= config_value(config, "max_window_layers", default=28) else FULL
+    return SLIDING if slides and i >= _pattern(config, "max_window_layers", 28, minimum=0) else FULL
 
 
 def _alternating(config: Mapping[str, Any], i: int) -> str:
@@ -415,7 +437,8 @@ def _gptj_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerF
     """GPT-J: interleaved rotary on the first rotary_dim dims of each head (all of them when null)."""
     rotary_dim = config.get("rotary_dim")
     d_rot = shape.d_head if rotary_dim is None else config_count(config, "rotary_dim")
-    spec = RopeSpec(10000.0, min(d_rot, shape.d_head), True, None, config.get("max_position_embeddings") or config.get("n_positions"))
+    lengths = [config_checks.positions(n, config.get(n)) for n in ("max_position_embeddings", "n_positions")]
+    spec = RopeSpec(10000.0, min(d_rot, shape.d_head), True, None, lengths[0] or lengths[1])
     return [LayerFacts(layer, "full", None, spec) for layer in range(shape.n_layers)]
 
 
@@ -460,13 +483,21 @@ class Architecture:
 
     def stored_layers(self, config: Mapping[str, Any]) -> int:
         """Layers the checkpoint holds: num_hidden_layers plus DeepSeek-V3's multi-token-prediction layers (never read)."""
-        extra = config.get("num_nextn_predict_layers") or 0
-        return self.shape(config).n_layers + (extra if type(extra) is int and extra > 0 else 0)
+        extra = config.get("num_nextn_predict_layers")
+        extra = 0 if extra is None else config_checks.whole("num_nextn_predict_layers", extra, 0, config_checks.MAX_LAYERS)
+        return self.shape(config).n_layers + extra
 
     def layer_facts(self, config: Mapping[str, Any]) -> list[LayerFacts]:
         """One LayerFacts per layer with softmax attention, in layer order (true layer indices)."""
         facts_fn = self.facts_fn or llama_like_facts()
-        return facts_fn(config, self.shape(config))
+        shape = self.shape(config)
+        facts = facts_fn(config, shape)
+        if not facts:  # e.g. every layer linear attention, or a full_attention_interval past the last layer
+            raise CheckpointError(
+                f"config.json: no layer has softmax attention (of {shape.n_layers} layers): nothing to build; "
+                "check layer_types and the layer-pattern fields (full_attention_interval, ...)"
+            )
+        return facts
 
 
 def _shape(
@@ -756,7 +787,7 @@ def _gpt_oss_kind(config: Mapping[str, Any], i: int) -> str:
 def _qwen2_moe_kind(config: Mapping[str, Any], i: int) -> str:
     """Qwen2-MoE: even layers below max_window_layers slide when use_sliding_window is set."""
     slides = config_switch(config, "use_sliding_window", False)
-    return SLIDING if slides and i % 2 == 0 and i < config_value(config, "max_window_layers", default=28) else FULL
+    return SLIDING if slides and i % 2 == 0 and i < _pattern(config, "max_window_layers", 28, minimum=0) else FULL
 
 
 def _qwen3_moe_kind(config: Mapping[str, Any], i: int) -> str:
@@ -780,7 +811,7 @@ def _rope_flags(config: Mapping[str, Any], n_layers: int) -> list[bool]:
 def _llama4_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
     """Llama 4: rotary layers do chunked attention (attention_chunk_size), NoPE layers global attention."""
     ropes = _rope_flags(config, shape.n_layers)
-    chunked = config.get("attention_chunk_size") is not None
+    chunked = config.get("attention_chunk_size") is not None and bool(config_count(config, "attention_chunk_size"))
     kinds = layer_kinds(config, shape.n_layers, lambda i: CHUNKED if ropes[i] and chunked else FULL)
     return facts_from_kinds(
         kinds,
@@ -826,9 +857,10 @@ def _exaone4_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[Lay
 
 def _modernbert_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[LayerFacts]:
     """ModernBERT: global every global_attn_every_n_layers-th layer (from 0), else local (local_attention / 2 each side)."""
-    every = config_value(config, "global_attn_every_n_layers", default=3)
+    every = _pattern(config, "global_attn_every_n_layers", 3)
     kinds = layer_kinds(config, shape.n_layers, lambda i: FULL if i % every == 0 else SLIDING)
-    window = window_of(config, config_value(config, "local_attention", default=128) // 2)
+    local = config_value(config, "local_attention", default=128)
+    window = window_of(config, config_checks.whole("local_attention", local, 2) // 2)  # tokens each side: at least 1
 
     def rope(layer: int, kind: str) -> RopeSpec:
         if kind == FULL:
@@ -840,8 +872,13 @@ def _modernbert_facts(config: Mapping[str, Any], shape: AttentionShape) -> list[
 
 def _qwen3_next_kind(config: Mapping[str, Any], i: int) -> str:
     """Qwen3-Next / Qwen3.5: softmax attention every full_attention_interval-th layer, linear attention between."""
-    interval = config_value(config, "full_attention_interval", default=4)
+    interval = _pattern(config, "full_attention_interval", 4)
     return FULL if (i + 1) % interval == 0 else "linear_attention"
+
+
+def _pattern(config: Mapping[str, Any], name: str, default: int, minimum: int = 1) -> int:
+    """A layer-pattern count of config.json (an interval, a layer index): a whole number >= ``minimum``, by name."""
+    return config_checks.whole(name, config_value(config, name, default=default), minimum, config_checks.MAX_POSITIONS)
 
 
 # ---------------------------------------------------------------- multimodal configs

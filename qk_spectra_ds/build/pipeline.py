@@ -24,6 +24,7 @@ from .. import __version__, dataset_repo, schema
 
 from . import catalog
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
+from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
 from ..cli_util import check_output_dir
 from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
@@ -139,6 +140,7 @@ def build_model(
             f"{source.model_id}: the weights have a layer {stored} ({layout.query_tensor(stored)}) but "
             f"config.json says {shape.n_layers} layers: config and weights do not match"
         )
+    check_layers_present(source.model_id, config, layout, checkpoint, shape.n_layers, layers)  # headers only, no read
 
     def read_layer(layer: int) -> tuple[tuple[LayerQK, Any], float]:
         """Everything the rows of one layer are computed from: the local revision's pre-pass reads through it too.

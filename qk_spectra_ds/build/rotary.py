@@ -18,6 +18,8 @@ ulp of theta moves the angle by ~6e-3 rad. Angles are then formed in float64.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import CheckpointError
+from .config_checks import positions
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
@@ -98,7 +101,13 @@ def inverse_frequencies(
             factor_a = 1.0 if f <= 1.0 else math.sqrt(1 + math.log(f) / math.log(original))
         short = torch.tensor(rp["short_factor"], dtype=torch.float32)
         inv = 1.0 / (short * base**expo)
-    return inv.double().numpy(), float(factor_a), kind
+    inv = inv.double().numpy()
+    if not (np.isfinite(inv).all() and (inv > 0).all() and math.isfinite(factor_a) and factor_a > 0):
+        raise CheckpointError(  # a backstop: config_checks refuses the fields that lead here, by name
+            f"config.json: rope_type {kind} with theta {base:g} gives non-finite or non-positive frequencies "
+            f"or attention factor ({factor_a!r}): check the rope settings"
+        )
+    return inv, float(factor_a), kind
 
 
 def _yarn(rp: Mapping[str, Any], dim: int, base: float, original: int, max_pos: int | None):
@@ -138,10 +147,21 @@ def rotary_from_spec(rope: Any, config: Mapping[str, Any]) -> Rotary | None:
     text = config.get("text_config")
     if original is None and isinstance(text, Mapping):
         original = text.get("original_max_position_embeddings")
-    inv, a, kind = inverse_frequencies(
-        rope.theta, rope.rotary_dim, rope.scaling, rope.max_position_embeddings, original
-    )
-    return Rotary(inv, a, bool(rope.interleaved), kind, int(getattr(rope, "rotary_start", 0) or 0))
+    original = positions("original_max_position_embeddings", original)
+    scaling = json.dumps(rope.scaling, sort_keys=True, default=repr)
+    return _rotary(rope.theta, rope.rotary_dim, scaling, rope.max_position_embeddings, original,
+                   bool(rope.interleaved), int(getattr(rope, "rotary_start", 0) or 0))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _rotary(theta, rotary_dim, scaling: str, max_pos, original, interleaved: bool, start: int) -> Rotary:
+    """One Rotary per distinct setting, shared by the layers that have it (read-only frequencies).
+
+    The float32 torch computation costs ~0.4 ms: a 4096-layer config must not spend seconds on it.
+    """
+    inv, a, kind = inverse_frequencies(theta, rotary_dim, json.loads(scaling), max_pos, original)
+    inv.flags.writeable = False
+    return Rotary(inv, a, interleaved, kind, start)
 
 
 def rotate_key_rows(y: np.ndarray, delta: int, rotary: Rotary, out: np.ndarray | None = None) -> np.ndarray:
