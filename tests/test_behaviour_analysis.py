@@ -54,7 +54,8 @@ def test_planted_relation_is_found_and_said():
     others = table[(table["score"] != "previous_token") & table["significant"]]
     assert len(others) == 0
     sentence = table.loc[table["score"] == "previous_token", "conclusion"].iloc[0]
-    assert sentence.startswith("the previous-token score is predicted by stable_rank")
+    assert sentence.startswith("the previous-token score is predicted by stable_rank (spearman_rho 0.8")
+    assert "; AUC 0.9" in sentence and "for previous-token heads, adjusted p" in sentence
     assert table.loc[table["score"] == "induction", "conclusion"].iloc[0].startswith("no spectral metric predicts the induction score")
     assert "next_token" not in set(table["score"])  # a score no row has is not tested
 

@@ -284,9 +284,11 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
             if lead["statistic"] == "spearman_rho" and math.isfinite(lead["ci_low"]):
                 text += f", 95% CI {lead['ci_low']:.2f} to {lead['ci_high']:.2f}"
             auc = rows[(rows["predictor"] == lead["predictor"]) & (rows["statistic"] == "roc_auc")]
+            text += f", adjusted p {_fmt_p(lead['p_adjusted'])}"
             if len(auc):
-                text += f"; AUC {auc['value'].iloc[0]:.2f} for {auc['auc_head_kind'].iloc[0]}s"
-            text += f", adjusted p {_fmt_p(lead['p_adjusted'])})"
+                text += (f"; AUC {auc['value'].iloc[0]:.2f} for {auc['auc_head_kind'].iloc[0]}s, "
+                         f"adjusted p {_fmt_p(auc['p_adjusted'].iloc[0])}")  # fmt: skip
+            text += ")"
             others = sorted(set(metric_hits["predictor"]) - {lead["predictor"]})
             parts.append(text + (f", also {', '.join(others)}" if others else ""))
         class_hits = hits[hits["kind"] == "classes"]

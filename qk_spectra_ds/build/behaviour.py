@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import resource
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -315,6 +314,8 @@ def load_model(source, config: Mapping[str, Any], weights_dtype: str, device: st
 
 
 def _peak_memory(device: str, torch) -> tuple[float, str]:
+    import resource
+
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**20, "GPU peak allocated"
     scale = 1.0 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB on Linux
@@ -386,18 +387,21 @@ def behaviour_columns(layers: Sequence[int], heads: Sequence[int], result: Behav
     return columns
 
 
-def stored_probe(path) -> tuple | None:
-    """The probe key (seed, sequences, length, local_window) a model file's scored rows hold; None if unscored or unreadable."""
-    try:
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
+def checkpoint_dtype(checkpoint, names: Mapping[str, str]) -> str:
+    """The checkpoint's dtype: the one most of its bytes are stored in (norms kept in float32 beside bf16 weights do not count)."""
+    size: dict[str, int] = {}
+    for info in checkpoint.tensors.values():
+        size[info.dtype] = size.get(info.dtype, 0) + info.end - info.start
+    dtype = max(size, key=size.get) if size else "F32"
+    return names.get(dtype, dtype)
 
-        if not set(schema.PROBE_COLUMNS) <= set(pq.read_schema(path).names):
-            return None
-        table = pq.read_table(path, columns=list(schema.PROBE_COLUMNS)).filter(pc.is_valid(pc.field("probe_seed")))
-        if not table.num_rows:
-            return None
-        keys = {tuple(row[c] for c in schema.PROBE_COLUMNS) for row in table.to_pylist()}
-        return keys.pop() if len(keys) == 1 else ("mixed",)
-    except Exception:
-        return ("unreadable",)
+
+def add_behaviour_columns(columns: dict[str, Any], result: BehaviourResult) -> dict[str, Any]:
+    """Fill a model's behaviour and probe columns in place: qk rows only (every variant of a head), null elsewhere."""
+    circuits = columns.get("circuit")
+    measured = None if circuits is None else [c == schema.CIRCUIT_QK for c in circuits]
+    columns.update(behaviour_columns(list(columns["layer"]), list(columns["head"]), result, measured))
+    log.info("%s: behaviour scores in %.1f s, %s %.0f MB", columns["model_id"][0] if len(columns["model_id"]) else "?",
+             result.seconds, result.memory_kind, result.peak_memory_mb)
+    return columns
+
