@@ -129,9 +129,10 @@ class CardError(DatasetRepoError):
 
 
 def model_slug(model_id: str) -> str:
-    """File-name-safe slug of a model id: ``Qwen/Qwen3-0.6B`` -> ``Qwen--Qwen3-0.6B``."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id.strip().strip("/").replace("/", "--"))
-    return slug.strip("-.") or "model"
+    """File-name stem of a model id, injective (:func:`qk_spectra_ds.naming.model_slug`): ``Qwen/Qwen3-0.6B`` -> ``Qwen--Qwen3-0.6B``."""
+    from .naming import model_slug as injective_slug
+
+    return injective_slug(model_id)
 
 
 _BAD_FAMILY_CHARS = '<>:/\\|?*[]'  # datasets refuses <>:/\|?* in config names; [] would be a glob

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..dataset_repo import model_slug
+from ..naming import model_slug
 from .loading import AnalysisError, model_names
 
 LEGACY_NOTE = "legacy: the original study's spectra, with its SVD factor pairing error"

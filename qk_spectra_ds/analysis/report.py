@@ -44,7 +44,8 @@ from .. import __version__
 
 from . import consensus, features, html_report, layer_stats, layer_tests, taxonomy
 from ..atomic import write_text
-from ..dataset_repo import model_slug
+from ..markdown_text import md_code, md_text
+from ..naming import model_slug
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
 
 TABLES = "tables"
@@ -641,6 +642,7 @@ def render_index(
         undefined=jinja2.StrictUndefined, autoescape=False,
     )  # fmt: skip
     env.filters["fmt"] = format_value
+    env.filters["md"], env.filters["code"] = md_text, md_code  # user text (model ids, names) shown as itself
     joint = outputs.frames.get("taxonomy_classes")
     variants = model_variants(frame) if len(frame) else {}
     text = env.get_template(INDEX_TEMPLATE).render(
