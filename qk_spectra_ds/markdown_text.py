@@ -3,7 +3,8 @@
 index.md and the dataset card are rendered by viewers (GitHub, the Hub, any CommonMark
 renderer): a model id such as ``<script>...`` or ``a|b`` must show as itself, never as HTML, a
 link, emphasis or a broken table. :func:`md_text` backslash-escapes every ASCII punctuation mark
-with an inline meaning (CommonMark lets any ASCII punctuation be escaped) and turns line breaks
+with an inline meaning (CommonMark lets any ASCII punctuation be escaped; ``n_heads`` keeps its
+underscore, which cannot emphasize inside a word) and turns line breaks
 and other control characters into spaces; :func:`md_code` makes a code span whose fence is
 longer than any backtick run inside. Dots, hyphens and slashes are left alone, so ordinary ids
 read as they are (``Qwen/Qwen3-0.6B``).
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import re
 
-_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#!|~&$])")
+_SPECIAL = re.compile(r"([\\`*{}\[\]()<>#!|~&$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+"""Punctuation with an inline meaning; ``_`` only where it could open or close emphasis (never inside a word)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 

@@ -119,3 +119,32 @@ def test_index_md_shows_hostile_ids_as_text(hostile_report):
     assert any(h.startswith("org/m ") for h in headings) and any(h.startswith("org--m ") for h in headings)
     alts = re.findall(r'<img src="[^"]*" alt="([^"]*)"', html)
     assert any(a.startswith("&lt;script&gt;") for a in alts), alts
+
+
+MARKDOWN_HOSTILE = HOSTILE + [
+    "[x](javascript:alert(1))", "![i](http://e/x.png)", "**b** _i_ ~~s~~ `c` ``d``", "&amp; &lt;", "\\<b>\\", "a\r\nb",
+    "<img src=x onerror=alert(1)>", "http://example.com", "# h", "> q", "1. l", "| a | b |", "$x$", "{{ x }}", "__init__",
+]  # fmt: skip
+
+
+def _shown(text: str) -> str:
+    """What a viewer should show: the text itself, on one line, HTML-escaped as markdown-it escapes text."""
+    import html
+
+    return html.escape(re.sub(r"[\x00-\x1f\x7f]+", " ", text).replace("\0", " "), quote=True).replace("&#x27;", "'")
+
+
+def test_md_text_and_md_code_render_as_the_text_itself():
+    from markdown_it import MarkdownIt
+
+    from qk_spectra_ds.markdown_text import md_code, md_text
+
+    md = MarkdownIt("commonmark").enable("table")
+    for text in MARKDOWN_HOSTILE:
+        shown = _shown(text)
+        assert md.renderInline(md_text(text)) == shown, (text, md_text(text))
+        code = md.renderInline(md_code(text))
+        assert code.startswith("<code>") and code.endswith("</code>") and "<" not in code[6:-7], (text, code)
+        cell = md.render(f"| model |\n| --- |\n| {md_text(text)} |\n")
+        assert re.search(r"<td>(.*?)</td>", cell, re.DOTALL).group(1).strip() == shown.strip(), (text, cell)
+        assert md.render(f"### {md_text(text)}\n").strip() == f"<h3>{shown.strip()}</h3>", text
