@@ -40,11 +40,11 @@ ONE_CLASS = "all heads (one population)"
 
 
 def relative_depth(rows: pd.DataFrame) -> np.ndarray:
-    """``layer / (n_layers - 1)`` (0 = first layer, 1 = last); ``n_layers`` from the column, else max layer + 1."""
+    """``layer / (n_layers - 1)`` per row (0 = first layer, 1 = last); ``n_layers`` from the column, else max layer + 1."""
     layers = rows["layer"].to_numpy(dtype=np.float64)
-    n = rows["n_layers"].dropna() if "n_layers" in rows else pd.Series(dtype=float)
-    n_layers = float(n.iloc[0]) if len(n) else float(layers.max()) + 1
-    return layers / max(n_layers - 1.0, 1.0)
+    n = rows["n_layers"].to_numpy(dtype=np.float64) if "n_layers" in rows else np.full(len(layers), np.nan)
+    n = np.where(np.isfinite(n), n, layers.max() + 1)  # per row: pooled models differ in depth
+    return layers / np.maximum(n - 1.0, 1.0)
 
 
 def auc_with_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:

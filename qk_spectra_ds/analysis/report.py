@@ -328,6 +328,14 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
         plots.plot_taxonomy_depth(joint, family_dir_path / names[1], title=f"{family}: class shares by relative depth",
                                   order=order, dpi=params.dpi, variant=variant)  # fmt: skip
         out["figures"] = names
+        if params.method == "consensus":  # the default method's joint classes: structure test first, k = 1 possible
+            from . import joint_consensus
+
+            t2 = time.perf_counter()
+            fitted = joint_consensus.joint_consensus(heads, params.features, params.k, params.n_bins, params.quantile,
+                                                     params.seed, params.n_bands)  # fmt: skip
+            out["frames"].update(fitted["frames"])
+            out["timings"]["taxonomy consensus"] = time.perf_counter() - t2
         out["timings"]["taxonomy"] = t1 - t0
         out["timings"]["taxonomy figures"] = time.perf_counter() - t1
     out["warnings"] = _recorded(caught)
@@ -494,6 +502,26 @@ def _store_taxonomy(outputs: Outputs, result: dict[str, Any], variants: dict[str
     _add_timings(outputs, [result], scope="joint")
 
 
+def _store_crosswalk(outputs: Outputs) -> None:
+    """``tables/crosswalk.csv``: each model's consensus classes against the joint ones, the original's joint KMeans
+    against the joint consensus (heads per pair of classes, ARI per model); default method only."""
+    from .joint_consensus import crosswalk
+
+    joint = outputs.frames.get("taxonomy_consensus_labels")
+    if joint is None:
+        return
+    parts = []
+    if outputs.frames.get("consensus_labels") is not None:
+        parts.append(crosswalk(outputs.frames["consensus_labels"], joint, "per-model consensus", "joint consensus"))
+    if outputs.frames.get("taxonomy_labels") is not None:
+        parts.append(crosswalk(outputs.frames["taxonomy_labels"], joint, "joint original KMeans", "joint consensus"))
+    if parts:
+        table = pd.concat(parts, ignore_index=True)
+        write_table(table, outputs.family_dir / TABLES / "crosswalk.csv")
+        outputs.tables["crosswalk"] = f"{TABLES}/crosswalk.csv"
+        outputs.frames["crosswalk"] = table
+
+
 def run_clusters(
     frame: pd.DataFrame, out: str | os.PathLike, family: str, params: Params | None = None,
     jobs: int | None = None, progress: bool = True, outputs: Outputs | None = None,
@@ -620,14 +648,23 @@ def _consensus_section(outputs: Outputs, model: str) -> dict:
         "figure": figure[0] if figure else None,
         "positional": by_offset[0] if by_offset else None,
         "k": chosen,
-        "classes": _rows_of(outputs, "consensus_classes", model, ["class", "n_heads", "share", "confidence_mean"]),
+        "classes": _rows_of(outputs, "consensus_classes", model, ["class", "name", "n_heads", "share", "confidence_mean"]),
+        "structure": _rows_of(outputs, "structure", model, ["statistic", "null_median", "null_q05", "p_value", "n_draws",
+                                                            "seed", "conclusion", "k"]),
+        "metrics": _rows_of(outputs, "class_metrics", model, ["class", "metric", "class_median", "class_q25", "class_q75",
+                                                              "others_median", "auc_vs_others", "auc_low", "auc_high"]),
         "stability": _rows_of(outputs, "stability", model, ["perturbation", "n", "ari_median", "ari_min", "ari_q05", "ari_q95"]),
         "null": _rows_of(outputs, "null_classes", model, ["class", "n_heads", "median_ks_distance", "median_fraction_outside",
                                                           "mc_ks_q99", "distinguishable_from_gaussian",
                                                           "distinguishable_from_null_variant"]),
         "variants": _rows_of(outputs, "variants_ari", model, ["variant_a", "variant_b", "n_heads", "k_a", "k_b", "ari"]),
-        "tests": _rows_of(outputs, "layer_tests", model, ["stat", "n_layers", "p_bds_asymptotic", "p_bds_permutation_holm",
-                                                          "trend_rho", "p_trend_permutation_holm", "survives", "note"]),
+        "tests": _rows_of(outputs, "layer_tests", model, ["stat", "n_layers", "bds", "p_bds_permutation_holm",
+                                                          "p_bds_permutation_holm_all", "trend_rho", "trend_rho_low",
+                                                          "trend_rho_high", "p_trend_permutation_holm",
+                                                          "p_trend_permutation_holm_all", "profile_r2",
+                                                          "p_profile_permutation_holm", "p_profile_permutation_holm_all",
+                                                          "survives", "note"]),
+        "power": _rows_of(outputs, "layer_tests", model, ["power_note"]),
     }  # fmt: skip
 
 
@@ -657,6 +694,7 @@ def render_index(
         joint_classes=None if joint is None else joint.drop(columns="variant", errors="ignore"),
         joint_variant=None if joint is None or "variant" not in joint else "+".join(sorted(set(map(str, joint["variant"])))),
         joint_figures=outputs.figures.get("taxonomy", []),
+        joint_consensus={name: outputs.frames.get(name) for name in JOINT_CONSENSUS_TABLES if outputs.frames.get(name) is not None},
         models=[
             {**_model_section(m, outputs.figures.get(m, []), outputs.frames.get("classes"), outputs.frames.get("bds")),
              "consensus": _consensus_section(outputs, m), "variant": variants.get(m)}
@@ -681,7 +719,11 @@ def write_index(
 ORIGINAL_TABLES = ("classes", "labels", "bds")
 """The tables only ``--method original`` writes (order-dependent KMeans, asymptotic BDS)."""
 
-DEFAULT_ONLY_TABLES = (*CONSENSUS_TABLES, "layer_tests", "positional")
+JOINT_CONSENSUS_TABLES = ("taxonomy_structure", "taxonomy_k_selection", "taxonomy_consensus_classes",
+                          "taxonomy_consensus_labels", "taxonomy_stability", "crosswalk")
+"""The default method's joint taxonomy (``joint_consensus``) and the crosswalk between class systems."""
+
+DEFAULT_ONLY_TABLES = (*CONSENSUS_TABLES, *JOINT_CONSENSUS_TABLES, "layer_tests", "positional")
 """The tables only the default method writes."""
 
 
@@ -827,6 +869,7 @@ def run_report(
     taxonomy_result = results.pop(JOINT_TASK)
     _store_models(outputs, list(results.values()), True, True, params.method)
     _store_taxonomy(outputs, taxonomy_result, variants)
+    _store_crosswalk(outputs)
     if positional_rows is not None:
         t2 = time.perf_counter()
         _store_positional(outputs, positional_rows, params, log)
