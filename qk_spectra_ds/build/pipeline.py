@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__, dataset_repo, schema
 
-from . import catalog
+from . import catalog, skip_key
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
 from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
@@ -47,8 +47,9 @@ class ModelResult:
     error: str | None = None
     revision: str | None = None
     n_rows: int = 0
-    bytes_fetched: int = 0
+    bytes_fetched: int = 0  # distinct bytes of the checkpoint read, each byte once
     checkpoint_bytes: int = 0
+    bytes_transferred: int = 0  # every read counted (a local model's revision pre-pass reads its Q/K a second time)
     timings: dict[str, float] = field(default_factory=dict)
     variants: tuple[str, ...] = (schema.VARIANT_RAW,)
 
@@ -85,8 +86,9 @@ def build_model(
     The skip key is exact: ``model_revision`` (a Hub commit, or for a local
     folder the digest of every byte its rows depend on, see
     :func:`local_revision_prepass`) and ``method_version``
-    (:data:`schema.METHOD_VERSION`), with the same variants and, for the null variant,
-    the same ``null_seed``; the package version plays no part.
+    (:data:`schema.METHOD_VERSION`), and every option that changes rows
+    (:data:`skip_key.ROW_OPTIONS`: variants, offsets, the null variant's seed) as
+    the file holds it; the package version plays no part.
 
     ``taken_ids`` maps the model ids already built in this run to their specs: a
     second model with the same id (two local folders of one name, one Hub id at
@@ -170,9 +172,10 @@ def build_model(
     result = ModelResult(source.model_id, "built", revision=revision)
 
     previous = dataset_repo.existing_build(out_dir, family, source.model_id)
-    if (not force and is_up_to_date(previous, revision) and held_variants(out_dir, family, source.model_id) == set(variants)
-            and (schema.VARIANT_NULL not in variants or previous.get("null_seed") == null_seed)):
-        result.status, result.path, result.n_rows = "skipped", dataset_repo.model_path(out_dir, family, source.model_id), previous["n_rows"]
+    model_file = dataset_repo.model_path(out_dir, family, source.model_id)
+    if (not force and is_up_to_date(previous, revision)
+            and skip_key.held_key(model_file) == skip_key.wanted_key(variants=variants, offsets=offsets, null_seed=null_seed)):
+        result.status, result.path, result.n_rows = "skipped", model_file, previous["n_rows"]
         return result
 
     device = device or default_device()
@@ -232,7 +235,8 @@ def build_model(
     result.n_rows = len(layers) * shape.n_heads * len(variants)
     result.variants = tuple(variants)
     result.timings = timings
-    result.bytes_fetched = source.fetched.total
+    result.bytes_fetched = source.reads.distinct_bytes()
+    result.bytes_transferred = source.fetched.total
     result.checkpoint_bytes = checkpoint.total_bytes()
     return result
 
@@ -419,12 +423,6 @@ def check_variants(variants: Sequence[str] | None) -> tuple[str, ...]:
     if unknown or not chosen:
         raise BuildError(f"--variants {','.join(chosen)!r}: choose among {', '.join(schema.BUILT_VARIANTS)}")
     return tuple(v for v in schema.BUILT_VARIANTS if v in chosen)
-
-
-def held_variants(out_dir, family: str, model_id: str) -> set[str] | None:
-    """The variants the model's existing file holds (None if none or unreadable)."""
-    path = dataset_repo.model_path(out_dir, family, model_id)
-    return dataset_repo.table_variants(path) if path.exists() else None
 
 
 def layer_rotaries(
@@ -694,10 +692,17 @@ def summarize(results: Iterable[ModelResult]) -> str:
         else:
             lines.append(
                 f"built   {r.model_id}: {r.n_rows} rows ({r.n_rows // len(r.variants)} heads x {len(r.variants)} variants) -> {r.path} | fetched {_mb(r.bytes_fetched)} of "
-                f"{_mb(r.checkpoint_bytes)} ({100 * r.fetched_share:.1f}%) | "
+                f"{_mb(r.checkpoint_bytes)} ({100 * r.fetched_share:.1f}%{_rereads(r)}) | "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items())
             )
     return "\n".join(lines)
+
+
+def _rereads(r: ModelResult) -> str:
+    """``; read twice: ...`` when the bytes read exceed the distinct bytes by more than 1% (say why, never add them up)."""
+    if r.bytes_transferred <= 1.01 * r.bytes_fetched:
+        return ""
+    return f"; {_mb(r.bytes_transferred)} read in all: a local model's revision digest reads its weights once before a rebuild, a Hub retry reads again"
 
 
 def _mb(n: int) -> str:

@@ -68,6 +68,7 @@ class ReadLog:
 
     def __init__(self) -> None:
         self._ranges: dict[tuple[str, int, int], str] = {}
+        self._whole: dict[str, int] = {}  # size of each file read whole
         self._lock = threading.Lock()
 
     def record(self, model_id: str, filename: str, start: int, stop: int, data: bytes) -> None:
@@ -75,12 +76,29 @@ class ReadLog:
         key = (filename, start, stop)
         with self._lock:
             previous = self._ranges.setdefault(key, digest)
+            if stop == WHOLE_FILE:
+                self._whole[filename] = len(data)
         if previous != digest:
             where = "" if stop == WHOLE_FILE else f" (bytes {start}-{stop - 1})"
             raise ModelSourceError(
                 f"{model_id}: {filename} changed while it was being read{where}: rerun when the model's files "
                 "no longer change"
             )
+
+    def distinct_bytes(self) -> int:
+        """Bytes read, each byte once: the union of the ranges per file (a range read twice counts once)."""
+        with self._lock:
+            keys = sorted(self._ranges)
+        total, last = 0, {}
+        for filename, start, stop in keys:
+            if stop == WHOLE_FILE:
+                total += self._whole.get(filename, 0)
+                continue
+            begin = max(start, last.get(filename, 0))
+            if stop > begin:
+                total += stop - begin
+            last[filename] = max(last.get(filename, 0), stop)
+        return total
 
     def digest(self) -> str:
         """sha256 over the sorted (file, start, stop, sha256 of the bytes) records."""
