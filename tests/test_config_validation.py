@@ -187,6 +187,7 @@ PATTERN_CASES = {
         {"model_type": "gptj", "n_layer": 2, "n_head": 4, "n_embd": 32, "max_position_embeddings": -1},
         ["max_position_embeddings is -1"],
     ),
+    "odd-head-fully-rotated": ({**LLAMA, "hidden_size": 36}, ["partial_rotary_factor is 1.0 on heads of 9 rotary dims"]),
     "next-predict-layers-negative": (
         {"model_type": "deepseek_v3", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 32,
          "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "kv_lora_rank": 16, "num_nextn_predict_layers": -1},

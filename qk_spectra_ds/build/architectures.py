@@ -332,6 +332,11 @@ def rope_spec(
     max_pos = config_checks.positions("max_position_embeddings", config.get("max_position_embeddings"))
     original = config_checks.positions("original_max_position_embeddings", config.get("original_max_position_embeddings"))
     rotary_dim = int(d_rot * partial)
+    if rotary_dim % 2 and rotary_dim == d_rot:  # transformers rounds an odd partial width up: a whole head cannot be
+        raise CheckpointError(
+            f"config.json: partial_rotary_factor is {_shown(partial)} on heads of {d_rot} rotary dims, but rotary "
+            "embeddings rotate pairs of dims: an odd head cannot rotate whole (check head_dim, hidden_size / num_attention_heads)"
+        )
     config_checks.rope_scaling(
         where, scaling, rotary_dim=rotary_dim, max_position_embeddings=max_pos, original_max_position_embeddings=original
     )
