@@ -111,7 +111,7 @@ LLAMA_CASES = {
         {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": -20.0,
                           "mscale_all_dim": 1.0}},
         ["rope_scaling.mscale is -20.0"],
-    ),  # fmt: skip
+    ),
     "yarn-attention-factor-zero": (
         {"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32, "attention_factor": 0}},
         ["rope_scaling.attention_factor is 0"],
@@ -192,7 +192,7 @@ PATTERN_CASES = {
         {"model_type": "deepseek_v3", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 32,
          "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "kv_lora_rank": 16, "num_nextn_predict_layers": -1},
         ["num_nextn_predict_layers is -1"],
-    ),  # fmt: skip
+    ),
 }
 
 
