@@ -313,22 +313,3 @@ def test_cpu_gram_and_per_core_chunks_match_direct_products():
         assert np.max(np.abs(got.singular_values[h] - ref) / ref) <= 1e-9
         mu = np.linalg.eigvals(k[h].numpy() @ q[h].numpy().T)
         assert got.positivity[h] == pytest.approx(mu.real.sum() / np.abs(mu).sum(), rel=1e-9)
-
-
-def test_device_batch_path_matches_per_core_path():
-    """The GPU code path (device batch, then small problems on the CPU), run here on CPU tensors."""
-    import torch
-
-    from qk_spectra_ds.build import kernel
-
-    gen = torch.Generator().manual_seed(1)
-    q = torch.randn(6, 16, 40, dtype=torch.float64, generator=gen)
-    k = torch.randn(2, 16, 40, dtype=torch.float64, generator=gen)
-    k[1, -1] = k[1, 0]  # a singular Gram matrix: the QR fallback on both paths
-    for with_positivity in (True, False):
-        chunks = kernel._per_core_chunks(q, k, 3, with_positivity)
-        batch = kernel._device_batch(q, k, 3, with_positivity)
-        assert len(batch) == len(chunks)
-        for (sv_a, mu_a), (sv_b, mu_b) in zip(chunks, batch):
-            assert torch.allclose(sv_a, sv_b, rtol=1e-10, atol=1e-12)
-            assert (mu_a is None) == (mu_b is None) == (not with_positivity)

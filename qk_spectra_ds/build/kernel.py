@@ -9,17 +9,16 @@ d_head x d_head problems, latency-bound there, run on the CPU cores.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator, TypeVar
 
 import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
 from ..statistics import positivity_from_eigenvalues
-from .spectra import LayerSpectra, cross_matrices, query_matrices, r_factors, small_problems
+from . import raw_numpy
+from .spectra import LayerSpectra, cross_matrices, query_matrices, r_factors
 
 T = TypeVar("T")
 _BLAS = ThreadpoolController()
@@ -50,58 +49,35 @@ def qk_layer_spectra(q: torch.Tensor, k: torch.Tensor, with_positivity: bool = T
     if n_heads % n_kv:
         raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} key heads")
     group = n_heads // n_kv
-    run = _per_core_chunks if q.device.type == "cpu" else _device_batch
-    parts = run(q, k, group, with_positivity)
-    singular_values = torch.cat([sv for sv, _ in parts]).numpy()
-    if with_positivity:
-        positivity = positivity_from_eigenvalues(torch.cat([mu for _, mu in parts]).numpy())
-    else:
-        positivity = np.full(n_heads, np.nan)
-    return LayerSpectra(singular_values, positivity)
-
-
-def _per_core_chunks(q: torch.Tensor, k: torch.Tensor, group: int, with_positivity: bool) -> list:
-    """CPU: each core takes a contiguous chunk of heads through every step, single-threaded."""
-    with _single_threaded():
-        lk = torch.cat(_per_core(lambda kv: r_factors(k[kv.start : kv.stop], kv.start, group), k.shape[0]))
-        return _per_core(
-            lambda heads: small_problems(*query_matrices(q, k, lk, heads, group, with_positivity)), q.shape[0]
-        )
+    if q.device.type == "cpu":  # numpy's per-core route, the same numbers as a torch-free raw build
+        return raw_numpy.raw_layer_spectra(q.numpy(), k.numpy(), with_positivity)
+    parts = _device_batch(q, k, group, with_positivity)
+    singular_values = np.concatenate([sv for sv, _ in parts])
+    if not with_positivity:
+        return LayerSpectra(singular_values, np.full(n_heads, np.nan))
+    mu = np.concatenate([mu for _, mu in parts])
+    return LayerSpectra(singular_values, positivity_from_eigenvalues(mu), eigenvalues=mu)
 
 
 def _device_batch(q: torch.Tensor, k: torch.Tensor, group: int, with_positivity: bool) -> list:
-    """GPU: the O(d_model) work as one batch on the device, then the small problems on the CPU cores."""
+    """GPU: the O(d_model) work as one batch on the device, then the small problems on the CPU cores.
+
+    cuSOLVER's batched SVD/eigh are Jacobi kernels for at most 32 x 32 (torch loops matrix by
+    matrix above that) and torch's eigvals runs through MAGMA on the host: the d_head x d_head
+    problems (64 to 256) go to LAPACK, one thread per core (numpy, as on the CPU route).
+    ``benchmarks/bench_gpu.py`` times both sides of that choice on the device it runs on.
+    """
     core, cross = query_matrices(q, k, r_factors(k, 0, group), range(q.shape[0]), group, with_positivity)
-    core, cross = core.cpu(), None if cross is None else cross.cpu()
+    core, cross = core.cpu().numpy(), None if cross is None else cross.cpu().numpy()
     with _single_threaded():
         return _per_core(
-            lambda h: small_problems(core[h.start : h.stop], None if cross is None else cross[h.start : h.stop]),
+            lambda h: raw_numpy.core_problems(core[h.start : h.stop], None if cross is None else cross[h.start : h.stop]),
             q.shape[0],
         )
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _per_core(fn: Callable[[range], T], n: int) -> list[T]:
-    """``fn`` over contiguous ranges splitting ``range(n)``, one per CPU core, in threads.
-
-    torch and numpy release the GIL in BLAS and LAPACK, so the chunks run in parallel.
-    """
-    global _POOL
-    workers = min(_cores(), n)
-    bounds = [round(i * n / workers) for i in range(workers + 1)]
-    chunks = [range(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-    if workers <= 1:
-        return [fn(chunk) for chunk in chunks]
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="qk-kernel")
-    return list(_POOL.map(fn, chunks))
-
-
-def _cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_per_core = raw_numpy.per_core  # one thread pool for both kernels
+_cores = raw_numpy.cores
 
 
 @contextmanager
@@ -166,10 +142,14 @@ def _variant_factors_cpu(q, k, group, plan, want_folded) -> dict:
     n_heads, n_kv = q.shape[0], k.shape[0]
     factors = {}
     with _single_threaded():
-        if RAW in plan.variants:
-            factors["lk"] = torch.cat(_per_core(lambda kv: r_factors(k[kv.start : kv.stop], kv.start, group), n_kv))
-            factors["lq"] = torch.cat(_per_core(lambda h: r_factors(q[h.start : h.stop], h.start), n_heads))
-            factors["cross"] = torch.cat(_per_core(lambda h: cross_matrices(q, k, h, group), n_heads))
+        if RAW in plan.variants:  # numpy's functions: raw rows identical to a torch-free raw build
+            qn, kn = q.numpy(), k.numpy()
+            for name, fn, n in (
+                ("lk", lambda kv: raw_numpy.r_factors(kn[kv.start : kv.stop], kv.start, group), n_kv),
+                ("lq", lambda h: raw_numpy.r_factors(qn[h.start : h.stop], h.start), n_heads),
+                ("cross", lambda h: raw_numpy.cross_matrices(qn, kn, h, group), n_heads),
+            ):
+                factors[name] = torch.from_numpy(np.concatenate(_per_core(fn, n)))
         if want_folded:
             f = plan.folding
             fq, fk = plan.folded_blocks or (q, k)
@@ -204,8 +184,10 @@ def _variant_small_problems(factors, heads: range, group: int, plan, want_folded
     out = {}
     if RAW in plan.variants:
         lq_t = factors["lq"][heads.start : heads.stop].transpose(-1, -2)
-        sv = torch.linalg.svdvals(lq_t @ factors["lk"][kv_index]).numpy()
-        mu = torch.linalg.eigvals(factors["cross"][heads.start : heads.stop]).numpy()
+        sv, mu = raw_numpy.small_problems(
+            factors["lq"][heads.start : heads.stop].numpy(), factors["lk"].numpy(),
+            factors["cross"][heads.start : heads.stop].numpy(), heads, group,
+        )  # fmt: skip
         pos = positional_singular_values(lq_t, factors["lk"], kv_index, plan.rotary, plan.offsets, sv) if positional else None
         out[RAW] = (sv, mu, pos)
     if not want_folded:

@@ -98,8 +98,7 @@ def build_model(
     up to max_position_embeddings; ``[]``: no positional spectra) choose the rows:
     one per (layer, head, variant), see :mod:`.variants`.
     """
-    torch = require_build_extra()
-    from .kernel import default_device
+    from . import route
     from .memory import fix_mmap_threshold
 
     fix_mmap_threshold()  # freed per-layer buffers go back to the OS: flat memory over the layers
@@ -126,7 +125,12 @@ def build_model(
     layers = [f.layer for f in facts]
     asked = variants is not None
     variants = check_variants(variants)
-    rotaries, offsets = layer_rotaries(arch, config, offsets, source.model_id)
+    if not route.numpy_route(variants, offsets, device or route.default_device()):
+        require_build_extra()  # one line if torch is missing (rotary frequencies, folded/null, GPU)
+    if route.numpy_route(variants, offsets, "cpu"):
+        rotaries, offsets = {}, ()  # raw rows without positional spectra need no rotary (nor torch)
+    else:
+        rotaries, offsets = layer_rotaries(arch, config, offsets, source.model_id)
     checkpoint = Checkpoint(source)
     if any(v in variants for v in (schema.VARIANT_FOLDED, schema.VARIANT_NULL)):
         problem = folding_problem(checkpoint, config, layers)
@@ -163,7 +167,10 @@ def build_model(
         return (qk, folding), time.perf_counter() - t0
 
     dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
-    if source.revision is None:
+    previous = dataset_repo.existing_build(out_dir, family, source.model_id)
+    if source.revision is None and (force or previous is None):
+        revision = None  # nothing to skip against: the digest of the build's own reads, one pass over the bytes
+    elif source.revision is None:
         t0 = time.perf_counter()
         revision = local_revision_prepass(source, read_layer, layers)
         timings["digest"] = time.perf_counter() - t0
@@ -171,15 +178,14 @@ def build_model(
         revision = source.revision
     result = ModelResult(source.model_id, "built", revision=revision)
 
-    previous = dataset_repo.existing_build(out_dir, family, source.model_id)
     model_file = dataset_repo.model_path(out_dir, family, source.model_id)
-    if (not force and is_up_to_date(previous, revision)
+    if (not force and revision is not None and is_up_to_date(previous, revision)
             and skip_key.held_key(model_file) == skip_key.wanted_key(variants=variants, offsets=offsets, null_seed=null_seed)):
         result.status, result.path, result.n_rows = "skipped", model_file, previous["n_rows"]
         return result
 
-    device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    device = device or route.default_device()
+    if device.startswith("cuda") and not require_build_extra().cuda.is_available():
         raise QKSpectraError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
 
     spectra_by_variant: dict[str, list] = {v: [] for v in variants}
@@ -195,11 +201,11 @@ def build_model(
             if row + 1 < len(layers):
                 pending = pool.submit(read_layer, layers[row + 1])
             tensor_names.extend(t.name for t in qk.tensors)
-            plan = layer_plan(variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed, device)
+            plan = None if route.numpy_route(variants, offsets, device) else layer_plan(
+                variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed, device
+            )  # None: raw rows through numpy alone
             t0 = time.perf_counter()
-            q = torch.from_numpy(qk.q).to(device=device, dtype=torch.float64)
-            k = torch.from_numpy(qk.k).to(device=device, dtype=torch.float64)
-            for name, spectra in layer_variants_or_error(q, k, plan, source.model_id, layer).items():
+            for name, spectra in layer_variants_or_error(qk.q, qk.k, plan, source.model_id, layer, device).items():
                 spectra_by_variant[name].append(spectra)
             timings["kernel"] += time.perf_counter() - t0
 
@@ -256,17 +262,21 @@ def local_revision_prepass(source: ModelSource, read_layer, layers: Iterable[int
     rows depend on (Q/K rows now, norm gains or biases a variant reads there
     later) is in the digest, together with config.json and the headers read
     before. Each layer's arrays are dropped at once: memory stays one layer.
-    Cost: a local model's Q/K bytes are read twice when it is built (the second
-    time mostly from the OS page cache) and once when it is skipped; nothing
-    else of a shard is read. Hub models need no pre-pass: their commit names the bytes.
+    It runs only when the model's file exists (a rerun may skip it): then the Q/K
+    bytes are read once when it is skipped and twice when it is rebuilt (the second
+    time mostly from the OS page cache). A first build or --force reads them once,
+    hashed as the build reads them. Hub models need no pre-pass: their commit names the bytes.
     """
     for layer in layers:
         read_layer(layer)
     return local_revision(source)
 
 
-def local_revision_after_build(source: ModelSource, before: str) -> str:
+def local_revision_after_build(source: ModelSource, before: str | None) -> str:
     """The revision to record once the rows are computed: the digest of everything read, pre-pass and build.
+
+    ``before`` None: no pre-pass ran (no file to skip against, or --force), so the bytes were
+    read and hashed once, by the build itself (the digest does not depend on the read order).
 
     A range read again with other bytes was refused as it was read (the files
     changed). If the build read ranges the pre-pass did not, the recorded
@@ -274,7 +284,7 @@ def local_revision_after_build(source: ModelSource, before: str) -> str:
     model is rebuilt each time rather than ever skipped on a partial digest).
     """
     after = local_revision(source)
-    if after != before:
+    if before is not None and after != before:
         log.warning("%s: the build read bytes its revision pre-pass did not; read_layer should read them", source.model_id)
     return after
 
@@ -361,7 +371,7 @@ def positional_columns(
     singular_values: np.ndarray, positional: Sequence[np.ndarray | None] | None, offsets: Sequence[int]
 ) -> dict[str, list]:
     """The positional columns (schema.OFFSET_COLUMNS), row-major over (layer, head); null where absent."""
-    from .variants import positional_summaries
+    from ..statistics import positional_summaries  # numpy only: a raw CPU build never imports torch
 
     n_layers, n_heads, _ = singular_values.shape
     columns: dict[str, list] = {name: [] for name in schema.OFFSET_COLUMNS}
@@ -501,13 +511,14 @@ def rotary_factor_gains(gains, rotary, n_heads: int, d_head: int) -> np.ndarray:
     return factor * (np.ones((n_heads, d_head)) if gains is None else gains)
 
 
-def layer_variants_or_error(q, k, plan, model_id: str, layer: int) -> dict:
-    """Every variant's spectra of a layer, or a one-line CheckpointError naming model, layer, head (and variant)."""
-    from .kernel import qk_layer_variants
+def layer_variants_or_error(q, k, plan, model_id: str, layer: int, device: str = "cpu") -> dict:
+    """Every variant's spectra of a layer (numpy Q, K blocks; plan None: raw through numpy alone, see :mod:`.route`),
+    or a one-line CheckpointError naming model, layer, head (and variant)."""
+    from .route import layer_spectra
     from .spectra import WeightRangeError, float32_storage_problem
 
     try:
-        spectra = qk_layer_variants(q, k, plan)
+        spectra = layer_spectra(q, k, plan, device)
     except WeightRangeError as exc:
         raise CheckpointError(f"{model_id}: layer {layer} {exc}") from None
     for name, values in spectra.items():
@@ -543,7 +554,7 @@ def build_family(
     variants = None if variants is None else check_variants(variants)  # None: every variant a model allows
     offsets = check_offsets(offsets)
     null_seed = check_null_seed(null_seed)
-    device = check_device(device, require_build_extra())
+    device = check_device(device)
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
     specs = list(dict.fromkeys(str(spec).strip() for spec in specs))  # the same spec twice is built once
     if shard is not None:
@@ -610,15 +621,19 @@ def require_build_extra():
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
-def check_device(device: str | None, torch) -> str:
-    """The device to compute on: ``device`` if torch can use it (None: cuda if present, else cpu), else a one-line error."""
-    from .kernel import default_device
+def check_device(device: str | None, torch=None) -> str:
+    """The device to compute on: ``device`` if torch can use it (None: cuda if present, else cpu), else a one-line error.
+
+    torch is imported only for a cuda device, or to look for one where GPU device files exist (:mod:`.route`).
+    """
+    from .route import default_device
 
     if device is None:
         return default_device()
     if not _DEVICE.fullmatch(str(device)):
         raise QKSpectraError(f"--device {device!r} is not cpu, cuda or cuda:N (N the index of a GPU)")
     if device.startswith("cuda"):
+        torch = torch or require_build_extra()
         if not torch.cuda.is_available():
             raise QKSpectraError(f"--device {device} was asked for but torch sees no CUDA device: use --device cpu")
         count = torch.cuda.device_count()

@@ -30,11 +30,14 @@ scheduled over CPU cores or a GPU is :mod:`qk_spectra_ds.build.kernel`'s job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: raw CPU builds never import it (raw_numpy)
+    import torch
 
 
 
@@ -111,6 +114,8 @@ class LayerSpectra:
 
     singular_values: np.ndarray  # (H, d_head), descending
     positivity: np.ndarray  # (H,)
+    positional: np.ndarray | None = None  # none here: the raw rows of a build without positional spectra
+    eigenvalues: np.ndarray | None = None  # (H, d_head) complex mu of the crosses, when computed
 
 
 def gram_matrices(w: torch.Tensor) -> torch.Tensor:
@@ -120,6 +125,8 @@ def gram_matrices(w: torch.Tensor) -> torch.Tensor:
     (syrk: half the flops of a general product, ~1.5x faster than torch's batched
     GEMM on the benchmark machine). On a GPU, one batched GEMM.
     """
+    import torch
+
     if w.device.type != "cpu":
         return w @ w.transpose(-1, -2)
     blocks = w.reshape(-1, *w.shape[-2:]).numpy()
@@ -139,6 +146,8 @@ def r_factors(w: torch.Tensor, first: int = 0, group: int = 0) -> torch.Tensor:
     QR of W^T for the heads where the Cholesky fails (singular Gram matrix) or
     is not accurate enough (:func:`qr_fallback`).
     """
+    import torch
+
     gram = gram_matrices(w)
     check_range(gram, w, first, group)
     lower, info = torch.linalg.cholesky_ex(gram)
@@ -159,18 +168,26 @@ def check_range(gram: torch.Tensor, w: torch.Tensor, first: int = 0, group: int 
     finite matrices.
     """
     g = gram.diagonal(dim1=-2, dim2=-1).amax(-1)
+    if bool(((g >= GRAM_FLOOR) & (g <= gram_ceiling(w.shape[-2]))).all()):
+        return
+    report_unsafe_blocks(g.cpu().numpy(), w.cpu().numpy(), first, group)
+
+
+def report_unsafe_blocks(g: np.ndarray, w: np.ndarray, first: int = 0, group: int = 0) -> None:
+    """Raise the :class:`WeightRangeError` of the first unsafe block (numpy ``g``, the largest squared row norms).
+
+    All-zero blocks are safe (their spectrum is exactly zero); shared by the torch and numpy kernels.
+    """
     ceiling = gram_ceiling(w.shape[-2])
     bad = ~((g >= GRAM_FLOOR) & (g <= ceiling))
-    if not bool(bad.any()):
-        return
-    for i in torch.nonzero(bad).flatten().tolist():
-        if float(g[i]) == 0.0 and not bool(w[i].any()):
+    for i in np.flatnonzero(bad).tolist():
+        if float(g[i]) == 0.0 and not w[i].any():
             continue  # an all-zero head block
         head = _head_name(first + i, group)
-        if not bool(torch.isfinite(w[i]).all()):
+        if not np.isfinite(w[i]).all():
             raise WeightRangeError(f"{head}: NaN or Inf weights: the checkpoint is corrupt")
         raise WeightRangeError(
-            f"{head}: weights up to {float(w[i].abs().max()):.1e} in absolute value (largest squared row norm "
+            f"{head}: weights up to {float(np.abs(w[i]).max()):.1e} in absolute value (largest squared row norm "
             f"{float(g[i]):.1e}) are outside what a float64 factorization handles safely (squared row norms "
             f"{GRAM_FLOOR:.1e} to {ceiling:.1e}): the checkpoint is corrupt or mis-scaled"
         )
@@ -193,6 +210,8 @@ def qr_fallback(gram: torch.Tensor, lower: torch.Tensor, info: torch.Tensor) -> 
     triangular solve per head (d_head^3 / 3 flops, next to the Gram's
     d_head^2 * d_model). A NaN or Inf bound also means QR.
     """
+    import torch
+
     failed = info != 0
     eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
     usable = torch.where(failed[:, None, None], eye, lower)  # a failed factor holds garbage
@@ -204,6 +223,8 @@ def qr_fallback(gram: torch.Tensor, lower: torch.Tensor, info: torch.Tensor) -> 
 
 def cross_matrices(q: torch.Tensor, k: torch.Tensor, heads: range, group: int) -> torch.Tensor:
     """W_K^g (W_Q^h)^T for the query heads ``heads``: one GEMM per key head, no repeated K."""
+    import torch
+
     d_head, d_model = q.shape[-2:]
     blocks = []
     for g in range(heads.start // group, (heads.stop - 1) // group + 1):
@@ -217,6 +238,8 @@ def query_matrices(
     q: torch.Tensor, k: torch.Tensor, lk: torch.Tensor, heads: range, group: int, with_positivity: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The d_head x d_head problems of the query heads ``heads``: R_a R_b^T and W_K W_Q^T."""
+    import torch
+
     lq = r_factors(q[heads.start : heads.stop], first=heads.start)  # R_a = lq^T
     kv_index = torch.arange(heads.start, heads.stop, device=q.device) // group
     core = lq.transpose(-1, -2) @ lk[kv_index]  # R_a R_b^T
@@ -225,6 +248,8 @@ def query_matrices(
 
 def small_problems(core: torch.Tensor, cross: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Singular values of the cores and eigenvalues of the crosses (CPU tensors, LAPACK)."""
+    import torch
+
     return torch.linalg.svdvals(core), None if cross is None else torch.linalg.eigvals(cross)
 
 
