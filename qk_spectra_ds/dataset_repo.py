@@ -368,9 +368,9 @@ def render_card(
     repo_id: str | None = None,
 ) -> str:
     """The README.md text: YAML (configs, dataset_info, license, versions) and the body."""
-    from datasets import DatasetInfo, SplitDict, SplitInfo
-    from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
+
+    from .card_info import dataset_info
 
     families = sorted({s["config"] for s in summaries})
     configs = [
@@ -385,11 +385,7 @@ def render_card(
     ]
     selections = {"all": list(summaries)}
     selections.update({f: [s for s in summaries if s["config"] == f] for f in families})
-    infos = DatasetInfosDict()  # per config: the schema's features and the size of its train split
-    for name, chosen in selections.items():
-        splits = SplitDict()
-        splits.add(SplitInfo("train", num_bytes=sum(s["n_bytes"] for s in chosen), num_examples=sum(s["n_rows"] for s in chosen)))
-        infos[name] = DatasetInfo(features=schema.features(), splits=splits)
+    splits = {name: (sum(s["n_bytes"] for s in chosen), sum(s["n_rows"] for s in chosen)) for name, chosen in selections.items()}
     card_data = DatasetCardData(
         license="apache-2.0",
         pretty_name="QK-circuit spectra of transformer attention heads",
@@ -404,7 +400,7 @@ def render_card(
             "models": [{k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes")} for m in summaries],
         },
     )
-    infos.to_dataset_card_data(card_data)  # the card's dataset_info, written as datasets writes it
+    card_data["dataset_info"] = dataset_info(splits)  # per config: the features and the train split's size
     legacy = [s for s in summaries if s.get("variant") == schema.VARIANT_LEGACY]
     card = DatasetCard.from_template(
         card_data,
