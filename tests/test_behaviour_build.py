@@ -140,3 +140,10 @@ def test_minilm_encoder_scores():
         assert sorted(per_layer) == list(range(6))
         values = np.stack(list(per_layer.values()))
         assert values.shape == (6, 12) and np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-6).all()
+
+
+def test_probes_longer_than_the_positions_are_refused():
+    spec = bb.ProbeSpec(length=32)  # 65 tokens
+    bb.check_positions({"max_position_embeddings": 65}, spec, "m")
+    with pytest.raises(bb.BehaviourError, match="more than the model's 64 positions: use --probe-length 31 or less"):
+        bb.check_positions({"n_positions": 64}, spec, "m")

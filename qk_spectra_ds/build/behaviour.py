@@ -263,6 +263,17 @@ def check_model_class(config: Mapping[str, Any], model_id: str) -> None:
         )
 
 
+def check_positions(config: Mapping[str, Any], spec: ProbeSpec, model_id: str) -> None:
+    """One line when a probe is longer than the model's positions (learned absolute positions end there)."""
+    limit = next((config[n] for n in ("max_position_embeddings", "n_positions")
+                  if isinstance(config.get(n), int) and not isinstance(config.get(n), bool)), None)  # fmt: skip
+    if limit is not None and spec.n_positions > limit:
+        raise BehaviourError(
+            f"{model_id}: --probe-length {spec.length} makes probes of {spec.n_positions} tokens, more than the model's "
+            f"{limit} positions: use --probe-length {max((limit - 1) // 2, 1)} or less"
+        )
+
+
 def _tokenizer_json(source) -> dict | None:
     """The model's tokenizer.json as data, or None (a tiny model has none; the config's ids then suffice)."""
     try:
@@ -330,6 +341,7 @@ def model_behaviour(
 
     started = time.perf_counter()
     causal = not is_encoder(config)
+    check_positions(config, spec, source.model_id)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     model = load_model(source, config, weights_dtype, device)
