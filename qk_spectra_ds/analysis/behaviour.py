@@ -356,7 +356,7 @@ def section_markdown(table: pd.DataFrame, figures: Sequence[str], table_path: st
     """The report's behaviour section: the sentences, the significant predictors, the figures."""
     lines = ["## Does the spectrum predict what heads do?", "",
              (f"Behaviour scores from the dataset's probes against the spectral metrics and classes ([{Path(table_path).name}]"
-             f"({table_path})): Spearman rho on within-model ranks with 95% CI, ROC AUC for previous-token / induction / sink "
+             f"({table_path})): Spearman rho on within-model ranks with an approximate 95% CI (Fisher z, Bonett-Wright), ROC AUC for previous-token / induction / sink "
              f"heads (thresholds {', '.join(f'{k} >= {t}' for k, (_, t) in HEAD_KINDS.items())}), rank eta² for classes; "
              f"permutation p-values (scores shuffled within each model), adjusted by {CORRECTION} over all "
              f"{int(table['p_permutation'].notna().sum())} tests."), ""]  # fmt: skip
