@@ -1,0 +1,178 @@
+"""Where each architecture keeps V and O, and the OV circuit's raw and folded head blocks.
+
+For layer l, query head h and its KV head g the OV circuit is W_O^h W_V^g (d_model x d_model,
+rank <= d_head): W_V^g the d_head x d_model rows of the value projection for KV head g, W_O^h
+the d_model x d_head columns of the output projection for head h. Written as A_h^T B_g with
+A_h = (W_O^h)^T and B_g = W_V^g it has the same form as the QK circuit (W_Q^h)^T W_K^g, so the
+kernel (:func:`.kernel.qk_layer_variants`) computes its spectra from the same small factors,
+with the cross W_V^g W_O^h (d_head x d_head) giving its non-zero eigenvalues.
+
+**Folded**: the value projection reads the normalised stream, so B_g = W_V^g D P with the D and
+P of the folded QK (:mod:`.folding`); where the model normalises the attention output before
+the residual add (Gemma 2/3 ``post_attention_layernorm`` with 1 + w, OLMo 2/3's
+``post_attention_layernorm``), its gain G multiplies on the output side, A_h = (G W_O^h)^T. The
+per-token RMS of either norm stays outside (a positive scalar per token), as do the V and O
+biases, BERT's LayerNorm of the residual sum (it normalises attention and residual together)
+and Qwen3-Next's sigmoid output gate (token-dependent). MLA (DeepSeek V2/V3): W_V^h =
+Vb_h G_kv KVa_latent D, the value rows of ``kv_b_proj`` composed with the latent map (V shares
+the latent with K); ``d_head`` of the OV rows is ``v_head_dim``.
+
+The layouts are those of :mod:`.architectures` (dispatch on the Q/K layout's class, so each
+architecture is still described once); only V and O bytes are read here, by range where
+they are contiguous (fused QKV tensors: the V rows only; GPT-2's Conv1D ``c_attn`` is read
+whole, as for Q/K, because its V columns are not contiguous).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError
+from .architectures import (
+    AttentionShape,
+    Conv1DFused,
+    FusedGroups,
+    FusedSections,
+    LatentAttention,
+    SeparateProjections,
+    _expect_shape,
+)
+from .safetensors_io import TensorInfo
+
+_V_O_NAMES = (  # (query suffix, value suffix, output suffix): the first whose query suffix matches
+    ("decoder.layers.{layer}.self_attn.q_proj.weight", "decoder.layers.{layer}.self_attn.v_proj.weight",
+     "decoder.layers.{layer}.self_attn.out_proj.weight"),  # OPT
+    ("h.{layer}.attn.q_proj.weight", "h.{layer}.attn.v_proj.weight", "h.{layer}.attn.out_proj.weight"),  # GPT-J
+    ("encoder.layer.{layer}.attention.self.query.weight", "encoder.layer.{layer}.attention.self.value.weight",
+     "encoder.layer.{layer}.attention.output.dense.weight"),  # BERT
+    ("self_attn.q_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"),  # Llama-like
+    ("self_attn.qkv_proj.weight", None, "self_attn.o_proj.weight"),  # Phi-3
+    ("self_attention.query_key_value.weight", None, "self_attention.dense.weight"),  # BLOOM, Falcon
+    ("attention.query_key_value.weight", None, "attention.dense.weight"),  # GPT-NeoX
+    ("attn.Wqkv.weight", None, "attn.Wo.weight"),  # ModernBERT
+    ("attn.c_attn.weight", None, "attn.c_proj.weight"),  # GPT-2
+)  # fmt: skip
+
+POST_ATTENTION_NORMS = {"gemma2": 1.0, "gemma3_text": 1.0, "olmo2": 0.0, "olmo3": 0.0}
+"""model_type -> gain offset of the ``post_attention_layernorm`` that normalises the attention output
+before the residual add (Gemma: 1 + w). In Llama-like models the same name is the MLP's input norm."""
+
+OV_OUTSIDE = "V and O biases; the per-token RMS of the norms on either side"
+
+
+@dataclass
+class LayerOV:
+    """One layer's OV head blocks: ``o`` (H, d_v, d_model) = (W_O^h)^T per head, ``v`` (H_kv, d_v, d_model)."""
+
+    layer: int
+    o: np.ndarray
+    v: np.ndarray
+    tensors: tuple[TensorInfo, ...]
+    latent: tuple[np.ndarray, np.ndarray] | None = None  # MLA: (Vb (H, d_v, r_kv), KVa latent rows (r_kv, d_model))
+
+
+def _names(query_name: str) -> tuple[str | None, str]:
+    for q, v, o in _V_O_NAMES:
+        if query_name.endswith(q) or query_name == q:
+            stem = query_name[: len(query_name) - len(q)]
+            return (None if v is None else stem + v), stem + o
+    raise CheckpointError(f"no known value/output projection beside {query_name}")
+
+
+def ov_d_head(config: Mapping[str, Any], shape: AttentionShape) -> int:
+    """The OV circuit's d_head: MLA's ``v_head_dim``, else the attention's d_head."""
+    from .architectures import config_count
+
+    if config.get("model_type") in ("deepseek_v2", "deepseek_v3"):
+        return config_count(config, "v_head_dim")
+    return shape.d_head
+
+
+def _output_rows(ckpt, info: TensorInfo, n_heads: int, d_v: int, d_model: int) -> np.ndarray:
+    """(H, d_v, d_model) = (W_O^h)^T of a Linear output projection (d_model, H * d_v), read whole."""
+    _expect_shape(ckpt, info, (d_model, n_heads * d_v))
+    o = ckpt.read_rows(info)
+    return np.ascontiguousarray(o.reshape(d_model, n_heads, d_v).transpose(1, 2, 0))
+
+
+def read_ov(layout, ckpt, layer: int, shape: AttentionShape, d_v: int | None = None) -> LayerOV:
+    """The V and O head blocks of layer ``layer`` (raw), reading only V rows and the output projection."""
+    h, hkv, dh, d = shape.n_heads, shape.n_kv_heads, shape.d_head, shape.d_model
+    if isinstance(layout, LatentAttention):
+        return _read_latent_ov(layout, ckpt, layer, shape, d_v or dh)
+    if isinstance(layout, SeparateProjections):
+        v_name, o_name = _names(layout.q_name)
+        v_info = layout.tensor(ckpt, v_name.format(layer=layer))
+        o_info = layout.tensor(ckpt, o_name.format(layer=layer))
+        _expect_shape(ckpt, v_info, (hkv * dh, d))
+        v = ckpt.read_rows(v_info).reshape(hkv, dh, d)
+        return LayerOV(layer, _output_rows(ckpt, o_info, h, dh, d), v, (v_info, o_info))
+    _, o_name = _names(layout.name)
+    info = ckpt.find(layout.name.format(layer=layer))
+    o_info = ckpt.find(o_name.format(layer=layer))
+    if isinstance(layout, FusedSections):
+        v = ckpt.read_rows(info, (h + hkv) * dh, (h + 2 * hkv) * dh).reshape(hkv, dh, d)
+    elif isinstance(layout, FusedGroups):
+        per_group = (shape.group_size + 2) * dh
+        first = (shape.group_size + 1) * dh
+        v = np.stack([ckpt.read_rows(info, g * per_group + first, (g + 1) * per_group) for g in range(hkv)])
+    elif isinstance(layout, Conv1DFused):
+        w = ckpt.read_rows(info)  # (d, 3 h dh), Conv1D: columns [Q, K, V]
+        v = np.ascontiguousarray(w[:, 2 * h * dh :].T).reshape(h, dh, d)
+        _expect_shape(ckpt, o_info, (h * dh, d))  # Conv1D c_proj: (in, out), rows per head = (W_O^h)^T
+        return LayerOV(layer, ckpt.read_rows(o_info).reshape(h, dh, d), v, (info, o_info))
+    else:
+        raise CheckpointError(f"no OV reader for the layout {type(layout).__name__}")
+    return LayerOV(layer, _output_rows(ckpt, o_info, h, dh, d), v, (info, o_info))
+
+
+def _read_latent_ov(layout: LatentAttention, ckpt, layer: int, shape: AttentionShape, d_v: int) -> LayerOV:
+    """MLA: W_V^h = Vb_h KVa_latent (value rows of kv_b_proj after each head's k_nope rows), o_proj per head."""
+    base = layout.prefix.format(layer=layer)
+    h, d, rkv, dn = shape.n_heads, shape.d_model, layout.kv_rank, layout.d_nope
+    kva_info = ckpt.find(base + "kv_a_proj_with_mqa.weight")
+    kvb_info = ckpt.find(base + "kv_b_proj.weight")
+    o_info = ckpt.find(base + "o_proj.weight")
+    _expect_shape(ckpt, kva_info, (rkv + layout.d_rope, d))
+    _expect_shape(ckpt, kvb_info, (h * (dn + d_v), rkv))
+    latent = ckpt.read_rows(kva_info, 0, rkv).astype(np.float64)
+    vb = ckpt.read_rows(kvb_info).astype(np.float64).reshape(h, dn + d_v, rkv)[:, dn:]
+    vb = np.ascontiguousarray(vb)
+    return LayerOV(layer, _output_rows(ckpt, o_info, h, d_v, d), vb @ latent, (kva_info, kvb_info, o_info), (vb, latent))
+
+
+def output_norm_gain(ckpt, config: Mapping[str, Any], layer: int, d_model: int, anchor: str) -> np.ndarray | None:
+    """The gain of the norm on the attention output before the residual add (offset applied), or None."""
+    from .folding import _cfg, _near, _vector
+
+    c = _cfg(config)
+    offset = POST_ATTENTION_NORMS.get(c.get("model_type", config.get("model_type")))
+    if offset is None:
+        return None
+    name = f"layers.{layer}.post_attention_layernorm.weight"
+    info = _near(ckpt, name, anchor)
+    if info is None:
+        raise CheckpointError(f"{ckpt.source.model_id}: no tensor *{name} (the norm on layer {layer}'s attention output)")
+    return _vector(ckpt, info, d_model, "post-attention norm gain") + offset
+
+
+def fold_ov(ov: LayerOV, folding, out_gain: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) folded: A = (G W_O^h)^T per head, B = W_V^g D P (MLA: Vb_h G_kv KVa_latent D); copies only what changes.
+
+    ``folding`` is the layer's :class:`.folding.FoldingTensors` as read (gain D, centring, MLA latent gains).
+    """
+    from .variants import fold_rows
+
+    o = ov.o if out_gain is None else ov.o * out_gain
+    if ov.latent is not None:
+        vb, latent = ov.latent
+        kv_gain = folding.latent_gains[1] if folding.latent_gains else None
+        vb = vb if kv_gain is None else vb * kv_gain
+        latent = latent if folding.gain is None else latent * folding.gain
+        return o, vb @ latent
+    v = np.asarray(ov.v, dtype=np.float64)
+    return o, fold_rows(v, folding.gain, folding.centre, np.empty_like(v))
