@@ -40,6 +40,15 @@ _EXPORTS: dict[str, str] = {
     "layer_stat": "qk_spectra_ds.analysis.layer_stats",
     "layer_stats": "qk_spectra_ds.analysis.layer_stats",
     "bds_table": "qk_spectra_ds.analysis.layer_stats",
+    # the default method (issue 20): is there structure, what classes mean, valid per-layer tests
+    "structure_test": "qk_spectra_ds.analysis.structure",
+    "consensus_classes": "qk_spectra_ds.analysis.consensus",
+    "joint_consensus": "qk_spectra_ds.analysis.joint_consensus",
+    "crosswalk": "qk_spectra_ds.analysis.joint_consensus",
+    "class_profiles": "qk_spectra_ds.analysis.class_profiles",
+    "series_tests": "qk_spectra_ds.analysis.layer_tests",
+    "layer_test_table": "qk_spectra_ds.analysis.layer_tests",
+    "simulated_power": "qk_spectra_ds.analysis.layer_tests",
     # figures and the whole report
     "plot_clusters": "qk_spectra_ds.analysis.plots",
     "plot_layer_stats": "qk_spectra_ds.analysis.plots",

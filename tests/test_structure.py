@@ -11,7 +11,10 @@ from qk_spectra_ds.statistics import spectrum_metrics
 
 
 def gaussian_heads(n: int, rng: np.random.Generator, d_head: int = 16, d_model: int = 64) -> np.ndarray:
-    """Eigenvalues of ``A^T B`` for Gaussian ``A, B`` (d_head x d_model): heads with no class structure."""
+    """Squared singular values of ``A B^T`` for Gaussian ``A, B`` (d_head x d_model): i.i.d. heads, no class structure.
+
+    (Not the random-matrix null's ``A^T B``, whose law ``rmt_null`` models; any i.i.d. family will do here.)
+    """
     a = rng.standard_normal((n, d_head, d_model))
     b = rng.standard_normal((n, d_head, d_model))
     return np.linalg.svd(a @ np.swapaxes(b, 1, 2), compute_uv=False) ** 2
@@ -136,3 +139,99 @@ def test_box_plot_titles_under_the_default_method_show_no_asymptotic_p_value():
     long = layer_tests.layer_test_table([layer_tests.series_tests("m", "MEAN", np.sin(np.arange(20.0)), original_p=1e-12)])
     text = layer_tests.figure_title_text(long.iloc[0])
     assert "permutation" in text and "asymptotic" not in text and "e-12" not in text
+
+
+# ---------------------------------------------------------------- the joint taxonomy and the whole report
+
+
+def _heads(model: str, ev: np.ndarray, n_heads: int = 8):
+    from qk_spectra_ds.analysis.taxonomy import ModelHeads
+
+    n = len(ev)
+    return ModelHeads(model, ev, np.arange(n) // n_heads, np.arange(n) % n_heads, (n + n_heads - 1) // n_heads)
+
+
+@pytest.mark.slow
+def test_joint_consensus_is_order_free_finds_k_1_on_structureless_models_and_classes_when_planted():
+    from qk_spectra_ds.analysis import joint_consensus
+
+    # the structure test rejects 5% of structureless data by design (its size, checked above); seed 7 is one of
+    # those (p = 0.02), seed 8 is not (p = 0.96): this checks the joint path, not the test's calibration
+    rng = np.random.default_rng(8)
+    models = [_heads("org/a", gaussian_heads(40, rng)), _heads("org/b", gaussian_heads(32, rng))]
+    null = joint_consensus.joint_consensus(models, structure_draws=99)
+    assert null["k"] == 1 and null["frames"]["taxonomy_structure"]["conclusion"].iloc[0] == structure.CONTINUUM
+    planted = [_heads("org/a", gaussian_heads(40, rng)), _heads("org/b", low_rank_heads(32, rng))]
+    one = joint_consensus.joint_consensus(planted, structure_draws=99)
+    two = joint_consensus.joint_consensus(planted[::-1], structure_draws=99)  # the models in the other order
+    assert one["k"] >= 2
+    a, b = (r["frames"]["taxonomy_consensus_labels"].sort_values(["model", "layer", "head"]) for r in (one, two))
+    assert a["class"].tolist() == b["class"].tolist()
+    labels = a.set_index("model")["class"]
+    assert consensus.ari(labels.to_numpy(), (labels.index == "org/b").astype(int)) > 0.8
+    walk = joint_consensus.crosswalk(a.assign(**{"class": a["class"]}), b, "x", "y")
+    assert (walk["ari"] == 1.0).all() and walk["n_heads"].sum() == len(a)
+
+
+def _write_model(out, model_id: str, ev: np.ndarray, n_layers: int, n_heads: int) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from qk_spectra_ds import dataset_repo
+    from qk_spectra_ds.statistics import spectrum_statistics
+
+    spec = importlib.util.spec_from_file_location("_qk_rows", Path(__file__).parent / "test_analysis.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    columns = module.synthetic_columns(model_id, "syn", n_layers=n_layers, n_heads=n_heads, d_head=ev.shape[1])
+    s = np.sqrt(ev).astype(np.float32)
+    ev32 = (s.astype(np.float64) ** 2).astype(np.float32)
+    columns.update(singular_values=list(s), eigenvalues=list(ev32))
+    for prefix, values in (("sv", s), ("ev", ev32)):
+        for name, stat in spectrum_statistics(values).items():
+            columns[f"{prefix}_{name}"] = stat.tolist()
+    for name, value in spectrum_metrics(s, positivity=np.zeros(len(s))).items():
+        columns[name] = value.tolist()
+    dataset_repo.write_model_table(out, "syn", model_id, columns)
+
+
+@pytest.mark.slow
+def test_default_report_says_continuum_without_structure_and_classes_when_planted(tmp_path):
+    from PIL import Image
+
+    from qk_spectra_ds.analysis.report import Params, run_report
+
+    rng = np.random.default_rng(8)
+    _write_model(tmp_path / "null", "org/null", gaussian_heads(72, rng), 12, 6)
+    planted = np.vstack([gaussian_heads(36, rng), low_rank_heads(36, rng)])[rng.permutation(72)]
+    _write_model(tmp_path / "planted", "org/planted", planted, 12, 6)
+    params = Params(stats=("MEAN",), permutations=199)
+    for name, expect_k1 in (("null", True), ("planted", False)):
+        out = run_report(str(tmp_path / name), "syn", tmp_path / f"out-{name}", params=params, jobs=1, progress=False)
+        index = (out.family_dir / "index.md").read_text()
+        tables = out.frames
+        assert (structure.CONTINUUM in index) == expect_k1, name
+        assert (tables["structure"]["k"].iloc[0] == 1) == expect_k1
+        assert (tables["taxonomy_structure"]["k"].iloc[0] == 1) == expect_k1
+        assert "crosswalk" in out.tables and "class_metrics" in out.tables
+        box = next(out.family_dir.glob("plots/MEAN/*.png"))
+        title = Image.open(box).text["Title"]
+        assert "asymptotic" not in title and "permutation" in title and "layers 0-1 not shown" not in title
+
+
+def test_null_distance_is_an_effect_size_with_monte_carlo_intervals():
+    from qk_spectra_ds.analysis import rmt_null
+
+    rng = np.random.default_rng(9)
+    c = 16 / 64
+    real = np.vstack([rmt_null.monte_carlo_spectra(16, 64, 30, seed=5), low_rank_heads(30, rng)])
+    labels = np.repeat([0, 1], 30)
+    dist, outside = rmt_null.head_distances(real, c)
+    mc = rmt_null.monte_carlo_spectra(16, 64, rmt_null.N_MONTE_CARLO, seed=0)
+    table = rmt_null.class_null_table("m", labels, dist, outside, rmt_null.head_distances(mc, c)[0]).set_index("class")
+    assert (table["mc_ks_q99_low"] <= table["mc_ks_q99"]).all() and (table["mc_ks_q99"] <= table["mc_ks_q99_high"]).all()
+    assert (table["ks_excess_low"] <= table["ks_excess_high"]).all()
+    gaussian, low_rank = table.loc[0], table.loc[1]
+    assert gaussian["ks_excess_low"] < 0.02 and not gaussian["distinguishable_from_gaussian"]  # a null that can fail
+    assert low_rank["ks_excess_low"] > 0.1 and low_rank["distinguishable_from_gaussian"]
+    assert table["n_monte_carlo"].eq(rmt_null.N_MONTE_CARLO).all() and rmt_null.N_MONTE_CARLO >= 1000

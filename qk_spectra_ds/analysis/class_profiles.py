@@ -24,7 +24,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-METRICS = ("stable_rank", "effective_rank", "positivity", "log_det", "spectral_norm", "positional_norm_ratio_min")
+METRICS = ("stable_rank", "effective_rank", "positivity", "log_det", "spectral_norm", "positional_norm_ratio_min",
+           "positivity_z", "symmetry_z")
+"""Used when the rows have them; ``*_z``: the head against its matched null (schema v4), where the dataset has it."""
 DEPTH = "relative_depth"
 STRONG = 0.3
 """|AUC - 0.5| >= 0.5 - STRONG (AUC <= 0.3 or >= 0.7), interval excluding 0.5: a metric names the class."""
@@ -135,3 +137,7 @@ def describe(model_id: str, rows: pd.DataFrame, eigenvalues: np.ndarray, labels:
     names = {int(c): class_name(metrics[metrics["class"] == c], n) for c in np.unique(labels)}
     return {"class_profiles": profile_table(model_id, eigenvalues, labels, null_eigenvalues), "class_metrics": metrics,
             "names": names}  # fmt: skip
+
+
+class_profiles = describe
+"""The public name of :func:`describe` (``qk_spectra_ds.class_profiles``): what each class is, in tables and a name."""

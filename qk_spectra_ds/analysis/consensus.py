@@ -331,7 +331,7 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
         var_dist = rmt_null.head_distances(null_eigenvalues, c)[0] if null_eigenvalues is not None and len(null_eigenvalues) else None
         labels_table["ks_distance_to_null"] = dist
         labels_table["fraction_outside_null_edges"] = outside
-        null_classes = rmt_null.class_null_table(model_id, labels, dist, outside, mc_dist, var_dist)
+        null_classes = rmt_null.class_null_table(model_id, labels, dist, outside, mc_dist, var_dist, seed=seed)
         null_classes.insert(2, "c", c)
         null_classes["d_model_source"] = d_source
         null_info = {"c": c, "mc_features": head_features(mc, kind, n_bins, quantile, )[0] if kind == "log" else None,
@@ -395,3 +395,7 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
         fig.suptitle(title + plots.variant_suffix(variant) + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
         fig.tight_layout()
         return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
+
+
+consensus_classes = analyze
+"""The public name of :func:`analyze` (``qk_spectra_ds.consensus_classes``): one model's default-method classes."""
