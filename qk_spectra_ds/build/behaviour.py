@@ -93,6 +93,8 @@ class ProbeSpec:
 
 def check_probe(seed=None, sequences=None, length=None, local_window=None) -> ProbeSpec:
     """A :class:`ProbeSpec` from flag values (None: the default); one line for a value that is not a whole number."""
+    if not set(schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS) <= set(schema.COLUMNS):
+        raise BehaviourError(f"--behaviour: this builder writes schema v{schema.SCHEMA_VERSION}, which has no behaviour columns")
     values = {}
     for name, value, default in (("seed", seed, PROBE_SEED), ("sequences", sequences, PROBE_SEQUENCES),
                                  ("length", length, PROBE_LENGTH), ("local_window", local_window, PROBE_LOCAL_WINDOW)):

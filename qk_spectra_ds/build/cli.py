@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from ..cli_util import UsageError, as_list, call_cli, program_name, run_cli
 
-BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed")
+BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed", "behaviour")
+PROBE_FLAGS = ("probe_seed", "probe_sequences", "probe_length", "probe_local_window")
 PUBLISH_ONLY = ("version", "private", "revision", "message")
 
 
@@ -34,6 +35,11 @@ def main(
     variants: str | None = None,
     offsets: str | None = None,
     null_seed: str | None = None,
+    behaviour: bool = False,
+    probe_seed: str | None = None,
+    probe_sequences: str | None = None,
+    probe_length: str | None = None,
+    probe_local_window: str | None = None,
 ):
     """Compute the singular values of every attention head's W_QK = W_Q^T W_K and write them as a dataset.
 
@@ -84,6 +90,15 @@ def main(
       null_seed: Seed of the null variant's Haar-random rotations, a whole number from 0 to 2^63 - 1
         (default 0). Each null row records it in its null_seed column; a model whose null rows hold
         another seed is rebuilt.
+      behaviour: Also run each model (loaded whole with transformers, eager attention, its own dtype, on
+        --device) on seeded probes, and store per-head behaviour scores on its qk rows: previous-token,
+        induction, first-token (sink), local, entropy; encoders next-token instead of induction (see the
+        card). Needs the full weights; a model without them is refused with one line. Off by default.
+      probe_seed: Seed of the probes' random tokens (default 0; with --behaviour).
+      probe_sequences: Number of probe sequences (default 16; with --behaviour).
+      probe_length: Random tokens per repeat: each probe is a fixed first token and the same random
+        tokens twice (default 32; with --behaviour).
+      probe_local_window: How many positions next to the query count as local (default 3; with --behaviour).
     """
     flags = dict(locals())  # the parameters, before any other local exists
     from . import catalog as catalog_mod
@@ -92,6 +107,11 @@ def main(
         print(catalog_mod.format_catalog(catalog_mod.load_catalog(catalog)))
         return
     check_flag_combination({name for name, value in flags.items() if value is not None and value is not False})
+    probe = None
+    if behaviour:
+        from .behaviour import check_probe
+
+        probe = check_probe(probe_seed, probe_sequences, probe_length, probe_local_window)  # before any work
     if push_to_hub:
         from .publish import check_target
 
@@ -115,6 +135,7 @@ def main(
             variants=as_list(variants, "--variants") if variants is not None else None,
             offsets=as_list(offsets, "--offsets") if offsets is not None else None,
             null_seed=null_seed,
+            **({"behaviour": probe} if probe is not None else {}),
         )
         print(build.summarize(results))
         print(f"dataset: {out} (load with datasets.load_dataset({out!r}, {family!r}))")
@@ -136,6 +157,10 @@ def check_flag_combination(given: set[str]) -> None:
             raise UsageError(f"--skip-build builds nothing, so {', '.join(ignored)} would be ignored: drop them")
     elif "family" not in given:
         raise UsageError("no --family given: pass --family NAME (see --list)")
+    probes = [f"--{name.replace('_', '-')}" for name in PROBE_FLAGS if name in given]
+    if probes and "behaviour" not in given:
+        raise UsageError(f"{', '.join(probes)} only {'applies' if len(probes) == 1 else 'apply'} with --behaviour: "
+                         "add it, or leave them out")
     if "push_to_hub" not in given:
         ignored = [f"--{name.replace('_', '-')}" for name in PUBLISH_ONLY if name in given]
         if ignored:

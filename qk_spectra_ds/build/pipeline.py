@@ -80,6 +80,7 @@ def build_model(
     variants: Sequence[str] | None = None,
     offsets: Sequence[int] | None = None,
     null_seed: int = schema.NULL_SEED,
+    behaviour: Any = None,
 ) -> ModelResult:
     """Build one model, or skip it if its file holds the same revision and method version.
 
@@ -180,13 +181,20 @@ def build_model(
 
     model_file = dataset_repo.model_path(out_dir, family, source.model_id)
     if (not force and revision is not None and is_up_to_date(previous, revision)
-            and skip_key.held_key(model_file) == skip_key.wanted_key(variants=variants, offsets=offsets, null_seed=null_seed)):
+            and skip_key.held_key(model_file) == skip_key.wanted_key(variants=variants, offsets=offsets, null_seed=null_seed, circuits=None,
+                                                                    behaviour=behaviour)):
         result.status, result.path, result.n_rows = "skipped", model_file, previous["n_rows"]
         return result
 
     device = device or route.default_device()
     if device.startswith("cuda") and not require_build_extra().cuda.is_available():
         raise QKSpectraError("--device cuda was asked for but torch sees no CUDA device: use --device cpu")
+    behaviour_result = None
+    if behaviour is not None:  # --behaviour: the whole model loaded and run once (freed before the spectra)
+        from .behaviour import checkpoint_dtype, model_behaviour
+
+        behaviour_result = model_behaviour(source, config, behaviour, checkpoint_dtype(checkpoint, DTYPE_NAMES), device)
+        timings["behaviour"] = behaviour_result.seconds
 
     spectra_by_variant: dict[str, list] = {v: [] for v in variants}
     tensor_names: list[str] = []
@@ -233,6 +241,10 @@ def build_model(
         )
         for name, per_layer in spectra_by_variant.items()
     ])
+    if behaviour_result is not None:
+        from .behaviour import add_behaviour_columns
+
+        add_behaviour_columns(columns, behaviour_result)
     timings["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result.path = dataset_repo.write_model_table(out_dir, family, source.model_id, columns)
@@ -543,6 +555,7 @@ def build_family(
     variants: Sequence[str] | None = None,
     offsets: Sequence[int] | None = None,
     null_seed: int | str | None = None,
+    behaviour: Any = None,
 ) -> list[ModelResult]:
     """Build every model of a family (or the given ones) into ``out_dir``.
 
@@ -567,7 +580,7 @@ def build_family(
         try:
             result = build_model(
                 spec, family, out_dir, device=device, force=force, progress=progress, token=token, taken_ids=taken_ids,
-                variants=variants, offsets=offsets, null_seed=null_seed,
+                variants=variants, offsets=offsets, null_seed=null_seed, behaviour=behaviour,
             )
             taken_ids[result.model_id] = str(spec)
         except QKSpectraError as exc:
