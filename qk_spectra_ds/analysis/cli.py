@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 
-from .report import Params
+from .cli_defaults import Defaults as Params  # the values only: --help must not import the analysis stack
 
 DEFAULT_STATS = ",".join(Params.stats)
 
@@ -116,8 +116,10 @@ def flags_of(command, *names: str):
     return decorate
 
 
-def _params(flags) -> Params:
-    """The analysis parameters among ``flags`` (the others are not Params fields)."""
+def _params(flags):
+    """The analysis parameters among ``flags`` (the others are not Params fields), as ``report.Params``."""
+    from .report import Params
+
     fields = {field.name for field in dataclasses.fields(Params)}
     return Params(**{name: value for name, value in flags.items() if name in fields})
 
@@ -201,7 +203,7 @@ def report(
         variant=variant, skip_nonfinite=bool(skip_nonfinite), params=params, jobs=jobs, progress=not quiet,
         log=None if quiet else (lambda line: print(line, file=sys.stderr)),
     )
-    _summary(quiet, "report", outputs, t0, extra=f"index: {outputs.family_dir / 'index.md'}")
+    _summary(quiet, "report", outputs, t0, extra=f"open {outputs.family_dir / 'index.html'} (also index.md)")
 
 
 DATA_FLAGS = ("dataset", "family", "out", "revision", "models", "variant")

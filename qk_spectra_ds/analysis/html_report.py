@@ -186,7 +186,7 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
-def _figure_groups(figures: dict[str, list[str]], order: Sequence[str]) -> list[dict[str, Any]]:
+def _figure_groups(figures: dict[str, list[str]], order: Sequence[str], family_dir: Path | None = None) -> list[dict[str, Any]]:
     """Figures grouped for the page: joint taxonomy, then each model (display order), then any other stage's."""
     groups = []
     if figures.get("taxonomy"):
@@ -196,8 +196,21 @@ def _figure_groups(figures: dict[str, list[str]], order: Sequence[str]) -> list[
     groups += [{"title": key, "figures": paths} for key, paths in figures.items()
                if key != "taxonomy" and key not in models and paths]  # fmt: skip
     for group in groups:
-        group["figures"] = [{"path": p, "image": Path(p).suffix.lower() in IMAGE_SUFFIXES} for p in group["figures"]]
+        group["figures"] = [_figure_entry(p, family_dir) for p in group["figures"]]
     return groups
+
+
+def _figure_entry(path: str, family_dir: Path | None) -> dict[str, Any]:
+    """How the page shows one figure: PNG/SVG inline; a PDF by its PNG preview (:func:`plots.preview_path`) when written."""
+    from .plots import preview_path
+
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return {"path": path, "image": True, "src": path}
+    preview = preview_path(path).as_posix() if suffix == ".pdf" else None
+    if preview is not None and family_dir is not None and (Path(family_dir) / preview).is_file():
+        return {"path": path, "image": True, "src": preview}
+    return {"path": path, "image": False, "src": None}
 
 
 def render_html(
@@ -226,9 +239,18 @@ def render_html(
         variants=sorted(map(str, frame["variant"].unique())) if len(frame) else [],
         parameters=parameters, models=list(order), plot_html=plot_html, plot_div=EMBEDDING_DIV,
         plotly_js=_plotly_js() if plot_html else "", datatables=_datatables_bundle() if tables else "",
-        tables=tables, figure_groups=_figure_groups(outputs.figures, order),
+        tables=tables, figure_groups=_figure_groups(outputs.figures, order, outputs.family_dir),
+        summary_html=_summary_html(outputs, order),
     )
     return text.rstrip() + "\n"
+
+
+def _summary_html(outputs, order: Sequence[str]) -> str:
+    """The run's summary (:mod:`.summary`) as HTML, from the tables it wrote; '' when it wrote none."""
+    from . import summary
+
+    lines = summary.summarize(summary.read_tables(outputs.family_dir, outputs.tables), outputs.tables, order)
+    return summary.to_html(lines) if lines else ""
 
 
 def write_html(

@@ -169,23 +169,40 @@ def _save(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI) -> Path:
     title = figure_title(fig)
     with atomic_path(path) as tmp:
         if fmt == "png":
-            from PIL import Image
-            from PIL.PngImagePlugin import PngInfo
-
-            fig.set_dpi(dpi)
-            fig.canvas.draw()
-            rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # opaque figures: no alpha
-            info = PngInfo()
-            if title:
-                info.add_itxt("Title", title)  # international text: titles hold non-ASCII (·, λ, σ)
-            Image.fromarray(rgb).save(tmp, format="png", compress_level=PNG_COMPRESSION, pnginfo=info)
+            _write_png(fig, tmp, dpi, title)
         else:
             metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None}
             if title:
                 metadata["Title"] = title
             with matplotlib.rc_context({"svg.hashsalt": "qk-spectra-ds"}):  # fixed SVG ids: identical reruns
                 fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
+    if fmt == "pdf":  # browsers do not show a PDF in <img>: index.html shows this preview beside the link
+        with atomic_path(preview_path(path)) as tmp:
+            _write_png(fig, tmp, min(dpi, PREVIEW_DPI), title)
     return Path(path)
+
+
+PREVIEW_DPI = 72.0
+"""Resolution of the PNG preview written beside each PDF figure (for index.html)."""
+
+
+def preview_path(path: str | os.PathLike) -> Path:
+    """``fig.pdf`` -> ``fig.preview.png``: the PNG preview of a PDF figure."""
+    return Path(path).with_suffix(".preview.png")
+
+
+def _write_png(fig, target, dpi: float, title: str) -> None:
+    """The figure as an opaque PNG with its ``Title`` metadata, no timestamp."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # opaque figures: no alpha
+    info = PngInfo()
+    if title:
+        info.add_itxt("Title", title)  # international text: titles hold non-ASCII (·, λ, σ)
+    Image.fromarray(rgb).save(target, format="png", compress_level=PNG_COMPRESSION, pnginfo=info)
 
 
 def _grid(n_panels: int, width: float = 16):

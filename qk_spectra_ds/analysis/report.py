@@ -140,6 +140,8 @@ class Outputs:
     timings: dict[str, float] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+    """Models in display order (by size, as the figures): every table's rows follow it."""
 
 
 # ---------------------------------------------------------------- tables
@@ -445,6 +447,11 @@ def _add_timings(outputs: Outputs, results: Sequence[dict[str, Any]], scope: str
         outputs.timings[name] = outputs.timings.get(name, 0.0) + total
 
 
+def _in_order(outputs: Outputs, table: pd.DataFrame) -> pd.DataFrame:
+    """``table``'s rows with its models in the display order (:attr:`Outputs.order`, by size), stably."""
+    return html_report.in_display_order(table, outputs.order) if outputs.order else table
+
+
 def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: bool, do_boxplots: bool,
                   method: str = DEFAULT_METHOD) -> None:  # fmt: skip
     """Write the per-model tables from the results (model order) and record the figures.
@@ -461,8 +468,8 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
     if do_clusters:
         outputs.frames["embedding"] = pd.concat([r["embedding"] for r in results], ignore_index=True)
     if do_clusters and original:
-        classes = with_variant(pd.concat([r["classes"] for r in results], ignore_index=True), variants)
-        labels = with_variant(pd.concat([r["labels"] for r in results], ignore_index=True), variants)
+        classes = _in_order(outputs, with_variant(pd.concat([r["classes"] for r in results], ignore_index=True), variants))
+        labels = _in_order(outputs, with_variant(pd.concat([r["labels"] for r in results], ignore_index=True), variants))
         write_table(classes, tables / "classes.csv")
         write_table(labels, tables / "labels.csv")
         outputs.tables["classes"] = f"{TABLES}/classes.csv"
@@ -470,7 +477,7 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
         outputs.frames["classes"] = classes
         outputs.frames["labels"] = labels
     if do_boxplots and original:
-        bds = with_variant(pd.concat([r["bds"] for r in results], ignore_index=True), variants)
+        bds = _in_order(outputs, with_variant(pd.concat([r["bds"] for r in results], ignore_index=True), variants))
         write_table(bds, tables / "bds.csv")
         outputs.tables["bds"] = f"{TABLES}/bds.csv"
         outputs.frames["bds"] = bds
@@ -482,7 +489,7 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
             table = pd.concat(parts, ignore_index=True).sort_values("model", kind="stable", ignore_index=True)
             if name == "layer_tests":  # Holm across every test of the report, beside the per-model column
                 table = layer_tests.correct_across(table)
-            table = with_variant(table, variants)
+            table = _in_order(outputs, with_variant(table, variants))
             write_table(table, tables / f"{name}.csv")
             outputs.tables[name] = f"{TABLES}/{name}.csv"
             outputs.frames[name] = table
@@ -494,7 +501,7 @@ def _store_taxonomy(outputs: Outputs, result: dict[str, Any], variants: dict[str
     tables = outputs.family_dir / TABLES
     pooled = "+".join(sorted(set(variants.values())))
     for name, table in result["frames"].items():
-        table = with_variant(table, variants if "model" in table.columns else pooled)
+        table = _in_order(outputs, with_variant(table, variants if "model" in table.columns else pooled))
         write_table(table, tables / f"{name}.csv")
         outputs.tables[name] = f"{TABLES}/{name}.csv"
         outputs.frames[name] = table
@@ -512,9 +519,9 @@ def _store_crosswalk(outputs: Outputs) -> None:
         return
     parts = []
     if outputs.frames.get("consensus_labels") is not None:
-        parts.append(crosswalk(outputs.frames["consensus_labels"], joint, "per-model consensus", "joint consensus"))
+        parts.append(_in_order(outputs, crosswalk(outputs.frames["consensus_labels"], joint, "per-model consensus", "joint consensus")))
     if outputs.frames.get("taxonomy_labels") is not None:
-        parts.append(crosswalk(outputs.frames["taxonomy_labels"], joint, "joint original KMeans", "joint consensus"))
+        parts.append(_in_order(outputs, crosswalk(outputs.frames["taxonomy_labels"], joint, "joint original KMeans", "joint consensus")))
     if parts:
         table = pd.concat(parts, ignore_index=True)
         write_table(table, outputs.family_dir / TABLES / "crosswalk.csv")
@@ -546,6 +553,7 @@ def _run_per_model(frame, out, family, params, jobs, progress, outputs, do_clust
     outputs = outputs or Outputs(family_dir)
     models = split_models(frame)
     outputs.models = [m for m, _ in models]
+    outputs.order = outputs.order or html_report.size_order(frame)
     desc = "clusters" if do_clusters else "boxplots"
     t0 = time.perf_counter()
     results = run_tasks(_model_tasks(models, family_dir, params, do_clusters, do_boxplots), _jobs(jobs, models), progress, desc)
@@ -581,6 +589,7 @@ def run_taxonomy(
     outputs = outputs or Outputs(family_dir)
     if not outputs.models:
         outputs.models = list(dict.fromkeys(frame["model_id"].tolist()))
+    outputs.order = outputs.order or html_report.size_order(frame)
     t0 = time.perf_counter()
     variants = model_variants(frame)
     result = taxonomy_task(model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
@@ -704,8 +713,18 @@ def render_index(
         ],
         method=params.method,
         legacy=bool(len(frame)) and bool((frame["variant"] == "legacy").any()),
+        summary=run_summary(outputs, frame, "markdown"),
     )
     return text.rstrip() + "\n"
+
+
+def run_summary(outputs: Outputs, frame: pd.DataFrame, form: str = "markdown") -> str:
+    """The summary of what the run found (:mod:`.summary`), from the tables it wrote, as Markdown or HTML."""
+    from . import summary
+
+    order = html_report.size_order(frame) if len(frame) else list(outputs.models)
+    lines = summary.summarize(summary.read_tables(outputs.family_dir, outputs.tables), outputs.tables, order)
+    return summary.to_html(lines) if form == "html" else summary.to_markdown(lines)
 
 
 def write_index(
@@ -793,7 +812,7 @@ def _store_positional(outputs: Outputs, rows: pd.DataFrame, params: Params,
     if tables:
         table = pd.concat(tables, ignore_index=True)
         ratio_columns = [positional.ratio_column(d) for d in positional.offsets_of(table)]  # offsets ascending
-        table = table[["model", "variant", "layer", "head", *ratio_columns, *positional.SUMMARY_COLUMNS]]
+        table = _in_order(outputs, table[["model", "variant", "layer", "head", *ratio_columns, *positional.SUMMARY_COLUMNS]])
         write_table(table, outputs.family_dir / TABLES / "positional.csv")
         outputs.tables["positional"] = f"{TABLES}/positional.csv"
         outputs.frames["positional"] = table
@@ -854,6 +873,7 @@ def run_report(
     outputs.timings["load"] = time.perf_counter() - t0
     per_model = split_models(frame)
     outputs.models = [m for m, _ in per_model]
+    outputs.order = html_report.size_order(frame) if len(frame) else []
     null_rows = null_variant_rows(dataset, family, revision, frame) if params.method == "consensus" else {}
     other = {}
     if params.method == "consensus":  # raw against folded where the dataset has both (whichever this run analyses)
