@@ -60,6 +60,42 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def small_problems_choice(q: torch.Tensor, k: torch.Tensor, device: str, repeats: int = 3) -> str:
+    """Time one layer's d_head x d_head problems on the device (torch) and on the host's LAPACK threads (numpy).
+
+    The kernel's GPU path sends them to the host by default, overlapping the device's next
+    batch of factors; QK_SPECTRA_SMALL_PROBLEMS=device keeps them on the device. Prints both
+    timings and the faster side, measured here rather than assumed.
+    """
+    from qk_spectra_ds.build import raw_numpy
+    from qk_spectra_ds.build.kernel import SMALL_PROBLEMS_ENV, _single_threaded
+    from qk_spectra_ds.build.spectra import query_matrices, r_factors
+
+    group = q.shape[0] // k.shape[0]
+    core, cross = query_matrices(q, k, r_factors(k, 0, group), range(q.shape[0]), group, True)
+    times = {"device": [], "cpu": []}
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        torch.linalg.svdvals(core), torch.linalg.eigvals(cross)
+        synchronize(device)
+        times["device"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        core_np, cross_np = core.cpu().numpy(), cross.cpu().numpy()
+        with _single_threaded():
+            futures = [raw_numpy.submit(raw_numpy.core_problems, core_np[h.start : h.stop], cross_np[h.start : h.stop])
+                       for h in raw_numpy.head_chunks(core.shape[0])]  # fmt: skip
+            [f.result() for f in futures]
+        times["cpu"].append(time.perf_counter() - t0)
+    best = {side: min(t) for side, t in times.items()}
+    faster = min(best, key=best.get)
+    print(f"RESULT small problems of one layer ({core.shape[0]} cores and crosses of {core.shape[-1]} x {core.shape[-1]}): "
+          f"device (torch svdvals + eigvals) {best['device']:.3f}s, host LAPACK on {raw_numpy.cores()} threads "
+          f"{best['cpu']:.3f}s (with the copy to the host): faster on the {faster}"
+          + ("" if faster == "cpu" else f"; set {SMALL_PROBLEMS_ENV}=device"))
+    return faster
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (the target) or cpu (to check the script)")
@@ -80,6 +116,7 @@ def main() -> None:
     plan = variant_plan(SHAPE["n_heads"], SHAPE["d_head"], SHAPE["d_model"]) if args.variants else None
     if plan is not None:
         qk_layer_variants(warm_q.double(), warm_k.double(), plan)
+    small_problems_choice(warm_q.double(), warm_k.double(), args.device)
     convert = kernel = all_variants = 0.0
     raw_identical = True
     max_error = 0.0

@@ -25,6 +25,7 @@ from qk_spectra_ds.build import kernel, raw_numpy
 from qk_spectra_ds.build.pipeline import build_model
 from qk_spectra_ds.build.spectra import dense_qk_singular_values
 from qk_spectra_ds.build.weights import LocalSource
+from qk_spectra_ds.errors import BuildError
 from tiny_models import make_saved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,20 @@ def plan_with_offsets(d_head: int):
 
     inv, a, kind = inverse_frequencies(10000.0, d_head, None, 2048)
     return LayerPlan(("raw",), None, Rotary(inv, a, False, kind), (0, 1, 4))
+
+
+def test_device_path_with_the_small_problems_on_the_device(monkeypatch):
+    """QK_SPECTRA_SMALL_PROBLEMS=device: torch solves the cores and crosses where the factors are (CPU standing in)."""
+    q, k = blocks(3)
+    ours = raw_numpy.raw_layer_spectra(q.numpy(), k.numpy())
+    monkeypatch.setenv(kernel.SMALL_PROBLEMS_ENV, "device")
+    parts = kernel._device_batch(q, k, 3, True)
+    np.testing.assert_allclose(np.concatenate([p[0] for p in parts]), ours.singular_values, rtol=1e-10, atol=1e-12)
+    mu = np.concatenate([p[1] for p in parts])
+    np.testing.assert_allclose(np.sort_complex(mu), np.sort_complex(ours.eigenvalues), rtol=1e-9, atol=1e-9)
+    monkeypatch.setenv(kernel.SMALL_PROBLEMS_ENV, "gpu")
+    with pytest.raises(BuildError, match="QK_SPECTRA_SMALL_PROBLEMS='gpu': set it to cpu or device"):
+        kernel._device_batch(q, k, 3, True)
 
 
 def test_torch_kernel_raw_rows_are_the_numpy_routes_bit_for_bit():

@@ -9,6 +9,7 @@ d_head x d_head problems, latency-bound there, run on the CPU cores.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator, TypeVar
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
+from ..errors import BuildError
 from ..statistics import positivity_from_eigenvalues
 from . import raw_numpy
 from .spectra import LayerSpectra, cross_matrices, query_matrices, r_factors
@@ -60,20 +62,41 @@ def qk_layer_spectra(q: torch.Tensor, k: torch.Tensor, with_positivity: bool = T
 
 
 def _device_batch(q: torch.Tensor, k: torch.Tensor, group: int, with_positivity: bool) -> list:
-    """GPU: the O(d_model) work as one batch on the device, then the small problems on the CPU cores.
+    """GPU: the O(d_model) work in batches on the device, the small problems on CPU threads overlapping it.
 
     cuSOLVER's batched SVD/eigh are Jacobi kernels for at most 32 x 32 (torch loops matrix by
     matrix above that) and torch's eigvals runs through MAGMA on the host: the d_head x d_head
-    problems (64 to 256) go to LAPACK, one thread per core (numpy, as on the CPU route).
-    ``benchmarks/bench_gpu.py`` times both sides of that choice on the device it runs on.
+    problems (64 to 256) go to LAPACK on the host's cores (numpy, as on the CPU route). The
+    query heads go to the device in one batch per core: while the CPU threads solve one
+    batch's cores and crosses, the device computes the next batch's factors. With
+    :data:`SMALL_PROBLEMS` ``"device"`` they are solved by torch on the device instead;
+    ``benchmarks/bench_gpu.py`` times both on the device it runs on and says which is faster.
     """
-    core, cross = query_matrices(q, k, r_factors(k, 0, group), range(q.shape[0]), group, with_positivity)
-    core, cross = core.cpu().numpy(), None if cross is None else cross.cpu().numpy()
+    lk = r_factors(k, 0, group)
+    n = q.shape[0]
+    if small_problems_on() == "device":
+        core, cross = query_matrices(q, k, lk, range(n), group, with_positivity)
+        sv, mu = torch.linalg.svdvals(core), None if cross is None else torch.linalg.eigvals(cross)
+        return [(sv.cpu().numpy(), None if mu is None else mu.cpu().numpy())]
+    pending = []
     with _single_threaded():
-        return _per_core(
-            lambda h: raw_numpy.core_problems(core[h.start : h.stop], None if cross is None else cross[h.start : h.stop]),
-            q.shape[0],
-        )
+        for heads in raw_numpy.head_chunks(n):
+            core, cross = query_matrices(q, k, lk, heads, group, with_positivity)
+            core, cross = core.cpu().numpy(), None if cross is None else cross.cpu().numpy()  # waits for this batch only
+            pending.append(raw_numpy.submit(raw_numpy.core_problems, core, cross))
+        return [p.result() for p in pending]
+
+
+SMALL_PROBLEMS_ENV = "QK_SPECTRA_SMALL_PROBLEMS"
+"""``cpu`` (default: LAPACK threads on the host, overlapping the GPU) or ``device`` (torch on the GPU)."""
+
+
+def small_problems_on() -> str:
+    """Where the GPU path solves the d_head x d_head problems: $QK_SPECTRA_SMALL_PROBLEMS, cpu or device."""
+    value = os.environ.get(SMALL_PROBLEMS_ENV, "cpu").strip().lower() or "cpu"
+    if value not in ("cpu", "device"):
+        raise BuildError(f"{SMALL_PROBLEMS_ENV}={value!r}: set it to cpu or device, or unset it (default cpu)")
+    return value
 
 
 _per_core = raw_numpy.per_core  # one thread pool for both kernels

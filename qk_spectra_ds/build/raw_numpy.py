@@ -161,14 +161,27 @@ def per_core(fn: Callable[[range], T], n: int) -> list[T]:
     numpy (and torch) release the GIL in BLAS and LAPACK, so the chunks run in parallel.
     """
     global _POOL
-    workers = min(cores(), n)
-    bounds = [round(i * n / workers) for i in range(workers + 1)]
-    chunks = [range(lo, hi) for lo, hi in itertools.pairwise(bounds)]
-    if workers <= 1:
+    chunks = head_chunks(n)
+    if len(chunks) <= 1:
         return [fn(chunk) for chunk in chunks]
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="qk-kernel")
     return list(_POOL.map(fn, chunks))
+
+
+def head_chunks(n: int) -> list[range]:
+    """``range(n)`` split into contiguous ranges, one per CPU core (fewer when n is smaller)."""
+    workers = max(min(cores(), n), 1)
+    bounds = [round(i * n / workers) for i in range(workers + 1)]
+    return [range(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+
+
+def submit(fn: Callable[..., T], *args):
+    """``fn(*args)`` on the kernel's thread pool (a future): the GPU path's small problems overlap its next batch."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=cores(), thread_name_prefix="qk-kernel")
+    return _POOL.submit(fn, *args)
 
 
 def cores() -> int:
