@@ -524,9 +524,9 @@ def import_legacy(
     written = []
     iterator = tables
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        iterator = tqdm(tables, desc="import_legacy", unit="model")
+        iterator = progress_bar(tables, desc="import_legacy", unit="model")
     for model_id, columns in iterator:
         written.append(dataset_repo.write_model_table(out_dir, family, model_id, columns))
     try:

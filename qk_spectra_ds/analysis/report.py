@@ -385,13 +385,14 @@ def run_tasks(tasks: list[Task], jobs: int = 1, progress: bool = True, desc: str
     the output does not depend on ``jobs``.
     """
     from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+
+    from ..progress import progress_bar
 
     jobs = max(1, min(int(jobs), len(tasks)))
     order = tasks if jobs == 1 else sorted(tasks, key=lambda t: -t.cost)  # longest first: the workers finish together
     parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", max_nbytes=None)
     results: dict[str, dict[str, Any]] = {}
-    with tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(None, progress, file=sys.stderr, total=len(tasks), desc=desc, unit="task") as bar:
         for key, result in parallel(delayed(_keyed)(task.key, task.fn, task.args) for task in order):
             results[key] = result
             bar.set_postfix_str(key, refresh=False)

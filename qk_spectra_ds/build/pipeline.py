@@ -738,6 +738,6 @@ def _mb(n: int) -> str:
 
 
 def _tqdm(iterable, enabled: bool, **kwargs):
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar  # a bar on a terminal, plain periodic lines in a log
 
-    return tqdm(iterable, disable=not enabled, **kwargs)
+    return progress_bar(iterable, enabled, **kwargs)
