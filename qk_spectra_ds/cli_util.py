@@ -349,8 +349,8 @@ def run_cli(main: Callable[[], Any]) -> int:
     try:
         main()
     except BuildError as exc:
-        if exc.report:
-            print(exc.report, file=sys.stderr)
+        if exc.report and any(not line.startswith("FAILED") for line in exc.report.splitlines()):
+            print(exc.report, file=sys.stderr)  # when every model failed, the error line alone says it all
         return _fail(exc, debug)
     except (QKSpectraError, ValueError) as exc:
         return _fail(exc, debug)

@@ -174,7 +174,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(int(last), size - 1) if last else size - 1
 
 
-RANGE_FAULT_MODES = ("shift", "total", "no-header", "whole")
+RANGE_FAULT_MODES = ("shift", "total", "no-header", "whole", "short")
 
 
 def _misserve(mode: str, headers: dict[str, str], blob: memoryview, byte_range: tuple[int, int]):
@@ -182,7 +182,9 @@ def _misserve(mode: str, headers: dict[str, str], blob: memoryview, byte_range: 
 
     ``shift``: the same number of bytes one further on (one back at the end of the file),
     with a Content-Range that truthfully says so; ``total``: the right bytes, a wrong total;
-    ``no-header``: the right bytes without Content-Range; ``whole``: a 200 with the whole file.
+    ``no-header``: the right bytes without Content-Range; ``whole``: a 200 with the whole file;
+    ``short``: the right headers (Content-Length included), then only the first half of the body
+    and a closed connection (a truncated response: :meth:`HubApp._resolve` cuts it).
     """
     start, end = byte_range
     size = len(blob)
@@ -198,6 +200,8 @@ def _misserve(mode: str, headers: dict[str, str], blob: memoryview, byte_range: 
         return 206, blob[start : end + 1]
     if mode == "no-header":
         del headers["Content-Range"]
+        return 206, blob[start : end + 1]
+    if mode == "short":
         return 206, blob[start : end + 1]
     if mode == "whole":
         del headers["Content-Range"]
@@ -535,6 +539,8 @@ class HubApp:
             if req.range_fault is not None:
                 status, data = _misserve(req.range_fault, headers, memoryview(self.store.blob(entry.sha256)), byte_range)
         headers["Content-Length"] = str(len(data))
+        if req.range_fault == "short":  # announce every byte, send half: the client sees the connection close early
+            data = data[: len(data) // 2]
         body: Iterable[bytes] = [] if req.method == "HEAD" else self._counted_body((repo_type, repo_id, path), data)
         return Response(status, list(headers.items()), body)
 

@@ -176,7 +176,7 @@ class HubServer:
 
         ``mode`` (see ``_misserve``): ``shift`` (other bytes of the same length, with their true
         Content-Range), ``total`` (wrong total size), ``no-header`` (206 without Content-Range),
-        ``whole`` (200 with the whole file). With ``once_per_range`` only the first request of
+        ``whole`` (200 with the whole file), ``short`` (a truncated body). With ``once_per_range`` only the first request of
         each distinct range counts (a flaky proxy): a client that retries then gets the right bytes.
         Requests without a Range header are never affected.
         """

@@ -139,3 +139,109 @@ def test_the_read_log_counts_overlapping_and_repeated_ranges_once():
     log.record("m", "b.safetensors", 0, 7, data[:7])
     log.record("m", "config.json", 0, WHOLE_FILE, b"{}" * 21)
     assert log.distinct_bytes() == 20 + 10 + 7 + 42
+
+
+# ------------------------------------------------------------------ 7. a full disk, and what killed writers leave
+
+
+def _enospc_writer(real, victim: str):
+    """write_model_table that, for ``victim``, writes part of the file and then fails as a full disk does."""
+    import errno
+
+    from qk_spectra_ds import dataset_repo
+    from qk_spectra_ds.atomic import atomic_path
+
+    def write(out_dir, family, model_id, columns):
+        if model_id != victim:
+            return real(out_dir, family, model_id, columns)
+        with atomic_path(dataset_repo.model_path(out_dir, family, model_id)) as tmp:
+            tmp.write_bytes(b"PAR1" + b"\0" * 4096)  # what a writer had written when the disk filled up
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    return write
+
+
+def test_a_full_disk_fails_one_model_in_one_line_and_the_next_ones_are_built(tiny, tmp_path, monkeypatch):
+    from qk_spectra_ds import dataset_repo
+    from qk_spectra_ds.errors import BuildError
+
+    models = []
+    for name in ("m1", "m2", "m3"):
+        shutil.copytree(tiny, tmp_path / name)
+        models.append(str(tmp_path / name))
+    monkeypatch.setattr(pipeline.dataset_repo, "write_model_table", _enospc_writer(dataset_repo.write_model_table, "m2"))
+    out = tmp_path / "out"
+    with pytest.raises(BuildError) as info:
+        build_family(FAMILY, out, models=models, progress=False, variants=["raw"], offsets=[])
+    results = {Path(r.model_id).name: r for r in info.value.results}  # a failed model is named by its spec
+    assert [results[m].status for m in ("m1", "m2", "m3")] == ["built", "failed", "built"]
+    error = results["m2"].error
+    assert "\n" not in error and "no space left on device" in error and "m2.parquet" in error and "free space" in error
+    assert "Errno" not in error and "OSError" not in error, error
+    assert sorted(p.name for p in (out / "data" / FAMILY).iterdir()) == ["m1.parquet", "m3.parquet"]  # no .tmp left
+    assert "m2" not in (out / "README.md").read_text()
+
+
+def _leave_a_temporary(target: Path) -> None:
+    """Run a process that opens an atomic write of ``target`` and is killed (SIGKILL) inside it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from qk_spectra_ds.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, timeout=60, check=False)
+    assert proc.returncode == -9, proc.stderr
+
+
+def test_temporaries_of_killed_writers_are_swept_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    from qk_spectra_ds.atomic import atomic_path, sweep_stale_temporaries
+
+    target = tmp_path / "data" / "F" / "m.parquet"
+    _leave_a_temporary(target)
+    (left,) = target.parent.glob(".*.tmp")
+    old = time.time() - 2 * 24 * 3600
+    legacy_old = target.parent / ".x.parquet.abcd1234.tmp"  # written before temporaries carried host and pid
+    legacy_new = target.parent / ".y.parquet.efgh5678.tmp"
+    foreign_old = target.parent / ".z.parquet.otherhost-123.ijkl9012.tmp"
+    foreign_new = target.parent / ".w.parquet.otherhost-123.mnop3456.tmp"
+    for path in (legacy_old, legacy_new, foreign_old, foreign_new):
+        path.write_bytes(b"x")
+    for path in (legacy_old, foreign_old):
+        os.utime(path, (old, old))
+    with atomic_path(tmp_path / "live.csv") as live:  # a writer still running (this process)
+        live.write_text("a")
+        removed = sweep_stale_temporaries(tmp_path)
+        assert live.exists()
+    assert sorted(p.name for p in removed) == sorted(p.name for p in (left, legacy_old, foreign_old))
+    assert {p.name for p in target.parent.glob(".*.tmp")} == {legacy_new.name, foreign_new.name}
+
+
+def test_a_build_sweeps_what_a_killed_build_left(tiny, tmp_path, caplog):
+    out = tmp_path / "out"
+    _leave_a_temporary(out / "data" / FAMILY / "tiny.parquet")
+    assert list((out / "data" / FAMILY).glob(".*.tmp"))
+    with caplog.at_level("WARNING"):
+        build_family(FAMILY, out, models=[str(tiny)], progress=False, variants=["raw"], offsets=[])
+    assert not list(out.rglob("*.tmp"))
+    assert any("removed 1 temporary file(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_report_sweeps_what_a_killed_report_left(tmp_path):
+    pytest.importorskip("sklearn")
+    from qk_spectra_ds.analysis.report import run_report
+    from qk_spectra_ds.errors import QKSpectraError
+
+    _leave_a_temporary(tmp_path / "analysis" / "F" / "tables" / "classes.csv")
+    lines: list[str] = []
+    with pytest.raises(QKSpectraError):  # no such dataset: the sweep comes first, before any reading
+        run_report(str(tmp_path / "no-dataset"), "F", tmp_path / "analysis", progress=False, log=lines.append)
+    assert not list((tmp_path / "analysis").rglob("*.tmp"))
+    assert lines and lines[0].startswith("removed 1 temporary file(s)")

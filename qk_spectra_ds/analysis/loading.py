@@ -191,6 +191,20 @@ def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence
     return ds.data.table
 
 
+def check_hub_dataset(dataset: str) -> None:
+    """A one-line LoadError unless ``dataset`` has the form ORG/NAME and the Hub answers (:mod:`..hub_access`)."""
+    from ..hub_access import HubAccessError, check_reachable, check_repo_id
+
+    try:
+        check_repo_id(dataset, "--dataset")
+    except HubAccessError as exc:
+        raise LoadError(f"{exc}; nor is it a local dataset directory") from None
+    try:
+        check_reachable(f"dataset {dataset}")
+    except HubAccessError as exc:
+        raise LoadError(str(exc)) from None
+
+
 def hub_errors() -> tuple[type[BaseException], ...]:
     """What reaching a Hub repo can raise: its HTTP answers (missing or gated repo, revision, file), no network."""
     from httpx2 import HTTPError  # huggingface_hub's HTTP client: timeouts and transport errors
@@ -347,6 +361,8 @@ def load_spectra(
     variants = as_list(variant)
     owners: dict[tuple[str, str], list[str]] = {}
     files: list[Path] = []
+    if not is_local_dataset(dataset):
+        check_hub_dataset(dataset)  # its id's form, and one request with no retries: one line, at once
     if is_local_dataset(dataset) and revision is None:
         root = Path(os.path.expanduser(dataset))
         if root.is_dir():

@@ -43,7 +43,7 @@ import pandas as pd
 from .. import __version__
 
 from . import consensus, features, html_report, layer_stats, layer_tests, taxonomy
-from ..atomic import write_text
+from ..atomic import sweep_stale_temporaries, write_text
 from ..markdown_text import md_code, md_text
 from ..naming import model_slug
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
@@ -865,6 +865,9 @@ def run_report(
     """
     params = params or Params()
     family = str(family)
+    swept = sweep_stale_temporaries(_family_dir(out, family))  # left by a killed report
+    if swept and log is not None:
+        log(f"removed {len(swept)} temporary file(s) an interrupted report left in {_family_dir(out, family)}")
     t0 = time.perf_counter()
     frame = load_spectra(dataset, family, revision=revision, models=models, variant=variant, skip_nonfinite=skip_nonfinite,
                          keep_positional=params.method == "consensus")  # fmt: skip

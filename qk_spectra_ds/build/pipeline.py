@@ -26,11 +26,12 @@ from . import catalog, skip_key
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
 from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
+from ..atomic import sweep_stale_temporaries
 from ..cli_util import check_output_dir
 from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
 from .safetensors_io import Checkpoint
 from ..statistics import spectrum_metrics, spectrum_statistics
-from .weights import ModelSource, open_source
+from .weights import ModelSource, missing_directory, open_source
 
 log = logging.getLogger(__name__)
 
@@ -564,6 +565,9 @@ def build_family(
     """
     dataset_repo.check_family(family)
     check_output_dir(out_dir)  # refused before any model is read, not after hours of work
+    swept = sweep_stale_temporaries(out_dir)  # left by a killed build: they would keep a full disk full
+    if swept:
+        log.warning("removed %d temporary file(s) an interrupted run left in %s", len(swept), out_dir)
     variants = None if variants is None else check_variants(variants)  # None: every variant a model allows
     offsets = check_offsets(offsets)
     null_seed = check_null_seed(null_seed)
@@ -574,9 +578,13 @@ def build_family(
         specs = select_shard(specs, shard)
     if not specs:
         raise BuildError(f"no models to build for family {family!r}")
+    missing = [problem for problem in map(missing_directory, specs) if problem]
+    if missing:  # a mistyped path stops the run before any model is read, not after the others
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelSourceError(f"{missing[0]}{more}; nothing was built")
     results: list[ModelResult] = []
     taken_ids: dict[str, str] = {}
-    for spec in _tqdm(specs, progress, desc=f"{family} models", unit="model"):
+    for spec in _tqdm(specs, progress, desc=f"{family} models", unit="model", leave=False):
         try:
             result = build_model(
                 spec, family, out_dir, device=device, force=force, progress=progress, token=token, taken_ids=taken_ids,

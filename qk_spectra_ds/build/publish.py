@@ -86,13 +86,12 @@ def publish(
 
 def check_target(repo_id: str, version: str | None = None) -> None:
     """Refuse a repo id or a version the Hub would refuse, before any work (a build can take hours)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from ..hub_access import HubAccessError, check_repo_id
 
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise PublishError(f"--push-to-hub {repo_id!r} is not a Hub repo id (ORG/NAME): {one_line(exc, first_line=True)}") from None
+        check_repo_id(repo_id, "--push-to-hub")  # ORG/NAME exactly: a bare NAME would land in the token's namespace
+    except HubAccessError as exc:
+        raise PublishError(str(exc)) from None
     if version is not None and not VERSION_PATTERN.match(version):
         raise PublishError(f"version {version!r} is not of the form vMAJOR.MINOR.PATCH (e.g. v0.1.0)")
 

@@ -298,7 +298,7 @@ class HubSource(ModelSource):
         """GET the file, or bytes [start, end) of it: (data, None), or (None, what was wrong with the answer)."""
         from huggingface_hub import hf_hub_url
         from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff, httpx
 
         url = hf_hub_url(self.model_id, filename, revision=self.revision)
         headers = build_hf_headers(token=self.token)
@@ -320,7 +320,10 @@ class HubSource(ModelSource):
                 if problem is not None:
                     return None, problem  # the body is never downloaded (it may be a whole shard)
                 limit = SMALL_FILE_LIMIT if byte_range is None else byte_range[1] - byte_range[0]
-                data = _bounded_body(response, limit)  # writable, so numpy/torch can wrap it
+                try:
+                    data = _bounded_body(response, limit)  # writable, so numpy/torch can wrap it
+                except httpx.TransportError as exc:  # a body cut short or stalled: retried like a wrong answer
+                    return None, f"a body cut short ({type(exc).__name__}: {one_line(exc, first_line=True)})"
                 if data is None and byte_range is None:
                     raise ModelSourceError(_too_large(self.model_id, filename, None))
                 if data is None:
@@ -342,21 +345,30 @@ class HubSource(ModelSource):
             return None, f"{len(data)} bytes"
         return data, None
 
+    def _get_with_retries(self, filename: str, byte_range: tuple[int, int] | None) -> tuple[bytearray | None, str | None]:
+        """:meth:`_get`, tried :data:`RANGE_ATTEMPTS` times while the answer is wrong or cut short."""
+        for attempt in range(RANGE_ATTEMPTS):
+            if attempt:
+                time.sleep(RANGE_RETRY_WAIT * 2 ** (attempt - 1))
+            data, problem = self._get(filename, byte_range)
+            if problem is None:
+                return data, None
+        return None, problem
+
     def _read_file(self, filename: str) -> bytes:
-        data, problem = self._get(filename, None)
+        data, problem = self._get_with_retries(filename, None)
         if problem is not None:
-            raise ModelSourceError(f"{self.model_id}: reading {filename} failed, the Hub answered {problem}")
+            raise ModelSourceError(
+                f"{self.model_id}: reading {filename} failed, the Hub answered {problem} ({RANGE_ATTEMPTS} tries)"
+            )
         return data
 
     def _read_range(self, filename: str, start: int, end: int) -> bytes:
         if end <= start:
             return bytearray()
-        for attempt in range(RANGE_ATTEMPTS):
-            if attempt:
-                time.sleep(RANGE_RETRY_WAIT * 2 ** (attempt - 1))
-            data, problem = self._get(filename, (start, end))
-            if problem is None:
-                return data
+        data, problem = self._get_with_retries(filename, (start, end))
+        if problem is None:
+            return data
         raise ModelSourceError(
             f"{self.model_id}: asked {filename} for bytes {start}-{end - 1} and got {problem} "
             f"({RANGE_ATTEMPTS} tries): the server or a proxy returns the wrong bytes; retry later, or download "
@@ -396,14 +408,25 @@ def range_answer_problem(
     return None
 
 
+def missing_directory(spec: str) -> str | None:
+    """The one-line error for a spec that names a local directory (a path, not ``org/name``) that does not exist, else None."""
+    spec = str(spec).strip()
+    if Path(spec).expanduser().is_dir():
+        return None
+    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+        return f"model directory {spec} does not exist: pass a directory with config.json or a Hub id"
+    return None
+
+
 def open_source(spec: str, model_id: str | None = None, token: str | bool | None = None) -> ModelSource:
     """A local directory if ``spec`` is one, else a Hub id ``org/name[@revision]``."""
     spec = str(spec).strip()
     path = Path(spec).expanduser()
     if path.is_dir():
         return LocalSource(path, model_id=model_id)
-    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
-        raise ModelSourceError(f"model directory {spec} does not exist: pass a directory with config.json or a Hub id")
+    missing = missing_directory(spec)
+    if missing:
+        raise ModelSourceError(missing)
     repo_id, _, revision = spec.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ModelSourceError(
