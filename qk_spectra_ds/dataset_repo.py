@@ -401,14 +401,18 @@ def render_card(
         },
     )
     card_data["dataset_info"] = dataset_info(splits)  # per config: the features and the train split's size
-    legacy = [s for s in summaries if s.get("variant") == schema.VARIANT_LEGACY]
+    from .markdown_text import md_code
+
+    shown = [{**s, "model_id_md": md_code(s.get("model_id")), "model_id_cell": md_code(s.get("model_id"), table=True)}
+             for s in summaries]  # ids shown as code, never as Markdown or HTML  # fmt: skip
+    legacy = [s for s in shown if s.get("variant") == schema.VARIANT_LEGACY]
     card = DatasetCard.from_template(
         card_data,
         template_path=str(_TEMPLATE),
         repo_id=repo_id,
-        models=[{**s, "source": model_source(s)} for s in summaries],
+        models=[{**s, "source": model_source(s)} for s in shown],
         legacy_models=legacy,
-        built_models=[s for s in summaries if s.get("variant") != schema.VARIANT_LEGACY],
+        built_models=[s for s in shown if s.get("variant") != schema.VARIANT_LEGACY],
         families=families,
         versions=list(versions),
         columns=schema.column_types(),

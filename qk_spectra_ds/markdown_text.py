@@ -28,10 +28,15 @@ def md_text(value: object) -> str:
     return _SPECIAL.sub(r"\\\1", _one_line(value))
 
 
-def md_code(value: object) -> str:
-    """``value`` as a Markdown code span (monospace, never interpreted), whatever backticks it holds."""
+def md_code(value: object, table: bool = False) -> str:
+    """``value`` as a Markdown code span (monospace, never interpreted), whatever backticks it holds.
+
+    ``table``: for a cell of a GFM table, where a ``|`` ends the cell even inside a code span
+    unless escaped (GFM then shows it as ``|``).
+    """
     text = _one_line(value)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ") and text.strip()) else ""
-    return f"{fence}{pad}{text}{pad}{fence}" if text else "` `"
+    span = f"{fence}{pad}{text}{pad}{fence}" if text else "` `"
+    return span.replace("|", "\\|") if table else span

@@ -148,3 +148,22 @@ def test_md_text_and_md_code_render_as_the_text_itself():
         cell = md.render(f"| model |\n| --- |\n| {md_text(text)} |\n")
         assert re.search(r"<td>(.*?)</td>", cell, re.DOTALL).group(1).strip() == shown.strip(), (text, cell)
         assert md.render(f"### {md_text(text)}\n").strip() == f"<h3>{shown.strip()}</h3>", text
+
+
+@pytest.mark.slow
+def test_the_card_shows_hostile_ids_as_code(tiny_dir, tmp_path):
+    """The dataset card (README.md, rendered by the Hub) shows a model id as code in one cell of its table."""
+    from markdown_it import MarkdownIt
+
+    from qk_spectra_ds.build.pipeline import build_model
+    from qk_spectra_ds.build.weights import LocalSource
+
+    hostile = "<script>alert(1)</script>|x`y"
+    build_model(LocalSource(tiny_dir, model_id=hostile), "F", tmp_path, progress=False, variants=["raw"], offsets=[])
+    dataset_repo.write_card(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    body = card.split("\n---\n", 1)[1]
+    html = MarkdownIt("commonmark").enable("table").render(body)
+    assert "<script" not in html
+    shown = "<code>&lt;script&gt;alert(1)&lt;/script&gt;|x`y</code>"
+    assert f"<td>{shown}</td>" in html  # one cell, the whole id
