@@ -42,6 +42,8 @@ FLAG_HELP = {
     "revision": "Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.",
     "models": "comma-separated models to keep (id, file slug or last path part); default all.",
     "variant": "keep only rows of this variant (e.g. raw, legacy); needed if a model has several.",
+    "circuit": "which circuit of each head to analyse: qk (default: W_Q^T W_K, where it looks) or ov (W_O W_V, what it "
+               "writes; schema v4 datasets built with --circuits qk,ov). Tables get a circuit column, titles name it.",
     "n_clusters": "number of KMeans classes, per model and for the joint taxonomy (default: as the original).",
     "n_bins": "number of histogram bins (default: as the original).",
     "quantile": "upper bin edge = this quantile of all normalized eigenvalues of the model (for the joint taxonomy: of "
@@ -135,7 +137,7 @@ def _setup_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _load(dataset, family, revision, models, variant, skip_nonfinite):
+def _load(dataset, family, revision, models, variant, skip_nonfinite, circuit="qk"):
     from .loading import load_spectra
 
     if dataset is None:
@@ -143,7 +145,7 @@ def _load(dataset, family, revision, models, variant, skip_nonfinite):
     if family is None:
         raise _usage("--family is required (a config of the dataset, e.g. Qwen3, or all)")
     return load_spectra(str(dataset), str(family), revision=None if revision is None else str(revision),
-                        models=models, variant=variant, skip_nonfinite=bool(skip_nonfinite))
+                        models=models, variant=variant, skip_nonfinite=bool(skip_nonfinite), circuit=str(circuit))
 
 
 def _usage(message: str):
@@ -165,6 +167,7 @@ def report(
     revision: str = None,
     models: str = None,
     variant: str = None,
+    circuit: str = "qk",
     n_clusters: int = Params.n_clusters,
     n_bins: int = Params.n_bins,
     quantile: float = Params.quantile,
@@ -201,12 +204,12 @@ def report(
     outputs = report_module.run_report(
         str(dataset), str(family), out, revision=None if revision is None else str(revision), models=models,
         variant=variant, skip_nonfinite=bool(skip_nonfinite), params=params, jobs=jobs, progress=not quiet,
-        log=None if quiet else (lambda line: print(line, file=sys.stderr)),
+        log=None if quiet else (lambda line: print(line, file=sys.stderr)), circuit=str(circuit),
     )
     _summary(quiet, "report", outputs, t0, extra=f"open {outputs.family_dir / 'index.html'} (also index.md)")
 
 
-DATA_FLAGS = ("dataset", "family", "out", "revision", "models", "variant")
+DATA_FLAGS = ("dataset", "family", "out", "revision", "models", "variant", "circuit")
 """The flags that choose what to analyse and where the results go."""
 
 
@@ -275,9 +278,9 @@ def taxonomy(**flags):
 
 
 def _frame(flags):
-    """The rows ``flags`` select (dataset, family, revision, models, variant, skip_nonfinite)."""
+    """The rows ``flags`` select (dataset, family, revision, models, variant, skip_nonfinite, circuit)."""
     return _load(flags["dataset"], flags["family"], flags["revision"], flags["models"], flags["variant"],
-                 flags["skip_nonfinite"])  # fmt: skip
+                 flags["skip_nonfinite"], flags["circuit"])  # fmt: skip
 
 
 def import_legacy(pickles: str = None, family: str = None, out: str = None, force: bool = False,
@@ -360,7 +363,7 @@ def compare(
     """
     from . import compare as comparing
 
-    dataset, family, out, revision, models, variant = (flags[name] for name in DATA_FLAGS)
+    dataset, family, out, revision, models, variant, circuit = (flags[name] for name in DATA_FLAGS)
     skip_nonfinite, quiet = flags["skip_nonfinite"], flags["quiet"]
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
@@ -370,7 +373,7 @@ def compare(
     side_a, side_b = comparing.load_sides(
         str(dataset), str(family), revision=revision, models=models, variant=variant, against=against,
         against_family=against_family, against_revision=against_revision, against_models=against_models,
-        against_variant=against_variant, skip_nonfinite=bool(skip_nonfinite),
+        against_variant=against_variant, skip_nonfinite=bool(skip_nonfinite), circuit=str(circuit),
     )
     outputs = comparing.run_compare(side_a, side_b, out, str(family), chosen, params.format, params.dpi)
     if "compare_summary" in outputs.frames:

@@ -423,7 +423,7 @@ def selection(frame: pd.DataFrame) -> list[tuple[str, str]]:
 def load_sides(
     dataset: str, family: str, revision: str | None = None, models=None, variant=None,
     against: str | None = None, against_family: str | None = None, against_revision: str | None = None,
-    against_models=None, against_variant=None, skip_nonfinite: bool = False,
+    against_models=None, against_variant=None, skip_nonfinite: bool = False, circuit: str = "qk",
 ) -> tuple[Side, Side | None]:
     """Load side A and, if any ``against*`` is given, side B (each through ``load_spectra``).
 
@@ -432,12 +432,12 @@ def load_sides(
     and variant default to side A's only within the same dataset. The original
     study's legacy spectra may sit on either side or next to built ones (the
     comparison is the explicit request to put them side by side; every label
-    says which they are).
+    says which they are). ``circuit``: both sides' rows, ``qk`` (default) or ``ov`` (schema v4).
     """
     from .loading import load_spectra
 
     frame_a = load_spectra(dataset, family, revision=revision, models=models, variant=variant,
-                           skip_nonfinite=skip_nonfinite, pool_legacy=True)  # fmt: skip
+                           skip_nonfinite=skip_nonfinite, pool_legacy=True, circuit=circuit)  # fmt: skip
     name_a = describe(dataset, family, revision)
     if all(x is None for x in (against, against_family, against_revision, against_models, against_variant)):
         return Side(frame_a, name_a), None
@@ -454,7 +454,7 @@ def load_sides(
         raise CompareError("both sides of the comparison are the same selection: give --against DATASET, "
                            "--against_variant, --against_family, --against_revision or --against_models")  # fmt: skip
     frame_b = load_spectra(dataset_b, family_b, revision=revision_b, models=models_b, variant=variant_b,
-                           skip_nonfinite=skip_nonfinite, pool_legacy=True)  # fmt: skip
+                           skip_nonfinite=skip_nonfinite, pool_legacy=True, circuit=circuit)  # fmt: skip
     same_source = same_dataset and (family_b, revision_b) == (family, revision)
     if same_source and set(selection(frame_a)) == set(selection(frame_b)):
         chosen = ", ".join(f"{m} [{v}]" for m, v in sorted(set(selection(frame_a)))[:3])
@@ -495,6 +495,7 @@ def run_compare(
     per-head error). Always: ``tables/depth.csv`` and ``depth/<metric>.png`` for every
     model of both sides.
     """
+    from .circuits import circuit_of, label_tables
     from .plots import variant_suffix
     from .report import write_table
 
@@ -526,9 +527,11 @@ def run_compare(
     (family_dir / "depth").mkdir(exist_ok=True)
     for metric in metrics:
         name = f"depth/{metric}.{fmt}"
-        title = f"{family}: {METRIC_TITLES[metric]} by relative depth" + variant_suffix(sorted(set(depth["variant"])))
+        title = (f"{family}: {METRIC_TITLES[metric]} by relative depth"
+                 + variant_suffix(sorted(set(depth["variant"])), circuit_of(frame)))  # fmt: skip
         plot_metric_depth(depth, metric, family_dir / name, title, dpi)
         outputs.figures.setdefault("depth", []).append(name)
+    label_tables(outputs, circuit_of(frame))
     return outputs
 
 

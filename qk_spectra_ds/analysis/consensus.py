@@ -356,10 +356,11 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
             "scan": scan, "null": null_info, "d_model_source": d_source}  # fmt: skip
 
 
-def plot_consensus(result: dict, path, title: str, dpi: float | None = None, variant: str | None = None):
+def plot_consensus(result: dict, path, title: str, dpi: float | None = None, variant: str | None = None,
+                   circuit: str | None = None):  # fmt: skip
     """k curve (stability, silhouette; chosen k marked) and each class's mean histogram with the null overlaid.
 
-    ``variant``: the variant of the spectra, named at the end of the title.
+    ``variant``, ``circuit``: of the spectra, named at the end of the title.
     """
     from . import plots, rmt_null
 
@@ -392,8 +393,9 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
             axc.set_xlabel("log10(l / mean l)" if result["kind"] == "log" else "l / mean l")
             axc.set_title(f"Class_{i}")
             axc.legend(fontsize=8)
-        fig.suptitle(title + plots.variant_suffix(variant) + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
-        fig.tight_layout()
+            axc.set_xlim(*plots.occupied_range(edges, [means[i]] + ([expected] if expected is not None else [])))
+        fig.suptitle(title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
+        plots.tight_layout(fig)
         return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
 
 

@@ -322,6 +322,7 @@ def load_spectra(
     pool_legacy: bool = False,
     keep_spectra: bool = False,
     keep_positional: bool = False,
+    circuit: str = schema.CIRCUIT_QK,
 ) -> pd.DataFrame:
     """Load and validate one config of a spectra dataset.
 
@@ -348,6 +349,9 @@ def load_spectra(
             ``positional_singular_values`` (float32 array of shape (offsets,
             d_head) per head), None in rows without positional spectra (no
             rotary, null rows, schema v1).
+        circuit: keep only rows of this circuit, ``qk`` (default: where a head looks, the
+            meaning every analysis had before schema v4) or ``ov`` (what it writes). Rows of
+            schema v1-v3 files are qk rows.
 
     Returns:
         One row per head, dataset order, scalar columns of the schema plus
@@ -383,6 +387,7 @@ def load_spectra(
     frame = table.select(scalar_columns).to_pandas()
     frame[_SPECTRUM_COLUMN] = _list_column(table, _SPECTRUM_COLUMN)
     singular_values = _list_column(table, "singular_values")
+    frame = select_circuit(frame, dataset, family, circuit)
     frame = _select(frame, dataset, family, as_list(models), variants)
     pooled = pool_legacy or (variants is not None and schema.VARIANT_LEGACY in variants and len(variants) > 1)
     _check_legacy_pooling(frame, dataset, family, pooled)
@@ -496,6 +501,21 @@ def _local_files_lacking(dataset: str, family: str, column: str) -> list[str]:
 def model_names(model_id: str) -> set[str]:
     """The names a user may give for ``model_id`` in ``--models``."""
     return {model_id, model_slug(model_id), model_id.rstrip("/").rsplit("/", 1)[-1]}
+
+
+def select_circuit(frame: pd.DataFrame, dataset: str, family: str, circuit: str) -> pd.DataFrame:
+    """The rows of one circuit (``qk`` or ``ov``); rows without a circuit (schema v1-v3) are qk rows."""
+    circuit = str(circuit).strip().lower()
+    if circuit not in schema.CIRCUITS:
+        raise LoadError(f"--circuit {circuit!r}: choose {' or '.join(schema.CIRCUITS)}")
+    held = frame["circuit"].fillna(schema.CIRCUIT_QK) if "circuit" in frame else pd.Series(schema.CIRCUIT_QK, index=frame.index)
+    kept = frame[held == circuit]
+    if kept.empty and not frame.empty:
+        raise LoadError(
+            f"no {circuit} rows in {dataset!r} config {family!r} (circuits present: {', '.join(sorted(set(held)))}): "
+            f"rebuild with --circuits qk,ov (schema v{schema.SCHEMA_VERSION}) or load --circuit qk"
+        )
+    return kept
 
 
 def _select(frame: pd.DataFrame, dataset: str, family: str, models: list[str] | None, variants: list[str] | None) -> pd.DataFrame:

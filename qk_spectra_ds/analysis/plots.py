@@ -138,16 +138,67 @@ def new_figure(figsize: tuple[float, float], dpi: float = DEFAULT_DPI):
     return fig
 
 
-def variant_suffix(variant: str | Sequence[str] | None) -> str:
-    """`` · folded spectra``: the end of a figure title naming the variant(s) of the spectra it shows ('' for None).
+CHAR_WIDTH_EM = 0.62
+"""Width of an average character in em (DejaVu Sans, mixed case, with margin): how long a line of text may be."""
+
+
+def wrap_to(text: str, width_in: float, fontsize_pt: float) -> str:
+    """``text`` with each line wrapped at word boundaries so that it fits ``width_in`` inches at ``fontsize_pt``."""
+    import textwrap
+
+    chars = max(12, int(width_in * 72.0 / (CHAR_WIDTH_EM * float(fontsize_pt))))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) if len(line) > chars else line
+                     for line in text.split("\n"))  # fmt: skip
+
+
+def fit_texts(fig) -> None:
+    """Wrap the figure's long texts to the space they have: suptitle to the figure's width, each axes' title
+    and x label to its width (a title may use 1.3 x), its y label to its height (colour bars included)."""
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    if fig.get_suptitle():  # the suptitle is one of the figure's texts
+        for text in (t for t in fig.texts if t.get_text() == fig.get_suptitle()):
+            text.set_text(wrap_to(text.get_text(), 0.96 * width, text.get_fontsize()))
+    for ax in fig.axes:
+        box = ax.get_position()
+        for text, room in ((ax.title, min(0.96 * width, 1.3 * box.width * width)),
+                           (ax.xaxis.label, max(box.width * width, 1.0)),
+                           (ax.yaxis.label, max(box.height * height, 1.0))):  # fmt: skip
+            if text.get_text():
+                text.set_text(wrap_to(text.get_text(), room, text.get_fontsize()))
+
+
+def occupied_range(edges, curves, floor: float = 0.01) -> tuple[float, float]:
+    """The x range of histogram bins where any of ``curves`` exceeds ``floor`` x its peak, one bin of margin each side."""
+    edges = np.asarray(edges, dtype=np.float64)
+    used = np.zeros(len(edges) - 1, dtype=bool)
+    for curve in curves:
+        values = np.nan_to_num(np.asarray(curve, dtype=np.float64))
+        if values.size == used.size and values.max() > 0:
+            used |= values > floor * values.max()
+    if not used.any():
+        return float(edges[0]), float(edges[-1])
+    first, last = np.flatnonzero(used)[[0, -1]]
+    return float(edges[max(first - 1, 0)]), float(edges[min(last + 2, len(edges) - 1)])
+
+
+def tight_layout(fig, **kwargs) -> None:
+    """:func:`fit_texts`, then ``fig.tight_layout(**kwargs)``: every figure's last layout step."""
+    fit_texts(fig)
+    fig.tight_layout(**kwargs)
+
+
+def variant_suffix(variant: str | Sequence[str] | None, circuit: str | None = None) -> str:
+    """`` · folded QK spectra``: the end of a figure title naming the variant(s) and circuit of its spectra ('' for None).
 
     Several variants (a joint taxonomy over models with different ones, a
-    comparison) are joined: `` · folded + raw spectra``.
+    comparison) are joined: `` · folded + raw QK spectra``; ``circuit`` is ``qk``,
+    ``ov`` or ``qk+ov`` (None: the title names no circuit).
     """
     if variant is None:
         return ""
     names = [variant] if isinstance(variant, str) else list(dict.fromkeys(map(str, variant)))
-    return f" · {' + '.join(names)} spectra" if names else ""
+    named = "" if not circuit else " " + str(circuit).upper().replace("+", " and ")
+    return f" · {' + '.join(names)}{named} spectra" if names else ""
 
 
 def figure_title(fig) -> str:
@@ -285,27 +336,27 @@ def _embedding_axes(big, classifier, colors: list[str]) -> None:
     big.set_title(f"{method} of the heads' eigenvalue histograms ({len(labels)} heads)")
 
 
-def clusters_figure(classifier, title: str, variant: str | None = None):
+def clusters_figure(classifier, title: str, variant: str | None = None, circuit: str | None = None):
     """Classification A figure of one model (a fitted :class:`~qk_spectra_ds.taxonomy.SpectralHeadClassifier`); call inside :func:`style`.
 
-    ``variant``: the variant of the spectra, named at the end of the title (:func:`variant_suffix`).
+    ``variant``, ``circuit``: of the spectra, named at the end of the title (:func:`variant_suffix`).
     """
     fig, big, panels = _grid(len(classifier.classes_))
     colors = class_colors(len(classifier.classes_))
     _embedding_axes(big, classifier, colors)
     for ax, klass in zip(panels, classifier.class_fits_):
         _class_panel(ax, klass, classifier.bin_edges_, colors[klass.klass])
-    fig.suptitle(f"{title}: classes of heads by normalized-eigenvalue histogram{variant_suffix(variant)}")
+    fig.suptitle(f"{title}: classes of heads by normalized-eigenvalue histogram{variant_suffix(variant, circuit)}")
     _panel_legend(fig)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
 def plot_clusters(classifier, path: str | os.PathLike, title: str, dpi: float = DEFAULT_DPI,
-                  variant: str | None = None) -> Path:  # fmt: skip
+                  variant: str | None = None, circuit: str | None = None) -> Path:  # fmt: skip
     """Write :func:`clusters_figure` to ``path`` (format from its suffix) at ``dpi``."""
     with style():
-        return _save(clusters_figure(classifier, title, variant), path, dpi)
+        return _save(clusters_figure(classifier, title, variant, circuit), path, dpi)
 
 
 def _box_legend(ax, spline: bool) -> None:
@@ -331,7 +382,7 @@ def _layer_ticks(ax) -> None:
 
 def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi: float = DEFAULT_DPI,
                      variant: str | None = None, tests: Sequence[str] | None = None,
-                     skipped: str | None = None) -> list[Path]:  # fmt: skip
+                     skipped: str | None = None, circuit: str | None = None) -> list[Path]:  # fmt: skip
     """Classification B figures of one model, one per statistic (:class:`~qk_spectra_ds.layer_stats.LayerStat`).
 
     Each figure is the original's box plot, 20 x 8 inches (35 wide above 100
@@ -343,11 +394,12 @@ def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi:
     """
     tests = list(tests) if tests is not None else [None] * len(results)
     with style():
-        return [_save(layer_stat_figure(result, variant, text, skipped), path, dpi)
+        return [_save(layer_stat_figure(result, variant, text, skipped, circuit), path, dpi)
                 for result, path, text in zip(results, paths, tests)]  # fmt: skip
 
 
-def layer_stat_figure(result, variant: str | None = None, tests: str | None = None, skipped: str | None = None):
+def layer_stat_figure(result, variant: str | None = None, tests: str | None = None, skipped: str | None = None,
+                      circuit: str | None = None):  # fmt: skip
     """The box plot of one :class:`~qk_spectra_ds.layer_stats.LayerStat` (see :func:`plot_layer_stats`); call inside :func:`style`."""
     layers = np.asarray(result.layers, dtype=np.float64)
     n = len(layers)
@@ -369,11 +421,11 @@ def layer_stat_figure(result, variant: str | None = None, tests: str | None = No
     ax.set_xlabel("layer" + (f" ({skipped})" if skipped else ""))
     ax.set_ylabel(f"{name} of a head ({unit})" if unit else f"{name} of a head")
     if tests is not None:  # the default method: valid tests only, never the asymptotic p-value
-        ax.set_title(f"{result.model_id}: {name} by layer{variant_suffix(variant)}\nper-layer medians: {tests}", fontsize=13)
+        ax.set_title(f"{result.model_id}: {name} by layer{variant_suffix(variant, circuit)}\nper-layer medians: {tests}", fontsize=13)
     else:
         bds = "NaN" if not np.isfinite(result.bds) else f"{result.bds:.2f}"
         ax.set_title(f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
-                     f"asymptotic p-value: {result.p_value:.2e}){variant_suffix(variant)}")  # fmt: skip
+                     f"asymptotic p-value: {result.p_value:.2e}){variant_suffix(variant, circuit)}")  # fmt: skip
     _box_legend(ax, spline)
     fig.tight_layout()
     return fig
@@ -408,12 +460,12 @@ def _display_models(taxonomy, order: Sequence[str] | None) -> list[str]:
 
 def plot_taxonomy_classes(
     taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy", order: Sequence[str] | None = None,
-    dpi: float = DEFAULT_DPI, variant: str | Sequence[str] | None = None,
+    dpi: float = DEFAULT_DPI, variant: str | Sequence[str] | None = None, circuit: str | None = None,
 ) -> Path:
     """The joint classes: share of each model's heads per class (heat map, left) and one panel per class.
 
     ``order``: the models top to bottom (default: the taxonomy's; the report passes them by size).
-    ``variant``: the variant(s) of the spectra, named at the end of the title.
+    ``variant``, ``circuit``: the variant(s) and circuit of the spectra, named at the end of the title.
     ``path`` None: the figure is returned instead of written.
     """
     classes = taxonomy.classifier.class_fits_
@@ -433,7 +485,7 @@ def plot_taxonomy_classes(
         big.set_title("share of each model's heads per class")
         for ax, klass in zip(panels, classes):
             _class_panel(ax, klass, taxonomy.classifier.bin_edges_, colors[klass.klass])
-        fig.suptitle(title + variant_suffix(variant))
+        fig.suptitle(title + variant_suffix(variant, circuit))
         _panel_legend(fig)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
         return fig if path is None else _save(fig, path, dpi)
@@ -442,10 +494,11 @@ def plot_taxonomy_classes(
 def plot_taxonomy_depth(
     taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy by relative depth",
     order: Sequence[str] | None = None, dpi: float = DEFAULT_DPI, variant: str | Sequence[str] | None = None,
+    circuit: str | None = None,
 ) -> Path:
     """One heat map per class: share of the heads of each (model, relative-depth band) in that class.
 
-    ``order`` and ``variant`` as in :func:`plot_taxonomy_classes`; ``path`` None: the figure is returned instead of written.
+    ``order``, ``variant`` and ``circuit`` as in :func:`plot_taxonomy_classes`; ``path`` None: the figure is returned instead of written.
     """
     shares = taxonomy.shares_by_depth()
     models = _display_models(taxonomy, order)
@@ -482,6 +535,6 @@ def plot_taxonomy_depth(
                 ax.set_yticklabels([])
             else:
                 ax.set_ylabel("model (by size)")
-        fig.suptitle(title + variant_suffix(variant))
-        fig.tight_layout()
+        fig.suptitle(title + variant_suffix(variant, circuit))
+        tight_layout(fig)
         return fig if path is None else _save(fig, path, dpi)

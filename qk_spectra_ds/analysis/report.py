@@ -46,6 +46,7 @@ from . import consensus, features, html_report, layer_stats, layer_tests, taxono
 from ..atomic import sweep_stale_temporaries, write_text
 from ..markdown_text import md_code, md_text
 from ..naming import model_slug
+from .circuits import circuit_of, label_tables
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
 
 TABLES = "tables"
@@ -234,6 +235,7 @@ def analyze_model(
     from . import plots
 
     variant = variant_of(rows)
+    circuit = circuit_of(rows)  # named in every figure title beside the variant
     out: dict[str, Any] = {"model": model_id, "variant": variant, "figures": [], "timings": {}}
     family_dir_path = Path(family_dir)
     slug = model_slug(model_id)
@@ -245,7 +247,8 @@ def analyze_model(
             t1 = time.perf_counter()
             figure = Path("ESDs") / f"{slug}.{params.format}"
             esd_title = model_id if params.method == "original" else f"{model_id}: {ORIGINAL_CLASSES_NOTE}"
-            plots.plot_clusters(classifier, family_dir_path / figure, title=esd_title, dpi=params.dpi, variant=variant)
+            plots.plot_clusters(classifier, family_dir_path / figure, title=esd_title, dpi=params.dpi, variant=variant,
+                                circuit=circuit)  # fmt: skip
             out["timings"]["clusters"] = t1 - t0
             out["timings"]["clusters figures"] = time.perf_counter() - t1
             out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
@@ -258,7 +261,7 @@ def analyze_model(
                                            params.seed, null_eigenvalues)  # fmt: skip
                 figure = Path("consensus") / f"{slug}.{params.format}"
                 consensus.plot_consensus(result, family_dir_path / figure, title=f"{model_id}: consensus classes",
-                                         dpi=params.dpi, variant=variant)  # fmt: skip
+                                         dpi=params.dpi, variant=variant, circuit=circuit)  # fmt: skip
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
@@ -290,7 +293,7 @@ def analyze_model(
             t1 = time.perf_counter()
             figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
             plots.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi, variant=variant,
-                                   tests=titles, skipped=skipped)  # fmt: skip
+                                   tests=titles, skipped=skipped, circuit=circuit)  # fmt: skip
             out["figures"].extend(f.as_posix() for f in figures)
             out["timings"]["boxplots"] = t1 - t0
             out["timings"]["boxplots figures"] = time.perf_counter() - t1
@@ -300,10 +303,11 @@ def analyze_model(
 
 
 def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str, params: Params,
-                  order: Sequence[str] | None = None, variant: str | Sequence[str] | None = None) -> dict[str, Any]:
+                  order: Sequence[str] | None = None, variant: str | Sequence[str] | None = None,
+                  circuit: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Fit the joint taxonomy and draw its figures (models in ``order``); tables returned (worker or in-process).
 
-    ``variant``: the variant(s) of the models' spectra, named in the figures' titles.
+    ``variant``, ``circuit``: the variant(s) and circuit of the models' spectra, named in the figures' titles.
     """
     from threadpoolctl import threadpool_limits
 
@@ -326,9 +330,9 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
         title = f"{family}: joint taxonomy of {len(heads)} model(s)"
         names = [f"taxonomy/classes.{params.format}", f"taxonomy/depth.{params.format}"]
         plots.plot_taxonomy_classes(joint, family_dir_path / names[0], title=title, order=order, dpi=params.dpi,
-                                    variant=variant)  # fmt: skip
+                                    variant=variant, circuit=circuit)  # fmt: skip
         plots.plot_taxonomy_depth(joint, family_dir_path / names[1], title=f"{family}: class shares by relative depth",
-                                  order=order, dpi=params.dpi, variant=variant)  # fmt: skip
+                                  order=order, dpi=params.dpi, variant=variant, circuit=circuit)  # fmt: skip
         out["figures"] = names
         if params.method == "consensus":  # the default method's joint classes: structure test first, k = 1 possible
             from . import joint_consensus
@@ -560,6 +564,7 @@ def _run_per_model(frame, out, family, params, jobs, progress, outputs, do_clust
     results = run_tasks(_model_tasks(models, family_dir, params, do_clusters, do_boxplots), _jobs(jobs, models), progress, desc)
     outputs.timings[f"{desc} (wall)"] = time.perf_counter() - t0
     _store_models(outputs, list(results.values()), do_clusters, do_boxplots, params.method)
+    label_tables(outputs, circuit_of(frame))
     return outputs
 
 
@@ -594,10 +599,11 @@ def run_taxonomy(
     t0 = time.perf_counter()
     variants = model_variants(frame)
     result = taxonomy_task(model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
-                           sorted(set(variants.values())))  # fmt: skip
+                           sorted(set(variants.values())), circuit_of(frame))  # fmt: skip
     _replay(result.pop("warnings", []))
     outputs.timings["taxonomy (wall)"] = time.perf_counter() - t0
     _store_taxonomy(outputs, result, variants)
+    label_tables(outputs, circuit_of(frame))
     return outputs
 
 
@@ -803,7 +809,7 @@ def _store_positional(outputs: Outputs, rows: pd.DataFrame, params: Params,
         n = int(n_layers.iloc[0]) if len(n_layers) else int(part["layer"].max()) + 1
         figure = f"positional/{model_slug(model_id)}.{params.format}"
         title = (f"{model_id}: each head's spectral norm by query-key offset, s₁(δ) / s₁(0), per layer"
-                 + plots.variant_suffix(variant))  # fmt: skip
+                 + plots.variant_suffix(variant, circuit_of(part)))  # fmt: skip
         positional.plot_positional(table, n, outputs.family_dir / figure, title, params.dpi)
         outputs.figures.setdefault(model_id, []).append(figure)
         tables.append(table)
@@ -839,7 +845,8 @@ def other_variant_rows(dataset: str, family: str, revision: str | None, frame: p
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            other = load_spectra(dataset, family, revision=revision, models=wanted, variant=variant, skip_nonfinite=True)
+            other = load_spectra(dataset, family, revision=revision, models=wanted, variant=variant, skip_nonfinite=True,
+                                 circuit=circuit_of(frame))  # fmt: skip
     except AnalysisError:
         return {}
     return dict(split_models(other))
@@ -857,11 +864,14 @@ def run_report(
     jobs: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    circuit: str = "qk",
 ) -> Outputs:
     """Load a config, run classification A and B per model and the joint taxonomy, write the index.
 
     The per-model work and the joint taxonomy are independent tasks; with
     ``jobs > 1`` they share one worker pool. ``jobs=None``: see :func:`default_jobs`.
+    ``circuit``: the rows analysed, ``qk`` (default) or ``ov`` (schema v4); every table gets a ``circuit`` column
+    and every figure title names it. Where the dataset has both, the "QK and OV" section pairs them (:mod:`.circuits`).
     """
     params = params or Params()
     family = str(family)
@@ -870,7 +880,7 @@ def run_report(
         log(f"removed {len(swept)} temporary file(s) an interrupted report left in {_family_dir(out, family)}")
     t0 = time.perf_counter()
     frame = load_spectra(dataset, family, revision=revision, models=models, variant=variant, skip_nonfinite=skip_nonfinite,
-                         keep_positional=params.method == "consensus")  # fmt: skip
+                         keep_positional=params.method == "consensus", circuit=circuit)  # fmt: skip
     frame, positional_rows = split_positional(frame)  # the workers need only the eigenvalues
     family_dir = _family_dir(out, family)
     outputs = Outputs(family_dir)
@@ -887,7 +897,7 @@ def run_report(
     variants = model_variants(frame)
     tasks.append(Task(JOINT_TASK, float(TAXONOMY_COST_HEADS), taxonomy_task,
                       (model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
-                       sorted(set(variants.values())))))  # fmt: skip
+                       sorted(set(variants.values())), circuit_of(frame))))  # fmt: skip
     t1 = time.perf_counter()
     n_jobs = _jobs(jobs, per_model)
     results = run_tasks(tasks, n_jobs, progress, desc="report")
@@ -906,6 +916,13 @@ def run_report(
     behaviour_section = store_behaviour(outputs, frame, params, log)  # None when no row has behaviour scores
     if behaviour_section is not None:
         outputs.timings["behaviour (tests + figures)"] = time.perf_counter() - t2
+    from .circuits import store_circuits
+
+    t2 = time.perf_counter()
+    circuits_section = store_circuits(outputs, frame, str(dataset), family, revision, params, log, outputs.order)
+    if circuits_section is not None:
+        outputs.timings["QK and OV (tables + figures)"] = time.perf_counter() - t2
+    label_tables(outputs, circuit_of(frame))
     removed = remove_stale_tables(outputs, params.method)
     if removed and log is not None:
         log(f"removed tables of the other method left by a previous report: {', '.join(removed)}")
@@ -913,6 +930,8 @@ def run_report(
     write_index(outputs, family, str(dataset), revision, params, frame)
     if behaviour_section is not None:
         append_section(outputs.family_dir / "index.md", behaviour_section)
+    if circuits_section is not None:
+        append_section(outputs.family_dir / "index.md", circuits_section)
     html_report.write_html(outputs, family, str(dataset), revision, params, frame,
                            html_report.size_order(frame))  # fmt: skip
     outputs.timings["tables + index"] = time.perf_counter() - t2
