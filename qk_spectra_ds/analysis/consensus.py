@@ -393,9 +393,8 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
             axc.set_xlabel("log10(l / mean l)" if result["kind"] == "log" else "l / mean l")
             axc.set_title(f"Class_{i}")
             axc.legend(fontsize=8)
-            axc.set_xlim(*plots.occupied_range(edges, [means[i]] + ([expected] if expected is not None else [])))
         fig.suptitle(title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
-        plots.tight_layout(fig)
+        fig.tight_layout()
         return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
 
 

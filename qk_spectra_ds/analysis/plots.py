@@ -138,55 +138,6 @@ def new_figure(figsize: tuple[float, float], dpi: float = DEFAULT_DPI):
     return fig
 
 
-CHAR_WIDTH_EM = 0.62
-"""Width of an average character in em (DejaVu Sans, mixed case, with margin): how long a line of text may be."""
-
-
-def wrap_to(text: str, width_in: float, fontsize_pt: float) -> str:
-    """``text`` with each line wrapped at word boundaries so that it fits ``width_in`` inches at ``fontsize_pt``."""
-    import textwrap
-
-    chars = max(12, int(width_in * 72.0 / (CHAR_WIDTH_EM * float(fontsize_pt))))
-    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) if len(line) > chars else line
-                     for line in text.split("\n"))  # fmt: skip
-
-
-def fit_texts(fig) -> None:
-    """Wrap the figure's long texts to the space they have: suptitle to the figure's width, each axes' title
-    and x label to its width (a title may use 1.3 x), its y label to its height (colour bars included)."""
-    width, height = fig.get_figwidth(), fig.get_figheight()
-    if fig.get_suptitle():  # the suptitle is one of the figure's texts
-        for text in (t for t in fig.texts if t.get_text() == fig.get_suptitle()):
-            text.set_text(wrap_to(text.get_text(), 0.96 * width, text.get_fontsize()))
-    for ax in fig.axes:
-        box = ax.get_position()
-        for text, room in ((ax.title, min(0.96 * width, 1.3 * box.width * width)),
-                           (ax.xaxis.label, max(box.width * width, 1.0)),
-                           (ax.yaxis.label, max(box.height * height, 1.0))):  # fmt: skip
-            if text.get_text():
-                text.set_text(wrap_to(text.get_text(), room, text.get_fontsize()))
-
-
-def occupied_range(edges, curves, floor: float = 0.01) -> tuple[float, float]:
-    """The x range of histogram bins where any of ``curves`` exceeds ``floor`` x its peak, one bin of margin each side."""
-    edges = np.asarray(edges, dtype=np.float64)
-    used = np.zeros(len(edges) - 1, dtype=bool)
-    for curve in curves:
-        values = np.nan_to_num(np.asarray(curve, dtype=np.float64))
-        if values.size == used.size and values.max() > 0:
-            used |= values > floor * values.max()
-    if not used.any():
-        return float(edges[0]), float(edges[-1])
-    first, last = np.flatnonzero(used)[[0, -1]]
-    return float(edges[max(first - 1, 0)]), float(edges[min(last + 2, len(edges) - 1)])
-
-
-def tight_layout(fig, **kwargs) -> None:
-    """:func:`fit_texts`, then ``fig.tight_layout(**kwargs)``: every figure's last layout step."""
-    fit_texts(fig)
-    fig.tight_layout(**kwargs)
-
-
 def variant_suffix(variant: str | Sequence[str] | None, circuit: str | None = None) -> str:
     """`` · folded QK spectra``: the end of a figure title naming the variant(s) and circuit of its spectra ('' for None).
 
@@ -536,5 +487,5 @@ def plot_taxonomy_depth(
             else:
                 ax.set_ylabel("model (by size)")
         fig.suptitle(title + variant_suffix(variant, circuit))
-        tight_layout(fig)
+        fig.tight_layout()
         return fig if path is None else _save(fig, path, dpi)
