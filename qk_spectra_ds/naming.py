@@ -50,3 +50,8 @@ def model_slug(model_id: str) -> str:
     digest = hashlib.sha256(model_id.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_HEX]
     return f"{readable}---{digest}"
 
+
+def legacy_slug(model_id: str) -> str:
+    """The slug earlier versions wrote for every id (not injective): the name an existing file may still have."""
+    slug = _UNSAFE.sub("-", str(model_id).strip().strip("/").replace("/", "--"))
+    return slug.strip("-.") or "model"

@@ -167,3 +167,24 @@ def test_the_card_shows_hostile_ids_as_code(tiny_dir, tmp_path):
     assert "<script" not in html
     shown = "<code>&lt;script&gt;alert(1)&lt;/script&gt;|x`y</code>"
     assert f"<td>{shown}</td>" in html  # one cell, the whole id
+
+
+@pytest.mark.slow
+def test_a_file_under_the_old_name_is_replaced_and_another_models_kept(tiny_dir, tmp_path):
+    """A model whose name changed (``m x``: was m-x.parquet) is rebuilt under its new name, the old file removed;
+    ``m-x``'s own m-x.parquet is never touched."""
+    from qk_spectra_ds.build.pipeline import build_model
+    from qk_spectra_ds.build.weights import LocalSource
+    from qk_spectra_ds.naming import legacy_slug
+
+    out, options = tmp_path / "out", {"progress": False, "variants": ["raw"], "offsets": []}
+    first = build_model(LocalSource(tiny_dir, model_id="m x"), "F", out, **options)
+    old = first.path.with_name(f"{legacy_slug('m x')}.parquet")
+    first.path.rename(old)  # as an older version named it
+    second = build_model(LocalSource(tiny_dir, model_id="m x"), "F", out, **options)
+    assert second.status == "built" and second.path.is_file() and not old.exists()
+    other = build_model(LocalSource(tiny_dir, model_id="m-x"), "F", out, **options)
+    assert other.path == old and old.is_file()
+    third = build_model(LocalSource(tiny_dir, model_id="m x"), "F", out, **{**options, "force": True})
+    assert third.status == "built" and old.is_file()  # m-x's file: not m x's to remove
+    assert sorted(p.name for p in (out / "data" / "F").iterdir()) == sorted([second.path.name, old.name])

@@ -249,6 +249,7 @@ def build_model(
     timings["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result.path = dataset_repo.write_model_table(out_dir, family, source.model_id, columns)
+    remove_legacy_file(source.model_id, result.path)
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
     result.n_rows = len(layers) * shape.n_heads * len(variants)
@@ -300,6 +301,28 @@ def local_revision_after_build(source: ModelSource, before: str | None) -> str:
     if before is not None and after != before:
         log.warning("%s: the build read bytes its revision pre-pass did not; read_layer should read them", source.model_id)
     return after
+
+
+def remove_legacy_file(model_id: str, written: Path) -> None:
+    """Remove the file an older builder wrote for ``model_id`` under its old, non-injective name, now replaced.
+
+    Only ids whose name changed (not Hub-style) have one, and only a file holding exactly this
+    model id is removed: another model's file of that name is left alone.
+    """
+    import pyarrow.parquet as pq
+
+    from ..naming import legacy_slug
+
+    old = written.with_name(f"{legacy_slug(model_id)}.parquet")
+    if old == written or not old.is_file():
+        return
+    try:
+        held = set(pq.read_table(old, columns=["model_id"]).column(0).to_pylist())
+    except Exception:  # noqa: BLE001 - unreadable: not known to be this model's, so kept
+        return
+    if held == {model_id}:
+        old.unlink()
+        log.warning("%s: removed %s, its file under the name older versions gave it (now %s)", model_id, old.name, written.name)
 
 
 def is_up_to_date(previous: Mapping[str, Any] | None, revision: str) -> bool:
