@@ -96,6 +96,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "attention_type": "what the layer's softmax attention sees, from config.json: `full`, `sliding` (a window) or "
     "`chunked` (Llama 4); hybrids have rows only for their softmax-attention layers; null in legacy rows",
     "sliding_window": "tokens in the layer's window (sliding layers only, else null)",
+    **schema.CIRCUIT_DESCRIPTIONS,
     "rope_theta": "rotary base of the layer (Gemma 3's local and global layers differ); null without rotary "
     "(NoPE layers of Llama 4, SmolLM3, Cohere2, EXAONE 4; absolute positions; ALiBi; legacy rows)",
     **{f"behaviour_{name}": f"{meaning} (see Behaviour scores); null unless built with --behaviour, on ov rows{extra}"

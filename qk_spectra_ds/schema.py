@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 METHOD_VERSION = 4
 """Version of the computation behind the rows, stored in each row's ``method_version``.
@@ -92,6 +92,41 @@ CIRCUIT_METRIC_COLUMNS = (
 """Symmetry (both circuits), copying score and positive share (ov rows; null on qk), the matched-null mean,
 sd and z of each :data:`MATCHED_NULL_METRICS` (null where the metric does not apply), and the Monte Carlo
 draws and seed behind them (draws null where the null moments are analytic)."""
+
+CIRCUIT_DESCRIPTIONS: dict[str, str] = {
+    "circuit": "which circuit of the head the row describes: `qk` = W_QK = (W_Q^h)^T W_K^g (where the head looks), "
+    "`ov` = W_OV = W_O^h W_V^g (what it writes: W_V^g the d_head x d_model rows of the value projection for KV head g, "
+    "W_O^h the d_model x d_head columns of the output projection for head h); on ov rows every spectrum, statistic and "
+    "metric is of W_OV, and d_head is the value head dimension (MLA: v_head_dim); schema v1-v3 rows are qk rows",
+    "symmetry": "||(M + M^T)/2||_F^2 / ||M||_F^2 of the row's circuit M, in [0, 1] (1 symmetric, 0 antisymmetric, "
+    "1/2 + 1/(2 d_model) expected of a random orientation), exact from the factors: 1/2 + Re(sum mu^2) / (2 sum s^2); "
+    "NaN for an all-zero head",
+    "copying_score": "ov rows: sum(Re mu) / sum(|mu|) over the eigenvalues mu of W_V^g W_O^h (the non-zero "
+    "eigenvalues of W_OV; Elhage et al. 2021), in [-1, 1]: +1 copying, -1 suppression; equals `positivity` on ov "
+    "rows; null on qk rows",
+    "copying_positive_share": "ov rows: sum(|mu| over Re mu > 0) / sum(|mu|), the share of eigenvalue mass with "
+    "positive real part; null on qk rows",
+    "positivity_null_mean": "qk rows: mean of `positivity` over the matched null (the head's own singular values, "
+    "Haar-random d_model x d_head left and right singular vectors): exactly 0 by symmetry; null on ov and null rows",
+    "positivity_null_sd": "qk rows: sd of `positivity` over the matched null, Monte Carlo (see Circuits); null on ov "
+    "and null rows",
+    "positivity_z": "qk rows: (positivity - positivity_null_mean) / positivity_null_sd",
+    "copying_score_null_mean": "ov rows: mean of `copying_score` over the matched null: exactly 0; null on qk and null "
+    "rows",
+    "copying_score_null_sd": "ov rows: sd of `copying_score` over the matched null, Monte Carlo (see Circuits)",
+    "copying_score_z": "ov rows: (copying_score - copying_score_null_mean) / copying_score_null_sd: > 3 copying, "
+    "< -3 suppression beyond chance",
+    "symmetry_null_mean": "mean of `symmetry` over the matched null: 1/2 + 1/(2 d_model), exact; null on null rows",
+    "symmetry_null_sd": "sd of `symmetry` over the matched null, exact from the Haar moments (see Circuits); null on "
+    "null rows",
+    "symmetry_z": "(symmetry - symmetry_null_mean) / symmetry_null_sd; null on null rows",
+    "matched_null_draws": "Monte Carlo draws behind the row's positivity/copying null sd (shared by the heads of its "
+    "layer); null on null rows",
+    "matched_null_seed": "seed of those draws (the builder's --null-seed): numpy PCG64 from SeedSequence(entropy=seed, "
+    "spawn_key=(sha256(model_id)[:8] little-endian, layer, circuit 0 qk / 1 ov, variant 0 raw / 1 folded, 2^32)); "
+    "null on null rows",
+}
+"""Card descriptions of the schema-v4 circuit columns (the card's Columns table)."""
 
 BEHAVIOUR_SCORES = ("previous_token", "next_token", "induction", "first_token", "local", "entropy")
 BEHAVIOUR_COLUMNS = tuple(f"behaviour_{s}" for s in BEHAVIOUR_SCORES)

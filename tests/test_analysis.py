@@ -83,6 +83,8 @@ def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: in
         columns[name] = value.tolist()
     for name in schema.OFFSET_COLUMNS + schema.NULL_COLUMNS:
         columns[name] = [None] * n  # no positional spectra (nor null rows) in these synthetic rows
+    for name in schema.COLUMNS:
+        columns.setdefault(name, [None] * n)  # schema v4's circuit metrics, behaviour: null (circuit null = qk)
     return columns
 
 
@@ -409,6 +411,7 @@ def _rewrite(path: Path, **changes) -> None:
             index = table.column_names.index(name)
             table = table.set_column(index, table.schema.field(name), value(table))
     pq.write_table(table, path)
+    dataset_repo.write_card(path.parents[2], rerecord=True)  # a consistent card: the loader's own checks must refuse it
 
 
 def test_unknown_schema_version_is_refused(tmp_path):

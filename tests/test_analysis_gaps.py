@@ -66,7 +66,7 @@ def figure_title(path: Path) -> str:
 
 def parquet_rows(dataset: Path, variant: str) -> pd.DataFrame:
     """The model's rows of one variant, straight from its parquet file (not through the analysis' loader)."""
-    table = pq.read_table(dataset / "data" / "Tiny" / f"{MODEL}.parquet", filters=[("variant", "=", variant)])
+    table = pq.read_table(dataset / "data" / "Tiny" / f"{MODEL}.parquet", filters=[("variant", "=", variant), ("circuit", "=", "qk")])
     return table.to_pandas().sort_values(["layer", "head"], ignore_index=True)
 
 

@@ -62,8 +62,8 @@ def built(request, dataset_dir, tmp_path_factory) -> Built:
     case: ArchCase = request.param
     model = case.make()
     model_dir = save(model, tmp_path_factory.mktemp("models") / case.id, case)
-    result = build_model(str(model_dir), FAMILY, dataset_dir, device=DEVICE, progress=False, variants=["raw"])
-    rows = pq.read_table(result.path, filters=[("variant", "=", "raw")]).to_pandas().set_index(["layer", "head"], drop=False)
+    result = build_model(str(model_dir), FAMILY, dataset_dir, device=DEVICE, progress=False, variants=["raw"], circuits=["qk"])
+    rows = pq.read_table(result.path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pandas().set_index(["layer", "head"], drop=False)
     return Built(case, model_dir, result, rows, case.reference(model))
 
 

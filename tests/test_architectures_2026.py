@@ -9,7 +9,6 @@ against the transformers config objects, and each config quirk has its own test.
 
 from __future__ import annotations
 
-import inspect
 import json
 import struct
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ RTOL = 1e-6
 
 def raw_only() -> dict:
     """Build the raw spectra only (this file checks them), whatever other variants the builder offers."""
-    return {"variants": ["raw"]} if "variants" in inspect.signature(pipeline.build_family).parameters else {}
+    return {"variants": ["raw"], "circuits": ["qk"]}  # QK rows: the OV circuit of every case is tests/test_ov.py
 
 
 @dataclass
@@ -56,7 +55,7 @@ def built(tmp_path_factory) -> dict[str, Built]:
     )
     by_id = {r.model_id: r for r in results}
     return {
-        cid: Built(models[cid], dirs[cid], by_id[cid], pq.read_table(by_id[cid].path).to_pandas())
+        cid: Built(models[cid], dirs[cid], by_id[cid], pq.read_table(by_id[cid].path, filters=[("circuit", "=", "qk")]).to_pandas())
         for cid in dirs
     }
 
@@ -211,7 +210,7 @@ def test_multimodal_text_tower_under_either_prefix_and_never_the_vision_tower(bu
     )  # fmt: skip
     (renamed / "config.json").write_text((b.model_dir / "config.json").read_text())
     [result] = pipeline.build_family(FAMILY, tmp_path / "out", models=[str(renamed)], device="cpu", progress=False, **raw_only())
-    rows = pq.read_table(result.path).to_pandas()
+    rows = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert np.array_equal(np.stack(rows["singular_values"]), np.stack(b.rows["singular_values"]))
 
 
@@ -250,7 +249,7 @@ def test_biases_and_sinks_are_outside_the_raw_form(built, tmp_path):
         save_file(changed, str(other / "model.safetensors"), metadata={"format": "pt"})
         (other / "config.json").write_text((b.model_dir / "config.json").read_text())
         [result] = pipeline.build_family(FAMILY, tmp_path / "out", models=[str(other)], device="cpu", progress=False, **raw_only())
-        rows = pq.read_table(result.path).to_pandas()
+        rows = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
         assert np.array_equal(np.stack(rows["singular_values"]), np.stack(b.rows["singular_values"]))
 
 
@@ -352,7 +351,7 @@ def test_fp8_deepseek_v3_builds_from_dequantized_weights(built, tmp_path):
     config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
     (model_dir / "config.json").write_text(json.dumps(config))
     [result] = pipeline.build_family(FAMILY, tmp_path / "out", models=[str(model_dir)], device="cpu", progress=False, **raw_only())
-    rows = pq.read_table(result.path).to_pandas()
+    rows = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert sorted(set(rows["layer"])) == [0, 1, 2] and "float8_e4m3fn" in rows["weights_dtype"].iloc[0]
     h, dn, dr, dv, rkv = 4, 16, 8, 16, 16
     worst = 0.0
@@ -384,5 +383,5 @@ def test_moe_hub_build_reads_only_qk_bytes(hub_server, built, unique_repo_name, 
     served = hub_server.bytes_served(repo_id=repo_id)
     assert served <= 1.1 * qk + overhead and result.bytes_fetched == served
     assert qk + overhead < 0.5 * len(raw)  # the experts (and embeddings) are most of the file
-    rows = pq.read_table(result.path).to_pandas()
+    rows = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert np.array_equal(np.stack(rows["singular_values"]), np.stack(b.rows["singular_values"]))

@@ -106,7 +106,7 @@ def repo(tmp_path_factory, minilm_dir):
 @pytest.fixture(scope="module")
 def minilm_rows(repo):
     path = dataset_repo.model_path(repo["out"], "MiniLM", MINILM)
-    return pq.read_table(path, filters=[("variant", "=", "raw")]).to_pandas().set_index(["layer", "head"], drop=False)
+    return pq.read_table(path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pandas().set_index(["layer", "head"], drop=False)
 
 
 def test_minilm_matches_dense_svd(minilm_rows, minilm_dense, minilm_dir):
@@ -207,17 +207,17 @@ def test_load_dataset_per_family_and_all(repo):
 
     out = str(repo["out"])
     tiny = load_dataset(out, "Tiny", split="train")
-    assert tiny.num_rows == 3 * (2 * 4 + 2 * 4)  # raw, folded and null rows
+    assert tiny.num_rows == 2 * 3 * (2 * 4 + 2 * 4)  # qk and ov circuits, raw, folded and null rows
     assert set(tiny["model_id"]) == {"tiny-llama", "tiny-gpt2"}
     assert set(tiny["family"]) == {"Tiny"}
     assert tiny.features == schema.features()
     minilm = load_dataset(out, "MiniLM", split="train")
-    assert minilm.num_rows == 3 * 72 and set(minilm["model_type"]) == {"bert"}
+    assert minilm.num_rows == 2 * 3 * 72 and set(minilm["model_type"]) == {"bert"}
     everything = load_dataset(out)  # default config: all
     assert list(everything) == ["train"]
-    assert everything["train"].num_rows == 3 * (72 + 16)
+    assert everything["train"].num_rows == 2 * 3 * (72 + 16)
     assert set(everything["train"]["family"]) == {"MiniLM", "Tiny"}
-    assert load_dataset(out, "all", split="train").num_rows == 3 * (72 + 16)
+    assert load_dataset(out, "all", split="train").num_rows == 2 * 3 * (72 + 16)
     schema.validate_columns(everything["train"].column_names, everything["train"]["schema_version"])
 
 
@@ -235,7 +235,7 @@ def test_card_lists_every_model_and_config(repo):
         assert result.revision
         assert any(f"`{result.model_id}`" in line and f"`{result.revision}`" in line for line in table_rows), result
     num_examples = {d["config_name"]: d["splits"][0]["num_examples"] for d in data["dataset_info"]}
-    assert num_examples == {"all": 3 * 88, "MiniLM": 3 * 72, "Tiny": 3 * 16}  # raw, folded and null rows
+    assert num_examples == {"all": 6 * 88, "MiniLM": 6 * 72, "Tiny": 6 * 16}  # qk and ov; raw, folded and null rows
 
 
 def test_rerun_skips_and_force_rebuilds(repo):
@@ -244,7 +244,7 @@ def test_rerun_skips_and_force_rebuilds(repo):
     before = path.stat()
     content = path.read_bytes()
     again = build_model(str(model_dir), "Tiny", out, device="cpu", progress=False)
-    assert again.status == "skipped" and again.path == path and again.n_rows == 3 * 8
+    assert again.status == "skipped" and again.path == path and again.n_rows == 2 * 3 * 8
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     family_again = build_family("Tiny", out, models=[str(model_dir)], progress=False)
@@ -270,17 +270,15 @@ def test_changed_weights_are_rebuilt_not_skipped(tmp_path):
 
 
 def test_failed_write_keeps_the_previous_file_and_no_temp_file(repo, monkeypatch):
-    from datasets import Dataset
-
     out, model_dir = repo["out"], repo["model_dirs"]["tiny-gpt2"]
     path = dataset_repo.model_path(out, "Tiny", "tiny-gpt2")
     content = path.read_bytes()
 
-    def half_written(self, target, *args, **kwargs):
+    def half_written(table, target, *args, **kwargs):
         Path(target).write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(Dataset, "to_parquet", half_written)
+    monkeypatch.setattr(dataset_repo.pq, "write_table", half_written)  # the writer's pyarrow call
     with pytest.raises(OSError, match="disk full"):
         build_model(str(model_dir), "Tiny", out, device="cpu", progress=False, force=True)
     assert path.read_bytes() == content
@@ -330,7 +328,7 @@ def test_cli_builds_a_local_model_into_a_named_family(tmp_path):
     assert "Traceback" not in proc.stderr
     path = out / "data" / "Mine" / "my-falcon.parquet"
     assert path.is_file() and (out / "README.md").is_file()
-    assert re.search(r"^built +my-falcon: 24 rows \(8 heads x 3 variants\)", proc.stdout, re.M)
+    assert re.search(r"^built +my-falcon: 48 rows \(8 heads x 3 variants x 2 circuits\)", proc.stdout, re.M)
     table = pq.read_table(path)
     assert set(table["family"].to_pylist()) == {"Mine"}
     assert set(table["n_kv_heads"].to_pylist()) == {2}

@@ -218,7 +218,7 @@ def test_damaged_model_does_not_lose_the_others(damaged, good_model, tmp_path):
         ("first-good", "built"), (str(model_dir), "failed"), ("last-good", "built")
     ]
     for good in ("first-good", "last-good"):
-        assert pq.read_table(dataset_repo.model_path(out, "Mixed", good), filters=[("variant", "=", "raw")]).num_rows == 8
+        assert pq.read_table(dataset_repo.model_path(out, "Mixed", good), filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).num_rows == 8
     card = (out / "README.md").read_text()
     assert "`first-good`" in card and "`last-good`" in card and model_dir.name not in card
     assert_nothing_written_for(out, "Mixed", model_dir.name)

@@ -140,8 +140,8 @@ def test_versioned_round_trip(hub_server, hosted_models, tmp_path, unique_repo_n
 
     v1 = _load_in_subprocess(dataset, FAMILY, "v0.1.0")
     v2 = _load_in_subprocess(dataset, FAMILY, "v0.2.0")
-    assert v1 == {"n": 3 * 8, "models": [a]}  # raw, folded and null rows
-    assert v2 == {"n": 3 * 16, "models": sorted([a, b])}
+    assert v1 == {"n": 2 * 3 * 8, "models": [a]}  # qk and ov; raw, folded and null rows
+    assert v2 == {"n": 2 * 3 * 16, "models": sorted([a, b])}
 
     from huggingface_hub import HfApi, hf_hub_download
 

@@ -34,7 +34,7 @@ with tempfile.TemporaryDirectory() as out:
     published = publish(out, repo, private=True, message="qk-spectra-ds live test")
     import datasets
     ds = datasets.load_dataset(repo, "MiniLM", split="train", download_mode="force_redownload")
-    assert ds.num_rows == 72, ds.num_rows
+    assert ds.num_rows == 2 * 72, ds.num_rows  # qk and ov rows
 print("live ok", repo, published.summary())
 """
 

@@ -66,7 +66,7 @@ def reference(model) -> np.ndarray:
 
 
 def built_singular_values(path: Path) -> np.ndarray:
-    table = pq.read_table(path, filters=[("variant", "=", "raw")]).to_pydict()
+    table = pq.read_table(path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pydict()
     order = np.lexsort((table["head"], table["layer"]))
     n_layers, n_heads = table["n_layers"][0], table["n_heads"][0]
     return np.array([table["singular_values"][i] for i in order]).reshape(n_layers, n_heads, -1)
@@ -127,7 +127,8 @@ def test_a_changed_config_alone_changes_the_revision(tiny, tmp_path):
 def test_the_revision_pre_pass_reads_only_config_headers_and_qk(tiny, tmp_path):
     """Skipping a local model reads config, header, Q/K and norm-gain bytes once each, never a whole shard.
 
-    (The folded variant's input_layernorm gains are read through the same read path as Q/K.)
+    (The folded variant's input_layernorm gains are read through the same read path as Q/K; the OV
+    circuit's V and O weights too, each byte once.)
     """
     model_dir, out = copy_model(tiny, tmp_path / "m"), tmp_path / "out"
     build_model(str(model_dir), FAMILY, out, device="cpu", progress=False)
@@ -136,7 +137,7 @@ def test_the_revision_pre_pass_reads_only_config_headers_and_qk(tiny, tmp_path):
     shard = model_dir / "model.safetensors"
     header = header_bytes(shard)
     entries = json.loads(header[8:])
-    qk = sum(e["data_offsets"][1] - e["data_offsets"][0] for n, e in entries.items() if n.endswith(("q_proj.weight", "k_proj.weight", "input_layernorm.weight")))
+    qk = sum(e["data_offsets"][1] - e["data_offsets"][0] for n, e in entries.items() if n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "input_layernorm.weight")))
     assert source.fetched.total == (model_dir / "config.json").stat().st_size + len(header) + qk
     assert source.fetched.total < 0.5 * shard.stat().st_size
 
@@ -189,7 +190,7 @@ def _as_schema_v1(path: Path) -> None:
 
 def test_schema_v1_files_are_read_and_rebuilt(tiny, tmp_path):
     model_dir, out = copy_model(tiny, tmp_path / "old-model"), tmp_path / "out"
-    first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False)
+    first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False, circuits=["qk"])  # v1 had qk rows only
     _as_schema_v1(first.path)
     dataset_repo.write_card(out)
     frame = load_spectra(out, FAMILY)  # v1 alone
@@ -217,9 +218,10 @@ def test_validation_knows_each_version_and_refuses_others():
         schema.validate_columns(v1, [2])
     with pytest.raises(schema.SchemaError, match="lacks column.*null_seed of schema v3"):
         schema.validate_columns(v2, [3])
+    schema.validate_columns(schema.COLUMNS_BY_VERSION[4], [3, 4])
     with pytest.raises(schema.SchemaError) as info:
-        schema.validate_columns(v3, [3, 4])
-    one_line(info.value, "schema_version 4", "understands only 1, 2, 3", "upgrade qk-spectra-ds")
+        schema.validate_columns(v3, [3, 5])
+    one_line(info.value, "schema_version 5", "understands only 1, 2, 3, 4", "upgrade qk-spectra-ds")
     assert "method_version" in schema.column_types() and "method_version" not in schema.column_types(1)
 
 

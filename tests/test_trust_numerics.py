@@ -87,7 +87,7 @@ def reference_layer(directory: Path, layer: int) -> np.ndarray:
 
 
 def read_rows(out: Path, family: str, model_id: str) -> dict:
-    return pq.read_table(dataset_repo.model_path(out, family, model_id), filters=[("variant", "=", "raw")]).to_pydict()
+    return pq.read_table(dataset_repo.model_path(out, family, model_id), filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pydict()
 
 
 def assert_one_line(message: str, *words: str) -> None:

@@ -276,7 +276,7 @@ def build(case: ArchCase, tmp_path, **kw):
     directory = save(model, tmp_path / case.id, case)
     result = pipeline.build_model(str(directory), "fam", tmp_path / "out", progress=False, offsets=OFFSETS, **kw)
     assert result.status == "built", result
-    return model, pq.read_table(result.path).to_pandas()
+    return model, pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
 
 
 def rows_of(table, variant: str, layer: int):
@@ -356,11 +356,11 @@ def test_null_variant(tmp_path):
             assert np.isclose(np.sum(null[h] ** 2) > 0, True)
     # reproducible from the seed, different with another one
     again = pipeline.build_model(str(tmp_path / case.id), "fam2", tmp_path / "out2", progress=False, offsets=OFFSETS)
-    table2 = pq.read_table(again.path).to_pandas()
+    table2 = pq.read_table(again.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert np.array_equal(np.stack(table2[table2.variant == "null"]["singular_values"]),
                           np.stack(table[table.variant == "null"]["singular_values"]))
     other = pipeline.build_model(str(tmp_path / case.id), "fam3", tmp_path / "out3", progress=False, offsets=(0,), null_seed=7)
-    table3 = pq.read_table(other.path).to_pandas()
+    table3 = pq.read_table(other.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert not np.allclose(np.stack(table3[table3.variant == "null"]["singular_values"]),
                            np.stack(table[table.variant == "null"]["singular_values"]), rtol=1e-3)
 
@@ -387,13 +387,13 @@ def test_variants_flag_and_offsets(tmp_path):
     model = case.make()
     directory = save(model, tmp_path / "m", case)
     result = pipeline.build_model(str(directory), "fam", tmp_path / "out", progress=False, variants=["raw"], offsets=())
-    table = pq.read_table(result.path).to_pandas()
+    table = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert set(table["variant"]) == {"raw"} and table["offsets"].isna().all()
     with pytest.raises(Exception, match="choose among raw, folded, null"):
         pipeline.build_model(str(directory), "fam", tmp_path / "out", progress=False, variants=["fold"])
     # the default offsets: 0, 1, 2, 4, ... up to max_position_embeddings
     result = pipeline.build_model(str(directory), "fam4", tmp_path / "out4", progress=False, variants=["folded"])
-    offsets = list(pq.read_table(result.path).to_pandas()["offsets"].iloc[0])
+    offsets = list(pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()["offsets"].iloc[0])
     assert offsets == [0] + [2**i for i in range(12)]
 
 
@@ -403,7 +403,7 @@ def test_minilm_folded_differs_from_raw_and_matches_its_reference(tmp_path):
     if directory is None:
         pytest.skip("the packaged MiniLM checkpoint is not installed")
     result = pipeline.build_model(str(directory), "MiniLM", tmp_path / "out", progress=False, variants=["raw", "folded"])
-    table = pq.read_table(result.path).to_pandas()
+    table = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     model = transformers.BertModel.from_pretrained(str(directory)).eval().double()
     n_heads, d_model = model.config.num_attention_heads, model.config.hidden_size
     d_head = d_model // n_heads

@@ -460,6 +460,9 @@ def legacy_columns(data: dict[str, dict[int, Any]], model_id: str, family: str) 
             columns[name] = metrics[name].tolist()
     for name in schema.LAYER_FACT_COLUMNS + schema.OFFSET_COLUMNS + schema.NULL_COLUMNS:
         columns[name] = [None] * n_rows  # legacy spectra have no positional part, per-layer facts or null draws
+    columns["circuit"] = [schema.CIRCUIT_QK] * n_rows  # the original study's spectra are of W_QK
+    for name in schema.CIRCUIT_METRIC_COLUMNS + schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS:
+        columns[name] = [None] * n_rows  # need the eigenvalues of the weights, or a run of the model
     columns["weights_dtype"] = [None] * n_rows
     columns["builder_version"] = [__version__] * n_rows
     columns["method_version"] = [schema.METHOD_VERSION_LEGACY] * n_rows  # not computed by this builder

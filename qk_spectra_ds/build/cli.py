@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..cli_util import UsageError, as_list, call_cli, program_name, run_cli
 
-BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed", "behaviour")
+BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed", "circuits", "behaviour")
 PROBE_FLAGS = ("probe_seed", "probe_sequences", "probe_length", "probe_local_window")
 PUBLISH_ONLY = ("version", "private", "revision", "message")
 
@@ -35,6 +35,7 @@ def main(
     variants: str | None = None,
     offsets: str | None = None,
     null_seed: str | None = None,
+    circuits: str | None = None,
     behaviour: bool = False,
     probe_seed: str | None = None,
     probe_sequences: str | None = None,
@@ -44,7 +45,7 @@ def main(
     """Compute the singular values of every attention head's W_QK = W_Q^T W_K and write them as a dataset.
 
     Each model becomes data/<family>/<model-slug>.parquet in OUT (one row per layer and query
-    head and variant, schema v3) and OUT/README.md is regenerated (configs per family and 'all'). Models
+    head, circuit and variant, schema v4) and OUT/README.md is regenerated (configs per family and 'all'). Models
     already built from the same revision with the same method version are skipped; a failing model
     does not lose the others, and the command then exits non-zero naming it.
 
@@ -90,6 +91,9 @@ def main(
       null_seed: Seed of the null variant's Haar-random rotations, a whole number from 0 to 2^63 - 1
         (default 0). Each null row records it in its null_seed column; a model whose null rows hold
         another seed is rebuilt.
+      circuits: Comma-separated circuits to build, rows per (layer, head, circuit, variant): qk (W_Q^T W_K,
+        where a head looks) and ov (W_O W_V, what it writes), each with symmetry and matched-null z-scores
+        (see the card). Default qk,ov; qk alone gives the rows of schema v3 plus the new metrics.
       behaviour: Also run each model (loaded whole with transformers, eager attention, its own dtype, on
         --device) on seeded probes, and store per-head behaviour scores on its qk rows: previous-token,
         induction, first-token (sink), local, entropy; encoders next-token instead of induction (see the
@@ -135,6 +139,7 @@ def main(
             variants=as_list(variants, "--variants") if variants is not None else None,
             offsets=as_list(offsets, "--offsets") if offsets is not None else None,
             null_seed=null_seed,
+            circuits=as_list(circuits, "--circuits") if circuits is not None else None,
             **({"behaviour": probe} if probe is not None else {}),
         )
         print(build.summarize(results))

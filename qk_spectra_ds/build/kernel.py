@@ -152,7 +152,7 @@ def qk_layer_variants(q: torch.Tensor, k: torch.Tensor, plan) -> dict:
         mu = np.concatenate([p[name][1] for p in parts])
         pos = [p[name][2] for p in parts]
         positional = None if pos[0] is None else np.concatenate(pos, axis=1)
-        out[name] = VariantSpectra(sv, positivity_from_eigenvalues(mu), positional)
+        out[name] = VariantSpectra(sv, positivity_from_eigenvalues(mu), positional, eigenvalues=mu)
     return out
 
 

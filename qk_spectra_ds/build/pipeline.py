@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,8 +24,10 @@ from .. import __version__, dataset_repo, schema
 
 from . import catalog, skip_key
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
+from .ov import ov_d_head
 from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
+from .circuit_rows import circuit_metric_columns, eigvals_per_core
 from ..atomic import sweep_stale_temporaries
 from ..cli_util import check_output_dir
 from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
@@ -53,6 +55,7 @@ class ModelResult:
     bytes_transferred: int = 0  # every read counted (a local model's revision pre-pass reads its Q/K a second time)
     timings: dict[str, float] = field(default_factory=dict)
     variants: tuple[str, ...] = (schema.VARIANT_RAW,)
+    circuits: tuple[str, ...] = (schema.CIRCUIT_QK,)
 
     @property
     def fetched_share(self) -> float:
@@ -81,6 +84,7 @@ def build_model(
     variants: Sequence[str] | None = None,
     offsets: Sequence[int] | None = None,
     null_seed: int = schema.NULL_SEED,
+    circuits: Sequence[str] | None = None,
     behaviour: Any = None,
 ) -> ModelResult:
     """Build one model, or skip it if its file holds the same revision and method version.
@@ -98,7 +102,9 @@ def build_model(
 
     ``variants`` (default raw, folded, null) and ``offsets`` (default 0, 1, 2, 4, ...
     up to max_position_embeddings; ``[]``: no positional spectra) choose the rows:
-    one per (layer, head, variant), see :mod:`.variants`.
+    one per (layer, head, variant), see :mod:`.variants`. ``circuits`` (default qk, ov)
+    multiplies them by circuit: QK and OV (:mod:`.ov`), each with its symmetry and
+    matched-null z-scores (:mod:`.circuit_rows`).
     """
     from . import route
     from .memory import fix_mmap_threshold
@@ -127,6 +133,7 @@ def build_model(
     layers = [f.layer for f in facts]
     asked = variants is not None
     variants = check_variants(variants)
+    circuits = check_circuits(circuits)
     if not route.numpy_route(variants, offsets, device or route.default_device()):
         require_build_extra()  # one line if torch is missing (rotary frequencies, folded/null, GPU)
     if route.numpy_route(variants, offsets, "cpu"):
@@ -150,10 +157,14 @@ def build_model(
         )
     check_layers_present(source.model_id, config, layout, checkpoint, shape.n_layers, layers)  # headers only, no read
 
-    def read_layer(layer: int) -> tuple[tuple[LayerQK, Any], float]:
+    want_ov = schema.CIRCUIT_OV in circuits
+    d_v = ov_d_head(config, shape) if want_ov else shape.d_head
+
+    def read_layer(layer: int) -> tuple[tuple[LayerQK, Any, Any], float]:
         """Everything the rows of one layer are computed from: the local revision's pre-pass reads through it too.
 
-        Q/K, and for the folded and null variants the norm and q/k-norm gains.
+        Q/K, and for the folded and null variants the norm and q/k-norm gains; with the ov
+        circuit V and O (and the output-side norm gain), :func:`.ov.read_ov`.
         """
         t0 = time.perf_counter()
         if want_folding:  # MLA composes the latent norms' gains into its maps as it reads them
@@ -166,7 +177,8 @@ def build_model(
             if not np.isfinite(array).all():
                 names = ", ".join(t.name for t in qk.tensors)
                 raise CheckpointError(f"{source.model_id}: NaN or Inf in the {info.upper()} weights of layer {layer} ({names})")
-        return (qk, folding), time.perf_counter() - t0
+        ov_blocks = read_ov_layer(layout, checkpoint, config, layer, shape, d_v, want_folding, folding) if want_ov else None
+        return (qk, folding, ov_blocks), time.perf_counter() - t0
 
     dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
     previous = dataset_repo.existing_build(out_dir, family, source.model_id)
@@ -182,7 +194,7 @@ def build_model(
 
     model_file = dataset_repo.model_path(out_dir, family, source.model_id)
     if (not force and revision is not None and is_up_to_date(previous, revision)
-            and skip_key.held_key(model_file) == skip_key.wanted_key(variants=variants, offsets=offsets, null_seed=null_seed, circuits=None,
+            and skip_key.held_key(model_file) == skip_key.wanted_key(variants=variants, offsets=offsets, null_seed=null_seed, circuits=circuits,
                                                                     behaviour=behaviour)):
         result.status, result.path, result.n_rows = "skipped", model_file, previous["n_rows"]
         return result
@@ -197,14 +209,14 @@ def build_model(
         behaviour_result = model_behaviour(source, config, behaviour, checkpoint_dtype(checkpoint, DTYPE_NAMES), device)
         timings["behaviour"] = behaviour_result.seconds
 
-    spectra_by_variant: dict[str, list] = {v: [] for v in variants}
+    spectra_by_variant: dict[tuple[str, str], list] = {(c, v): [] for c in circuits for v in variants}
     tensor_names: list[str] = []
     bar = _tqdm(range(len(layers)), progress, desc=f"{source.model_id} layers", leave=False)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qk-prefetch") as pool:
         pending = pool.submit(read_layer, layers[0]) if layers else None
         for row, layer in zip(bar, layers):
             wait0 = time.perf_counter()
-            (qk, folding), read_seconds = pending.result()
+            (qk, folding, ov_blocks), read_seconds = pending.result()
             timings["read"] += time.perf_counter() - wait0
             timings["read_io"] += read_seconds
             if row + 1 < len(layers):
@@ -214,8 +226,16 @@ def build_model(
                 variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed, device
             )  # None: raw rows through numpy alone
             t0 = time.perf_counter()
-            for name, spectra in layer_variants_or_error(qk.q, qk.k, plan, source.model_id, layer, device).items():
-                spectra_by_variant[name].append(spectra)
+            if schema.CIRCUIT_QK in circuits:
+                for name, spectra in layer_variants_or_error(qk.q, qk.k, plan, source.model_id, layer, device).items():
+                    spectra_by_variant[(schema.CIRCUIT_QK, name)].append(spectra)
+            if ov_blocks is not None:
+                tensor_names.extend(t.name for t in ov_blocks[0].tensors)
+                ov_spectra = ov_layer_variants(
+                    ov_blocks, variants, source.model_id, layer, null_seed, device, route.numpy_route(variants, offsets, device)
+                )
+                for name, spectra in ov_spectra.items():
+                    spectra_by_variant[(schema.CIRCUIT_OV, name)].append(spectra)
             timings["kernel"] += time.perf_counter() - t0
 
     if source.revision is None:
@@ -228,7 +248,7 @@ def build_model(
         model_columns(
             np.stack([s.singular_values for s in per_layer]),
             np.stack([s.positivity for s in per_layer]),
-            shape,
+            shape if circuit == schema.CIRCUIT_QK else replace(shape, d_head=d_v),
             facts=facts,
             model_id=source.model_id,
             revision=revision,
@@ -239,8 +259,11 @@ def build_model(
             positional=[s.positional for s in per_layer],
             offsets=offsets,
             null_seed=null_seed,
+            circuit=circuit,
+            eigenvalues=np.stack([s.eigenvalues for s in per_layer]),
+            matched_null_seed=null_seed,
         )
-        for name, per_layer in spectra_by_variant.items()
+        for (circuit, name), per_layer in spectra_by_variant.items()
     ])
     if behaviour_result is not None:
         from .behaviour import add_behaviour_columns
@@ -252,8 +275,9 @@ def build_model(
     remove_legacy_file(source.model_id, result.path)
     timings["write"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
-    result.n_rows = len(layers) * shape.n_heads * len(variants)
+    result.n_rows = len(layers) * shape.n_heads * len(variants) * len(circuits)
     result.variants = tuple(variants)
+    result.circuits = tuple(circuits)
     result.timings = timings
     result.bytes_fetched = source.reads.distinct_bytes()
     result.bytes_transferred = source.fetched.total
@@ -349,11 +373,16 @@ def model_columns(
     positional: Sequence[np.ndarray | None] | None = None,
     offsets: Sequence[int] = (),
     null_seed: int | None = None,
+    circuit: str = schema.CIRCUIT_QK,
+    eigenvalues: np.ndarray | None = None,
+    matched_null_seed: int | None = None,
 ) -> dict[str, Any]:
     """Current-schema columns for a model from its (L, H, d_head) float64 singular values.
 
     ``positional``: per layer None (no rotary, or a null row) or the (n_offsets, H, d_head)
     positional singular values at ``offsets``. ``null_seed`` is recorded on null rows only.
+    ``eigenvalues`` (L, H, d_head) complex, the cross's mu, give symmetry, copying score and the
+    matched null (:mod:`.circuit_rows`; None: those columns null). Behaviour and probe columns are null.
     """
     n_layers, n_heads, _ = singular_values.shape  # n_layers: the layers with softmax attention (facts)
     n = n_layers * n_heads
@@ -369,6 +398,7 @@ def model_columns(
         "family": [family] * n,
         "model_type": [model_type] * n,
         "variant": [variant] * n,
+        "circuit": [circuit] * n,
         "layer": layer,
         "head": head,
         "kv_head": (head // shape.group_size).astype(np.int32),
@@ -391,6 +421,14 @@ def model_columns(
             columns[f"{prefix}_{name}"] = stat
     columns.update(spectrum_metrics(s, positivity.reshape(n)))
     columns.update(positional_columns(s.reshape(n_layers, n_heads, -1), positional, offsets))
+    from .variants import null_seed_key
+
+    columns.update(circuit_metric_columns(
+        circuit, variant, singular_values, eigenvalues, shape.d_model, [f.layer for f in facts],
+        model_key=null_seed_key(model_id), seed=matched_null_seed, eigvals=eigvals_per_core,
+    ))
+    for name in schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS:
+        columns.setdefault(name, [None] * n)
     return columns
 
 
@@ -458,6 +496,64 @@ def check_null_seed(seed: int | str | None) -> int:
     if isinstance(seed, bool) or not text.isdigit() or int(text) > schema.NULL_SEED_MAX:
         raise BuildError(f"--null-seed {seed!r}: give a whole number from 0 to 2^63 - 1 (default {schema.NULL_SEED})")
     return int(text)
+
+
+def check_circuits(circuits: Sequence[str] | None) -> tuple[str, ...]:
+    """The circuits to build, in canonical order (default qk, ov); one line for an unknown one."""
+    if circuits is None:
+        return schema.CIRCUITS
+    chosen = [str(c).strip() for c in circuits]
+    unknown = [c for c in chosen if c not in schema.CIRCUITS]
+    if unknown or not chosen:
+        raise BuildError(f"--circuits {','.join(chosen)!r}: choose among {', '.join(schema.CIRCUITS)}")
+    return tuple(c for c in schema.CIRCUITS if c in chosen)
+
+
+def read_ov_layer(layout, checkpoint, config, layer: int, shape: AttentionShape, d_v: int, folded: bool, qk_folding=None):
+    """(raw LayerOV, folded (A, B) blocks or None) of one layer: V and O, and for folded/null the gains.
+
+    ``qk_folding``: the gains the QK read already holds (read once); MLA's, composed into its Q/K blocks, are read again.
+    """
+    from .ov import fold_ov, output_norm_gain, read_ov
+
+    ov = read_ov(layout, checkpoint, layer, shape, d_v)
+    for name, array in (("V", ov.v), ("O", ov.o)):
+        if not np.isfinite(array).all():
+            raise CheckpointError(
+                f"{checkpoint.source.model_id}: NaN or Inf in the {name} weights of layer {layer} "
+                f"({', '.join(t.name for t in ov.tensors)})"
+            )
+    if not folded:
+        return ov, None
+    anchor = ov.tensors[0].name
+    folding = qk_folding
+    if folding is None or getattr(folding, "blocks", None) is not None:
+        folding = read_folding(checkpoint, config, layer, shape, anchor)
+    return ov, fold_ov(ov, folding, output_norm_gain(checkpoint, config, layer, shape.d_model, anchor))
+
+
+def ov_layer_variants(ov_blocks, variants, model_id: str, layer: int, null_seed: int, device: str, numpy_only: bool) -> dict:
+    """Every variant's OV spectra of a layer: the QK kernel on A = (W_O^h)^T and B = W_V^g blocks (:mod:`.ov`).
+
+    The null rotations are drawn as for QK from the key ``model_id + "#ov"``: independent of the QK null's.
+    ``numpy_only``: raw rows through numpy alone (:func:`.route.numpy_route`).
+    """
+    ov, folded = ov_blocks
+    if numpy_only:
+        return layer_variants_or_error(ov.o, ov.v, None, model_id, layer, device, circuit=schema.CIRCUIT_OV)
+    import torch
+
+    from .variants import LayerFolding, LayerPlan, haar_rotations
+
+    n_heads, d_v = ov.o.shape[0], ov.o.shape[1]
+    folding = blocks = rotations = None
+    if folded is not None:
+        folding = LayerFolding(None, False, None, None, 1.0)
+        blocks = tuple(torch.from_numpy(np.asarray(x)).to(device=device, dtype=torch.float64) for x in folded)
+    if schema.VARIANT_NULL in variants:
+        rotations = haar_rotations(null_seed, model_id + "#ov", layer, n_heads, d_v)
+    plan = LayerPlan(tuple(variants), folding, None, (), rotations, folded_blocks=blocks)
+    return layer_variants_or_error(ov.o, ov.v, plan, model_id, layer, device, circuit=schema.CIRCUIT_OV)
 
 
 def check_variants(variants: Sequence[str] | None) -> tuple[str, ...]:
@@ -547,7 +643,7 @@ def rotary_factor_gains(gains, rotary, n_heads: int, d_head: int) -> np.ndarray:
     return factor * (np.ones((n_heads, d_head)) if gains is None else gains)
 
 
-def layer_variants_or_error(q, k, plan, model_id: str, layer: int, device: str = "cpu") -> dict:
+def layer_variants_or_error(q, k, plan, model_id: str, layer: int, device: str = "cpu", circuit: str = schema.CIRCUIT_QK) -> dict:
     """Every variant's spectra of a layer (numpy Q, K blocks; plan None: raw through numpy alone, see :mod:`.route`),
     or a one-line CheckpointError naming model, layer, head (and variant)."""
     from .route import layer_spectra
@@ -556,11 +652,13 @@ def layer_variants_or_error(q, k, plan, model_id: str, layer: int, device: str =
     try:
         spectra = layer_spectra(q, k, plan, device)
     except WeightRangeError as exc:
-        raise CheckpointError(f"{model_id}: layer {layer} {exc}") from None
+        where = "" if circuit == schema.CIRCUIT_QK else " (OV circuit: query = output, key = value)"
+        raise CheckpointError(f"{model_id}: layer {layer} {exc}{where}") from None
     for name, values in spectra.items():
         problem = float32_storage_problem(values.singular_values)
         if problem is not None:
             suffix = "" if name == schema.VARIANT_RAW else f" ({name} variant)"
+            suffix += "" if circuit == schema.CIRCUIT_QK else " (OV circuit)"
             raise CheckpointError(f"{model_id}: layer {layer} {problem}{suffix}")
     return spectra
 
@@ -579,6 +677,7 @@ def build_family(
     variants: Sequence[str] | None = None,
     offsets: Sequence[int] | None = None,
     null_seed: int | str | None = None,
+    circuits: Sequence[str] | None = None,
     behaviour: Any = None,
 ) -> list[ModelResult]:
     """Build every model of a family (or the given ones) into ``out_dir``.
@@ -594,6 +693,7 @@ def build_family(
     variants = None if variants is None else check_variants(variants)  # None: every variant a model allows
     offsets = check_offsets(offsets)
     null_seed = check_null_seed(null_seed)
+    circuits = check_circuits(circuits)
     device = check_device(device)
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
     specs = list(dict.fromkeys(str(spec).strip() for spec in specs))  # the same spec twice is built once
@@ -611,7 +711,7 @@ def build_family(
         try:
             result = build_model(
                 spec, family, out_dir, device=device, force=force, progress=progress, token=token, taken_ids=taken_ids,
-                variants=variants, offsets=offsets, null_seed=null_seed, behaviour=behaviour,
+                variants=variants, offsets=offsets, null_seed=null_seed, circuits=circuits, behaviour=behaviour,
             )
             taken_ids[result.model_id] = str(spec)
         except QKSpectraError as exc:
@@ -750,7 +850,7 @@ def summarize(results: Iterable[ModelResult]) -> str:
             lines.append(f"skipped {r.model_id} (already built at {r.revision}; --force rebuilds)")
         else:
             lines.append(
-                f"built   {r.model_id}: {r.n_rows} rows ({r.n_rows // len(r.variants)} heads x {len(r.variants)} variants) -> {r.path} | fetched {_mb(r.bytes_fetched)} of "
+                f"built   {r.model_id}: {r.n_rows} rows ({r.n_rows // len(r.variants) // len(r.circuits)} heads x {len(r.variants)} variants{_circuits(r)}) -> {r.path} | fetched {_mb(r.bytes_fetched)} of "
                 f"{_mb(r.checkpoint_bytes)} ({100 * r.fetched_share:.1f}%{_rereads(r)}) | "
                 + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items())
             )
@@ -762,6 +862,11 @@ def _rereads(r: ModelResult) -> str:
     if r.bytes_transferred <= 1.01 * r.bytes_fetched:
         return ""
     return f"; {_mb(r.bytes_transferred)} read in all: a local model's revision digest reads its weights once before a rebuild, a Hub retry reads again"
+
+
+def _circuits(r: ModelResult) -> str:
+    """`` x 2 circuits`` when the rows hold more than one circuit."""
+    return "" if len(r.circuits) == 1 else f" x {len(r.circuits)} circuits"
 
 
 def _mb(n: int) -> str:

@@ -69,11 +69,12 @@ class LayerPlan:
 
 @dataclass
 class VariantSpectra:
-    """One variant of one layer: (H, d_head) singular values, (H,) positivity, (n_off, H, d_head) positional."""
+    """One variant of one layer: (H, d_head) singular values, (H,) positivity, (n_off, H, d_head) positional, mu."""
 
     singular_values: np.ndarray
     positivity: np.ndarray
     positional: np.ndarray | None = None
+    eigenvalues: np.ndarray | None = None  # (H, d_head) complex mu of the cross (symmetry, copying: :mod:`.circuits`)
 
 
 # ---------------------------------------------------------------- folded factors
