@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from . import __version__, schema
 from .atomic import atomic_path, write_text
 from .errors import QKSpectraError
+from .integrity import file_digest
 
 CARD_NAME = "README.md"
 DATA_DIR = "data"
@@ -161,17 +162,75 @@ def model_path(out_dir: str | os.PathLike, family: str, model_id: str) -> Path:
 def write_model_table(
     out_dir: str | os.PathLike, family: str, model_id: str, columns: Mapping[str, Sequence[Any]]
 ) -> Path:
-    """Write one model's rows (column name -> values) as schema-v1 parquet, atomically."""
-    from datasets import Dataset
+    """Write one model's rows (column name -> values) as parquet of the current schema, atomically.
+
+    Written with pyarrow directly (no ``datasets`` import): the explicit Arrow schema of
+    :func:`arrow_schema` with the ``huggingface`` features metadata ``datasets`` writes, and
+    page checksums (CRC32 of every data page, verified by the loader). The file's SHA-256 and
+    size are remembered for the card (:func:`write_card` records them).
+    """
+    import json
+
+    import pyarrow as pa
 
     missing = [c for c in schema.COLUMNS if c not in columns]
     if missing:
         raise schema.SchemaError(f"rows for {model_id} lack column(s) {', '.join(missing)}")
-    dataset = Dataset.from_dict({c: columns[c] for c in schema.COLUMNS}, features=schema.features())
+    arrow = arrow_schema()
+    arrow = arrow.with_metadata({b"huggingface": json.dumps({"info": {"features": features_dict()}}).encode()})
+    table = pa.Table.from_arrays([_arrow_column(columns[f.name], f.type) for f in arrow], schema=arrow)
     target = model_path(out_dir, family, model_id)
-    with atomic_path(target) as tmp, quiet_datasets():
-        dataset.to_parquet(str(tmp))
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, write_page_checksum=True)
+        digest = file_digest(tmp)
+    _WRITTEN[str(target.resolve())] = digest
     return target
+
+
+_WRITTEN: dict[str, dict[str, Any]] = {}
+"""SHA-256 and size of every model file this process wrote (resolved path -> digest), for the card."""
+
+
+def _arrow_type(kind: str):
+    import pyarrow as pa
+
+    if kind.startswith("list<"):
+        return pa.list_(_arrow_type(kind[len("list<") : -1]))
+    return {"float32": pa.float32(), "float64": pa.float64(), "int32": pa.int32(), "int64": pa.int64(),
+            "string": pa.string()}[kind]  # fmt: skip
+
+
+def arrow_schema(version: int = schema.SCHEMA_VERSION):
+    """The Arrow schema of a schema version's parquet files (what ``datasets`` derives from :func:`schema.features`)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(name, _arrow_type(kind)) for name, kind in schema.column_types(version).items()])
+
+
+def features_dict(version: int = schema.SCHEMA_VERSION) -> dict[str, Any]:
+    """``datasets.Features.to_dict()`` of :func:`schema.features`, built without importing ``datasets``."""
+
+    def one(kind: str) -> dict[str, Any]:
+        if kind.startswith("list<"):
+            return {"feature": one(kind[len("list<") : -1]), "_type": "List"}
+        return {"dtype": kind, "_type": "Value"}
+
+    return {name: one(kind) for name, kind in schema.column_types(version).items()}
+
+
+def _arrow_column(values: Any, kind):
+    """One column as an Arrow array of ``kind``; a list column of equal-length float arrays in one copy."""
+    import numpy as np
+    import pyarrow as pa
+
+    if pa.types.is_list(kind) and not pa.types.is_list(kind.value_type) and len(values) and all(
+        isinstance(v, np.ndarray) and v.ndim == 1 for v in values
+    ):
+        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
+        flat = np.concatenate(values).astype(kind.value_type.to_pandas_dtype(), copy=False)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, kind.value_type), type=kind)
+    return pa.array(values, type=kind)
 
 
 @contextmanager
@@ -348,6 +407,54 @@ def read_card_versions(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return card_metadata(text, where=str(card_path))["versions"]
 
 
+def read_card_models(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The model entries recorded in the card in ``out_dir`` (with their ``sha256`` and ``n_bytes``; empty if none)."""
+    card_path = Path(out_dir) / CARD_NAME
+    text = card_path.read_text(encoding="utf-8") if card_path.exists() else None
+    return card_metadata(text, where=str(card_path))["models"]
+
+
+def with_digests(
+    out_dir: str | os.PathLike,
+    summaries: Sequence[Mapping[str, Any]],
+    recorded: Sequence[Mapping[str, Any]],
+    rerecord: bool = False,
+) -> list[dict[str, Any]]:
+    """``summaries`` with the ``sha256`` and ``n_bytes`` the card records for each file.
+
+    A file this process wrote, or one the card has no checksum for yet, is recorded
+    as it is. A file whose bytes differ from the card's record and that this process
+    did not write keeps the recorded checksum: the card holds what was written, so
+    a file corrupted or edited since is refused on load instead of being blessed.
+    ``rerecord``: record every file as it is now (after a deliberate edit).
+    """
+    from .integrity import recorded_digests
+
+    previous = recorded_digests(recorded)
+    out = []
+    for summary in summaries:
+        path = Path(out_dir) / summary["path"]
+        actual = file_digest(path)
+        old = previous.get(summary["path"])
+        keep = not rerecord and old is not None and old["sha256"] != actual["sha256"] and _WRITTEN.get(str(path.resolve())) != actual
+        out.append({**summary, **(old if keep else actual)})
+    return out
+
+
+def local_digest_problem(out_dir: str | os.PathLike, files: Sequence[str | os.PathLike]) -> str | None:
+    """One line naming the first of ``files`` whose SHA-256 or size differs from the card's record, else None."""
+    from .integrity import digest_mismatch, recorded_digests
+
+    recorded = recorded_digests(read_card_models(out_dir))
+    for path in files:
+        name = _repo_relative(path)
+        if name in recorded:
+            problem = digest_mismatch(name, file_digest(path), recorded[name], "rebuild that model (--force)")
+            if problem:
+                return problem
+    return None
+
+
 def merge_summaries(*groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Model summaries keyed by their path in the repo; later groups win. Sorted by path."""
     merged: dict[str, dict[str, Any]] = {}
@@ -398,7 +505,7 @@ def render_card(
             "schema_version": schema.SCHEMA_VERSION,
             "builder_version": __version__,
             "versions": [dict(v) for v in versions],
-            "models": [{k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes")} for m in summaries],
+            "models": [{k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes", "sha256")} for m in summaries],
         },
     )
     card_data["dataset_info"] = dataset_info(splits)  # per config: the features and the train split's size
@@ -491,18 +598,20 @@ def write_card(
     out_dir: str | os.PathLike,
     new_version: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
+    rerecord: bool = False,
 ) -> Path:
     """Regenerate README.md from the parquet files present, atomically (not rewritten if unchanged).
 
     ``new_version`` (version, date, changes) is appended to the recorded history,
     replacing an entry of the same version. A card whose YAML does not parse, or
     a corrupt model file, is a one-line :class:`DatasetRepoError`; an ``OSError``
-    (e.g. ENOSPC) leaves the previous card in place.
+    (e.g. ENOSPC) leaves the previous card in place. Each file's SHA-256 and size are
+    recorded as :func:`with_digests` says (``rerecord``: as the files are now).
     """
     versions = read_card_versions(out_dir)
     if new_version is not None:
         versions = add_version(versions, new_version)
-    summaries = [read_summary(p) for p in model_files(out_dir)]
+    summaries = with_digests(out_dir, [read_summary(p) for p in model_files(out_dir)], read_card_models(out_dir), rerecord)
     text = render_card(summaries, versions, repo_id=repo_id)
     path = Path(out_dir) / CARD_NAME
     if path.is_file() and path.read_text(encoding="utf-8") == text:

@@ -24,7 +24,7 @@ STD_FLOOR = 1e-9
 """The original study's floor on the std when standardizing (avoids 0/0)."""
 
 
-def spectrum_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
+def spectrum_statistics(values: np.ndarray, fast: bool = False) -> dict[str, np.ndarray]:
     """The original study's six statistics along the last axis.
 
     min, max, mean, std (N-1), skew = mean(z^3), kurtosis = mean(z^4) - 3,
@@ -32,6 +32,9 @@ def spectrum_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
     are NaN for a constant spectrum (all values equal, e.g. an all-zero head;
     the floor would turn 0/0 into 0 and -3, values of no spectrum at all);
     every other spectrum gets the original's numbers bit for bit.
+
+    ``fast``: z^3 and z^4 through |z| (numpy's power is ~7x slower on negative
+    bases), within 1 ulp of the default; for checks within a tolerance (the loader).
     """
     x = np.asarray(values, dtype=np.float64)
     mean = x.mean(axis=-1)
@@ -44,8 +47,8 @@ def spectrum_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
         "max": high,
         "mean": mean,
         "std": std,
-        "skew": np.where(shapeless, np.nan, (z**3).mean(axis=-1)),
-        "kurtosis": np.where(shapeless, np.nan, (z**4).mean(axis=-1) - 3.0),
+        "skew": np.where(shapeless, np.nan, ((np.abs(z) ** 3) * np.sign(z) if fast else z**3).mean(axis=-1)),
+        "kurtosis": np.where(shapeless, np.nan, (np.abs(z) ** 4 if fast else z**4).mean(axis=-1) - 3.0),
     }
     return {name: stats[name] for name in STATISTICS}
 

@@ -107,6 +107,7 @@ def rewrite(path: Path, edit) -> None:
     table = pq.read_table(path)
     columns = edit(table.to_pydict())
     pq.write_table(pa.Table.from_pydict(columns, schema=table.schema), path)
+    dataset_repo.write_card(path.parents[2], rerecord=True)  # a consistent card: the loader's own checks must refuse it
 
 
 # ---------------------------------------------------------------- item 9: legacy and built data

@@ -68,6 +68,7 @@ import numpy as np
 
 from .. import __version__, dataset_repo, schema
 from .loading import AnalysisError, spectrum_problem
+from ..integrity import legacy_units, value_problem
 from ..statistics import spectrum_metrics
 
 LEGACY_KEYS = ("singular_values", "singular_values_stats", "eigen_values", "eigen_values_stats")
@@ -401,21 +402,35 @@ def read_legacy(path: str | os.PathLike) -> dict[str, dict[int, Any]]:
             stats = data[key][layer]
             if not isinstance(stats, list) or len(stats) != len(schema.STATISTICS):
                 raise LegacyFormatError(f"{name}: {key}[{layer}] is not a list of {len(schema.STATISTICS)} arrays")
-            for arr in stats:
-                if not isinstance(arr, np.ndarray) or arr.size != shape[0]:
-                    raise LegacyFormatError(f"{name}: {key}[{layer}] holds an array of the wrong size")
+            for stat, arr in zip(schema.STATISTICS, stats):
+                if not isinstance(arr, np.ndarray) or arr.shape != (shape[0], 1):
+                    found = f"shape {arr.shape}" if isinstance(arr, np.ndarray) else f"a {type(arr).__name__}"
+                    raise LegacyFormatError(
+                        f"{name}: {key}[{layer}] ({stat}) is {found}, expected shape ({shape[0]}, 1): one value per head"
+                    )
     check_legacy_values(data, name)
     return data
 
 
 def check_legacy_values(data: dict[str, dict[int, Any]], name: str) -> None:
-    """Refuse numbers no QK spectrum can have (see :func:`qk_spectra_ds.loading.spectrum_problem`)."""
+    """Refuse numbers no QK spectrum can have (see :func:`qk_spectra_ds.loading.spectrum_problem`), and
+    published statistics other than those the original's formula gives for the published spectra.
+
+    The six statistics of both spectra are recomputed (:func:`qk_spectra_ds.statistics.spectrum_statistics`,
+    the original's definitions) and compared within the rounding of its float32 arithmetic
+    (:func:`qk_spectra_ds.integrity.value_problem` with :func:`~qk_spectra_ds.integrity.legacy_units`).
+    """
     for layer in data["eigen_values"]:
         sv = np.asarray(data["singular_values"][layer], dtype=np.float64)
         ev = np.asarray(data["eigen_values"][layer], dtype=np.float64)
-        ev_stats = [np.asarray(a, dtype=np.float64).reshape(-1) for a in data["eigen_values_stats"][layer]]
-        stats = {"ev_min": ev_stats[0], "ev_max": ev_stats[1]}
-        problem = spectrum_problem(sv, ev, stats)
+        stored = {
+            f"{prefix}_{stat}": np.asarray(array, dtype=np.float64).reshape(-1)
+            for prefix, key in (("sv", "singular_values_stats"), ("ev", "eigen_values_stats"))
+            for stat, array in zip(schema.STATISTICS, data[key][layer])
+        }
+        problem = spectrum_problem(sv, ev, {"ev_min": stored["ev_min"], "ev_max": stored["ev_max"]})
+        if problem is None and np.isfinite(ev).all():
+            problem = value_problem(sv, ev, stored, units=legacy_units(sv.shape[1]))
         if problem is not None:
             head, what = problem
             raise LegacyFormatError(f"{name}: layer {layer} head {head}: {what}")

@@ -132,6 +132,8 @@ def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence
     import yaml
     from datasets.exceptions import DatasetNotFoundError
 
+    from .verification import page_checksum_options  # imports this module
+
     local = is_local_dataset(dataset)
     kwargs = {}
     if local:
@@ -160,7 +162,7 @@ def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence
         source, name = dataset, family
     try:
         with quiet_datasets():
-            ds = datasets.load_dataset(source, name, revision=revision, split="train", **kwargs)
+            ds = datasets.load_dataset(source, name, revision=revision, split="train", **kwargs, **page_checksum_options())
     except DatasetNotFoundError as exc:
         raise LoadError(f"dataset {dataset!r} not found{'' if revision is None else f' at revision {revision!r}'}: {one_line(exc)}") from exc
     except datasets.exceptions.DatasetGenerationError as exc:
@@ -213,6 +215,21 @@ def hub_errors() -> tuple[type[BaseException], ...]:
     return HfHubHTTPError, EntryNotFoundError, HTTPError, ConnectionError
 
 
+def _verify_hub_or_error(dataset: str, family: str, revision: str | None) -> str:
+    """:func:`verification.verify_hub` with the Hub's answers (no repo, no revision, no network) as one line."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from .verification import verify_hub
+
+    at = "" if revision is None else f" at revision {revision!r}"
+    try:
+        return verify_hub(dataset, family, revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise LoadError(f"dataset {dataset!r} not found{at}: {one_line(exc, first_line=True)}") from None
+    except hub_errors() as exc:
+        raise LoadError(f"cannot load {dataset!r}{at}: {type(exc).__name__}: {one_line(exc, first_line=True)}") from None
+
+
 def _describe_generation_error(dataset: str, family: str, exc: BaseException) -> str:
     """Turn a cast error of ``datasets`` (files vs card features) into a schema message."""
     from datasets.table import CastError
@@ -256,7 +273,7 @@ def _is_corrupt_file_error(exc: BaseException) -> bool:
     while cause is not None:
         if isinstance(cause, (pa.ArrowInvalid, pa.ArrowIOError)):  # a CastError (schema mismatch) is neither
             text = str(cause).lower()
-            if any(word in text for word in ("magic", "footer", "parquet", "corrupt", "truncat", "eof", "size")):
+            if any(word in text for word in ("magic", "footer", "parquet", "corrupt", "truncat", "eof", "size", "checksum")):
                 return True
         cause = cause.__cause__ or cause.__context__
     return False
@@ -365,14 +382,18 @@ def load_spectra(
     variants = as_list(variant)
     owners: dict[tuple[str, str], list[str]] = {}
     files: list[Path] = []
-    if not is_local_dataset(dataset):
-        check_hub_dataset(dataset)  # its id's form, and one request with no retries: one line, at once
     if is_local_dataset(dataset) and revision is None:
         root = Path(os.path.expanduser(dataset))
         if root.is_dir():
             files = config_files(root, family)
+            from .verification import verify_local  # imports this module
+
+            verify_local(root, files)  # each file's SHA-256 and size against the card, before anything is read
             owners = check_local_files(root, files)
-    table = _load_arrow(dataset, family, revision, files)
+    load_revision = revision
+    if not is_local_dataset(dataset):  # the Hub's LFS SHA-256 of each file at the commit against its card
+        load_revision = _verify_hub_or_error(dataset, family, revision)
+    table = _load_arrow(dataset, family, load_revision, files)
 
     versions = []
     if "schema_version" in table.column_names:
@@ -395,6 +416,9 @@ def load_spectra(
     check_structure(frame, singular_values, where)
     frame = _check_finite(frame, skip_nonfinite)
     check_values(frame, singular_values, where)
+    from .recompute import check_stored_values  # imports this module
+
+    check_stored_values(table, frame, where)  # every stored statistic, metric and summary against the arrays
     if keep_spectra:
         frame.insert(frame.columns.get_loc(_SPECTRUM_COLUMN), "singular_values", [singular_values[i] for i in frame.index])
     if keep_positional:

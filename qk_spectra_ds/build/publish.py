@@ -72,6 +72,9 @@ def publish(
     local_files = dataset_repo.model_files(out_dir)
     if not local_files:
         raise PublishError(f"{out_dir} has no data/<family>/*.parquet to publish: build a family first")
+    problem = dataset_repo.local_digest_problem(out_dir, local_files)  # never publish a file the card does not vouch for
+    if problem:
+        raise PublishError(f"{problem}; nothing was published")
     try:
         return _publish(out_dir, local_files, repo_id, version, private, branch or "main", force, message, token,
                         max_attempts)  # fmt: skip
@@ -135,7 +138,9 @@ def _publish(out_dir, local_files, repo_id, version, private, branch, force, mes
                 )
         except HfHubHTTPError as exc:
             raise PublishError(_http_message(repo_id, exc)) from None
-    local_summaries = [dataset_repo.read_summary(p) for p in local_files]
+    local_summaries = dataset_repo.with_digests(
+        out_dir, [dataset_repo.read_summary(p) for p in local_files], dataset_repo.read_card_models(out_dir)
+    )
 
     for attempt in range(1, max_attempts + 1):
         try:
