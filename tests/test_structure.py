@@ -64,6 +64,7 @@ def test_too_few_heads_are_not_tested():
     assert not out["tested"] and not out["structure"] and np.isnan(out["p_value"])
 
 
+@pytest.mark.slow
 def test_structureless_heads_get_one_class_and_planted_classes_are_found():
     rng = np.random.default_rng(2)
     null = consensus.analyze("org/m", rows_of(gaussian_heads(72, rng)), structure_draws=99)
@@ -84,6 +85,7 @@ def test_structureless_heads_get_one_class_and_planted_classes_are_found():
     assert any("low-rank" in n for n in names) and any("high-rank" in n for n in names), names
 
 
+@pytest.mark.slow
 def test_fixed_k_overrides_the_structure_test():
     rng = np.random.default_rng(3)
     result = consensus.analyze("org/m", rows_of(gaussian_heads(48, rng)), k=3, structure_draws=19)

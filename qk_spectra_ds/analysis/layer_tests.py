@@ -251,15 +251,18 @@ def shapes(n: int, effect: float = POWER_EFFECT_SD) -> dict[str, np.ndarray]:
 
 
 def simulated_power(n: int, n_sim: int = POWER_SIMULATIONS, effect: float = POWER_EFFECT_SD, alpha: float = ALPHA,
-                    seed: int = 0, n_stats: int = 6, null_draws: int = POWER_NULL_DRAWS) -> dict:  # fmt: skip
+                    seed: int = 0, n_stats: int = 6, null_draws: int = POWER_NULL_DRAWS,
+                    n_permutations: int = N_PERMUTATIONS) -> dict:  # fmt: skip
     """Rejection rates of the three tests at ``alpha`` after Holm over ``3 * n_stats`` tests, per shape.
 
     Shapes: ``null`` (i.i.d. Gaussian noise), ``linear`` and ``hump``
     (:func:`shapes`) plus unit noise. The permutation tests are approximated
     by one Monte Carlo null of ``null_draws`` i.i.d. Gaussian series (exact
     for Spearman's rho, whose permutation null is the same for every series;
-    the benchmark checks the others against real permutations). The model's
-    other ``n_stats - 1`` statistics are taken as null (p uniform).
+    the benchmark checks the others against real permutations), each
+    simulated series compared with ``n_permutations`` of them, so that the
+    p-values have the report's resolution. The model's other ``n_stats - 1``
+    statistics are taken as null (p uniform).
     """
     rng = np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(n), 7)))
     fns = {"bds": bds_statistic, "trend": spearman_trend, "profile": profile_r2}
@@ -268,12 +271,15 @@ def simulated_power(n: int, n_sim: int = POWER_SIMULATIONS, effect: float = POWE
     for shape, signal in {"null": np.zeros(n), **shapes(n, effect)}.items():
         x = signal + rng.standard_normal((int(n_sim), n))
         p = np.empty((int(n_sim), 3))
+        pick = rng.integers(0, int(null_draws), (int(n_sim), int(n_permutations)))
         for j, (name, fn) in enumerate(fns.items()):
-            obs, ref = fn(x), null[name][np.isfinite(null[name])]
-            if name == "profile":
-                p[:, j] = (1 + (ref[None, :] >= obs[:, None]).sum(axis=1)) / (1 + len(ref))
-            else:
-                p[:, j] = (1 + (np.abs(ref)[None, :] >= np.abs(obs)[:, None]).sum(axis=1)) / (1 + len(ref))
+            obs, ref = fn(x), null[name][pick]
+            with np.errstate(invalid="ignore"):
+                if name == "profile":
+                    extreme = ref >= obs[:, None]
+                else:
+                    extreme = np.abs(ref) >= np.abs(obs)[:, None]
+            p[:, j] = (1 + (extreme & np.isfinite(ref)).sum(axis=1)) / (1 + np.isfinite(ref).sum(axis=1))
         others = rng.uniform(size=(int(n_sim), 3 * (int(n_stats) - 1)))
         adjusted = np.array([holm(np.concatenate([p[i], others[i]]))[:3] for i in range(int(n_sim))])
         out[shape] = dict(zip(TESTS, (adjusted < alpha).mean(axis=0)))
