@@ -219,6 +219,10 @@ def test_default_report_says_continuum_without_structure_and_classes_when_plante
         box = next(out.family_dir.glob("plots/MEAN/*.png"))
         title = Image.open(box).text["Title"]
         assert "asymptotic" not in title and "permutation" in title and "layers 0-1 not shown" not in title
+        written = pd.read_csv(out.family_dir / "tables" / "layer_tests.csv")
+        assert "p_bds_asymptotic" not in written.columns and "p_mean_permutation_holm_all" not in written.columns
+        assert written["p_bds_permutation_holm_all"].notna().all() and written["power_note"].str.contains("power").all()
+        assert any(out.family_dir.glob("consensus/*_class_profiles.png"))
 
 
 def test_null_distance_is_an_effect_size_with_monte_carlo_intervals():

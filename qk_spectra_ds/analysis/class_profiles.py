@@ -141,3 +141,28 @@ def describe(model_id: str, rows: pd.DataFrame, eigenvalues: np.ndarray, labels:
 
 class_profiles = describe
 """The public name of :func:`describe` (``qk_spectra_ds.class_profiles``): what each class is, in tables and a name."""
+
+
+def plot_profiles(profiles: pd.DataFrame, names: dict[int, str], path, title: str, dpi: float | None = None,
+                  variant: str | None = None):  # fmt: skip
+    """Each class's median ``s_k / s_1`` by rank with its interquartile band, Gaussian heads dashed (log scale)."""
+    from . import plots
+
+    with plots.style():
+        fig = plots.new_figure((10, 6))
+        ax = fig.add_subplot()
+        colors = plots.class_colors(profiles["class"].nunique())
+        for color, (c, part) in zip(colors, profiles.groupby("class", sort=True)):
+            ax.plot(part["rank"], part["s_over_s1_median"], color=color, lw=2,
+                    label=f"class {c}: {names.get(int(c), '')} (median; band: IQR)")  # fmt: skip
+            ax.fill_between(part["rank"], part["s_over_s1_q25"], part["s_over_s1_q75"], color=color, alpha=0.25, lw=0)
+        null = profiles.groupby("rank")["gaussian_null_median"].first()
+        if null.notna().any():
+            ax.plot(null.index, null.to_numpy(), "k--", lw=1.2, label="Gaussian heads of this shape (median)")
+        ax.set_yscale("log")
+        ax.set_xlabel("rank k of the singular value")
+        ax.set_ylabel("s_k / s_1")
+        ax.legend(fontsize=10)
+        fig.suptitle(title + plots.variant_suffix(variant), fontsize=12)
+        fig.tight_layout()
+        return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)

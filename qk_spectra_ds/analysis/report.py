@@ -263,6 +263,13 @@ def analyze_model(
                 consensus.plot_consensus(result, family_dir_path / figure, title=f"{model_id}: consensus classes",
                                          dpi=params.dpi, variant=variant, circuit=circuit)  # fmt: skip
                 out["figures"].append(figure.as_posix())
+                from . import class_profiles
+
+                figure = Path("consensus") / f"{slug}_class_profiles.{params.format}"
+                named = dict(zip(result["frames"]["consensus_classes"]["class"], result["frames"]["consensus_classes"]["name"]))
+                class_profiles.plot_profiles(result["frames"]["class_profiles"], named, family_dir_path / figure,
+                                             f"{model_id}: singular-value profile of each class", params.dpi, variant)  # fmt: skip
+                out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
                 out["embedding"] = with_consensus_classes(out["embedding"], result["frames"]["consensus_labels"])
@@ -492,8 +499,10 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
     for name, parts in per_model.items():
         if parts:
             table = pd.concat(parts, ignore_index=True).sort_values("model", kind="stable", ignore_index=True)
-            if name == "layer_tests":  # Holm across every test of the report, beside the per-model column
-                table = layer_tests.correct_across(table)
+            if name == "layer_tests":  # Holm across every test of the report, beside the per-model column;
+                # the original's asymptotic p-value is invalid at these lengths: only whether it called the series
+                # significant is kept (original_significant), never the number
+                table = layer_tests.correct_across(table).drop(columns=["p_bds_asymptotic", "p_bds_asymptotic_kind"])
             table = _in_order(outputs, with_variant(table, variants))
             write_table(table, tables / f"{name}.csv")
             outputs.tables[name] = f"{TABLES}/{name}.csv"
@@ -656,13 +665,15 @@ def _rows_of(outputs: Outputs, name: str, model: str, columns: Sequence[str]) ->
 
 def _consensus_section(outputs: Outputs, model: str) -> dict:
     """What the index shows of a model's default-method results (empty under --method original)."""
-    figure = [f for f in outputs.figures.get(model, []) if f.startswith("consensus/")]
+    figure = [f for f in outputs.figures.get(model, []) if f.startswith("consensus/") and "_class_profiles." not in f]
+    profiles = [f for f in outputs.figures.get(model, []) if f.startswith("consensus/") and "_class_profiles." in f]
     by_offset = [f for f in outputs.figures.get(model, []) if f.startswith("positional/")]
     scan = _rows_of(outputs, "k_selection", model, ["k", "stability_ari_mean", "silhouette", "chosen"])
     chosen = None if scan is None else int(scan.loc[scan["chosen"], "k"].iloc[0])
     return {
         "figure": figure[0] if figure else None,
         "positional": by_offset[0] if by_offset else None,
+        "class_profiles": profiles[0] if profiles else None,
         "k": chosen,
         "classes": _rows_of(outputs, "consensus_classes", model, ["class", "name", "n_heads", "share", "confidence_mean"]),
         "structure": _rows_of(outputs, "structure", model, ["statistic", "null_median", "null_q05", "p_value", "n_draws",
