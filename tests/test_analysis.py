@@ -119,7 +119,7 @@ def legacy_report(legacy_dataset, tmp_path_factory):
 
 def test_classes_match_the_original_figure(legacy_report):
     classes = pd.read_csv(legacy_report.family_dir / "tables" / "classes.csv")
-    assert list(classes.columns) == ["model", "variant", "class", "n_heads", "alpha", "theta", "jsd"]  # variant: issue 12
+    assert list(classes.columns) == ["model", "variant", "circuit", "class", "n_heads", "alpha", "theta", "jsd"]  # issues 12, 21
     assert set(classes["variant"]) == {"legacy"}
     qwen = classes[classes["model"] == "Qwen3-0.6B"]
     got = [(round(a, 2), round(t, 2), round(j, 3)) for a, t, j in zip(qwen["alpha"], qwen["theta"], qwen["jsd"])]
@@ -130,7 +130,7 @@ def test_classes_match_the_original_figure(legacy_report):
 
 def test_mean_boxplot_bds_matches_the_original_title(legacy_report):
     bds = pd.read_csv(legacy_report.family_dir / "tables" / "bds.csv")
-    assert list(bds.columns[:5]) == ["model", "variant", "stat", "bds", "p_value"]
+    assert list(bds.columns[:6]) == ["model", "variant", "circuit", "stat", "bds", "p_value"]
     row = bds[(bds["model"] == "Qwen3-0.6B") & (bds["stat"] == "MEAN")].iloc[0]
     assert (round(row["bds"], 2), f"{row['p_value']:.2e}") == REFERENCE_MEAN_BDS
     assert set(bds["stat"]) == {"MIN", "MAX", "MEAN", "STD", "SKEW", "KURTOSIS"}
@@ -159,7 +159,8 @@ def test_layout_and_index_link_every_output(legacy_report):
 
 def test_labels_cover_every_head(legacy_report):
     labels = pd.read_csv(legacy_report.family_dir / "tables" / "labels.csv")
-    assert list(labels.columns) == ["model", "variant", "layer", "head", "class"]
+    assert list(labels.columns) == ["model", "variant", "circuit", "layer", "head", "class"]
+    assert set(labels["circuit"]) == {"qk"}  # the original study's spectra are QK spectra
     assert len(labels) == 28 * 16 + 16 * 32
     assert labels["class"].between(0, 5).all()
     qwen = labels[labels["model"] == "Qwen3-0.6B"]

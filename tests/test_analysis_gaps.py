@@ -87,7 +87,7 @@ def test_every_table_and_figure_title_names_the_variant(reports, variant):
     assert {p.relative_to(outputs.family_dir).as_posix() for p in outputs.family_dir.rglob("*.png")} == set(figures)
     for figure in figures:
         title = figure_title(outputs.family_dir / figure)
-        assert title.endswith(f"· {variant} spectra") or f"· {variant} spectra [" in title, (figure, title)
+        assert title.endswith(f"· {variant} QK spectra") or f"· {variant} QK spectra [" in title, (figure, title)
     index = (outputs.family_dir / "index.md").read_text()
     assert f"### {MODEL} · {variant} spectra\n" in index and f"## Joint taxonomy · {variant} spectra\n" in index
     html = (outputs.family_dir / "index.html").read_text()  # the interactive embedding's title (plotly JSON)
@@ -126,7 +126,7 @@ def test_positional_table_recomputes_from_the_builder_rows(dataset, reports, var
     table = pd.read_parquet(outputs.family_dir / "tables" / "positional.parquet")
     rows = parquet_rows(dataset, variant)
     assert table[["layer", "head"]].values.tolist() == rows[["layer", "head"]].values.tolist()  # every rotary head
-    assert list(table.columns[:4]) == ["model", "variant", "layer", "head"]
+    assert list(table.columns[:5]) == ["model", "variant", "circuit", "layer", "head"]
     for k, delta in enumerate(OFFSETS):
         expected = [p[k][0] / sv[0] for p, sv in zip(rows["positional_singular_values"], rows["singular_values"])]
         np.testing.assert_allclose(table[f"norm_ratio_{delta}"], expected, rtol=1e-6)
@@ -149,7 +149,7 @@ def test_positional_figure_is_written_titled_and_linked(reports):
         width, height = image.size
         assert width >= 800 and height >= 300 and len(set(image.convert("L").getdata())) > 30  # drawn, not blank
     title = figure_title(path)
-    assert MODEL in title and "offset" in title and title.endswith("· folded spectra")
+    assert MODEL in title and "offset" in title and title.endswith("· folded QK spectra")
     index = (outputs.family_dir / "index.md").read_text()
     links = set(re.findall(r"\]\(([^)]+)\)", index))
     assert {"tables/positional.csv", figure} <= links
