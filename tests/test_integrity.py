@@ -210,6 +210,24 @@ def test_hub_revision_is_checked_against_the_hubs_lfs_sha256(built, hub_server, 
     assert len(load_spectra(repo, FAMILY, revision="v1.0.0", variant="raw")) == 8
 
 
+def test_the_hub_check_s_own_failures_are_one_line(monkeypatch):
+    """No network, or a missing repo, while resolving the revision and reading the LFS checksums: one LoadError line."""
+    from huggingface_hub import HfApi
+
+    from qk_spectra_ds.analysis.loading import LoadError
+
+    class ProxyRefused(ConnectionError):
+        pass
+
+    def refuse(*args, **kwargs):
+        raise ProxyRefused("connection refused by proxy")
+
+    monkeypatch.setattr(HfApi, "dataset_info", refuse)
+    with pytest.raises(LoadError) as info:
+        load_spectra("org/name", FAMILY, revision="v1")
+    one_line(info.value, "org/name", "'v1'", "ProxyRefused", "proxy")
+
+
 # ---------------------------------------------------------------- item 3: every column checked on load
 
 
