@@ -66,7 +66,7 @@ OV_OUTSIDE = "V and O biases; the per-token RMS of the norms on either side"
 
 @dataclass
 class LayerOV:
-    """One layer's OV head blocks: ``o`` (H, d_v, d_model) = (W_O^h)^T per head, ``v`` (H_kv, d_v, d_model)."""
+    """One layer's OV head blocks: ``o`` (H, d_v, d_model) = (W_O^h)^T per head (as read), ``v`` (H_kv, d_v, d_model) float64."""
 
     layer: int
     o: np.ndarray
@@ -96,7 +96,8 @@ def _output_rows(ckpt, info: TensorInfo, n_heads: int, d_v: int, d_model: int) -
     """(H, d_v, d_model) = (W_O^h)^T of a Linear output projection (d_model, H * d_v), read whole."""
     _expect_shape(ckpt, info, (d_model, n_heads * d_v))
     o = ckpt.read_rows(info)
-    return np.ascontiguousarray(o.reshape(d_model, n_heads, d_v).transpose(1, 2, 0))
+    return np.ascontiguousarray(o.reshape(d_model, n_heads, d_v).transpose(1, 2, 0))  # as read (float32): the
+    # prefetch thread holds the next layer's blocks while a layer computes; the kernel's float64 copy is made once
 
 
 def read_ov(layout, ckpt, layer: int, shape: AttentionShape, d_v: int | None = None) -> LayerOV:
@@ -109,20 +110,20 @@ def read_ov(layout, ckpt, layer: int, shape: AttentionShape, d_v: int | None = N
         v_info = layout.tensor(ckpt, v_name.format(layer=layer))
         o_info = layout.tensor(ckpt, o_name.format(layer=layer))
         _expect_shape(ckpt, v_info, (hkv * dh, d))
-        v = ckpt.read_rows(v_info).reshape(hkv, dh, d)
+        v = ckpt.read_rows(v_info).astype(np.float64).reshape(hkv, dh, d)
         return LayerOV(layer, _output_rows(ckpt, o_info, h, dh, d), v, (v_info, o_info))
     _, o_name = _names(layout.name)
     info = ckpt.find(layout.name.format(layer=layer))
     o_info = ckpt.find(o_name.format(layer=layer))
     if isinstance(layout, FusedSections):
-        v = ckpt.read_rows(info, (h + hkv) * dh, (h + 2 * hkv) * dh).reshape(hkv, dh, d)
+        v = ckpt.read_rows(info, (h + hkv) * dh, (h + 2 * hkv) * dh).astype(np.float64).reshape(hkv, dh, d)
     elif isinstance(layout, FusedGroups):
         per_group = (shape.group_size + 2) * dh
         first = (shape.group_size + 1) * dh
-        v = np.stack([ckpt.read_rows(info, g * per_group + first, (g + 1) * per_group) for g in range(hkv)])
+        v = np.stack([ckpt.read_rows(info, g * per_group + first, (g + 1) * per_group) for g in range(hkv)]).astype(np.float64)
     elif isinstance(layout, Conv1DFused):
         w = ckpt.read_rows(info)  # (d, 3 h dh), Conv1D: columns [Q, K, V]
-        v = np.ascontiguousarray(w[:, 2 * h * dh :].T).reshape(h, dh, d)
+        v = np.ascontiguousarray(w[:, 2 * h * dh :].T, dtype=np.float64).reshape(h, dh, d)
         _expect_shape(ckpt, o_info, (h * dh, d))  # Conv1D c_proj: (in, out), rows per head = (W_O^h)^T
         return LayerOV(layer, ckpt.read_rows(o_info).reshape(h, dh, d), v, (info, o_info))
     else:

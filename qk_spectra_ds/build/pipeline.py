@@ -221,6 +221,8 @@ def build_model(
             timings["read_io"] += read_seconds
             if row + 1 < len(layers):
                 pending = pool.submit(read_layer, layers[row + 1])
+            else:
+                pending = None  # the last layer's arrays are freed as soon as the locals below let go of them
             tensor_names.extend(t.name for t in qk.tensors)
             plan = None if route.numpy_route(variants, offsets, device) else layer_plan(
                 variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed, device
@@ -229,6 +231,7 @@ def build_model(
             if schema.CIRCUIT_QK in circuits:
                 for name, spectra in layer_variants_or_error(qk.q, qk.k, plan, source.model_id, layer, device).items():
                     spectra_by_variant[(schema.CIRCUIT_QK, name)].append(spectra)
+            qk = folding = plan = None  # Q/K done: their blocks are freed before the OV kernel runs (peak memory)
             if ov_blocks is not None:
                 tensor_names.extend(t.name for t in ov_blocks[0].tensors)
                 ov_spectra = ov_layer_variants(
@@ -539,8 +542,9 @@ def ov_layer_variants(ov_blocks, variants, model_id: str, layer: int, null_seed:
     ``numpy_only``: raw rows through numpy alone (:func:`.route.numpy_route`).
     """
     ov, folded = ov_blocks
+    a = np.asarray(ov.o, dtype=np.float64)  # one float64 copy, shared by the raw and (no output norm) folded blocks
     if numpy_only:
-        return layer_variants_or_error(ov.o, ov.v, None, model_id, layer, device, circuit=schema.CIRCUIT_OV)
+        return layer_variants_or_error(a, ov.v, None, model_id, layer, device, circuit=schema.CIRCUIT_OV)
     import torch
 
     from .variants import LayerFolding, LayerPlan, haar_rotations
@@ -549,11 +553,13 @@ def ov_layer_variants(ov_blocks, variants, model_id: str, layer: int, null_seed:
     folding = blocks = rotations = None
     if folded is not None:
         folding = LayerFolding(None, False, None, None, 1.0)
-        blocks = tuple(torch.from_numpy(np.asarray(x)).to(device=device, dtype=torch.float64) for x in folded)
+        blocks = tuple(
+            torch.from_numpy(a if x is ov.o else np.asarray(x, dtype=np.float64)).to(device=device) for x in folded
+        )
     if schema.VARIANT_NULL in variants:
         rotations = haar_rotations(null_seed, model_id + "#ov", layer, n_heads, d_v)
     plan = LayerPlan(tuple(variants), folding, None, (), rotations, folded_blocks=blocks)
-    return layer_variants_or_error(ov.o, ov.v, plan, model_id, layer, device, circuit=schema.CIRCUIT_OV)
+    return layer_variants_or_error(a, ov.v, plan, model_id, layer, device, circuit=schema.CIRCUIT_OV)
 
 
 def check_variants(variants: Sequence[str] | None) -> tuple[str, ...]:
