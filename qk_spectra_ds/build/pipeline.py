@@ -352,6 +352,28 @@ def remove_legacy_file(model_id: str, written: Path) -> None:
         log.warning("%s: removed %s, its file under the name older versions gave it (now %s)", model_id, old.name, written.name)
 
 
+def remove_legacy_file(model_id: str, written: Path) -> None:
+    """Remove the file an older builder wrote for ``model_id`` under its old, non-injective name, now replaced.
+
+    Only ids whose name changed (not Hub-style) have one, and only a file holding exactly this
+    model id is removed: another model's file of that name is left alone.
+    """
+    import pyarrow.parquet as pq
+
+    from ..naming import legacy_slug
+
+    old = written.with_name(f"{legacy_slug(model_id)}.parquet")
+    try:
+        if old == written or not old.is_file():  # a name too long for the file system was never written
+            return
+        held = set(pq.read_table(old, columns=["model_id"]).column(0).to_pylist())
+    except Exception:  # noqa: BLE001 - unreadable or unnameable: not known to be this model's, so kept
+        return
+    if held == {model_id}:
+        old.unlink()
+        log.warning("%s: removed %s, its file under the name older versions gave it (now %s)", model_id, old.name, written.name)
+
+
 def is_up_to_date(previous: Mapping[str, Any] | None, revision: str) -> bool:
     """True if an existing model file has exactly this revision and the current method version."""
     return (
@@ -873,6 +895,13 @@ def _rereads(r: ModelResult) -> str:
 def _circuits(r: ModelResult) -> str:
     """`` x 2 circuits`` when the rows hold more than one circuit."""
     return "" if len(r.circuits) == 1 else f" x {len(r.circuits)} circuits"
+
+
+def _rereads(r: ModelResult) -> str:
+    """``; read twice: ...`` when the bytes read exceed the distinct bytes by more than 1% (say why, never add them up)."""
+    if r.bytes_transferred <= 1.01 * r.bytes_fetched:
+        return ""
+    return f"; {_mb(r.bytes_transferred)} read in all: a local model's revision digest reads its weights once before a rebuild, a Hub retry reads again"
 
 
 def _mb(n: int) -> str:
