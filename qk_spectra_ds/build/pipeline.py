@@ -341,28 +341,6 @@ def remove_legacy_file(model_id: str, written: Path) -> None:
     from ..naming import legacy_slug
 
     old = written.with_name(f"{legacy_slug(model_id)}.parquet")
-    if old == written or not old.is_file():
-        return
-    try:
-        held = set(pq.read_table(old, columns=["model_id"]).column(0).to_pylist())
-    except Exception:  # noqa: BLE001 - unreadable: not known to be this model's, so kept
-        return
-    if held == {model_id}:
-        old.unlink()
-        log.warning("%s: removed %s, its file under the name older versions gave it (now %s)", model_id, old.name, written.name)
-
-
-def remove_legacy_file(model_id: str, written: Path) -> None:
-    """Remove the file an older builder wrote for ``model_id`` under its old, non-injective name, now replaced.
-
-    Only ids whose name changed (not Hub-style) have one, and only a file holding exactly this
-    model id is removed: another model's file of that name is left alone.
-    """
-    import pyarrow.parquet as pq
-
-    from ..naming import legacy_slug
-
-    old = written.with_name(f"{legacy_slug(model_id)}.parquet")
     try:
         if old == written or not old.is_file():  # a name too long for the file system was never written
             return
