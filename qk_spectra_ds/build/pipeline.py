@@ -875,13 +875,6 @@ def _circuits(r: ModelResult) -> str:
     return "" if len(r.circuits) == 1 else f" x {len(r.circuits)} circuits"
 
 
-def _rereads(r: ModelResult) -> str:
-    """``; read twice: ...`` when the bytes read exceed the distinct bytes by more than 1% (say why, never add them up)."""
-    if r.bytes_transferred <= 1.01 * r.bytes_fetched:
-        return ""
-    return f"; {_mb(r.bytes_transferred)} read in all: a local model's revision digest reads its weights once before a rebuild, a Hub retry reads again"
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
