@@ -134,6 +134,13 @@ def test_no_ov_rows_is_one_log_line_and_no_tables(tmp_path, monkeypatch):
     assert circuits.store_circuits(outputs, frame, "ds", "F", None, Params(), lines.append) is None
     assert len(lines) == 1 and "no ov rows" in lines[0]
     assert outputs.tables == {} and not (tmp_path / "tables").exists()
+    (tmp_path / "tables").mkdir()
+    kept = tmp_path / "tables" / "labels.csv"
+    for path in (tmp_path / "tables" / "qk_ov.csv", tmp_path / "tables" / "copying_heads.parquet", kept):
+        path.write_text("x\n")  # an earlier report's section tables, and a table of another section
+    assert circuits.store_circuits(outputs, frame, "ds", "F", None, Params(), lines.append) is None
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["labels.csv"]
+    assert "removed an earlier run's copying_heads.parquet, qk_ov.csv" in lines[-1]
 
 
 def test_section_tables_figures_and_summary(tmp_path, monkeypatch):

@@ -51,6 +51,8 @@ HEAD_COLUMNS = ["model", "variant", "circuit", "layer", "head", "n_layers", "rel
 ROLE_COLUMNS = ["model", "variant", "circuit", "layer", "head", "relative_depth", "class", "ov_copying_score",
                 "ov_copying_score_z", "ov_copying_positive_share", "qk_positivity", "qk_stable_rank"]  # fmt: skip
 PAIRED = f"{schema.CIRCUIT_QK}+{schema.CIRCUIT_OV}"
+SECTION_TABLES = ("circuit_heads", "copying_heads", "suppression_heads", "circuit_depth", "qk_ov")
+"""The tables the section writes (``tables/<name>.csv`` and ``.parquet``)."""
 
 
 def circuit_of(rows: pd.DataFrame) -> str:
@@ -327,6 +329,18 @@ def section_markdown(models: pd.DataFrame, copying: pd.DataFrame, suppression: p
     return "\n".join(lines)
 
 
+def _remove_section_tables(tables_dir: Path) -> list[str]:
+    """Remove the section's tables an earlier report left (they would sit beside a run without OV rows)."""
+    removed = []
+    for name in SECTION_TABLES:
+        for suffix in (".csv", ".parquet"):
+            path = Path(tables_dir) / f"{name}{suffix}"
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
 def class_labels(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:
     """The run's per-model classes: the default method's consensus labels, else the original method's labels."""
     for name in ("consensus_labels", "labels"):
@@ -350,9 +364,10 @@ def store_circuits(outputs, frame: pd.DataFrame, dataset: str, family: str, revi
     other = schema.CIRCUIT_OV if circuit == schema.CIRCUIT_QK else schema.CIRCUIT_QK
     other_rows = load_circuit_rows(dataset, family, revision, frame, other)
     if other_rows is None or not len(other_rows):
+        stale = _remove_section_tables(outputs.family_dir / TABLES)
         if log is not None:
             log(f"QK and OV: no {other} rows for these models in the dataset (schema v1-v3, or built with --circuits "
-                f"{circuit}): no section")  # fmt: skip
+                f"{circuit}): no section" + (f"; removed an earlier run's {', '.join(stale)}" if stale else ""))  # fmt: skip
         return None
     qk, ov = (frame, other_rows) if circuit == schema.CIRCUIT_QK else (other_rows, frame)
     n_bands = int(getattr(params, "n_bands", 5))
