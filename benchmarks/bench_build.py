@@ -11,9 +11,16 @@ d_head 64, MLP 8192, vocab 128256 (~2.5 GB). Then, each in a fresh process:
   peak RSS of loading one whole shard with ``safetensors.torch.load_file`` (what
   the original study did);
 - throughput: the time split (reading the Q/K bytes, kernel, statistics, writing
-  parquet) and end-to-end time as a multiple of (read time + kernel time).
+  parquet) and end-to-end time as a multiple of (read time + kernel time);
+- end to end against the original study's pipeline shape (issue 24), each a fresh
+  process timed from its start, interpreter and imports included, runs interleaved:
+  ``build_dataset.py --variants raw --offsets none --force`` (raw rows, QK circuit only:
+  what the original computes) against loading each whole shard with
+  ``safetensors.torch.load_file``, its Q/K in float32, two thin SVDs and a core SVD per
+  query head, the six statistics, and a pickle (the original's output). Wall time and
+  peak RSS of each (the child's own ``ru_maxrss``), and their ratios.
 
-    python benchmarks/bench_build.py [--dir /tmp/qk-bench-llama1b] [--repeats 3]
+    python benchmarks/bench_build.py [--dir /tmp/qk-bench-llama1b] [--repeats 3] [--e2e-only]
 """
 
 from __future__ import annotations
@@ -139,6 +146,101 @@ print("RESULT " + json.dumps(out))
 """
 
 
+ORIGINAL = r"""
+import pickle, sys, tempfile
+import torch
+from safetensors.torch import load_file
+ckpt, layers, heads, kv_heads, d_head = sys.argv[1], *map(int, sys.argv[2:6])
+group = heads // kv_heads
+def stats(x):  # the original's six statistics along the last axis
+    mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+    z = (x - mean) / std.clamp_min(1e-9)
+    return [x.min(-1, keepdim=True).values, x.max(-1, keepdim=True).values, mean, std,
+            (z**3).mean(-1, keepdim=True), (z**4).mean(-1, keepdim=True) - 3]
+out = {"singular_values": {}, "eigen_values": {}, "singular_values_stats": {}, "eigen_values_stats": {}}
+for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+    tensors = load_file(f"{ckpt}/{shard}")  # the whole shard
+    for layer in range(layers):
+        name = f"model.layers.{layer}.self_attn."
+        if name + "q_proj.weight" not in tensors:
+            continue
+        q = tensors[name + "q_proj.weight"].float().reshape(heads, d_head, -1)
+        k = tensors[name + "k_proj.weight"].float().reshape(kv_heads, d_head, -1).repeat_interleave(group, 0)
+        sv = []
+        for h in range(heads):  # per head: thin SVDs of W_Q^T and W_K^T, then the core's singular values
+            _, s_a, vh_a = torch.linalg.svd(q[h].T, full_matrices=False)
+            _, s_b, vh_b = torch.linalg.svd(k[h].T, full_matrices=False)
+            sv.append(torch.linalg.svdvals((s_a[:, None] * (vh_a @ vh_b.T)) * s_b[None, :]))
+        sv = torch.stack(sv)
+        out["singular_values"][layer], out["eigen_values"][layer] = sv.numpy(), (sv**2).numpy()
+        out["singular_values_stats"][layer] = [t.numpy() for t in stats(sv)]
+        out["eigen_values_stats"][layer] = [t.numpy() for t in stats(sv**2)]
+    del tensors
+with tempfile.TemporaryDirectory() as tmp, open(f"{tmp}/spectra.pkl", "wb") as fh:
+    pickle.dump(out, fh)
+"""
+
+
+def run_timed_rss(argv: list[str], env: dict | None = None) -> dict:
+    """Wall time from the process's start to its end, and its own peak RSS in MB (wait4's ru_maxrss)."""
+    import os
+    import time
+
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:  # files: no pipe to fill up
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, cwd=Path(__file__).parents[1], env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_f.seek(0), err_f.seek(0)
+        stdout, stderr = out_f.read().decode(), err_f.read().decode()
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{' '.join(argv[:4])}... failed:\n{stderr[-3000:]}")
+    cpu = usage.ru_utime + usage.ru_stime  # less sensitive than wall time to other processes on the machine
+    return {"wall": wall, "cpu": cpu, "peak_mb": usage.ru_maxrss / 1e3, "stdout": stdout}
+
+
+def cli_argv(ckpt: Path, out: Path) -> list[str]:
+    """The builder's command for raw rows of the QK circuit without positional spectra (the original's output)."""
+    root = Path(__file__).parents[1]
+    argv = [sys.executable, str(root / "build_dataset.py"), "--family", "Bench", "--models", str(ckpt), "--out", str(out),
+            "--variants", "raw", "--offsets", "none", "--force", "--quiet"]  # fmt: skip
+    help_text = subprocess.run(argv[:2] + ["--help"], capture_output=True, text=True, check=True).stdout
+    if "--circuits" in help_text:  # the OV circuit, when the builder has it, is work the original never did
+        argv += ["--circuits", "qk"]
+    return argv
+
+
+def end_to_end(ckpt: Path, repeats: int, original_threads: int | None = None) -> None:
+    """The builder's command against the original pipeline shape, interleaved, medians and ratios printed."""
+    argv = cli_argv(ckpt, Path(tempfile.mkdtemp(prefix="qk-bench-out-")))
+    original = [sys.executable, "-c", ORIGINAL, str(ckpt), str(SHAPE["layers"]), str(SHAPE["heads"]),
+                str(SHAPE["kv_heads"]), str(SHAPE["d_head"])]  # fmt: skip
+    import os
+
+    env = None
+    if original_threads:  # torch's OpenMP/MKL threads spin when the cores are busy: pin them for a shared machine
+        env = dict(os.environ, OMP_NUM_THREADS=str(original_threads), MKL_NUM_THREADS=str(original_threads))
+    runs: dict[str, list[dict]] = {"builder": [], "original": []}
+    for _ in range(repeats):  # interleaved, so that a busy machine slows both alike
+        runs["original"].append(run_timed_rss(original, env))
+        runs["builder"].append(run_timed_rss(argv))
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "peak_mb")} for name, rs in runs.items()}
+    summary = [line for line in runs["builder"][-1]["stdout"].splitlines() if line.startswith("built")]
+    print(f"end to end ({' '.join(argv[2:3] + argv[4:5] + argv[8:])}), median of {repeats}, interleaved:")
+    print("  builder:  " + (summary[0] if summary else "?"))
+    for name in ("builder", "original"):
+        walls = ", ".join(f"{r['wall']:.2f}" for r in runs[name])
+        print(f"  {name:8s} wall {med[name]['wall']:.2f}s ({walls}), CPU {med[name]['cpu']:.2f}s, "
+              f"peak RSS {med[name]['peak_mb']:.0f} MB")
+    threads = f", the original on {original_threads} thread(s)" if original_threads else ""
+    time_ratio = med["builder"]["wall"] / med["original"]["wall"]
+    cpu_ratio = med["builder"]["cpu"] / med["original"]["cpu"]
+    memory_ratio = med["builder"]["peak_mb"] / med["original"]["peak_mb"]
+    print(f"RATIO end to end: builder / original pipeline shape = {time_ratio:.2f}x time (target <= 0.8x), "
+          f"{cpu_ratio:.2f}x CPU time, {memory_ratio:.2f}x peak memory (target <= 0.8x){threads}")
+
+
 def run_child(mode: str, ckpt: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(ckpt)], capture_output=True, text=True)
     if proc.returncode:
@@ -151,10 +253,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "qk-bench-llama1b"), help="checkpoint dir (reused)")
     parser.add_argument("--repeats", type=int, default=3, help="build runs (median reported)")
+    parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end comparison with the original")
+    parser.add_argument("--original-threads", type=int, help="OMP/MKL threads of the original (default: torch's own)")
     args = parser.parse_args()
     ckpt = make_checkpoint(Path(args.dir))
     size = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
     print(f"checkpoint {ckpt}: {size / 1e9:.2f} GB bf16, 2 shards")
+    end_to_end(ckpt, args.repeats, args.original_threads)
+    if args.e2e_only:
+        return
 
     builds = [run_child("build", ckpt) for _ in range(args.repeats)]
     raw_builds = [run_child("build_raw", ckpt) for _ in range(args.repeats)]
