@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qk_spectra_ds.analysis import consensus, layer_tests, structure  # noqa: E402
+from qk_spectra_ds.analysis import consensus, layer_tests, structure
 
 
 def gaussian_heads(n, rng, d_head=32, d_model=256):

@@ -209,7 +209,7 @@ def layer_test_table(rows: list[dict], alpha: float = ALPHA) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     for test in TESTS:
         table[f"p_{test}_permutation_holm"] = np.nan
-    for _, idx in table.groupby("model", sort=False).groups.items():
+    for idx in table.groupby("model", sort=False).groups.values():
         _holm_columns(table, idx, "holm")
     table["p_bds_asymptotic_kind"] = ASYMPTOTIC_LABEL
     table["original_significant"] = table["p_bds_asymptotic"] < alpha

@@ -238,7 +238,7 @@ def class_null_table(
             "ks_excess_high": float(np.quantile(excess, 0.975)),
             "share_beyond_null": float((distance[member] > threshold).mean()),
             "mc_ks_q99": threshold, "mc_ks_q99_low": float(t_low), "mc_ks_q99_high": float(t_high),
-            "n_monte_carlo": int(len(mc)), "distinguishable_from_gaussian": bool(med > t_high),
+            "n_monte_carlo": len(mc), "distinguishable_from_gaussian": bool(med > t_high),
             "null_variant_ks_q99": v_threshold,
             "distinguishable_from_null_variant": bool(med > v_threshold) if np.isfinite(v_threshold) else None,
         })  # fmt: skip
