@@ -80,9 +80,9 @@ def test_probe_flags_are_checked(value):
 def test_refusals_are_one_line(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
+    from tiny_models import make_saved
 
     from qk_spectra_ds.build.weights import open_source
-    from tiny_models import make_saved
 
     with pytest.raises(bb.BehaviourError, match="no causal-LM or encoder class for model_type 't5'"):
         bb.check_model_class({"model_type": "t5"}, "m")
@@ -106,9 +106,9 @@ def test_refusals_are_one_line(tmp_path):
 def test_gqa_llama_scores_are_per_query_head(tmp_path):
     """A random GQA model (4 query heads over 2 key heads): one score per query head, from the model's attention."""
     import torch
+    from tiny_models import make_saved
 
     from qk_spectra_ds.build.weights import open_source
-    from tiny_models import make_saved
 
     model, directory = make_saved("llama-gqa", tmp_path / "llama")
     source = open_source(str(directory))

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_behaviour_planted import PLANTED, _planted_gpt2
 
 from qk_spectra_ds import schema
 from qk_spectra_ds.build import behaviour as bb
 from qk_spectra_ds.build.cli import cli
 from qk_spectra_ds.build.weights import open_source
-from test_behaviour_planted import PLANTED, _planted_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
