@@ -228,17 +228,18 @@ def build_model(
                 variants, folding, rotaries.get(layer), offsets, source.model_id, layer, shape, null_seed, device
             )  # None: raw rows through numpy alone
             t0 = time.perf_counter()
-            if schema.CIRCUIT_QK in circuits:
-                for name, spectra in layer_variants_or_error(qk.q, qk.k, plan, source.model_id, layer, device).items():
-                    spectra_by_variant[(schema.CIRCUIT_QK, name)].append(spectra)
-            qk = folding = plan = None  # Q/K done: their blocks are freed before the OV kernel runs (peak memory)
-            if ov_blocks is not None:
+            if ov_blocks is not None:  # OV first (no positional work), its blocks freed before the larger QK kernel runs
                 tensor_names.extend(t.name for t in ov_blocks[0].tensors)
                 ov_spectra = ov_layer_variants(
                     ov_blocks, variants, source.model_id, layer, null_seed, device, route.numpy_route(variants, offsets, device)
                 )
+                ov_blocks = None
                 for name, spectra in ov_spectra.items():
                     spectra_by_variant[(schema.CIRCUIT_OV, name)].append(spectra)
+            if schema.CIRCUIT_QK in circuits:
+                for name, spectra in layer_variants_or_error(qk.q, qk.k, plan, source.model_id, layer, device).items():
+                    spectra_by_variant[(schema.CIRCUIT_QK, name)].append(spectra)
+            qk = folding = plan = None
             timings["kernel"] += time.perf_counter() - t0
 
     if source.revision is None:
@@ -543,19 +544,20 @@ def ov_layer_variants(ov_blocks, variants, model_id: str, layer: int, null_seed:
     """
     ov, folded = ov_blocks
     a = np.asarray(ov.o, dtype=np.float64)  # one float64 copy, shared by the raw and (no output norm) folded blocks
+    if folded is not None and folded[0] is ov.o:
+        folded = (a, folded[1])
+    ov.o = None  # the blocks as read (float32) are not needed any more: peak memory
     if numpy_only:
         return layer_variants_or_error(a, ov.v, None, model_id, layer, device, circuit=schema.CIRCUIT_OV)
     import torch
 
     from .variants import LayerFolding, LayerPlan, haar_rotations
 
-    n_heads, d_v = ov.o.shape[0], ov.o.shape[1]
+    n_heads, d_v = a.shape[0], a.shape[1]
     folding = blocks = rotations = None
     if folded is not None:
         folding = LayerFolding(None, False, None, None, 1.0)
-        blocks = tuple(
-            torch.from_numpy(a if x is ov.o else np.asarray(x, dtype=np.float64)).to(device=device) for x in folded
-        )
+        blocks = tuple(torch.from_numpy(np.asarray(x, dtype=np.float64)).to(device=device) for x in folded)
     if schema.VARIANT_NULL in variants:
         rotations = haar_rotations(null_seed, model_id + "#ov", layer, n_heads, d_v)
     plan = LayerPlan(tuple(variants), folding, None, (), rotations, folded_blocks=blocks)
