@@ -339,7 +339,7 @@ def depth_labels(depth: pd.DataFrame) -> dict[tuple[str, str, str], str]:
 
 def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str, dpi: float | None = None) -> Path:
     """Per layer, the distribution over heads of the per-head max and median relative error of s (box plots)."""
-    from .plots import DEFAULT_DPI, _save, new_figure, style
+    from .plots import DEFAULT_DPI, _save, new_figure, style, tight_layout
 
     layers = sorted(heads["layer"].unique())
     with style():
@@ -360,8 +360,8 @@ def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str, d
         axes[-1].set_xlabel("layer (boxes: heads of the layer; triangle: mean)")
         axes[-1].set_xlim(-0.5, len(layers) - 0.5)
         fig.suptitle(textwrap.fill(title, 90), fontsize="medium")
-        fig.tight_layout()
-        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi)
+        tight_layout(fig)
+        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
 
 
 def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike, title: str | None = None,
@@ -371,7 +371,7 @@ def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike,
     ``depth`` is a :func:`depth_table`; models without any value of the metric
     (e.g. positivity of legacy rows) are named below the axes instead of drawn.
     """
-    from .plots import DEFAULT_DPI, _save, new_figure, style
+    from .plots import DEFAULT_DPI, _save, new_figure, style, tight_layout
 
     part = depth[depth["metric"] == metric]
     labels = depth_labels(depth)
@@ -401,8 +401,8 @@ def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike,
         default = f"{METRIC_TITLES.get(metric, metric)} by relative depth"
         ax.set_title((title or default) + ("\n(dashed: legacy spectra, with the original study's pairing error)" if legacy else ""),
                      fontsize="medium")  # fmt: skip
-        fig.tight_layout()
-        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi)
+        tight_layout(fig)
+        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
 
 
 # ---------------------------------------------------------------- loading the two sides

@@ -373,7 +373,8 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
         ax.plot(scan["k"], scan["stability_ari_mean"], "o-", label="stability (ARI)")
         ax.plot(scan["k"], scan["silhouette"], "s--", label="silhouette")
         ax.axvline(result["k"], color="grey", lw=1)
-        ax.set_xlabel("k")
+        ax.set_xlabel("k (number of classes)")
+        ax.set_ylabel("stability ARI / silhouette")
         ax.legend(fontsize=9)
         test = result.get("structure") or {}
         said = (f"structure test p = {test['p_value']:.3f}: {test['conclusion']}" if test.get("tested")
@@ -384,17 +385,21 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
         expected = None
         if null.get("c") is not None:
             expected = rmt_null.null_histogram(null["c"], edges, log10=result["kind"] == "log", clip=result["kind"] == "log")
+        table = result.get("frames", {}).get("consensus_classes")
+        sizes = [int(x) for x in table["n_heads"]] if table is not None and len(table) == n else None
         for i, axc in enumerate(axes[1:]):
             axc.bar(centers, means[i], width=np.diff(edges), alpha=0.6, label=f"class {i}")
             if expected is not None:
                 axc.plot(centers, expected, "r--", lw=1.5, label=f"Gaussian null (c={null['c']:.3f})")
             if null.get("mc_features") is not None:
                 axc.plot(centers, null["mc_features"].mean(axis=0), "k:", lw=1.2, label="Monte Carlo")
-            axc.set_xlabel("log10(l / mean l)" if result["kind"] == "log" else "l / mean l")
-            axc.set_title(f"Class_{i}")
+            axc.set_xlabel("log10(λ / mean λ of the head)" if result["kind"] == "log" else "λ / mean λ of the head")
+            axc.set_ylabel("density")
+            axc.set_title(f"class {i}" + (f" (n={sizes[i]} heads)" if sizes else ""))
             axc.legend(fontsize=8)
+            axc.set_xlim(*plots.occupied_range(edges, [means[i]] + ([expected] if expected is not None else [])))
         fig.suptitle(title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
-        fig.tight_layout()
+        plots.tight_layout(fig)
         return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
 
 

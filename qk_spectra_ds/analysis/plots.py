@@ -138,6 +138,55 @@ def new_figure(figsize: tuple[float, float], dpi: float = DEFAULT_DPI):
     return fig
 
 
+CHAR_WIDTH_EM = 0.62
+"""Width of an average character in em (DejaVu Sans, mixed case, with margin): how long a line of text may be."""
+
+
+def wrap_to(text: str, width_in: float, fontsize_pt: float) -> str:
+    """``text`` with each line wrapped at word boundaries so that it fits ``width_in`` inches at ``fontsize_pt``."""
+    import textwrap
+
+    chars = max(12, int(width_in * 72.0 / (CHAR_WIDTH_EM * float(fontsize_pt))))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) if len(line) > chars else line
+                     for line in text.split("\n"))  # fmt: skip
+
+
+def fit_texts(fig) -> None:
+    """Wrap the figure's long texts to the space they have: suptitle to the figure's width, each axes' title
+    and x label to its width (a title may use 1.3 x), its y label to its height (colour bars included)."""
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    if fig.get_suptitle():  # the suptitle is one of the figure's texts
+        for text in (t for t in fig.texts if t.get_text() == fig.get_suptitle()):
+            text.set_text(wrap_to(text.get_text(), 0.96 * width, text.get_fontsize()))
+    for ax in fig.axes:
+        box = ax.get_position()
+        for text, room in ((ax.title, min(0.96 * width, 1.3 * box.width * width)),
+                           (ax.xaxis.label, max(box.width * width, 1.0)),
+                           (ax.yaxis.label, max(box.height * height, 1.0))):  # fmt: skip
+            if text.get_text():
+                text.set_text(wrap_to(text.get_text(), room, text.get_fontsize()))
+
+
+def occupied_range(edges, curves, floor: float = 0.01) -> tuple[float, float]:
+    """The x range of histogram bins where any of ``curves`` exceeds ``floor`` x its peak, one bin of margin each side."""
+    edges = np.asarray(edges, dtype=np.float64)
+    used = np.zeros(len(edges) - 1, dtype=bool)
+    for curve in curves:
+        values = np.nan_to_num(np.asarray(curve, dtype=np.float64))
+        if values.size == used.size and values.max() > 0:
+            used |= values > floor * values.max()
+    if not used.any():
+        return float(edges[0]), float(edges[-1])
+    first, last = np.flatnonzero(used)[[0, -1]]
+    return float(edges[max(first - 1, 0)]), float(edges[min(last + 2, len(edges) - 1)])
+
+
+def tight_layout(fig, **kwargs) -> None:
+    """:func:`fit_texts`, then ``fig.tight_layout(**kwargs)``: every figure's last layout step."""
+    fit_texts(fig)
+    fig.tight_layout(**kwargs)
+
+
 def variant_suffix(variant: str | Sequence[str] | None, circuit: str | None = None) -> str:
     """`` · folded QK spectra``: the end of a figure title naming the variant(s) and circuit of its spectra ('' for None).
 
@@ -154,13 +203,11 @@ def variant_suffix(variant: str | Sequence[str] | None, circuit: str | None = No
 
 def figure_title(fig) -> str:
     """The title a reader sees first: the figure's suptitle, else its first axes title ('' if none)."""
-    title = fig.get_suptitle()
-    if title:
-        return title
-    return next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+    title = fig.get_suptitle() or next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+    return " ".join(title.split("\n"))  # one line, however the figure wraps it
 
 
-def _save(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI) -> Path:
+def _save(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI, preview: bool = True) -> Path:
     """Write the figure atomically as its suffix says (png, pdf, svg), with no timestamp: reruns give identical files.
 
     The file's ``Title`` metadata (PNG text chunk, PDF info, SVG ``dc:title``)
@@ -178,7 +225,7 @@ def _save(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI) -> Path:
                 metadata["Title"] = title
             with matplotlib.rc_context({"svg.hashsalt": "qk-spectra-ds"}):  # fixed SVG ids: identical reruns
                 fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
-    if fmt == "pdf":  # browsers do not show a PDF in <img>: index.html shows this preview beside the link
+    if fmt == "pdf" and preview:  # browsers do not show a PDF in <img>: index.html shows this preview beside the link
         with atomic_path(preview_path(path)) as tmp:
             _write_png(fig, tmp, min(dpi, PREVIEW_DPI), title)
     return Path(path)
@@ -299,7 +346,7 @@ def clusters_figure(classifier, title: str, variant: str | None = None, circuit:
         _class_panel(ax, klass, classifier.bin_edges_, colors[klass.klass])
     fig.suptitle(f"{title}: classes of heads by normalized-eigenvalue histogram{variant_suffix(variant, circuit)}")
     _panel_legend(fig)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    tight_layout(fig, rect=(0, 0.05, 1, 1))
     return fig
 
 
@@ -378,7 +425,7 @@ def layer_stat_figure(result, variant: str | None = None, tests: str | None = No
         ax.set_title(f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
                      f"asymptotic p-value: {result.p_value:.2e}){variant_suffix(variant, circuit)}")  # fmt: skip
     _box_legend(ax, spline)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -401,6 +448,10 @@ def _share_heatmap(
     if cbar:
         ax.collections[0].colorbar.set_label(cbar_label, fontsize=14)
     ax.tick_params(axis="both", labelrotation=0, length=0)
+
+
+BAND_TICK_FONT = 11
+"""Font size of the depth bands' tick labels (``0.0-0.2``): five fit side by side under a 7-inch panel; more stand upright."""
 
 
 def _display_models(taxonomy, order: Sequence[str] | None) -> list[str]:
@@ -438,7 +489,7 @@ def plot_taxonomy_classes(
             _class_panel(ax, klass, taxonomy.classifier.bin_edges_, colors[klass.klass])
         fig.suptitle(title + variant_suffix(variant, circuit))
         _panel_legend(fig)
-        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        tight_layout(fig, rect=(0, 0.05, 1, 1))
         return fig if path is None else _save(fig, path, dpi)
 
 
@@ -475,6 +526,7 @@ def plot_taxonomy_depth(
             matrix.columns = bands[: matrix.shape[1]]
             last = k % n_cols == n_cols - 1 or k == n_classes - 1
             _share_heatmap(ax, matrix, vmax=vmax, cbar=last, cbar_label="share of the band's heads")
+            ax.tick_params(axis="x", labelsize=BAND_TICK_FONT, labelrotation=0 if taxonomy.n_bands <= 5 else 90)
             ax.set_title(_class_title(classes[k]).split(", JSD")[0] + ")")
             for spine in ax.spines.values():  # the class's colour, as in the other figures
                 spine.set_visible(True)
@@ -487,5 +539,5 @@ def plot_taxonomy_depth(
             else:
                 ax.set_ylabel("model (by size)")
         fig.suptitle(title + variant_suffix(variant, circuit))
-        fig.tight_layout()
+        tight_layout(fig)
         return fig if path is None else _save(fig, path, dpi)

@@ -111,7 +111,7 @@ def colour_norm(values: np.ndarray):
 
 def positional_figure(table: pd.DataFrame, n_layers: int, title: str):
     """The figure (see the module docstring) of one model's :func:`positional_table`; call inside ``plots.style()``."""
-    from .plots import new_figure
+    from .plots import new_figure, tight_layout
 
     offsets = offsets_of(table)
     layers = list(range(int(n_layers)))
@@ -146,7 +146,7 @@ def positional_figure(table: pd.DataFrame, n_layers: int, title: str):
     fig.suptitle(title, fontsize=13)
     fig.supxlabel("offset δ: the key δ tokens before the query (one column per offset; k = 1024)", fontsize=11)
     fig.supylabel("query head", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    tight_layout(fig, rect=(0, 0, 0.88, 1))
     if image is not None:
         _colour_bar(fig, image, norm)
     return fig

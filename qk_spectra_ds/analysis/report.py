@@ -674,6 +674,7 @@ def _consensus_section(outputs: Outputs, model: str) -> dict:
         "figure": figure[0] if figure else None,
         "positional": by_offset[0] if by_offset else None,
         "class_profiles": profiles[0] if profiles else None,
+        "maps": [f for f in outputs.figures.get(model, []) if f.startswith("maps/")],
         "k": chosen,
         "classes": _rows_of(outputs, "consensus_classes", model, ["class", "name", "n_heads", "share", "confidence_mean"]),
         "structure": _rows_of(outputs, "structure", model, ["statistic", "null_median", "null_q05", "p_value", "n_draws",
@@ -916,6 +917,12 @@ def run_report(
     taxonomy_result = results.pop(JOINT_TASK)
     _store_models(outputs, list(results.values()), True, True, params.method)
     _store_taxonomy(outputs, taxonomy_result, variants)
+    t2 = time.perf_counter()
+    from .head_maps import store_head_maps
+    from .plots import variant_suffix
+
+    store_head_maps(outputs, frame, params.format, params.dpi, lambda model: variant_suffix(variants.get(model)))
+    outputs.timings["layer x head maps"] = time.perf_counter() - t2
     _store_crosswalk(outputs)
     if positional_rows is not None:
         t2 = time.perf_counter()

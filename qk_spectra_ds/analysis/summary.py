@@ -322,10 +322,33 @@ def _null_line(tables, links, models) -> Line | None:
 
 
 def _joint_line(tables, links, models) -> Line | None:
+    """One set of classes over all models: the default method's joint consensus, else the original's joint KMeans."""
+    cons = tables.get("taxonomy_consensus_classes")
     joint = tables.get("taxonomy_classes")
+    b = _Builder(links)
+    if cons is not None and len(cons):
+        b.say("one set of classes for all models (default method): ").num(len(cons), "taxonomy_consensus_classes")
+        b.say(" class" if len(cons) == 1 else " classes")
+        test = tables.get("taxonomy_structure")
+        if test is not None and len(test) and "conclusion" in test.columns:
+            b.say(" (structure test: ").num(str(test["conclusion"].iloc[0]), "taxonomy_structure")
+            if "p_value" in test.columns and pd.notna(test["p_value"].iloc[0]):
+                b.say(", p = ").num(float(test["p_value"].iloc[0]), "taxonomy_structure", "{:.3g}")
+            b.say(")")
+        for i, row in enumerate(cons.head(8).to_dict("records")):
+            b.say(": " if i == 0 else "; ").say("class ").num(row["class"], "taxonomy_consensus_classes")
+            if isinstance(row.get("name"), str) and row["name"]:
+                b.say(f" “{row['name']}”")
+            if "share" in row:
+                b.say(" ").num(float(row["share"]), "taxonomy_consensus_classes", "{:.0%}")
+        if "crosswalk" in tables:
+            b.say("; how each model's classes map onto these: ").num("crosswalk", "crosswalk")
+        if joint is not None and len(joint):
+            b.say("; the original's joint KMeans: ").num(len(joint), "taxonomy_classes").say(" classes")
+        return b.say(".").line("joint taxonomy")
     if joint is None or not len(joint):
         return None
-    b = _Builder(links).say("one classification across all models (the original's KMeans): ")
+    b.say("one classification across all models (the original's KMeans): ")
     b.num(len(joint), "taxonomy_classes").say(" classes, the largest with ")
     b.num(float(joint["share"].max()), "taxonomy_classes", "{:.0%}").say(" of the heads.")
     return b.line("joint taxonomy")
