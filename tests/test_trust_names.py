@@ -188,3 +188,21 @@ def test_a_file_under_the_old_name_is_replaced_and_another_models_kept(tiny_dir,
     third = build_model(LocalSource(tiny_dir, model_id="m x"), "F", out, **{**options, "force": True})
     assert third.status == "built" and old.is_file()  # m-x's file: not m x's to remove
     assert sorted(p.name for p in (out / "data" / "F").iterdir()) == sorted([second.path.name, old.name])
+
+
+def test_a_file_holding_another_models_rows_is_never_overwritten(tiny_dir, tmp_path):
+    """Where two ids name one file (on a case-insensitive file system, Org/M and org/m), the second is refused."""
+    from qk_spectra_ds.build.pipeline import build_model
+    from qk_spectra_ds.build.weights import LocalSource
+    from qk_spectra_ds.errors import BuildError
+
+    out, options = tmp_path / "out", {"progress": False, "variants": ["raw"], "offsets": []}
+    first = build_model(LocalSource(tiny_dir, model_id="Org/M"), "F", out, **options)
+    same_file = dataset_repo.model_path(out, "F", "org/m")
+    first.path.rename(same_file)  # what a case-insensitive file system does with the two names
+    before = same_file.read_bytes()
+    with pytest.raises(BuildError) as info:
+        build_model(LocalSource(tiny_dir, model_id="org/m"), "F", out, **{**options, "force": True})
+    message = str(info.value)
+    assert "\n" not in message and "'Org/M'" in message and "'org/m'" in message and "another family" in message
+    assert same_file.read_bytes() == before

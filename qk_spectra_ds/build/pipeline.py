@@ -182,6 +182,11 @@ def build_model(
 
     dataset_repo.check_replace(out_dir, family, source.model_id, schema.VARIANT_RAW, force=force)
     previous = dataset_repo.existing_build(out_dir, family, source.model_id)
+    if previous is not None and previous.get("model_id") not in (None, source.model_id):
+        raise BuildError(  # never overwrite another model's rows (names that differ only in case, on such a file system)
+            f"{dataset_repo.model_path(out_dir, family, source.model_id)} holds the rows of {previous['model_id']!r}, "
+            f"not {source.model_id!r}: the two ids name one file here; build one of them into another family"
+        )
     if source.revision is None and (force or previous is None):
         revision = None  # nothing to skip against: the digest of the build's own reads, one pass over the bytes
     elif source.revision is None:
