@@ -240,3 +240,15 @@ def test_circuits_qk_rows_do_not_depend_on_the_ov_circuit(tmp_path):
     assert table["circuit"].to_pylist() == ["qk"] * 24 + ["ov"] * 24
     differ = [c for c in table.column_names if table.slice(0, 24)[c].to_pylist() != qk_alone[c].to_pylist()]
     assert differ == ["model_revision", "family"]  # a local folder's revision digests the bytes read: V and O too
+
+    from qk_spectra_ds import load_spectra
+    from qk_spectra_ds.analysis.loading import LoadError
+    from qk_spectra_ds.errors import BuildError
+
+    ov = load_spectra(tmp_path / "b", "B", variant="raw", circuit="ov")
+    assert len(ov) == 8 and set(ov["circuit"]) == {"ov"}
+    assert set(load_spectra(tmp_path / "b", "B", variant="raw")["circuit"]) == {"qk"}  # the default: qk rows
+    with pytest.raises(LoadError, match="no ov rows"):
+        load_spectra(tmp_path / "a", "A", variant="raw", circuit="ov")
+    with pytest.raises(BuildError, match="--circuits 'qk,vo': choose among qk, ov"):
+        build_model(str(directory), "A", tmp_path / "a", circuits=["qk", "vo"], progress=False)
