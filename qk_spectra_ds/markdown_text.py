@@ -19,13 +19,13 @@ _SPECIAL = re.compile(r"([\\`*{}\[\]()<>#!|~&$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
-def _one_line(value: object) -> str:
+def _flat(value: object) -> str:
     return _CONTROL.sub(" ", str(value))
 
 
 def md_text(value: object) -> str:
     """``value`` as inline Markdown text that renders as exactly these characters (line breaks as spaces)."""
-    return _SPECIAL.sub(r"\\\1", _one_line(value))
+    return _SPECIAL.sub(r"\\\1", _flat(value))
 
 
 def md_code(value: object, table: bool = False) -> str:
@@ -34,7 +34,7 @@ def md_code(value: object, table: bool = False) -> str:
     ``table``: for a cell of a GFM table, where a ``|`` ends the cell even inside a code span
     unless escaped (GFM then shows it as ``|``).
     """
-    text = _one_line(value)
+    text = _flat(value)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ") and text.strip()) else ""

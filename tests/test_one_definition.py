@@ -118,6 +118,7 @@ def test_hub_and_yaml_errors_are_recognised_by_class(monkeypatch):
 
         monkeypatch.setattr(datasets, "load_dataset", fail)
         monkeypatch.setattr(verification, "verify_hub", lambda dataset, family, revision: revision)  # its own errors: test_integrity
+        monkeypatch.setattr("qk_spectra_ds.hub_access.check_reachable", lambda what, timeout=None: None)  # test_trust_hub_access
         with pytest.raises(LoadError) as info:
             load_spectra("org/name", "fam", revision="v1" if isinstance(error, ConnectionError) else None)
         message = str(info.value)
