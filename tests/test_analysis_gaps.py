@@ -91,7 +91,7 @@ def test_every_table_and_figure_title_names_the_variant(reports, variant):
     index = (outputs.family_dir / "index.md").read_text()
     assert f"### {MODEL} · {variant} spectra\n" in index and f"## Joint taxonomy · {variant} spectra\n" in index
     html = (outputs.family_dir / "index.html").read_text()  # the interactive embedding's title (plotly JSON)
-    assert f"classes · {variant} spectra" in html or f"classes \\u00b7 {variant} spectra" in html
+    assert f"classes · {variant} QK spectra" in html or f"classes \\u00b7 {variant} QK spectra" in html
 
 
 @pytest.mark.parametrize("variant", ["raw", "folded"])

@@ -250,3 +250,18 @@ def test_end_to_end_circuit_selection_section_and_titles(built, tmp_path, analyz
     assert "QK and OV" not in (tmp_path / "v3" / "T" / "index.md").read_text()
     assert not (tmp_path / "v3" / "T" / "tables" / "qk_ov.csv").exists()
     assert math.isfinite(float(heads["qk_positivity"].iloc[0]))
+
+
+def test_interactive_embedding_title_names_the_circuit():
+    from qk_spectra_ds.analysis import html_report, taxonomy
+
+    rng = np.random.default_rng(3)
+    rows = _rows("ov").assign(eigenvalues=list(rng.gamma(2.0, size=(2 * N_LAYERS * N_HEADS, 8))))
+    fitted = taxonomy.SpectralHeadClassifier(n_clusters=2, embedding="pca").fit(np.stack(rows["eigenvalues"]))
+    table = html_report.embedding_table("org/a", rows, fitted)
+    assert list(table.columns[:3]) == ["model", "variant", "circuit"] and set(table["circuit"]) == {"ov"}
+    assert html_report._embedding_title("org/a", "pca", ["folded"], "consensus", html_report._circuit(table)).endswith(
+        "· folded OV spectra")
+    legacy = table.drop(columns="circuit")  # schema v1-v3 rows: QK
+    assert html_report._embedding_title("org/a", "pca", ["legacy"], None, html_report._circuit(legacy)).endswith(
+        "· legacy QK spectra")

@@ -91,7 +91,7 @@ def test_embedding_table_matches_the_classifier():
     rows = pd.DataFrame(synthetic_columns("org/x", "syn", n_layers=3, n_heads=8, d_head=16))
     fitted = taxonomy.SpectralHeadClassifier(n_clusters=3).fit(np.stack(rows["eigenvalues"]))
     table = html_report.embedding_table("org/x", rows, fitted)
-    assert list(table.columns) == ["model", "variant", "layer", "head", "class", "x", "y"]
+    assert list(table.columns) == ["model", "variant", "circuit", "layer", "head", "class", "x", "y"]  # circuit: v4 rows
     assert (table["class"].to_numpy() == fitted.labels_).all()
     assert np.array_equal(table[["x", "y"]].to_numpy(), fitted.embedding_)
     assert table[["layer", "head"]].values.tolist() == rows[["layer", "head"]].values.tolist()
@@ -222,8 +222,8 @@ def test_hover_shows_model_layer_head_class_variant(browser_page):
 
 def test_tables_sort_on_header_click(browser_page):
     page, _ = browser_page
-    column = "(() => Array.from(document.querySelectorAll('#table-labels tbody tr td:nth-child(3)')).map(td => td.textContent))()"
-    click = "document.querySelector('#table-labels thead th:nth-child(3) .dt-column-order').click()"  # the sort icon
+    column = "(() => Array.from(document.querySelectorAll('#table-labels tbody tr td:nth-child(4)')).map(td => td.textContent))()"
+    click = "document.querySelector('#table-labels thead th:nth-child(4) .dt-column-order').click()"  # the layer column's sort icon (model, variant, circuit, layer)
     page.evaluate(click)
     ascending = [int(v) for v in page.evaluate(column)]
     page.evaluate(click)

@@ -61,9 +61,12 @@ def embedding_table(model_id: str, rows: pd.DataFrame, classifier) -> pd.DataFra
         return pd.DataFrame(columns=["model", "variant", "layer", "head", "class", "x", "y"])
     emb = np.asarray(classifier.embedding_, dtype=np.float64)
     variant = rows["variant"].astype(str).to_numpy() if "variant" in rows else np.full(len(rows), "")
-    return pd.DataFrame({"model": model_id, "variant": variant, "layer": rows["layer"].to_numpy(),
-                         "head": rows["head"].to_numpy(), "class": np.asarray(classifier.labels_),
-                         "x": emb[:, 0], "y": emb[:, 1]})  # fmt: skip
+    table = pd.DataFrame({"model": model_id, "variant": variant, "layer": rows["layer"].to_numpy(),
+                          "head": rows["head"].to_numpy(), "class": np.asarray(classifier.labels_),
+                          "x": emb[:, 0], "y": emb[:, 1]})  # fmt: skip
+    if "circuit" in rows:  # schema v4: which circuit's spectra (named in the figure's title)
+        table.insert(2, "circuit", rows["circuit"].fillna("qk").astype(str).to_numpy())
+    return table
 
 
 def model_sizes(frame: pd.DataFrame) -> dict[str, float]:
@@ -120,7 +123,8 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     models = [m for m in order if (embedding["model"] == m).any()]
     fig = go.Figure()
     owner = []
-    titles = {m: _embedding_title(m, method, embedding.loc[embedding["model"] == m, "variant"].unique(), analysis)
+    titles = {m: _embedding_title(m, method, embedding.loc[embedding["model"] == m, "variant"].unique(), analysis,
+                                  _circuit(embedding[embedding["model"] == m]))
               for m in models}  # fmt: skip
     for i, model in enumerate(models):
         part = embedding[embedding["model"] == model]
@@ -151,14 +155,20 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     return fig
 
 
-def _embedding_title(model: str, method: str | None, variants: Sequence[str] = (), analysis: str | None = None) -> str:
-    """The interactive figure's title for ``model``: which classes colour it, ending with the variant of its spectra."""
+def _circuit(part: pd.DataFrame) -> str:
+    """The circuit of an embedding table's rows (``qk`` without a circuit column: schema v1-v3 rows are QK rows)."""
+    return "+".join(sorted(set(part["circuit"].astype(str)))) if "circuit" in part and len(part) else "qk"
+
+
+def _embedding_title(model: str, method: str | None, variants: Sequence[str] = (), analysis: str | None = None,
+                     circuit: str | None = None) -> str:  # fmt: skip
+    """The interactive figure's title for ``model``: which classes colour it, ending with the variant and circuit."""
     from .plots import variant_suffix
     from .taxonomy import EMBEDDINGS
 
     name = EMBEDDINGS.get(method, "embedding")
     classes = {"consensus": ", consensus classes", "original": ", the original method's KMeans classes"}.get(analysis or "", "")
-    return f"{model}: {name} of the heads' eigenvalue histograms{classes}{variant_suffix(sorted(map(str, variants)) or None)}"
+    return f"{model}: {name} of the heads' eigenvalue histograms{classes}{variant_suffix(sorted(map(str, variants)) or None, circuit)}"
 
 
 def _table_html(name: str, frame: pd.DataFrame) -> str:
