@@ -20,7 +20,7 @@ def _type_yaml(kind: str) -> Any:
 
 
 def features_yaml(version: int = schema.SCHEMA_VERSION) -> list[dict[str, Any]]:
-    """``datasets.Features._to_yaml_list()`` of :func:`schema.features`: ``{name, dtype}`` or ``{name, list}`` per column."""
+    """The features list ``datasets`` writes in a card for :func:`schema.features`: ``{name, dtype}`` or ``{name, list}``."""
     out = []
     for name, kind in schema.column_types(version).items():
         value = _type_yaml(kind)

@@ -708,6 +708,10 @@ def build_family(
     null_seed = check_null_seed(null_seed)
     circuits = check_circuits(circuits)
     device = check_device(device)
+    from .route import numpy_route
+
+    if not numpy_route(variants or DEFAULT_VARIANTS, offsets, device):
+        require_build_extra()  # before any model: one line if torch is missing
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
     specs = list(dict.fromkeys(str(spec).strip() for spec in specs))  # the same spec twice is built once
     if shard is not None:

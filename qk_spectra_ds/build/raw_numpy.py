@@ -97,13 +97,16 @@ def r_factors(w: np.ndarray, first: int = 0, group: int = 0) -> np.ndarray:
     return lower
 
 
-def cross_matrices(q: np.ndarray, k: np.ndarray, heads: range, group: int) -> np.ndarray:
-    """W_K^g (W_Q^h)^T for the query heads ``heads``: one GEMM per key head, no repeated K."""
+def cross_matrices(q: np.ndarray, k: np.ndarray, heads: range, group: int, q_first: int = 0) -> np.ndarray:
+    """W_K^g (W_Q^h)^T for the query heads ``heads``: one GEMM per key head, no repeated K.
+
+    ``q[i]`` is query head ``q_first + i`` (a chunk's own blocks: ``q_first = heads.start``).
+    """
     d_head, d_model = q.shape[-2:]
     out = np.empty((len(heads), d_head, d_head))
     for g in range(heads.start // group, (heads.stop - 1) // group + 1):
         lo, hi = max(heads.start, g * group), min(heads.stop, (g + 1) * group)
-        block = k[g] @ q[lo:hi].reshape(-1, d_model).T  # (dh, n * dh)
+        block = k[g] @ q[lo - q_first : hi - q_first].reshape(-1, d_model).T  # (dh, n * dh)
         out[lo - heads.start : hi - heads.start] = block.reshape(d_head, hi - lo, d_head).transpose(1, 0, 2)
     return out
 
@@ -131,15 +134,16 @@ def raw_layer_spectra(q: np.ndarray, k: np.ndarray, with_positivity: bool = True
     factorization is float64). Raises :class:`.spectra.WeightRangeError` naming the
     head for NaN/Inf or out-of-range blocks, before LAPACK sees them.
     """
-    q, k = np.asarray(q, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
     n_heads, n_kv = q.shape[0], k.shape[0]
     if n_heads % n_kv:
         raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} key heads")
     group = n_heads // n_kv
 
     def chunk(heads: range):
-        lq = r_factors(q[heads.start : heads.stop], first=heads.start)
-        cross = cross_matrices(q, k, heads, group) if with_positivity else None
+        own = np.asarray(q[heads.start : heads.stop], dtype=np.float64)  # widened per core, in parallel
+        lq = r_factors(own, first=heads.start)
+        cross = cross_matrices(own, k, heads, group, q_first=heads.start) if with_positivity else None
         return small_problems(lq, lk, cross, heads, group)
 
     with single_threaded_blas():
