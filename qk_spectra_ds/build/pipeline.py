@@ -430,7 +430,7 @@ def model_columns(
             columns[f"{prefix}_{name}"] = stat
     columns.update(spectrum_metrics(s, positivity.reshape(n)))
     columns.update(positional_columns(s.reshape(n_layers, n_heads, -1), positional, offsets))
-    from .variants import null_seed_key
+    from .seeds import null_seed_key  # no torch: a raw CPU build writes its rows without it
 
     columns.update(circuit_metric_columns(
         circuit, variant, singular_values, eigenvalues, shape.d_model, [f.layer for f in facts],

@@ -30,7 +30,6 @@ Pure functions of arrays; scheduling is :mod:`.kernel`'s job.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,6 +38,7 @@ import torch
 
 from ..statistics import positional_summaries  # noqa: F401  (numpy only: the loader recomputes the summaries too)
 from .rotary import Rotary, rotate_key_rows
+from .seeds import null_seed_key
 from .spectra import GRAM_FLOOR, check_range, gram_ceiling, qr_fallback
 
 RAW, FOLDED, NULL = "raw", "folded", "null"
@@ -258,11 +258,6 @@ def _well_conditioned(lq_t: torch.Tensor, lk: torch.Tensor, kv: np.ndarray) -> n
     with np.errstate(divide="ignore", invalid="ignore"):
         bound = (sq[:, 0] / sq[:, -1]) * (sk[kv, 0] / sk[kv, -1])
     return bound <= GRAM_ROUTE_COND_MAX
-
-
-def null_seed_key(model_id: str) -> int:
-    """A 64-bit key of the model id for the null draws (sha256, stable across processes, unlike hash())."""
-    return int.from_bytes(hashlib.sha256(model_id.encode()).digest()[:8], "little")
 
 
 def haar_rotations(seed: int, model_id: str, layer: int, n_heads: int, d_head: int) -> np.ndarray:
