@@ -354,8 +354,8 @@ def _same(frames, clean) -> bool:
 
 @pytest.mark.slow
 def test_no_single_byte_flip_in_any_column_chunk_loads_silently(built, tmp_path):
-    """Every column chunk (raw, folded and null rows; positional spectra), three bytes each (page header,
-    middle, end): with the card's checksum every flip is refused by it; with the checksum removed (a dataset
+    """Every column chunk (qk and ov, raw, folded and null rows; positional spectra), two bytes each (page
+    header, middle): with the card's checksum every flip is refused by it; with the checksum removed (a dataset
     from before checksums) every flip is refused in one line by the page CRC or the recomputation checks, or
     leaves every loaded value unchanged (a byte the reader does not use, e.g. a statistic in the footer)."""
     out, path = copy_of(built, tmp_path)
@@ -368,7 +368,7 @@ def test_no_single_byte_flip_in_any_column_chunk_loads_silently(built, tmp_path)
     unrecorded_card = "\n".join(line for line in recorded_card.splitlines() if "sha256:" not in line) + "\n"
     outcomes = {"checksum": 0, "refused": 0, "unchanged": 0}
     for column, start, size in chunks:
-        for offset in sorted({start + 1, start + size // 2, start + size - 2}):
+        for offset in sorted({start + 1, start + size // 2}):
             data = bytearray(original)
             data[offset] ^= 0x10
             path.write_bytes(bytes(data))
@@ -388,7 +388,7 @@ def test_no_single_byte_flip_in_any_column_chunk_loads_silently(built, tmp_path)
             assert _same(frames, clean), f"a flip at byte {offset} of column {column} loaded other values silently"
             outcomes["unchanged"] += 1
     path.write_bytes(original)
-    assert outcomes["checksum"] == outcomes["refused"] + outcomes["unchanged"] >= 2 * len(chunks)
+    assert outcomes["checksum"] == outcomes["refused"] + outcomes["unchanged"] >= len(chunks)
     assert outcomes["refused"] > outcomes["unchanged"], outcomes
 
 
