@@ -382,6 +382,8 @@ def load_spectra(
     variants = as_list(variant)
     owners: dict[tuple[str, str], list[str]] = {}
     files: list[Path] = []
+    if not is_local_dataset(dataset):
+        check_hub_dataset(dataset)  # its id's form, and one request with no retries: one line, at once
     if is_local_dataset(dataset) and revision is None:
         root = Path(os.path.expanduser(dataset))
         if root.is_dir():
