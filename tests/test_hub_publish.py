@@ -77,8 +77,8 @@ def test_remote_build_fetches_only_qk_bytes_and_matches_local(hub_server, hosted
     hub_server.reset_counters()
     [remote] = build.build_family(FAMILY, tmp_path / "remote", models=[repo_id], device="cpu", progress=False)
 
-    # What the builder needs: config, index, each shard's 8-byte length + JSON header, Q/K bytes (and the
-    # input norm gains the folded variant reads).
+    # What the builder needs: config, index, each shard's 8-byte length + JSON header, Q/K and V/O bytes
+    # (the OV circuit's; and the input norm gains the folded variants read), each byte once.
     expected = (local / "config.json").stat().st_size + (local / "model.safetensors.index.json").stat().st_size
     shards = sorted(set(json.loads((local / "model.safetensors.index.json").read_text())["weight_map"].values()))
     qk_bytes = 0
@@ -87,7 +87,7 @@ def test_remote_build_fetches_only_qk_bytes_and_matches_local(hub_server, hosted
         (n,) = struct.unpack("<Q", raw[:8])
         expected += 8 + n
         for name, entry in json.loads(raw[8 : 8 + n]).items():
-            if name.endswith(("q_proj.weight", "k_proj.weight", "input_layernorm.weight")):
+            if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "input_layernorm.weight")):
                 qk_bytes += entry["data_offsets"][1] - entry["data_offsets"][0]
     expected += qk_bytes
     served = hub_server.bytes_served(repo_id=repo_id)
@@ -159,7 +159,7 @@ def test_versioned_round_trip(hub_server, hosted_models, tmp_path, unique_repo_n
     assert "\n" not in str(err.value)
     moved = publish(out, dataset, version="v0.2.0", force=True)
     assert moved.commit is not None
-    assert _load_in_subprocess(dataset, FAMILY, "v0.2.0")["n"] == 3 * (16 + 12)
+    assert _load_in_subprocess(dataset, FAMILY, "v0.2.0")["n"] == 2 * 3 * (16 + 12)  # qk and ov
 
 
 def test_analysis_runs_on_pushed_dataset(hub_server, hosted_models, tmp_path, unique_repo_name):
