@@ -205,7 +205,8 @@ def cli_argv(ckpt: Path, out: Path) -> list[str]:
     root = Path(__file__).parents[1]
     argv = [sys.executable, str(root / "build_dataset.py"), "--family", "Bench", "--models", str(ckpt), "--out", str(out),
             "--variants", "raw", "--offsets", "none", "--force", "--quiet"]  # fmt: skip
-    help_text = subprocess.run(argv[:2] + ["--help"], capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(argv[:2] + ["--help"], capture_output=True, text=True, check=True)
+    help_text = shown.stdout + shown.stderr  # fire shows help on stderr
     if "--circuits" in help_text:  # the OV circuit, when the builder has it, is work the original never did
         argv += ["--circuits", "qk"]
     return argv
