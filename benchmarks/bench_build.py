@@ -214,7 +214,13 @@ def cli_argv(ckpt: Path, out: Path) -> list[str]:
 
 def end_to_end(ckpt: Path, repeats: int, original_threads: int | None = None) -> None:
     """The builder's command against the original pipeline shape, interleaved, medians and ratios printed."""
-    argv = cli_argv(ckpt, Path(tempfile.mkdtemp(prefix="qk-bench-out-")))
+    with tempfile.TemporaryDirectory(prefix="qk-bench-out-") as out:
+        end_to_end_in(ckpt, repeats, original_threads, Path(out))
+
+
+def end_to_end_in(ckpt: Path, repeats: int, original_threads: int | None, out: Path) -> None:
+    """:func:`end_to_end` with the builder writing into ``out`` (removed afterwards)."""
+    argv = cli_argv(ckpt, out)
     original = [sys.executable, "-c", ORIGINAL, str(ckpt), str(SHAPE["layers"]), str(SHAPE["heads"]),
                 str(SHAPE["kv_heads"]), str(SHAPE["d_head"])]  # fmt: skip
     import os
