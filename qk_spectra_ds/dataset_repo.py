@@ -165,7 +165,7 @@ def write_model_table(
     """Write one model's rows (column name -> values) as parquet of the current schema, atomically.
 
     Written with pyarrow directly (no ``datasets`` import): the explicit Arrow schema of
-    :func:`arrow_schema` with the ``huggingface`` features metadata ``datasets`` writes, and
+    :func:`parquet_schema` with the ``huggingface`` features metadata ``datasets`` writes, and
     page checksums (CRC32 of every data page, verified by the loader). The file's SHA-256 and
     size are remembered for the card (:func:`write_card` records them).
     """
@@ -176,7 +176,7 @@ def write_model_table(
     missing = [c for c in schema.COLUMNS if c not in columns]
     if missing:
         raise schema.SchemaError(f"rows for {model_id} lack column(s) {', '.join(missing)}")
-    arrow = arrow_schema()
+    arrow = parquet_schema()
     arrow = arrow.with_metadata({b"huggingface": json.dumps({"info": {"features": features_dict()}}).encode()})
     table = pa.Table.from_arrays([_arrow_column(columns[f.name], f.type) for f in arrow], schema=arrow)
     target = model_path(out_dir, family, model_id)
@@ -200,7 +200,7 @@ def _arrow_type(kind: str):
             "string": pa.string()}[kind]  # fmt: skip
 
 
-def arrow_schema(version: int = schema.SCHEMA_VERSION):
+def parquet_schema(version: int = schema.SCHEMA_VERSION):
     """The Arrow schema of a schema version's parquet files (what ``datasets`` derives from :func:`schema.features`)."""
     import pyarrow as pa
 
