@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import QKSpectraError
+from .errors import DiskWriteError
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 """Errors of a write that more free space (or a smaller file) would have let through."""
@@ -34,10 +34,6 @@ LEGACY_STALE_SECONDS = 600
 """Age after which a temporary file without host and pid (written before they were recorded) counts as abandoned."""
 
 _TEMPORARY = re.compile(r"^\.(?P<target>.+?)\.(?:(?P<host>[A-Za-z0-9]{1,20})-(?P<pid>\d+)\.)?[^.]+\.tmp$")
-
-
-class DiskWriteError(QKSpectraError, OSError):
-    """A file could not be written for lack of space or quota; nothing of it was kept."""
 
 
 def _host() -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Mapping
 
-from .errors import QKSpectraError, one_line
+from .errors import QKSpectraError, UsageError, one_line
 
 DEBUG_ENV = "QK_SPECTRA_DEBUG"
 HELP_TOKENS = ("--help", "-h")
@@ -35,10 +35,6 @@ _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-class UsageError(QKSpectraError):
-    """A command line the CLI cannot run: unknown flag or command, a missing or mistyped value."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from . import __version__, schema
 from .atomic import atomic_path, write_text
-from .errors import QKSpectraError
+from .errors import CardError, DatasetRepoError
 from .integrity import file_digest
 
 CARD_NAME = "README.md"
@@ -120,14 +120,6 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "schema_version": "version of this column set",
 }
 """What each column means, for the card's column table (one entry per column of every schema version)."""
-
-
-class DatasetRepoError(QKSpectraError):
-    """A dataset directory's files or card cannot be used as they are (corrupt, or would be replaced)."""
-
-
-class CardError(DatasetRepoError):
-    """The card's YAML header does not parse as plain data."""
 
 
 def model_slug(model_id: str) -> str:

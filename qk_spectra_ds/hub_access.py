@@ -9,15 +9,11 @@ answer means it is reachable (what the answer means is left to the real request)
 
 from __future__ import annotations
 
-from .errors import QKSpectraError, one_line
+from .errors import HubAccessError, one_line
 
 REACH_TIMEOUT = 5.0
 """Seconds to wait for the Hub's first answer (connect and read); a refused connection fails at once."""
 REPO_FORM = "a Hub repo id of the form ORG/NAME (letters, digits, '-', '_', '.'; e.g. my-org/qk-spectra)"
-
-
-class HubAccessError(QKSpectraError):
-    """A repo id that cannot name a Hub repo, or a Hub that does not answer."""
 
 
 def check_repo_id(repo_id: object, flag: str) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import QKSpectraError
+from .errors import IntegrityError
 from .statistics import (
     STD_FLOOR,
     positional_summaries,
@@ -40,10 +40,6 @@ TINY32 = 2.0**-149
 """float32's smallest subnormal: the rounding error of values below float32's normal range."""
 SAFETY = 4.0
 """Factor on every first-order rounding bound (second-order terms, summation order)."""
-
-
-class IntegrityError(QKSpectraError, ValueError):
-    """A data file or a stored value is not what was written (corrupt or edited): one line naming the file."""
 
 
 # ---------------------------------------------------------------- files

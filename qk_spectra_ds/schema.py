@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .errors import SchemaError
+
 SCHEMA_VERSION = 4
 
 METHOD_VERSION = 4
@@ -208,10 +210,6 @@ def features(version: int = SCHEMA_VERSION):
         else:
             spec[name] = Value(kind)
     return Features(spec)
-
-
-class SchemaError(ValueError):
-    """The data does not follow a schema version this package understands."""
 
 
 def validate_columns(columns: Iterable[str], schema_versions: Iterable[int | None]) -> None:

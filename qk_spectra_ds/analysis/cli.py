@@ -31,6 +31,7 @@ import sys
 import time
 import warnings
 
+from ..errors import AnalysisError
 from .cli_defaults import Defaults as Params  # the values only: --help must not import the analysis stack
 
 DEFAULT_STATS = ",".join(Params.stats)
@@ -149,8 +150,6 @@ def _load(dataset, family, revision, models, variant, skip_nonfinite, circuit="q
 
 
 def _usage(message: str):
-    from .loading import AnalysisError
-
     return AnalysisError(message)
 
 

@@ -35,7 +35,8 @@ import pandas as pd
 
 from .. import schema
 from ..naming import model_slug
-from .loading import AnalysisError, model_names
+from ..errors import CompareError
+from .loading import model_names
 
 LEGACY_NOTE = "legacy: the original study's spectra, with its SVD factor pairing error"
 """The ``note`` of legacy rows in every table (and, shortened, in every figure)."""
@@ -60,10 +61,6 @@ METRIC_TITLES = {
     **{f"ev_{k}": f"{v} eigenvalue (σ²)" for k, v in _STAT_NAMES.items()},
 }
 """Full names of the metrics for axis titles."""
-
-
-class CompareError(AnalysisError):
-    """Two sides that cannot be compared (shapes differ, nothing in common, an unknown metric)."""
 
 
 # ---------------------------------------------------------------- small pieces

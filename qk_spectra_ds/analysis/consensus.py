@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import features as original_features
-from .loading import AnalysisError
+from ..errors import AnalysisError
 
 FEATURES = ("log", "linear")
 DEFAULT_FEATURES = "log"

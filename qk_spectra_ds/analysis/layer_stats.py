@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .loading import AnalysisError
+from ..errors import AnalysisError
 
 STAT_NAMES = ("MIN", "MAX", "MEAN", "STD", "SKEW", "KURTOSIS")
 """The statistics in the original's order; ``MEAN`` reads column ``ev_mean``."""

@@ -67,7 +67,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, dataset_repo, schema
-from .loading import AnalysisError, spectrum_problem
+from ..errors import LegacyFormatError, UnsafePickleError
+from .loading import spectrum_problem
 from ..integrity import legacy_units, value_problem
 from ..statistics import spectrum_metrics
 
@@ -101,14 +102,6 @@ _DATA_OPCODES = frozenset(
 """Opcodes of protocol 2-4 pickles of dicts, lists and numpy arrays; no object-construction opcodes."""
 _PUT_OPCODES = frozenset({"MEMOIZE", "BINPUT", "LONG_BINPUT"})
 _GET_OPCODES = frozenset({"BINGET", "LONG_BINGET"})
-
-
-class UnsafePickleError(AnalysisError):
-    """A pickle references something outside the legacy format's globals and opcodes; nothing was executed."""
-
-
-class LegacyFormatError(AnalysisError):
-    """A (safe) pickle does not have the legacy layout, sizes or values."""
 
 
 # ---------------------------------------------------------------- step 1: the opcode stream

@@ -38,15 +38,7 @@ import pandas as pd
 from .. import schema
 from ..cli_util import as_list
 from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, model_slug, quiet_datasets
-from ..errors import QKSpectraError, one_line
-
-
-class AnalysisError(QKSpectraError, ValueError):
-    """An expected, user-facing failure of the analysis (printed as one line by the CLI)."""
-
-
-class LoadError(AnalysisError):
-    """The dataset, config or selection cannot be loaded."""
+from ..errors import AnalysisError, LoadError, one_line
 
 
 class NonFiniteSpectraWarning(UserWarning):

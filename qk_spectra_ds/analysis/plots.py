@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path
+from ..errors import AnalysisError
 from .taxonomy import EMBEDDINGS
 
 PNG_COMPRESSION = 3
@@ -107,8 +108,6 @@ def class_colors(n_classes: int) -> list[str]:
 
 def check_figure_format(fmt: str) -> str:
     """``fmt`` lower-cased if it is one of :data:`FIGURE_FORMATS`, else an :class:`AnalysisError`."""
-    from .loading import AnalysisError
-
     value = str(fmt).lower().lstrip(".")
     if value not in FIGURE_FORMATS:
         raise AnalysisError(f"unknown figure format {fmt!r}: choose from {', '.join(FIGURE_FORMATS)}")
@@ -117,8 +116,6 @@ def check_figure_format(fmt: str) -> str:
 
 def check_dpi(dpi: float) -> float:
     """``dpi`` as a float if it is in [10, 1200], else an :class:`AnalysisError` (a typo like 30000 would fill the disk)."""
-    from .loading import AnalysisError
-
     try:
         value = float(dpi)
     except (TypeError, ValueError):

@@ -16,15 +16,11 @@ import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..integrity import IntegrityError, legacy_units, positional_problem, value_problem
-from .loading import AnalysisError
+from ..errors import StoredValueError
+from ..integrity import legacy_units, positional_problem, value_problem
 
 STORED_COLUMNS = schema.SV_STAT_COLUMNS + schema.EV_STAT_COLUMNS + schema.METRICS
 SUMMARY_COLUMNS = ("positional_norm_ratio_min", "positional_norm_ratio_max", "half_norm_offset")
-
-
-class StoredValueError(AnalysisError, IntegrityError):
-    """A stored statistic, metric or positional column disagrees with the stored arrays."""
 
 
 def _list_buffers(table, name: str):

@@ -21,18 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_metadata
-from ..errors import one_line
-from ..integrity import IntegrityError, check_digests, file_digest, recorded_digests
-from .loading import LoadError
+from ..errors import FileChecksumError, IntegrityError, LoadError, one_line
+from ..integrity import check_digests, file_digest, recorded_digests
 
 LOCAL_REMEDY = "rebuild that model (qk-spectra-build --force) or copy the dataset again"
 HUB_REMEDY = (
     "the publisher must rebuild and republish that model; load another --revision meanwhile"
 )
-
-
-class FileChecksumError(LoadError, IntegrityError):
-    """A data file's SHA-256 or size is not the card's record of it (nothing was read from it)."""
 
 
 class UnverifiedFilesWarning(UserWarning):

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .. import schema
-from ..errors import QKSpectraError
+from ..errors import BehaviourError
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ LOADABLE_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 _UNUSED = re.compile(r"^(\[unused\d+\]|<unused\d+>)$")
 _FIRST_TOKEN_NAMES = ("[CLS]", "<s>", "<|begin_of_text|>", "<bos>", "<|endoftext|>", "<|startoftext|>")
-
-
-class BehaviourError(QKSpectraError):
-    """The behaviour scores cannot be measured for a model (weights, model class, vocabulary, probe options)."""
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import dataset_repo
-from ..errors import QKSpectraError, one_line
+from ..errors import PublishError, one_line
 
 log = logging.getLogger(__name__)
 
 VERSION_PATTERN = re.compile(r"^v\d+\.\d+\.\d+$")
-
-
-class PublishError(QKSpectraError):
-    """The dataset could not be published (access, conflict, existing tag...)."""
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import WeightRangeError
 
 if TYPE_CHECKING:  # torch is imported where a function needs it: raw CPU builds never import it (raw_numpy)
     import torch
@@ -102,10 +102,6 @@ ACCURACY_FLOOR = 1e-12
 They are rounding noise of a rank-deficient block as often as not, so they may be
 stored as float32 zeros or subnormals; every larger one must be stored faithfully.
 """
-
-
-class WeightRangeError(CheckpointError):
-    """A head block holds NaN/Inf or values too large or too small for a safe float64 factorization."""
 
 
 @dataclass
