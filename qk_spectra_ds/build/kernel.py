@@ -20,7 +20,7 @@ from threadpoolctl import ThreadpoolController
 from ..errors import BuildError
 from ..statistics import positivity_from_eigenvalues
 from . import raw_numpy
-from .spectra import LayerSpectra, cross_matrices, query_matrices, r_factors
+from .spectra import LayerSpectra, cross_matrices, query_matrices, r_factors, scaled_eigvals
 
 T = TypeVar("T")
 _BLAS = ThreadpoolController()
@@ -76,7 +76,7 @@ def _device_batch(q: torch.Tensor, k: torch.Tensor, group: int, with_positivity:
     n = q.shape[0]
     if small_problems_on() == "device":
         core, cross = query_matrices(q, k, lk, range(n), group, with_positivity)
-        sv, mu = torch.linalg.svdvals(core), None if cross is None else torch.linalg.eigvals(cross)
+        sv, mu = torch.linalg.svdvals(core), None if cross is None else scaled_eigvals(cross)
         return [(sv.cpu().numpy(), None if mu is None else mu.cpu().numpy())]
     pending = []
     with _single_threaded():
@@ -184,7 +184,7 @@ def _variant_factors_cpu(q, k, group, plan, want_folded) -> dict:
 
 def _variant_factors_device(q, k, group, plan, want_folded) -> dict:
     """Stage 1 on a GPU: the same factors as one batch each, moved to the CPU."""
-    from .variants import RAW, _fold_all, folded_cross_batch
+    from .variants import RAW, fold_blocks, folded_cross_batch
 
     factors = {}
     if RAW in plan.variants:
@@ -192,8 +192,8 @@ def _variant_factors_device(q, k, group, plan, want_folded) -> dict:
         factors.update(lq=r_factors(q), lk=r_factors(k, 0, group), cross=cross_matrices(q, k, every, group))
     if want_folded:
         fq, fk = plan.folded_blocks or (q, k)
-        factors["lq_f"] = r_factors(_fold_all(fq, plan.folding))
-        factors["lk_f"] = r_factors(_fold_all(fk, plan.folding), 0, group)
+        factors["lq_f"] = r_factors(fold_blocks(fq, plan.folding))
+        factors["lk_f"] = r_factors(fold_blocks(fk, plan.folding), 0, group)
         factors["cross_f"] = folded_cross_batch(fq, fk, plan.folding, group)
     return {name: value.cpu() for name, value in factors.items()}
 
@@ -225,9 +225,9 @@ def _variant_small_problems(factors, heads: range, group: int, plan, want_folded
         pos = None
         if positional:
             pos = scale * positional_singular_values(lq_tf, lk_f, kv_index, plan.rotary, plan.offsets, sv_f)
-        out[FOLDED] = (scale * sv_f, torch.linalg.eigvals(cross_f).numpy(), pos)
+        out[FOLDED] = (scale * sv_f, scaled_eigvals(cross_f).numpy(), pos)
     if NULL in plan.variants:
         rot = torch.from_numpy(plan.null_rotations[heads.start : heads.stop])
         sv_n = torch.linalg.svdvals(lq_tf @ rot @ lk_f[kv_index]).numpy()
-        out[NULL] = (scale * sv_n, torch.linalg.eigvals(rot @ cross_f).numpy(), None)
+        out[NULL] = (scale * sv_n, scaled_eigvals(rot @ cross_f).numpy(), None)
     return out

@@ -246,7 +246,23 @@ def small_problems(core: torch.Tensor, cross: torch.Tensor | None) -> tuple[torc
     """Singular values of the cores and eigenvalues of the crosses (CPU tensors, LAPACK)."""
     import torch
 
-    return torch.linalg.svdvals(core), None if cross is None else torch.linalg.eigvals(cross)
+    return torch.linalg.svdvals(core), None if cross is None else scaled_eigvals(cross)
+
+
+def scaled_eigvals(matrices: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of each (..., n, n) matrix, solved on the matrix scaled by a power of two.
+
+    torch's general eigensolver fails to converge ("ill-conditioned or has too many repeated
+    eigenvalues") on matrices whose entries are all tiny, e.g. ~1e-20: the folded OV cross of a
+    head whose output columns are zero. Scaling by 2^-floor(log2 max|m|) brings the largest entry
+    into [1, 2) without rounding a single bit, and the eigenvalues scale back exactly.
+    """
+    import torch
+
+    peak = matrices.abs().amax(dim=(-2, -1), keepdim=True)
+    exponent = torch.where(peak > 0, torch.floor(torch.log2(peak)), torch.zeros_like(peak))
+    scale = torch.pow(torch.full_like(peak, 2.0), exponent)
+    return torch.linalg.eigvals(matrices / scale) * scale[..., 0]
 
 
 def float32_storage_problem(singular_values: np.ndarray) -> str | None:
