@@ -148,16 +148,20 @@ def wrap_to(text: str, width_in: float, fontsize_pt: float) -> str:
                      for line in text.split("\n"))  # fmt: skip
 
 
+MIN_TITLE_IN = 3.5
+"""An axes title is wrapped to its axes' width, but never to less than this (short panel titles stay on one line)."""
+
+
 def fit_texts(fig) -> None:
     """Wrap the figure's long texts to the space they have: suptitle to the figure's width, each axes' title
-    and x label to its width (a title may use 1.3 x), its y label to its height (colour bars included)."""
+    and x label to its width, its y label to its height (colour bars included)."""
     width, height = fig.get_figwidth(), fig.get_figheight()
     if fig.get_suptitle():  # the suptitle is one of the figure's texts
         for text in (t for t in fig.texts if t.get_text() == fig.get_suptitle()):
             text.set_text(wrap_to(text.get_text(), 0.96 * width, text.get_fontsize()))
     for ax in fig.axes:
         box = ax.get_position()
-        for text, room in ((ax.title, min(0.96 * width, 1.3 * box.width * width)),
+        for text, room in ((ax.title, min(0.96 * width, max(box.width * width, MIN_TITLE_IN))),
                            (ax.xaxis.label, max(box.width * width, 1.0)),
                            (ax.yaxis.label, max(box.height * height, 1.0))):  # fmt: skip
             if text.get_text():

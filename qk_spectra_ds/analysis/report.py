@@ -922,7 +922,7 @@ def run_report(
     from .plots import variant_suffix
 
     store_head_maps(outputs, frame, params.format, params.dpi, lambda model: variant_suffix(variants.get(model)))
-    outputs.timings["layer x head maps"] = time.perf_counter() - t2
+    outputs.timings["layer x head maps (wall, all models)"] = time.perf_counter() - t2
     _store_crosswalk(outputs)
     if positional_rows is not None:
         t2 = time.perf_counter()
