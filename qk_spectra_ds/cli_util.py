@@ -25,9 +25,11 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from .errors import QKSpectraError, UsageError, one_line
+from .paths import check_output_dir
+from .textutil import as_list
 
 DEBUG_ENV = "QK_SPECTRA_DEBUG"
 HELP_TOKENS = ("--help", "-h")
@@ -46,24 +48,6 @@ class Flag:
 
 
 # ---------------------------------------------------------------- list flags
-
-
-def as_list(value: Any, flag: str | None = None) -> list[str] | None:
-    """A comma-separated flag as a list of its non-blank items; None when not given.
-
-    With ``flag``, a value that was given but names nothing (``""``, ``",,"``) is
-    refused instead of read as "not given" (which would silently mean "all").
-    """
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        items = str(value).split(",")
-    else:
-        items = [str(v) for v in value]
-    items = [item.strip() for item in items if str(item).strip()]
-    if not items and flag is not None:
-        raise UsageError(f"{flag} {value!r} names nothing: give comma-separated names, or leave the flag out")
-    return items or None
 
 
 # ---------------------------------------------------------------- parsing flags against a signature
@@ -217,30 +201,6 @@ def _check_values(function, values, spelled, list_flags, minimums, output_dirs) 
 
 
 # ---------------------------------------------------------------- checks shared with the library
-
-
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` if it is (or can be created as) a writable directory; else a one-line UsageError.
-
-    Run before any work, so that a build or an analysis never computes
-    everything only to fail on writing it.
-    """
-    if not str(path).strip():
-        raise UsageError(f"{flag} is blank: give a directory")
-    path = Path(path).expanduser()
-    try:
-        existing = path
-        while not os.path.lexists(existing) and existing != existing.parent:
-            existing = existing.parent
-        if existing == path and not path.is_dir():
-            raise UsageError(f"{flag} {path} is a file, not a directory: give a directory (it is created if missing)")
-        if not existing.is_dir():
-            raise UsageError(f"{flag} {path} cannot be created: {existing} is a file, not a directory")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UsageError(f"{flag} {path} is not writable ({existing}: permission denied): choose another directory")
-    except OSError as exc:
-        raise UsageError(f"{flag} {path} cannot be used: {exc.strerror or exc}") from None
-    return path
 
 
 # ---------------------------------------------------------------- running a CLI

@@ -1,6 +1,6 @@
 """Issue 23 item 3: no figure of a report has text outside its canvas or text on other text.
 
-Every figure a report and a comparison write is drawn, as written (``plots._save``
+Every figure a report and a comparison write is drawn, as written (``plots.save_figure``
 is replaced by a check that draws the figure at the report's size and dpi), for a
 72-head model (MiniLM's 6 x 12, the real model's long Hub id) and for a
 5,000-head one (40 x 125) beside two small models. While a figure draws, each
@@ -74,7 +74,7 @@ def text_problems(fig, monkeypatch) -> list[str]:
 
 @pytest.fixture
 def checked_figures(monkeypatch):
-    """Replaces ``plots._save``: each figure is drawn at the dpi it would be written with and checked."""
+    """Replaces ``plots.save_figure``: each figure is drawn at the dpi it would be written with and checked."""
     found: dict[str, list[str]] = {}
 
     def check(fig, path, dpi=plots.DEFAULT_DPI, preview=True):
@@ -83,7 +83,7 @@ def checked_figures(monkeypatch):
         found[name] = text_problems(fig, monkeypatch)
         return path
 
-    monkeypatch.setattr(plots, "_save", check)
+    monkeypatch.setattr(plots, "save_figure", check)
     return found
 
 
@@ -148,7 +148,7 @@ def test_consensus_figure_names_its_axes_and_shows_where_the_data_is(monkeypatch
     rows["eigenvalues"], rows["singular_values"] = list(ev.astype(np.float32)), list(np.sqrt(ev).astype(np.float32))
     result = consensus.analyze(LONG_ID, rows, k=2, structure_draws=19)
     captured = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi=plots.DEFAULT_DPI, **_: captured.setdefault("fig", fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=plots.DEFAULT_DPI, **_: captured.setdefault("fig", fig))
     consensus.plot_consensus(result, "unused.png", title=f"{LONG_ID}: consensus classes")
     fig = captured["fig"]
     sizes = result["frames"]["consensus_classes"]["n_heads"].tolist()

@@ -309,7 +309,7 @@ def plot_behaviour(frame: pd.DataFrame, table: pd.DataFrame, score: str, colours
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import _save
+    from .plots import save_figure
 
     rho = table[(table["score"] == score) & (table["statistic"] == "spearman_rho") & table["value"].notna()]
     chosen = rho.reindex(rho["value"].abs().sort_values(ascending=False).index).head(top)
@@ -333,7 +333,7 @@ def plot_behaviour(frame: pd.DataFrame, table: pd.DataFrame, score: str, colours
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _save(fig, path, dpi)
+        return save_figure(fig, path, dpi)
     finally:
         plt.close(fig)
 
@@ -381,7 +381,7 @@ def store_behaviour(outputs, frame: pd.DataFrame, params, log=None) -> str | Non
 
     Returns None (and logs one line) when no row carries behaviour scores.
     """
-    from .report import TABLES, write_table
+    from .table_files import TABLES, write_table
 
     if not has_behaviour(frame):
         return None

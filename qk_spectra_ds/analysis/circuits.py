@@ -82,7 +82,7 @@ def label_tables(outputs, circuit: str) -> list[str]:
     Tables of two sides (``variant_a``, ``variant_b``: compare) get it after ``variant_b``. Returns the names of the
     tables changed; tables that already say their circuit are left as they are.
     """
-    from .report import write_table
+    from .table_files import write_table
 
     changed = []
     for name, rel in outputs.tables.items():
@@ -358,7 +358,7 @@ def store_circuits(outputs, frame: pd.DataFrame, dataset: str, family: str, revi
     """
     from ..naming import model_slug
     from . import plots
-    from .report import TABLES, write_table
+    from .table_files import TABLES, write_table
 
     circuit = circuit_of(frame)
     other = schema.CIRCUIT_OV if circuit == schema.CIRCUIT_QK else schema.CIRCUIT_QK
@@ -390,11 +390,11 @@ def store_circuits(outputs, frame: pd.DataFrame, dataset: str, family: str, revi
         for (model, variant), heads in paired.groupby(["model", "variant"], sort=False):
             relative = f"circuits/{model_slug(str(model))}.{fmt}"
             (outputs.family_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-            plots._save(scatter_figure(heads, str(model), class_label, str(variant)), outputs.family_dir / relative, dpi)
+            plots.save_figure(scatter_figure(heads, str(model), class_label, str(variant)), outputs.family_dir / relative, dpi)
             figures.append(relative)
             outputs.figures.setdefault(str(model), []).append(relative)
         relative = f"circuits/depth.{fmt}"
-        plots._save(depth_figure(paired, family, list(order or [])), outputs.family_dir / relative, dpi)
+        plots.save_figure(depth_figure(paired, family, list(order or [])), outputs.family_dir / relative, dpi)
         figures.append(relative)
         outputs.figures.setdefault("circuits", []).append(relative)
     if log is not None:

@@ -165,4 +165,4 @@ def plot_profiles(profiles: pd.DataFrame, names: dict[int, str], path, title: st
         ax.legend(fontsize=10)
         fig.suptitle(title + plots.variant_suffix(variant), fontsize=12)
         fig.tight_layout()
-        return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
+        return plots.save_figure(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)

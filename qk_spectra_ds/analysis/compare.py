@@ -336,7 +336,7 @@ def depth_labels(depth: pd.DataFrame) -> dict[tuple[str, str, str], str]:
 
 def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str, dpi: float | None = None) -> Path:
     """Per layer, the distribution over heads of the per-head max and median relative error of s (box plots)."""
-    from .plots import DEFAULT_DPI, _save, new_figure, style, tight_layout
+    from .plots import DEFAULT_DPI, new_figure, save_figure, style, tight_layout
 
     layers = sorted(heads["layer"].unique())
     with style():
@@ -358,7 +358,7 @@ def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str, d
         axes[-1].set_xlim(-0.5, len(layers) - 0.5)
         fig.suptitle(textwrap.fill(title, 90), fontsize="medium")
         tight_layout(fig)
-        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
+        return save_figure(fig, path, DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
 
 
 def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike, title: str | None = None,
@@ -368,7 +368,7 @@ def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike,
     ``depth`` is a :func:`depth_table`; models without any value of the metric
     (e.g. positivity of legacy rows) are named below the axes instead of drawn.
     """
-    from .plots import DEFAULT_DPI, _save, new_figure, style, tight_layout
+    from .plots import DEFAULT_DPI, new_figure, save_figure, style, tight_layout
 
     part = depth[depth["metric"] == metric]
     labels = depth_labels(depth)
@@ -399,7 +399,7 @@ def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike,
         ax.set_title((title or default) + ("\n(dashed: legacy spectra, with the original study's pairing error)" if legacy else ""),
                      fontsize="medium")  # fmt: skip
         tight_layout(fig)
-        return _save(fig, path, DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
+        return save_figure(fig, path, DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
 
 
 # ---------------------------------------------------------------- loading the two sides
@@ -494,7 +494,7 @@ def run_compare(
     """
     from .circuits import circuit_of, label_tables
     from .plots import variant_suffix
-    from .report import write_table
+    from .table_files import write_table
 
     metrics = parse_metrics(metrics)
     family_dir = Path(out) / family

@@ -219,7 +219,7 @@ def k_scan(X: np.ndarray, ks=K_RANGE, n_runs: int = N_RUNS, seed: int = 0) -> tu
     return pd.DataFrame(rows), results
 
 
-def _summary(kind: str, aris) -> dict:
+def ari_summary(kind: str, aris) -> dict:
     aris = np.asarray(list(aris), dtype=np.float64)
     return {"perturbation": kind, "n": int(len(aris)), "ari_median": float(np.median(aris)), "ari_min": float(aris.min()),
             "ari_q05": float(np.quantile(aris, 0.05)), "ari_q95": float(np.quantile(aris, 0.95))}
@@ -230,17 +230,17 @@ def stability_rows(eigenvalues: np.ndarray, labels: np.ndarray, runs: np.ndarray
     """ARI of the consensus ``labels`` against the consensus under each perturbation (see the module docstring)."""
     rows = []
     X, _, _ = head_features(eigenvalues, kind, n_bins, quantile)
-    rows.append(_summary("consensus: master seed", (ari(labels, consensus(X, k, n_runs, seed + s)[0]) for s in PERTURBED_SEEDS)))
-    rows.append(_summary("consensus: bins", (
+    rows.append(ari_summary("consensus: master seed", (ari(labels, consensus(X, k, n_runs, seed + s)[0]) for s in PERTURBED_SEEDS)))
+    rows.append(ari_summary("consensus: bins", (
         ari(labels, consensus(head_features(eigenvalues, kind, b, quantile)[0], k, n_runs, seed)[0]) for b in PERTURBED_BINS)))
     if kind == "log":
         others = (head_features(eigenvalues, kind, n_bins, quantile, low)[0] for low in PERTURBED_LOG_LOW)
-        rows.append(_summary("consensus: log range low edge", (ari(labels, consensus(Y, k, n_runs, seed)[0]) for Y in others)))
+        rows.append(ari_summary("consensus: log range low edge", (ari(labels, consensus(Y, k, n_runs, seed)[0]) for Y in others)))
     else:
         others = (head_features(eigenvalues, kind, n_bins, q)[0] for q in PERTURBED_QUANTILES)
-        rows.append(_summary("consensus: quantile", (ari(labels, consensus(Y, k, n_runs, seed)[0]) for Y in others)))
-    rows.append(_summary("bootstrap runs (pairwise)", mean_pairwise_ari(runs)))
-    rows.append(_summary("original KMeans(6): seeds 1-10 vs 0", original_seed_aris(eigenvalues)))
+        rows.append(ari_summary("consensus: quantile", (ari(labels, consensus(Y, k, n_runs, seed)[0]) for Y in others)))
+    rows.append(ari_summary("bootstrap runs (pairwise)", mean_pairwise_ari(runs)))
+    rows.append(ari_summary("original KMeans(6): seeds 1-10 vs 0", original_seed_aris(eigenvalues)))
     return rows
 
 
@@ -400,7 +400,7 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
             axc.set_xlim(*plots.occupied_range(edges, [means[i]] + ([expected] if expected is not None else [])))
         fig.suptitle(title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
         plots.tight_layout(fig)
-        return plots._save(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
+        return plots.save_figure(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
 
 
 consensus_classes = analyze

@@ -106,7 +106,7 @@ def store_head_maps(outputs, frame: pd.DataFrame, fmt: str, dpi: float,
             metric = own[["layer", "head", MAP_METRIC]] if len(own) and own[MAP_METRIC].notna().any() else None
         with plots.style():
             path = f"maps/{slug}.{fmt}"
-            plots._save(head_map_figure(rows, f"{model}: classes by layer and head{title_suffix(model)}", metric),
+            plots.save_figure(head_map_figure(rows, f"{model}: classes by layer and head{title_suffix(model)}", metric),
                         outputs.family_dir / path, dpi)  # fmt: skip
             outputs.figures.setdefault(model, []).append(path)
 
@@ -117,4 +117,4 @@ def plot_head_map(labels: pd.DataFrame, path: str | os.PathLike, title: str, met
     from . import plots
 
     with plots.style():
-        return plots._save(head_map_figure(labels, title, metric, metric_name), path, plots.DEFAULT_DPI if dpi is None else dpi)
+        return plots.save_figure(head_map_figure(labels, title, metric, metric_name), path, plots.DEFAULT_DPI if dpi is None else dpi)

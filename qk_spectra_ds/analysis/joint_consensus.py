@@ -85,8 +85,8 @@ def joint_consensus(models: list[ModelHeads], kind: str = consensus.DEFAULT_FEAT
         bootstrap = consensus.mean_pairwise_ari(runs)
         seeds = [consensus.ari(pool_labels, consensus.consensus(Xp, chosen, consensus.N_RUNS, seed + s)[0])
                  for s in consensus.PERTURBED_SEEDS]  # fmt: skip
-        stability = pd.DataFrame([consensus._summary("bootstrap runs (pairwise)", bootstrap),
-                                  consensus._summary("consensus: master seed", seeds)])  # fmt: skip
+        stability = pd.DataFrame([consensus.ari_summary("bootstrap runs (pairwise)", bootstrap),
+                                  consensus.ari_summary("consensus: master seed", seeds)])  # fmt: skip
     else:
         stability = pd.DataFrame([{"perturbation": "k = 1 (no classes): stability not applicable", "n": 0,
                                    "ari_median": np.nan, "ari_min": np.nan, "ari_q05": np.nan, "ari_q95": np.nan}])  # fmt: skip

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..cli_util import as_list
 from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, model_slug, quiet_datasets
 from ..errors import AnalysisError, LoadError, one_line
+from ..textutil import as_list
 
 
 class NonFiniteSpectraWarning(UserWarning):

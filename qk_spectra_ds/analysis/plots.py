@@ -208,7 +208,7 @@ def figure_title(fig) -> str:
     return " ".join(title.split("\n"))  # one line, however the figure wraps it
 
 
-def _save(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI, preview: bool = True) -> Path:
+def save_figure(fig, path: str | os.PathLike, dpi: float = DEFAULT_DPI, preview: bool = True) -> Path:
     """Write the figure atomically as its suffix says (png, pdf, svg), with no timestamp: reruns give identical files.
 
     The file's ``Title`` metadata (PNG text chunk, PDF info, SVG ``dc:title``)
@@ -355,7 +355,7 @@ def plot_clusters(classifier, path: str | os.PathLike, title: str, dpi: float = 
                   variant: str | None = None, circuit: str | None = None) -> Path:  # fmt: skip
     """Write :func:`clusters_figure` to ``path`` (format from its suffix) at ``dpi``."""
     with style():
-        return _save(clusters_figure(classifier, title, variant, circuit), path, dpi)
+        return save_figure(clusters_figure(classifier, title, variant, circuit), path, dpi)
 
 
 def _box_legend(ax, spline: bool) -> None:
@@ -393,7 +393,7 @@ def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi:
     """
     tests = list(tests) if tests is not None else [None] * len(results)
     with style():
-        return [_save(layer_stat_figure(result, variant, text, skipped, circuit), path, dpi)
+        return [save_figure(layer_stat_figure(result, variant, text, skipped, circuit), path, dpi)
                 for result, path, text in zip(results, paths, tests)]  # fmt: skip
 
 
@@ -491,7 +491,7 @@ def plot_taxonomy_classes(
         fig.suptitle(title + variant_suffix(variant, circuit))
         _panel_legend(fig)
         tight_layout(fig, rect=(0, 0.05, 1, 1))
-        return fig if path is None else _save(fig, path, dpi)
+        return fig if path is None else save_figure(fig, path, dpi)
 
 
 def plot_taxonomy_depth(
@@ -541,4 +541,4 @@ def plot_taxonomy_depth(
                 ax.set_ylabel("model (by size)")
         fig.suptitle(title + variant_suffix(variant, circuit))
         tight_layout(fig)
-        return fig if path is None else _save(fig, path, dpi)
+        return fig if path is None else save_figure(fig, path, dpi)

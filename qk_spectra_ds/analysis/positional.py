@@ -167,4 +167,4 @@ def plot_positional(table: pd.DataFrame, n_layers: int, path: str | os.PathLike,
     from . import plots
 
     with plots.style():
-        return plots._save(positional_figure(table, n_layers, title), path, plots.DEFAULT_DPI if dpi is None else dpi)
+        return plots.save_figure(positional_figure(table, n_layers, title), path, plots.DEFAULT_DPI if dpi is None else dpi)

@@ -27,7 +27,6 @@ atomically, PNGs carry no timestamp, so a rerun gives byte-identical files.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -48,8 +47,7 @@ from ..markdown_text import md_code, md_text
 from ..naming import model_slug
 from .circuits import circuit_of, label_tables
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
-
-TABLES = "tables"
+from .table_files import TABLES, write_table
 
 METHODS = ("consensus", "original")
 DEFAULT_METHOD = "consensus"
@@ -143,24 +141,6 @@ class Outputs:
     models: list[str] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
     """Models in display order (by size, as the figures): every table's rows follow it."""
-
-
-# ---------------------------------------------------------------- tables
-
-
-CSV_FLOAT_FORMAT = "%.6g"
-"""Floats in the CSV tables: 6 significant digits (the exact values are in the parquet file beside each CSV)."""
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> Path:
-    """CSV with floats to 6 significant digits, and the exact values as parquet beside it (same stem), atomically."""
-    from ..atomic import atomic_path
-
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, lineterminator="\n", float_format=CSV_FLOAT_FORMAT)
-    with atomic_path(Path(path).with_suffix(".parquet")) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return write_text(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------- per-model work (in a worker)

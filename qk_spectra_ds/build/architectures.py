@@ -139,7 +139,8 @@ class Layout:
         return qk, read_folding(qk.tensors[0].name)
 
 
-def _expect_shape(ckpt: Checkpoint, info: TensorInfo, expected: tuple[int, ...]) -> None:
+def expect_shape(ckpt: Checkpoint, info: TensorInfo, expected: tuple[int, ...]) -> None:
+    """A one-line CheckpointError unless tensor ``info`` has the ``expected`` shape (config and weights agree)."""
     if tuple(info.shape) != tuple(expected):
         raise CheckpointError(
             f"{ckpt.source.model_id}: {info.name} has shape {list(info.shape)}, config.json implies "
@@ -164,8 +165,8 @@ class SeparateProjections(Layout):
     def read(self, ckpt, layer, shape):
         q_info = self.tensor(ckpt, self.q_name.format(layer=layer))
         k_info = self.tensor(ckpt, self.k_name.format(layer=layer))
-        _expect_shape(ckpt, q_info, (shape.n_heads * shape.d_head, shape.d_model))
-        _expect_shape(ckpt, k_info, (shape.n_kv_heads * shape.d_head, shape.d_model))
+        expect_shape(ckpt, q_info, (shape.n_heads * shape.d_head, shape.d_model))
+        expect_shape(ckpt, k_info, (shape.n_kv_heads * shape.d_head, shape.d_model))
         q = ckpt.read_rows(q_info).reshape(shape.n_heads, shape.d_head, shape.d_model)
         k = ckpt.read_rows(k_info).reshape(shape.n_kv_heads, shape.d_head, shape.d_model)
         return LayerQK(layer, q, k, (q_info, k_info))
@@ -180,7 +181,7 @@ class FusedSections(Layout):
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
         h, hkv, dh, d = shape.n_heads, shape.n_kv_heads, shape.d_head, shape.d_model
-        _expect_shape(ckpt, info, ((h + 2 * hkv) * dh, d))
+        expect_shape(ckpt, info, ((h + 2 * hkv) * dh, d))
         rows = ckpt.read_rows(info, 0, (h + hkv) * dh)
         q = rows[: h * dh].reshape(h, dh, d)
         k = rows[h * dh :].reshape(hkv, dh, d)
@@ -202,7 +203,7 @@ class FusedGroups(Layout):
         info = ckpt.find(self.name.format(layer=layer))
         hkv, g, dh, d = shape.n_kv_heads, shape.group_size, shape.d_head, shape.d_model
         per_group = (g + 2) * dh
-        _expect_shape(ckpt, info, (hkv * per_group, d))
+        expect_shape(ckpt, info, (hkv * per_group, d))
         rows = ckpt.read_rows(info, 0, (hkv - 1) * per_group + (g + 1) * dh)
         starts = range(0, hkv * per_group, per_group)
         q = np.stack([rows[s : s + g * dh] for s in starts]).reshape(hkv * g, dh, d)
@@ -222,7 +223,7 @@ class Conv1DFused(Layout):
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
         h, dh, d = shape.n_heads, shape.d_head, shape.d_model
-        _expect_shape(ckpt, info, (d, 3 * h * dh))
+        expect_shape(ckpt, info, (d, 3 * h * dh))
         w = ckpt.read_rows(info).T  # (3d, d), Linear convention
         q = w[: h * dh].reshape(h, dh, d)
         k = w[h * dh : 2 * h * dh].reshape(h, dh, d)
@@ -605,8 +606,8 @@ class GatedQuery(SeparateProjections):
         q_info = ckpt.find(self.q_name.format(layer=layer))
         k_info = ckpt.find(self.k_name.format(layer=layer))
         h, dh, d = shape.n_heads, shape.d_head, shape.d_model
-        _expect_shape(ckpt, q_info, (2 * h * dh, d))
-        _expect_shape(ckpt, k_info, (shape.n_kv_heads * dh, d))
+        expect_shape(ckpt, q_info, (2 * h * dh, d))
+        expect_shape(ckpt, k_info, (shape.n_kv_heads * dh, d))
         q = np.stack([ckpt.read_rows(q_info, 2 * i * dh, (2 * i + 1) * dh) for i in range(h)])
         k = ckpt.read_rows(k_info).reshape(shape.n_kv_heads, dh, d)
         return LayerQK(layer, q, k, (q_info, k_info))
@@ -681,9 +682,9 @@ class LatentAttention(Layout):
         dn, dr, rkv = self.d_nope, self.d_rope, self.kv_rank
         kva_info = ckpt.find(base + "kv_a_proj_with_mqa.weight")
         kvb_info = ckpt.find(base + "kv_b_proj.weight")
-        _expect_shape(ckpt, kva_info, (rkv + dr, d))
+        expect_shape(ckpt, kva_info, (rkv + dr, d))
         if kvb_info.shape[1:] != (rkv,) or kvb_info.shape[0] % h or kvb_info.shape[0] // h <= dn:
-            _expect_shape(ckpt, kvb_info, (h * (dn + max(kvb_info.shape[0] // h - dn, 1)), rkv))
+            expect_shape(ckpt, kvb_info, (h * (dn + max(kvb_info.shape[0] // h - dn, 1)), rkv))
         per_head = kvb_info.shape[0] // h  # d_nope + v_head_dim
         kva = ckpt.read_rows(kva_info).astype(np.float64)
         kvb = ckpt.read_rows(kvb_info).astype(np.float64).reshape(h, per_head, rkv)[:, :dn]
@@ -691,13 +692,13 @@ class LatentAttention(Layout):
             qa_info = ckpt.find(base + "q_a_proj.weight")
             qb_info = ckpt.find(base + "q_b_proj.weight")
             rq = qa_info.shape[0]
-            _expect_shape(ckpt, qa_info, (rq, d))
-            _expect_shape(ckpt, qb_info, (h * dh, rq))
+            expect_shape(ckpt, qa_info, (rq, d))
+            expect_shape(ckpt, qb_info, (h * dh, rq))
             qa = ckpt.read_rows(qa_info).astype(np.float64)
             qb = ckpt.read_rows(qb_info).astype(np.float64).reshape(h, dh, rq)
             return LatentWeights(qa, qb, kva, kvb, (qa_info, qb_info, kva_info, kvb_info))
         q_info = ckpt.find(base + "q_proj.weight")
-        _expect_shape(ckpt, q_info, (h * dh, d))
+        expect_shape(ckpt, q_info, (h * dh, d))
         q = ckpt.read_rows(q_info).astype(np.float64).reshape(h, dh, d)
         return LatentWeights(None, q, kva, kvb, (q_info, kva_info, kvb_info))
 

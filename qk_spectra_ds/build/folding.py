@@ -63,7 +63,7 @@ class FoldingFacts:
         return self.kind == LAYER
 
 
-def _cfg(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def text_settings(config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The text model's settings (multimodal configs nest them under text_config)."""
     text = config.get("text_config")
     return text if isinstance(text, Mapping) else config
@@ -91,7 +91,7 @@ def _pre_rms(prefix: str = "layers.{layer}.", offset: float = 0.0):
 def folding_facts(config: Mapping[str, Any], layer: int) -> FoldingFacts:
     """The folding facts of layer ``layer`` of a model, from config.json (one line for an unsupported type)."""
     model_type = config.get("model_type")
-    c = _cfg(config)
+    c = text_settings(config)
     inner = c.get("model_type", model_type)
     rule = _RULES.get(inner) or _RULES.get(model_type)
     if rule is None:
@@ -250,7 +250,7 @@ class FoldingTensors:
         return replace(self, gain=None, latent_gains=None, blocks=(q, k))
 
 
-def _near(ckpt, suffix: str, anchor: str):
+def nearest_tensor(ckpt, suffix: str, anchor: str):
     """The tensor ``*suffix`` closest to ``anchor`` (longest shared name prefix), or None if none matches."""
     import os
 
@@ -260,7 +260,8 @@ def _near(ckpt, suffix: str, anchor: str):
     return ckpt.tensors[max(sorted(matches), key=lambda m: len(os.path.commonprefix([m, anchor])))]
 
 
-def _vector(ckpt, info, length: int, what: str):
+def gain_vector(ckpt, info, length: int, what: str):
+    """The 1-D gain tensor ``info`` as float64; a CheckpointError naming ``what`` if its shape or values are wrong."""
     import numpy as np
 
     if tuple(info.shape) != (length,):
@@ -286,26 +287,26 @@ def read_folding(ckpt, config: Mapping[str, Any], layer: int, shape, anchor: str
     read: list[str] = []
     gain = None
     if facts.norm:
-        info = next((i for i in (_near(ckpt, n, anchor) for n in facts.norm) if i is not None), None)
+        info = next((i for i in (nearest_tensor(ckpt, n, anchor) for n in facts.norm) if i is not None), None)
         if info is None:
             raise CheckpointError(
                 f"{ckpt.source.model_id}: no tensor *{facts.norm[0]} (the norm feeding layer {layer}'s attention): "
                 "is config.json's model_type right for these weights?"
             )
-        gain = _vector(ckpt, info, shape.d_model, "norm gain") + facts.gain_offset
+        gain = gain_vector(ckpt, info, shape.d_model, "norm gain") + facts.gain_offset
         read.append(info.name)
     q_gain = k_gain = None
     if facts.q_norm:
         heads = {"q": shape.n_heads, "k": shape.n_kv_heads}
         gains = {}
         for side, name in (("q", facts.q_norm), ("k", facts.k_norm)):
-            info = _near(ckpt, name, anchor)
+            info = nearest_tensor(ckpt, name, anchor)
             if info is None:
                 raise CheckpointError(f"{ckpt.source.model_id}: no tensor *{name} ({side}_norm of layer {layer})")
             if facts.qk_norm_width == "head":
-                g = np.tile(_vector(ckpt, info, shape.d_head, f"{side}_norm gain"), (heads[side], 1))
+                g = np.tile(gain_vector(ckpt, info, shape.d_head, f"{side}_norm gain"), (heads[side], 1))
             else:
-                g = _vector(ckpt, info, heads[side] * shape.d_head, f"{side}_norm gain").reshape(heads[side], shape.d_head)
+                g = gain_vector(ckpt, info, heads[side] * shape.d_head, f"{side}_norm gain").reshape(heads[side], shape.d_head)
             gains[side] = g + facts.qk_offset
             read.append(info.name)
         q_gain, k_gain = gains["q"], gains["k"]
@@ -319,12 +320,12 @@ def _latent_gain(ckpt, config: Mapping[str, Any], name: str | None, anchor: str,
     """An MLA latent norm's gain (q_a_layernorm: q_lora_rank wide, kv_a_layernorm: kv_lora_rank), or None."""
     if name is None:
         return None
-    info = _near(ckpt, name, anchor)
+    info = nearest_tensor(ckpt, name, anchor)
     if info is None:
         raise CheckpointError(f"{ckpt.source.model_id}: no tensor *{name} (a latent norm of the attention)")
-    width = _cfg(config).get("q_lora_rank" if "q_a_layernorm" in name else "kv_lora_rank")
+    width = text_settings(config).get("q_lora_rank" if "q_a_layernorm" in name else "kv_lora_rank")
     read.append(info.name)
-    return _vector(ckpt, info, width, "latent norm gain")
+    return gain_vector(ckpt, info, width, "latent norm gain")
 
 
 def folding_problem(ckpt, config: Mapping[str, Any], layers) -> str | None:

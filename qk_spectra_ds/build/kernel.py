@@ -184,7 +184,7 @@ def _variant_factors_cpu(q, k, group, plan, want_folded) -> dict:
 
 def _variant_factors_device(q, k, group, plan, want_folded) -> dict:
     """Stage 1 on a GPU: the same factors as one batch each, moved to the CPU."""
-    from .variants import RAW, _fold_all, folded_cross_batch
+    from .variants import RAW, fold_blocks, folded_cross_batch
 
     factors = {}
     if RAW in plan.variants:
@@ -192,8 +192,8 @@ def _variant_factors_device(q, k, group, plan, want_folded) -> dict:
         factors.update(lq=r_factors(q), lk=r_factors(k, 0, group), cross=cross_matrices(q, k, every, group))
     if want_folded:
         fq, fk = plan.folded_blocks or (q, k)
-        factors["lq_f"] = r_factors(_fold_all(fq, plan.folding))
-        factors["lk_f"] = r_factors(_fold_all(fk, plan.folding), 0, group)
+        factors["lq_f"] = r_factors(fold_blocks(fq, plan.folding))
+        factors["lk_f"] = r_factors(fold_blocks(fk, plan.folding), 0, group)
         factors["cross_f"] = folded_cross_batch(fq, fk, plan.folding, group)
     return {name: value.cpu() for name, value in factors.items()}
 

@@ -39,7 +39,7 @@ from .architectures import (
     FusedSections,
     LatentAttention,
     SeparateProjections,
-    _expect_shape,
+    expect_shape,
 )
 from .safetensors_io import TensorInfo
 
@@ -94,7 +94,7 @@ def ov_d_head(config: Mapping[str, Any], shape: AttentionShape) -> int:
 
 def _output_rows(ckpt, info: TensorInfo, n_heads: int, d_v: int, d_model: int) -> np.ndarray:
     """(H, d_v, d_model) = (W_O^h)^T of a Linear output projection (d_model, H * d_v), read whole."""
-    _expect_shape(ckpt, info, (d_model, n_heads * d_v))
+    expect_shape(ckpt, info, (d_model, n_heads * d_v))
     o = ckpt.read_rows(info)
     return np.ascontiguousarray(o.reshape(d_model, n_heads, d_v).transpose(1, 2, 0))  # as read (float32): the
     # prefetch thread holds the next layer's blocks while a layer computes; the kernel's float64 copy is made once
@@ -109,7 +109,7 @@ def read_ov(layout, ckpt, layer: int, shape: AttentionShape, d_v: int | None = N
         v_name, o_name = _names(layout.q_name)
         v_info = layout.tensor(ckpt, v_name.format(layer=layer))
         o_info = layout.tensor(ckpt, o_name.format(layer=layer))
-        _expect_shape(ckpt, v_info, (hkv * dh, d))
+        expect_shape(ckpt, v_info, (hkv * dh, d))
         v = ckpt.read_rows(v_info).astype(np.float64).reshape(hkv, dh, d)
         return LayerOV(layer, _output_rows(ckpt, o_info, h, dh, d), v, (v_info, o_info))
     _, o_name = _names(layout.name)
@@ -124,7 +124,7 @@ def read_ov(layout, ckpt, layer: int, shape: AttentionShape, d_v: int | None = N
     elif isinstance(layout, Conv1DFused):
         w = ckpt.read_rows(info)  # (d, 3 h dh), Conv1D: columns [Q, K, V]
         v = np.ascontiguousarray(w[:, 2 * h * dh :].T, dtype=np.float64).reshape(h, dh, d)
-        _expect_shape(ckpt, o_info, (h * dh, d))  # Conv1D c_proj: (in, out), rows per head = (W_O^h)^T
+        expect_shape(ckpt, o_info, (h * dh, d))  # Conv1D c_proj: (in, out), rows per head = (W_O^h)^T
         return LayerOV(layer, ckpt.read_rows(o_info).reshape(h, dh, d), v, (info, o_info))
     else:
         raise CheckpointError(f"no OV reader for the layout {type(layout).__name__}")
@@ -138,8 +138,8 @@ def _read_latent_ov(layout: LatentAttention, ckpt, layer: int, shape: AttentionS
     kva_info = ckpt.find(base + "kv_a_proj_with_mqa.weight")
     kvb_info = ckpt.find(base + "kv_b_proj.weight")
     o_info = ckpt.find(base + "o_proj.weight")
-    _expect_shape(ckpt, kva_info, (rkv + layout.d_rope, d))
-    _expect_shape(ckpt, kvb_info, (h * (dn + d_v), rkv))
+    expect_shape(ckpt, kva_info, (rkv + layout.d_rope, d))
+    expect_shape(ckpt, kvb_info, (h * (dn + d_v), rkv))
     latent = ckpt.read_rows(kva_info, 0, rkv).astype(np.float64)
     vb = ckpt.read_rows(kvb_info).astype(np.float64).reshape(h, dn + d_v, rkv)[:, dn:]
     vb = np.ascontiguousarray(vb)
@@ -148,17 +148,17 @@ def _read_latent_ov(layout: LatentAttention, ckpt, layer: int, shape: AttentionS
 
 def output_norm_gain(ckpt, config: Mapping[str, Any], layer: int, d_model: int, anchor: str) -> np.ndarray | None:
     """The gain of the norm on the attention output before the residual add (offset applied), or None."""
-    from .folding import _cfg, _near, _vector
+    from .folding import gain_vector, nearest_tensor, text_settings
 
-    c = _cfg(config)
+    c = text_settings(config)
     offset = POST_ATTENTION_NORMS.get(c.get("model_type", config.get("model_type")))
     if offset is None:
         return None
     name = f"layers.{layer}.post_attention_layernorm.weight"
-    info = _near(ckpt, name, anchor)
+    info = nearest_tensor(ckpt, name, anchor)
     if info is None:
         raise CheckpointError(f"{ckpt.source.model_id}: no tensor *{name} (the norm on layer {layer}'s attention output)")
-    return _vector(ckpt, info, d_model, "post-attention norm gain") + offset
+    return gain_vector(ckpt, info, d_model, "post-attention norm gain") + offset
 
 
 def fold_ov(ov: LayerOV, folding, out_gain: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

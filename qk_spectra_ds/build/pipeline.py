@@ -29,7 +29,7 @@ from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
 from .circuit_rows import circuit_metric_columns, eigvals_per_core
 from ..atomic import sweep_stale_temporaries
-from ..cli_util import check_output_dir
+from ..paths import check_output_dir
 from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
 from .safetensors_io import Checkpoint
 from ..statistics import spectrum_metrics, spectrum_statistics

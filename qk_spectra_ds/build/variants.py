@@ -110,16 +110,16 @@ def folded_r_factors(w: torch.Tensor, folding: LayerFolding, first: int = 0, gro
     gram_t = torch.from_numpy(gram)
     top = gram.diagonal(axis1=-2, axis2=-1).max(axis=-1)
     if not ((top >= GRAM_FLOOR) & (top <= gram_ceiling(d_head))).all():
-        check_range(gram_t, _fold_all(w, folding), first, group)
+        check_range(gram_t, fold_blocks(w, folding), first, group)
     lower, info = torch.linalg.cholesky_ex(gram_t)
     redo = torch.nonzero(qr_fallback(gram_t, lower, info)).flatten()
     if redo.numel():
-        x = _fold_all(w[redo], folding)
+        x = fold_blocks(w[redo], folding)
         lower[redo] = torch.linalg.qr(x.transpose(-1, -2), mode="r")[1].transpose(-1, -2)
     return lower
 
 
-def _fold_all(w: torch.Tensor, folding: LayerFolding) -> torch.Tensor:
+def fold_blocks(w: torch.Tensor, folding: LayerFolding) -> torch.Tensor:
     """X = W D P for a batch of blocks on any device (a folded copy: used only on rare or device paths)."""
     x = w if folding.gain is None else w * torch.as_tensor(folding.gain, dtype=w.dtype, device=w.device)
     return x - x.mean(dim=-1, keepdim=True) if folding.centre else x.clone()
@@ -145,7 +145,7 @@ def folded_cross(q: torch.Tensor, k: torch.Tensor, folding: LayerFolding, heads:
 
 def folded_cross_batch(q: torch.Tensor, k: torch.Tensor, folding: LayerFolding, group: int) -> torch.Tensor:
     """The same as :func:`folded_cross` for all heads at once on a device (folded copies of the layer)."""
-    xq, xk = _fold_all(q, folding), _fold_all(k, folding)
+    xq, xk = fold_blocks(q, folding), fold_blocks(k, folding)
     kv = torch.arange(q.shape[0], device=q.device) // group
     cross = xk[kv] @ xq.transpose(-1, -2)
     return _gain_cross(cross, folding, range(q.shape[0]), group)
