@@ -1,14 +1,35 @@
 """qk-spectra-ds: per-head QK-circuit spectra as a versioned Hugging Face dataset.
 
-Two halves around a small shared core, in data-flow order:
+Two halves around a small shared core, in data-flow order (every module is listed;
+tests/test_module_boundaries.py keeps this map complete):
 
-  qk_spectra_ds.build     (the ``build`` extra: torch, safetensors)
-    catalog, weights, safetensors_io, architectures, spectra (math), kernel
-    (scheduling), pipeline (model -> parquet), publish, cli (qk-spectra-build)
-  core                    errors, atomic, schema, statistics, dataset_repo, cli_util
+  qk_spectra_ds.build     (the ``build`` extra: torch; the builder reads safetensors itself)
+    sources       catalog (families), weights (local dir / Hub at a commit),
+                  safetensors_io (tensor reads), config_checks (config.json fields)
+    layouts       architectures (where Q and K live), ov (V and O), folding (norms,
+                  scales: the folded variant), rotary (RoPE from config.json)
+    math          spectra (exact QK singular values), raw_numpy (the same without
+                  torch), variants (folded, positional, null), circuits and
+                  circuit_rows (symmetry, copying, matched nulls), seeds (draw keys)
+    running       route (which kernel), kernel (CPU/GPU scheduling), memory,
+                  behaviour (probe scores), skip_key (rebuild or skip),
+                  pipeline (model -> parquet), publish (to the Hub), cli (qk-spectra-build)
+  core                    errors (every exception), atomic (atomic writes), schema
+                          (the data contract), statistics, integrity (checksums,
+                          recomputation), naming (file names), markdown_text,
+                          card_info, dataset_repo (files and card), hub_access,
+                          progress, paths (output dirs), textutil (comma lists),
+                          cli_util (the CLIs' flag machinery; CLIs only)
   qk_spectra_ds.analysis  (the ``analysis`` extra, never torch)
-    loading, legacy, features, taxonomy, layer_stats, plots, report,
-    cli (qk-spectra-analyze)
+    reading       loading, verification (file checksums), recompute (stored values),
+                  legacy (the original study's pickles)
+    methods       features, taxonomy (classification A, the original), layer_stats
+                  (classification B, the original), consensus, joint_consensus,
+                  structure, class_profiles, layer_tests (valid per-layer tests),
+                  rmt_null, variants_compare, circuits (QK vs OV), behaviour,
+                  positional, compare
+    writing       plots, head_maps, table_files, html_report, summary,
+                  report (one config end to end), cli_defaults, cli (qk-spectra-analyze)
 
 The public Python API (README, "Python API") is exported here lazily: ``import
 qk_spectra_ds`` imports nothing heavy, and a name is imported from its module

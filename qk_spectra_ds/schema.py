@@ -1,4 +1,4 @@
-"""The dataset contract (DESIGN.md section 3): columns, their types, schema versions.
+"""The dataset contract (the card's "Columns" section): columns, their types, schema versions.
 
 One row per (model, layer, query head). Both halves import this module: the
 builder to write rows with explicit ``datasets.Features``, the analysis to
@@ -37,7 +37,7 @@ a statistic, a metric, which bytes are read): a rebuild skips a model only if
 its file has the same ``model_revision`` and exactly this ``method_version``,
 so every model is recomputed after a bump. The package version plays no part.
 
-- 1: the first recorded version (schema v2): Q/K spectra per section 1 of DESIGN.md.
+- 1: the first recorded version (schema v2): Q/K spectra as the card's "Method" section defines them.
 - 2: ill-conditioned head blocks (Frobenius condition number above ~6.7e4) are factored
   by QR instead of Cholesky; undefined values are NaN (skew/kurtosis of a constant
   spectrum; stable/effective rank and positivity of an all-zero head), no longer 0, 1 or -3.

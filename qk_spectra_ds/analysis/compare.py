@@ -17,7 +17,7 @@ Two kinds, both on frames from :func:`~qk_spectra_ds.analysis.loading.load_spect
   ``layer / (n_layers - 1)``, so that models of different depths share one axis.
 
 Rows of the ``legacy`` variant carry the original study's SVD factor pairing
-error (see ``shared/legacy/README.md``): every table has a ``note`` column and
+error (the card's "Known difference from the original study"): every table has a ``note`` column and
 every figure names it, so they are never mistaken for correct spectra.
 """
 

@@ -22,7 +22,7 @@ The result is a ``pandas.DataFrame`` with one row per (model, layer, head): the
 scalar columns of schema v1 plus ``eigenvalues`` as an object column holding
 one float32 numpy array per head. Rows keep the dataset's order; within a
 model that is the order the heads were stacked in by the original analysis
-(see :mod:`qk_spectra_ds.legacy`).
+(see :mod:`qk_spectra_ds.analysis.legacy`).
 """
 
 from __future__ import annotations

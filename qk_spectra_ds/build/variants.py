@@ -1,6 +1,6 @@
 """Folded, positional (RoPE) and null QK spectra from the kernel's own factors: the pure math.
 
-For layer l, query head h, key head g (DESIGN.md section 1 for the raw circuit):
+For layer l, query head h, key head g (the card's "Method" section for the raw circuit):
 
 - **raw**: s(W_Q^h^T W_K^g) = s(L_q^T L_k), L the lower Cholesky factors of the head
   blocks' Gram matrices (:func:`spectra.r_factors`).
