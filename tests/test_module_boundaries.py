@@ -94,3 +94,16 @@ def test_no_reference_to_files_outside_the_repository():
     found = [f"{rel}: {word}" for rel, _ in _modules() for word in stale
              if word in (ROOT / rel).read_text(encoding="utf-8")]  # fmt: skip
     assert not found, found
+
+
+def test_schema_constants_are_not_repeated():
+    """The variant and statistic names come from schema; the unused duplicates stay removed."""
+    source = {rel: (ROOT / rel).read_text(encoding="utf-8") for rel in
+              ("build/variants.py", "build/folding.py", "analysis/layer_stats.py")}  # fmt: skip
+    assert '"folded"' not in source["build/variants.py"] and "\nVARIANTS =" not in source["build/variants.py"]
+    assert "FOLDING_MODEL_TYPES" not in source["build/folding.py"]
+    assert '"KURTOSIS"' not in source["analysis/layer_stats.py"]
+    from qk_spectra_ds import schema
+    from qk_spectra_ds.analysis import layer_stats
+
+    assert layer_stats.STAT_NAMES == tuple(s.upper() for s in schema.STATISTICS)

@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import AnalysisError
+from ..schema import STATISTICS
 
-STAT_NAMES = ("MIN", "MAX", "MEAN", "STD", "SKEW", "KURTOSIS")
-"""The statistics in the original's order; ``MEAN`` reads column ``ev_mean``."""
+STAT_NAMES = tuple(name.upper() for name in STATISTICS)
+"""The schema's statistics as the original names them (MIN ... KURTOSIS); ``MEAN`` reads ``ev_mean``."""
 
 SKIP_LAYERS_BELOW = 2
 SPLINE_S = 20

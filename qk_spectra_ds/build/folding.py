@@ -229,8 +229,6 @@ _RULES = {
     "deepseek_v3": _mla,
 }
 
-FOLDING_MODEL_TYPES = tuple(sorted(_RULES))
-
 
 @dataclass(frozen=True)
 class FoldingTensors:

@@ -36,13 +36,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..schema import VARIANT_FOLDED, VARIANT_NULL, VARIANT_RAW
 from ..statistics import positional_summaries  # noqa: F401  (numpy only: the loader recomputes the summaries too)
 from .rotary import Rotary, rotate_key_rows
 from .seeds import null_seed_key
 from .spectra import GRAM_FLOOR, check_range, gram_ceiling, qr_fallback
 
-RAW, FOLDED, NULL = "raw", "folded", "null"
-VARIANTS = (RAW, FOLDED, NULL)
+RAW, FOLDED, NULL = VARIANT_RAW, VARIANT_FOLDED, VARIANT_NULL  # short names for the schema's (defined there)
 
 @dataclass(frozen=True)
 class LayerFolding:
