@@ -22,7 +22,7 @@ tests/test_module_boundaries.py keeps this map complete):
                           cli_util (the CLIs' flag machinery; CLIs only)
   qk_spectra_ds.analysis  (the ``analysis`` extra, never torch)
     reading       loading, verification (file checksums), recompute (stored values),
-                  legacy (the original study's pickles)
+                  legacy (the original study's pickles), optional (umap, statsmodels)
     methods       features, taxonomy (classification A, the original), layer_stats
                   (classification B, the original), consensus, joint_consensus,
                   structure, class_profiles, layer_tests (valid per-layer tests),

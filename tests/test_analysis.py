@@ -618,7 +618,8 @@ def test_analysis_extra_needs_no_torch():
     requirements = config["options"]["install_requires"] + config["options.extras_require"]["analysis"]
     names = {re.split(r"[<>=!~\[ ]", line.strip())[0].lower() for line in requirements.splitlines() if line.strip()}
     assert not names & {"torch", "safetensors", "transformers"}
-    assert {"scipy", "scikit-learn", "joblib", "umap-learn", "matplotlib", "seaborn", "statsmodels"} <= names
+    assert {"scipy", "scikit-learn", "joblib", "matplotlib", "seaborn"} <= names
+    assert not names & {"umap-learn", "statsmodels"}  # optional extras: umap, original (tests/test_optional_extras.py)
 
 
 def test_theme_is_seaborn_talk_white_without_global_changes():

@@ -107,14 +107,22 @@ def _p(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
 
 
 def adjust(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (statsmodels), NaN kept as NaN."""
-    from statsmodels.stats.multitest import multipletests
+    """Benjamini-Hochberg adjusted p-values, NaN kept as NaN.
 
+    Bit for bit statsmodels' ``multipletests(p, method="fdr_bh")[1]`` (the same operations in the same
+    order), so the default method needs no statsmodels.
+    """
     p = np.asarray(p_values, float)
     out = np.full(len(p), np.nan)
     ok = np.isfinite(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], alpha=ALPHA, method="fdr_bh")[1]
+        order = np.argsort(p[ok])
+        ranked = p[ok][order]
+        adjusted = np.minimum.accumulate((ranked / (np.arange(1, len(ranked) + 1) / float(len(ranked))))[::-1])[::-1]
+        adjusted[adjusted > 1] = 1
+        unsorted = np.empty_like(adjusted)
+        unsorted[order] = adjusted
+        out[ok] = unsorted
     return out
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..errors import AnalysisError
 from ..schema import STATISTICS
+from . import layer_tests
 
 STAT_NAMES = tuple(name.upper() for name in STATISTICS)
 """The schema's statistics as the original names them (MIN ... KURTOSIS); ``MEAN`` reads ``ev_mean``."""
@@ -75,9 +76,26 @@ class LayerStat:
     spline_y: np.ndarray | None
 
 
+def _bds_without_statsmodels(x: np.ndarray) -> tuple[float, float]:
+    """statsmodels' ``bds(x)`` (max_dim 2) by :func:`.layer_tests.bds_statistic`: statistic and 2 * norm.sf(|stat|)."""
+    from scipy.stats import norm
+
+    if not 2 < len(x):  # statsmodels' own check: max_dim 2 must be below the number of values
+        raise ValueError("Maximum embedding dimension must be in the range [2,len(x)-1]")
+    stat = float(layer_tests.bds_statistic(x)[0])
+    return stat, float(2 * norm.sf(abs(stat)))
+
+
 def bds_test(series: np.ndarray, name: str = "") -> tuple[float, float]:
-    """``statsmodels.tsa.stattools.bds(series)`` (defaults) -> (statistic, p-value), NaN with a warning if impossible."""
-    from statsmodels.tsa.stattools import bds
+    """``statsmodels.tsa.stattools.bds(series)`` (defaults) -> (statistic, p-value), NaN with a warning if impossible.
+
+    Without statsmodels (it comes with the ``original`` extra, which ``--method original`` requires) the same
+    statistic is computed by :func:`.layer_tests.bds_statistic` (equal to 1e-12), with statsmodels' normal p-value.
+    """
+    try:
+        from statsmodels.tsa.stattools import bds
+    except ImportError:
+        bds = _bds_without_statsmodels
 
     x = np.asarray(series, dtype=np.float64)
     reason = None

@@ -41,7 +41,7 @@ import pandas as pd
 
 from .. import __version__
 
-from . import consensus, features, html_report, layer_stats, layer_tests, taxonomy
+from . import consensus, features, html_report, layer_stats, layer_tests, optional, taxonomy
 from ..atomic import sweep_stale_temporaries, write_text
 from ..markdown_text import md_code, md_text
 from ..naming import model_slug
@@ -109,6 +109,8 @@ class Params:
         self.method = str(self.method)
         if self.method not in METHODS:
             raise AnalysisError(f"unknown --method {self.method!r}: choose from {', '.join(METHODS)}")
+        if self.method == "original":  # its BDS p-values are statsmodels' own
+            optional.require("statsmodels", "--method original")
         self.features = str(self.features)
         if self.features not in consensus.FEATURES:
             raise AnalysisError(f"unknown --features {self.features!r}: choose from {', '.join(consensus.FEATURES)}")

@@ -39,7 +39,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import features
+from . import features, optional
 from .loading import AnalysisError, eigenvalue_matrix, split_models
 
 N_CLUSTERS = 6
@@ -125,6 +125,8 @@ def check_embedding(method: str | None) -> str | None:
     """``method`` if it names a known embedding (or is None: no embedding), else an :class:`AnalysisError`."""
     if method is not None and method not in EMBEDDINGS:
         raise AnalysisError(f"unknown embedding {method!r}: choose from {', '.join(EMBEDDINGS)}")
+    if method == "umap":
+        optional.require("umap", "--embedding umap")
     return method
 
 
