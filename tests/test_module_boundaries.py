@@ -107,3 +107,14 @@ def test_schema_constants_are_not_repeated():
     from qk_spectra_ds.analysis import layer_stats
 
     assert layer_stats.STAT_NAMES == tuple(s.upper() for s in schema.STATISTICS)
+
+
+def test_no_undeclared_transport_library_is_imported():
+    """httpx/httpx2/requests are huggingface_hub's, not declared by this package: reach them through its export."""
+    found = []
+    for rel, tree in _modules():
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            found += [f"{rel}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("httpx", "httpx2", "requests")]
+    assert not found, found

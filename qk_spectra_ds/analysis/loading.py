@@ -201,10 +201,10 @@ def check_hub_dataset(dataset: str) -> None:
 
 def hub_errors() -> tuple[type[BaseException], ...]:
     """What reaching a Hub repo can raise: its HTTP answers (missing or gated repo, revision, file), no network."""
-    from httpx2 import HTTPError  # huggingface_hub's HTTP client: timeouts and transport errors
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+    from huggingface_hub.utils import httpx  # huggingface_hub's public export of its HTTP client: timeouts, transport
 
-    return HfHubHTTPError, EntryNotFoundError, HTTPError, ConnectionError
+    return HfHubHTTPError, EntryNotFoundError, httpx.HTTPError, ConnectionError
 
 
 def _verify_hub_or_error(dataset: str, family: str, revision: str | None) -> str:

@@ -97,16 +97,9 @@ def check_target(repo_id: str, version: str | None = None) -> None:
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     """The exceptions of a request that never got an HTTP answer (refused, DNS, timeout, offline mode)."""
-    errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
-    try:  # huggingface_hub >= 1: httpx (its module, whatever the package is called)
-        from huggingface_hub.utils import httpx
+    from huggingface_hub.utils import httpx  # huggingface_hub's public export of its HTTP client (no transport import)
 
-        errors += (httpx.TransportError,)
-    except ImportError:  # pragma: no cover - huggingface_hub < 1 uses requests
-        import requests
-
-        errors += (requests.ConnectionError, requests.Timeout)
-    return errors
+    return ConnectionError, TimeoutError, httpx.TransportError
 
 
 def _publish(out_dir, local_files, repo_id, version, private, branch, force, message, token, max_attempts):
