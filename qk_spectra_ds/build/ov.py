@@ -83,6 +83,28 @@ def _names(query_name: str) -> tuple[str | None, str]:
     raise CheckpointError(f"no known value/output projection beside {query_name}")
 
 
+def ov_problem(layout, ckpt, layers) -> str | None:
+    """Why the ov circuit cannot be built from this checkpoint (headers only, nothing read), or None.
+
+    A checkpoint holding only the Q/K weights (an extract, or a test's) lacks the value or output projection.
+    """
+    try:
+        for layer in layers:
+            if isinstance(layout, LatentAttention):
+                base = layout.prefix.format(layer=layer)
+                for name in ("kv_b_proj.weight", "o_proj.weight"):
+                    ckpt.find(base + name)
+            elif isinstance(layout, SeparateProjections):
+                v_name, o_name = _names(layout.q_name)
+                layout.tensor(ckpt, v_name.format(layer=layer))
+                layout.tensor(ckpt, o_name.format(layer=layer))
+            else:
+                ckpt.find(_names(layout.name)[1].format(layer=layer))
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 def ov_d_head(config: Mapping[str, Any], shape: AttentionShape) -> int:
     """The OV circuit's d_head: MLA's ``v_head_dim``, else the attention's d_head."""
     from .architectures import config_count

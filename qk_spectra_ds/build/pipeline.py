@@ -24,7 +24,7 @@ from .. import __version__, dataset_repo, schema
 
 from . import catalog, skip_key
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
-from .ov import ov_d_head
+from .ov import ov_d_head, ov_problem
 from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
 from .circuit_rows import circuit_metric_columns, eigvals_per_core
@@ -133,6 +133,7 @@ def build_model(
     layers = [f.layer for f in facts]
     asked = variants is not None
     variants = check_variants(variants)
+    circuits_asked = circuits is not None
     circuits = check_circuits(circuits)
     if not route.numpy_route(variants, offsets, device or route.default_device()):
         require_build_extra()  # one line if torch is missing (rotary frequencies, folded/null, GPU)
@@ -157,6 +158,13 @@ def build_model(
         )
     check_layers_present(source.model_id, config, layout, checkpoint, shape.n_layers, layers)  # headers only, no read
 
+    if schema.CIRCUIT_OV in circuits:
+        problem = ov_problem(layout, checkpoint, layers)
+        if problem and circuits_asked:
+            raise CheckpointError(f"{source.model_id}: cannot build the ov circuit: {problem}")
+        if problem:  # the default asks for every circuit the checkpoint allows (e.g. a Q/K-only extract)
+            log.warning("%s: qk rows only (%s)", source.model_id, problem)
+            circuits = (schema.CIRCUIT_QK,)
     want_ov = schema.CIRCUIT_OV in circuits
     d_v = ov_d_head(config, shape) if want_ov else shape.d_head
 
@@ -706,7 +714,7 @@ def build_family(
     variants = None if variants is None else check_variants(variants)  # None: every variant a model allows
     offsets = check_offsets(offsets)
     null_seed = check_null_seed(null_seed)
-    circuits = check_circuits(circuits)
+    circuits = None if circuits is None else check_circuits(circuits)  # None: every circuit a checkpoint allows
     device = check_device(device)
     from .route import numpy_route
 
