@@ -82,8 +82,8 @@ def baseline(pickles: str, out: str) -> dict:
     """
     t = {}
     t0 = time.perf_counter()
-    import numpy as np
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,9 +99,10 @@ def baseline(pickles: str, out: str) -> dict:
     sns.set_style("white")
     t["imports"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from qk_spectra_ds.analysis.layer_stats import SKIP_LAYERS_BELOW as SKIP_BELOW, STAT_NAMES as STATS
-    from qk_spectra_ds.analysis.legacy import safe_load
     from qk_spectra_ds.analysis.features import N_BINS, QUANTILE
+    from qk_spectra_ds.analysis.layer_stats import SKIP_LAYERS_BELOW as SKIP_BELOW
+    from qk_spectra_ds.analysis.layer_stats import STAT_NAMES as STATS
+    from qk_spectra_ds.analysis.legacy import safe_load
     from qk_spectra_ds.analysis.taxonomy import N_CLUSTERS
 
     t["loader import (excluded)"] = time.perf_counter() - t0  # with the package's default parameters

@@ -252,7 +252,7 @@ def run_child(mode: str, ckpt: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(ckpt)], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    line = [text for text in proc.stdout.splitlines() if text.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT ") :])
 
 
@@ -284,10 +284,9 @@ def main() -> None:
     )
     unavoidable = med["read_io"] + med["kernel"]
     print(
-        "time split (median of %d): read Q/K %.2fs (kernel waited %.2fs of it), kernel %.2fs, statistics %.3fs, "
-        "write %.3fs, end-to-end %.2fs; fetched %.1f MB of %.0f MB"
-        % (args.repeats, med["read_io"], med["read"], med["kernel"], med["statistics"], med["write"], med["total"],
-           med["bytes_fetched"] / 1e6, med["checkpoint_bytes"] / 1e6)
+        f"time split (median of {args.repeats}): read Q/K {med['read_io']:.2f}s (kernel waited {med['read']:.2f}s of it), "
+        f"kernel {med['kernel']:.2f}s, statistics {med['statistics']:.3f}s, write {med['write']:.3f}s, "
+        f"end-to-end {med['total']:.2f}s; fetched {med['bytes_fetched'] / 1e6:.1f} MB of {med['checkpoint_bytes'] / 1e6:.0f} MB"
     )  # fmt: skip
     print(f"RATIO memory: build adds {build_extra:.0f} MB over the baseline (target < 300 MB); "
           f"load_file of one shard adds {load_extra:.0f} MB ({load_extra / max(build_extra, 1):.0f}x more)")  # fmt: skip

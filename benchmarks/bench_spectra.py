@@ -34,9 +34,9 @@ import time
 import numpy as np
 import torch
 
-from qk_spectra_ds.build.spectra import dense_qk_singular_values
 from qk_spectra_ds.build.kernel import qk_layer_spectra, qk_layer_variants
 from qk_spectra_ds.build.rotary import Rotary, inverse_frequencies
+from qk_spectra_ds.build.spectra import dense_qk_singular_values
 from qk_spectra_ds.build.variants import LayerFolding, LayerPlan, haar_rotations
 
 SHAPES = {
@@ -160,9 +160,9 @@ def main() -> None:
         k = anisotropic(shape["n_kv"], shape["d_head"], shape["d_model"], 1e3, gen, args.device)
         original_algorithm(q[:2], k[:1])  # warm up LAPACK / kernels
         qk_layer_spectra(q, k)
-        t_base = median_time(lambda: original_algorithm(q, k), args.repeats, args.device)
-        t_sv = median_time(lambda: qk_layer_spectra(q, k, with_positivity=False), args.repeats, args.device)
-        t_all = median_time(lambda: qk_layer_spectra(q, k), args.repeats, args.device)
+        t_base = median_time(lambda q=q, k=k: original_algorithm(q, k), args.repeats, args.device)
+        t_sv = median_time(lambda q=q, k=k: qk_layer_spectra(q, k, with_positivity=False), args.repeats, args.device)
+        t_all = median_time(lambda q=q, k=k: qk_layer_spectra(q, k), args.repeats, args.device)
         ours = qk_layer_spectra(q, k).singular_values
         base = original_algorithm(q, k).cpu().numpy()
         group = shape["n_heads"] // shape["n_kv"]
@@ -187,9 +187,9 @@ def main() -> None:
         q = anisotropic(shape["n_heads"], shape["d_head"], shape["d_model"], spread, gen, args.device)
         k = anisotropic(shape["n_kv"], shape["d_head"], shape["d_model"], spread, gen, args.device)
         qk_layer_variants(q, k, plan)  # warm up
-        t_raw = median_time(lambda: qk_layer_spectra(q, k), args.repeats, args.device)
-        t_var = median_time(lambda: qk_layer_variants(q, k, plan), args.repeats, args.device)
-        t_raw_again = median_time(lambda: qk_layer_spectra(q, k), args.repeats, args.device)
+        t_raw = median_time(lambda q=q, k=k: qk_layer_spectra(q, k), args.repeats, args.device)
+        t_var = median_time(lambda q=q, k=k: qk_layer_variants(q, k, plan), args.repeats, args.device)
+        t_raw_again = median_time(lambda q=q, k=k: qk_layer_spectra(q, k), args.repeats, args.device)
         t_raw = min(t_raw, t_raw_again)  # the machine may be shared: the faster of two raw timings (conservative ratio)
         out = qk_layer_variants(q, k, plan)
         floor, parts = work_floor(q, k, plan, t_raw, args.repeats, args.device)

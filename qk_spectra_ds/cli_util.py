@@ -23,9 +23,10 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any
 
 from .errors import QKSpectraError, UsageError, one_line
 from .paths import check_output_dir

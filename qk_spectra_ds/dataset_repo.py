@@ -20,9 +20,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pyarrow.parquet as pq
 

@@ -12,7 +12,8 @@ line per update.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 LOG_INTERVAL_S = 30.0
 """Off a terminal: at most one progress line per this many seconds (plus the first and the last)."""

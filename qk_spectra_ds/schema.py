@@ -23,7 +23,7 @@ a new version is a new key).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import SchemaError
 

@@ -5,7 +5,8 @@ A library module, so that the loader and the builder need not import the CLI mac
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .errors import UsageError
 

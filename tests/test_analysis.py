@@ -21,16 +21,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import synthetic_columns
 
-from qk_spectra_ds import __version__, dataset_repo, schema
-from qk_spectra_ds.analysis import features
-from qk_spectra_ds.analysis import taxonomy
+from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds.analysis import features, taxonomy
 from qk_spectra_ds.analysis.layer_stats import BDSWarning
 from qk_spectra_ds.analysis.legacy import import_legacy
 from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, NonFiniteSpectraWarning, load_spectra
 from qk_spectra_ds.analysis.report import Params, run_boxplots, run_report
 from qk_spectra_ds.schema import SchemaError
-from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_DIR = Path(__file__).parent / "data" / "legacy"
@@ -41,51 +40,6 @@ REFERENCE_MEAN_BDS = (2.80, "5.07e-03")
 
 
 # ---------------------------------------------------------------- synthetic schema-v1 data
-
-
-def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: int = 8, d_head: int = 16, seed: int = 0,
-                      variant: str = "raw") -> dict:  # fmt: skip
-    """Plausible schema-v1 rows: spectra of random d_head x d_head products with head-dependent decay."""
-    rng = np.random.default_rng(seed)
-    n = n_layers * n_heads
-    decay = rng.uniform(0.0, 3.0, size=n)
-    base = np.abs(rng.standard_normal((n, d_head))) + 0.05
-    s = np.sort(base * np.exp(-decay[:, None] * np.linspace(0, 1, d_head)), axis=1)[:, ::-1].astype(np.float32)
-    ev = (s.astype(np.float64) ** 2).astype(np.float32)
-    columns = {
-        "model_id": [model_id] * n,
-        "model_revision": ["local:" + "0" * 16] * n,
-        "family": [family] * n,
-        "model_type": ["llama"] * n,
-        "variant": [variant] * n,
-        "layer": np.repeat(np.arange(n_layers), n_heads).tolist(),
-        "head": np.tile(np.arange(n_heads), n_layers).tolist(),
-        "kv_head": (np.tile(np.arange(n_heads), n_layers) // 2).tolist(),
-        "n_layers": [n_layers] * n,
-        "n_heads": [n_heads] * n,
-        "n_kv_heads": [n_heads // 2] * n,
-        "d_model": [4 * d_head] * n,
-        "d_head": [d_head] * n,
-        "singular_values": list(s),
-        "eigenvalues": list(ev),
-        "attention_type": ["full"] * n,  # the per-layer facts of schema v2 (a full-attention rotary layer)
-        "sliding_window": [None] * n,
-        "rope_theta": [10000.0] * n,
-        "weights_dtype": ["float32"] * n,
-        "builder_version": [__version__] * n,
-        "method_version": [schema.METHOD_VERSION] * n,
-        "schema_version": [schema.SCHEMA_VERSION] * n,
-    }
-    for prefix, values in (("sv", s), ("ev", ev)):
-        for name, stat in spectrum_statistics(values).items():
-            columns[f"{prefix}_{name}"] = stat.tolist()
-    for name, value in spectrum_metrics(s, positivity=rng.uniform(-1, 1, n)).items():
-        columns[name] = value.tolist()
-    for name in schema.OFFSET_COLUMNS + schema.NULL_COLUMNS:
-        columns[name] = [None] * n  # no positional spectra (nor null rows) in these synthetic rows
-    for name in schema.COLUMNS:
-        columns.setdefault(name, [None] * n)  # schema v4's circuit metrics, behaviour: null (circuit null = qk)
-    return columns
 
 
 def make_dataset(out: Path, family: str = "syn", models=(("org/tiny-a", 0), ("org/tiny-b", 1)), **kwargs) -> Path:
@@ -152,7 +106,7 @@ def test_layout_and_index_link_every_output(legacy_report):
     assert "- [MEAN](plots/MEAN/Qwen3-0.6B_MEAN_box.png): BDS 2.80, p-value 5.07e-03\n" in index
     classes = pd.read_csv(family_dir / "tables" / "classes.csv")
     for row in classes.itertuples(index=False):  # each model's class table, rounded as the original's figure
-        assert f"| {row[2]} | {row.n_heads} | {row.alpha:.2f} | {row.theta:.2f} | {row.jsd:.3f} |\n" in index
+        assert f"| {row[list(classes.columns).index('class')]} | {row.n_heads} | {row.alpha:.2f} | {row.theta:.2f} | {row.jsd:.3f} |\n" in index
     assert "\n| class | n_heads | share | alpha | theta | jsd |\n| --- | --- | --- | --- | --- | --- |\n" in index
     assert "embedding=pca" in index and index.endswith("\n") and not index.endswith("\n\n")
 
@@ -164,7 +118,7 @@ def test_labels_cover_every_head(legacy_report):
     assert len(labels) == 28 * 16 + 16 * 32
     assert labels["class"].between(0, 5).all()
     qwen = labels[labels["model"] == "Qwen3-0.6B"]
-    assert qwen[["layer", "head"]].values.tolist() == [[l, h] for l in range(28) for h in range(16)]
+    assert qwen[["layer", "head"]].values.tolist() == [[layer, h] for layer in range(28) for h in range(16)]
     classes = pd.read_csv(legacy_report.family_dir / "tables" / "classes.csv")
     sizes = qwen.groupby("class").size()
     assert sizes.tolist() == classes[classes["model"] == "Qwen3-0.6B"]["n_heads"].tolist()

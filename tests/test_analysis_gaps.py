@@ -19,10 +19,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from tiny_models import ArchCase, _llama_style, ref_llama_like, save
 
 from qk_spectra_ds.analysis import compare
 from qk_spectra_ds.analysis.report import Outputs, Params, remove_stale_tables, run_report
-from tiny_models import ArchCase, _llama_style, ref_llama_like, save
 
 pytest.importorskip("torch")
 

@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 import torch
+from tiny_models import CASES, CASES_2026, ArchCase, dense_singular_values, save
 
 import qk_spectra_ds
 from qk_spectra_ds.build.architectures import ARCHITECTURES
-from qk_spectra_ds.build.pipeline import ModelResult, build_model
 from qk_spectra_ds.build.kernel import qk_layer_spectra
-from tiny_models import CASES, CASES_2026, ArchCase, dense_singular_values, save
+from qk_spectra_ds.build.pipeline import ModelResult, build_model
 
 FAMILY = "Tiny"
 DEVICE = os.environ.get("QK_TEST_DEVICE", "cpu")  # QK_TEST_DEVICE=cuda runs the same checks on a GPU

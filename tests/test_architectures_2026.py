@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny_models import CASES_2026, CASES_2026_BY_ID, dense_singular_values, save
 
 from qk_spectra_ds.build import architectures as arch
 from qk_spectra_ds.build import pipeline
 from qk_spectra_ds.build.safetensors_io import E4M3_VALUES, Checkpoint
 from qk_spectra_ds.build.weights import open_source
 from qk_spectra_ds.errors import CheckpointError, UnsupportedArchitectureError
-from tiny_models import CASES_2026, CASES_2026_BY_ID, dense_singular_values, save
 
 FAMILY = "Arch2026"
 RTOL = 1e-6

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_behaviour_planted import PLANTED, _planted_gpt2
+from planted_models import PLANTED, planted_gpt2
 
 from qk_spectra_ds import schema
 from qk_spectra_ds.build import behaviour as bb
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def planted_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("planted-build") / "planted-gpt2"
-    _planted_gpt2().save_pretrained(str(directory))
+    planted_gpt2().save_pretrained(str(directory))
     return directory
 
 

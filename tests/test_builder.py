@@ -24,12 +24,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import original_pairing
+from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, read_config
 
 import qk_spectra_ds
 from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.build import catalog
 from qk_spectra_ds.build.pipeline import build_family, build_model
-from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -140,25 +141,6 @@ def test_minilm_tensors_are_read_without_prefix_and_partially(repo, minilm_dir):
 
 
 # ------------------------------------------------------------------ the original study's pairing
-
-
-def original_pairing(wq_head: np.ndarray, wk_head: np.ndarray, correct: bool = False) -> np.ndarray:
-    """Singular values via the original study's two thin SVDs (S. Darveshi 2025, Apache-2.0).
-
-    With W_Q^T = U_A S_A Vh_A and W_K^T = U_B S_B Vh_B (d_model x d_head, reduced SVDs),
-    W_Q = Vh_A^T S_A U_A^T and W_K = Vh_B^T S_B U_B^T, so
-
-        W_QK = W_Q^T W_K = U_A (S_A Vh_A Vh_B^T S_B) U_B^T
-
-    and, U_A, U_B having orthonormal columns, s(W_QK) = s(S_A Vh_A Vh_B^T S_B). The original
-    used S_A Vh_A^T Vh_B S_B instead (``correct=False``): a different matrix with the same
-    |det| = prod(S_A) prod(S_B), hence the same product of singular values and nothing else.
-    """
-    _, s_a, vh_a = torch.linalg.svd(torch.from_numpy(wq_head.T), full_matrices=False)
-    _, s_b, vh_b = torch.linalg.svd(torch.from_numpy(wk_head.T), full_matrices=False)
-    middle = vh_a @ vh_b.T if correct else vh_a.T @ vh_b
-    core = torch.diag(s_a) @ middle @ torch.diag(s_b)
-    return torch.linalg.svdvals(core).numpy()
 
 
 def test_original_pairing_fails_the_reference_and_the_correct_one_passes(minilm_heads, minilm_dense, minilm_rows):

@@ -21,10 +21,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load_file, save_file
+from tiny_models import make_saved
 
 from qk_spectra_ds import dataset_repo
 from qk_spectra_ds.build.architectures import SUPPORTED_MODEL_TYPES
 from qk_spectra_ds.build.pipeline import build_family, build_model
+from qk_spectra_ds.build.weights import HubSource, open_source
 from qk_spectra_ds.errors import (
     BuildError,
     CatalogError,
@@ -33,8 +35,6 @@ from qk_spectra_ds.errors import (
     QKSpectraError,
     UnsupportedArchitectureError,
 )
-from qk_spectra_ds.build.weights import HubSource, open_source
-from tiny_models import make_saved
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "model.safetensors"

@@ -17,14 +17,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import original_pairing
+from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
 
 from qk_spectra_ds import __version__, dataset_repo, schema
 from qk_spectra_ds.analysis import compare
 from qk_spectra_ds.analysis.legacy import import_legacy
 from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
-from test_builder import original_pairing
-from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
-
 
 # ---------------------------------------------------------------- a tiny model, built and "legacy"
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import synthetic_columns
 from matplotlib.text import Text
 
 from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis import plots
 from qk_spectra_ds.analysis.report import Params, run_report
-
-from test_analysis import synthetic_columns
 
 LONG_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SLACK_PX = 1.0

@@ -16,35 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SIZE_ORDER, SIZES, sized_dataset, synthetic_columns
 
 from qk_spectra_ds.analysis import html_report, layer_stats, plots, taxonomy
 from qk_spectra_ds.analysis.loading import AnalysisError
 from qk_spectra_ds.analysis.report import Params, run_report
 
-from test_analysis import synthetic_columns
-
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-SIZES = {"org/m-0.6B": (4, 8, 64), "org/m-14B": (6, 10, 256), "org/m-4B": (5, 8, 160)}
-"""model -> (n_layers, n_heads, d_model): named so that alphabetical order (0.6B, 14B, 4B) is not size order."""
-
-
-def sized_dataset(out: Path, models=tuple(SIZES)) -> Path:
-    """A dataset of ``models`` of :data:`SIZES` (d_head 16): the test suite's synthetic rows, other columns null."""
-    from qk_spectra_ds import dataset_repo, schema
-
-    for seed, model in enumerate(models):
-        n_layers, n_heads, d_model = SIZES[model]
-        columns = synthetic_columns(model, "syn", n_layers=n_layers, n_heads=n_heads, d_head=16, seed=seed)
-        n = len(columns["model_id"])
-        columns.update(d_model=[d_model] * n, schema_version=[schema.SCHEMA_VERSION] * n)
-        for name in schema.column_types():
-            columns.setdefault(name, [None] * n)
-        dataset_repo.write_model_table(out, "syn", model, columns)
-    dataset_repo.write_card(out)
-    return out
-
-
-SIZE_ORDER = sorted(SIZES, key=lambda m: SIZES[m][0] * SIZES[m][1] * SIZES[m][2])
 
 
 @pytest.fixture(scope="module")

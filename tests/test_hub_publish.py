@@ -20,8 +20,8 @@ import pytest
 
 from qk_spectra_ds import dataset_repo
 from qk_spectra_ds.build import pipeline as build
-from qk_spectra_ds.errors import BuildError
 from qk_spectra_ds.build.publish import PublishError, publish
+from qk_spectra_ds.errors import BuildError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "Tiny"
@@ -185,7 +185,7 @@ def test_concurrent_publishers_both_land(hub_server, hosted_models, tmp_path, un
     cmd = [sys.executable, str(ROOT / "build_dataset.py"), "--skip-build", "--push-to-hub", dataset, "--quiet"]
     procs = [subprocess.Popen(cmd + ["--out", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in dirs]
     outputs = [p.communicate(timeout=180) for p in procs]
-    for proc, (stdout, stderr) in zip(procs, outputs):
+    for proc, (_stdout, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stderr
     from huggingface_hub import HfApi, hf_hub_download
 

@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny_models import make_saved
 
 from qk_spectra_ds.build import kernel, raw_numpy
 from qk_spectra_ds.build.pipeline import build_model
 from qk_spectra_ds.build.spectra import dense_qk_singular_values
 from qk_spectra_ds.build.weights import LocalSource
 from qk_spectra_ds.errors import BuildError
-from tiny_models import make_saved
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 
 import pytest
+from tiny_models import CASES_BY_ID, make_saved
 
 from qk_spectra_ds.build import memory, pipeline
-from tiny_models import CASES_BY_ID, make_saved
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")

@@ -118,3 +118,14 @@ def test_no_undeclared_transport_library_is_imported():
             names += [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
             found += [f"{rel}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("httpx", "httpx2", "requests")]
     assert not found, found
+
+
+def test_no_test_file_imports_another():
+    """Shared test helpers live in helper modules (helpers, tiny_models, variant_cases, planted_models), not in tests."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not found, found

@@ -10,13 +10,22 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from test_trust_cli import assert_one_error, run_script
-from test_variants import (
-    CASES, RTOL, _haar, _layers, _rel, _svd, _unique_r, attention_scale, feeding_norms, norm_linear_part,
-    qk_norm_gains, rows_of,
-)
+from helpers import assert_one_error, run_script
 from tiny_models import save
+from variant_cases import (
+    CASES,
+    RTOL,
+    _haar,
+    _layers,
+    _rel,
+    _svd,
+    _unique_r,
+    attention_scale,
+    feeding_norms,
+    norm_linear_part,
+    qk_norm_gains,
+    rows_of,
+)
 
 pytest.importorskip("transformers")
 

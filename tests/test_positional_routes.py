@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from qk_spectra_ds.build.rotary import Rotary
 from qk_spectra_ds.build import variants
+from qk_spectra_ds.build.rotary import Rotary
 from qk_spectra_ds.build.variants import GRAM_ROUTE_COND_MAX, positional_singular_values
 
 D_HEAD = 32

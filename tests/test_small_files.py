@@ -7,14 +7,13 @@ with whitespace (still valid JSON) past it, in a local folder and in a repo on t
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
+from tiny_models import make_saved
 
 from qk_spectra_ds.build import weights
 from qk_spectra_ds.build.pipeline import build_family
 from qk_spectra_ds.errors import BuildError, ModelSourceError
-from tiny_models import make_saved
 
 LIMIT = 4096
 

@@ -7,10 +7,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SIZE_ORDER, sized_dataset
 
 from qk_spectra_ds.analysis import summary
-
-from test_html_report import SIZE_ORDER, sized_dataset
 
 LINKS = {name: f"tables/{name}.csv" for name in (
     "consensus_labels", "consensus_classes", "k_selection", "null_classes", "layer_tests", "variants_ari",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_error, run_script
 from safetensors.numpy import save_file
 
 from qk_spectra_ds import dataset_repo
@@ -78,22 +79,6 @@ def builds(monkeypatch) -> list:
 
     monkeypatch.setattr(build, "build_model", recording)
     return started
-
-
-def assert_one_error(rc: int, stderr: str, *words: str) -> str:
-    """Exit status 1 and stderr exactly one ``error: ...`` line containing ``words``."""
-    lines = stderr.strip().splitlines()
-    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), (rc, stderr)
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
-def run_script(*args: str, env: dict | None = None, code: str | None = None) -> subprocess.CompletedProcess:
-    """``python build_dataset.py ARGS`` (or ``python -c CODE ARGS``) in a fresh interpreter."""
-    command = [sys.executable, "-c", code, *args] if code else [sys.executable, str(ROOT / "build_dataset.py"), *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})  # fmt: skip
 
 
 # ------------------------------------------------------------------ item 13: unknown flags, before any work

@@ -34,11 +34,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds.analysis.legacy import LegacyFormatError, import_legacy, read_legacy
+from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, load_spectra
 from qk_spectra_ds.build import pipeline as build
 from qk_spectra_ds.build.architectures import AttentionShape
 from qk_spectra_ds.errors import BuildError, QKSpectraError
-from qk_spectra_ds.analysis.legacy import LegacyFormatError, UnsafePickleError, import_legacy, read_legacy
-from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, load_spectra
 
 FAMILY = "syn"
 

@@ -28,18 +28,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
+from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, save
 
 from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds.analysis.loading import load_spectra
 from qk_spectra_ds.build import pipeline as build
 from qk_spectra_ds.build import weights
 from qk_spectra_ds.build.pipeline import build_family, build_model
-from qk_spectra_ds.errors import BuildError, CheckpointError, ModelSourceError
-from qk_spectra_ds.analysis.loading import load_spectra
 from qk_spectra_ds.build.safetensors_io import Checkpoint
 from qk_spectra_ds.build.weights import HubSource, LocalSource, ReadLog, range_answer_problem
-from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, save
+from qk_spectra_ds.errors import BuildError, CheckpointError, ModelSourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "Trust"
@@ -367,7 +367,7 @@ BAD_HEADERS = {  # id -> (header text, data bytes, words of the message)
 def test_headers_the_safetensors_library_refuses_are_refused(case, tmp_path):
     header, n_data, words = BAD_HEADERS[case]
     path = write_raw(tmp_path / case, header, n_data)
-    with pytest.raises(Exception):  # the reference: the library itself refuses this file
+    with pytest.raises(SafetensorError):  # the reference: the library itself refuses this file
         with safe_open(str(path), "np") as f:
             [f.get_tensor(k) for k in f.keys()]
     with pytest.raises(CheckpointError) as info:

@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
+from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
 
 from qk_spectra_ds import dataset_repo
+from qk_spectra_ds.build.kernel import qk_layer_spectra
 from qk_spectra_ds.build.pipeline import build_family, build_model
 from qk_spectra_ds.errors import CheckpointError
-from qk_spectra_ds.build.kernel import qk_layer_spectra
 from qk_spectra_ds.statistics import STD_FLOOR, positivity_from_eigenvalues, spectrum_metrics, spectrum_statistics
-from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = CASES_BY_ID["llama-gqa"]  # 2 layers, 4 query heads, 2 key heads, d_model 32, d_head 8, float32

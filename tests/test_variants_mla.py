@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from tiny_models import _MLA, randomize
 
 from qk_spectra_ds import schema
@@ -325,7 +324,7 @@ def test_attention_factor_scales_only_the_rotating_dims_of_partial_rotary(tmp_pa
     over the whole head would be wrong. Reference: the model's own rotary module and
     ``apply_rotary_pos_emb`` (tests/test_variants.py's, which includes the pass dims as the model does).
     """
-    import test_variants as tv
+    import variant_cases as tv
 
     rope_scaling = dict(rope_type="longrope", short_factor=[1.0, 1.3, 1.7, 2.5], long_factor=[1.0, 2.0, 3.0, 5.0],
                         original_max_position_embeddings=512)

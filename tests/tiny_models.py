@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def save(model: torch.nn.Module, directory: str | Path, case: "ArchCase") -> Path:
+def save(model: torch.nn.Module, directory: str | Path, case: ArchCase) -> Path:
     """``save_pretrained`` as safetensors; sharded (index + several files) if the case asks."""
     directory = Path(directory)
     kwargs = {"max_shard_size": case.max_shard_size} if case.max_shard_size else {}

@@ -26,16 +26,16 @@ from __future__ import annotations
 import os
 import textwrap
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..naming import model_slug
 from ..errors import CompareError
+from ..naming import model_slug
 from .loading import model_names
 
 LEGACY_NOTE = "legacy: the original study's spectra, with its SVD factor pairing error"

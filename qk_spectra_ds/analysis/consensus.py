@@ -38,8 +38,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from . import features as original_features
 from ..errors import AnalysisError
+from . import features as original_features
 
 FEATURES = ("log", "linear")
 DEFAULT_FEATURES = "log"

@@ -20,8 +20,9 @@ tables have rendered, the page's script sets ``data-ready="yes"`` on
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -68,9 +68,9 @@ import numpy as np
 
 from .. import __version__, dataset_repo, schema
 from ..errors import LegacyFormatError, UnsafePickleError
-from .loading import spectrum_problem
 from ..integrity import legacy_units, value_problem
 from ..statistics import spectrum_metrics
+from .loading import spectrum_problem
 
 LEGACY_KEYS = ("singular_values", "singular_values_stats", "eigen_values", "eigen_values_stats")
 
@@ -195,7 +195,7 @@ class _ArrayStub:
 
     __slots__ = ("owner", "array")
 
-    def __init__(self, owner: "RestrictedUnpickler") -> None:
+    def __init__(self, owner: RestrictedUnpickler) -> None:
         self.owner = owner
         self.array: np.ndarray | None = None
 

@@ -32,19 +32,19 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .. import __version__
-
-from . import consensus, features, html_report, layer_stats, layer_tests, optional, taxonomy
 from ..atomic import sweep_stale_temporaries, write_text
 from ..markdown_text import md_code, md_text
 from ..naming import model_slug
+from . import consensus, features, html_report, layer_stats, layer_tests, optional, taxonomy
 from .circuits import circuit_of, label_tables
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
 from .table_files import TABLES, write_table

@@ -21,9 +21,9 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -67,15 +67,15 @@ class _Builder:
         self.links = links
         self.parts: list[Part] = []
 
-    def say(self, text: str) -> "_Builder":
+    def say(self, text: str) -> _Builder:
         self.parts.append(Part(text))
         return self
 
-    def code(self, text: str) -> "_Builder":
+    def code(self, text: str) -> _Builder:
         self.parts.append(Part(text, code=True))
         return self
 
-    def num(self, value, table: str, fmt: str = "{}") -> "_Builder":
+    def num(self, value, table: str, fmt: str = "{}") -> _Builder:
         text = "NaN" if isinstance(value, float) and not math.isfinite(value) else fmt.format(value)
         self.parts.append(Part(text, self.links.get(table)))
         return self

@@ -31,8 +31,9 @@ relative-depth band.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -298,7 +299,7 @@ class SpectralHeadClassifier(ClusterMixin, BaseEstimator):
         self.embedding = embedding
         self.canonical_order = canonical_order
 
-    def fit(self, X, y=None, name: str = "") -> "SpectralHeadClassifier":
+    def fit(self, X, y=None, name: str = "") -> SpectralHeadClassifier:
         """Fit bins, classes, gamma fits and the embedding on the heads of ``X``; ``name`` prefixes messages."""
         from sklearn.cluster import KMeans
 

@@ -14,8 +14,9 @@ Tensor names are matched on their suffix, so ``model.``, ``bert.``,
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 

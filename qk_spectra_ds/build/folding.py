@@ -35,8 +35,9 @@ parts of the logit stays outside M_h (recorded in :attr:`FoldingFacts.outside`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import CheckpointError, UnsupportedArchitectureError
 
@@ -243,7 +244,7 @@ class FoldingTensors:
     latent_gains: tuple | None = None  # MLA: (q_a_layernorm gain (r_q,) or None, kv_a_layernorm gain (r_kv,))
     blocks: tuple | None = None  # MLA: (q, k) blocks with every gain composed in (then gain is None)
 
-    def with_blocks(self, q, k) -> "FoldingTensors":
+    def with_blocks(self, q, k) -> FoldingTensors:
         """This folding once a reader has composed its gains into the head blocks (q, k): D is then inside them."""
         return replace(self, gain=None, latent_gains=None, blocks=(q, k))
 

@@ -10,8 +10,9 @@ d_head x d_head problems, latency-bound there, run on the CPU cores.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -158,9 +159,7 @@ def qk_layer_variants(q: torch.Tensor, k: torch.Tensor, plan) -> dict:
 
 def _variant_factors_cpu(q, k, group, plan, want_folded) -> dict:
     """Stage 1 on the CPU: factors and crosses, one contiguous chunk of heads per core."""
-    from .variants import folded_cross, folded_r_factors
-
-    from .variants import RAW
+    from .variants import RAW, folded_cross, folded_r_factors
 
     n_heads, n_kv = q.shape[0], k.shape[0]
     factors = {}

@@ -13,26 +13,26 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import __version__, dataset_repo, schema
-
+from ..atomic import sweep_stale_temporaries
+from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
+from ..paths import check_output_dir
+from ..statistics import spectrum_metrics, spectrum_statistics
 from . import catalog, skip_key
 from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
-from .ov import ov_d_head, ov_problem
+from .circuit_rows import circuit_metric_columns, eigvals_per_core
 from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
-from .circuit_rows import circuit_metric_columns, eigvals_per_core
-from ..atomic import sweep_stale_temporaries
-from ..paths import check_output_dir
-from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraError
+from .ov import ov_d_head, ov_problem
 from .safetensors_io import Checkpoint
-from ..statistics import spectrum_metrics, spectrum_statistics
 from .weights import ModelSource, missing_directory, open_source
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ Pure functions of arrays; scheduling is :mod:`.kernel`'s job.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -202,7 +202,7 @@ def positional_singular_values(
     n, d_head = lq_np.shape[0], lq_np.shape[-1]
     out = np.empty((len(offsets), n, d_head))
     todo = [i for i, delta in enumerate(offsets) if not (delta == 0 and base is not None)]
-    for i, delta in enumerate(offsets):
+    for i in range(len(offsets)):
         if i not in todo:
             out[i] = base
     if not todo:

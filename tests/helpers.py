@@ -1,0 +1,124 @@
+"""Helpers shared by several test files (issue 19: no test file imports another).
+
+Synthetic schema rows and datasets, the original study's SVD pairing, and the CLI runner and its one-line
+error check. Moved here unchanged from the test files that defined them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from qk_spectra_ds import __version__, schema
+from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: int = 8, d_head: int = 16, seed: int = 0,
+                      variant: str = "raw") -> dict:  # fmt: skip
+    """Plausible schema-v1 rows: spectra of random d_head x d_head products with head-dependent decay."""
+    rng = np.random.default_rng(seed)
+    n = n_layers * n_heads
+    decay = rng.uniform(0.0, 3.0, size=n)
+    base = np.abs(rng.standard_normal((n, d_head))) + 0.05
+    s = np.sort(base * np.exp(-decay[:, None] * np.linspace(0, 1, d_head)), axis=1)[:, ::-1].astype(np.float32)
+    ev = (s.astype(np.float64) ** 2).astype(np.float32)
+    columns = {
+        "model_id": [model_id] * n,
+        "model_revision": ["local:" + "0" * 16] * n,
+        "family": [family] * n,
+        "model_type": ["llama"] * n,
+        "variant": [variant] * n,
+        "layer": np.repeat(np.arange(n_layers), n_heads).tolist(),
+        "head": np.tile(np.arange(n_heads), n_layers).tolist(),
+        "kv_head": (np.tile(np.arange(n_heads), n_layers) // 2).tolist(),
+        "n_layers": [n_layers] * n,
+        "n_heads": [n_heads] * n,
+        "n_kv_heads": [n_heads // 2] * n,
+        "d_model": [4 * d_head] * n,
+        "d_head": [d_head] * n,
+        "singular_values": list(s),
+        "eigenvalues": list(ev),
+        "attention_type": ["full"] * n,  # the per-layer facts of schema v2 (a full-attention rotary layer)
+        "sliding_window": [None] * n,
+        "rope_theta": [10000.0] * n,
+        "weights_dtype": ["float32"] * n,
+        "builder_version": [__version__] * n,
+        "method_version": [schema.METHOD_VERSION] * n,
+        "schema_version": [schema.SCHEMA_VERSION] * n,
+    }
+    for prefix, values in (("sv", s), ("ev", ev)):
+        for name, stat in spectrum_statistics(values).items():
+            columns[f"{prefix}_{name}"] = stat.tolist()
+    for name, value in spectrum_metrics(s, positivity=rng.uniform(-1, 1, n)).items():
+        columns[name] = value.tolist()
+    for name in schema.OFFSET_COLUMNS + schema.NULL_COLUMNS:
+        columns[name] = [None] * n  # no positional spectra (nor null rows) in these synthetic rows
+    for name in schema.COLUMNS:
+        columns.setdefault(name, [None] * n)  # schema v4's circuit metrics, behaviour: null (circuit null = qk)
+    return columns
+
+
+SIZES = {"org/m-0.6B": (4, 8, 64), "org/m-14B": (6, 10, 256), "org/m-4B": (5, 8, 160)}
+"""model -> (n_layers, n_heads, d_model): named so that alphabetical order (0.6B, 14B, 4B) is not size order."""
+
+
+def sized_dataset(out: Path, models=tuple(SIZES)) -> Path:
+    """A dataset of ``models`` of :data:`SIZES` (d_head 16): the test suite's synthetic rows, other columns null."""
+    from qk_spectra_ds import dataset_repo, schema
+
+    for seed, model in enumerate(models):
+        n_layers, n_heads, d_model = SIZES[model]
+        columns = synthetic_columns(model, "syn", n_layers=n_layers, n_heads=n_heads, d_head=16, seed=seed)
+        n = len(columns["model_id"])
+        columns.update(d_model=[d_model] * n, schema_version=[schema.SCHEMA_VERSION] * n)
+        for name in schema.column_types():
+            columns.setdefault(name, [None] * n)
+        dataset_repo.write_model_table(out, "syn", model, columns)
+    dataset_repo.write_card(out)
+    return out
+
+
+SIZE_ORDER = sorted(SIZES, key=lambda m: SIZES[m][0] * SIZES[m][1] * SIZES[m][2])
+
+
+def original_pairing(wq_head: np.ndarray, wk_head: np.ndarray, correct: bool = False) -> np.ndarray:
+    """Singular values via the original study's two thin SVDs (S. Darveshi 2025, Apache-2.0).
+
+    With W_Q^T = U_A S_A Vh_A and W_K^T = U_B S_B Vh_B (d_model x d_head, reduced SVDs),
+    W_Q = Vh_A^T S_A U_A^T and W_K = Vh_B^T S_B U_B^T, so
+
+        W_QK = W_Q^T W_K = U_A (S_A Vh_A Vh_B^T S_B) U_B^T
+
+    and, U_A, U_B having orthonormal columns, s(W_QK) = s(S_A Vh_A Vh_B^T S_B). The original
+    used S_A Vh_A^T Vh_B S_B instead (``correct=False``): a different matrix with the same
+    |det| = prod(S_A) prod(S_B), hence the same product of singular values and nothing else.
+    """
+    import torch  # here, not at the top: the analysis tests that use this module run without torch
+
+    _, s_a, vh_a = torch.linalg.svd(torch.from_numpy(wq_head.T), full_matrices=False)
+    _, s_b, vh_b = torch.linalg.svd(torch.from_numpy(wk_head.T), full_matrices=False)
+    middle = vh_a @ vh_b.T if correct else vh_a.T @ vh_b
+    core = torch.diag(s_a) @ middle @ torch.diag(s_b)
+    return torch.linalg.svdvals(core).numpy()
+
+
+def assert_one_error(rc: int, stderr: str, *words: str) -> str:
+    """Exit status 1 and stderr exactly one ``error: ...`` line containing ``words``."""
+    lines = stderr.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: "), (rc, stderr)
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def run_script(*args: str, env: dict | None = None, code: str | None = None) -> subprocess.CompletedProcess:
+    """``python build_dataset.py ARGS`` (or ``python -c CODE ARGS``) in a fresh interpreter."""
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, str(ROOT / "build_dataset.py"), *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})  # fmt: skip
