@@ -9,11 +9,13 @@ Examples:
 
 from __future__ import annotations
 
+import sys
+
 from ..cli_util import UsageError, as_list, call_cli, program_name, run_cli
 
 BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed", "circuits", "behaviour")
 PROBE_FLAGS = ("probe_seed", "probe_sequences", "probe_length", "probe_local_window")
-PUBLISH_ONLY = ("version", "private", "revision", "message")
+PUBLISH_ONLY = ("version", "private", "branch", "revision", "message")
 
 
 def main(
@@ -28,6 +30,7 @@ def main(
     push_to_hub: str | None = None,
     version: str | None = None,
     private: bool = False,
+    branch: str | None = None,
     revision: str | None = None,
     message: str | None = None,
     skip_build: bool = False,
@@ -78,7 +81,8 @@ def main(
       version: Tag the published commit as this version (vMAJOR.MINOR.PATCH) and record it in the
         card's version table. An existing tag is refused unless --force.
       private: Create the Hub dataset repo as private (only when it does not exist yet).
-      revision: Branch of the Hub dataset repo to commit to (default main; created if missing).
+      branch: Branch of the Hub dataset repo to commit to (default main; created if missing).
+      revision: Deprecated: the old name of --branch (in the analysis, --revision is the revision to read).
       message: Commit message and the "what changed" entry of the version table (default: the
         models added or updated).
       skip_build: Publish OUT as it is, without building (with --push-to-hub).
@@ -111,6 +115,7 @@ def main(
         print(catalog_mod.format_catalog(catalog_mod.load_catalog(catalog)))
         return
     check_flag_combination({name for name, value in flags.items() if value is not None and value is not False})
+    branch = branch_flag(branch, revision)
     probe = None
     if behaviour:
         from .behaviour import check_probe
@@ -147,9 +152,20 @@ def main(
     if push_to_hub:
         from .publish import publish
 
-        result = publish(out, push_to_hub, version=version, private=private, branch=revision, force=force,
+        result = publish(out, push_to_hub, version=version, private=private, branch=branch, force=force,
                          message=message)  # fmt: skip
         print(result.summary())
+
+
+def branch_flag(branch: str | None, revision: str | None) -> str | None:
+    """The branch to commit to: ``--branch``, or the deprecated ``--revision`` with a warning on stderr."""
+    if revision is None:
+        return branch
+    if branch is not None and str(branch) != str(revision):
+        raise UsageError(f"--branch {branch!r} and the deprecated --revision {revision!r} disagree: give --branch only")
+    print("warning: --revision is deprecated in the build (it names the branch to commit to): use --branch",
+          file=sys.stderr)
+    return revision
 
 
 def check_flag_combination(given: set[str]) -> None:
