@@ -43,3 +43,14 @@ def test_branch_reaches_publish(monkeypatch, tmp_path, capsys):
         assert rc in (0, None), capsys.readouterr().err
     assert seen == ["dev", "dev"]
     assert "--revision is deprecated" in capsys.readouterr().err
+
+
+def test_docs_spell_flags_with_hyphens():
+    """README and both CLIs' help spell multi-word flags one way, with hyphens (both spellings are accepted)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / "README.md", root / "qk_spectra_ds" / "build" / "cli.py", root / "qk_spectra_ds" / "analysis" / "cli.py"):
+        found = re.findall(r"--[a-z]+_[a-z_]+", path.read_text(encoding="utf-8"))
+        assert not found, (path.name, found)

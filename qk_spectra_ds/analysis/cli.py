@@ -295,7 +295,7 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, forc
     revision and type, d_model, KV heads, dtype, positivity) is left null.
     A model the family already holds as spectra built from weights is not
     replaced without --force, and a family holding other built models does not
-    take legacy ones without --pool_legacy (the legacy numbers carry the
+    take legacy ones without --pool-legacy (the legacy numbers carry the
     original study's pairing error; the analysis keeps the two apart unless asked).
 
     Args:
@@ -337,7 +337,7 @@ def compare(
     singular value and eigenvalue (max and median over the head) and of every statistic and
     metric. E.g. the original study's legacy spectra against the corrected ones built from
     weights: --dataset ./qk-spectra --family Qwen3 --variant raw --against ./legacy-spectra; or raw
-    against folded in one dataset: --variant raw --against_variant folded.
+    against folded in one dataset: --variant raw --against-variant folded.
     By depth (always, for every model of both sides): each --metrics value per layer (median
     over heads, interquartile band) against relative depth layer / (n_layers - 1), one line
     per model. Legacy rows are labelled as carrying the original study's pairing error.
@@ -349,7 +349,7 @@ def compare(
         family: side A: dataset config, e.g. Qwen3, or all (required).
         out: output root; results go to <out>/<family>/.
         revision: side A: Hub revision (tag vX.Y.Z, branch or commit); Hub repos only.
-        models: comma-separated models to keep (id, file slug or last path part); default all. Side B keeps the same names unless --against_models.
+        models: comma-separated models to keep (id, file slug or last path part); default all. Side B keeps the same names unless --against-models.
         variant: side A: rows of this variant (raw, folded, null or legacy); default: as the other commands. Name both variants to compare two of one dataset.
         against: side B: another dataset directory or Hub repo id (default: --dataset).
         against_family: side B: its config (default: --family).
