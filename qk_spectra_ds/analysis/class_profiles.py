@@ -144,7 +144,7 @@ class_profiles = describe
 
 
 def plot_profiles(profiles: pd.DataFrame, names: dict[int, str], path, title: str, dpi: float | None = None,
-                  variant: str | None = None):  # fmt: skip
+                  variant: str | None = None, circuit: str | None = None):  # fmt: skip
     """Each class's median ``s_k / s_1`` by rank with its interquartile band, Gaussian heads dashed (log scale)."""
     from . import plots
 
@@ -163,6 +163,6 @@ def plot_profiles(profiles: pd.DataFrame, names: dict[int, str], path, title: st
         ax.set_xlabel("rank k of the singular value")
         ax.set_ylabel("s_k / s_1")
         ax.legend(fontsize=10)
-        fig.suptitle(title + plots.variant_suffix(variant), fontsize=12)
+        fig.suptitle(title + plots.variant_suffix(variant, circuit), fontsize=12)
         fig.tight_layout()
         return plots.save_figure(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)

@@ -127,4 +127,7 @@ def crosswalk(a: pd.DataFrame, b: pd.DataFrame, system_a: str, system_b: str) ->
                                    ari=consensus.ari(g["class_a"].to_numpy(), g["class_b"].to_numpy())))  # fmt: skip
     if not parts:
         return pd.DataFrame(columns=CROSSWALK_COLUMNS)
-    return pd.concat(parts, ignore_index=True)[CROSSWALK_COLUMNS]
+    table = pd.concat(parts, ignore_index=True)[CROSSWALK_COLUMNS]
+    if "variant" in a.columns:  # as every table of a report: the variant the classes were computed on
+        table.insert(table.columns.get_loc("model") + 1, "variant", table["model"].map(a.groupby("model")["variant"].first()))
+    return table

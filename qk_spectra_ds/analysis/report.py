@@ -177,7 +177,10 @@ def with_variant(table: pd.DataFrame, variant: str | dict[str, str]) -> pd.DataF
     """
     if "variant" in table.columns:
         return table
-    values = table["model"].map(variant).fillna("").astype(str) if isinstance(variant, dict) else str(variant)
+    if isinstance(variant, dict):  # a row of no one model (the joint taxonomy's "joint") gets all models' variants
+        values = table["model"].map(variant).fillna("+".join(sorted(set(map(str, variant.values()))))).astype(str)
+    else:
+        values = str(variant)
     out = table.copy()
     out.insert(out.columns.get_loc("model") + 1 if "model" in out.columns else 0, "variant", values)
     return out
@@ -250,7 +253,8 @@ def analyze_model(
                 figure = Path("consensus") / f"{slug}_class_profiles.{params.format}"
                 named = dict(zip(result["frames"]["consensus_classes"]["class"], result["frames"]["consensus_classes"]["name"]))
                 class_profiles.plot_profiles(result["frames"]["class_profiles"], named, family_dir_path / figure,
-                                             f"{model_id}: singular-value profile of each class", params.dpi, variant)  # fmt: skip
+                                             f"{model_id}: singular-value profile of each class", params.dpi, variant,
+                                             circuit)  # fmt: skip
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result["frames"]
                 out["k"] = result["k"]
@@ -631,7 +635,7 @@ def _model_section(model: str, figures: list[str], classes: pd.DataFrame | None,
     return {
         "id": model,
         "esd": esd[0] if esd else None,
-        "classes": None if classes is None else classes[classes["model"] == model].drop(columns=["model", "variant"], errors="ignore"),
+        "classes": None if classes is None else classes[classes["model"] == model].drop(columns=["model", "variant", "circuit"], errors="ignore"),
         "boxes": boxes,
     }
 
@@ -703,7 +707,7 @@ def render_index(
         variants=sorted(map(str, frame["variant"].unique())) if len(frame) else [],
         parameters={k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
         tables=outputs.tables,
-        joint_classes=None if joint is None else joint.drop(columns="variant", errors="ignore"),
+        joint_classes=None if joint is None else joint.drop(columns=["variant", "circuit"], errors="ignore"),
         joint_variant=None if joint is None or "variant" not in joint else "+".join(sorted(set(map(str, joint["variant"])))),
         joint_figures=outputs.figures.get("taxonomy", []),
         joint_consensus={name: outputs.frames.get(name) for name in JOINT_CONSENSUS_TABLES if outputs.frames.get(name) is not None},
@@ -903,7 +907,8 @@ def run_report(
     from .head_maps import store_head_maps
     from .plots import variant_suffix
 
-    store_head_maps(outputs, frame, params.format, params.dpi, lambda model: variant_suffix(variants.get(model)))
+    store_head_maps(outputs, frame, params.format, params.dpi,
+                    lambda model: variant_suffix(variants.get(model), circuit_of(frame)))  # fmt: skip
     outputs.timings["layer x head maps (wall, all models)"] = time.perf_counter() - t2
     _store_crosswalk(outputs)
     if positional_rows is not None:
