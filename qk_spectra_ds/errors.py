@@ -50,7 +50,7 @@ class BuildError(QKSpectraError):
 
 
 # Every exception class of the package is defined here (issue 19: errors in one place); the modules that
-# raise them re-export their names, so ``from qk_spectra_ds.analysis.loading import AnalysisError`` still works.
+# raise them re-export their names, so the old import paths (AnalysisError from the loader...) still work.
 
 
 class UsageError(QKSpectraError):
