@@ -104,7 +104,8 @@ def build_model(
     up to max_position_embeddings; ``[]``: no positional spectra) choose the rows:
     one per (layer, head, variant), see :mod:`.variants`. ``circuits`` (default qk, ov)
     multiplies them by circuit: QK and OV (:mod:`.ov`), each with its symmetry and
-    matched-null z-scores (:mod:`.circuit_rows`).
+    matched-null z-scores (:mod:`.circuit_rows`). ``behaviour`` (a :class:`.behaviour.ProbeSpec`,
+    ``--behaviour``) also runs the model on seeded probes and fills the qk rows' behaviour columns.
     """
     from . import route
     from .memory import fix_mmap_threshold
