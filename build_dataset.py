@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """``python build_dataset.py --family NAME ...``: the same as the installed ``qk-spectra-build`` command.
 
-A thin shim over :mod:`qk_spectra_ds.build.cli` (run ``python build_dataset.py --help``).
+A thin shim over :mod:`qk_spectra_ds.builder.cli` (run ``python build_dataset.py --help``).
 """
 
 import sys
 
-from qk_spectra_ds.build.cli import cli, main  # noqa: F401 - main for introspection
+from qk_spectra_ds.builder.cli import cli, main  # noqa: F401 - main for introspection
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -100,8 +100,8 @@ def baseline(pickles: str, out: str) -> dict:
     t["imports"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     from qk_spectra_ds.analysis.features import N_BINS, QUANTILE
-    from qk_spectra_ds.analysis.layer_stats import SKIP_LAYERS_BELOW as SKIP_BELOW
-    from qk_spectra_ds.analysis.layer_stats import STAT_NAMES as STATS
+    from qk_spectra_ds.analysis.layer_boxplots import SKIP_LAYERS_BELOW as SKIP_BELOW
+    from qk_spectra_ds.analysis.layer_boxplots import STAT_NAMES as STATS
     from qk_spectra_ds.analysis.legacy import safe_load
     from qk_spectra_ds.analysis.taxonomy import N_CLUSTERS
 
@@ -221,7 +221,7 @@ def our_stages(dataset: str, repeats: int) -> dict:
 
     from threadpoolctl import threadpool_limits
 
-    from qk_spectra_ds.analysis import features, layer_stats, report, taxonomy
+    from qk_spectra_ds.analysis import features, layer_boxplots, report, taxonomy
     from qk_spectra_ds.analysis.loading import eigenvalue_matrix, load_spectra, split_models
 
     imports = time.perf_counter() - t0
@@ -249,7 +249,7 @@ def our_stages(dataset: str, repeats: int) -> dict:
                 taxonomy.describe_classes(hists, classifier.labels_, features.bin_centers(edges), params.n_clusters, model_id)
                 t["gamma fits + JSD"] += time.perf_counter() - s
                 s = time.perf_counter()
-                layer_stats.layer_stats(rows, None, params.skip_layers_below, model_id)
+                layer_boxplots.layer_stats(rows, None, params.skip_layers_below, model_id)
                 t["box-plot stats (BDS, spline)"] += time.perf_counter() - s
             s = time.perf_counter()
             taxonomy.joint_taxonomy(report.model_heads(frame), params.classifier(embedding=None, canonical_order=True))

@@ -121,7 +121,7 @@ def write_config(directory: Path) -> None:
 CHILD = r"""
 import json, resource, sys, time, tempfile
 import torch, datasets, safetensors.torch  # the same imports in both children: the baseline
-import qk_spectra_ds.build.pipeline as build
+import qk_spectra_ds.builder.pipeline as build
 def rss_mb():  # current RSS from /proc, peak from getrusage (both MB)
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 1e6

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qk_spectra_ds.build.kernel import qk_layer_spectra, qk_layer_variants
+from qk_spectra_ds.builder.kernel import qk_layer_spectra, qk_layer_variants
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_spectra import variant_plan  # noqa: E402  (the same plan as the CPU benchmark)
@@ -67,9 +67,9 @@ def small_problems_choice(q: torch.Tensor, k: torch.Tensor, device: str, repeats
     batch of factors; QK_SPECTRA_SMALL_PROBLEMS=device keeps them on the device. Prints both
     timings and the faster side, measured here rather than assumed.
     """
-    from qk_spectra_ds.build import raw_numpy
-    from qk_spectra_ds.build.kernel import SMALL_PROBLEMS_ENV, _single_threaded
-    from qk_spectra_ds.build.spectra import query_matrices, r_factors
+    from qk_spectra_ds.builder import raw_numpy
+    from qk_spectra_ds.builder.kernel import SMALL_PROBLEMS_ENV, _single_threaded
+    from qk_spectra_ds.builder.spectra import query_matrices, r_factors
 
     group = q.shape[0] // k.shape[0]
     core, cross = query_matrices(q, k, r_factors(k, 0, group), range(q.shape[0]), group, True)

@@ -62,9 +62,9 @@ def write_model(directory: Path, layers: int) -> None:
 CHILD = r"""
 import json, resource, sys, time
 import torch, numpy, pyarrow  # the imports, before the baseline
-from qk_spectra_ds.build.pipeline import build_model
-from qk_spectra_ds.build.safetensors_io import Checkpoint
-from qk_spectra_ds.build.weights import open_source
+from qk_spectra_ds.builder.pipeline import build_model
+from qk_spectra_ds.builder.safetensors_io import Checkpoint
+from qk_spectra_ds.builder.weights import open_source
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 base = rss()

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from qk_spectra_ds.build.raw_numpy import core_problems, single_threaded_blas
+from qk_spectra_ds.builder.raw_numpy import core_problems, single_threaded_blas
 
 MODELS = {
     # Llama-3.1-405B: 126 layers, d_model 16384, 128 query / 8 key heads of 128, bf16

@@ -34,10 +34,10 @@ import time
 import numpy as np
 import torch
 
-from qk_spectra_ds.build.kernel import qk_layer_spectra, qk_layer_variants
-from qk_spectra_ds.build.rotary import Rotary, inverse_frequencies
-from qk_spectra_ds.build.spectra import dense_qk_singular_values
-from qk_spectra_ds.build.variants import LayerFolding, LayerPlan, haar_rotations
+from qk_spectra_ds.builder.kernel import qk_layer_spectra, qk_layer_variants
+from qk_spectra_ds.builder.rotary import Rotary, inverse_frequencies
+from qk_spectra_ds.builder.spectra import dense_qk_singular_values
+from qk_spectra_ds.builder.variants import LayerFolding, LayerPlan, haar_rotations
 
 SHAPES = {
     "Llama-3.1-8B layer": dict(n_heads=32, n_kv=8, d_head=128, d_model=4096),
@@ -95,9 +95,9 @@ def work_floor(q: torch.Tensor, k: torch.Tensor, plan: LayerPlan, t_raw: float, 
     values by the route the kernel takes (eigvalsh of core core^T for well-conditioned heads,
     else an SVD). Returns (seconds, what they are made of).
     """
-    from qk_spectra_ds.build import raw_numpy
-    from qk_spectra_ds.build.spectra import r_factors
-    from qk_spectra_ds.build.variants import _core_singular_values, _well_conditioned
+    from qk_spectra_ds.builder import raw_numpy
+    from qk_spectra_ds.builder.spectra import r_factors
+    from qk_spectra_ds.builder.variants import _core_singular_values, _well_conditioned
 
     group = q.shape[0] // k.shape[0]
     lq, lk = r_factors(q.cpu()), r_factors(k.cpu(), 0, group)

@@ -7,7 +7,7 @@ Prints three tables:
    model's features), on structureless heads (spectra of random Gaussian
    ``A B^T``, d_head x d_head), and its power on planted classes (Gaussian heads mixed with
    low-rank heads, two decay types), with the k the consensus then uses.
-2. **Per-layer tests** (``analysis/layer_tests.py``): rejection rates of the
+2. **Per-layer tests** (``analysis/layer_permutation_tests.py``): rejection rates of the
    permutation BDS, trend and depth-profile tests after Holm over 6 statistics
    x 3 tests, on i.i.d. series and on linear and hump-shaped profiles spanning
    2 noise standard deviations, with real permutations, beside the Monte Carlo
@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qk_spectra_ds.analysis import consensus, layer_tests, structure
+from qk_spectra_ds.analysis import consensus, layer_permutation_tests, structure
 
 
 def gaussian_heads(n, rng, d_head=32, d_model=256):
@@ -79,13 +79,13 @@ def layer_table(reps: int, permutations: int, lengths) -> None:
     print(f"{'n':>3s} {'shape':7s} {'BDS':>7s} {'trend':>7s} {'profile':>8s}   | Monte Carlo approximation (report's power notes)")
     for n in lengths:
         rng = np.random.default_rng(n)
-        approx = layer_tests.simulated_power(n)
-        for shape, signal in {"null": np.zeros(n), **layer_tests.shapes(n)}.items():
+        approx = layer_permutation_tests.simulated_power(n)
+        for shape, signal in {"null": np.zeros(n), **layer_permutation_tests.shapes(n)}.items():
             hits = np.zeros(3)
             for _ in range(reps):
-                res = layer_tests.permutation_pvalues(signal + rng.standard_normal(n), permutations, rng)
+                res = layer_permutation_tests.permutation_pvalues(signal + rng.standard_normal(n), permutations, rng)
                 p = np.r_[res["p_bds"], res["p_trend_rho"], res["p_profile_r2"], rng.uniform(size=15)]
-                hits += layer_tests.holm(p)[:3] < 0.05
+                hits += layer_permutation_tests.holm(p)[:3] < 0.05
             a = approx[shape]
             print(f"{n:3d} {shape:7s} {hits[0] / reps:7.1%} {hits[1] / reps:7.1%} {hits[2] / reps:8.1%}   | "
                   f"{a['bds']:6.1%} {a['trend']:6.1%} {a['profile']:6.1%}", flush=True)
@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     reps = 40 if args.quick else args.reps
     structure_table(reps, args.draws, args.heads)
-    layer_table(max(reps // 2, 20), layer_tests.N_PERMUTATIONS, (12, 28, 44))
+    layer_table(max(reps // 2, 20), layer_permutation_tests.N_PERMUTATIONS, (12, 28, 44))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """qk-spectra-ds: per-head QK-circuit spectra as a versioned Hugging Face dataset.
 
 Two halves around a small shared core, in data-flow order (every module is listed;
-tests/test_module_boundaries.py keeps this map complete):
+tests/package/test_module_boundaries.py keeps this map complete):
 
-  qk_spectra_ds.build     (the ``build`` extra: torch; the builder reads safetensors itself)
+  qk_spectra_ds.builder   (the ``build`` extra: torch; the builder reads safetensors itself)
     sources       catalog (families), weights (local dir / Hub at a commit),
                   safetensors_io (tensor reads), config_checks (config.json fields)
     layouts       architectures (where Q and K live), ov (V and O), folding (norms,
@@ -23,9 +23,9 @@ tests/test_module_boundaries.py keeps this map complete):
   qk_spectra_ds.analysis  (the ``analysis`` extra, never torch)
     reading       loading, verification (file checksums), recompute (stored values),
                   legacy (the original study's pickles), optional (umap, statsmodels)
-    methods       features, taxonomy (classification A, the original), layer_stats
+    methods       features, taxonomy (classification A, the original), layer_boxplots
                   (classification B, the original), consensus, joint_consensus,
-                  structure, class_profiles, layer_tests (valid per-layer tests),
+                  structure, class_profiles, layer_permutation_tests (valid per-layer tests),
                   rmt_null, variants_compare, circuits (QK vs OV), behaviour,
                   positional, compare
     writing       plots, head_maps, table_files, html_report, summary,
@@ -46,9 +46,9 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # build a dataset (the ``build`` extra)
-    "build_family": "qk_spectra_ds.build.pipeline",
-    "build_model": "qk_spectra_ds.build.pipeline",
-    "publish": "qk_spectra_ds.build.publish",
+    "build_family": "qk_spectra_ds.builder.pipeline",
+    "build_model": "qk_spectra_ds.builder.pipeline",
+    "publish": "qk_spectra_ds.builder.publish",
     # load it (the ``analysis`` extra)
     "load_spectra": "qk_spectra_ds.analysis.loading",
     "transformer_lens_name": "qk_spectra_ds.analysis.loading",
@@ -58,18 +58,18 @@ _EXPORTS: dict[str, str] = {
     "joint_taxonomy": "qk_spectra_ds.analysis.taxonomy",
     "model_heads": "qk_spectra_ds.analysis.report",
     # classification B: per-layer statistics, BDS, spline
-    "layer_stat": "qk_spectra_ds.analysis.layer_stats",
-    "layer_stats": "qk_spectra_ds.analysis.layer_stats",
-    "bds_table": "qk_spectra_ds.analysis.layer_stats",
+    "layer_stat": "qk_spectra_ds.analysis.layer_boxplots",
+    "layer_stats": "qk_spectra_ds.analysis.layer_boxplots",
+    "bds_table": "qk_spectra_ds.analysis.layer_boxplots",
     # the default method (issue 20): is there structure, what classes mean, valid per-layer tests
     "structure_test": "qk_spectra_ds.analysis.structure",
     "consensus_classes": "qk_spectra_ds.analysis.consensus",
     "joint_consensus": "qk_spectra_ds.analysis.joint_consensus",
     "crosswalk": "qk_spectra_ds.analysis.joint_consensus",
     "class_profiles": "qk_spectra_ds.analysis.class_profiles",
-    "series_tests": "qk_spectra_ds.analysis.layer_tests",
-    "layer_test_table": "qk_spectra_ds.analysis.layer_tests",
-    "simulated_power": "qk_spectra_ds.analysis.layer_tests",
+    "series_tests": "qk_spectra_ds.analysis.layer_permutation_tests",
+    "layer_test_table": "qk_spectra_ds.analysis.layer_permutation_tests",
+    "simulated_power": "qk_spectra_ds.analysis.layer_permutation_tests",
     # figures and the whole report
     "plot_clusters": "qk_spectra_ds.analysis.plots",
     "plot_layer_stats": "qk_spectra_ds.analysis.plots",

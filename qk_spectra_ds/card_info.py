@@ -3,7 +3,7 @@
 A build regenerates the card after every model. Importing ``datasets`` (and pandas with
 it) for this block cost ~0.7 s, more than a 1B model's whole kernel; the block is plain
 data: per config, the schema's features and the size of its ``train`` split.
-``tests/test_card_info.py`` checks it against ``DatasetInfosDict.to_dataset_card_data``.
+``tests/dataset/test_card_info.py`` checks it against ``DatasetInfosDict.to_dataset_card_data``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny_models import TOKENS, ArchCase, _llama_style, ref_bert, ref_gpt_neox, ref_gptj, ref_llama_like, ref_phi3, save
 
-from qk_spectra_ds.build import pipeline
+from qk_spectra_ds.builder import pipeline
 
 transformers = pytest.importorskip("transformers")
 

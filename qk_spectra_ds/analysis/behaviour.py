@@ -17,7 +17,7 @@ times, with the same seeded shuffles for every test; p = (1 + #{|T*| >= |T|}) / 
 two-sided (|rho|, |AUC - 0.5|, eta squared). The p-values of all tests of a run are then adjusted
 together by Benjamini-Hochberg (false discovery rate 5%); a test is ``significant`` when its adjusted
 p-value is at most 0.05. Under no association at all this rejects anything in at most ~5% of runs
-(tests/test_behaviour_analysis.py checks it on null data).
+(tests/analysis/test_behaviour_analysis.py checks it on null data).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``report.Params`` imports numpy, pandas, scikit-learn and scipy (about 3 s) to
 read its defaults from the modules that use them. The command line only needs
 the values to build its signatures and help, so they are listed here;
-``tests/test_one_definition.py`` checks that they equal ``Params()`` field by
+``tests/package/test_one_definition.py`` checks that they equal ``Params()`` field by
 field, so the two cannot drift apart. Nothing here imports anything.
 """
 

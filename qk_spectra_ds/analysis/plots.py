@@ -389,7 +389,7 @@ def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi:
     the dashed spline of the per-layer means, the BDS of the per-layer medians
     in the title (with the ``variant`` of the spectra), axis titles with units, a legend, and thinned layer ticks.
     ``tests`` (default method): per result, the title's text about its tests instead of the asymptotic BDS
-    p-value (``layer_tests.figure_title_text``); ``skipped``: the layers left out, named under the axis.
+    p-value (``layer_permutation_tests.figure_title_text``); ``skipped``: the layers left out, named under the axis.
     """
     tests = list(tests) if tests is not None else [None] * len(results)
     with style():

@@ -44,7 +44,7 @@ from .. import __version__
 from ..atomic import sweep_stale_temporaries, write_text
 from ..markdown_text import md_code, md_text
 from ..naming import model_slug
-from . import consensus, features, html_report, layer_stats, layer_tests, optional, taxonomy
+from . import consensus, features, html_report, layer_boxplots, layer_permutation_tests, optional, taxonomy
 from .circuits import circuit_of, label_tables
 from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
 from .table_files import TABLES, write_table
@@ -74,15 +74,15 @@ class Params:
     n_bins: int = features.N_BINS
     quantile: float = features.QUANTILE
     seed: int = taxonomy.SEED
-    skip_layers_below: int = layer_stats.SKIP_LAYERS_BELOW
-    stats: tuple[str, ...] = layer_stats.STAT_NAMES
+    skip_layers_below: int = layer_boxplots.SKIP_LAYERS_BELOW
+    stats: tuple[str, ...] = layer_boxplots.STAT_NAMES
     n_bands: int = taxonomy.N_BANDS
     embedding: str = taxonomy.DEFAULT_EMBEDDING
     method: str = DEFAULT_METHOD
     features: str = consensus.DEFAULT_FEATURES
     k: str = "auto"
-    permutations: int = layer_tests.N_PERMUTATIONS
-    min_layers: int = layer_tests.MIN_LAYERS
+    permutations: int = layer_permutation_tests.N_PERMUTATIONS
+    min_layers: int = layer_permutation_tests.MIN_LAYERS
     format: str = "png"
     dpi: float = 100.0
 
@@ -92,7 +92,7 @@ class Params:
         self.quantile = float(self.quantile)
         self.seed = int(self.seed)
         self.skip_layers_below = int(self.skip_layers_below)
-        self.stats = tuple(layer_stats.parse_stats(self.stats))
+        self.stats = tuple(layer_boxplots.parse_stats(self.stats))
         self.n_bands = int(self.n_bands)
         if self.n_clusters < 1:
             raise AnalysisError(f"--n_clusters must be >= 1, got {self.n_clusters}")
@@ -270,18 +270,18 @@ def analyze_model(
                 out["timings"]["consensus"] = time.perf_counter() - t0
         if do_boxplots:
             t0 = time.perf_counter()
-            results = layer_stats.layer_stats(rows, list(params.stats), params.skip_layers_below, model_id)
+            results = layer_boxplots.layer_stats(rows, list(params.stats), params.skip_layers_below, model_id)
             t1 = time.perf_counter()
             titles, skipped = None, None
             if params.method == "consensus":  # tests first: the box plots' titles show them, not the asymptotic p
                 t2 = time.perf_counter()
-                tested = [layer_tests.series_tests(model_id, r.stat, r.medians, r.p_value, params.permutations,
+                tested = [layer_permutation_tests.series_tests(model_id, r.stat, r.medians, r.p_value, params.permutations,
                                                    params.min_layers, params.seed) for r in results]  # fmt: skip
                 legacy = bool((rows["variant"] == "legacy").any())
-                out["layer_tests"] = layer_tests.layer_test_table(tested).assign(legacy_pairing_error=legacy)
-                titles = [layer_tests.figure_title_text(r, params.permutations, params.min_layers)
+                out["layer_tests"] = layer_permutation_tests.layer_test_table(tested).assign(legacy_pairing_error=legacy)
+                titles = [layer_permutation_tests.figure_title_text(r, params.permutations, params.min_layers)
                           for r in out["layer_tests"].to_dict("records")]  # fmt: skip
-                skipped = layer_stats.skipped_layers_text(rows, params.skip_layers_below)
+                skipped = layer_boxplots.skipped_layers_text(rows, params.skip_layers_below)
                 out["timings"]["layer tests"] = time.perf_counter() - t2
             t1 = time.perf_counter()
             figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
@@ -290,7 +290,7 @@ def analyze_model(
             out["figures"].extend(f.as_posix() for f in figures)
             out["timings"]["boxplots"] = t1 - t0
             out["timings"]["boxplots figures"] = time.perf_counter() - t1
-            out["bds"] = layer_stats.bds_table(results).assign(p_value_kind=layer_tests.ASYMPTOTIC_LABEL)
+            out["bds"] = layer_boxplots.bds_table(results).assign(p_value_kind=layer_permutation_tests.ASYMPTOTIC_LABEL)
     out["warnings"] = _recorded(caught)
     return out
 
@@ -488,7 +488,7 @@ def _store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: 
             if name == "layer_tests":  # Holm across every test of the report, beside the per-model column;
                 # the original's asymptotic p-value is invalid at these lengths: only whether it called the series
                 # significant is kept (original_significant), never the number
-                table = layer_tests.correct_across(table).drop(columns=["p_bds_asymptotic", "p_bds_asymptotic_kind"])
+                table = layer_permutation_tests.correct_across(table).drop(columns=["p_bds_asymptotic", "p_bds_asymptotic_kind"])
             table = _in_order(outputs, with_variant(table, variants))
             write_table(table, tables / f"{name}.csv")
             outputs.tables[name] = f"{TABLES}/{name}.csv"
