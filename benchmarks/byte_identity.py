@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VOLATILE_FILES = ("timings.csv",)  # wall-clock seconds: differ run to run
 VOLATILE_LINE = re.compile(
-    r"(seconds|elapsed|generated|built_at|created|date|timestamp|package_version|qk_spectra_ds_version|"
-    r"version\b|revision|commit|/tmp/|tmp[a-z0-9_]{6,}|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2})",
+    r"\b(seconds|elapsed|generated|built_at|created|date|timestamp|package_version|version|revision|commit)\b"
+    r"|/tmp/|\btmp[a-z0-9_]{6,}|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}",
     re.IGNORECASE,
 )
 
@@ -47,13 +47,15 @@ def run(cmd: list[str], cwd: Path) -> None:
 
 
 def normalised_digest(path: Path) -> str:
+    """SHA-256 of the file; of a text file, without its volatile lines (and how many were left out, after a colon)."""
     data = path.read_bytes()
     if path.name in VOLATILE_FILES:
         return "volatile"
     if path.suffix in {".md", ".html", ".json", ".csv", ".txt", ".yaml"}:
-        text = data.decode("utf-8", errors="replace")
-        text = "\n".join(line for line in text.splitlines() if not VOLATILE_LINE.search(line))
-        data = text.encode()
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        kept = [line for line in lines if not VOLATILE_LINE.search(line)]
+        digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()
+        return digest if len(kept) == len(lines) else f"{digest}:{len(lines) - len(kept)}"
     return hashlib.sha256(data).hexdigest()
 
 
@@ -91,7 +93,11 @@ def main() -> None:
         args.manifest.write_text(json.dumps({"before": before, "after": after}, indent=1))
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     volatile = sorted(k for k, v in after.items() if v == "volatile")
+    dropped = {k: v.split(":")[1] for k, v in after.items() if ":" in v}
     print(f"{len(after)} files compared ({len(before)} before); volatile, not compared: {', '.join(volatile) or 'none'}")
+    print(f"{len(after) - len(dropped) - len(volatile)} compared byte for byte; {len(dropped)} text files compared without "
+          f"their lines naming versions, revisions, dates or temporary paths: "
+          + ", ".join(f"{k} ({n} lines)" for k, n in sorted(dropped.items())))
     for name in differ:
         print(f"DIFFERS: {name} ({'missing before' if name not in before else 'missing after' if name not in after else 'bytes'})")
     if differ:
