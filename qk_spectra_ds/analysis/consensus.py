@@ -40,6 +40,7 @@ import pandas as pd
 
 from ..errors import AnalysisError
 from . import features as original_features
+from .consensus_result import ConsensusResult
 
 FEATURES = ("log", "linear")
 DEFAULT_FEATURES = "log"
@@ -289,12 +290,12 @@ def choose_classes(name: str, X: np.ndarray, k: int | str = "auto", seed: int = 
 
 def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: int | str = "auto",
             n_bins: int = original_features.N_BINS, quantile: float = original_features.QUANTILE, seed: int = 0,
-            null_eigenvalues: np.ndarray | None = None, structure_draws: int | None = None) -> dict:  # fmt: skip
+            null_eigenvalues: np.ndarray | None = None, structure_draws: int | None = None) -> ConsensusResult:  # fmt: skip
     """Consensus classes, k curve, stability, energy and the random-matrix null for one model's rows.
 
-    Returns ``frames`` (tables, each with ``legacy_pairing_error``), the chosen
-    ``k`` and what the figure needs. ``null_eigenvalues``: the model's ``null``
-    variant rows, when the dataset has them.
+    Returns a :class:`.consensus_result.ConsensusResult`: the tables (each with
+    ``legacy_pairing_error``), the chosen ``k`` and what the figure needs.
+    ``null_eigenvalues``: the model's ``null`` variant rows, when the dataset has them.
     """
     from . import class_profiles, rmt_null
 
@@ -321,7 +322,7 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
     labels_table = pd.DataFrame({"model": model_id, "layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(),
                                  "class": labels, "confidence": conf})  # fmt: skip
     null_classes = pd.DataFrame()
-    null_info: dict = {"c": None}
+    null_c, null_features, mc = None, None, None
     if d_model is not None and d_model >= d_head:
         c = d_head / d_model
         dist, outside = rmt_null.head_distances(ev, c)
@@ -334,9 +335,8 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
         null_classes = rmt_null.class_null_table(model_id, labels, dist, outside, mc_dist, var_dist, seed=seed)
         null_classes.insert(2, "c", c)
         null_classes["d_model_source"] = d_source
-        null_info = {"c": c, "mc_features": head_features(mc, kind, n_bins, quantile, )[0] if kind == "log" else None,
-                     "edges_x": edges, "log": kind == "log"}  # fmt: skip
-    described = class_profiles.describe(model_id, rows, ev, labels, mc if null_info["c"] is not None else None)
+        null_c, null_features = c, head_features(mc, kind, n_bins, quantile)[0] if kind == "log" else None
+    described = class_profiles.describe(model_id, rows, ev, labels, mc)
     classes = pd.DataFrame([
         {"model": model_id, "class": int(c_), "name": described["names"][int(c_)], "n_heads": int((labels == c_).sum()),
          "share": float((labels == c_).mean()),
@@ -352,11 +352,11 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
             frame = frame[["model"] + [col for col in frame.columns if col != "model"]]
             frames[name] = frame.assign(legacy_pairing_error=legacy)
     means = np.array([X[labels == c_].mean(axis=0) for c_ in np.unique(labels)])
-    return {"frames": frames, "k": chosen, "structure": test.iloc[0].to_dict(), "legacy": legacy, "class_means": means, "edges": edges, "kind": kind,
-            "scan": scan, "null": null_info, "d_model_source": d_source}  # fmt: skip
+    return ConsensusResult(model=model_id, k=chosen, kind=kind, legacy=legacy, **frames, class_means=means, edges=edges,
+                           null_c=null_c, null_features=null_features, d_model_source=d_source)  # fmt: skip
 
 
-def plot_consensus(result: dict, path, title: str, dpi: float | None = None, variant: str | None = None,
+def plot_consensus(result: ConsensusResult, path, title: str, dpi: float | None = None, variant: str | None = None,
                    circuit: str | None = None):  # fmt: skip
     """k curve (stability, silhouette; chosen k marked) and each class's mean histogram with the null overlaid.
 
@@ -364,7 +364,7 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
     """
     from . import plots, rmt_null
 
-    means, edges, scan = result["class_means"], result["edges"], result["scan"]
+    means, edges, scan = result.class_means, result.edges, result.k_selection
     n = len(means)
     with plots.style():
         fig = plots.new_figure((4.5 * (n + 1), 4))
@@ -372,33 +372,32 @@ def plot_consensus(result: dict, path, title: str, dpi: float | None = None, var
         ax = axes[0]
         ax.plot(scan["k"], scan["stability_ari_mean"], "o-", label="stability (ARI)")
         ax.plot(scan["k"], scan["silhouette"], "s--", label="silhouette")
-        ax.axvline(result["k"], color="grey", lw=1)
+        ax.axvline(result.k, color="grey", lw=1)
         ax.set_xlabel("k (number of classes)")
         ax.set_ylabel("stability ARI / silhouette")
         ax.legend(fontsize=9)
-        test = result.get("structure") or {}
+        test = result.structure_row
         said = (f"structure test p = {test['p_value']:.3f}: {test['conclusion']}" if test.get("tested")
                 else str(test.get("conclusion", "")))  # fmt: skip
-        ax.set_title(f"k = {result['k']}\n{said}", fontsize=9)
+        ax.set_title(f"k = {result.k}\n{said}", fontsize=9)
         centers = (edges[:-1] + edges[1:]) / 2
-        null = result["null"]
         expected = None
-        if null.get("c") is not None:
-            expected = rmt_null.null_histogram(null["c"], edges, log10=result["kind"] == "log", clip=result["kind"] == "log")
-        table = result.get("frames", {}).get("consensus_classes")
-        sizes = [int(x) for x in table["n_heads"]] if table is not None and len(table) == n else None
+        if result.null_c is not None:
+            expected = rmt_null.null_histogram(result.null_c, edges, log10=result.kind == "log", clip=result.kind == "log")
+        table = result.consensus_classes
+        sizes = [int(x) for x in table["n_heads"]] if len(table) == n else None
         for i, axc in enumerate(axes[1:]):
             axc.bar(centers, means[i], width=np.diff(edges), alpha=0.6, label=f"class {i}")
             if expected is not None:
-                axc.plot(centers, expected, "r--", lw=1.5, label=f"Gaussian null (c={null['c']:.3f})")
-            if null.get("mc_features") is not None:
-                axc.plot(centers, null["mc_features"].mean(axis=0), "k:", lw=1.2, label="Monte Carlo")
-            axc.set_xlabel("log10(λ / mean λ of the head)" if result["kind"] == "log" else "λ / mean λ of the head")
+                axc.plot(centers, expected, "r--", lw=1.5, label=f"Gaussian null (c={result.null_c:.3f})")
+            if result.null_features is not None:
+                axc.plot(centers, result.null_features.mean(axis=0), "k:", lw=1.2, label="Monte Carlo")
+            axc.set_xlabel("log10(λ / mean λ of the head)" if result.kind == "log" else "λ / mean λ of the head")
             axc.set_ylabel("density")
             axc.set_title(f"class {i}" + (f" (n={sizes[i]} heads)" if sizes else ""))
             axc.legend(fontsize=8)
             axc.set_xlim(*plots.occupied_range(edges, [means[i]] + ([expected] if expected is not None else [])))
-        fig.suptitle(title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result["legacy"] else ""), fontsize=12)
+        fig.suptitle(title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result.legacy else ""), fontsize=12)
         plots.tight_layout(fig)
         return plots.save_figure(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..statistics import spectrum_metrics
 from . import class_profiles, consensus
+from .consensus_result import JointConsensusResult
 from .taxonomy import ModelHeads, depth_bands
 
 MAX_POOL = 2000
@@ -64,9 +65,10 @@ def pooled(models: list[ModelHeads], kind: str, n_bins: int, quantile: float) ->
 
 def joint_consensus(models: list[ModelHeads], kind: str = consensus.DEFAULT_FEATURES, k: int | str = "auto",
                     n_bins: int = 24, quantile: float = 0.96, seed: int = 0, n_bands: int = 5,
-                    structure_draws: int | None = None) -> dict:  # fmt: skip
-    """``{"frames", "k"}``: tables ``taxonomy_structure``, ``taxonomy_k_selection``, ``taxonomy_consensus_classes``,
-    ``taxonomy_consensus_labels``, ``taxonomy_stability``, and the k used."""
+                    structure_draws: int | None = None) -> JointConsensusResult:  # fmt: skip
+    """The joint classes as a :class:`.consensus_result.JointConsensusResult`: the k used and the tables
+    ``taxonomy_structure``, ``taxonomy_k_selection``, ``taxonomy_consensus_classes``, ``taxonomy_consensus_labels``,
+    ``taxonomy_stability``."""
     keys, evs, X = pooled(models, kind, n_bins, quantile)
     rank = np.concatenate([_key_rank(m, g["layer"].to_numpy(), g["head"].to_numpy(), seed)
                            for m, g in keys.groupby("model", sort=True)])  # fmt: skip
@@ -100,14 +102,14 @@ def joint_consensus(models: list[ModelHeads], kind: str = consensus.DEFAULT_FEAT
     names = {int(c): class_profiles.class_name(metrics[metrics["class"] == c], len(classes)) for c in classes}
     table = pd.DataFrame([{"class": int(c), "name": names[int(c)], "n_heads": int((labels == c).sum()),
                            "share": float((labels == c).mean())} for c in classes])  # fmt: skip
-    frames = {
-        "taxonomy_structure": test.assign(pooled_heads=len(pool), all_heads=len(X)),
-        "taxonomy_k_selection": scan.assign(model=JOINT),
-        "taxonomy_consensus_classes": table,
-        "taxonomy_consensus_labels": out_labels[["model", "layer", "head", "band", "class"]],
-        "taxonomy_stability": stability.assign(k=chosen),
-    }
-    return {"frames": frames, "k": chosen}
+    return JointConsensusResult(
+        k=chosen,
+        taxonomy_structure=test.assign(pooled_heads=len(pool), all_heads=len(X)),
+        taxonomy_k_selection=scan.assign(model=JOINT),
+        taxonomy_consensus_classes=table,
+        taxonomy_consensus_labels=out_labels[["model", "layer", "head", "band", "class"]],
+        taxonomy_stability=stability.assign(k=chosen),
+    )
 
 
 CROSSWALK_COLUMNS = ["system_a", "system_b", "model", "class_a", "class_b", "n_heads", "ari"]

@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import synthetic_columns
+from helpers import make_dataset, synthetic_columns
 from matplotlib.text import Text
 
-from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis import plots
 from qk_spectra_ds.analysis.report import Params, run_report
 
@@ -27,15 +26,8 @@ SLACK_PX = 1.0
 
 def _dataset(out, models: dict[str, tuple[int, int]], d_head: int = 32):
     """A dataset of ``models`` (id -> (n_layers, n_heads)): the suite's synthetic rows, other columns null."""
-    for seed, (model, (n_layers, n_heads)) in enumerate(models.items()):
-        columns = synthetic_columns(model, "fig", n_layers=n_layers, n_heads=n_heads, d_head=d_head, seed=seed)
-        n = len(columns["model_id"])
-        columns["schema_version"] = [schema.SCHEMA_VERSION] * n
-        for name in schema.column_types():
-            columns.setdefault(name, [None] * n)
-        dataset_repo.write_model_table(out, "fig", model, columns)
-    dataset_repo.write_card(out)
-    return out
+    sizes = [(model, seed, dict(n_layers=layers, n_heads=heads)) for seed, (model, (layers, heads)) in enumerate(models.items())]
+    return make_dataset(out, "fig", sizes, d_head=d_head)
 
 
 def drawn_texts(fig, monkeypatch) -> list[tuple[str, object]]:
@@ -150,12 +142,12 @@ def test_consensus_figure_names_its_axes_and_shows_where_the_data_is(monkeypatch
     monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=plots.DEFAULT_DPI, **_: captured.setdefault("fig", fig))
     consensus.plot_consensus(result, "unused.png", title=f"{LONG_ID}: consensus classes")
     fig = captured["fig"]
-    sizes = result["frames"]["consensus_classes"]["n_heads"].tolist()
+    sizes = result.consensus_classes["n_heads"].tolist()
     panels = fig.axes[1:]
     assert [ax.get_title() for ax in panels] == [f"class {i} (n={n} heads)" for i, n in enumerate(sizes)]
     assert all(ax.get_ylabel() for ax in fig.axes)
-    edges = result["edges"]
-    for ax, mean in zip(panels, result["class_means"]):
+    edges = result.edges
+    for ax, mean in zip(panels, result.class_means):
         assert "λ" in ax.get_xlabel() and " l " not in f" {ax.get_xlabel()} "
         low, high = ax.get_xlim()
         assert (high - low) < 0.8 * (edges[-1] - edges[0])  # the empty tails are cut

@@ -68,20 +68,20 @@ def test_too_few_heads_are_not_tested():
 def test_structureless_heads_get_one_class_and_planted_classes_are_found():
     rng = np.random.default_rng(2)
     null = consensus.analyze("org/m", rows_of(gaussian_heads(72, rng)), structure_draws=99)
-    assert null["k"] == 1
-    test = null["frames"]["structure"].iloc[0]
+    assert null.k == 1
+    test = null.structure.iloc[0]
     assert test["conclusion"] == structure.CONTINUUM and test["k"] == 1 and not test["structure"]
-    assert null["frames"]["consensus_classes"]["name"].tolist() == [class_profiles.ONE_CLASS]
-    assert null["frames"]["k_selection"].set_index("k")["chosen"][1]
+    assert null.consensus_classes["name"].tolist() == [class_profiles.ONE_CLASS]
+    assert null.k_selection.set_index("k")["chosen"][1]
 
     planted_ev = np.vstack([gaussian_heads(40, rng), low_rank_heads(32, rng)])
     truth = np.repeat([0, 1], [40, 32])
     order = rng.permutation(72)  # classes spread over layers and heads
     planted = consensus.analyze("org/m", rows_of(planted_ev[order]), structure_draws=99)
-    assert planted["k"] >= 2 and planted["frames"]["structure"]["structure"].iloc[0]
-    labels = planted["frames"]["consensus_labels"]["class"].to_numpy()
+    assert planted.k >= 2 and planted.structure["structure"].iloc[0]
+    labels = planted.consensus_labels["class"].to_numpy()
     assert consensus.ari(labels, truth[order]) > 0.8
-    names = planted["frames"]["consensus_classes"]["name"].tolist()
+    names = planted.consensus_classes["name"].tolist()
     assert any("low-rank" in n for n in names) and any("high-rank" in n for n in names), names
 
 
@@ -89,7 +89,7 @@ def test_structureless_heads_get_one_class_and_planted_classes_are_found():
 def test_fixed_k_overrides_the_structure_test():
     rng = np.random.default_rng(3)
     result = consensus.analyze("org/m", rows_of(gaussian_heads(48, rng)), k=3, structure_draws=19)
-    assert result["k"] == 3 and result["frames"]["structure"]["k"].iloc[0] == 3
+    assert result.k == 3 and result.structure["k"].iloc[0] == 3
 
 
 def test_class_metrics_give_effect_sizes_with_intervals():
@@ -162,12 +162,12 @@ def test_joint_consensus_is_order_free_finds_k_1_on_structureless_models_and_cla
     rng = np.random.default_rng(8)
     models = [_heads("org/a", gaussian_heads(40, rng)), _heads("org/b", gaussian_heads(32, rng))]
     null = joint_consensus.joint_consensus(models, structure_draws=99)
-    assert null["k"] == 1 and null["frames"]["taxonomy_structure"]["conclusion"].iloc[0] == structure.CONTINUUM
+    assert null.k == 1 and null.taxonomy_structure["conclusion"].iloc[0] == structure.CONTINUUM
     planted = [_heads("org/a", gaussian_heads(40, rng)), _heads("org/b", low_rank_heads(32, rng))]
     one = joint_consensus.joint_consensus(planted, structure_draws=99)
     two = joint_consensus.joint_consensus(planted[::-1], structure_draws=99)  # the models in the other order
-    assert one["k"] >= 2
-    a, b = (r["frames"]["taxonomy_consensus_labels"].sort_values(["model", "layer", "head"]) for r in (one, two))
+    assert one.k >= 2
+    a, b = (r.taxonomy_consensus_labels.sort_values(["model", "layer", "head"]) for r in (one, two))
     assert a["class"].tolist() == b["class"].tolist()
     labels = a.set_index("model")["class"]
     assert consensus.ari(labels.to_numpy(), (labels.index == "org/b").astype(int)) > 0.8
