@@ -6,7 +6,7 @@ A thin shim over :mod:`qk_spectra_ds.builder.cli` (run ``python build_dataset.py
 
 import sys
 
-from qk_spectra_ds.builder.cli import cli, main  # noqa: F401 - main for introspection
+from qk_spectra_ds.builder.cli import build, cli  # noqa: F401 - build (the flags) for introspection
 
 if __name__ == "__main__":
     sys.exit(cli())

@@ -17,18 +17,20 @@ which prints the traceback.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import os
 import re
 import sys
+import traceback
 import types
 import typing
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import QKSpectraError, UsageError, one_line
+from .errors import BuildError, QKSpectraError, UsageError, one_line
 from .paths import check_output_dir
 from .textutil import as_list
 
@@ -88,11 +90,14 @@ def parse_flags(
     list_flags: Collection[str] = (),
     minimums: Mapping[str, float] | None = None,
     output_dirs: Collection[str] = (),
+    short: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """The keyword arguments that ``argv`` gives ``function``, or None if it asks for help.
 
-    Accepts ``--name VALUE``, ``--name=VALUE``, ``--name-with-dashes``, a unique
-    first letter (``-o DIR``, as fire's help shows), ``--switch`` /
+    Accepts ``--name VALUE``, ``--name=VALUE``, ``--name-with-dashes`` (the
+    spelling the docs use; the parameter name itself, with underscores, works too), the
+    ``short`` flags (``-o DIR``, as the help shows them; default
+    :func:`short_flags` of ``function`` alone), ``--switch`` /
     ``--noswitch`` / ``--switch=false`` for bools. Refuses, each in one line:
     unknown flags (naming the closest valid one), positional arguments, a flag
     given twice, a missing value, blank values, values that are not of the
@@ -100,6 +105,7 @@ def parse_flags(
     and ``output_dirs`` that cannot be written.
     """
     flags = signature_flags(function)
+    short = short_flags([function]) if short is None else short
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     i = 0
@@ -108,7 +114,7 @@ def parse_flags(
         i += 1
         if token in HELP_TOKENS:
             return None
-        name, typed, value = _read_flag(token, flags, prog, argv[i - 2] if i >= 2 else None)
+        name, typed, value = _read_flag(token, flags, short, prog, argv[i - 2] if i >= 2 else None)
         flag = flags[name]
         if value is None:
             if i >= len(argv):
@@ -146,7 +152,9 @@ def convert_value(flag: Flag, value: str, typed: str) -> Any:
     return value
 
 
-def _read_flag(token: str, flags: Mapping[str, Flag], prog: str, previous: str | None) -> tuple[str, str, str | None]:
+def _read_flag(
+    token: str, flags: Mapping[str, Flag], short: Mapping[str, str], prog: str, previous: str | None
+) -> tuple[str, str, str | None]:
     """(parameter name, flag as typed, value or None) of one flag token; bool switches get their value."""
     if not _looks_like_flag(token):
         hint = ""
@@ -155,12 +163,11 @@ def _read_flag(token: str, flags: Mapping[str, Flag], prog: str, previous: str |
         raise UsageError(f"unexpected argument {token!r}: {prog} takes flags only (--name VALUE){hint}")
     typed, has_value, value = token.partition("=")
     key = typed.lstrip("-").replace("-", "_")
-    if not token.startswith("--"):  # -o: a unique first letter, as fire's help offers it
-        matches = [name for name in flags if name[0] == key] if len(key) == 1 else []
-        if len(matches) != 1:
-            which = f" (it could be {', '.join('--' + m for m in matches)})" if matches else ""
-            raise UsageError(f"unknown flag {typed} for {prog}{which}: see {prog} --help")
-        key = matches[0]
+    if not token.startswith("--"):  # -o: a short flag, as the help shows them
+        if len(key) == 1 and key in short:
+            key = short[key]
+        else:
+            raise UsageError(_unknown_short_flag(typed, key, flags, short, prog))
     if key not in flags:
         negated = re.sub(r"^no_?", "", key)
         if key != negated and negated in flags and flags[negated].kind is bool and not has_value:
@@ -173,12 +180,44 @@ def _read_flag(token: str, flags: Mapping[str, Flag], prog: str, previous: str |
 
 def _unknown_flag(typed: str, key: str, flags: Mapping[str, Flag], prog: str) -> str:
     """'unknown flag --forse for build_dataset.py: did you mean --force?' (or the list of flags)."""
-    dash = "_" if "_" in typed else "-"
+    dash = "_" if "_" in typed else "-"  # the suggestion follows the user's spelling; the docs use hyphens
     close = difflib.get_close_matches(key, list(flags), n=1, cutoff=0.6)
     if close:
         return f"unknown flag {typed} for {prog}: did you mean --{close[0].replace('_', dash)}? (see {prog} --help)"
     known = ", ".join("--" + name.replace("_", dash) for name in flags)
     return f"unknown flag {typed} for {prog}; its flags are {known}"
+
+
+def _unknown_short_flag(typed: str, key: str, flags: Mapping[str, Flag], short: Mapping[str, str], prog: str) -> str:
+    """'unknown flag -f for build_dataset.py (it could be --family, --force): ...', naming the short flags there are."""
+    matches = [long_flag(name) for name in flags if name[0] == key] if len(key) == 1 else []
+    which = f" (it could be {', '.join(matches)}: write it out)" if matches else ""
+    shorts = ", ".join(f"-{letter}" for letter in sorted(short)) or "none"
+    return f"unknown flag {typed} for {prog}{which}; its short flags are {shorts} (see {prog} --help)"
+
+
+def long_flag(name: str) -> str:
+    """How the docs and messages spell the flag of parameter ``name``: ``n_clusters`` -> ``--n-clusters``.
+
+    The parser accepts the parameter name with underscores too; everything the package writes uses hyphens.
+    """
+    return "--" + name.replace("_", "-")
+
+
+def short_flags(functions: Iterable[Callable], deprecated: Collection[str] = ()) -> dict[str, str]:
+    """The short flags of a CLI, ``{letter: parameter name}``, one meaning per letter in every command.
+
+    A flag gets its first letter when no other flag of any command of the CLI
+    starts with it (so ``-q`` is never ``--quiet`` in one command and nothing,
+    or ``--quantile``, in another); ``deprecated`` flags (kept for old command
+    lines) get none, and ``-h`` stays help.
+    """
+    claims: dict[str, set[str]] = {}
+    for function in functions:
+        for name in signature_flags(function):
+            claims.setdefault(name[0], set()).add(name)
+    return {letter: name for letter, (name, *others) in sorted(claims.items())
+            if not others and name not in deprecated and letter != "h"}
 
 
 def _looks_like_flag(token: str) -> bool:
@@ -215,13 +254,15 @@ def call_cli(
     list_flags: Collection[str] = (),
     minimums: Mapping[str, float] | None = None,
     output_dirs: Collection[str] = (),
+    deprecated: Collection[str] = (),
 ) -> Any:
     """Run a function (or one command of a dict of them) with the flags of ``argv``, checked first.
 
-    ``--help`` (or ``-h``) anywhere a flag may stand shows fire's help for the
-    function or the command list.
+    ``--help`` (or ``-h``) anywhere a flag may stand shows the help for the
+    function or the command list. ``deprecated`` flags still work but get no short flag.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    short = short_flags(component.values() if isinstance(component, Mapping) else [component], deprecated)
     path: list[str] = []
     function = component
     prog = name
@@ -230,9 +271,10 @@ def call_cli(
         if command is None:
             return show_help(component, [], name)
         function, path, prog, argv = component[command], [command], f"{name} {command}", argv[1:]
-    kwargs = parse_flags(function, argv, prog, list_flags=list_flags, minimums=minimums, output_dirs=output_dirs)
+    options = {"list_flags": list_flags, "minimums": minimums, "output_dirs": output_dirs, "short": short}
+    kwargs = parse_flags(function, argv, prog, **options)
     if kwargs is None:
-        return show_help(component, path, name)
+        return show_help(component, path, name, deprecated=deprecated)
     return function(**kwargs)
 
 
@@ -253,15 +295,46 @@ def _pick_command(commands: Mapping[str, Callable], argv: list[str], name: str) 
     raise UsageError(f"unknown command {argv[0]!r} for {name}: {hint}commands: {listing}")
 
 
-def show_help(component: Any, path: list[str], name: str) -> None:
-    """fire's help (each flag with its docstring line) for ``component`` or one of its commands."""
-    import fire
+def show_help(component: Any, path: list[str], name: str, *, deprecated: Collection[str] = ()) -> None:
+    """Print the help of ``component`` (or of its command ``path``) on stderr, then exit 0.
 
-    if isinstance(component, Mapping):
-        component = {key: help_view(value) for key, value in component.items()}
-    else:
-        component = help_view(component)
-    fire.Fire(component, command=[*path, "--", "--help"], name=name)
+    fire renders it (each flag with its docstring line); :func:`help_text`
+    spells the flags as the docs do. A terminal gets it through a pager, as fire pages it.
+    """
+    from fire.console import console_io  # fire only for help (lazy, like the commands' own imports)
+
+    console_io.More(help_text(component, path, name, deprecated=deprecated), out=sys.stderr)
+    raise SystemExit(0)
+
+
+_FIRE_FLAG_LINE = re.compile(r"^( {4})(?:-\w, )?--(\w+)(?==)", re.MULTILINE)
+
+
+def help_text(component: Any, path: list[str], name: str, *, deprecated: Collection[str] = ()) -> str:
+    """fire's help text of ``component`` or its command ``path``, with the flags as the parser reads them.
+
+    fire derives ``-x`` from first letters by its own rule (separately for
+    keyword-only parameters, so ``compare`` showed ``-m`` for two flags) and
+    prints parameter names with underscores; each flag line here shows
+    :func:`long_flag` and the :func:`short_flags` letter the parser accepts.
+    """
+    from fire import helptext, trace
+
+    commands = component if isinstance(component, Mapping) else None
+    view = {key: help_view(value) for key, value in commands.items()} if commands is not None else help_view(component)
+    fire_trace = trace.FireTrace(view, name=name)
+    target = view
+    if commands is not None and path:
+        target = view[path[0]]
+        fire_trace.AddAccessedProperty(target, path[0], list(path), None, None)
+    functions = commands.values() if commands is not None else [component]
+    short = {flag: letter for letter, flag in short_flags(functions, deprecated).items()}
+
+    def spell(match: re.Match) -> str:
+        letter = short.get(match.group(2))
+        return match.group(1) + (f"-{letter}, " if letter else "") + long_flag(match.group(2))
+
+    return _FIRE_FLAG_LINE.sub(spell, helptext.HelpText(target, trace=fire_trace)) + "\n"
 
 
 def help_view(function: Callable) -> Callable:
@@ -272,8 +345,6 @@ def help_view(function: Callable) -> Callable:
     the view's signature carries the real types (str, int, float, bool), which
     fire prints as ``str`` (``Optional[str]`` when the default is None).
     """
-    import functools
-
     if not callable(function) or isinstance(function, type):
         return function
     flags = signature_flags(function)
@@ -300,8 +371,6 @@ def run_cli(main: Callable[[], Any]) -> int:
     Unexpected exceptions (bugs, or failures nobody foresaw) also get one line,
     with a hint to rerun with QK_SPECTRA_DEBUG=1, which prints their traceback.
     """
-    from .errors import BuildError
-
     debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         main()
@@ -329,8 +398,6 @@ def run_cli(main: Callable[[], Any]) -> int:
 def _fail(exc: BaseException, debug: bool, prefix: str = "", suffix: str = "") -> int:
     """Print the exception as ``error: ...`` on one line (after its traceback when debugging); return 1."""
     if debug:
-        import traceback
-
         traceback.print_exc()
     print(f"error: {prefix}{one_line(exc, limit=None)}{suffix}", file=sys.stderr)
     return 1

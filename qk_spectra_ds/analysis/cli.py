@@ -31,10 +31,14 @@ import sys
 import time
 import warnings
 
+from ..cli_util import call_cli, program_name, run_cli
 from ..errors import AnalysisError
-from .cli_defaults import Defaults as Params  # the values only: --help must not import the analysis stack
+from .cli_defaults import Defaults  # the values only: --help must not import the analysis stack
 
-DEFAULT_STATS = ",".join(Params.stats)
+# The analysis modules (numpy, pandas, scikit-learn, matplotlib, datasets: about 3 s) are imported
+# inside the commands, deliberately, so that ``analyze.py --help`` answers at once.
+
+DEFAULT_STATS = ",".join(Defaults.stats)
 
 FLAG_HELP = {
     "dataset": "local dataset directory or Hub dataset repo id (required).",
@@ -53,7 +57,7 @@ FLAG_HELP = {
     "embedding": "2-D display of the heads in the ESD figures: pca (principal components, "
                  "fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, "
                  "~15 s more per process). Tables do not depend on it.",
-    "stats": f"comma-separated statistics for the box plots among {', '.join(Params.stats)}.",
+    "stats": f"comma-separated statistics for the box plots among {', '.join(Defaults.stats)}.",
     "skip_layers_below": "box plots leave out layers with index below this "
                          "(default: as the original; it used 5 for its 70B Llamas).",
     "n_bands": "number of relative-depth bands of the joint taxonomy.",
@@ -167,21 +171,21 @@ def report(
     models: str = None,
     variant: str = None,
     circuit: str = "qk",
-    n_clusters: int = Params.n_clusters,
-    n_bins: int = Params.n_bins,
-    quantile: float = Params.quantile,
-    seed: int = Params.seed,
-    embedding: str = Params.embedding,
+    n_clusters: int = Defaults.n_clusters,
+    n_bins: int = Defaults.n_bins,
+    quantile: float = Defaults.quantile,
+    seed: int = Defaults.seed,
+    embedding: str = Defaults.embedding,
     stats: str = DEFAULT_STATS,
-    skip_layers_below: int = Params.skip_layers_below,
-    n_bands: int = Params.n_bands,
-    method: str = Params.method,
-    features: str = Params.features,
-    k: str = Params.k,
-    permutations: int = Params.permutations,
-    min_layers: int = Params.min_layers,
-    format: str = Params.format,
-    dpi: float = Params.dpi,
+    skip_layers_below: int = Defaults.skip_layers_below,
+    n_bands: int = Defaults.n_bands,
+    method: str = Defaults.method,
+    features: str = Defaults.features,
+    k: str = Defaults.k,
+    permutations: int = Defaults.permutations,
+    min_layers: int = Defaults.min_layers,
+    format: str = Defaults.format,
+    dpi: float = Defaults.dpi,
     skip_nonfinite: bool = False,
     jobs: int = None,
     quiet: bool = False,
@@ -195,12 +199,12 @@ def report(
     on stderr unless --quiet.
     """
     params = _params(locals())  # first, while the locals are the flags
-    from . import report as report_module
+    from .report import run_report
 
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
     t0 = time.perf_counter()
-    outputs = report_module.run_report(
+    outputs = run_report(
         str(dataset), str(family), out, revision=None if revision is None else str(revision), models=models,
         variant=variant, skip_nonfinite=bool(skip_nonfinite), params=params, jobs=jobs, progress=not quiet,
         log=None if quiet else (lambda line: print(line, file=sys.stderr)), circuit=str(circuit),
@@ -226,10 +230,10 @@ def clusters(**flags):
     Writes <out>/<family>/ESDs/<model>.png, tables/classes.csv (model, class,
     n_heads, alpha, theta, jsd) and tables/labels.csv (model, layer, head, class).
     """
-    from . import report as run
+    from .report import run_clusters
 
     params, t0 = dataclasses.replace(_params(flags), method="original"), time.perf_counter()  # the original's method
-    outputs = run.run_clusters(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
+    outputs = run_clusters(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
                                progress=not flags["quiet"])  # fmt: skip
     _summary(flags["quiet"], "clusters", outputs, t0)
 
@@ -246,10 +250,10 @@ def boxplots(**flags):
     tables/bds.csv (model, stat, bds, p_value, n_layers). Too few layers for BDS
     give NaN and a warning.
     """
-    from . import report as run
+    from .report import run_boxplots
 
     params, t0 = dataclasses.replace(_params(flags), method="original"), time.perf_counter()  # the original's method
-    outputs = run.run_boxplots(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
+    outputs = run_boxplots(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
                                progress=not flags["quiet"])  # fmt: skip
     _summary(flags["quiet"], "boxplots", outputs, t0)
 
@@ -269,10 +273,10 @@ def taxonomy(**flags):
     Writes <out>/<family>/taxonomy/classes.png, taxonomy/depth.png and
     tables/taxonomy_{classes,labels,shares_model,shares_depth}.csv.
     """
-    from . import report as run
+    from .report import run_taxonomy
 
     params, t0 = _params(flags), time.perf_counter()
-    outputs = run.run_taxonomy(_frame(flags), flags["out"], str(flags["family"]), params, progress=not flags["quiet"])
+    outputs = run_taxonomy(_frame(flags), flags["out"], str(flags["family"]), params, progress=not flags["quiet"])
     _summary(flags["quiet"], "taxonomy", outputs, t0)
 
 
@@ -306,12 +310,12 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, forc
         pool_legacy: import into a family that already holds spectra built from weights.
         quiet: no progress bar or summary on stderr.
     """
-    from .legacy import import_legacy as run_import
+    from . import legacy
 
     if pickles is None or family is None or out is None:
         raise _usage("import_legacy needs --pickles DIR, --family NAME and --out DATASET_DIR")
     t0 = time.perf_counter()
-    written = run_import(str(pickles), str(family), str(out), progress=not quiet, force=bool(force),
+    written = legacy.import_legacy(str(pickles), str(family), str(out), progress=not quiet, force=bool(force),
                          pool_legacy=bool(pool_legacy))
     _say(quiet, f"import_legacy: {len(written)} model(s) -> {out}/data/{family}/ in {time.perf_counter() - t0:.1f}s")
 
@@ -360,23 +364,23 @@ def compare(
         skip_nonfinite: drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.
         quiet: no summary on stderr.
     """
-    from . import compare as comparing
+    from .compare import error_lines, load_sides, parse_metrics, run_compare
 
     dataset, family, out, revision, models, variant, circuit = (flags[name] for name in DATA_FLAGS)
     skip_nonfinite, quiet = flags["skip_nonfinite"], flags["quiet"]
     if dataset is None or family is None:
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
-    chosen = comparing.parse_metrics(metrics)
+    chosen = parse_metrics(metrics)
     params = _params(flags)  # checks --format and --dpi before any work
     t0 = time.perf_counter()
-    side_a, side_b = comparing.load_sides(
+    side_a, side_b = load_sides(
         str(dataset), str(family), revision=revision, models=models, variant=variant, against=against,
         against_family=against_family, against_revision=against_revision, against_models=against_models,
         against_variant=against_variant, skip_nonfinite=bool(skip_nonfinite), circuit=str(circuit),
     )
-    outputs = comparing.run_compare(side_a, side_b, out, str(family), chosen, params.format, params.dpi)
+    outputs = run_compare(side_a, side_b, out, str(family), chosen, params.format, params.dpi)
     if "compare_summary" in outputs.frames:
-        for line in comparing.error_lines(outputs.frames["compare_summary"]):
+        for line in error_lines(outputs.frames["compare_summary"]):
             _say(quiet, line)
     _summary(quiet, "compare", outputs, t0)
 
@@ -406,8 +410,6 @@ MINIMUMS = {"jobs": 1, "seed": 0, "skip_layers_below": 0, "permutations": 99, "m
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI: flags are checked against the command's signature before any work, errors are one line."""
-    from ..cli_util import call_cli, program_name, run_cli
-
     def run() -> None:
         with warnings.catch_warnings():
             _setup_warnings()

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import sys
 
-from ..cli_util import UsageError, as_list, call_cli, program_name, run_cli
+from ..cli_util import UsageError, as_list, call_cli, long_flag, program_name, run_cli
+from .catalog import format_catalog, load_catalog
 
 BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed", "circuits", "behaviour")
 PROBE_FLAGS = ("probe_seed", "probe_sequences", "probe_length", "probe_local_window")
 PUBLISH_ONLY = ("version", "private", "branch", "revision", "message")
+DEPRECATED = ("revision",)
+"""Flags kept for old command lines, with a warning and no short flag: ``--revision`` (until 0.2.0; use ``--branch``)."""
+LIST_FLAGS = ("models", "variants", "offsets")
 
 
-def main(
+def build(
     family: str | None = None,
     out: str = "./qk-spectra",
     models: str | None = None,
@@ -82,7 +86,8 @@ def main(
         card's version table. An existing tag is refused unless --force.
       private: Create the Hub dataset repo as private (only when it does not exist yet).
       branch: Branch of the Hub dataset repo to commit to (default main; created if missing).
-      revision: Deprecated: the old name of --branch (in the analysis, --revision is the revision to read).
+      revision: Deprecated (removed in 0.2.0): the old name of --branch, with a warning (in the analysis,
+        --revision is the dataset revision to read).
       message: Commit message and the "what changed" entry of the version table (default: the
         models added or updated).
       skip_build: Publish OUT as it is, without building (with --push-to-hub).
@@ -109,30 +114,28 @@ def main(
       probe_local_window: How many positions next to the query count as local (default 3; with --behaviour).
     """
     flags = dict(locals())  # the parameters, before any other local exists
-    from . import catalog as catalog_mod
-
     if list:
-        print(catalog_mod.format_catalog(catalog_mod.load_catalog(catalog)))
+        print(format_catalog(load_catalog(catalog)))
         return
     check_flag_combination({name for name, value in flags.items() if value is not None and value is not False})
     branch = branch_flag(branch, revision)
     probe = None
     if behaviour:
-        from .behaviour import check_probe
+        from .behaviour import check_probe  # numpy; the steps below are lazy too, so that --help and --list start fast
 
         probe = check_probe(probe_seed, probe_sequences, probe_length, probe_local_window)  # before any work
     if push_to_hub:
-        from .publish import check_target
+        from .publish import check_target  # huggingface_hub (about 0.9 s)
 
         check_target(push_to_hub, version)  # before a build that could take hours
     if not skip_build:
-        from . import pipeline as build
+        from . import pipeline  # numpy and the whole builder
 
-        if shard is not None and str(shard).strip().lower() == build.SHARD_AUTO:
-            shard = build.resolve_shard(shard)  # before any work: outside an array job, one line
+        if shard is not None and str(shard).strip().lower() == pipeline.SHARD_AUTO:
+            shard = pipeline.resolve_shard(shard)  # before any work: outside an array job, one line
             print(f"shard {shard} (from the SLURM array task)")
         models_list = as_list(models, "--models")
-        results = build.build_family(
+        results = pipeline.build_family(
             family,
             out,
             models=models_list,
@@ -147,7 +150,7 @@ def main(
             circuits=as_list(circuits, "--circuits") if circuits is not None else None,
             **({"behaviour": probe} if probe is not None else {}),
         )
-        print(build.summarize(results))
+        print(pipeline.summarize(results))
         print(f"dataset: {out} (load with datasets.load_dataset({out!r}, {family!r}))")
     if push_to_hub:
         from .publish import publish
@@ -173,17 +176,17 @@ def check_flag_combination(given: set[str]) -> None:
     if "skip_build" in given:
         if "push_to_hub" not in given:
             raise UsageError("--skip-build only makes sense with --push-to-hub ORG/NAME")
-        ignored = [f"--{name.replace('_', '-')}" for name in BUILD_ONLY if name in given]
+        ignored = [long_flag(name) for name in BUILD_ONLY if name in given]
         if ignored:
             raise UsageError(f"--skip-build builds nothing, so {', '.join(ignored)} would be ignored: drop them")
     elif "family" not in given:
         raise UsageError("no --family given: pass --family NAME (see --list)")
-    probes = [f"--{name.replace('_', '-')}" for name in PROBE_FLAGS if name in given]
+    probes = [long_flag(name) for name in PROBE_FLAGS if name in given]
     if probes and "behaviour" not in given:
         raise UsageError(f"{', '.join(probes)} only {'applies' if len(probes) == 1 else 'apply'} with --behaviour: "
                          "add it, or leave them out")
     if "push_to_hub" not in given:
-        ignored = [f"--{name.replace('_', '-')}" for name in PUBLISH_ONLY if name in given]
+        ignored = [long_flag(name) for name in PUBLISH_ONLY if name in given]
         if ignored:
             verb = "applies" if len(ignored) == 1 else "apply"
             raise UsageError(f"{', '.join(ignored)} only {verb} with --push-to-hub ORG/NAME: add it, or leave them out")
@@ -191,4 +194,5 @@ def check_flag_combination(given: set[str]) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line (``argv`` defaults to sys.argv): flags checked first, errors as one line."""
-    return run_cli(lambda: call_cli(main, argv, name=program_name("build_dataset.py"), list_flags=("models", "variants", "offsets")))
+    name = program_name("build_dataset.py")
+    return run_cli(lambda: call_cli(build, argv, name=name, list_flags=LIST_FLAGS, deprecated=DEPRECATED))

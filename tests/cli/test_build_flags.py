@@ -23,7 +23,7 @@ def test_branch_is_a_publish_flag(tmp_path):
     """Without --push-to-hub, --branch (like --revision before it) is refused before any work."""
     with pytest.raises(UsageError, match="--branch only applies with --push-to-hub"):
         cli.check_flag_combination({"family", "branch"})
-    assert cli.main.__doc__.count("branch: Branch of the Hub dataset repo") == 1
+    assert cli.build.__doc__.count("branch: Branch of the Hub dataset repo") == 1
 
 
 def test_branch_reaches_publish(monkeypatch, tmp_path, capsys):

@@ -343,11 +343,11 @@ def test_cli_shard_auto_builds_this_tasks_models(tmp_path, monkeypatch, capsys):
 
 def test_help_shows_plain_types(capfd):  # fire writes to the file descriptor
     from qk_spectra_ds.analysis.cli import COMMANDS
-    from qk_spectra_ds.builder.cli import main
+    from qk_spectra_ds.builder.cli import build
     from qk_spectra_ds.cli_util import show_help
 
     with pytest.raises(SystemExit):
-        show_help(main, [], "build_dataset.py")
+        show_help(build, [], "build_dataset.py")
     text = "".join(capfd.readouterr())  # fire shows --help on stderr
     types = re.findall(r"Type: (.*)", text)
     assert types and set(types) <= {"str", "bool", "int", "float", "Optional[str]", "Optional[int]", "Optional[float]"}
