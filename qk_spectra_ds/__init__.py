@@ -6,8 +6,12 @@ tests/package/test_module_boundaries.py keeps this map complete):
   qk_spectra_ds.builder   (the ``build`` extra: torch; the builder reads safetensors itself)
     sources       catalog (families), weights (local dir / Hub at a commit),
                   safetensors_io (tensor reads), config_checks (config.json fields)
-    layouts       architectures (where Q and K live), ov (V and O), folding (norms,
-                  scales: the folded variant), rotary (RoPE from config.json)
+    layouts       architectures (the one registry of model types; their records in
+                  model_types/: record, folding_rules, llama_like, gpt_style, latent,
+                  multimodal), config_fields (config.json by name), layouts and
+                  latent_layout (where Q and K live), layer_facts (layer kinds, rotary),
+                  ov (V and O), folding (reading norms, scales: the folded variant),
+                  rotary (RoPE maths)
     math          spectra (exact QK singular values), raw_numpy (the same without
                   torch), variants (folded, positional, null), circuits and
                   circuit_rows (symmetry, copying, matched nulls), seeds (draw keys)

@@ -17,8 +17,8 @@ and Qwen3-Next's sigmoid output gate (token-dependent). MLA (DeepSeek V2/V3): W_
 Vb_h G_kv KVa_latent D, the value rows of ``kv_b_proj`` composed with the latent map (V shares
 the latent with K); ``d_head`` of the OV rows is ``v_head_dim``.
 
-The layouts are those of :mod:`.architectures` (dispatch on the Q/K layout's class, so each
-architecture is still described once); only V and O bytes are read here, by range where
+The layouts are those of :mod:`.layouts` and :mod:`.latent_layout` (dispatch on the Q/K layout's
+class, so each architecture is still described once; per-type facts come from its record); only V and O bytes are read here, by range where
 they are contiguous (fused QKV tensors: the V rows only; GPT-2's Conv1D ``c_attn`` is read
 whole, as for Q/K, because its V columns are not contiguous).
 """
@@ -32,15 +32,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from .architectures import (
-    AttentionShape,
-    Conv1DFused,
-    FusedGroups,
-    FusedSections,
-    LatentAttention,
-    SeparateProjections,
-    expect_shape,
-)
+from .architectures import MODEL_TYPES
+from .config_fields import config_count
+from .folding import gain_vector, nearest_tensor
+from .latent_layout import LatentAttention
+from .layouts import AttentionShape, Conv1DFused, FusedGroups, FusedSections, SeparateProjections, expect_shape
+from .model_types.folding_rules import text_settings
 from .safetensors_io import TensorInfo
 
 _V_O_NAMES = (  # (query suffix, value suffix, output suffix): the first whose query suffix matches
@@ -56,10 +53,6 @@ _V_O_NAMES = (  # (query suffix, value suffix, output suffix): the first whose q
     ("attn.Wqkv.weight", None, "attn.Wo.weight"),  # ModernBERT
     ("attn.c_attn.weight", None, "attn.c_proj.weight"),  # GPT-2
 )  # fmt: skip
-
-POST_ATTENTION_NORMS = {"gemma2": 1.0, "gemma3_text": 1.0, "olmo2": 0.0, "olmo3": 0.0}
-"""model_type -> gain offset of the ``post_attention_layernorm`` that normalises the attention output
-before the residual add (Gemma: 1 + w). In Llama-like models the same name is the MLP's input norm."""
 
 OV_OUTSIDE = "V and O biases; the per-token RMS of the norms on either side"
 
@@ -106,11 +99,10 @@ def ov_problem(layout, ckpt, layers) -> str | None:
 
 
 def ov_d_head(config: Mapping[str, Any], shape: AttentionShape) -> int:
-    """The OV circuit's d_head: MLA's ``v_head_dim``, else the attention's d_head."""
-    from .architectures import config_count
-
-    if config.get("model_type") in ("deepseek_v2", "deepseek_v3"):
-        return config_count(config, "v_head_dim")
+    """The OV circuit's d_head: the config field the record names (MLA's ``v_head_dim``), else the attention's d_head."""
+    record = MODEL_TYPES.get(config.get("model_type"))
+    if record is not None and record.value_head_dim:
+        return config_count(config, record.value_head_dim)
     return shape.d_head
 
 
@@ -169,11 +161,14 @@ def _read_latent_ov(layout: LatentAttention, ckpt, layer: int, shape: AttentionS
 
 
 def output_norm_gain(ckpt, config: Mapping[str, Any], layer: int, d_model: int, anchor: str) -> np.ndarray | None:
-    """The gain of the norm on the attention output before the residual add (offset applied), or None."""
-    from .folding import gain_vector, nearest_tensor, text_settings
+    """The gain of the norm on the attention output before the residual add (offset applied), or None.
 
+    The record's ``post_attention_norm`` is that norm's gain offset (Gemma 2/3: 1 + w; OLMo 2/3: w);
+    in Llama-like models the same tensor name is the MLP's input norm, and the record has none.
+    """
     c = text_settings(config)
-    offset = POST_ATTENTION_NORMS.get(c.get("model_type", config.get("model_type")))
+    record = MODEL_TYPES.get(c.get("model_type", config.get("model_type")))
+    offset = None if record is None else record.post_attention_norm
     if offset is None:
         return None
     name = f"layers.{layer}.post_attention_layernorm.weight"

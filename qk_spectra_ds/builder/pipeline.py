@@ -27,10 +27,12 @@ from ..errors import BuildError, CheckpointError, ModelSourceError, QKSpectraErr
 from ..paths import check_output_dir
 from ..statistics import spectrum_metrics, spectrum_statistics
 from . import catalog, skip_key
-from .architectures import AttentionShape, LayerFacts, LayerQK, architecture_for
+from .architectures import model_type_for
 from .circuit_rows import circuit_metric_columns, eigvals_per_core
 from .config_checks import check_layers_present
 from .folding import folding_problem, read_folding
+from .layer_facts import LayerFacts
+from .layouts import AttentionShape, LayerQK
 from .ov import ov_d_head, ov_problem
 from .safetensors_io import Checkpoint
 from .weights import ModelSource, missing_directory, open_source
@@ -127,7 +129,7 @@ def build_model(
         if "no config.json" in str(exc) or "no file config.json" in str(exc):
             raise ModelSourceError(f"{source.model_id}: no config.json: is this a transformers model?") from None
         raise
-    arch = architecture_for(config)
+    arch = model_type_for(config)
     shape = arch.shape(config)
     layout = arch.layout(config)
     facts = arch.layer_facts(config)  # the softmax-attention layers, with their true indices

@@ -141,7 +141,7 @@ def _yarn(rp: Mapping[str, Any], dim: int, base: float, original: int, max_pos: 
 
 
 def rotary_from_spec(rope: Any, config: Mapping[str, Any]) -> Rotary | None:
-    """The :class:`Rotary` of a layer from the architectures module's ``RopeSpec`` (None: no rotary)."""
+    """The :class:`Rotary` of a layer from a :class:`.layer_facts.RopeSpec` (None: no rotary)."""
     if rope is None:
         return None
     original = config.get("original_max_position_embeddings")

@@ -23,7 +23,7 @@ import torch
 from tiny_models import CASES, CASES_2026, ArchCase, dense_singular_values, save
 
 import qk_spectra_ds
-from qk_spectra_ds.builder.architectures import ARCHITECTURES
+from qk_spectra_ds.builder.architectures import MODEL_TYPES
 from qk_spectra_ds.builder.kernel import qk_layer_spectra
 from qk_spectra_ds.builder.pipeline import ModelResult, build_model
 
@@ -76,7 +76,7 @@ def max_relative_error(actual, expected) -> float:
 
 
 def test_every_architecture_has_a_case():
-    assert {case.model_type for case in CASES + CASES_2026} == set(ARCHITECTURES)  # 2025-26: test_architectures_2026
+    assert {case.model_type for case in CASES + CASES_2026} == set(MODEL_TYPES)  # 2025-26: test_architectures_2026
 
 
 def test_falcon_layouts_gqa_mqa_and_head_dim_are_covered():

@@ -132,7 +132,7 @@ def _expected_facts(model, case) -> dict[int, tuple[str, int | None, float | Non
 def test_layer_facts_match_the_transformers_config(built, case):
     b = built[case.id]
     config = json.loads((b.model_dir / "config.json").read_text())
-    facts = arch.architecture_for(config).layer_facts(config)
+    facts = arch.model_type_for(config).layer_facts(config)
     got = {f.layer: (f.attention_type, f.sliding_window, None if f.rope is None else f.rope.theta) for f in facts}
     assert got == _expected_facts(b.model, case)
     rows = b.rows.drop_duplicates("layer").set_index("layer")
@@ -154,7 +154,7 @@ def test_rotary_dims_pairing_and_offsets():
         import transformers
 
         config = getattr(transformers, case.config_cls)(**case.config).to_dict()
-        ropes = [f.rope for f in arch.architecture_for(config).layer_facts(config) if f.rope is not None]
+        ropes = [f.rope for f in arch.model_type_for(config).layer_facts(config) if f.rope is not None]
         assert ropes and {(r.rotary_dim, r.interleaved, r.rotary_start) for r in ropes} == {(rotary_dim, interleaved, start)}, cid
 
 
@@ -172,7 +172,7 @@ def test_sparse_nested_text_config_takes_the_config_class_defaults():
 
     config = {"model_type": "gemma3", "text_config": GEMMA3_4B_TEXT_CONFIG, "vision_config": {}}
     reference = Gemma3Config(text_config=dict(GEMMA3_4B_TEXT_CONFIG)).text_config
-    a = arch.architecture_for(config)
+    a = arch.model_type_for(config)
     shape = a.shape(config)
     assert (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.d_model, shape.d_head) == (
         reference.num_hidden_layers, reference.num_attention_heads, reference.num_key_value_heads,
@@ -187,11 +187,11 @@ def test_sparse_nested_text_config_takes_the_config_class_defaults():
 
     mistral = {"model_type": "mistral3", "text_config": {"hidden_size": 5120}}
     ref = Mistral3Config(text_config={"hidden_size": 5120}).text_config
-    shape = arch.architecture_for(mistral).shape(mistral)
+    shape = arch.model_type_for(mistral).shape(mistral)
     assert (shape.n_heads, shape.n_kv_heads, shape.d_head, shape.n_layers) == (
         ref.num_attention_heads, ref.num_key_value_heads, ref.head_dim or 5120 // ref.num_attention_heads, ref.num_hidden_layers,
     )  # fmt: skip
-    assert {f.sliding_window for f in arch.architecture_for(mistral).layer_facts(mistral)} == {ref.sliding_window}
+    assert {f.sliding_window for f in arch.model_type_for(mistral).layer_facts(mistral)} == {ref.sliding_window}
 
 
 def test_multimodal_text_tower_under_either_prefix_and_never_the_vision_tower(built, tmp_path):
@@ -257,7 +257,7 @@ def test_mla_works_on_small_factors(built):
     """With q_lora_rank the layer is read as m = r_q + r_kv + d_r wide factors, below d_model (no d_model x d_model)."""
     b = built["deepseek_v3-qlora"]
     config = json.loads((b.model_dir / "config.json").read_text())
-    a = arch.architecture_for(config)
+    a = arch.model_type_for(config)
     shape = a.shape(config)
     qk = a.layout(config).read(Checkpoint(open_source(str(b.model_dir))), 0, shape)
     m = config["q_lora_rank"] + config["kv_lora_rank"] + config["qk_rope_head_dim"]
@@ -266,7 +266,7 @@ def test_mla_works_on_small_factors(built):
 
 def test_unknown_model_type_lists_the_supported_ones():
     with pytest.raises(UnsupportedArchitectureError) as err:
-        arch.architecture_for({"model_type": "mamba2"})
+        arch.model_type_for({"model_type": "mamba2"})
     message = str(err.value)
     assert "\n" not in message and all(t in message for t in ("deepseek_v3", "gemma3", "qwen3_next", "gpt_oss"))
 

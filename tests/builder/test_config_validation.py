@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from qk_spectra_ds.builder.architectures import architecture_for
+from qk_spectra_ds.builder.architectures import model_type_for
 from qk_spectra_ds.builder.config_checks import MAX_LAYERS
 from qk_spectra_ds.builder.pipeline import build_model
 from qk_spectra_ds.builder.rotary import rotary_from_spec
@@ -199,7 +199,7 @@ PATTERN_CASES = {
 @pytest.mark.parametrize("case", sorted(PATTERN_CASES))
 def test_bad_layer_pattern_field_is_one_line_naming_it(case):
     config, words = PATTERN_CASES[case]
-    arch = architecture_for(config)
+    arch = model_type_for(config)
     with pytest.raises(CheckpointError) as info:
         arch.layer_facts(config)
         arch.stored_layers(config)
@@ -302,7 +302,7 @@ _SHAPE = {"num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_rotary_configs_are_accepted(name):
     config = {**_SHAPE, **PUBLISHED[name]} if "text_config" not in PUBLISHED[name] else PUBLISHED[name]
-    arch = architecture_for(config)
+    arch = model_type_for(config)
     facts = arch.layer_facts(config)
     rotaries = [rotary_from_spec(f.rope, config) for f in facts if f.rope is not None]
     assert rotaries, name

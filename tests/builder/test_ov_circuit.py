@@ -127,7 +127,7 @@ OV_CASES = [c for c in CASES + CASES_2026]
 @pytest.mark.slow
 @pytest.mark.parametrize("case", OV_CASES, ids=[c.id for c in OV_CASES])
 def test_ov_spectra_equal_the_model_modules(case, tmp_path):
-    from qk_spectra_ds.builder.architectures import architecture_for
+    from qk_spectra_ds.builder.architectures import model_type_for
     from qk_spectra_ds.builder.circuits import copying_score
     from qk_spectra_ds.builder.ov import read_ov
     from qk_spectra_ds.builder.pipeline import build_model
@@ -143,7 +143,7 @@ def test_ov_spectra_equal_the_model_modules(case, tmp_path):
     d_v, vocab = _dims(case)
     source = open_source(str(directory))
     config = source.read_json("config.json")
-    arch = architecture_for(config)
+    arch = model_type_for(config)
     shape, layout = arch.shape(config), arch.layout(config)
     checkpoint = Checkpoint(source)
     sites = _sites(model)

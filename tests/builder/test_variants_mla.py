@@ -366,7 +366,7 @@ def test_mla_scale_and_rotary_from_config_json_match_the_modules(model_type, rop
     rot = getattr(modeling, f"{name}RotaryEmbedding")(config)
     as_json = config.to_dict()
     assert folding.folding_facts(as_json, 0).scale == pytest.approx(attn.scaling, rel=1e-15)
-    [facts, *_] = architectures.architecture_for(as_json).layer_facts(as_json)
+    [facts, *_] = architectures.model_type_for(as_json).layer_facts(as_json)
     ours = rotary.rotary_from_spec(facts.rope, as_json)
     assert np.array_equal(ours.inv_freq, rot.inv_freq.double().numpy())
     assert ours.attention_factor == pytest.approx(float(rot.attention_scaling), rel=1e-15)

@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 
 from qk_spectra_ds import dataset_repo
 from qk_spectra_ds.builder import pipeline as build
-from qk_spectra_ds.builder.architectures import architecture_for
+from qk_spectra_ds.builder.architectures import model_type_for
 from qk_spectra_ds.builder.pipeline import build_model
 from qk_spectra_ds.cli_util import DEBUG_ENV, run_cli
 from qk_spectra_ds.errors import CheckpointError, QKSpectraError, UnsupportedArchitectureError
@@ -400,7 +400,7 @@ def test_config_that_is_not_an_object_is_one_line(config, kind, tmp_path):
 
 def test_model_type_that_is_not_a_string_is_unsupported():
     with pytest.raises(UnsupportedArchitectureError, match=r"unsupported model_type \['llama'\]"):
-        architecture_for({**CONFIG, "model_type": ["llama"]})
+        model_type_for({**CONFIG, "model_type": ["llama"]})
 
 
 @pytest.mark.parametrize("field", ["multi_query", "new_decoder_architecture"])
@@ -408,7 +408,7 @@ def test_falcon_switch_that_is_not_a_boolean(field):
     """The string "false" is truthy: read as is, it would pick the wrong Q/K layout silently."""
     config = {"model_type": "falcon", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 32, field: "false"}
     with pytest.raises(CheckpointError, match=f'config.json: {field} is "false", but must be true or false'):
-        arch = architecture_for(config)
+        arch = model_type_for(config)
         arch.shape(config), arch.layout(config)
 
 

@@ -37,7 +37,7 @@ from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis.legacy import LegacyFormatError, import_legacy, read_legacy
 from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, load_spectra
 from qk_spectra_ds.builder import pipeline as build
-from qk_spectra_ds.builder.architectures import AttentionShape
+from qk_spectra_ds.builder.layouts import AttentionShape
 from qk_spectra_ds.errors import BuildError, QKSpectraError
 
 FAMILY = "syn"
