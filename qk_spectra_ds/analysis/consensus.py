@@ -260,24 +260,24 @@ def original_seed_aris(eigenvalues: np.ndarray, n_clusters: int = 6) -> list[flo
 LEGACY_NOTE = "legacy: the original study's spectra, with its SVD pairing error"
 
 
-def choose_classes(name: str, X: np.ndarray, k: int | str = "auto", seed: int = 0, structure_draws: int | None = None):
-    """``(k, scan, results, structure_row)``: the structure test, then k from the k scan (``k="auto"``) or fixed.
+def select_k(name: str, X: np.ndarray, k: int | str = "auto", seed: int = 0, structure: bool | None = None):
+    """``(k, scan, results)``: the one definition of how the default method picks its number of classes.
 
-    ``k="auto"``: k = 1 (one class, no consensus) when the structure test
-    (:mod:`.structure`) finds no evidence of classes, else the k scan's
-    choice among :data:`K_RANGE`. ``results[1]`` is always the one-class answer.
+    ``k`` fixed (an int or its digits): that k. ``k="auto"``: k = 1 (one class)
+    when ``structure`` is False (the structure test found no evidence of
+    classes), else :func:`choose_k` on the k scan over :data:`K_RANGE`;
+    ``structure=None`` (not tested, as for :mod:`.variants_compare`) scans
+    without the k = 1 option. ``scan`` starts with the k = 1 row and marks the
+    ``chosen`` k; ``results[k]`` is ``(labels, confidence, runs)``, ``results[1]``
+    always the one-class answer.
     """
-    from . import structure
-
-    draws = structure.N_DRAWS if structure_draws is None else int(structure_draws)
-    test = structure.structure_row(name, X, draws, seed)
     ks = K_RANGE if k == "auto" else ((int(k),) if int(k) >= 2 else ())
     scan, results = k_scan(X, ks, N_RUNS, seed)
     if scan.empty and (k == "auto" or int(k) >= 2):
         raise AnalysisError(f"{name}: {len(X)} head(s) are too few for consensus classes (need at least 3)")
     if k != "auto":
         chosen = int(k)
-    elif not bool(test["structure"].iloc[0]):
+    elif structure is False:
         chosen = 1
     else:
         chosen = choose_k(dict(zip(scan["k"], scan["stability_ari_mean"])), dict(zip(scan["k"], scan["silhouette"])))
@@ -285,6 +285,20 @@ def choose_classes(name: str, X: np.ndarray, k: int | str = "auto", seed: int = 
     scan = pd.concat([pd.DataFrame([one]), scan], ignore_index=True)
     scan["chosen"] = scan["k"] == chosen
     results[1] = (np.zeros(len(X), dtype=np.int64), np.ones(len(X)), np.zeros((1, len(X)), dtype=np.int64))
+    return chosen, scan, results
+
+
+def choose_classes(name: str, X: np.ndarray, k: int | str = "auto", seed: int = 0, structure_draws: int | None = None):
+    """``(k, scan, results, structure_row)``: the structure test (:mod:`.structure`), then :func:`select_k`.
+
+    ``k="auto"``: k = 1 (one class, no consensus) when the structure test finds
+    no evidence of classes, else the k scan's choice among :data:`K_RANGE`.
+    """
+    from . import structure
+
+    draws = structure.N_DRAWS if structure_draws is None else int(structure_draws)
+    test = structure.structure_row(name, X, draws, seed)
+    chosen, scan, results = select_k(name, X, k, seed, bool(test["structure"].iloc[0]))
     return chosen, scan, results, test.assign(k=chosen)
 
 

@@ -3,7 +3,8 @@
 For a model held as two variants (``raw`` and ``folded``: the bare ``W_Q^T
 W_K`` against the logit map with norms, q/k gains and the scale folded in),
 the heads are matched by (layer, head), each variant gets its own consensus
-classes with k chosen from its own data (:mod:`.consensus`), and the report
+classes with k chosen from its own data (:func:`.consensus.select_k`, the k
+scan alone: no structure test, so never k = 1 unless fixed), and the report
 gives the adjusted Rand index between the two labelings and the transition
 counts (how many heads of raw class i fall in folded class j).
 """
@@ -21,10 +22,8 @@ def variant_labels(rows: pd.DataFrame, kind: str, k, n_bins: int, quantile: floa
     rows = consensus.canonical_order(rows)
     ev = np.stack(rows["eigenvalues"].tolist()).astype(np.float64)
     X, _, _ = consensus.head_features(ev, kind, n_bins, quantile)
-    ks = consensus.K_RANGE if k == "auto" else (int(k),)
-    scan, results = consensus.k_scan(X, ks, consensus.N_RUNS, seed)
-    chosen = int(k) if k != "auto" else consensus.choose_k(
-        dict(zip(scan["k"], scan["stability_ari_mean"])), dict(zip(scan["k"], scan["silhouette"])))
+    name = str(rows["model_id"].iloc[0]) if "model_id" in rows and len(rows) else "variant"
+    chosen, _, results = consensus.select_k(name, X, k, seed, structure=None)  # k from the k scan alone, as before
     return pd.DataFrame({"layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(),
                          "class": results[chosen][0]}), chosen  # fmt: skip
 

@@ -156,6 +156,24 @@ def test_k_is_chosen_from_the_data():
     assert consensus.ari(labels, truth) == 1.0 and conf.min() > 0.9
 
 
+def test_k_is_selected_in_one_place(monkeypatch):
+    """consensus.select_k is the one definition of k: no other module scans k or applies the criterion itself,
+    and the variants comparison goes through it (the k scan alone: no structure test)."""
+    from qk_spectra_ds.analysis import variants_compare
+
+    package = Path(consensus.__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        if path.name != "consensus.py":
+            text = path.read_text(encoding="utf-8")
+            assert "k_scan(" not in text and "choose_k(" not in text and "K_RANGE" not in text, path
+    calls = []
+    real = consensus.select_k
+    monkeypatch.setattr(consensus, "select_k", lambda *a, **kw: calls.append(kw.get("structure", "?")) or real(*a, **kw))
+    raw = _frame([("org/a", 0)], permute=False)
+    summary, _ = variants_compare.compare("org/a", raw, raw.assign(variant="folded"), ("raw", "folded"), k=2)
+    assert calls == [None, None] and summary["k_a"].iloc[0] == 2 and summary["ari"].iloc[0] == 1.0
+
+
 def test_fast_ari_equals_sklearn():
     from sklearn.metrics import adjusted_rand_score
 
