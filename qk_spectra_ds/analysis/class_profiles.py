@@ -21,6 +21,8 @@ have in common, with effect sizes a reader can weigh:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -129,14 +131,25 @@ def class_name(metrics: pd.DataFrame, n_classes: int) -> str:
     return ", ".join(words) if words else "not separated by the metrics"
 
 
+@dataclass(frozen=True, eq=False)
+class ClassDescription:
+    """What one model's classes are (:func:`describe`)."""
+
+    class_profiles: pd.DataFrame
+    """Per class and rank: median and quartiles of ``s_k / s_1`` (and of Gaussian heads, when given)."""
+    class_metrics: pd.DataFrame
+    """Per class and metric: medians against the other heads', AUC with its 95% interval."""
+    names: dict[int, str]
+    """Class -> the few words :func:`class_name` derives from the AUCs."""
+
+
 def describe(model_id: str, rows: pd.DataFrame, eigenvalues: np.ndarray, labels: np.ndarray,
-             null_eigenvalues: np.ndarray | None = None) -> dict[str, pd.DataFrame | dict[int, str]]:  # fmt: skip
-    """``{"class_profiles", "class_metrics", "names"}`` for one model's classes (rows in the labels' order)."""
+             null_eigenvalues: np.ndarray | None = None) -> ClassDescription:  # fmt: skip
+    """The profiles, separating metrics and names of one model's classes (rows in the labels' order)."""
     metrics = metrics_table(model_id, rows, labels)
     n = len(np.unique(labels))
     names = {int(c): class_name(metrics[metrics["class"] == c], n) for c in np.unique(labels)}
-    return {"class_profiles": profile_table(model_id, eigenvalues, labels, null_eigenvalues), "class_metrics": metrics,
-            "names": names}  # fmt: skip
+    return ClassDescription(profile_table(model_id, eigenvalues, labels, null_eigenvalues), metrics, names)
 
 
 class_profiles = describe

@@ -352,7 +352,7 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
         null_c, null_features = c, head_features(mc, kind, n_bins, quantile)[0] if kind == "log" else None
     described = class_profiles.describe(model_id, rows, ev, labels, mc)
     classes = pd.DataFrame([
-        {"model": model_id, "class": int(c_), "name": described["names"][int(c_)], "n_heads": int((labels == c_).sum()),
+        {"model": model_id, "class": int(c_), "name": described.names[int(c_)], "n_heads": int((labels == c_).sum()),
          "share": float((labels == c_).mean()),
          "confidence_mean": float(conf[labels == c_].mean()), "confidence_min": float(conf[labels == c_].min())}
         for c_ in np.unique(labels)
@@ -360,7 +360,7 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
     frames = {"consensus_classes": classes, "consensus_labels": labels_table,
               "k_selection": scan.assign(model=model_id), "stability": stability.assign(model=model_id, k=chosen),
               "energy": energy_table.assign(model=model_id), "null_classes": null_classes, "structure": test,
-              "class_profiles": described["class_profiles"], "class_metrics": described["class_metrics"]}  # fmt: skip
+              "class_profiles": described.class_profiles, "class_metrics": described.class_metrics}  # fmt: skip
     for name, frame in frames.items():
         if len(frame):
             frame = frame[["model"] + [col for col in frame.columns if col != "model"]]

@@ -33,6 +33,8 @@ metrics (``class_profiles``) so a reader can judge how distinct they are.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+
 import numpy as np
 import pandas as pd
 
@@ -111,7 +113,33 @@ def gaussian_references(Z: np.ndarray, n_draws: int, rng: np.random.Generator) -
     return W @ inv_root @ root
 
 
-def structure_test(X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: float = ALPHA) -> dict:
+@dataclass(frozen=True)
+class StructureTest:
+    """The structure test's result on one set of heads (one row of ``structure.csv`` without its model)."""
+
+    n_heads: int
+    n_dims: int
+    """Principal components the test used (those with variance, at most n_heads - 2)."""
+    statistic: float
+    """The 2-means cluster index W_2 / W_1 of the heads (small: they split well in two)."""
+    null_median: float
+    """Median of the statistic over the Gaussian reference draws."""
+    null_q05: float
+    """5% quantile of the statistic over the reference draws."""
+    p_value: float
+    """Monte Carlo p-value ``(1 + #{draws <= statistic}) / (1 + n_draws)`` (NaN when not tested)."""
+    n_draws: int
+    seed: int
+    alpha: float
+    tested: bool
+    """False for fewer than 4 heads or no variance."""
+    structure: bool
+    """p <= alpha: evidence of classes (False when not tested)."""
+    conclusion: str
+    """The words the report uses (:data:`CLASSES`, :data:`CONTINUUM` or why it was not tested)."""
+
+
+def structure_test(X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: float = ALPHA) -> StructureTest:
     """The test on features ``X`` (heads x features): statistic, null quantiles, p-value, decision.
 
     ``tested`` is False (and ``structure`` False) when there are too few heads
@@ -119,9 +147,9 @@ def structure_test(X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: 
     """
     X = np.asarray(X, dtype=np.float64)
     n = len(X)
-    out = {"n_heads": int(n), "n_dims": 0, "statistic": np.nan, "null_median": np.nan, "null_q05": np.nan,
-           "p_value": np.nan, "n_draws": int(n_draws), "seed": int(seed),
-           "alpha": float(alpha), "tested": False, "structure": False, "conclusion": "not tested: fewer than 4 heads or no variance"}  # fmt: skip
+    out = StructureTest(n_heads=int(n), n_dims=0, statistic=np.nan, null_median=np.nan, null_q05=np.nan,
+                        p_value=np.nan, n_draws=int(n_draws), seed=int(seed), alpha=float(alpha), tested=False,
+                        structure=False, conclusion="not tested: fewer than 4 heads or no variance")  # fmt: skip
     if n < 4:
         return out
     Z = principal_scores(X, max_dims=n - 2)
@@ -134,12 +162,11 @@ def structure_test(X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: 
                            for i in range(0, int(n_draws), chunk)])  # fmt: skip
     p = (1 + np.count_nonzero(null <= observed + 1e-12)) / (1 + len(null))
     structure = bool(p <= alpha)
-    out.update(n_dims=int(Z.shape[1]), statistic=observed, null_median=float(np.median(null)),
-               null_q05=float(np.quantile(null, 0.05)), p_value=float(p), tested=True, structure=structure,
-               conclusion=CLASSES if structure else CONTINUUM)  # fmt: skip
-    return out
+    return replace(out, n_dims=int(Z.shape[1]), statistic=observed, null_median=float(np.median(null)),
+                   null_q05=float(np.quantile(null, 0.05)), p_value=float(p), tested=True, structure=structure,
+                   conclusion=CLASSES if structure else CONTINUUM)  # fmt: skip
 
 
 def structure_row(name: str, X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
     """One row of ``structure.csv`` for ``name`` (a model, or the joint taxonomy)."""
-    return pd.DataFrame([{"model": name, **structure_test(X, n_draws, seed, alpha)}])[STRUCTURE_COLUMNS]
+    return pd.DataFrame([{"model": name, **asdict(structure_test(X, n_draws, seed, alpha))}])[STRUCTURE_COLUMNS]

@@ -43,7 +43,7 @@ def test_structure_test_holds_its_size_on_data_from_its_null():
     # Gaussian clouds with an arbitrary covariance: the p-values are exact given the sample covariance
     rng = np.random.default_rng(0)
     mixing = rng.standard_normal((6, 6)) * np.array([3.0, 1.0, 1.0, 0.5, 0.2, 0.1])
-    pvalues = np.array([structure.structure_test(rng.standard_normal((40, 6)) @ mixing, 39, seed=i)["p_value"]
+    pvalues = np.array([structure.structure_test(rng.standard_normal((40, 6)) @ mixing, 39, seed=i).p_value
                         for i in range(80)])  # fmt: skip
     assert 0.4 < pvalues.mean() < 0.6, pvalues.mean()  # uniform on {1/40, ..., 1}: mean 0.51
     assert (pvalues <= 0.05).mean() <= 0.15
@@ -53,15 +53,15 @@ def test_structure_test_finds_two_separated_clouds_and_not_one():
     rng = np.random.default_rng(1)
     one = rng.standard_normal((60, 5))
     two = np.vstack([rng.standard_normal((30, 5)), rng.standard_normal((30, 5)) + [4.0, 0, 0, 0, 0]])
-    assert structure.structure_test(two, 99, seed=0)["structure"]
+    assert structure.structure_test(two, 99, seed=0).structure
     found = structure.structure_test(one, 99, seed=0)
-    assert not found["structure"] and found["conclusion"] == structure.CONTINUUM
-    assert found["statistic"] > found["null_q05"]
+    assert not found.structure and found.conclusion == structure.CONTINUUM
+    assert found.statistic > found.null_q05
 
 
 def test_too_few_heads_are_not_tested():
     out = structure.structure_test(np.ones((3, 4)), 19)
-    assert not out["tested"] and not out["structure"] and np.isnan(out["p_value"])
+    assert not out.tested and not out.structure and np.isnan(out.p_value)
 
 
 @pytest.mark.slow
@@ -101,11 +101,11 @@ def test_class_metrics_give_effect_sizes_with_intervals():
     rows = rows_of(np.vstack([gaussian_heads(20, rng), low_rank_heads(20, rng)]))
     labels = np.repeat([0, 1], 20)
     described = class_profiles.describe("org/m", rows, np.stack(rows["eigenvalues"]), labels)
-    metrics = described["class_metrics"].set_index(["class", "metric"])
+    metrics = described.class_metrics.set_index(["class", "metric"])
     assert metrics.loc[(1, "stable_rank"), "auc_vs_others"] < 0.1  # the low-rank class
     assert metrics.loc[(1, "relative_depth"), "auc_vs_others"] > 0.9  # and it sits in the later layers
-    assert described["names"][1] == "low-rank, late" or described["names"][1].startswith("low-rank")
-    profiles = described["class_profiles"]
+    assert described.names[1] == "low-rank, late" or described.names[1].startswith("low-rank")
+    profiles = described.class_profiles
     assert (profiles["s_over_s1_q25"] <= profiles["s_over_s1_median"] + 1e-12).all()
     assert (profiles.loc[profiles["rank"] == 1, "s_over_s1_median"] == 1.0).all()
 
