@@ -85,10 +85,12 @@ def expect_shape(ckpt: Checkpoint, info: TensorInfo, expected: tuple[int, ...]) 
 
 @dataclass(frozen=True)
 class SeparateProjections(Layout):
-    """Separate q_proj / k_proj Linear weights, rows grouped per head."""
+    """Separate q_proj / k_proj Linear weights, rows grouped per head; v_name / o_name: the OV circuit's V and O."""
 
     q_name: str
     k_name: str
+    v_name: str
+    o_name: str
 
     def query_tensor(self, layer):
         return self.q_name.format(layer=layer)
@@ -112,6 +114,7 @@ class FusedSections(Layout):
     """One fused weight with rows [Q (H*dh), K (H_kv*dh), V (H_kv*dh)]; reads only Q and K rows."""
 
     name: str
+    o_name: str  # the output projection (V is read from ``name``)
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
@@ -133,6 +136,7 @@ class FusedGroups(Layout):
     """
 
     name: str
+    o_name: str  # the output projection (V is read from ``name``)
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))
@@ -154,6 +158,7 @@ class Conv1DFused(Layout):
     """
 
     name: str
+    o_name: str  # the output projection (V is read from ``name``)
 
     def read(self, ckpt, layer, shape):
         info = ckpt.find(self.name.format(layer=layer))

@@ -18,9 +18,9 @@ Vb_h G_kv KVa_latent D, the value rows of ``kv_b_proj`` composed with the latent
 the latent with K); ``d_head`` of the OV rows is ``v_head_dim``.
 
 The layouts are those of :mod:`.layouts` and :mod:`.latent_layout` (dispatch on the Q/K layout's
-class, so each architecture is still described once; per-type facts come from its record); only V and O bytes are read here, by range where
-they are contiguous (fused QKV tensors: the V rows only; GPT-2's Conv1D ``c_attn`` is read
-whole, as for Q/K, because its V columns are not contiguous).
+class; the layout in each model type's record names its V and O tensors beside Q and K); only V
+and O bytes are read here, by range where they are contiguous (fused QKV tensors: the V rows
+only; GPT-2's Conv1D ``c_attn`` is read whole, as for Q/K, because its V columns are not contiguous).
 """
 
 from __future__ import annotations
@@ -40,20 +40,6 @@ from .layouts import AttentionShape, Conv1DFused, FusedGroups, FusedSections, Se
 from .model_types.folding_rules import text_settings
 from .safetensors_io import TensorInfo
 
-_V_O_NAMES = (  # (query suffix, value suffix, output suffix): the first whose query suffix matches
-    ("decoder.layers.{layer}.self_attn.q_proj.weight", "decoder.layers.{layer}.self_attn.v_proj.weight",
-     "decoder.layers.{layer}.self_attn.out_proj.weight"),  # OPT
-    ("h.{layer}.attn.q_proj.weight", "h.{layer}.attn.v_proj.weight", "h.{layer}.attn.out_proj.weight"),  # GPT-J
-    ("encoder.layer.{layer}.attention.self.query.weight", "encoder.layer.{layer}.attention.self.value.weight",
-     "encoder.layer.{layer}.attention.output.dense.weight"),  # BERT
-    ("self_attn.q_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"),  # Llama-like
-    ("self_attn.qkv_proj.weight", None, "self_attn.o_proj.weight"),  # Phi-3
-    ("self_attention.query_key_value.weight", None, "self_attention.dense.weight"),  # BLOOM, Falcon
-    ("attention.query_key_value.weight", None, "attention.dense.weight"),  # GPT-NeoX
-    ("attn.Wqkv.weight", None, "attn.Wo.weight"),  # ModernBERT
-    ("attn.c_attn.weight", None, "attn.c_proj.weight"),  # GPT-2
-)  # fmt: skip
-
 OV_OUTSIDE = "V and O biases; the per-token RMS of the norms on either side"
 
 
@@ -68,14 +54,6 @@ class LayerOV:
     latent: tuple[np.ndarray, np.ndarray] | None = None  # MLA: (Vb (H, d_v, r_kv), KVa latent rows (r_kv, d_model))
 
 
-def _names(query_name: str) -> tuple[str | None, str]:
-    for q, v, o in _V_O_NAMES:
-        if query_name.endswith(q) or query_name == q:
-            stem = query_name[: len(query_name) - len(q)]
-            return (None if v is None else stem + v), stem + o
-    raise CheckpointError(f"no known value/output projection beside {query_name}")
-
-
 def ov_problem(layout, ckpt, layers) -> str | None:
     """Why the ov circuit cannot be built from this checkpoint (headers only, nothing read), or None.
 
@@ -88,11 +66,10 @@ def ov_problem(layout, ckpt, layers) -> str | None:
                 for name in ("kv_b_proj.weight", "o_proj.weight"):
                     ckpt.find(base + name)
             elif isinstance(layout, SeparateProjections):
-                v_name, o_name = _names(layout.q_name)
-                layout.tensor(ckpt, v_name.format(layer=layer))
-                layout.tensor(ckpt, o_name.format(layer=layer))
+                layout.tensor(ckpt, layout.v_name.format(layer=layer))
+                layout.tensor(ckpt, layout.o_name.format(layer=layer))
             else:
-                ckpt.find(_names(layout.name)[1].format(layer=layer))
+                ckpt.find(layout.o_name.format(layer=layer))
     except CheckpointError as exc:
         return str(exc)
     return None
@@ -120,15 +97,13 @@ def read_ov(layout, ckpt, layer: int, shape: AttentionShape, d_v: int | None = N
     if isinstance(layout, LatentAttention):
         return _read_latent_ov(layout, ckpt, layer, shape, d_v or dh)
     if isinstance(layout, SeparateProjections):
-        v_name, o_name = _names(layout.q_name)
-        v_info = layout.tensor(ckpt, v_name.format(layer=layer))
-        o_info = layout.tensor(ckpt, o_name.format(layer=layer))
+        v_info = layout.tensor(ckpt, layout.v_name.format(layer=layer))
+        o_info = layout.tensor(ckpt, layout.o_name.format(layer=layer))
         expect_shape(ckpt, v_info, (hkv * dh, d))
         v = ckpt.read_rows(v_info).astype(np.float64).reshape(hkv, dh, d)
         return LayerOV(layer, _output_rows(ckpt, o_info, h, dh, d), v, (v_info, o_info))
-    _, o_name = _names(layout.name)
     info = ckpt.find(layout.name.format(layer=layer))
-    o_info = ckpt.find(o_name.format(layer=layer))
+    o_info = ckpt.find(layout.o_name.format(layer=layer))
     if isinstance(layout, FusedSections):
         v = ckpt.read_rows(info, (h + hkv) * dh, (h + 2 * hkv) * dh).astype(np.float64).reshape(hkv, dh, d)
     elif isinstance(layout, FusedGroups):

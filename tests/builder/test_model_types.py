@@ -23,6 +23,8 @@ from qk_spectra_ds.builder.architectures import (
     model_type_for,
     registry,
 )
+from qk_spectra_ds.builder.latent_layout import LatentAttention
+from qk_spectra_ds.builder.layouts import FusedSections, SeparateProjections
 from qk_spectra_ds.builder.model_types.folding_rules import FoldingFacts
 from qk_spectra_ds.builder.model_types.record import ModelType
 from qk_spectra_ds.errors import UnsupportedArchitectureError
@@ -68,6 +70,22 @@ def test_every_case_reads_its_layer_facts_and_folding_from_its_record(case_confi
             facts = folding.folding_facts(config, 0)
             assert isinstance(facts, FoldingFacts) and facts.scale > 0, record.name
     assert seen == set(MODEL_TYPES)  # every record is exercised by a case
+
+
+@pytest.mark.slow  # transformers' config classes, as above
+def test_every_layout_names_its_v_and_o_beside_q_and_k(case_configs):
+    """The OV circuit's tensors come from the record's layout (no table of names keyed by suffix in ov.py)."""
+    for config in case_configs:
+        layout = model_type_for(config).layout(config)
+        if isinstance(layout, LatentAttention):  # V shares the latent with K (kv_b_proj), O is o_proj
+            continue
+        names = (layout.v_name, layout.o_name) if isinstance(layout, SeparateProjections) else (layout.o_name,)
+        assert all("{layer}" in n and n.endswith(".weight") for n in names), layout
+        assert len({*names, layout.query_tensor(0)}) == len(names) + 1
+    with pytest.raises(TypeError):
+        SeparateProjections("layers.{layer}.q.weight", "layers.{layer}.k.weight")  # V and O must be named too
+    with pytest.raises(TypeError):
+        FusedSections("layers.{layer}.qkv.weight")
 
 
 def test_a_record_without_a_folding_rule_or_layer_facts_cannot_be_made():

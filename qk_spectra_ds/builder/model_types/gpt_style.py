@@ -47,10 +47,10 @@ def _falcon_shape(config: Mapping[str, Any]) -> AttentionShape:
 
 
 def _falcon_layout(config: Mapping[str, Any]) -> Layout:
-    name = "h.{layer}.self_attention.query_key_value.weight"
+    name, output = "h.{layer}.self_attention.query_key_value.weight", "h.{layer}.self_attention.dense.weight"
     if not config_switch(config, "new_decoder_architecture", False) and config_switch(config, "multi_query", True):
-        return FusedSections(name)
-    return FusedGroups(name)
+        return FusedSections(name, output)
+    return FusedGroups(name, output)
 
 
 # ---------------------------------------------------------------- layer facts
@@ -155,7 +155,14 @@ RECORDS = (
     ModelType(
         name="gptj",
         shape_fn=_GPT_SHAPE,
-        layout_fn=_fixed(SeparateProjections("h.{layer}.attn.q_proj.weight", "h.{layer}.attn.k_proj.weight")),
+        layout_fn=_fixed(
+            SeparateProjections(
+                "h.{layer}.attn.q_proj.weight",
+                "h.{layer}.attn.k_proj.weight",
+                "h.{layer}.attn.v_proj.weight",
+                "h.{layer}.attn.out_proj.weight",
+            )
+        ),
         facts_fn=_gptj_facts,
         folding=layer_norm_folding("h.{layer}.ln_1.weight"),
     ),
@@ -164,7 +171,10 @@ RECORDS = (
         shape_fn=_PLAIN_SHAPE,
         layout_fn=_fixed(
             SeparateProjections(
-                "decoder.layers.{layer}.self_attn.q_proj.weight", "decoder.layers.{layer}.self_attn.k_proj.weight"
+                "decoder.layers.{layer}.self_attn.q_proj.weight",
+                "decoder.layers.{layer}.self_attn.k_proj.weight",
+                "decoder.layers.{layer}.self_attn.v_proj.weight",
+                "decoder.layers.{layer}.self_attn.out_proj.weight",
             )
         ),
         facts_fn=no_facts,
@@ -175,7 +185,10 @@ RECORDS = (
         shape_fn=_PLAIN_SHAPE,
         layout_fn=_fixed(
             SeparateProjections(
-                "encoder.layer.{layer}.attention.self.query.weight", "encoder.layer.{layer}.attention.self.key.weight"
+                "encoder.layer.{layer}.attention.self.query.weight",
+                "encoder.layer.{layer}.attention.self.key.weight",
+                "encoder.layer.{layer}.attention.self.value.weight",
+                "encoder.layer.{layer}.attention.output.dense.weight",
             )
         ),
         facts_fn=no_facts,
@@ -184,14 +197,16 @@ RECORDS = (
     ModelType(
         name="gpt2",
         shape_fn=_GPT_SHAPE,
-        layout_fn=_fixed(Conv1DFused("h.{layer}.attn.c_attn.weight")),
+        layout_fn=_fixed(Conv1DFused("h.{layer}.attn.c_attn.weight", "h.{layer}.attn.c_proj.weight")),
         facts_fn=no_facts,
         folding=layer_norm_folding("h.{layer}.ln_1.weight", _gpt2_scale),
     ),
     ModelType(
         name="gpt_neox",
         shape_fn=_PLAIN_SHAPE,
-        layout_fn=_fixed(FusedGroups("layers.{layer}.attention.query_key_value.weight")),
+        layout_fn=_fixed(
+            FusedGroups("layers.{layer}.attention.query_key_value.weight", "layers.{layer}.attention.dense.weight")
+        ),
         facts_fn=_gpt_neox_facts,
         folding=layer_norm_folding("layers.{layer}.input_layernorm.weight"),
     ),
@@ -200,7 +215,9 @@ RECORDS = (
         shape_fn=shape_reader(
             ("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"), ("hidden_size", "n_embed"), (), ()
         ),
-        layout_fn=_fixed(FusedGroups("h.{layer}.self_attention.query_key_value.weight")),
+        layout_fn=_fixed(
+            FusedGroups("h.{layer}.self_attention.query_key_value.weight", "h.{layer}.self_attention.dense.weight")
+        ),
         facts_fn=no_facts,
         folding=layer_norm_folding("h.{layer}.input_layernorm.weight"),
     ),
@@ -210,7 +227,7 @@ RECORDS = (
     ModelType(
         name="modernbert",
         shape_fn=_PLAIN_SHAPE,
-        layout_fn=_fixed(FusedSections("layers.{layer}.attn.Wqkv.weight")),
+        layout_fn=_fixed(FusedSections("layers.{layer}.attn.Wqkv.weight", "layers.{layer}.attn.Wo.weight")),
         facts_fn=_modernbert_facts,
         folding=None,
     ),

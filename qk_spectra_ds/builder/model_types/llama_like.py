@@ -34,7 +34,14 @@ from .folding_rules import LAYER, FoldingFacts, head_dim, llama_like_folding, po
 from .record import FactsReader, FoldingRule, ModelType, shape_reader
 
 LLAMA_SHAPE = shape_reader(("num_hidden_layers",), ("num_attention_heads",), ("hidden_size",))
-LLAMA_LAYOUT = SeparateProjections("layers.{layer}.self_attn.q_proj.weight", "layers.{layer}.self_attn.k_proj.weight")
+
+
+def _self_attn(*projections: str) -> tuple[str, ...]:
+    """The tensor names (suffixes) of a layer's ``self_attn`` projections."""
+    return tuple(f"layers.{{layer}}.self_attn.{p}.weight" for p in projections)
+
+
+LLAMA_LAYOUT = SeparateProjections(*_self_attn("q_proj", "k_proj", "v_proj", "o_proj"))
 
 # ---------------------------------------------------------------- layer kinds
 
@@ -261,12 +268,12 @@ RECORDS = (
         "qwen3_next",
         llama_like_facts(default_kind=_qwen3_next_kind, default_partial=0.25),
         None,
-        layout=GatedQuery("layers.{layer}.self_attn.q_proj.weight", "layers.{layer}.self_attn.k_proj.weight"),
+        layout=GatedQuery(*_self_attn("q_proj", "k_proj", "v_proj", "o_proj")),
     ),
     _decoder(  # head_dim from config.json when present, as Phi3Attention does
         "phi3",
         llama_like_facts(default_kind=window_everywhere),
         llama_like_folding(),
-        layout=FusedSections("layers.{layer}.self_attn.qkv_proj.weight"),
+        layout=FusedSections(*_self_attn("qkv_proj", "o_proj")),
     ),
 )

@@ -71,7 +71,7 @@ def _nested(name: str, lookup: Callable[[], Mapping[str, ModelType]]) -> ModelTy
     def layout(config: Mapping[str, Any]) -> Layout:
         record, text = inner(config)
         base = record.layout(text)
-        return PrefixedProjections(base.q_name, base.k_name, prefixes=TEXT_PREFIXES)
+        return PrefixedProjections(base.q_name, base.k_name, base.v_name, base.o_name, prefixes=TEXT_PREFIXES)
 
     return ModelType(
         name=name,
