@@ -304,9 +304,20 @@ CASES_BY_ID = {case.id: case for case in CASES}
 # ------------------------------------------------------------------ shared small helpers
 
 
-def make_saved(case_id: str, directory: str | Path):
-    """Make the case's model and save it; returns (model, directory)."""
-    case = CASES_BY_ID[case_id]
+def llama_case(id: str = "tiny-llama", *, layers: int = 2, d: int = 32, heads: int = 4, kv: int = 2, seed: int = 0,
+               dtype: torch.dtype = torch.float32, shard: str | None = None, **config) -> ArchCase:  # fmt: skip
+    """A random Llama of any size (the tests' one tiny-Llama factory): ``make_saved(llama_case(...), directory)``.
+
+    ``config``: further LlamaConfig fields (``head_dim``, ``max_position_embeddings``...); ``shard``: save sharded.
+    """
+    d_head = config.get("head_dim") or d // heads
+    return ArchCase(id, "llama", "LlamaConfig", "LlamaForCausalLM", _llama_style(layers=layers, d=d, heads=heads, kv=kv, **config),
+                    ref_llama_like, heads, kv, d, d_head, n_layers=layers, dtype=dtype, max_shard_size=shard, seed=seed)  # fmt: skip
+
+
+def make_saved(case: str | ArchCase, directory: str | Path):
+    """Make the case's model (a case id of :data:`CASES` or an :class:`ArchCase`) and save it; returns (model, directory)."""
+    case = CASES_BY_ID[case] if isinstance(case, str) else case
     model = case.make()
     return model, save(model, directory, case)
 

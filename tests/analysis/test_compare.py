@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import original_pairing
+from helpers import depth_columns, original_pairing
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
 
-from qk_spectra_ds import __version__, dataset_repo, schema
+from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis import compare
 from qk_spectra_ds.analysis.legacy import import_legacy
 from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
@@ -139,36 +139,8 @@ def test_shapes_that_differ_are_one_line(tiny, analyze_cli, capsys, tmp_path):
 # ---------------------------------------------------------------- synthetic rows: variants and depth
 
 
-def synthetic_columns(model_id, family, n_layers, n_heads, d_head, seed, variant="raw") -> dict:
-    """Schema rows of random spectra whose decay grows with depth (stable rank falls with the layer)."""
-    rng = np.random.default_rng(seed)
-    n = n_layers * n_heads
-    layer = np.repeat(np.arange(n_layers), n_heads)
-    decay = 0.5 + 3.0 * layer / max(n_layers - 1, 1) + rng.uniform(0, 0.5, n)
-    s = np.abs(rng.standard_normal((n, d_head))) * 0.1 + np.exp(-decay[:, None] * np.linspace(0, 1, d_head))
-    s = np.sort(s, axis=1)[:, ::-1].astype(np.float32)
-    ev = (s.astype(np.float64) ** 2).astype(np.float32)
-    columns = {
-        "model_id": [model_id] * n, "model_revision": ["local:" + "0" * 16] * n, "family": [family] * n,
-        "model_type": ["llama"] * n, "variant": [variant] * n, "layer": layer.tolist(),
-        "head": np.tile(np.arange(n_heads), n_layers).tolist(), "kv_head": np.tile(np.arange(n_heads), n_layers).tolist(),
-        "n_layers": [n_layers] * n, "n_heads": [n_heads] * n, "n_kv_heads": [n_heads] * n, "d_model": [4 * d_head] * n,
-        "d_head": [d_head] * n, "singular_values": list(s), "eigenvalues": list(ev), "weights_dtype": ["float32"] * n,
-        "builder_version": [__version__] * n, "method_version": [schema.METHOD_VERSION] * n,
-        "schema_version": [schema.SCHEMA_VERSION] * n,
-    }  # fmt: skip
-    for prefix, values in (("sv", s), ("ev", ev)):
-        for name, stat in spectrum_statistics(values).items():
-            columns[f"{prefix}_{name}"] = stat.tolist()
-    for name, value in spectrum_metrics(s, positivity=rng.uniform(-1, 1, n)).items():
-        columns[name] = value.tolist()
-    for name in schema.COLUMNS:
-        columns.setdefault(name, [None] * n)  # columns this test does not use (e.g. positional spectra): null
-    return columns
-
-
 def write_synthetic(out: Path, family: str, model_id: str, **kwargs) -> dict:
-    columns = synthetic_columns(model_id, family, **kwargs)
+    columns = depth_columns(model_id, family, **kwargs)
     dataset_repo.write_model_table(out, family, model_id, columns)
     dataset_repo.write_card(out)
     return columns

@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import synthetic_columns
+from helpers import make_dataset, synthetic_columns
 from matplotlib.text import Text
 
-from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis import plots
 from qk_spectra_ds.analysis.report import Params, run_report
 
@@ -27,15 +26,8 @@ SLACK_PX = 1.0
 
 def _dataset(out, models: dict[str, tuple[int, int]], d_head: int = 32):
     """A dataset of ``models`` (id -> (n_layers, n_heads)): the suite's synthetic rows, other columns null."""
-    for seed, (model, (n_layers, n_heads)) in enumerate(models.items()):
-        columns = synthetic_columns(model, "fig", n_layers=n_layers, n_heads=n_heads, d_head=d_head, seed=seed)
-        n = len(columns["model_id"])
-        columns["schema_version"] = [schema.SCHEMA_VERSION] * n
-        for name in schema.column_types():
-            columns.setdefault(name, [None] * n)
-        dataset_repo.write_model_table(out, "fig", model, columns)
-    dataset_repo.write_card(out)
-    return out
+    sizes = [(model, seed, dict(n_layers=layers, n_heads=heads)) for seed, (model, (layers, heads)) in enumerate(models.items())]
+    return make_dataset(out, "fig", sizes, d_head=d_head)
 
 
 def drawn_texts(fig, monkeypatch) -> list[tuple[str, object]]:

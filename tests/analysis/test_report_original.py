@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import synthetic_columns
+from helpers import make_dataset, synthetic_columns
 
 from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis import features, taxonomy
@@ -40,13 +40,6 @@ REFERENCE_MEAN_BDS = (2.80, "5.07e-03")
 
 
 # ---------------------------------------------------------------- synthetic schema-v1 data
-
-
-def make_dataset(out: Path, family: str = "syn", models=(("org/tiny-a", 0), ("org/tiny-b", 1)), **kwargs) -> Path:
-    for model_id, seed in models:
-        dataset_repo.write_model_table(out, family, model_id, synthetic_columns(model_id, family, seed=seed, **kwargs))
-    dataset_repo.write_card(out)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from tiny_models import ArchCase, _llama_style, ref_llama_like, save
+from tiny_models import llama_case, make_saved
 
 from qk_spectra_ds.analysis import compare
 from qk_spectra_ds.analysis.report import Outputs, Params, remove_stale_tables, run_report
@@ -37,10 +37,8 @@ def dataset(tmp_path_factory) -> Path:
     from qk_spectra_ds.builder.pipeline import build_family
 
     root = tmp_path_factory.mktemp("gaps")
-    case = ArchCase(MODEL, "llama", "LlamaConfig", "LlamaForCausalLM",
-                    _llama_style(layers=4, d=32, heads=8, kv=2, max_position_embeddings=64), ref_llama_like,
-                    8, 2, 32, 4, n_layers=4, seed=5)  # fmt: skip
-    model_dir = save(case.make(), root / "models" / MODEL, case)
+    case = llama_case(MODEL, layers=4, d=32, heads=8, kv=2, seed=5, max_position_embeddings=64)
+    _, model_dir = make_saved(case, root / "models" / MODEL)
     (result,) = build_family("Tiny", root / "ds", models=[str(model_dir)], progress=False, offsets=OFFSETS)
     assert result.status == "built" and set(result.variants) == {"raw", "folded", "null"}
     return root / "ds"

@@ -10,16 +10,15 @@ non-zero with one ``error:`` line on stderr and no traceback.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import run_script
 from safetensors.numpy import load_file, save_file
 from tiny_models import make_saved
 
@@ -164,17 +163,6 @@ def assert_nothing_written_for(out: Path, family: str, model_id: str) -> None:
     assert leftovers == []
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "build_dataset.py"), *args, "--quiet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def assert_cli_error(proc: subprocess.CompletedProcess, *words: str) -> str:
     """Exit 1, exactly one ``error:`` line on stderr naming the problem, no traceback."""
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
@@ -312,24 +300,24 @@ def test_unreachable_hub(closed_endpoint, monkeypatch, tmp_path):
 
 
 def test_cli_unknown_family(tmp_path):
-    proc = run_cli("--family", "NoSuchFamily", "--out", str(tmp_path / "out"))
+    proc = run_script("--family", "NoSuchFamily", "--out", str(tmp_path / "out"), "--quiet")
     assert_cli_error(proc, "unknown family 'NoSuchFamily'")
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_no_family():
-    assert_cli_error(run_cli(), "--family")
+    assert_cli_error(run_script("--quiet"), "--family")
 
 
 def test_cli_family_with_a_slash(good_model, tmp_path):
-    proc = run_cli("--family", "a/b", "--models", str(good_model), "--out", str(tmp_path / "out"))
+    proc = run_script("--family", "a/b", "--models", str(good_model), "--out", str(tmp_path / "out"), "--quiet")
     assert_cli_error(proc, "family 'a/b' cannot name a dataset config")
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_unreachable_hub(closed_endpoint, tmp_path):
-    proc = run_cli("--family", "X", "--models", "some-org/some-model", "--out", str(tmp_path / "out"),
-                   env={"HF_ENDPOINT": closed_endpoint})  # fmt: skip
+    proc = run_script("--family", "X", "--models", "some-org/some-model", "--out", str(tmp_path / "out"), "--quiet",
+                      env={"HF_ENDPOINT": closed_endpoint})  # fmt: skip
     assert_cli_error(proc, "some-org/some-model", "cannot reach the Hub")
 
 
@@ -340,7 +328,7 @@ def test_cli_mixed_family_exits_non_zero_and_keeps_the_good_model(good_model, tm
     _truncate(truncated)
     good = copy_model(good_model, tmp_path / "good")
     out = tmp_path / "out"
-    proc = run_cli("--family", "Mixed", "--models", f"{bad_type},{good},{truncated}", "--out", str(out))
+    proc = run_script("--family", "Mixed", "--models", f"{bad_type},{good},{truncated}", "--out", str(out), "--quiet")
     line = assert_cli_error(proc, "2 of 3 model(s) failed", "unsupported model_type 't5'", "truncated")
     assert "bad-type" in line and "truncated" in line
     assert "FAILED" in proc.stderr and "built   good" in proc.stderr  # the per-model summary

@@ -10,14 +10,12 @@ absurd ``num_hidden_layers`` fails within a second. Published rotary configs sta
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from helpers import write_qk_llama
 
 from qk_spectra_ds.builder.architectures import model_type_for
 from qk_spectra_ds.builder.config_checks import MAX_LAYERS
@@ -28,19 +26,6 @@ from qk_spectra_ds.errors import CheckpointError
 LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
          "hidden_size": 32, "max_position_embeddings": 64}  # fmt: skip
 """A tiny llama: d_head 8, so 4 rotary frequencies."""
-
-
-def write_tiny_llama(directory: Path, config: dict) -> Path:
-    """config.json (as given, NaN/Infinity written as Python's json writes them) and seeded Q/K weights of LLAMA's shape."""
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(config))
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for layer in range(LLAMA["num_hidden_layers"]):
-        tensors[f"model.layers.{layer}.self_attn.q_proj.weight"] = rng.standard_normal((32, 32), dtype=np.float32)
-        tensors[f"model.layers.{layer}.self_attn.k_proj.weight"] = rng.standard_normal((16, 32), dtype=np.float32)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory
 
 
 def _llama3(**changes):
@@ -139,7 +124,7 @@ LLAMA_CASES = {
 @pytest.mark.parametrize("case", sorted(LLAMA_CASES))
 def test_bad_rotary_or_layer_field_is_one_line_naming_it(case, tmp_path):
     changes, words = LLAMA_CASES[case]
-    model = write_tiny_llama(tmp_path / case, {**LLAMA, **changes})
+    model = write_qk_llama(tmp_path / case, {**LLAMA, **changes})
     with pytest.raises(CheckpointError) as info:
         build_model(str(model), "Bad", tmp_path / "out", device="cpu", progress=False)
     message = str(info.value)
@@ -235,7 +220,7 @@ def torch_imported():
 @pytest.mark.parametrize("case", sorted(SIZE_CASES))
 def test_absurd_size_is_one_line_within_a_second(case, tmp_path, torch_imported):
     changes, words = SIZE_CASES[case]
-    model = write_tiny_llama(tmp_path / case, {**LLAMA, **changes})
+    model = write_qk_llama(tmp_path / case, {**LLAMA, **changes})
     started = time.process_time()  # CPU time, not wall: a loaded CI machine must not fail it
     with pytest.raises(CheckpointError) as info:
         build_model(str(model), "Bad", tmp_path / "out", device="cpu", progress=False)

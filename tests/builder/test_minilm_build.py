@@ -14,17 +14,14 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import io
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import original_pairing
+from helpers import original_pairing, run_script
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, read_config
 
 import qk_spectra_ds
@@ -39,17 +36,6 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 def max_relative_error(actual, expected) -> float:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     return float(np.max(np.abs(actual - expected) / np.abs(expected)))
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "build_dataset.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def temp_files(out_dir: Path) -> list[Path]:
@@ -281,7 +267,7 @@ def cli_flags() -> list[str]:
 def test_cli_help_mentions_every_flag():
     flags = cli_flags()
     assert {"family", "out", "models", "device", "force", "list", "catalog", "quiet"} <= set(flags)
-    proc = run_cli("--help")
+    proc = run_script("--help")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr  # fire writes help to stderr when it is not a terminal
     assert "Traceback" not in text
@@ -292,7 +278,7 @@ def test_cli_help_mentions_every_flag():
 
 
 def test_cli_list_prints_the_families():
-    proc = run_cli("--list")
+    proc = run_script("--list")
     assert proc.returncode == 0, proc.stderr
     for family, models in catalog.FAMILIES.items():
         plural = "" if len(models) == 1 else "s"
@@ -305,7 +291,7 @@ def test_cli_list_prints_the_families():
 def test_cli_builds_a_local_model_into_a_named_family(tmp_path):
     _, model_dir = make_saved("falcon-new_decoder-gqa", tmp_path / "my-falcon")
     out = tmp_path / "out"
-    proc = run_cli("--family", "Mine", "--models", str(model_dir), "--out", str(out), "--quiet")
+    proc = run_script("--family", "Mine", "--models", str(model_dir), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     path = out / "data" / "Mine" / "my-falcon.parquet"
@@ -316,5 +302,5 @@ def test_cli_builds_a_local_model_into_a_named_family(tmp_path):
     assert set(table["n_kv_heads"].to_pylist()) == {2}
     assert table["builder_version"][0].as_py() == qk_spectra_ds.__version__
     # a second run skips, and says so
-    proc = run_cli("--family", "Mine", "--models", str(model_dir), "--out", str(out), "--quiet")
+    proc = run_script("--family", "Mine", "--models", str(model_dir), "--out", str(out), "--quiet")
     assert proc.returncode == 0 and re.search(r"^skipped my-falcon", proc.stdout, re.M)

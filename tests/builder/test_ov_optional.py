@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from safetensors.numpy import save_file
+from helpers import write_qk_llama
 
 from qk_spectra_ds.builder.pipeline import build_family
 from qk_spectra_ds.errors import BuildError
 
-CONFIG = {"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-          "hidden_size": 32}  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def qk_only(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("qk-only") / "qk-only"
-    directory.mkdir()
-    (directory / "config.json").write_text(json.dumps(CONFIG))
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for layer in range(2):
-        tensors[f"model.layers.{layer}.self_attn.q_proj.weight"] = rng.standard_normal((32, 32), dtype=np.float32)
-        tensors[f"model.layers.{layer}.self_attn.k_proj.weight"] = rng.standard_normal((16, 32), dtype=np.float32)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory
+    return write_qk_llama(tmp_path_factory.mktemp("qk-only") / "qk-only")
 
 
 def test_default_circuits_build_the_qk_rows_with_a_warning(qk_only, tmp_path, caplog):

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from tiny_models import _MLA, randomize
+from variant_cases import _haar, _unique_r
 
 from qk_spectra_ds import schema
 from qk_spectra_ds.builder import pipeline
@@ -272,22 +273,6 @@ def test_mla_null_pairs_the_folded_factors_through_the_recorded_rotation(case_id
             o = _haar(schema.NULL_SEED, model_id, layer, h, ra.shape[0])
             assert _rel(null[h], abs(ref["scale"]) * _svd(ra @ o @ rb.T)) <= RTOL
             assert not np.allclose(null[h], folded[h], rtol=1e-3)
-
-
-def _unique_r(xt: np.ndarray) -> np.ndarray:
-    """Upper R of x^T = Q R with a positive diagonal (the Cholesky factor's transpose)."""
-    r = np.linalg.qr(xt, mode="r")
-    return r * np.sign(np.diag(r))[:, None]
-
-
-def _haar(seed: int, model_id: str, layer: int, head: int, n: int) -> np.ndarray:
-    """The card's recipe, written out: PCG64 SeedSequence(seed, spawn_key=(sha256(model_id)[:8] LE, layer, head))."""
-    import hashlib
-
-    key = int.from_bytes(hashlib.sha256(model_id.encode()).digest()[:8], "little")
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(key, layer, head))))
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
 
 
 def test_mla_latent_norms_are_in_the_local_revision_and_required_for_folded(tmp_path):

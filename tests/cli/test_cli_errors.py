@@ -12,7 +12,6 @@ network) run ``python build_dataset.py`` as a subprocess.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import socket
@@ -20,10 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import assert_one_error, run_script
-from safetensors.numpy import save_file
+from helpers import QK_LLAMA, assert_one_error, run_script, write_qk_llama
 
 from qk_spectra_ds import dataset_repo
 from qk_spectra_ds.builder import pipeline as build
@@ -33,29 +30,15 @@ from qk_spectra_ds.cli_util import DEBUG_ENV, run_cli
 from qk_spectra_ds.errors import CheckpointError, QKSpectraError, UnsupportedArchitectureError
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = {"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-          "hidden_size": 32}  # fmt: skip
+CONFIG = QK_LLAMA
 
 
 # ------------------------------------------------------------------ fixtures and helpers
 
 
-def write_tiny_llama(directory: Path, config: dict | list | None = None) -> Path:
-    """A minimal llama checkpoint the builder can read: config.json and the Q/K weights, seeded."""
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(CONFIG if config is None else config))
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for layer in range(CONFIG["num_hidden_layers"]):
-        tensors[f"model.layers.{layer}.self_attn.q_proj.weight"] = rng.standard_normal((32, 32), dtype=np.float32)
-        tensors[f"model.layers.{layer}.self_attn.k_proj.weight"] = rng.standard_normal((16, 32), dtype=np.float32)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
+    return write_qk_llama(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +362,7 @@ CONFIG_DAMAGE = {
 @pytest.mark.parametrize("damage", sorted(CONFIG_DAMAGE))
 def test_bad_config_value_is_one_line_naming_the_field(damage, tmp_path):
     changes, words = CONFIG_DAMAGE[damage]
-    model = write_tiny_llama(tmp_path / damage, {**CONFIG, **changes})
+    model = write_qk_llama(tmp_path / damage, {**CONFIG, **changes})
     with pytest.raises(CheckpointError) as info:
         build_model(str(model), "Bad", tmp_path / "out", device="cpu", progress=False)
     message = str(info.value)
@@ -391,7 +374,7 @@ def test_bad_config_value_is_one_line_naming_the_field(damage, tmp_path):
 
 @pytest.mark.parametrize("config, kind", [([CONFIG], "array"), ("llama", "string"), (None, "null")])
 def test_config_that_is_not_an_object_is_one_line(config, kind, tmp_path):
-    model = write_tiny_llama(tmp_path / "model", config if config is not None else CONFIG)
+    model = write_qk_llama(tmp_path / "model", config if config is not None else CONFIG)
     if config is None:
         (model / "config.json").write_text("null")
     with pytest.raises(CheckpointError, match=f"config.json holds a JSON {kind}, not an object"):
@@ -413,7 +396,7 @@ def test_falcon_switch_that_is_not_a_boolean(field):
 
 
 def test_bad_config_through_the_cli_keeps_the_good_model(build_cli, model_dir, tmp_path, capsys):
-    bad = write_tiny_llama(tmp_path / "bad", {**CONFIG, "num_key_value_heads": 0})
+    bad = write_qk_llama(tmp_path / "bad", {**CONFIG, "num_key_value_heads": 0})
     out = tmp_path / "out"
     rc = build_cli(["--family", "Mixed", "--models", f"{bad},{model_dir}", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

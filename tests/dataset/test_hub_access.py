@@ -18,8 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import write_qk_llama
 
 from qk_spectra_ds.builder import weights
 from qk_spectra_ds.builder.weights import HubSource
@@ -39,22 +39,7 @@ def one_line(message: str, *words: str) -> str:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """A two-layer llama checkpoint (config.json, Q/K/V/O), written with safetensors."""
-    from safetensors.numpy import save_file
-
-    directory = tmp_path_factory.mktemp("hub") / "tiny"
-    directory.mkdir()
-    config = {"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "hidden_size": 32}  # fmt: skip
-    (directory / "config.json").write_text(json.dumps(config))
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for layer in range(2):
-        tensors[f"model.layers.{layer}.self_attn.q_proj.weight"] = rng.standard_normal((32, 32), dtype=np.float32)
-        tensors[f"model.layers.{layer}.self_attn.k_proj.weight"] = rng.standard_normal((16, 32), dtype=np.float32)
-        tensors[f"model.layers.{layer}.self_attn.v_proj.weight"] = rng.standard_normal((16, 32), dtype=np.float32)
-        tensors[f"model.layers.{layer}.self_attn.o_proj.weight"] = rng.standard_normal((32, 32), dtype=np.float32)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory
+    return write_qk_llama(tmp_path_factory.mktemp("hub") / "tiny", projections="qkvo")
 
 
 @pytest.fixture(scope="module")

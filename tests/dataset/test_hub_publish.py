@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tiny_models import llama_case, make_saved
 
 from qk_spectra_ds import dataset_repo
 from qk_spectra_ds.builder import pipeline as build
@@ -25,27 +25,6 @@ from qk_spectra_ds.errors import BuildError
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILY = "Tiny"
-
-
-def make_llama(directory: Path, seed: int, *, layers: int = 2, shard: str | None = None, dtype=None) -> Path:
-    """A tiny random Llama (4 query heads over 2 key heads) saved with save_pretrained."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 1 / np.sqrt(p.shape[-1]))
-    if dtype is not None:
-        model = model.to(dtype)
-    kwargs = {"max_shard_size": shard} if shard else {}
-    model.save_pretrained(str(directory), **kwargs)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +39,7 @@ def hosted_models(hub_server, tmp_path_factory, unique_repo_name):
         "b": dict(seed=2),
         "sharded": dict(seed=3, layers=3, shard="20KB", dtype=torch.bfloat16),
     }.items():
-        local = make_llama(root / name, **kwargs)
+        _, local = make_saved(llama_case(f"tiny-{name}", max_position_embeddings=64, **kwargs), root / name)
         repo_id = unique_repo_name(f"tiny-{name}")
         hub_server.seed_repo(repo_id, local)
         models[name] = (repo_id, local)

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import make_dataset, write_qk_llama
 
 from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis.legacy import LegacyFormatError, import_legacy, read_legacy
@@ -95,11 +96,9 @@ def write_pickle(directory: Path, name: str, data) -> Path:
     return path
 
 
-def make_dataset(out: Path, *models: str) -> Path:
-    for i, model in enumerate(models):
-        dataset_repo.write_model_table(out, FAMILY, model, built_columns(model, seed=i))
-    dataset_repo.write_card(out)
-    return out
+def built_dataset(out: Path, *models: str) -> Path:
+    """A dataset of ``models`` with :func:`built_columns` rows (seeds 0, 1, ...)."""
+    return make_dataset(out, FAMILY, [(model, seed) for seed, model in enumerate(models)], columns=built_columns)
 
 
 def rewrite(path: Path, edit) -> None:
@@ -114,7 +113,7 @@ def rewrite(path: Path, edit) -> None:
 
 
 def test_import_legacy_refuses_to_replace_a_built_model_without_force(tmp_path):
-    out = make_dataset(tmp_path / "ds", "tiny")
+    out = built_dataset(tmp_path / "ds", "tiny")
     target = dataset_repo.model_path(out, FAMILY, "tiny")
     before = target.read_bytes()
     pickles = tmp_path / "pickles"
@@ -143,7 +142,7 @@ def test_rebuild_refuses_to_replace_a_legacy_table_without_force(tiny_model, tmp
 
 
 def test_import_legacy_into_a_family_of_built_models_needs_pool_legacy(tmp_path, analyze_cli, capsys):
-    out = make_dataset(tmp_path / "ds", "org/built")
+    out = built_dataset(tmp_path / "ds", "org/built")
     pickles = tmp_path / "pickles"
     write_pickle(pickles, "old-model", legacy_data())
     argv = ["import_legacy", "--pickles", str(pickles), "--family", FAMILY, "--out", str(out), "--quiet"]
@@ -157,7 +156,7 @@ def test_import_legacy_into_a_family_of_built_models_needs_pool_legacy(tmp_path,
 
 @pytest.fixture
 def mixed_dataset(tmp_path) -> Path:
-    out = make_dataset(tmp_path / "ds", "org/built")
+    out = built_dataset(tmp_path / "ds", "org/built")
     import_legacy(write_pickle(tmp_path / "pickles", "old-model", legacy_data()), FAMILY, out, pool_legacy=True)
     return out
 
@@ -183,7 +182,7 @@ def test_cards_say_where_the_numbers_come_from(tmp_path, mixed_dataset):
     assert "1 model(s) computed straight from the released weights by `qk-spectra-ds` (`org/built`)" in mixed
     assert "1 model(s) imported unchanged from the original study's published pickles" in mixed
     assert "(`old-model`; variant `legacy`" in mixed
-    built_only = make_dataset(tmp_path / "built-ds", "org/built")
+    built_only = built_dataset(tmp_path / "built-ds", "org/built")
     text = " ".join((built_only / "README.md").read_text().split())
     assert "computed straight from the released weights" in text and "imported unchanged from" not in text
 
@@ -260,7 +259,7 @@ IMPOSSIBLE = {  # name: (edit of the table of 3 layers x 4 heads (d_head 8), wor
 
 @pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
 def test_impossible_rows_are_one_line_naming_the_file(case, tmp_path):
-    out = make_dataset(tmp_path / "ds", "org/good", "org/bad")
+    out = built_dataset(tmp_path / "ds", "org/good", "org/bad")
     edit, words = IMPOSSIBLE[case]
     rewrite(dataset_repo.model_path(out, FAMILY, "org/bad"), edit)
     with pytest.raises(AnalysisError) as info:
@@ -270,7 +269,7 @@ def test_impossible_rows_are_one_line_naming_the_file(case, tmp_path):
 
 
 def test_report_refuses_negative_eigenvalues_with_exit_1(tmp_path, analyze_cli, capsys):
-    out = make_dataset(tmp_path / "ds", "org/bad")
+    out = built_dataset(tmp_path / "ds", "org/bad")
     rewrite(dataset_repo.model_path(out, FAMILY, "org/bad"), _negative_eigenvalue(0))
     argv = ["report", "--dataset", str(out), "--family", FAMILY, "--out", str(tmp_path / "analysis"), "--quiet"]
     assert analyze_cli(argv) == 1
@@ -279,7 +278,7 @@ def test_report_refuses_negative_eigenvalues_with_exit_1(tmp_path, analyze_cli, 
 
 
 def test_a_parquet_copied_twice_into_a_family_names_both_files(tmp_path):
-    out = make_dataset(tmp_path / "ds", "org/a", "org/b")
+    out = built_dataset(tmp_path / "ds", "org/a", "org/b")
     original = dataset_repo.model_path(out, FAMILY, "org/a")
     shutil.copy(original, original.with_name("org--a-copy.parquet"))
     with pytest.raises(LoadError) as info:
@@ -289,7 +288,7 @@ def test_a_parquet_copied_twice_into_a_family_names_both_files(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "empty", "truncated"])
 def test_a_corrupt_or_empty_parquet_says_it_is_corrupt(damage, tmp_path):
-    out = make_dataset(tmp_path / "ds", "org/a", "org/b")
+    out = built_dataset(tmp_path / "ds", "org/a", "org/b")
     path = dataset_repo.model_path(out, FAMILY, "org/b")
     data = path.read_bytes()
     path.write_bytes({"garbage": b"not a parquet file at all" * 40, "empty": b"", "truncated": data[: len(data) // 2]}[damage])
@@ -303,7 +302,7 @@ def test_a_corrupt_parquet_read_through_the_card_says_it_is_corrupt(tmp_path):
     """The path a Hub dataset takes (no local pre-check): the error of ``datasets`` is named for what it is."""
     from qk_spectra_ds.analysis.loading import _load_arrow
 
-    out = make_dataset(tmp_path / "ds", "org/a")
+    out = built_dataset(tmp_path / "ds", "org/a")
     dataset_repo.model_path(out, FAMILY, "org/a").write_bytes(b"PAR1 but not really a parquet file" * 10)
     with pytest.raises(LoadError) as info:
         _load_arrow(str(out), FAMILY, None)
@@ -325,7 +324,7 @@ def test_import_legacy_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
 
 
 def test_analysis_reads_the_files_when_the_card_is_behind_them(tmp_path):
-    out = make_dataset(tmp_path / "ds", "org/a")
+    out = built_dataset(tmp_path / "ds", "org/a")
     # kill -9 between a parquet's rename and the card's rewrite: files the card does not know
     dataset_repo.write_model_table(out, FAMILY, "org/b", built_columns("org/b", seed=1))
     dataset_repo.write_model_table(out, "fresh", "org/c", built_columns("org/c", family="fresh", seed=2))
@@ -385,7 +384,7 @@ BAD_CARDS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_CARDS))
 def test_a_card_that_does_not_parse_is_one_line_and_never_executed(case, tmp_path):
-    out = make_dataset(tmp_path / "ds", "org/a")
+    out = built_dataset(tmp_path / "ds", "org/a")
     marker = tmp_path / "executed"
     (out / "README.md").write_text(BAD_CARDS[case].format(marker=marker))
     with pytest.raises(LoadError) as info:
@@ -620,22 +619,10 @@ def test_well_formed_legacy_pickle_reads_exactly(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random llama (GQA, 2 layers, only what the builder reads) saved as safetensors, named tiny-llama."""
-    from safetensors.numpy import save_file
-
-    directory = tmp_path_factory.mktemp("model") / "tiny-llama"
-    directory.mkdir()
     n_layers, n_heads, n_kv_heads, d_head, d_model = 2, 4, 2, 4, 16
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": n_layers,
               "hidden_size": d_model, "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads,
               "head_dim": d_head, "intermediate_size": 32, "vocab_size": 64, "rms_norm_eps": 1e-6,
               "torch_dtype": "float32"}  # fmt: skip
-    (directory / "config.json").write_text(json.dumps(config))
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for layer in range(n_layers):
-        prefix = f"model.layers.{layer}.self_attn"
-        tensors[f"{prefix}.q_proj.weight"] = rng.standard_normal((n_heads * d_head, d_model)).astype(np.float32)
-        tensors[f"{prefix}.k_proj.weight"] = rng.standard_normal((n_kv_heads * d_head, d_model)).astype(np.float32)
-        tensors[f"model.layers.{layer}.input_layernorm.weight"] = np.ones(d_model, np.float32)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory
+    return write_qk_llama(tmp_path_factory.mktemp("model") / "tiny-llama", config, layers=n_layers, heads=n_heads,
+                          kv_heads=n_kv_heads, d_model=d_model, d_head=d_head, norms=True)  # fmt: skip
