@@ -28,7 +28,8 @@ tests/package/test_module_boundaries.py keeps this map complete):
     reading       loading, verification (file checksums), recompute (stored values),
                   legacy (the original study's pickles), optional (umap, statsmodels)
     methods       features, taxonomy (classification A, the original), layer_boxplots
-                  (classification B, the original), consensus, joint_consensus,
+                  (classification B, the original), consensus (consensus_result: its values;
+                  consensus_classifier: the estimator), joint_consensus,
                   structure, class_profiles, layer_permutation_tests (valid per-layer tests),
                   rmt_null, variants_compare, circuits (QK vs OV), behaviour,
                   positional, compare
@@ -45,6 +46,7 @@ the package.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 __version__ = "0.1.0"
 
@@ -57,23 +59,24 @@ _EXPORTS: dict[str, str] = {
     "load_spectra": "qk_spectra_ds.analysis.loading",
     "transformer_lens_name": "qk_spectra_ds.analysis.loading",
     "add_transformer_lens_names": "qk_spectra_ds.analysis.loading",
-    # classification A and the joint taxonomy
-    "SpectralHeadClassifier": "qk_spectra_ds.analysis.taxonomy",
-    "joint_taxonomy": "qk_spectra_ds.analysis.taxonomy",
-    "model_heads": "qk_spectra_ds.analysis.report",
-    # classification B: per-layer statistics, BDS, spline
-    "layer_stat": "qk_spectra_ds.analysis.layer_boxplots",
-    "layer_stats": "qk_spectra_ds.analysis.layer_boxplots",
-    "bds_table": "qk_spectra_ds.analysis.layer_boxplots",
-    # the default method (issue 20): is there structure, what classes mean, valid per-layer tests
-    "structure_test": "qk_spectra_ds.analysis.structure",
+    # the default method: are there classes at all, which, how stable, what they are; valid per-layer tests
+    "ConsensusHeadClassifier": "qk_spectra_ds.analysis.consensus_classifier",
     "consensus_classes": "qk_spectra_ds.analysis.consensus",
+    "ConsensusResult": "qk_spectra_ds.analysis.consensus_result",
+    "structure_test": "qk_spectra_ds.analysis.structure",
+    "class_profiles": "qk_spectra_ds.analysis.class_profiles",
     "joint_consensus": "qk_spectra_ds.analysis.joint_consensus",
     "crosswalk": "qk_spectra_ds.analysis.joint_consensus",
-    "class_profiles": "qk_spectra_ds.analysis.class_profiles",
     "series_tests": "qk_spectra_ds.analysis.layer_permutation_tests",
     "layer_test_table": "qk_spectra_ds.analysis.layer_permutation_tests",
     "simulated_power": "qk_spectra_ds.analysis.layer_permutation_tests",
+    # the original study's method, to reproduce it: classification A (one KMeans(6)) and its joint taxonomy,
+    # classification B (per-layer statistics; bds_table: asymptotic BDS p-values, invalid at 10-80 layers)
+    "SpectralHeadClassifier": "qk_spectra_ds.analysis.taxonomy",
+    "joint_taxonomy": "qk_spectra_ds.analysis.taxonomy",
+    "model_heads": "qk_spectra_ds.analysis.report",
+    "layer_stats": "qk_spectra_ds.analysis.layer_boxplots",
+    "bds_table": "qk_spectra_ds.analysis.layer_boxplots",
     # figures and the whole report
     "plot_clusters": "qk_spectra_ds.analysis.plots",
     "plot_layer_stats": "qk_spectra_ds.analysis.plots",
@@ -85,11 +88,20 @@ _EXPORTS: dict[str, str] = {
 }
 """Public name -> the module that defines it (imported on first access)."""
 
+_RETIRED: dict[str, tuple[str, str]] = {
+    "layer_stat": ("qk_spectra_ds.analysis.layer_boxplots", "layer_stats(rows, [stat])[0]"),
+}
+"""Former public names that still resolve, with a DeprecationWarning naming the one to use (not in ``__all__``)."""
+
 __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
     """Import a public name from its module on first use (PEP 562), then cache it here."""
+    if name in _RETIRED:
+        module, instead = _RETIRED[name]
+        warnings.warn(f"qk_spectra_ds.{name} is retired: use {instead}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), name)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'qk_spectra_ds' has no attribute {name!r}")

@@ -105,6 +105,42 @@ def test_readme_examples_run_and_build_load_classify_and_test(readme_run):
     assert (work / "analysis" / "MiniLM" / "index.md").is_file()
 
 
+def test_readme_default_method_gives_the_reports_classes_and_leads_the_api(readme_run):
+    """ConsensusHeadClassifier labels MiniLM's heads as the README's report did (consensus_labels.csv, of the variant
+    the report analysed); the API and the README present the default method before the original's."""
+    import qk_spectra_ds
+
+    namespace, work, _ = readme_run
+    report = pd.read_csv(work / "analysis" / "MiniLM" / "tables" / "consensus_labels.csv")
+    (variant,) = report["variant"].unique()  # the report's default: folded where built (MiniLM is)
+    frame = qk_spectra_ds.load_spectra(work / "qk-spectra", "MiniLM", variant=variant, keep_spectra=True)
+    fitted = qk_spectra_ds.ConsensusHeadClassifier().fit(frame.sample(frac=1.0, random_state=0))
+    mine = frame.sample(frac=1.0, random_state=0)[["layer", "head"]].assign(estimator=fitted.labels_)
+    merged = report.merge(mine, on=["layer", "head"])
+    assert len(merged) == len(frame) and (merged["class"] == merged["estimator"]).all()
+    assert fitted.n_classes_ == report["class"].nunique() and len(fitted.result_.consensus_classes) == fitted.n_classes_
+    readme = namespace["consensus"]  # the README's own fit (variant raw): labels for every head, in frame order
+    assert len(readme.labels_) == len(namespace["frame"]) and set(readme.labels_) == set(range(readme.n_classes_))
+    tests = namespace["tests"]  # 4 layers after the 2 skipped: shorter than the tests' 10, said so, no p-value
+    assert list(tests["stat"]) == ["MEAN", "STD"] and tests["note"].str.startswith("not tested").all()
+    assert tests["p_bds_permutation_holm"].isna().all()
+    names = list(qk_spectra_ds._EXPORTS)
+    assert names.index("ConsensusHeadClassifier") < names.index("SpectralHeadClassifier")
+    assert names.index("series_tests") < names.index("bds_table")
+    text = README.read_text(encoding="utf-8").split("## Python API")[1]
+    assert text.index("ConsensusHeadClassifier") < text.index("SpectralHeadClassifier")
+
+
+def test_the_retired_layer_stat_still_works_with_a_warning(readme_run):
+    import qk_spectra_ds as qk
+
+    frame = readme_run[0]["frame"]
+    with pytest.warns(DeprecationWarning, match=r"layer_stats\(rows, \[stat\]\)\[0\]"):
+        one = qk.layer_stat(frame, "MEAN")
+    assert np.array_equal(one.medians, qk.layer_stats(frame, ["MEAN"])[0].medians)
+    assert "layer_stat" not in qk.__all__ and "layer_stat" not in dir(qk)
+
+
 def test_load_spectra_keeps_singular_values_only_when_asked(readme_run):
     from qk_spectra_ds import load_spectra
 
