@@ -148,7 +148,7 @@ def _llama4(**changes):
             "hidden_size": 32, "head_dim": 8, **changes}  # fmt: skip
 
 
-# id -> (config.json, words): the other architectures' layer-pattern fields, through Architecture.layer_facts
+# id -> (config.json, words): the other architectures' layer-pattern fields, through ModelType.layer_facts
 PATTERN_CASES = {
     "full-attention-interval-zero": (_qwen3_next(full_attention_interval=0), ["full_attention_interval is 0"]),
     "full-attention-interval-negative": (_qwen3_next(full_attention_interval=-4), ["full_attention_interval is -4"]),
