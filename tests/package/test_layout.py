@@ -37,7 +37,7 @@ def _modules(package) -> list[str]:
 
 
 def test_the_tree_shows_the_two_halves():
-    assert {"cli", "loading", "legacy", "features", "taxonomy", "layer_stats", "plots", "report"} <= {
+    assert {"cli", "loading", "legacy", "features", "taxonomy", "layer_boxplots", "plots", "report"} <= {
         name.rsplit(".", 1)[1] for name in _modules(analysis)
     }
     assert {"catalog", "weights", "safetensors_io", "architectures", "spectra", "kernel", "pipeline", "publish", "cli"} <= {
