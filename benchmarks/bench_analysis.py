@@ -222,7 +222,8 @@ def our_stages(dataset: str, repeats: int) -> dict:
     from threadpoolctl import threadpool_limits
 
     from qk_spectra_ds.analysis import features, layer_boxplots, report, taxonomy
-    from qk_spectra_ds.analysis.loading import eigenvalue_matrix, load_spectra, split_models
+    from qk_spectra_ds.analysis.loading import load_spectra
+    from qk_spectra_ds.analysis.selection import eigenvalue_matrix, split_models
 
     imports = time.perf_counter() - t0
     t0 = time.perf_counter()

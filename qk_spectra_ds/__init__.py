@@ -25,7 +25,8 @@ tests/package/test_module_boundaries.py keeps this map complete):
                           progress, paths (output dirs), textutil (comma lists),
                           cli_util (the CLIs' flag machinery; CLIs only)
   qk_spectra_ds.analysis  (the ``analysis`` extra, never torch)
-    reading       loading, verification (file checksums), recompute (stored values),
+    reading       loading (load_spectra: reading the config once, selection of rows,
+                  row_checks), verification (file checksums), recompute (stored values),
                   legacy (the original study's pickles), optional (umap, statsmodels)
     methods       features, taxonomy (classification A, the original), layer_boxplots
                   (classification B, the original), consensus (consensus_result: its values;

@@ -36,7 +36,7 @@ import pandas as pd
 from .. import schema
 from ..errors import CompareError
 from ..naming import model_slug
-from .loading import model_names
+from .selection import model_names
 
 LEGACY_NOTE = "legacy: the original study's spectra, with its SVD factor pairing error"
 """The ``note`` of legacy rows in every table (and, shortened, in every figure)."""

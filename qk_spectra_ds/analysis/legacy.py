@@ -70,7 +70,7 @@ from .. import __version__, dataset_repo, schema
 from ..errors import LegacyFormatError, UnsafePickleError
 from ..integrity import legacy_units, value_problem
 from ..statistics import spectrum_metrics
-from .loading import spectrum_problem
+from .row_checks import spectrum_problem
 
 LEGACY_KEYS = ("singular_values", "singular_values_stats", "eigen_values", "eigen_values_stats")
 

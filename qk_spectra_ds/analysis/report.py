@@ -46,7 +46,8 @@ from ..markdown_text import md_code, md_text
 from ..naming import model_slug
 from . import consensus, features, html_report, layer_boxplots, layer_permutation_tests, optional, taxonomy
 from .circuits import circuit_of, label_tables
-from .loading import AnalysisError, eigenvalue_matrix, load_spectra, split_models
+from .loading import AnalysisError, load_spectra
+from .selection import eigenvalue_matrix, split_models
 from .table_files import TABLES, write_table
 
 METHODS = ("consensus", "original")

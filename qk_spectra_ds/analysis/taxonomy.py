@@ -40,8 +40,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ..errors import AnalysisError
 from . import features, optional
-from .loading import AnalysisError, eigenvalue_matrix, split_models
+from .selection import eigenvalue_matrix, split_models
 
 N_CLUSTERS = 6
 SEED = 0

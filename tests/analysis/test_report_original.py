@@ -27,8 +27,9 @@ from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis import features, taxonomy
 from qk_spectra_ds.analysis.layer_boxplots import BDSWarning
 from qk_spectra_ds.analysis.legacy import import_legacy
-from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, NonFiniteSpectraWarning, load_spectra
+from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, load_spectra
 from qk_spectra_ds.analysis.report import Params, run_boxplots, run_report
+from qk_spectra_ds.analysis.row_checks import NonFiniteSpectraWarning
 from qk_spectra_ds.schema import SchemaError
 
 ROOT = Path(__file__).resolve().parents[2]

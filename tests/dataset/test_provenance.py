@@ -300,7 +300,7 @@ def test_a_corrupt_or_empty_parquet_says_it_is_corrupt(damage, tmp_path):
 
 def test_a_corrupt_parquet_read_through_the_card_says_it_is_corrupt(tmp_path):
     """The path a Hub dataset takes (no local pre-check): the error of ``datasets`` is named for what it is."""
-    from qk_spectra_ds.analysis.loading import _load_arrow
+    from qk_spectra_ds.analysis.reading import _load_arrow
 
     out = built_dataset(tmp_path / "ds", "org/a")
     dataset_repo.model_path(out, FAMILY, "org/a").write_bytes(b"PAR1 but not really a parquet file" * 10)
