@@ -102,7 +102,7 @@ def baseline(pickles: str, out: str) -> dict:
     from qk_spectra_ds.analysis.features import N_BINS, QUANTILE
     from qk_spectra_ds.analysis.layer_boxplots import SKIP_LAYERS_BELOW as SKIP_BELOW
     from qk_spectra_ds.analysis.layer_boxplots import STAT_NAMES as STATS
-    from qk_spectra_ds.analysis.legacy import safe_load
+    from qk_spectra_ds.analysis.legacy_pickle import safe_load
     from qk_spectra_ds.analysis.taxonomy import N_CLUSTERS
 
     t["loader import (excluded)"] = time.perf_counter() - t0  # with the package's default parameters

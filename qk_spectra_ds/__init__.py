@@ -27,14 +27,16 @@ tests/package/test_module_boundaries.py keeps this map complete):
   qk_spectra_ds.analysis  (the ``analysis`` extra, never torch)
     reading       loading (load_spectra: reading the config once, selection of rows,
                   row_checks), verification (file checksums), recompute (stored values),
-                  legacy (the original study's pickles), optional (umap, statsmodels)
+                  legacy (the original study's pickles imported: legacy_pickle, the
+                  restricted unpickler; legacy_format, layout and rows), optional (umap, statsmodels)
     methods       features, taxonomy (classification A, the original), layer_boxplots
                   (classification B, the original), consensus (consensus_result: its values;
                   consensus_classifier: the estimator), joint_consensus,
                   structure, class_profiles, layer_permutation_tests (valid per-layer tests),
                   rmt_null, variants_compare, circuits (QK vs OV), behaviour,
-                  positional, compare
-    writing       plots, head_maps, table_files, html_report, summary,
+                  positional, head_compare and depth_profiles (compare: the run)
+    writing       plots (style and saving), class_figures, layer_boxplot_figures,
+                  compare_figures, head_maps, table_files, html_report, summary,
                   report (one config end to end), cli_defaults, cli (qk-spectra-analyze)
 
 The public Python API (README, "Python API") is exported here lazily: ``import
@@ -79,10 +81,10 @@ _EXPORTS: dict[str, str] = {
     "layer_stats": "qk_spectra_ds.analysis.layer_boxplots",
     "bds_table": "qk_spectra_ds.analysis.layer_boxplots",
     # figures and the whole report
-    "plot_clusters": "qk_spectra_ds.analysis.plots",
-    "plot_layer_stats": "qk_spectra_ds.analysis.plots",
-    "plot_taxonomy_classes": "qk_spectra_ds.analysis.plots",
-    "plot_taxonomy_depth": "qk_spectra_ds.analysis.plots",
+    "plot_clusters": "qk_spectra_ds.analysis.class_figures",
+    "plot_layer_stats": "qk_spectra_ds.analysis.layer_boxplot_figures",
+    "plot_taxonomy_classes": "qk_spectra_ds.analysis.class_figures",
+    "plot_taxonomy_depth": "qk_spectra_ds.analysis.class_figures",
     "run_report": "qk_spectra_ds.analysis.report",
     # errors
     "QKSpectraError": "qk_spectra_ds.errors",

@@ -29,8 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm, rankdata
 
 from .. import schema
+from ..atomic import write_text
+from . import plots
+from .table_files import TABLES, write_table
 
 N_PERMUTATIONS = 1999
 SEED = 0
@@ -67,8 +71,6 @@ def scores_present(frame: pd.DataFrame) -> list[str]:
 
 def within_model_ranks(values: np.ndarray, models: np.ndarray) -> np.ndarray:
     """Average ranks within each model, scaled to (rank - 0.5) / n_model, so models of any size share one scale."""
-    from scipy.stats import rankdata
-
     out = np.empty(len(values), float)
     codes = pd.factorize(models)[0]
     for m in range(codes.max() + 1 if len(codes) else 0):
@@ -93,8 +95,6 @@ def rho_ci(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """Confidence interval of a Spearman rho: Fisher z with the Bonett-Wright (2000) standard error."""
     if n < 4 or not math.isfinite(rho):
         return float("nan"), float("nan")
-    from scipy.stats import norm
-
     z = math.atanh(max(min(rho, 0.999999), -0.999999))
     se = math.sqrt((1 + rho * rho / 2) / (n - 3))
     q = norm.ppf(0.5 + level / 2)
@@ -312,12 +312,10 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
 def plot_behaviour(frame: pd.DataFrame, table: pd.DataFrame, score: str, colours: pd.Series | None, colour_label: str,
                    path: Path, dpi: float = 100.0, top: int = 3) -> Path:  # fmt: skip
     """One figure per behaviour: the score against its ``top`` metrics by |rho|, heads coloured by class."""
-    import matplotlib
+    import matplotlib  # lazily, with pyplot: selecting the Agg backend is a global change, made only when drawing
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .plots import save_figure
 
     rho = table[(table["score"] == score) & (table["statistic"] == "spearman_rho") & table["value"].notna()]
     chosen = rho.reindex(rho["value"].abs().sort_values(ascending=False).index).head(top)
@@ -341,7 +339,7 @@ def plot_behaviour(frame: pd.DataFrame, table: pd.DataFrame, score: str, colours
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return save_figure(fig, path, dpi)
+        return plots.save_figure(fig, path, dpi)
     finally:
         plt.close(fig)
 
@@ -389,8 +387,6 @@ def store_behaviour(outputs, frame: pd.DataFrame, params, log=None) -> str | Non
 
     Returns None (and logs one line) when no row carries behaviour scores.
     """
-    from .table_files import TABLES, write_table
-
     if not has_behaviour(frame):
         return None
     if "circuit" in frame.columns:
@@ -417,7 +413,5 @@ def store_behaviour(outputs, frame: pd.DataFrame, params, log=None) -> str | Non
 
 def append_section(index: Path, markdown: str) -> Path:
     """Add the behaviour section to the end of a written ``index.md`` (atomically: the whole file is rewritten)."""
-    from ..atomic import write_text
-
     index = Path(index)
     return write_text(index, index.read_text("utf-8").rstrip() + "\n\n" + markdown.rstrip() + "\n")

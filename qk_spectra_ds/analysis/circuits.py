@@ -31,8 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from .. import schema
+from ..errors import AnalysisError
+from ..markdown_text import md_text
+from ..naming import model_slug
+from . import plots
+from .loading import load_spectra
+from .table_files import TABLES, write_table
+from .taxonomy import depth_bands
 
 Z_THRESHOLD = 3.0
 """|copying_score_z| beyond this marks a copying (z > 3) or suppression (z < -3) head."""
@@ -82,8 +90,6 @@ def label_tables(outputs, circuit: str) -> list[str]:
     Tables of two sides (``variant_a``, ``variant_b``: compare) get it after ``variant_b``. Returns the names of the
     tables changed; tables that already say their circuit are left as they are.
     """
-    from .table_files import write_table
-
     changed = []
     for name, rel in outputs.tables.items():
         table = outputs.frames.get(name)
@@ -104,8 +110,6 @@ def load_circuit_rows(dataset: str, family: str, revision: str | None, frame: pd
     One load per variant of ``frame`` (each model has one). Frames without a ``circuit`` column come from schema
     v1-v3 files only, which hold qk rows: nothing is loaded for them.
     """
-    from .loading import AnalysisError, load_spectra
-
     if "circuit" not in frame.columns and circuit != schema.CIRCUIT_QK:
         return None
     parts = []
@@ -133,8 +137,6 @@ def pair_heads(qk: pd.DataFrame, ov: pd.DataFrame, labels: pd.DataFrame | None =
     ``labels``: a class table (model, layer, head, class) to name each head's class (NA where it has none).
     ``role`` is ``copying`` / ``suppression`` where ``copying_score_z`` is beyond +-:data:`Z_THRESHOLD`, else ''.
     """
-    from .taxonomy import depth_bands
-
     left = pd.DataFrame({**{k: qk[k].to_numpy() for k in HEAD_KEY}, "n_layers": qk["n_layers"].to_numpy()})
     for name in ("positivity", "stable_rank", "symmetry", "positivity_z"):
         left[f"qk_{name}"] = _numeric(qk, name).to_numpy()
@@ -225,19 +227,13 @@ def model_table(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def _class_colours(classes: pd.Series) -> tuple[list, list[str]]:
-    from .plots import class_colors
-
     known = sorted(int(c) for c in classes.dropna().unique())
-    palette = dict(zip(known, class_colors(max(len(known), 1))))
+    palette = dict(zip(known, plots.class_colors(max(len(known), 1))))
     return [palette.get(int(c), "0.6") if not pd.isna(c) else "0.6" for c in classes], [str(k) for k in known]
 
 
 def scatter_figure(heads: pd.DataFrame, model: str, class_label: str, variant: str):
     """One model: QK positivity and QK stable rank against the OV copying score, coloured by class, roles marked."""
-    from matplotlib.lines import Line2D
-
-    from . import plots
-
     fig = plots.new_figure((11, 4.6))
     axes = fig.subplots(1, 2)
     colours, known = _class_colours(heads["class"])
@@ -264,8 +260,6 @@ def scatter_figure(heads: pd.DataFrame, model: str, class_label: str, variant: s
 
 def depth_figure(paired: pd.DataFrame, family: str, order: Sequence[str]):
     """Every model: OV copying score against relative depth, heads coloured by their QK positivity."""
-    from . import plots
-
     models = [m for m in order if m in set(paired["model"])] + sorted(set(paired["model"]) - set(order))
     n_cols = min(3, len(models))
     n_rows = math.ceil(len(models) / n_cols)
@@ -295,8 +289,7 @@ def depth_figure(paired: pd.DataFrame, family: str, order: Sequence[str]):
 
 
 def _markdown_table(frame: pd.DataFrame, columns: Sequence[str], limit: int | None = None) -> list[str]:
-    from ..markdown_text import md_text
-    from .report import format_value
+    from .report import format_value  # lazily: report imports this module
 
     shown = frame if limit is None else frame.head(limit)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -356,10 +349,6 @@ def store_circuits(outputs, frame: pd.DataFrame, dataset: str, family: str, revi
 
     ``frame``: the rows the report analysed (one circuit); the other circuit is loaded for the same models and variants.
     """
-    from ..naming import model_slug
-    from . import plots
-    from .table_files import TABLES, write_table
-
     circuit = circuit_of(frame)
     other = schema.CIRCUIT_OV if circuit == schema.CIRCUIT_QK else schema.CIRCUIT_QK
     other_rows = load_circuit_rows(dataset, family, revision, frame, other)

@@ -18,8 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from ..naming import model_slug
+from . import plots
 
 MAP_METRIC = "stable_rank"
 """The metric drawn beside the classes on the report's grid (any numeric column of the dataset can be drawn)."""
@@ -36,8 +40,6 @@ def grid(table: pd.DataFrame, column: str) -> np.ndarray:
 
 def _grid_axes(ax, values: np.ndarray, cmap, norm, title: str) -> object:
     """One layer x head panel: layer 0 at the top, as a network is read; ticks thinned to what fits."""
-    from matplotlib.ticker import MaxNLocator
-
     rows, cols = values.shape
     x, y = np.arange(cols + 1) - 0.5, np.arange(rows + 1) - 0.5  # cell centres at whole numbers: ticks name cells
     mesh = ax.pcolormesh(x, y, np.ma.masked_invalid(values), cmap=cmap, norm=norm, rasterized=values.size > 2000)
@@ -57,11 +59,6 @@ def head_map_figure(labels: pd.DataFrame, title: str, metric: pd.DataFrame | Non
     ``labels``: columns layer, head, class (one model); ``metric``: columns layer, head and ``metric_name``.
     Call inside :func:`plots.style`.
     """
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-    from matplotlib.patches import Patch
-
-    from . import plots
-
     classes = sorted(int(c) for c in labels["class"].unique())
     colors = plots.class_colors(max(classes) + 1)
     values = grid(labels, "class")
@@ -90,8 +87,6 @@ def store_head_maps(outputs, frame: pd.DataFrame, fmt: str, dpi: float,
                     title_suffix: Callable[[str], str] = lambda model: "") -> None:  # fmt: skip
     """Per model with consensus labels: ``maps/<model>`` (classes and :data:`MAP_METRIC`), recorded in
     ``outputs.figures`` under the model."""
-    from . import plots
-
     labels = outputs.frames.get("consensus_labels")
     if labels is None or not len(labels):
         return
@@ -114,7 +109,5 @@ def store_head_maps(outputs, frame: pd.DataFrame, fmt: str, dpi: float,
 def plot_head_map(labels: pd.DataFrame, path: str | os.PathLike, title: str, metric: pd.DataFrame | None = None,
                   metric_name: str = MAP_METRIC, dpi: float | None = None) -> Path:  # fmt: skip
     """Write :func:`head_map_figure` to ``path`` (format from its suffix)."""
-    from . import plots
-
     with plots.style():
         return plots.save_figure(head_map_figure(labels, title, metric, metric_name), path, plots.DEFAULT_DPI if dpi is None else dpi)

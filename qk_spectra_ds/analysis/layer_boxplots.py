@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.interpolate import make_splrep
+from scipy.stats import norm
 
 from ..errors import AnalysisError
 from ..schema import STATISTICS
@@ -78,8 +80,6 @@ class LayerStat:
 
 def _bds_without_statsmodels(x: np.ndarray) -> tuple[float, float]:
     """statsmodels' ``bds(x)`` (max_dim 2) by :func:`.layer_tests.bds_statistic`: statistic and 2 * norm.sf(|stat|)."""
-    from scipy.stats import norm
-
     if not 2 < len(x):  # statsmodels' own check: max_dim 2 must be below the number of values
         raise ValueError("Maximum embedding dimension must be in the range [2,len(x)-1]")
     stat = float(layer_permutation_tests.bds_statistic(x)[0])
@@ -93,7 +93,7 @@ def bds_test(series: np.ndarray, name: str = "") -> tuple[float, float]:
     statistic is computed by :func:`.layer_tests.bds_statistic` (equal to 1e-12), with statsmodels' normal p-value.
     """
     try:
-        from statsmodels.tsa.stattools import bds
+        from statsmodels.tsa.stattools import bds  # lazily: statsmodels is optional (the ``original`` extra)
     except ImportError:
         bds = _bds_without_statsmodels
 
@@ -116,8 +116,6 @@ def bds_test(series: np.ndarray, name: str = "") -> tuple[float, float]:
 
 def smoothing_spline(means: np.ndarray, s: float = SPLINE_S, k: int = SPLINE_K, n_points: int = SPLINE_POINTS):
     """``make_splrep(arange(n), means, s=s, k=k)`` on ``linspace(0, n-1, n_points)``; None if too short."""
-    from scipy.interpolate import make_splrep
-
     y = np.asarray(means, dtype=np.float64)
     n = len(y)
     if n <= k:

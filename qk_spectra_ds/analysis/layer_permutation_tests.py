@@ -44,6 +44,7 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
 N_PERMUTATIONS = 999
 MIN_LAYERS = 10
@@ -77,8 +78,6 @@ def bds_statistic(series: np.ndarray, distance: float = BDS_DISTANCE) -> np.ndar
 
 def spearman_trend(series: np.ndarray) -> np.ndarray:
     """Spearman's rho between position (0..n-1) and value, for each row of ``series`` ``(P, n)``."""
-    from scipy.stats import rankdata
-
     r = rankdata(np.atleast_2d(series), axis=1)
     r = r - r.mean(axis=1, keepdims=True)
     t = np.arange(r.shape[1], dtype=np.float64)

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import LogNorm
+
+from . import plots
 
 SUMMARY_COLUMNS = ("positional_norm_ratio_min", "positional_norm_ratio_max", "half_norm_offset")
 """The dataset's own per-head summaries, copied into the table."""
@@ -101,8 +104,6 @@ def _layer_matrix(table: pd.DataFrame, layer: int, offsets: Sequence[int]) -> tu
 
 def colour_norm(values: np.ndarray):
     """A log colour scale centred on 1, symmetric, covering every finite positive ratio (at least 0.9..1.11)."""
-    from matplotlib.colors import LogNorm
-
     finite = values[np.isfinite(values) & (values > 0)]
     spread = float(np.abs(np.log10(finite)).max()) if len(finite) else 0.0
     spread = max(spread, math.log10(1 / 0.9))
@@ -111,15 +112,13 @@ def colour_norm(values: np.ndarray):
 
 def positional_figure(table: pd.DataFrame, n_layers: int, title: str):
     """The figure (see the module docstring) of one model's :func:`positional_table`; call inside ``plots.style()``."""
-    from .plots import new_figure, tight_layout
-
     offsets = offsets_of(table)
     layers = list(range(int(n_layers)))
     n_cols = min(PANEL_COLUMNS, max(1, len(layers)))
     n_rows = math.ceil(len(layers) / n_cols)
     n_heads = int(table.groupby("layer")["head"].count().max()) if len(table) else 1
     panel_h = min(4.0, max(1.6, 0.12 * n_heads + 1.0))
-    fig = new_figure((2.3 * n_cols + 1.6, panel_h * n_rows + 1.6))
+    fig = plots.new_figure((2.3 * n_cols + 1.6, panel_h * n_rows + 1.6))
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     all_values = table[[ratio_column(d) for d in offsets]].to_numpy(np.float64)
     norm = colour_norm(all_values)
@@ -146,7 +145,7 @@ def positional_figure(table: pd.DataFrame, n_layers: int, title: str):
     fig.suptitle(title, fontsize=13)
     fig.supxlabel("offset δ: the key δ tokens before the query (one column per offset; k = 1024)", fontsize=11)
     fig.supylabel("query head", fontsize=11)
-    tight_layout(fig, rect=(0, 0, 0.88, 1))
+    plots.tight_layout(fig, rect=(0, 0, 0.88, 1))
     if image is not None:
         _colour_bar(fig, image, norm)
     return fig
@@ -164,7 +163,5 @@ def _colour_bar(fig, image, norm) -> None:
 
 def plot_positional(table: pd.DataFrame, n_layers: int, path: str | os.PathLike, title: str, dpi: float | None = None) -> Path:
     """Write :func:`positional_figure` to ``path`` (format from its suffix) at ``dpi``."""
-    from . import plots
-
     with plots.style():
         return plots.save_figure(positional_figure(table, n_layers, title), path, plots.DEFAULT_DPI if dpi is None else dpi)

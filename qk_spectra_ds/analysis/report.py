@@ -218,7 +218,7 @@ def analyze_model(
     """
     from threadpoolctl import threadpool_limits
 
-    from . import plots
+    from . import class_figures, layer_boxplot_figures
 
     variant = variant_of(rows)
     circuit = circuit_of(rows)  # named in every figure title beside the variant
@@ -233,8 +233,8 @@ def analyze_model(
             t1 = time.perf_counter()
             figure = Path("ESDs") / f"{slug}.{params.format}"
             esd_title = model_id if params.method == "original" else f"{model_id}: {ORIGINAL_CLASSES_NOTE}"
-            plots.plot_clusters(classifier, family_dir_path / figure, title=esd_title, dpi=params.dpi, variant=variant,
-                                circuit=circuit)  # fmt: skip
+            class_figures.plot_clusters(classifier, family_dir_path / figure, title=esd_title, dpi=params.dpi, variant=variant,
+                                        circuit=circuit)  # fmt: skip
             out["timings"]["clusters"] = t1 - t0
             out["timings"]["clusters figures"] = time.perf_counter() - t1
             out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
@@ -286,8 +286,8 @@ def analyze_model(
                 out["timings"]["layer tests"] = time.perf_counter() - t2
             t1 = time.perf_counter()
             figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
-            plots.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi, variant=variant,
-                                   tests=titles, skipped=skipped, circuit=circuit)  # fmt: skip
+            layer_boxplot_figures.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi, variant=variant,
+                                                   tests=titles, skipped=skipped, circuit=circuit)  # fmt: skip
             out["figures"].extend(f.as_posix() for f in figures)
             out["timings"]["boxplots"] = t1 - t0
             out["timings"]["boxplots figures"] = time.perf_counter() - t1
@@ -305,7 +305,7 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
     """
     from threadpoolctl import threadpool_limits
 
-    from . import plots
+    from . import class_figures
 
     family_dir_path = Path(family_dir)
     out: dict[str, Any] = {"timings": {}}
@@ -323,10 +323,10 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
         }
         title = f"{family}: joint taxonomy of {len(heads)} model(s)"
         names = [f"taxonomy/classes.{params.format}", f"taxonomy/depth.{params.format}"]
-        plots.plot_taxonomy_classes(joint, family_dir_path / names[0], title=title, order=order, dpi=params.dpi,
-                                    variant=variant, circuit=circuit)  # fmt: skip
-        plots.plot_taxonomy_depth(joint, family_dir_path / names[1], title=f"{family}: class shares by relative depth",
-                                  order=order, dpi=params.dpi, variant=variant, circuit=circuit)  # fmt: skip
+        class_figures.plot_taxonomy_classes(joint, family_dir_path / names[0], title=title, order=order, dpi=params.dpi,
+                                            variant=variant, circuit=circuit)  # fmt: skip
+        class_figures.plot_taxonomy_depth(joint, family_dir_path / names[1], title=f"{family}: class shares by relative depth",
+                                          order=order, dpi=params.dpi, variant=variant, circuit=circuit)  # fmt: skip
         out["figures"] = names
         if params.method == "consensus":  # the default method's joint classes: structure test first, k = 1 possible
             from . import joint_consensus

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 N_MONTE_CARLO = 1000
 N_BOOTSTRAP = 500
@@ -162,8 +163,6 @@ def bartlett_factor(rng: np.random.Generator, n: int, p: int, dof: int) -> np.nd
 def monte_carlo_spectra(d_head: int, d_model: int, n: int = N_MONTE_CARLO, seed: int = 0) -> np.ndarray:
     """Eigenvalues ``(n, d_head)`` (descending) of ``A^T B`` for Gaussian ``A, B`` of shape ``d_head x d_model``."""
     rng = np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(d_head), int(d_model))))
-    from threadpoolctl import threadpool_limits
-
     la = bartlett_factor(rng, n, int(d_head), int(d_model))
     lb = bartlett_factor(rng, n, int(d_head), int(d_model))
     with threadpool_limits(1):  # many small problems: threads only oversubscribe

@@ -20,7 +20,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_metadata
+import pyarrow.dataset as pds
+
+from ..card_metadata import card_metadata
+from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError
 from ..errors import FileChecksumError, IntegrityError, LoadError, one_line
 from ..integrity import check_digests, file_digest, recorded_digests
 
@@ -67,7 +70,7 @@ def verify_local(root: Path, files: Sequence[Path]) -> None:
 
 def verify_hub(repo_id: str, family: str, revision: str | None) -> str:
     """Compare the Hub's LFS SHA-256 of the config's data files at ``revision`` with its card; return the commit."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, hf_hub_download  # lazily, as reading.py: only Hub datasets need it
     from huggingface_hub.errors import EntryNotFoundError
 
     api = HfApi()
@@ -102,6 +105,4 @@ def verify_hub(repo_id: str, family: str, revision: str | None) -> str:
 
 def page_checksum_options() -> dict:
     """``load_dataset`` keyword arguments that make pyarrow verify every parquet page's CRC32 as it reads."""
-    import pyarrow.dataset as pds
-
     return {"fragment_scan_options": pds.ParquetFragmentScanOptions(page_checksum_verification=True)}

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qk_spectra_ds.analysis import circuits, plots
+from qk_spectra_ds.analysis import circuits, layer_boxplot_figures, plots
 from qk_spectra_ds.analysis.layer_boxplots import LayerStat
 
 MODELS = ("org/a", "org/b")
@@ -94,7 +94,7 @@ def test_figure_titles_name_the_circuit():
     result = LayerStat("m", "MEAN", [0, 1, 2], [np.ones(3), np.ones(3) * 2, np.ones(3) * 3], np.array([1.0, 2, 3]),
                        np.array([1.0, 2, 3]), float("nan"), float("nan"), None, None)  # fmt: skip
     with plots.style():
-        fig = plots.layer_stat_figure(result, "folded", circuit="ov")
+        fig = layer_boxplot_figures.layer_stat_figure(result, "folded", circuit="ov")
     assert plots.figure_title(fig).endswith("· folded OV spectra")
 
 

@@ -21,7 +21,7 @@ from helpers import depth_columns, original_pairing
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
 
 from qk_spectra_ds import dataset_repo, schema
-from qk_spectra_ds.analysis import compare
+from qk_spectra_ds.analysis import compare, depth_profiles, head_compare
 from qk_spectra_ds.analysis.legacy import import_legacy
 from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
 
@@ -119,7 +119,7 @@ def test_the_same_model_built_twice_compares_equal(tiny, tmp_path):
     outputs = compare.run_compare(a, b, tmp_path, "Tiny", ["stable_rank"])
     heads = outputs.frames["compare_heads"]
     errors = heads[[c for c in heads.columns if c.endswith("_rel_err") or c.endswith(("_err_max", "_err_median"))]]
-    assert errors.shape[1] == 4 + len(compare.COMPARED_VALUES)
+    assert errors.shape[1] == 4 + len(head_compare.COMPARED_VALUES)
     assert (errors.to_numpy() == 0).all()
     assert (heads["note"] == "").all()
 
@@ -162,7 +162,7 @@ def test_raw_against_folded_in_one_dataset(tmp_path):
         folded[name] = value.tolist()
     pq.write_table(pa.table({c: folded[c] for c in table.column_names}, schema=table.schema), out / "data" / "syn" / "org--m-folded.parquet")
     a, b = compare.load_sides(str(out), "syn", variant="raw", against_variant="folded")
-    heads = compare.compare_heads(a, b)
+    heads = head_compare.compare_heads(a, b)
     order = np.array([h + 4 * layer for layer, h in zip(heads["layer"], heads["head"])])
     expected = factor[order] - 1
     np.testing.assert_allclose(heads["sv_err_max"], expected, rtol=1e-5, atol=1e-7)
@@ -208,7 +208,7 @@ def test_unknown_metric_and_same_selection_are_one_line(tmp_path, analyze_cli, c
 
 
 def test_relative_error_edge_cases():
-    got = compare.relative_error([0.0, 1.0, 2.0, np.nan, -np.inf], [0.0, 0.0, 1.0, 1.0, -np.inf])
+    got = head_compare.relative_error([0.0, 1.0, 2.0, np.nan, -np.inf], [0.0, 0.0, 1.0, 1.0, -np.inf])
     assert got[0] == 0 and got[1] == np.inf and got[2] == 1 and np.isnan(got[3]) and got[4] == 0
 
 
@@ -220,7 +220,7 @@ def test_models_are_paired_by_name_across_datasets(tmp_path, analyze_cli, capsys
     old = write_synthetic(legacy, "fam", "Model-X", n_layers=3, n_heads=4, d_head=8, seed=9, variant="legacy")
     with pytest.warns(UserWarning, match="1 model.*no partner.*org/Model-Y"):
         a, b = compare.load_sides(str(built), "fam", against=str(legacy))
-        heads = compare.compare_heads(a, b)
+        heads = head_compare.compare_heads(a, b)
     assert set(zip(heads["model_a"], heads["model_b"])) == {("org/Model-X", "Model-X")}
     expected = np.max(rel(np.stack(old["singular_values"]), np.stack(x["singular_values"])), axis=1)
     np.testing.assert_allclose(heads["sv_err_max"], expected, rtol=1e-6)  # rows in (layer, head) order, as written
@@ -240,13 +240,13 @@ def test_legacy_pooled_with_built_in_one_family(tmp_path):
     old = write_synthetic(out, "fam", "Model-X", n_layers=3, n_heads=4, d_head=8, seed=9, variant="legacy")
     side, none = compare.load_sides(str(out), "fam")  # depth only: both drawn, the legacy one labelled
     assert none is None and set(side.frame["variant"]) == {"raw", "legacy"}
-    depth = compare.depth_table(side.frame, ["stable_rank"])
-    assert dict(zip(depth["variant"], depth["note"])) == {"raw": "", "legacy": compare.LEGACY_NOTE}
+    depth = depth_profiles.depth_table(side.frame, ["stable_rank"])
+    assert dict(zip(depth["variant"], depth["note"])) == {"raw": "", "legacy": head_compare.LEGACY_NOTE}
     a, b = compare.load_sides(str(out), "fam", variant="raw", against_variant="legacy")
-    heads = compare.compare_heads(a, b)
+    heads = head_compare.compare_heads(a, b)
     expected = np.max(rel(np.stack(old["singular_values"]), np.stack(x["singular_values"])), axis=1)
     np.testing.assert_allclose(heads["sv_err_max"], expected, rtol=1e-6)
-    assert (heads["note"] == "side B " + compare.LEGACY_NOTE).all()
+    assert (heads["note"] == "side B " + head_compare.LEGACY_NOTE).all()
 
 
 def test_the_default_variant_named_again_is_the_same_selection(tmp_path):

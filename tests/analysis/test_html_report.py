@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from helpers import SIZE_ORDER, SIZES, sized_dataset, synthetic_columns
 
-from qk_spectra_ds.analysis import html_report, layer_boxplots, plots, taxonomy
+from qk_spectra_ds.analysis import class_figures, html_report, layer_boxplot_figures, layer_boxplots, plots, taxonomy
 from qk_spectra_ds.analysis.loading import AnalysisError
 from qk_spectra_ds.analysis.report import Params, run_report
 
@@ -229,7 +229,7 @@ def _tick_labels_apart(fig, axis) -> bool:
 def test_box_plot_titles_legend_and_readable_layer_ticks(n_layers):
     result = layer_boxplots.layer_stat(_rows(n_layers, 4), "MEAN", skip_layers_below=2)
     with plots.style():
-        fig = plots.layer_stat_figure(result)
+        fig = layer_boxplot_figures.layer_stat_figure(result)
         ax = fig.axes[0]
         assert ax.get_xlabel() == "layer" and "mean eigenvalue" in ax.get_ylabel() and "λ" in ax.get_ylabel()
         assert "mean eigenvalue" in ax.get_title() and "BDS" in ax.get_title()
@@ -246,7 +246,7 @@ def test_cluster_colours_match_between_embedding_and_panels():
     fitted = taxonomy.SpectralHeadClassifier(n_clusters=4).fit(np.stack(rows["eigenvalues"]))
     colors = plots.class_colors(4)
     with plots.style():
-        fig = plots.clusters_figure(fitted, "org/m")
+        fig = class_figures.clusters_figure(fitted, "org/m")
     big, panels = fig.axes[0], fig.axes[1:5]
     point_colors = [to_hex(c) for c in big.collections[0].get_facecolors()]
     assert point_colors == [colors[k] for k in fitted.labels_]
@@ -268,8 +268,8 @@ def _joint(n_models: int):
 def test_taxonomy_heat_maps_in_given_order_with_titled_colour_bars():
     joint, order = _joint(4)
     with plots.style():
-        classes = plots.plot_taxonomy_classes(joint, None, order=order)
-        depth = plots.plot_taxonomy_depth(joint, None, order=order)
+        classes = class_figures.plot_taxonomy_classes(joint, None, order=order)
+        depth = class_figures.plot_taxonomy_depth(joint, None, order=order)
     heat = classes.axes[0]
     assert [t.get_text() for t in heat.get_yticklabels()] == order  # the given order (by size), top to bottom
     assert heat.get_xlabel() and heat.get_ylabel()
@@ -282,7 +282,7 @@ def test_taxonomy_heat_maps_in_given_order_with_titled_colour_bars():
 def test_heat_map_model_labels_thinned_at_many_models():
     joint, order = _joint(72)
     with plots.style():
-        classes = plots.plot_taxonomy_classes(joint, None, order=order)
+        classes = class_figures.plot_taxonomy_classes(joint, None, order=order)
     heat = classes.axes[0]
     labels = [t.get_text() for t in heat.get_yticklabels()]
     assert 2 <= len(labels) < 72 and labels == [m for m in order if m in labels]
@@ -295,8 +295,8 @@ def test_figure_formats_and_dpi_are_reproducible(tmp_path, fmt):
 
     result = layer_boxplots.layer_stat(_rows(6, 4), "MEAN")
     first, again = tmp_path / f"a.{fmt}", tmp_path / f"b.{fmt}"
-    plots.plot_layer_stats([result], [first], dpi=50)
-    plots.plot_layer_stats([result], [again], dpi=50)
+    layer_boxplot_figures.plot_layer_stats([result], [first], dpi=50)
+    layer_boxplot_figures.plot_layer_stats([result], [again], dpi=50)
     assert first.read_bytes() == again.read_bytes()  # no timestamps
     head = first.read_bytes()[:200]
     if fmt == "png":

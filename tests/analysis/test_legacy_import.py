@@ -15,14 +15,9 @@ import numpy as np
 import pytest
 
 from qk_spectra_ds import __version__, schema
-from qk_spectra_ds.analysis.legacy import (
-    LegacyFormatError,
-    UnsafePickleError,
-    import_legacy,
-    legacy_columns,
-    read_legacy,
-    safe_load,
-)
+from qk_spectra_ds.analysis.legacy import LegacyFormatError, UnsafePickleError, import_legacy
+from qk_spectra_ds.analysis.legacy_format import legacy_columns, read_legacy
+from qk_spectra_ds.analysis.legacy_pickle import safe_load
 from qk_spectra_ds.statistics import spectrum_metrics
 
 LEGACY_DIR = Path(__file__).resolve().parents[1] / "data" / "legacy"

@@ -214,9 +214,9 @@ def test_default_embedding_never_imports_umap_or_numba(tmp_path):
         f"""
         import sys
         import numpy as np
-        from qk_spectra_ds.analysis import plots, report
+        from qk_spectra_ds.analysis import class_figures, report
         classifier = report.Params(n_clusters=3).classifier().fit(np.random.default_rng(0).random((40, 16)) ** 4)
-        plots.plot_clusters(classifier, {str(tmp_path / "esd.png")!r}, title="m")
+        class_figures.plot_clusters(classifier, {str(tmp_path / "esd.png")!r}, title="m")
         print(classifier.embedding, classifier.embedding_.shape, sorted(set(sys.modules) & {{"umap", "numba", "pynndescent"}}))
         """
     )
