@@ -4,7 +4,8 @@ Two halves around a small shared core, in data-flow order (every module is liste
 tests/package/test_module_boundaries.py keeps this map complete):
 
   qk_spectra_ds.builder   (the ``build`` extra: torch; the builder reads safetensors itself)
-    sources       catalog (families), weights (local dir / Hub at a commit),
+    sources       catalog (families), weights (the source interface, local dirs),
+                  hub_source (a Hub repo at a commit, checked range reads),
                   safetensors_io (tensor reads), config_checks (config.json fields)
     layouts       architectures (the one registry of model types; their records in
                   model_types/: record, folding_rules, llama_like, gpt_style, latent,
@@ -16,8 +17,12 @@ tests/package/test_module_boundaries.py keeps this map complete):
                   torch), variants (folded, positional, null), circuits and
                   circuit_rows (symmetry, copying, matched nulls), seeds (draw keys)
     running       route (which kernel), kernel (CPU/GPU scheduling), memory,
-                  behaviour (probe scores), skip_key (rebuild or skip),
-                  pipeline (model -> parquet), publish (to the Hub), cli (qk-spectra-build)
+                  probes and behaviour (--behaviour: probe scores, the model run),
+                  build_options (checked once), planning (model and layer plans),
+                  layer_compute (per layer, prefetched), columns (the rows),
+                  local_revision (a folder's digest), model_file, skip_key (rebuild
+                  or skip), results and shards, pipeline (model -> parquet: the
+                  steps), publish (to the Hub), cli (qk-spectra-build)
   core                    errors (every exception), atomic (atomic writes), schema
                           (the data contract), statistics, integrity (checksums,
                           recomputation), naming (file names), markdown_text,

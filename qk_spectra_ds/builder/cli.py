@@ -121,7 +121,7 @@ def build(
     branch = branch_flag(branch, revision)
     probe = None
     if behaviour:
-        from .behaviour import check_probe  # numpy; the steps below are lazy too, so that --help and --list start fast
+        from .probes import check_probe  # numpy; the steps below are lazy too, so that --help and --list start fast
 
         probe = check_probe(probe_seed, probe_sequences, probe_length, probe_local_window)  # before any work
     if push_to_hub:
@@ -130,9 +130,10 @@ def build(
         check_target(push_to_hub, version)  # before a build that could take hours
     if not skip_build:
         from . import pipeline  # numpy and the whole builder
+        from .shards import SHARD_AUTO, resolve_shard
 
-        if shard is not None and str(shard).strip().lower() == pipeline.SHARD_AUTO:
-            shard = pipeline.resolve_shard(shard)  # before any work: outside an array job, one line
+        if shard is not None and str(shard).strip().lower() == SHARD_AUTO:
+            shard = resolve_shard(shard)  # before any work: outside an array job, one line
             print(f"shard {shard} (from the SLURM array task)")
         models_list = as_list(models, "--models")
         results = pipeline.build_family(

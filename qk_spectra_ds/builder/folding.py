@@ -12,7 +12,7 @@ The folded circuit of query head h and key head g (see :mod:`qk_spectra_ds.build
   q_norm/k_norm sliced per head), identity otherwise.
 - c: what the attention module multiplies q.k by (the rotary attention factor a is added
   by the caller for rotary layers: a^2 in c when every dim of the head rotates, else a on
-  the rotating dims next to G, :func:`..pipeline.rotary_factor_gains`).
+  the rotating dims next to G, :func:`.planning.rotary_factor_gains`).
 
 Which tensor feeds each layer's attention was checked per class with forward hooks
 (the norm's output is the q projection's input). Effects that are not a bilinear form

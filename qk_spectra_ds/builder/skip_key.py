@@ -1,10 +1,10 @@
 """The build options that change a model's rows, and whether an existing file holds rows built with them.
 
 A rerun skips a model only when its file holds the same revision and method version
-(:func:`pipeline.is_up_to_date`) and every option in :data:`ROW_OPTIONS` has the value
-this build would write. A new option that changes rows (``--circuits``, ``--behaviour``)
-is one more :class:`RowOption` here, and one keyword more in :func:`wanted_key`'s caller:
-nothing else decides a skip.
+(:func:`is_up_to_date`) and every option in :data:`ROW_OPTIONS` has the value
+this build would write (:func:`is_current`). A new option that changes rows (``--circuits``,
+``--behaviour``) is one more :class:`RowOption` here, one field of :class:`.build_options.BuildOptions`
+and one keyword more in :func:`wanted_key`'s caller: nothing else decides a skip.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _held_circuits(columns: Mapping[str, list]) -> frozenset:
 
 
 def _wanted_behaviour(options: Mapping[str, Any]) -> tuple | None:
-    spec = options["behaviour"]  # a behaviour.ProbeSpec, or None without --behaviour
+    spec = options["behaviour"]  # a probes.ProbeSpec, or None without --behaviour
     return None if spec is None else tuple(spec.key())
 
 
@@ -110,3 +110,21 @@ def held_key(path: str | Path) -> dict[str, Any] | None:
     n = len(next(iter(table.values()), []))
     columns = {c: table.get(c, [None] * n) for o in ROW_OPTIONS for c in o.columns}
     return {o.name: o.held(columns) for o in ROW_OPTIONS}
+
+
+def is_up_to_date(previous: Mapping[str, Any] | None, revision: str) -> bool:
+    """True if an existing model file has exactly this revision and the current method version."""
+    return (
+        previous is not None
+        and previous.get("model_revision") == revision
+        and previous.get("method_version") == schema.METHOD_VERSION
+    )
+
+
+def is_current(previous: Mapping[str, Any] | None, path: str | Path, revision: str | None, wanted: Mapping[str, Any]) -> bool:
+    """True if the file at ``path`` holds rows of this revision and method version built with the ``wanted`` key.
+
+    ``revision`` None (nothing to compare: a local model's first build or --force) is never current;
+    the file's rows are read only when its revision and method version match.
+    """
+    return revision is not None and is_up_to_date(previous, revision) and held_key(path) == wanted

@@ -13,6 +13,7 @@ from planted_models import PLANTED, planted_gpt2
 
 from qk_spectra_ds import schema
 from qk_spectra_ds.builder import behaviour as bb
+from qk_spectra_ds.builder import probes as bp
 from qk_spectra_ds.builder.cli import cli
 from qk_spectra_ds.builder.weights import open_source
 
@@ -52,7 +53,7 @@ def test_behaviour_build_fills_qk_rows_and_is_part_of_the_skip_key(planted_dir, 
         other = rows[rows["circuit"] != schema.CIRCUIT_QK]
         assert other[list(schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS)].isna().all().all()
     source = open_source(str(planted_dir))
-    direct = bb.model_behaviour(source, source.read_json("config.json"), bb.ProbeSpec(0, 4, 8, 2), "float32")
+    direct = bb.model_behaviour(source, source.read_json("config.json"), bp.ProbeSpec(0, 4, 8, 2), "float32")
     for variant, part in qk.groupby("variant"):
         for name in ("previous_token", "induction", "first_token", "local", "entropy"):
             stored = part.pivot(index="layer", columns="head", values=f"behaviour_{name}").to_numpy()

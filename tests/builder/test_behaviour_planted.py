@@ -18,6 +18,7 @@ import torch
 from planted_models import PLANTED, D, T, V, planted_gpt2
 
 from qk_spectra_ds.builder import behaviour
+from qk_spectra_ds.builder import probes as bp
 from qk_spectra_ds.builder.weights import open_source
 
 THRESHOLD = 0.5
@@ -43,7 +44,7 @@ def test_planted_heads_are_exactly_the_heads_above_threshold(planted):
     _, directory = planted
     source = open_source(str(directory))
     config = source.read_json("config.json")
-    spec = behaviour.ProbeSpec(seed=3, sequences=6, length=T, local_window=2)
+    spec = bp.ProbeSpec(seed=3, sequences=6, length=T, local_window=2)
     result = behaviour.model_behaviour(source, config, spec, "float32")
     assert result.causal and result.seconds > 0 and result.peak_memory_mb > 0
     for name, (layer, head) in PLANTED.items():
@@ -60,12 +61,12 @@ def test_scores_equal_a_loop_over_the_models_own_attention(planted):
     """The vectorised scores against plain loops over the attention weights transformers returns."""
     model, directory = planted
     config = open_source(str(directory)).read_json("config.json")
-    spec = behaviour.ProbeSpec(seed=5, sequences=3, length=T, local_window=3)
-    pool, first = behaviour.probe_vocabulary(config)
-    probes = behaviour.make_probes(pool, first, spec)
+    spec = bp.ProbeSpec(seed=5, sequences=3, length=T, local_window=3)
+    pool, first = bp.probe_vocabulary(config)
+    probes = bp.make_probes(pool, first, spec)
     n, w = spec.n_positions, spec.local_window
     for attn in _attentions(model, probes):
-        got = behaviour.attention_scores(attn, T, w, causal=True)
+        got = bp.attention_scores(attn, T, w, causal=True)
         for h in range(attn.shape[1]):
             prev = first_tok = ind = local = ent = 0.0
             for b in range(attn.shape[0]):
@@ -85,8 +86,8 @@ def test_scores_equal_a_loop_over_the_models_own_attention(planted):
 def test_layer0_attention_is_the_weights_softmax(planted):
     """The attention transformers reports equals softmax(LN(x) W_Q . LN(x) W_K / sqrt(dh)) computed here from the state dict."""
     model, _ = planted
-    spec = behaviour.ProbeSpec(seed=1, sequences=2, length=T)
-    probes = behaviour.make_probes(np.arange(3, V), 1, spec)
+    spec = bp.ProbeSpec(seed=1, sequences=2, length=T)
+    probes = bp.make_probes(np.arange(3, V), 1, spec)
     sd = {k: v.double().numpy() for k, v in model.state_dict().items()}
     x = sd["transformer.wte.weight"][probes] + sd["transformer.wpe.weight"][np.arange(probes.shape[1])]
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)

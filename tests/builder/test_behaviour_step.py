@@ -9,31 +9,32 @@ import pytest
 
 from qk_spectra_ds import schema
 from qk_spectra_ds.builder import behaviour as bb
+from qk_spectra_ds.builder import probes as bp
 from qk_spectra_ds.errors import QKSpectraError
 
 
 def test_probe_vocabulary_excludes_special_and_unused_tokens():
     config = {"vocab_size": 12, "bos_token_id": 1, "eos_token_id": [2, 3], "pad_token_id": 0}
-    pool, first = bb.probe_vocabulary(config)
+    pool, first = bp.probe_vocabulary(config)
     assert first == 1 and pool.tolist() == list(range(4, 12))
     tokenizer = {"model": {"vocab": {"[PAD]": 0, "[unused0]": 1, "a": 2, "b": 3, "c": 4, "[CLS]": 5}},
                  "added_tokens": [{"id": 5, "content": "[CLS]", "special": True}, {"id": 6, "content": "<x>", "special": False}]}
-    pool, first = bb.probe_vocabulary({"vocab_size": 9, "pad_token_id": 0}, tokenizer)
+    pool, first = bp.probe_vocabulary({"vocab_size": 9, "pad_token_id": 0}, tokenizer)
     assert first == 5  # no bos/cls id in the config: the tokenizer's [CLS]
     assert pool.tolist() == [2, 3, 4, 6]  # 7, 8: beyond the tokenizer's vocabulary; 1: [unused0]
 
 
 def test_probes_are_seeded_repeats_of_distinct_tokens():
-    spec = bb.ProbeSpec(seed=7, sequences=5, length=6)
+    spec = bp.ProbeSpec(seed=7, sequences=5, length=6)
     pool = np.arange(3, 40)
-    probes = bb.make_probes(pool, 1, spec)
+    probes = bp.make_probes(pool, 1, spec)
     assert probes.shape == (5, 13) and (probes[:, 0] == 1).all()
     assert (probes[:, 1:7] == probes[:, 7:]).all()
     assert all(len(set(row[1:7])) == 6 and set(row[1:7]) <= set(pool) for row in probes)
-    assert (bb.make_probes(pool, 1, spec) == probes).all()
-    assert not (bb.make_probes(pool, 1, bb.ProbeSpec(seed=8, sequences=5, length=6)) == probes).all()
+    assert (bp.make_probes(pool, 1, spec) == probes).all()
+    assert not (bp.make_probes(pool, 1, bp.ProbeSpec(seed=8, sequences=5, length=6)) == probes).all()
     with pytest.raises(bb.BehaviourError, match="fewer than --probe-length"):
-        bb.make_probes(np.arange(3, 7), 1, spec)
+        bp.make_probes(np.arange(3, 7), 1, spec)
 
 
 def test_encoder_scores_equal_loops_on_random_attention():
@@ -42,7 +43,7 @@ def test_encoder_scores_equal_loops_on_random_attention():
     n = 1 + 2 * T
     attn = rng.random((3, 2, n, n)) ** 4
     attn /= attn.sum(-1, keepdims=True)
-    got = bb.attention_scores(attn, T, w, causal=False)
+    got = bp.attention_scores(attn, T, w, causal=False)
     assert set(got) == {"previous_token", "next_token", "first_token", "local", "entropy"}
     for h in range(2):
         a = attn[:, h]
@@ -56,7 +57,7 @@ def test_encoder_scores_equal_loops_on_random_attention():
 
 
 def test_columns_fill_qk_rows_only_and_record_the_probe():
-    spec = bb.ProbeSpec(seed=3, sequences=2, length=4, local_window=2)
+    spec = bp.ProbeSpec(seed=3, sequences=2, length=4, local_window=2)
     scores = {"previous_token": {0: np.array([0.1, 0.2]), 2: np.array([0.3, 0.4])}, "entropy": {0: np.array([0.5, 0.6])}}
     result = bb.BehaviourResult(spec, True, scores)
     layers, heads = [0, 0, 2, 2, 0], [0, 1, 0, 1, 1]
@@ -73,8 +74,8 @@ def test_columns_fill_qk_rows_only_and_record_the_probe():
 @pytest.mark.parametrize("value", ["x", "-1", "1.5", True])
 def test_probe_flags_are_checked(value):
     with pytest.raises(QKSpectraError, match="--probe-length"):
-        bb.check_probe(length=value)
-    assert bb.check_probe(seed="12").key() == (12, bb.PROBE_SEQUENCES, bb.PROBE_LENGTH, bb.PROBE_LOCAL_WINDOW)
+        bp.check_probe(length=value)
+    assert bp.check_probe(seed="12").key() == (12, bp.PROBE_SEQUENCES, bp.PROBE_LENGTH, bp.PROBE_LOCAL_WINDOW)
 
 
 def test_refusals_are_one_line(tmp_path):
@@ -113,15 +114,15 @@ def test_gqa_llama_scores_are_per_query_head(tmp_path):
     model, directory = make_saved("llama-gqa", tmp_path / "llama")
     source = open_source(str(directory))
     config = json.loads((directory / "config.json").read_text())
-    spec = bb.ProbeSpec(seed=2, sequences=3, length=8, local_window=2)
+    spec = bp.ProbeSpec(seed=2, sequences=3, length=8, local_window=2)
     result = bb.model_behaviour(source, config, spec, "float32", batch=2)
     model.set_attn_implementation("eager")
-    probes = bb.make_probes(*bb.probe_vocabulary(config), spec)
+    probes = bp.make_probes(*bp.probe_vocabulary(config), spec)
     with torch.no_grad():
         attentions = model(input_ids=torch.from_numpy(probes), output_attentions=True).attentions
     assert len(attentions) == 2 and attentions[0].shape[1] == 4
     for layer, attn in enumerate(attentions):
-        expected = bb.attention_scores(attn.double().numpy(), 8, 2, causal=True)
+        expected = bp.attention_scores(attn.double().numpy(), 8, 2, causal=True)
         for name, values in expected.items():
             np.testing.assert_allclose(result.scores[name][layer], values, rtol=1e-5, atol=1e-6)
 
@@ -132,10 +133,10 @@ def test_minilm_encoder_scores():
 
     source = resolve_source("sentence-transformers/all-MiniLM-L6-v2")
     config = source.read_json("config.json")
-    pool, first = bb.probe_vocabulary(config, bb._tokenizer_json(source))
+    pool, first = bp.probe_vocabulary(config, bb._tokenizer_json(source))
     assert first == 101 and 100 not in pool and 102 not in pool and 1 not in pool  # [CLS]; [UNK], [SEP], [unused0] excluded
-    result = bb.model_behaviour(source, config, bb.ProbeSpec(sequences=2, length=8), "float32")
-    assert not result.causal and set(result.scores) == set(bb.score_names(False))
+    result = bb.model_behaviour(source, config, bp.ProbeSpec(sequences=2, length=8), "float32")
+    assert not result.causal and set(result.scores) == set(bp.score_names(False))
     for per_layer in result.scores.values():
         assert sorted(per_layer) == list(range(6))
         values = np.stack(list(per_layer.values()))
@@ -143,7 +144,7 @@ def test_minilm_encoder_scores():
 
 
 def test_probes_longer_than_the_positions_are_refused():
-    spec = bb.ProbeSpec(length=32)  # 65 tokens
+    spec = bp.ProbeSpec(length=32)  # 65 tokens
     bb.check_positions({"max_position_embeddings": 65}, spec, "m")
     with pytest.raises(bb.BehaviourError, match="more than the model's 64 positions: use --probe-length 31 or less"):
         bb.check_positions({"n_positions": 64}, spec, "m")

@@ -24,8 +24,9 @@ from tiny_models import make_saved
 
 from qk_spectra_ds import dataset_repo
 from qk_spectra_ds.builder.architectures import SUPPORTED_MODEL_TYPES
+from qk_spectra_ds.builder.hub_source import HubSource
 from qk_spectra_ds.builder.pipeline import build_family, build_model
-from qk_spectra_ds.builder.weights import HubSource, open_source
+from qk_spectra_ds.builder.weights import open_source
 from qk_spectra_ds.errors import (
     BuildError,
     CatalogError,

@@ -30,7 +30,7 @@ ROW_OPTIONS = {  # option -> (a value, another value), each built over BASE
     "offsets": ([0, 1], [0, 2]),
     "null_seed": (1, 2),
     "circuits": (["qk"], ["qk", "ov"]),
-    "behaviour": (None, "probe"),  # "probe": a small behaviour.ProbeSpec
+    "behaviour": (None, "probe"),  # "probe": a small probes.ProbeSpec
 }
 NOT_ROW_OPTIONS = {  # option -> why it never changes a row
     "family": "names the folder (another family is another file)",
@@ -48,7 +48,7 @@ BASE = {"variants": ["raw", "null"], "offsets": [0, 1], "null_seed": 1, "circuit
 
 def _value(option: str, value):
     if value == "probe":
-        from qk_spectra_ds.builder.behaviour import ProbeSpec
+        from qk_spectra_ds.builder.probes import ProbeSpec
 
         return ProbeSpec(seed=3, sequences=2, length=8, local_window=2)
     return value

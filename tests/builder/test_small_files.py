@@ -11,7 +11,7 @@ import shutil
 import pytest
 from tiny_models import make_saved
 
-from qk_spectra_ds.builder import weights
+from qk_spectra_ds.builder import hub_source, weights
 from qk_spectra_ds.builder.pipeline import build_family
 from qk_spectra_ds.errors import BuildError, ModelSourceError
 
@@ -55,7 +55,7 @@ def test_a_huge_config_on_the_hub_is_one_line(models, low_limit, hub_server, uni
     repo_id = unique_repo_name("padded-config")
     hub_server.seed_repo(repo_id, padded)
     with pytest.raises(ModelSourceError, match="config.json is larger than") as info:
-        weights.HubSource(repo_id).read_json("config.json")
+        hub_source.HubSource(repo_id).read_json("config.json")
     assert "\n" not in str(info.value)
 
 
@@ -73,5 +73,5 @@ class _Streamed:
 
 def test_a_body_longer_than_asked_stops_at_the_limit():
     response = _Streamed([b"x" * 1000] * 100)
-    assert weights._bounded_body(response, 2500) is None and response.served == 3  # not the other 97 chunks
-    assert weights._bounded_body(_Streamed([b"ab", b"cd"]), 4) == bytearray(b"abcd")
+    assert hub_source._bounded_body(response, 2500) is None and response.served == 3  # not the other 97 chunks
+    assert hub_source._bounded_body(_Streamed([b"ab", b"cd"]), 4) == bytearray(b"abcd")

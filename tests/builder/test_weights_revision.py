@@ -34,11 +34,12 @@ from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, save
 
 from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis.loading import load_spectra
-from qk_spectra_ds.builder import pipeline as build
-from qk_spectra_ds.builder import weights
+from qk_spectra_ds.builder import hub_source, weights
+from qk_spectra_ds.builder.hub_source import HubSource, range_answer_problem
+from qk_spectra_ds.builder.local_revision import LOCAL_REVISION_PREFIX
 from qk_spectra_ds.builder.pipeline import build_family, build_model
 from qk_spectra_ds.builder.safetensors_io import Checkpoint
-from qk_spectra_ds.builder.weights import HubSource, LocalSource, ReadLog, range_answer_problem
+from qk_spectra_ds.builder.weights import LocalSource, ReadLog
 from qk_spectra_ds.errors import BuildError, CheckpointError, ModelSourceError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,7 +260,7 @@ def hosted(hub_server, tiny, unique_repo_name):
 
 @pytest.fixture
 def no_retry_wait(monkeypatch):
-    monkeypatch.setattr(weights, "RANGE_RETRY_WAIT", 0.0)
+    monkeypatch.setattr(hub_source, "RANGE_RETRY_WAIT", 0.0)
 
 
 def test_one_wrong_content_range_per_request_is_retried(hub_server, hosted, tiny, tmp_path, no_retry_wait):
@@ -288,7 +289,7 @@ def test_a_server_that_always_answers_the_wrong_range_is_refused(hub_server, hos
             source.read_range("model.safetensors", 8, 40)
     finally:
         hub_server.clear_faults()
-    one_line(info.value, hosted, "model.safetensors", "bytes 8-39", f"{weights.RANGE_ATTEMPTS} tries")
+    one_line(info.value, hosted, "model.safetensors", "bytes 8-39", f"{hub_source.RANGE_ATTEMPTS} tries")
 
 
 def test_cli_always_wrong_ranges_exit_non_zero_and_write_nothing(hub_server, hosted, tmp_path):
@@ -524,4 +525,4 @@ def test_the_sources_refuse_names_that_leave_the_model(tiny, tmp_path):
         one_line(info.value, "refusing to read")
     with pytest.raises(ModelSourceError):
         source.read_range("../tiny-llama/model.safetensors", 0, 8)
-    assert build.LOCAL_REVISION_PREFIX == "local:"
+    assert LOCAL_REVISION_PREFIX == "local:"

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from helpers import write_qk_llama
 
-from qk_spectra_ds.builder import weights
-from qk_spectra_ds.builder.weights import HubSource
+from qk_spectra_ds.builder import hub_source
+from qk_spectra_ds.builder.hub_source import HubSource
 from qk_spectra_ds.errors import ModelSourceError
 from qk_spectra_ds.hub_access import HubAccessError, check_reachable, check_repo_id
 
@@ -51,7 +51,7 @@ def hosted(hub_server, tiny_dir, unique_repo_name) -> str:
 
 @pytest.fixture
 def no_retry_wait(monkeypatch):
-    monkeypatch.setattr(weights, "RANGE_RETRY_WAIT", 0.0)
+    monkeypatch.setattr(hub_source, "RANGE_RETRY_WAIT", 0.0)
 
 
 # ------------------------------------------------------------------ 10. a truncated body
@@ -79,7 +79,7 @@ def test_a_server_that_always_truncates_is_refused_in_one_line(hub_server, hoste
             source.read_range("model.safetensors", 8, 1000)
     finally:
         hub_server.clear_faults()
-    one_line(str(info.value), hosted, "model.safetensors", "bytes 8-999", f"{weights.RANGE_ATTEMPTS} tries")
+    one_line(str(info.value), hosted, "model.safetensors", "bytes 8-999", f"{hub_source.RANGE_ATTEMPTS} tries")
 
 
 def test_a_build_through_one_truncated_answer_per_range_is_right(hub_server, hosted, tiny_dir, tmp_path, no_retry_wait):

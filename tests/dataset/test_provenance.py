@@ -38,6 +38,7 @@ from qk_spectra_ds import dataset_repo, schema
 from qk_spectra_ds.analysis.legacy import LegacyFormatError, import_legacy, read_legacy
 from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, load_spectra
 from qk_spectra_ds.builder import pipeline as build
+from qk_spectra_ds.builder.columns import model_columns
 from qk_spectra_ds.builder.layouts import AttentionShape
 from qk_spectra_ds.errors import BuildError, QKSpectraError
 
@@ -68,7 +69,7 @@ def built_columns(model_id: str, family: str = FAMILY, n_layers: int = 3, n_head
         for head in range(n_heads):
             sv[layer, head] = np.linalg.svd(wq[layer, head].T @ wk[layer, head // group], compute_uv=False)[:d_head]
     shape = AttentionShape(n_layers, n_heads, n_kv_heads, d_model, d_head)
-    return build.model_columns(sv, rng.uniform(-1, 1, (n_layers, n_heads)), shape, model_id=model_id,
+    return model_columns(sv, rng.uniform(-1, 1, (n_layers, n_heads)), shape, model_id=model_id,
                                revision="local:" + "0" * 40, family=family, model_type="llama",
                                weights_dtype="float32")  # fmt: skip
 

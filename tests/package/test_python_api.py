@@ -308,7 +308,7 @@ def _slurm(task, count, low, high=None, step=None) -> dict:
      (_slurm(0, 1, 0), "0/1")],
 )  # fmt: skip
 def test_shard_auto_reads_the_slurm_array_task(env, shard):
-    from qk_spectra_ds.builder.pipeline import resolve_shard, select_shard
+    from qk_spectra_ds.builder.shards import resolve_shard, select_shard
 
     assert resolve_shard("auto", env) == shard
     assert resolve_shard("1/2", env) == "1/2" and resolve_shard(None, env) is None
@@ -331,7 +331,7 @@ def test_shard_auto_reads_the_slurm_array_task(env, shard):
      ({**_slurm(0, 2, 0), "SLURM_ARRAY_TASK_ID": "x"}, "not whole numbers")],
 )  # fmt: skip
 def test_shard_auto_outside_a_contiguous_array_is_one_line(env, words):
-    from qk_spectra_ds.builder.pipeline import resolve_shard
+    from qk_spectra_ds.builder.shards import resolve_shard
     from qk_spectra_ds.errors import QKSpectraError
 
     with pytest.raises(QKSpectraError) as info:
