@@ -95,3 +95,29 @@ def test_user_errors_are_one_line(make, words):
     with pytest.raises(AnalysisError) as info:
         make(ev, rows)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+FAST_CHECKS = ("check_no_attributes_set_in_init", "check_parameters_default_constructible", "check_get_params_invariance",
+               "check_set_params", "check_estimators_unfitted", "check_estimator_repr", "check_estimator_cloneable")  # fmt: skip
+FIT_CHECKS = ("check_fit_check_is_fitted", "check_n_features_in", "check_fit2d_predict1d")
+"""scikit-learn's own estimator checks that apply. Not applicable: those fitting on data with negative values
+(check_clustering, check_estimators_overwrite_params, ...): eigenvalues are >= 0, and the estimator says so."""
+
+
+@pytest.mark.parametrize("check", FAST_CHECKS)
+def test_scikit_learn_checks_without_a_fit(check):
+    from sklearn.utils import estimator_checks
+
+    getattr(estimator_checks, check)("ConsensusHeadClassifier", ConsensusHeadClassifier(k=2, structure_draws=19))
+
+
+@pytest.mark.slow
+def test_scikit_learn_checks_that_fit():
+    import warnings
+
+    from sklearn.utils import estimator_checks
+
+    for check in FIT_CHECKS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # KMeans on sklearn's small test data: duplicate points
+            getattr(estimator_checks, check)("ConsensusHeadClassifier", ConsensusHeadClassifier(k=2, structure_draws=19))
