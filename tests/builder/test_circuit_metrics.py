@@ -33,6 +33,7 @@ def test_metrics_equal_their_dense_definitions():
     assert np.isnan(circuits.symmetry(np.zeros(3), np.zeros(3))) and np.isnan(circuits.copying_score(np.zeros(3)))
 
 
+@pytest.mark.slow
 def test_haar_block_draws_match_direct_frames():
     """V^T U of two Haar frames vs the Bartlett-drawn block: the moments the analytic symmetry null uses."""
     d, dh, n = 9, 3, 60000
@@ -48,6 +49,7 @@ def test_haar_block_draws_match_direct_frames():
     assert np.linalg.norm(small, ord=2, axis=(1, 2)).max() <= 1 + 1e-12  # a block of an orthogonal matrix
 
 
+@pytest.mark.slow
 def test_matched_null_z_scores_are_calibrated(monkeypatch):
     """On heads drawn from the matched null itself, symmetry and positivity z have mean 0 and sd 1.
 
@@ -91,3 +93,53 @@ def test_symmetry_null_is_calibrated_where_d_model_is_small():
     sym = np.square((m + m.transpose(0, 2, 1)) / 2).sum((1, 2)) / np.square(m).sum((1, 2))
     z = circuits.z_scores(sym, *circuits.symmetry_null_moments(s, d))
     assert abs(z.mean()) < 4 / np.sqrt(n) and abs(z.std() - 1) < 0.05
+
+
+def test_error_bound_factor_is_the_chi_square_upper_bound():
+    """sqrt(dof / chi2_dof(0.1)): the draws stop on this bound of the error, not on its noisy estimate."""
+    from scipy.stats import chi2
+
+    for dof in (3, 4, 7, 15, 31, 63, 127, 1023):
+        exact = np.sqrt(dof / chi2.ppf(0.1, dof))
+        assert circuits.error_bound_factor(dof) == pytest.approx(exact, rel=0.013)
+
+
+@pytest.mark.slow  # 150 seeds per shape: ~2-5 s each
+@pytest.mark.parametrize("d_model, d_head, spread", [(24, 8, 1.0), (64, 16, 1.0), (256, 32, 0.3)])
+def test_monte_carlo_null_sd_error_is_the_claimed_error(d_model, d_head, spread):
+    """Over 150 seeds the null sd's relative spread is at most SD_REL_ERROR (up to the spread's own error).
+
+    The shapes span both regimes: many draws (d_model 24: 16-256 per layer) and the minimum
+    (d_model 256, a narrow spectrum: mostly 4). A target the draws did not reach, or an error
+    estimate too optimistic to stop on (no confidence bound, fewer draws), fails it; so does a
+    rule that overshoots the target fivefold (the spread far below it: wasted draws).
+    """
+    rng = np.random.default_rng(11)
+    s = np.sort(np.exp(rng.normal(0, spread, (3, d_head))), axis=1)[:, ::-1]
+    runs = [circuits.positivity_null_moments(s, d_model, np.random.default_rng(seed)) for seed in range(150)]
+    sds = np.array([sd for _, sd, _ in runs])
+    relative = sds.std(axis=0, ddof=1) / sds.mean(axis=0)
+    # the spread of 150 estimates is itself uncertain by ~6% (more with heavy tails): 1.2x allows ~3 of those
+    assert relative.max() <= 1.2 * circuits.SD_REL_ERROR, relative
+    assert relative.min() >= circuits.SD_REL_ERROR / 5, relative
+    assert min(n for _, _, n in runs) >= circuits.MIN_DRAWS
+
+
+@pytest.mark.slow  # transformers makes the model, two builds
+def test_files_of_an_earlier_matched_null_are_rebuilt(tmp_path, monkeypatch):
+    """Method 5 changed the matched null's draws (target 1/30, stopping on a bound): method-4 files rebuild."""
+    import pyarrow.parquet as pq
+    from tiny_models import make_saved
+
+    from qk_spectra_ds import schema
+    from qk_spectra_ds.builder.pipeline import build_model
+
+    assert schema.METHOD_VERSION >= 5
+    model_dir = make_saved("llama-gqa", tmp_path / "m")[1]
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "METHOD_VERSION", 4)
+        old = build_model(str(model_dir), "Trust", out, device="cpu", progress=False, variants=["raw"])
+    assert set(pq.read_table(old.path)["method_version"].to_pylist()) == {4}
+    assert build_model(str(model_dir), "Trust", out, device="cpu", progress=False, variants=["raw"]).status == "built"
+    assert set(pq.read_table(old.path)["method_version"].to_pylist()) == {schema.METHOD_VERSION}
