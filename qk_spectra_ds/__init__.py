@@ -26,7 +26,9 @@ tests/package/test_module_boundaries.py keeps this map complete):
   core                    errors (every exception), atomic (atomic writes), schema
                           (the data contract), statistics, integrity (checksums,
                           recomputation), naming (file names), markdown_text,
-                          card_info, dataset_repo (files and card), hub_access,
+                          dataset_repo (the model files), dataset_card (the card:
+                          rendered, regenerated), card_metadata (the card read
+                          back: versions, models, checksums), card_info, hub_access,
                           progress, paths (output dirs), textutil (comma lists),
                           cli_util (the CLIs' flag machinery; CLIs only)
   qk_spectra_ds.analysis  (the ``analysis`` extra, never torch)

@@ -203,7 +203,7 @@ def column_types(version: int = SCHEMA_VERSION) -> dict[str, str]:
 
 def features(version: int = SCHEMA_VERSION):
     """The explicit ``datasets.Features`` of a schema version (the current one by default)."""
-    from datasets import Features, List, Value
+    from datasets import Features, List, Value  # lazy: the builder writes files without importing datasets (seconds)
 
     spec = {}
     for name, kind in column_types(version).items():

@@ -101,11 +101,11 @@ def make_dataset(out: Path, family: str = "syn", models=(("org/tiny-a", 0), ("or
     ``models``: ``(model_id, seed)`` or ``(model_id, seed, {per-model arguments})``; ``columns`` makes each model's
     rows from ``(model_id, family, seed=..., **kwargs)`` (:func:`synthetic_columns` or :func:`depth_columns`).
     """
-    from qk_spectra_ds import dataset_repo
+    from qk_spectra_ds import dataset_card, dataset_repo
 
     for model_id, seed, *own in models:
         dataset_repo.write_model_table(out, family, model_id, columns(model_id, family, seed=seed, **kwargs, **dict(*own)))
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     return out
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, card_configs, quiet_datasets
+from ..card_metadata import card_configs
+from ..dataset_repo import CARD_NAME, DATA_DIR, DatasetRepoError, quiet_datasets
 from ..errors import LoadError, one_line
 from . import verification
 

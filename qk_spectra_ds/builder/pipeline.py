@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .. import dataset_repo, schema
+from .. import dataset_card, dataset_repo, schema
 from ..atomic import sweep_stale_temporaries
 from ..errors import BuildError, ModelSourceError, QKSpectraError
 from ..paths import check_output_dir
@@ -244,7 +244,7 @@ def refresh_card(out_dir: str | Path) -> str | None:
     or a card that does not parse must not lose them or stop the other models.
     """
     try:
-        dataset_repo.write_card(out_dir)
+        dataset_card.write_card(out_dir)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return f"the card {Path(out_dir) / dataset_repo.CARD_NAME} could not be written ({reason}); rerun to regenerate it"

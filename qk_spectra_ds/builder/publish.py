@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import dataset_repo
+from .. import card_metadata, dataset_card, dataset_repo
 from ..errors import PublishError, one_line
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def publish(
     local_files = dataset_repo.model_files(out_dir)
     if not local_files:
         raise PublishError(f"{out_dir} has no data/<family>/*.parquet to publish: build a family first")
-    problem = dataset_repo.local_digest_problem(out_dir, local_files)  # never publish a file the card does not vouch for
+    problem = card_metadata.local_digest_problem(out_dir, local_files)  # never publish a file the card does not vouch for
     if problem:
         raise PublishError(f"{problem}; nothing was published")
     try:
@@ -127,8 +127,8 @@ def _publish(out_dir, local_files, repo_id, version, private, branch, force, mes
                 )
         except HfHubHTTPError as exc:
             raise PublishError(_http_message(repo_id, exc)) from None
-    local_summaries = dataset_repo.with_digests(
-        out_dir, [dataset_repo.read_summary(p) for p in local_files], dataset_repo.read_card_models(out_dir)
+    local_summaries = card_metadata.with_digests(
+        out_dir, [dataset_repo.read_summary(p) for p in local_files], card_metadata.read_card_models(out_dir)
     )
 
     for attempt in range(1, max_attempts + 1):
@@ -171,15 +171,15 @@ def _commit_once(api, repo_id, branch, out_dir, local, local_sha, local_summarie
         ).read_text(encoding="utf-8")
     except EntryNotFoundError:
         remote_card = None
-    remote_meta = dataset_repo.card_metadata(remote_card)
+    remote_meta = card_metadata.card_metadata(remote_card)
 
     changed = sorted(p for p in local if remote_sha.get(p) != local_sha[p])
     unchanged = sorted(set(local) - set(changed))
-    summaries = dataset_repo.merge_summaries(remote_meta["models"], local_summaries)
+    summaries = card_metadata.merge_summaries(remote_meta["models"], local_summaries)
     versions = remote_meta["versions"]
     if version is not None and not any(v.get("version") == version for v in versions):
-        versions = dataset_repo.add_version(versions, {"version": version, "changes": message or _describe(changed, remote_sha)})
-    card = dataset_repo.render_card(summaries, versions, repo_id=repo_id)
+        versions = card_metadata.add_version(versions, {"version": version, "changes": message or _describe(changed, remote_sha)})
+    card = dataset_card.render_card(summaries, versions, repo_id=repo_id)
 
     operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(local[p])) for p in changed]
     if card != remote_card:

@@ -20,7 +20,7 @@ import pytest
 from helpers import depth_columns, original_pairing
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved
 
-from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds import dataset_card, dataset_repo, schema
 from qk_spectra_ds.analysis import compare, depth_profiles, head_compare
 from qk_spectra_ds.analysis.legacy import import_legacy
 from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
@@ -142,7 +142,7 @@ def test_shapes_that_differ_are_one_line(tiny, analyze_cli, capsys, tmp_path):
 def write_synthetic(out: Path, family: str, model_id: str, **kwargs) -> dict:
     columns = depth_columns(model_id, family, **kwargs)
     dataset_repo.write_model_table(out, family, model_id, columns)
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     return columns
 
 

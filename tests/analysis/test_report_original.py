@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import make_dataset, synthetic_columns
 
-from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds import dataset_card, dataset_repo, schema
 from qk_spectra_ds.analysis import features, taxonomy
 from qk_spectra_ds.analysis.layer_boxplots import BDSWarning
 from qk_spectra_ds.analysis.legacy import import_legacy
@@ -360,7 +360,7 @@ def _rewrite(path: Path, **changes) -> None:
             index = table.column_names.index(name)
             table = table.set_column(index, table.schema.field(name), value(table))
     pq.write_table(table, path)
-    dataset_repo.write_card(path.parents[2], rerecord=True)  # a consistent card: the loader's own checks must refuse it
+    dataset_card.write_card(path.parents[2], rerecord=True)  # a consistent card: the loader's own checks must refuse it
 
 
 def test_unknown_schema_version_is_refused(tmp_path):
@@ -385,7 +385,7 @@ def test_empty_selection_is_refused(synthetic_dataset, tmp_path):
         load_spectra(synthetic_dataset, "syn", variant="legacy")
     empty = tmp_path / "empty-ds"
     dataset_repo.write_model_table(empty, "syn", "org/empty", {name: [] for name in schema.COLUMNS})
-    dataset_repo.write_card(empty)
+    dataset_card.write_card(empty)
     with pytest.raises(LoadError, match="has no rows"):
         load_spectra(empty, "syn")
 
@@ -396,7 +396,7 @@ def test_nan_spectra_fail_or_are_skipped_with_a_count(tmp_path):
     columns["eigenvalues"][3] = np.full(16, np.nan, np.float32)
     columns["eigenvalues"][5] = np.full(16, np.inf, np.float32)
     dataset_repo.write_model_table(out, "syn", "org/a", columns)
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     with pytest.raises(LoadError, match=r"2 head\(s\) have non-finite.*layer 0 head 3"):
         load_spectra(out, "syn")
     with pytest.warns(NonFiniteSpectraWarning, match=r"skipped 2 head\(s\)"):
@@ -419,7 +419,7 @@ def test_mixed_variants_need_a_choice(tmp_path):
     null = synthetic_columns("org/a", "syn", variant="null", seed=5)
     dataset_repo.write_model_table(out, "syn", "org/a", raw)
     dataset_repo.write_model_table(out, "syn", "org/a-null", {**null, "model_id": ["org/a"] * 32})
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     with pytest.raises(LoadError, match="several variants.*--variant"):
         load_spectra(out, "syn")
     assert set(load_spectra(out, "syn", variant="null")["variant"]) == {"null"}
@@ -455,7 +455,7 @@ def test_cli_help_documents_every_flag(analyze_cli, capsys):
         captured = capsys.readouterr()
         text = captured.out + captured.err  # fire writes help to stderr
         for flag in inspect.signature(function).parameters:
-            assert f"--{flag}" in text, (command, flag)
+            assert f"--{flag.replace('_', '-')}" in text, (command, flag)  # the help spells flags with hyphens
             doc = function.__doc__.split("Args:")[1]
             assert re.search(rf"^\s+{flag}: \S", doc, re.M), (command, flag)
 

@@ -103,7 +103,7 @@ def test_schema_v2_files_without_null_seed_are_read_beside_v3_and_rebuilt(tmp_pa
     """A file from the builder before --null-seed (schema v2, method 3) loads next to current files and is rebuilt."""
     import pyarrow as pa
 
-    from qk_spectra_ds import dataset_repo, schema
+    from qk_spectra_ds import dataset_card, schema
     from qk_spectra_ds.analysis.loading import load_spectra
     from qk_spectra_ds.builder import pipeline
 
@@ -119,7 +119,7 @@ def test_schema_v2_files_without_null_seed_are_read_beside_v3_and_rebuilt(tmp_pa
     assert table.column_names == list(schema.COLUMNS_BY_VERSION[2])
     pq.write_table(table, first.path)
     pipeline.build_model(str(new_dir), "fam", out, progress=False, offsets=(0, 4))
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     mixed = load_spectra(out, "fam", variant="null")
     assert sorted(set(mixed["schema_version"])) == [2, schema.SCHEMA_VERSION]
     rebuilt = pipeline.build_model(str(old_dir), "fam", out, progress=False, offsets=(0, 4))

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, save
 
-from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds import dataset_card, dataset_repo, schema
 from qk_spectra_ds.analysis.loading import load_spectra
 from qk_spectra_ds.builder import hub_source, weights
 from qk_spectra_ds.builder.hub_source import HubSource, range_answer_problem
@@ -193,13 +193,13 @@ def test_schema_v1_files_are_read_and_rebuilt(tiny, tmp_path):
     model_dir, out = copy_model(tiny, tmp_path / "old-model"), tmp_path / "out"
     first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False, circuits=["qk"])  # v1 had qk rows only
     _as_schema_v1(first.path)
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     frame = load_spectra(out, FAMILY)  # v1 alone
     assert set(frame["schema_version"]) == {1} and len(frame) == 8
 
     _, newer = make_saved(CASE.id, tmp_path / "new-model")
     build_model(str(newer), FAMILY, out, device="cpu", progress=False)
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     mixed = load_spectra(out, FAMILY)  # v1 and the current version side by side
     assert sorted(set(mixed["schema_version"])) == [1, schema.SCHEMA_VERSION] and len(mixed) == 16
 

@@ -11,7 +11,7 @@ from datasets import DatasetInfo, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
-from qk_spectra_ds import card_info, dataset_repo, schema
+from qk_spectra_ds import card_info, card_metadata, dataset_card, schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +39,12 @@ def test_dataset_info_is_what_datasets_writes(splits):
 def test_card_yaml_has_no_aliases_and_building_a_card_does_not_import_datasets(tmp_path):
     summaries = [{"config": f, "path": f"data/{f}/m.parquet", "n_rows": 4, "n_bytes": 100, "model_id": "m",
                   "variant": "raw"} for f in ("A", "B")]  # fmt: skip
-    text = dataset_repo.render_card(summaries)
+    text = dataset_card.render_card(summaries)
     assert "&id" not in text and "*id" not in text
-    assert dataset_repo.card_yaml(text)["dataset_info"] == datasets_block({"all": (200, 8), "A": (100, 4), "B": (100, 4)})
+    assert card_metadata.card_yaml(text)["dataset_info"] == datasets_block({"all": (200, 8), "A": (100, 4), "B": (100, 4)})
     probe = (
-        "import sys; from qk_spectra_ds import dataset_repo; "
-        f"dataset_repo.render_card({summaries!r}); print('datasets' in sys.modules)"
+        "import sys; from qk_spectra_ds import dataset_card; "
+        f"dataset_card.render_card({summaries!r}); print('datasets' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_models import llama_case, make_saved
 
-from qk_spectra_ds import dataset_repo
+from qk_spectra_ds import card_metadata, dataset_repo
 from qk_spectra_ds.builder import pipeline as build
 from qk_spectra_ds.builder.publish import PublishError, publish
 from qk_spectra_ds.errors import BuildError
@@ -125,7 +125,7 @@ def test_versioned_round_trip(hub_server, hosted_models, tmp_path, unique_repo_n
     from huggingface_hub import HfApi, hf_hub_download
 
     card = Path(hf_hub_download(dataset, "README.md", repo_type="dataset", revision="v0.2.0")).read_text()
-    meta = dataset_repo.card_metadata(card)
+    meta = card_metadata.card_metadata(card)
     assert [v["version"] for v in meta["versions"]] == ["v0.1.0", "v0.2.0"]
     assert {m["model_id"] for m in meta["models"]} == {a, b}
     for repo, _ in (hosted_models["a"], hosted_models["b"]):
@@ -172,7 +172,7 @@ def test_concurrent_publishers_both_land(hub_server, hosted_models, tmp_path, un
     for name in ("a", "b"):
         assert f"data/{FAMILY}/{dataset_repo.model_slug(hosted_models[name][0])}.parquet" in files
     card = Path(hf_hub_download(dataset, "README.md", repo_type="dataset")).read_text()
-    assert {m["model_id"] for m in dataset_repo.card_metadata(card)["models"]} == {
+    assert {m["model_id"] for m in card_metadata.card_metadata(card)["models"]} == {
         hosted_models["a"][0],
         hosted_models["b"][0],
     }

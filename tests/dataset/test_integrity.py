@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qk_spectra_ds import dataset_repo, integrity, schema
+from qk_spectra_ds import card_metadata, dataset_card, dataset_repo, integrity, schema
 from qk_spectra_ds.analysis.loading import load_spectra
 from qk_spectra_ds.analysis.recompute import StoredValueError
 from qk_spectra_ds.analysis.verification import UnverifiedFilesWarning
@@ -58,7 +58,7 @@ def built(tmp_path_factory) -> Path:
     out = root / "ds"
     result = pipeline.build_model(str(model_dir), FAMILY, out, device="cpu", progress=False,
                                   variants=["raw", "folded", "null"], offsets=(0, 1, 4, 64))  # fmt: skip
-    dataset_repo.write_card(out)
+    dataset_card.write_card(out)
     assert result.status == "built"
     return out
 
@@ -73,7 +73,7 @@ def rewrite(path: Path, edit) -> None:
     """Rewrite one file with ``edit(pydict) -> pydict`` and re-record the card: only the loader's checks can refuse it."""
     table = pq.read_table(path)
     pq.write_table(pa.Table.from_pydict(edit(table.to_pydict()), schema=table.schema), path)
-    dataset_repo.write_card(path.parents[2], rerecord=True)
+    dataset_card.write_card(path.parents[2], rerecord=True)
 
 
 # ---------------------------------------------------------------- item 1: the file and the card
@@ -115,17 +115,17 @@ def test_writing_a_model_file_does_not_import_datasets(tmp_path):
 def test_card_records_each_file_sha256_and_size_and_keeps_them(built, tmp_path):
     out, path = copy_of(built, tmp_path)
     digest = integrity.file_digest(path)
-    (entry,) = dataset_repo.read_card_models(out)
+    (entry,) = card_metadata.read_card_models(out)
     assert entry["sha256"] == digest["sha256"] and entry["n_bytes"] == digest["n_bytes"] == path.stat().st_size
     text = (out / dataset_repo.CARD_NAME).read_text()
     assert digest["sha256"] in text.split("---", 2)[2]  # the body's checksum table too
-    dataset_repo.write_card(out, new_version={"version": "v0.1.0", "changes": "x"})  # regenerated: kept
-    assert dataset_repo.read_card_models(out)[0]["sha256"] == digest["sha256"]
+    dataset_card.write_card(out, new_version={"version": "v0.1.0", "changes": "x"})  # regenerated: kept
+    assert card_metadata.read_card_models(out)[0]["sha256"] == digest["sha256"]
     # merged with a remote card (publish): the remote's entries keep their checksums
     remote = dict(entry, path="data/other/x.parquet", config="other", sha256="ab" * 32)
-    merged = dataset_repo.merge_summaries([remote], [entry])
-    card = dataset_repo.render_card(merged)
-    recorded = integrity.recorded_digests(dataset_repo.card_metadata(card)["models"])
+    merged = card_metadata.merge_summaries([remote], [entry])
+    card = dataset_card.render_card(merged)
+    recorded = integrity.recorded_digests(card_metadata.card_metadata(card)["models"])
     assert recorded["data/other/x.parquet"]["sha256"] == "ab" * 32
     assert recorded[entry["path"]]["sha256"] == digest["sha256"]
 
@@ -138,7 +138,7 @@ def _flip(path: Path, offset: int) -> None:
 
 def test_a_changed_file_is_refused_in_one_line_and_a_later_card_keeps_the_record(built, tmp_path, monkeypatch):
     out, path = copy_of(built, tmp_path)
-    recorded = dataset_repo.read_card_models(out)[0]["sha256"]
+    recorded = card_metadata.read_card_models(out)[0]["sha256"]
     (start, size), = [(start, size) for column, start, size in column_chunks(path) if column == "ev_mean"]
     _flip(path, start + size - 3)  # one value of ev_mean changes; the file stays a readable parquet file
     with pytest.raises(integrity.IntegrityError) as info:
@@ -146,8 +146,8 @@ def test_a_changed_file_is_refused_in_one_line_and_a_later_card_keeps_the_record
     one_line(info.value, "data/fam/tiny-llama.parquet", "SHA-256", "rebuild")
     # another process regenerates the card (a later build of another model): it must not bless the changed file
     monkeypatch.setattr(dataset_repo, "_WRITTEN", {})
-    dataset_repo.write_card(out)
-    assert dataset_repo.read_card_models(out)[0]["sha256"] == recorded
+    dataset_card.write_card(out)
+    assert card_metadata.read_card_models(out)[0]["sha256"] == recorded
     with pytest.raises(integrity.IntegrityError):
         load_spectra(out, FAMILY)
     path.write_bytes(path.read_bytes()[:-10])  # truncated: the size says so
@@ -183,7 +183,7 @@ def test_legacy_fixture_dataset_loads(tmp_path):
     from qk_spectra_ds.analysis.legacy import import_legacy
 
     import_legacy(LEGACY, "Qwen3", tmp_path / "ds")
-    assert dataset_repo.read_card_models(tmp_path / "ds")[0]["sha256"]
+    assert card_metadata.read_card_models(tmp_path / "ds")[0]["sha256"]
     frame = load_spectra(tmp_path / "ds", "Qwen3")
     assert set(frame["variant"]) == {"legacy"}
 

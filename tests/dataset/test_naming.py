@@ -15,7 +15,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from qk_spectra_ds import dataset_repo
+from qk_spectra_ds import dataset_card, dataset_repo
 from qk_spectra_ds.builder import catalog
 from qk_spectra_ds.naming import is_ordinary, model_slug
 
@@ -87,7 +87,7 @@ def hostile_report(tiny_dir, tmp_path_factory):
         result = build_model(LocalSource(tiny_dir, model_id=model_id), "F", root / "ds", progress=False,
                              variants=["raw"], offsets=[])  # fmt: skip
         assert result.status == "built"
-    dataset_repo.write_card(root / "ds")
+    dataset_card.write_card(root / "ds")
     outputs = run_report(str(root / "ds"), "F", root / "report", params=Params(stats=("MEAN",), k="2", permutations=99, skip_layers_below=0),
                          jobs=1, progress=False)  # fmt: skip
     return outputs
@@ -160,7 +160,7 @@ def test_the_card_shows_hostile_ids_as_code(tiny_dir, tmp_path):
 
     hostile = "<script>alert(1)</script>|x`y"
     build_model(LocalSource(tiny_dir, model_id=hostile), "F", tmp_path, progress=False, variants=["raw"], offsets=[])
-    dataset_repo.write_card(tmp_path)
+    dataset_card.write_card(tmp_path)
     card = (tmp_path / "README.md").read_text()
     body = card.split("\n---\n", 1)[1]
     html = MarkdownIt("commonmark").enable("table").render(body)

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import make_dataset, write_qk_llama
 
-from qk_spectra_ds import dataset_repo, schema
+from qk_spectra_ds import card_metadata, dataset_card, dataset_repo, schema
 from qk_spectra_ds.analysis.legacy import LegacyFormatError, import_legacy, read_legacy
 from qk_spectra_ds.analysis.loading import AnalysisError, LoadError, load_spectra
 from qk_spectra_ds.builder import pipeline as build
@@ -107,7 +107,7 @@ def rewrite(path: Path, edit) -> None:
     table = pq.read_table(path)
     columns = edit(table.to_pydict())
     pq.write_table(pa.Table.from_pydict(columns, schema=table.schema), path)
-    dataset_repo.write_card(path.parents[2], rerecord=True)  # a consistent card: the loader's own checks must refuse it
+    dataset_card.write_card(path.parents[2], rerecord=True)  # a consistent card: the loader's own checks must refuse it
 
 
 # ---------------------------------------------------------------- item 9: legacy and built data
@@ -315,7 +315,7 @@ def test_import_legacy_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     def full_disk(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(dataset_repo, "write_text", full_disk)
+    monkeypatch.setattr(dataset_card, "write_text", full_disk)
     with pytest.raises(LegacyFormatError) as info:
         import_legacy(write_pickle(tmp_path / "p", "m", legacy_data()), FAMILY, tmp_path / "ds")
     one_line(info.value, "No space left on device", "README.md", "rerun")
@@ -341,12 +341,12 @@ def test_a_rerun_repairs_a_card_left_behind_by_an_interrupted_build(tiny_model, 
     out = tmp_path / "ds"
     [first] = build.build_family(FAMILY, out, [str(tiny_model)], device="cpu", progress=False)
     assert first.status == "built"
-    (out / "README.md").write_text(dataset_repo.render_card([]))  # the card from before the model's rename
+    (out / "README.md").write_text(dataset_card.render_card([]))  # the card from before the model's rename
     [again] = build.build_family(FAMILY, out, [str(tiny_model)], device="cpu", progress=False)
     assert again.status == "skipped"
     card = (out / "README.md").read_text()
     assert f"`{tiny_model.name}`" in card
-    assert [m["model_id"] for m in dataset_repo.card_metadata(card)["models"]] == [tiny_model.name]
+    assert [m["model_id"] for m in card_metadata.card_metadata(card)["models"]] == [tiny_model.name]
 
 
 def test_enospc_while_writing_the_card_loses_no_model(tiny_model, tmp_path, monkeypatch, capsys):
@@ -358,7 +358,7 @@ def test_enospc_while_writing_the_card_loses_no_model(tiny_model, tmp_path, monk
     def full_disk(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(dataset_repo, "write_text", full_disk)
+    monkeypatch.setattr(dataset_card, "write_text", full_disk)
     status = run_cli(lambda: build.build_family(FAMILY, out, [str(s) for s in specs], device="cpu", progress=False))
     assert status == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -392,7 +392,7 @@ def test_a_card_that_does_not_parse_is_one_line_and_never_executed(case, tmp_pat
         load_spectra(out, FAMILY)
     one_line(info.value, "README.md", "does not parse")
     with pytest.raises(dataset_repo.CardError) as info:
-        dataset_repo.write_card(out)
+        dataset_card.write_card(out)
     one_line(info.value, "README.md", "does not parse")
     assert not marker.exists()
 

@@ -147,13 +147,13 @@ def test_card_dataset_info_is_what_datasets_reads(tmp_path):
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard
 
-    from qk_spectra_ds import dataset_repo, schema
+    from qk_spectra_ds import dataset_card, schema
 
     summaries = [{"config": "A", "model_id": "org/a", "n_rows": 6, "n_bytes": 100, "path": "data/A/org--a.parquet"},
                  {"config": "A", "model_id": "org/b", "n_rows": 4, "n_bytes": 50, "path": "data/A/org--b.parquet"},
                  {"config": "B", "model_id": "org/c", "n_rows": 3, "n_bytes": 7, "path": "data/B/org--c.parquet"}]  # fmt: skip
     path = tmp_path / "README.md"
-    path.write_text(dataset_repo.render_card(summaries), encoding="utf-8")
+    path.write_text(dataset_card.render_card(summaries), encoding="utf-8")
     infos = DatasetInfosDict.from_dataset_card_data(DatasetCard.load(path).data)
     expected = {"all": (157, 13), "A": (150, 10), "B": (7, 3)}
     assert set(infos) == set(expected)

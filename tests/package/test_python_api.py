@@ -224,7 +224,7 @@ def _summary(model_id: str, revision: str | None, config: str = "Fam", variant: 
 
 
 def _card(summaries, versions=(), repo_id=None) -> str:
-    from qk_spectra_ds.dataset_repo import render_card
+    from qk_spectra_ds.dataset_card import render_card
 
     return render_card(summaries, versions, repo_id=repo_id)
 
@@ -247,7 +247,7 @@ def test_card_metadata_follows_the_hub_conventions():
 
 def test_card_explains_columns_uses_limitations_creation_and_citations():
     from qk_spectra_ds import schema
-    from qk_spectra_ds.dataset_repo import COLUMN_DESCRIPTIONS
+    from qk_spectra_ds.dataset_card import COLUMN_DESCRIPTIONS
 
     commit = "c" * 40
     text = _card([_summary("org/model-a", commit), _summary("model-b", "local:" + "d" * 40)])
