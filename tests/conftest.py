@@ -94,6 +94,13 @@ def unique_repo_name_fixture():
     return unique_repo_name
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the Hub test server is marked ``hub`` (so ``-m "not hub"`` leaves out the server)."""
+    for item in items:
+        if "hub_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.hub)
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(HF_TEST_HOME, ignore_errors=True)
 

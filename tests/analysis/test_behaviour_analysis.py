@@ -30,6 +30,7 @@ def synthetic(seed: int, models=("m/a", "m/b", "m/c"), layers=6, heads=12, plant
     return pd.concat(parts, ignore_index=True)
 
 
+@pytest.mark.slow
 def test_null_data_rejects_at_most_five_percent_of_runs():
     """Family-wise: a run with any significant test after the correction counts as one false rejection; the raw
     permutation p-values themselves are uniform (about 5% below 0.05), so the correction is not trivially passed."""
@@ -108,6 +109,7 @@ def test_classes_are_tested_and_untestable_cases_say_so():
     assert rows["value"].isna().all() and rows["note"].str.contains("constant").all()
 
 
+@pytest.mark.slow
 def test_report_section_writes_table_figures_and_sentences(tmp_path):
     from qk_spectra_ds.analysis.report import Outputs, Params
 

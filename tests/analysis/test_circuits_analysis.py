@@ -143,6 +143,7 @@ def test_no_ov_rows_is_one_log_line_and_no_tables(tmp_path, monkeypatch):
     assert "removed an earlier run's copying_heads.parquet, qk_ov.csv" in lines[-1]
 
 
+@pytest.mark.slow
 def test_section_tables_figures_and_summary(tmp_path, monkeypatch):
     from qk_spectra_ds.analysis.report import Outputs, Params
 
@@ -179,6 +180,7 @@ def test_section_tables_figures_and_summary(tmp_path, monkeypatch):
     assert "a [folded]: 2 of 12 heads copy" in line.text and "b [folded]: 0 of 11 heads copy" in line.text
 
 
+@pytest.mark.slow
 def test_an_ov_run_loads_the_qk_rows_and_colours_by_its_own_classes(tmp_path, monkeypatch):
     from qk_spectra_ds.analysis.report import Outputs, Params
 

@@ -70,6 +70,7 @@ def rel(actual, reference):
     return np.abs(actual - reference) / np.abs(reference)
 
 
+@pytest.mark.slow
 def test_legacy_against_built_reports_the_original_pairing_error(tiny, analyze_cli, capsys, tmp_path):
     root = tiny["root"]
     argv = ["compare", "--dataset", str(root / "built"), "--family", "Tiny", "--variant", "raw",
@@ -112,6 +113,7 @@ def test_legacy_against_built_reports_the_original_pairing_error(tiny, analyze_c
         assert (tmp_path / "Tiny" / "depth" / f"{metric}.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_same_model_built_twice_compares_equal(tiny, tmp_path):
     root = tiny["root"]
     a, b = compare.load_sides(str(root / "built"), "Tiny", variant="raw", against=str(root / "built2"),
@@ -124,6 +126,7 @@ def test_the_same_model_built_twice_compares_equal(tiny, tmp_path):
     assert (heads["note"] == "").all()
 
 
+@pytest.mark.slow
 def test_shapes_that_differ_are_one_line(tiny, analyze_cli, capsys, tmp_path):
     other = tmp_path / "other"
     write_synthetic(other, "Tiny", "tiny-llama", n_layers=3, n_heads=4, d_head=8, seed=5)
@@ -146,6 +149,7 @@ def write_synthetic(out: Path, family: str, model_id: str, **kwargs) -> dict:
     return columns
 
 
+@pytest.mark.slow
 def test_raw_against_folded_in_one_dataset(tmp_path):
     """Two variants of one model in one family: --variant raw --against_variant folded, errors as perturbed."""
     out = tmp_path / "ds"
@@ -171,6 +175,7 @@ def test_raw_against_folded_in_one_dataset(tmp_path):
     assert (heads["note"] == "").all()
 
 
+@pytest.mark.slow
 def test_metrics_against_relative_depth_for_models_of_different_depth(tmp_path, analyze_cli):
     out = tmp_path / "ds"
     small = write_synthetic(out, "fam", "org/small", n_layers=3, n_heads=4, d_head=8, seed=2)
@@ -212,6 +217,7 @@ def test_relative_error_edge_cases():
     assert got[0] == 0 and got[1] == np.inf and got[2] == 1 and np.isnan(got[3]) and got[4] == 0
 
 
+@pytest.mark.slow
 def test_models_are_paired_by_name_across_datasets(tmp_path, analyze_cli, capsys):
     """Org/Model-X (built) pairs with the legacy Model-X; a model with no partner is left out with a warning."""
     built, legacy = tmp_path / "built", tmp_path / "legacy"
@@ -233,6 +239,7 @@ def test_models_are_paired_by_name_across_datasets(tmp_path, analyze_cli, capsys
     assert sorted(set(zip(depth["model"], depth["variant"]))) == [("Model-X", "legacy"), ("org/Model-X", "raw")]
 
 
+@pytest.mark.slow
 def test_legacy_pooled_with_built_in_one_family(tmp_path):
     """A family holding built and legacy models (import_legacy --pool_legacy): compare is the explicit request."""
     out = tmp_path / "ds"
@@ -249,6 +256,7 @@ def test_legacy_pooled_with_built_in_one_family(tmp_path):
     assert (heads["note"] == "side B " + head_compare.LEGACY_NOTE).all()
 
 
+@pytest.mark.slow
 def test_the_default_variant_named_again_is_the_same_selection(tmp_path):
     """--against_variant naming the variant side A got by default compares rows with themselves: refused."""
     out = tmp_path / "ds"
@@ -265,6 +273,7 @@ def test_the_default_variant_named_again_is_the_same_selection(tmp_path):
     assert set(a.frame["variant"]) == {other} and set(b.frame["variant"]) == {default}
 
 
+@pytest.mark.slow
 def test_compare_figures_follow_format_and_dpi(tmp_path, analyze_cli, capsys):
     """--format/--dpi reach the compare and depth figures; a bad format stops before any work."""
     out, other = tmp_path / "ds", tmp_path / "other"

@@ -59,6 +59,7 @@ def test_the_estimator_gives_the_reports_labels_in_input_order_and_predicts_new_
     assert clf.predict(fresh).tolist() == [majority[0]] * 10 + [majority[1]] * 10
 
 
+@pytest.mark.slow
 def test_the_estimator_follows_scikit_learn_conventions():
     clf = ConsensusHeadClassifier(k=2, structure_draws=19, seed=3)
     assert clf.get_params() == {"features": "log", "k": 2, "n_bins": 24, "quantile": 0.96, "seed": 3,

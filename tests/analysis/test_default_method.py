@@ -94,6 +94,7 @@ def test_gaussian_heads_are_not_distinguishable_from_the_null_and_structured_one
 # ---------------------------------------------------------------- valid per-layer tests
 
 
+@pytest.mark.slow
 def test_vectorised_bds_equals_statsmodels():
     from statsmodels.tsa.stattools import bds
 
@@ -103,6 +104,7 @@ def test_vectorised_bds_equals_statsmodels():
     assert np.allclose(ours, [float(bds(x)[0]) for x in series], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_permutation_tests_keep_their_level_on_iid_series():
     """On 240 i.i.d. series of 16-36 layers the 5% rejection rate is in [2%, 8%]; the asymptotic BDS's is not.
 
@@ -144,6 +146,7 @@ def test_holm_adjustment():
 # ---------------------------------------------------------------- consensus classes
 
 
+@pytest.mark.slow
 def test_k_is_chosen_from_the_data():
     rng = np.random.default_rng(5)
     centres = rng.uniform(0, 1, (3, 24))
@@ -156,6 +159,7 @@ def test_k_is_chosen_from_the_data():
     assert consensus.ari(labels, truth) == 1.0 and conf.min() > 0.9
 
 
+@pytest.mark.slow
 def test_k_is_selected_in_one_place(monkeypatch):
     """consensus.select_k is the one definition of k: no other module scans k or applies the criterion itself,
     and the variants comparison goes through it (the k scan alone: no structure test)."""
@@ -206,6 +210,7 @@ def _default_tables(frame: pd.DataFrame, out: Path, params: Params):
     return run_boxplots(frame, out, "syn", params, jobs=1, progress=False, outputs=outputs)
 
 
+@pytest.mark.slow
 def test_shuffled_rows_give_identical_default_tables_and_original_is_unchanged(tmp_path):
     models = [("org/a", 0), ("org/b", 1)]
     params = Params(stats=("MEAN", "STD"), n_clusters=3)

@@ -98,6 +98,7 @@ def _assert_clean(found: dict[str, list[str]], expected: tuple[str, ...]) -> Non
     assert not bad, "\n".join(f"{name}: {p}" for name, problems in bad.items() for p in problems)
 
 
+@pytest.mark.slow
 def test_figures_of_a_72_head_model(tmp_path, checked_figures):
     models = {LONG_ID: (6, 12)}
     _report(tmp_path, models)
@@ -129,6 +130,7 @@ def test_the_check_sees_clipped_and_overlapping_text(monkeypatch):
     assert text_problems(clean, monkeypatch) == []
 
 
+@pytest.mark.slow
 def test_consensus_figure_names_its_axes_and_shows_where_the_data_is(monkeypatch):
     """λ (not l) on the x axis, 'class k (n=... heads)' titles, a y label on every panel, no empty x range."""
     from qk_spectra_ds.analysis import consensus

@@ -37,6 +37,7 @@ def html_run(tmp_path_factory):
 # ---------------------------------------------------------------- the page, without a browser
 
 
+@pytest.mark.slow
 def test_html_is_offline_and_lists_every_table_and_figure(html_run):
     page = (html_run.family_dir / "index.html").read_text(encoding="utf-8")
     # no CDN: no script, stylesheet or module import from a URL
@@ -54,6 +55,7 @@ def test_html_is_offline_and_lists_every_table_and_figure(html_run):
     assert re.findall(r"<code>(.*?)</code>", listed) == SIZE_ORDER
 
 
+@pytest.mark.slow
 def test_models_ordered_by_size_not_name(html_run):
     frame = pd.concat([pd.DataFrame(synthetic_columns(m, "syn", n_layers=s[0], n_heads=s[1], d_head=16)).assign(d_model=s[2])
                        for m, s in SIZES.items()])  # fmt: skip
@@ -166,6 +168,8 @@ def browser_page(html_run, tmp_path_factory):
         shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_browser_renders_plot_tables_and_figures_without_errors(browser_page, html_run):
     from PIL import Image
 
@@ -183,6 +187,8 @@ def test_browser_renders_plot_tables_and_figures_without_errors(browser_page, ht
     assert page.errors == []
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_hover_shows_model_layer_head_class_variant(browser_page):
     page, _ = browser_page
     box = json.loads(page.evaluate(
@@ -198,6 +204,8 @@ def test_hover_shows_model_layer_head_class_variant(browser_page):
     assert re.search(rf"model: {re.escape(SIZE_ORDER[0])}layer: \d+head: \d+class: \d+variant: raw", text), text
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_tables_sort_on_header_click(browser_page):
     page, _ = browser_page
     column = "(() => Array.from(document.querySelectorAll('#table-labels tbody tr td:nth-child(4)')).map(td => td.textContent))()"
@@ -225,6 +233,7 @@ def _tick_labels_apart(fig, axis) -> bool:
     return all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_layers", [72, 126])
 def test_box_plot_titles_legend_and_readable_layer_ticks(n_layers):
     result = layer_boxplots.layer_stat(_rows(n_layers, 4), "MEAN", skip_layers_below=2)
@@ -265,6 +274,7 @@ def _joint(n_models: int):
     return taxonomy.joint_taxonomy(models, n_bands=3), [m.model_id for m in models][::-1]
 
 
+@pytest.mark.slow
 def test_taxonomy_heat_maps_in_given_order_with_titled_colour_bars():
     joint, order = _joint(4)
     with plots.style():
@@ -279,6 +289,7 @@ def test_taxonomy_heat_maps_in_given_order_with_titled_colour_bars():
     assert [t.get_text() for t in depth.axes[0].get_yticklabels()] == order
 
 
+@pytest.mark.slow
 def test_heat_map_model_labels_thinned_at_many_models():
     joint, order = _joint(72)
     with plots.style():
@@ -289,6 +300,7 @@ def test_heat_map_model_labels_thinned_at_many_models():
     assert _tick_labels_apart(classes, heat.yaxis)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["png", "pdf", "svg"])
 def test_figure_formats_and_dpi_are_reproducible(tmp_path, fmt):
     from PIL import Image
@@ -320,6 +332,7 @@ def test_format_and_dpi_flags(tmp_path, analyze_cli, capsys):
         Params(format="jpeg")
 
 
+@pytest.mark.slow
 def test_report_writes_every_figure_in_the_chosen_format(tmp_path, analyze_cli, capsys):
     """--format svg reaches every figure of the default report (the consensus figures included), none left in PNG."""
     dataset = sized_dataset(tmp_path / "ds", models=("org/m-0.6B",))

@@ -65,6 +65,7 @@ def legacy_report(legacy_dataset, tmp_path_factory):
 # ---------------------------------------------------------------- fidelity to the original
 
 
+@pytest.mark.slow
 def test_classes_match_the_original_figure(legacy_report):
     classes = pd.read_csv(legacy_report.family_dir / "tables" / "classes.csv")
     assert list(classes.columns) == ["model", "variant", "circuit", "class", "n_heads", "alpha", "theta", "jsd"]  # issues 12, 21
@@ -76,6 +77,7 @@ def test_classes_match_the_original_figure(legacy_report):
     assert qwen["n_heads"].sum() == 28 * 16
 
 
+@pytest.mark.slow
 def test_mean_boxplot_bds_matches_the_original_title(legacy_report):
     bds = pd.read_csv(legacy_report.family_dir / "tables" / "bds.csv")
     assert list(bds.columns[:6]) == ["model", "variant", "circuit", "stat", "bds", "p_value"]
@@ -85,6 +87,7 @@ def test_mean_boxplot_bds_matches_the_original_title(legacy_report):
     assert (bds["n_layers"] == bds["model"].map({"Qwen3-0.6B": 26, "Llama-3.2-1B-Instruct": 14})).all()
 
 
+@pytest.mark.slow
 def test_layout_and_index_link_every_output(legacy_report):
     family_dir = legacy_report.family_dir
     for model in ("Qwen3-0.6B", "Llama-3.2-1B-Instruct"):
@@ -105,6 +108,7 @@ def test_layout_and_index_link_every_output(legacy_report):
     assert "embedding=pca" in index and index.endswith("\n") and not index.endswith("\n\n")
 
 
+@pytest.mark.slow
 def test_labels_cover_every_head(legacy_report):
     labels = pd.read_csv(legacy_report.family_dir / "tables" / "labels.csv")
     assert list(labels.columns) == ["model", "variant", "circuit", "layer", "head", "class"]
@@ -118,6 +122,7 @@ def test_labels_cover_every_head(legacy_report):
     assert sizes.tolist() == classes[classes["model"] == "Qwen3-0.6B"]["n_heads"].tolist()
 
 
+@pytest.mark.slow
 def test_joint_taxonomy_tables(legacy_report):
     tables = legacy_report.family_dir / "tables"
     shares = pd.read_csv(tables / "taxonomy_shares_model.csv")
@@ -136,6 +141,7 @@ def test_joint_taxonomy_tables(legacy_report):
         assert (legacy_report.family_dir / "taxonomy" / name).is_file()
 
 
+@pytest.mark.slow
 def test_rerun_gives_identical_tables_and_figures(legacy_dataset, legacy_report, tmp_path):
     """A second run (in two worker processes this time) writes byte-identical tables and figures."""
     again = run_report(str(legacy_dataset), "legacy", tmp_path, jobs=2, progress=False, params=Params(method="original"))
@@ -190,6 +196,7 @@ def test_fit_gamma_reports_non_convergence():
     assert np.isnan(alpha) and np.isnan(theta) and "maxfev" in error
 
 
+@pytest.mark.slow
 def test_umap_embedding_is_plain_seeded_umap_and_umap_stays_unpatched():
     """--embedding umap is the original's UMAP, seeded; umap's functions and numba caching are left as umap ships them."""
     import sklearn.metrics
@@ -208,6 +215,7 @@ def test_umap_embedding_is_plain_seeded_umap_and_umap_stays_unpatched():
     assert shipped_uncached and all(type(obj._cache).__name__ == "NullCache" for obj in shipped_uncached)
 
 
+@pytest.mark.slow
 def test_default_embedding_never_imports_umap_or_numba(tmp_path):
     """The default embedding (PCA) needs no JIT: classes and their figure in a fresh process import neither umap nor numba."""
     code = textwrap.dedent(
@@ -269,6 +277,7 @@ def _original_classification_a(ev: np.ndarray, n_clusters: int = 6, n_bins: int 
     return labels, rows
 
 
+@pytest.mark.slow
 def test_class_table_and_labels_are_exactly_the_original_algorithm(legacy_dataset, legacy_report):
     """The estimator keeps classes and labels exactly as the original's notebook computes them (no rounding).
 
@@ -339,6 +348,7 @@ def test_joint_taxonomy_fits_the_pool_and_predicts_each_model():
     assert joint.class_table()["n_heads"].sum() == 56
 
 
+@pytest.mark.slow
 def test_too_few_layers_for_bds_is_nan_with_a_warning(synthetic_dataset, tmp_path):
     frame = load_spectra(synthetic_dataset, "syn", models="tiny-a")
     with pytest.warns(BDSWarning, match="too few"):
@@ -390,6 +400,7 @@ def test_empty_selection_is_refused(synthetic_dataset, tmp_path):
         load_spectra(empty, "syn")
 
 
+@pytest.mark.slow
 def test_nan_spectra_fail_or_are_skipped_with_a_count(tmp_path):
     out = tmp_path / "ds"
     columns = synthetic_columns("org/a", "syn")
@@ -413,6 +424,7 @@ def test_missing_dataset_config_and_local_revision(synthetic_dataset, tmp_path):
         load_spectra(synthetic_dataset, "syn", revision="v1.0.0")
 
 
+@pytest.mark.slow
 def test_mixed_variants_need_a_choice(tmp_path):
     out = tmp_path / "ds"
     raw = synthetic_columns("org/a", "syn")
@@ -469,6 +481,7 @@ def importlib_analyze():
     return module
 
 
+@pytest.mark.slow
 def test_synthetic_dataset_end_to_end_cli(analyze_cli, synthetic_dataset, tmp_path):
     argv = ["report", "--dataset", str(synthetic_dataset), "--family", "syn", "--out", str(tmp_path),
             "--n_clusters", "3", "--n_bins", "12", "--quantile", "0.9", "--seed", "1", "--skip-layers-below", "1",
@@ -485,6 +498,7 @@ def test_synthetic_dataset_end_to_end_cli(analyze_cli, synthetic_dataset, tmp_pa
     assert (family_dir / "index.md").is_file()
 
 
+@pytest.mark.slow
 def test_builder_dataset_end_to_end(tmp_path, analyze_cli):
     """A dataset written by the builder (the real all-MiniLM-L6-v2 checkpoint, offline) goes through the analysis."""
     pytest.importorskip("torch")
@@ -536,6 +550,7 @@ BLOCK_TORCH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_analysis_runs_without_torch(synthetic_dataset, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
@@ -594,6 +609,7 @@ def test_theme_is_seaborn_talk_white_without_global_changes():
             assert ours[key] == value, key
 
 
+@pytest.mark.slow
 def test_hub_repo_with_revision(hub_server, unique_repo_name, tmp_path, analyze_cli, capsys):
     """A dataset repo on the (test) Hub, loaded by version tag, and the one-line errors for a bad repo/revision."""
     publish = pytest.importorskip("qk_spectra_ds.builder.publish").publish

@@ -71,6 +71,7 @@ def parquet_rows(dataset: Path, variant: str) -> pd.DataFrame:
 # ---------------------------------------------------------------- issue 12: the variant in every table and title
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["raw", "folded"])
 def test_every_table_and_figure_title_names_the_variant(reports, variant):
     outputs, _ = reports[variant]
@@ -95,6 +96,7 @@ def test_every_table_and_figure_title_names_the_variant(reports, variant):
     assert f"classes · {variant} QK spectra" in html or f"classes \\u00b7 {variant} QK spectra" in html
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["raw", "folded"])
 def test_raw_and_folded_classes_compared_whichever_variant_the_report_analyses(reports, variant):
     """Issue 13 item 5: the default variant (folded) compares with raw too, not only a --variant raw run."""
@@ -106,6 +108,7 @@ def test_raw_and_folded_classes_compared_whichever_variant_the_report_analyses(r
     assert moves["n_heads"].sum() == 32
 
 
+@pytest.mark.slow
 def test_compare_figures_name_both_variants(dataset, tmp_path):
     a, b = compare.load_sides(str(dataset), "Tiny", variant="raw", against_variant="folded")
     outputs = compare.run_compare(a, b, tmp_path, "Tiny", ["stable_rank"])
@@ -121,6 +124,7 @@ def test_compare_figures_name_both_variants(dataset, tmp_path):
 # ---------------------------------------------------------------- issue 13 item 5: heads by offset
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["raw", "folded"])
 def test_positional_table_recomputes_from_the_builder_rows(dataset, reports, variant):
     outputs, _ = reports[variant]
@@ -140,6 +144,7 @@ def test_positional_table_recomputes_from_the_builder_rows(dataset, reports, var
     np.testing.assert_allclose(csv["norm_ratio_4"], table["norm_ratio_4"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_positional_figure_is_written_titled_and_linked(reports):
     outputs, _ = reports["folded"]
     figure = f"positional/{MODEL}.png"
@@ -158,6 +163,7 @@ def test_positional_figure_is_written_titled_and_linked(reports):
     assert 'href="tables/positional.csv"' in html and f'src="{figure}"' in html
 
 
+@pytest.mark.slow
 def test_without_positional_spectra_no_figure_and_one_log_line(dataset, tmp_path):
     lines: list[str] = []
     outputs = run_report(str(dataset), "Tiny", tmp_path, variant="null", params=Params(**FAST), jobs=1, progress=False,
@@ -175,6 +181,7 @@ def test_without_positional_spectra_no_figure_and_one_log_line(dataset, tmp_path
 ORIGINAL_TABLES = {"classes", "labels", "bds"}
 
 
+@pytest.mark.slow
 def test_original_tables_only_under_method_original(dataset, reports, tmp_path):
     outputs, _ = reports["folded"]
     written = {p.stem for p in (outputs.family_dir / "tables").glob("*.csv")}
@@ -201,6 +208,7 @@ def test_default_report_removes_the_original_tables_a_previous_run_left(tmp_path
     assert [p.name for p in (outputs.family_dir / "tables").iterdir()] == ["stability.csv"]
 
 
+@pytest.mark.slow
 def test_per_model_timings_say_they_are_sums_over_models(reports):
     outputs, lines = reports["folded"]
     assert outputs.timings["consensus (sum over 1 model)"] > 0  # was an unlabelled "consensus"
@@ -212,6 +220,7 @@ def test_per_model_timings_say_they_are_sums_over_models(reports):
     assert "consensus (sum over 1 model) " in line
 
 
+@pytest.mark.slow
 def test_the_default_method_colours_the_embedding_by_consensus_classes_and_labels_the_esd_figure(dataset, reports, tmp_path):
     """Default method: the interactive embedding shows the consensus classes and the ESD figure says its classes are
     the original method's; under --method original both are the original's KMeans classes."""

@@ -94,6 +94,7 @@ def test_falcon_layouts_gqa_mqa_and_head_dim_are_covered():
 # ------------------------------------------------------------------ the spectra
 
 
+@pytest.mark.slow
 def test_reference_matches_the_case_geometry(built):
     """The module really has the heads the case claims (else the comparisons below prove little)."""
     case = built.case
@@ -107,6 +108,7 @@ def test_reference_matches_the_case_geometry(built):
             assert s.min() > 0.05 * s.max()
 
 
+@pytest.mark.slow
 def test_stored_singular_values_match_dense_svd(built):
     worst = 0.0
     for layer, head, row in built.heads():
@@ -119,6 +121,7 @@ def test_stored_singular_values_match_dense_svd(built):
     assert worst <= RTOL, f"max relative error {worst:.2e}"
 
 
+@pytest.mark.slow
 def test_kernel_in_float64_matches_dense_svd(built):
     """qk_layer_spectra itself, fed the module's float64 blocks: the factorization is exact to ~1e-12."""
     for layer, (wq, wk) in enumerate(built.reference):
@@ -149,6 +152,7 @@ def test_kernel_handles_rank_deficient_heads():
     assert np.isnan(spectra.positivity[2:]).all()  # W_QK = 0: positivity is undefined
 
 
+@pytest.mark.slow
 def test_eigenvalues_are_squared_singular_values(built):
     for layer, head, row in built.heads():
         s = np.asarray(row["singular_values"], np.float64)
@@ -159,6 +163,7 @@ def test_eigenvalues_are_squared_singular_values(built):
         assert max_relative_error(ev, expected) <= RTOL
 
 
+@pytest.mark.slow
 def test_index_and_shape_columns(built):
     case, rows = built.case, built.rows
     assert len(rows) == built.result.n_rows == case.n_layers * case.n_heads
@@ -181,6 +186,7 @@ def test_index_and_shape_columns(built):
         assert str(schema.field(column).type) == "int32", column
 
 
+@pytest.mark.slow
 def test_identity_and_provenance_columns(built):
     rows = built.rows
     config = json.loads((built.model_dir / "config.json").read_text())
@@ -225,6 +231,7 @@ def test_original_statistics_agree_with_scipy():
     assert abs(ours["skew"] - scipy.stats.skew(x, bias=True)) > 1e-3  # the factor matters
 
 
+@pytest.mark.slow
 def test_statistics_columns(built):
     for layer, head, row in built.heads():
         s = dense_singular_values(*built.head(layer, head))
@@ -249,6 +256,7 @@ def test_statistics_columns(built):
                 assert row[f"{prefix}_{name}"] == pytest.approx(value, rel=1e-5, abs=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_metric_columns(built):
     for layer, head, row in built.heads():
         wq, wk = built.head(layer, head)
@@ -281,6 +289,7 @@ def test_metric_columns(built):
 # ------------------------------------------------------------------ the sharded bf16 checkpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("built", [c for c in CASES if c.max_shard_size], ids=lambda c: c.id, indirect=True)
 def test_sharded_bf16_layout(built):
     index = json.loads((built.model_dir / "model.safetensors.index.json").read_text())

@@ -65,6 +65,7 @@ def max_relative_error(actual, expected) -> float:
     return float(np.max(np.abs(actual - expected) / np.abs(expected)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES_2026, ids=lambda c: c.id)
 def test_spectra_match_dense_reference_on_every_head(built, case):
     b = built[case.id]
@@ -83,6 +84,7 @@ def test_spectra_match_dense_reference_on_every_head(built, case):
     assert worst <= RTOL, f"{case.id}: max relative error {worst:.2e}"
 
 
+@pytest.mark.slow
 def test_the_family_loads_with_datasets(built):
     from datasets import load_dataset
 
@@ -128,6 +130,7 @@ def _expected_facts(model, case) -> dict[int, tuple[str, int | None, float | Non
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES_2026, ids=lambda c: c.id)
 def test_layer_facts_match_the_transformers_config(built, case):
     b = built[case.id]
@@ -142,6 +145,7 @@ def test_layer_facts_match_the_transformers_config(built, case):
         assert (f.rope is None) == np.isnan(rows.loc[f.layer, "rope_theta"])
 
 
+@pytest.mark.slow
 def test_rotary_dims_pairing_and_offsets():
     """Partial rotary (glm4 0.5, Phi-4-mini 0.75, Qwen3-Next 0.25), interleaved pairs, MLA's rope block at the end."""
     expected = {
@@ -194,6 +198,7 @@ def test_sparse_nested_text_config_takes_the_config_class_defaults():
     assert {f.sliding_window for f in arch.model_type_for(mistral).layer_facts(mistral)} == {ref.sliding_window}
 
 
+@pytest.mark.slow
 def test_multimodal_text_tower_under_either_prefix_and_never_the_vision_tower(built, tmp_path):
     """transformers 5.x saves language_model.model.*; in-memory names (model.language_model.*) read the same."""
     from safetensors.torch import load_file, save_file
@@ -214,6 +219,7 @@ def test_multimodal_text_tower_under_either_prefix_and_never_the_vision_tower(bu
     assert np.array_equal(np.stack(rows["singular_values"]), np.stack(b.rows["singular_values"]))
 
 
+@pytest.mark.slow
 def test_gated_query_rows_only(built):
     """Qwen3-Next's q_proj is per head [query | gate]: the stored spectra are the query's, not a plain row split's."""
     b = built["qwen3_next-gated"]
@@ -226,6 +232,7 @@ def test_gated_query_rows_only(built):
     assert max_relative_error(stored, dense_singular_values(naive_q[1], wk[0])) > 1e-2
 
 
+@pytest.mark.slow
 def test_hybrid_rows_keep_true_layer_indices(built):
     rows = built["qwen3_next-gated"].rows
     config = built["qwen3_next-gated"].model.config
@@ -235,6 +242,7 @@ def test_hybrid_rows_keep_true_layer_indices(built):
     assert sorted(set(built["falcon_h1"].rows["layer"])) == [0, 1]  # every Falcon-H1 layer has attention beside mamba
 
 
+@pytest.mark.slow
 def test_biases_and_sinks_are_outside_the_raw_form(built, tmp_path):
     """gpt-oss (sinks, q/k biases) and Qwen2-MoE (q/k biases): changing them leaves the raw rows bit for bit."""
     from safetensors.torch import load_file, save_file
@@ -253,6 +261,7 @@ def test_biases_and_sinks_are_outside_the_raw_form(built, tmp_path):
         assert np.array_equal(np.stack(rows["singular_values"]), np.stack(b.rows["singular_values"]))
 
 
+@pytest.mark.slow
 def test_mla_works_on_small_factors(built):
     """With q_lora_rank the layer is read as m = r_q + r_kv + d_r wide factors, below d_model (no d_model x d_model)."""
     b = built["deepseek_v3-qlora"]
@@ -326,6 +335,7 @@ def test_fp8_without_its_scales_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_fp8_deepseek_v3_builds_from_dequantized_weights(built, tmp_path):
     """A DeepSeek-V3 checkpoint with FP8 attention projections (+ scales), and a multi-token-prediction layer."""
     from safetensors.torch import load_file, save_file
@@ -368,6 +378,7 @@ def test_fp8_deepseek_v3_builds_from_dequantized_weights(built, tmp_path):
 # ------------------------------------------------------------------ bytes read from the Hub
 
 
+@pytest.mark.slow
 def test_moe_hub_build_reads_only_qk_bytes(hub_server, built, unique_repo_name, tmp_path):
     """Qwen3-MoE on the Hub test server: config + headers + at most 1.1 x the Q/K bytes (experts never read)."""
     b = built["qwen3_moe"]

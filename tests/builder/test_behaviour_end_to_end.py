@@ -72,6 +72,7 @@ def test_behaviour_build_fills_qk_rows_and_is_part_of_the_skip_key(planted_dir, 
     assert _rows(out)[list(schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS)].isna().all().all()
 
 
+@pytest.mark.slow
 def test_probe_flags_without_behaviour_and_bad_values_are_one_line(planted_dir, tmp_path, capsys):
     assert _build(tmp_path / "a", planted_dir, "--probe-seed", "3") != 0
     err = capsys.readouterr().err.strip()

@@ -40,6 +40,7 @@ def _attentions(model, probes):
     return [a.double().numpy() for a in out.attentions]
 
 
+@pytest.mark.slow
 def test_planted_heads_are_exactly_the_heads_above_threshold(planted):
     _, directory = planted
     source = open_source(str(directory))
@@ -57,6 +58,7 @@ def test_planted_heads_are_exactly_the_heads_above_threshold(planted):
     assert result.scores["entropy"][0][0] < 0.1
 
 
+@pytest.mark.slow
 def test_scores_equal_a_loop_over_the_models_own_attention(planted):
     """The vectorised scores against plain loops over the attention weights transformers returns."""
     model, directory = planted
@@ -83,6 +85,7 @@ def test_scores_equal_a_loop_over_the_models_own_attention(planted):
                 assert got[name][h] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, h)
 
 
+@pytest.mark.slow
 def test_layer0_attention_is_the_weights_softmax(planted):
     """The attention transformers reports equals softmax(LN(x) W_Q . LN(x) W_K / sqrt(dh)) computed here from the state dict."""
     model, _ = planted

@@ -78,6 +78,7 @@ def test_probe_flags_are_checked(value):
     assert bp.check_probe(seed="12").key() == (12, bp.PROBE_SEQUENCES, bp.PROBE_LENGTH, bp.PROBE_LOCAL_WINDOW)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
@@ -104,6 +105,7 @@ def test_refusals_are_one_line(tmp_path):
     assert torch.is_tensor(next(iter(tensors.values())))
 
 
+@pytest.mark.slow
 def test_gqa_llama_scores_are_per_query_head(tmp_path):
     """A random GQA model (4 query heads over 2 key heads): one score per query head, from the model's attention."""
     import torch
@@ -127,6 +129,7 @@ def test_gqa_llama_scores_are_per_query_head(tmp_path):
             np.testing.assert_allclose(result.scores[name][layer], values, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_minilm_encoder_scores():
     """The real all-MiniLM-L6-v2 (bert): encoder scores, CLS as the first token, no induction."""
     from qk_spectra_ds.builder.pipeline import resolve_source

@@ -188,6 +188,7 @@ def test_damaged_model_fails_with_one_clear_line(damaged, tmp_path):
     assert_nothing_written_for(out, "Bad", model_dir.name)
 
 
+@pytest.mark.slow
 def test_good_model_copy_builds(good_model, tmp_path):
     """The control: the undamaged copy builds, so each failure above is the damage's doing."""
     model_dir = copy_model(good_model, tmp_path / "good-copy")
@@ -195,6 +196,7 @@ def test_good_model_copy_builds(good_model, tmp_path):
     assert result.status == "built" and result.path.is_file()
 
 
+@pytest.mark.slow
 def test_damaged_model_does_not_lose_the_others(damaged, good_model, tmp_path):
     model_dir, _, words = damaged
     out = tmp_path / "out"
@@ -213,6 +215,7 @@ def test_damaged_model_does_not_lose_the_others(damaged, good_model, tmp_path):
     assert_nothing_written_for(out, "Mixed", model_dir.name)
 
 
+@pytest.mark.slow
 def test_a_failure_keeps_the_previous_build_of_that_model(good_model, tmp_path):
     """A model that built before and is now damaged keeps its old file (force does not delete it)."""
     out = tmp_path / "out"
@@ -225,6 +228,7 @@ def test_a_failure_keeps_the_previous_build_of_that_model(good_model, tmp_path):
     assert path.read_bytes() == content
 
 
+@pytest.mark.slow
 def test_two_models_with_one_id_do_not_overwrite_each_other(good_model, tmp_path):
     """Two local folders named alike give one model id: the second is refused, the first kept."""
     out = tmp_path / "out"
@@ -300,6 +304,7 @@ def test_unreachable_hub(closed_endpoint, monkeypatch, tmp_path):
 # ------------------------------------------------------------------ the CLI
 
 
+@pytest.mark.slow
 def test_cli_unknown_family(tmp_path):
     proc = run_script("--family", "NoSuchFamily", "--out", str(tmp_path / "out"), "--quiet")
     assert_cli_error(proc, "unknown family 'NoSuchFamily'")
@@ -310,18 +315,21 @@ def test_cli_no_family():
     assert_cli_error(run_script("--quiet"), "--family")
 
 
+@pytest.mark.slow
 def test_cli_family_with_a_slash(good_model, tmp_path):
     proc = run_script("--family", "a/b", "--models", str(good_model), "--out", str(tmp_path / "out"), "--quiet")
     assert_cli_error(proc, "family 'a/b' cannot name a dataset config")
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_unreachable_hub(closed_endpoint, tmp_path):
     proc = run_script("--family", "X", "--models", "some-org/some-model", "--out", str(tmp_path / "out"), "--quiet",
                       env={"HF_ENDPOINT": closed_endpoint})  # fmt: skip
     assert_cli_error(proc, "some-org/some-model", "cannot reach the Hub")
 
 
+@pytest.mark.slow
 def test_cli_mixed_family_exits_non_zero_and_keeps_the_good_model(good_model, tmp_path):
     bad_type = copy_model(good_model, tmp_path / "bad-type")
     _edit_config(bad_type, model_type="t5")

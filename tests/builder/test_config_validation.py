@@ -181,6 +181,7 @@ PATTERN_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(PATTERN_CASES))
 def test_bad_layer_pattern_field_is_one_line_naming_it(case):
     config, words = PATTERN_CASES[case]

@@ -126,6 +126,7 @@ NO_TORCH_BUILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_raw_cpu_build_never_imports_torch_and_writes_the_torch_routes_raw_rows(llama_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", NO_TORCH_BUILD, str(llama_dir), str(tmp_path / "numpy")],

@@ -16,6 +16,7 @@ def test_the_threshold_is_set_on_glibc():
     assert memory.fix_mmap_threshold() is True  # idempotent
 
 
+@pytest.mark.slow
 def test_every_build_fixes_the_threshold_first(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "fix_mmap_threshold", lambda: calls.append(1) or True)

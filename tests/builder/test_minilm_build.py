@@ -96,6 +96,7 @@ def minilm_rows(repo):
     return pq.read_table(path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pandas().set_index(["layer", "head"], drop=False)
 
 
+@pytest.mark.slow
 def test_minilm_matches_dense_svd(minilm_rows, minilm_dense, minilm_dir):
     config = read_config(minilm_dir)
     assert (config["model_type"], config["num_hidden_layers"], config["num_attention_heads"]) == ("bert", 6, 12)
@@ -115,6 +116,7 @@ def test_minilm_matches_dense_svd(minilm_rows, minilm_dense, minilm_dir):
     assert worst <= 1e-6, f"max relative error {worst:.2e}"
 
 
+@pytest.mark.slow
 def test_minilm_tensors_are_read_without_prefix_and_partially(repo, minilm_dir):
     from safetensors import safe_open
 
@@ -129,6 +131,7 @@ def test_minilm_tensors_are_read_without_prefix_and_partially(repo, minilm_dir):
 # ------------------------------------------------------------------ the original study's pairing
 
 
+@pytest.mark.slow
 def test_original_pairing_fails_the_reference_and_the_correct_one_passes(minilm_heads, minilm_dense, minilm_rows):
     for layer, (wq, wk) in enumerate(minilm_heads):
         for head in range(wq.shape[0]):
@@ -157,6 +160,7 @@ def test_original_pairing_fails_on_random_gqa_heads():
 # ------------------------------------------------------------------ the dataset
 
 
+@pytest.mark.slow
 def test_build_results(repo):
     assert [(r.model_id, r.status) for r in repo["results"]] == [
         (MINILM, "built"), ("tiny-llama", "built"), ("tiny-gpt2", "built")
@@ -170,6 +174,7 @@ def test_build_results(repo):
     assert temp_files(out) == []
 
 
+@pytest.mark.slow
 def test_load_dataset_per_family_and_all(repo):
     from datasets import load_dataset
 
@@ -189,6 +194,7 @@ def test_load_dataset_per_family_and_all(repo):
     schema.validate_columns(everything["train"].column_names, everything["train"]["schema_version"])
 
 
+@pytest.mark.slow
 def test_card_lists_every_model_and_config(repo):
     out = repo["out"]
     text = (out / "README.md").read_text()
@@ -206,6 +212,7 @@ def test_card_lists_every_model_and_config(repo):
     assert num_examples == {"all": 6 * 88, "MiniLM": 6 * 72, "Tiny": 6 * 16}  # qk and ov; raw, folded and null rows
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_force_rebuilds(repo):
     out, model_dir = repo["out"], repo["model_dirs"]["tiny-llama"]
     path = dataset_repo.model_path(out, "Tiny", "tiny-llama")
@@ -226,6 +233,7 @@ def test_rerun_skips_and_force_rebuilds(repo):
     assert temp_files(out) == []
 
 
+@pytest.mark.slow
 def test_changed_weights_are_rebuilt_not_skipped(tmp_path):
     """The local revision is a digest of config.json and every byte read; new weights of a new layout rebuild."""
     out = tmp_path / "out"
@@ -237,6 +245,7 @@ def test_changed_weights_are_rebuilt_not_skipped(tmp_path):
     assert set(pq.read_table(second.path)["model_type"].to_pylist()) == {"olmo2"}
 
 
+@pytest.mark.slow
 def test_failed_write_keeps_the_previous_file_and_no_temp_file(repo, monkeypatch):
     out, model_dir = repo["out"], repo["model_dirs"]["tiny-gpt2"]
     path = dataset_repo.model_path(out, "Tiny", "tiny-gpt2")
@@ -288,6 +297,7 @@ def test_cli_list_prints_the_families():
     assert "[offline copy installed]" in proc.stdout  # MiniLM
 
 
+@pytest.mark.slow
 def test_cli_builds_a_local_model_into_a_named_family(tmp_path):
     _, model_dir = make_saved("falcon-new_decoder-gqa", tmp_path / "my-falcon")
     out = tmp_path / "out"

@@ -28,6 +28,7 @@ from variant_cases import (
 )
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # every test here makes models with transformers and builds them
 
 
 def _table(out):

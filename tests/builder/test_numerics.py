@@ -99,6 +99,7 @@ def assert_one_line(message: str, *words: str) -> None:
 # ------------------------------------------------------------------ item 6: overflow and underflow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("label", "change", "words"),
     [
@@ -118,6 +119,7 @@ def test_spectra_outside_float32_fail_naming_model_layer_and_head(base_model, tm
     assert not dataset_repo.model_path(out, "Trust", model.name).exists()
 
 
+@pytest.mark.slow
 def test_large_but_storable_spectra_build_exactly(base_model, tmp_path):
     """The bounds are not too strict: s ~ 1e15 (l ~ 1e30) and s ~ 1e-9 (l ~ 1e-18) fit float32 and are kept."""
 
@@ -136,6 +138,7 @@ def test_large_but_storable_spectra_build_exactly(base_model, tmp_path):
     assert stored[1, 2, 0] > 1e14 and stored[0, 0, 0] < 1e-7
 
 
+@pytest.mark.slow
 def test_huge_f64_weights_and_overflow_fail_in_one_line_and_the_good_model_is_written(base_model, tmp_path):
     """The CLI in a subprocess: 1e200 float64 weights once crashed MKL (exit 139) and lost the family."""
     huge = variant_of(base_model, tmp_path / "f64-1e200", scale(q_name(1), k_name(1), factor=1e200), np.float64)
@@ -188,6 +191,7 @@ KERNEL_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kernel_refuses_unsafe_blocks_before_lapack():
     """NaN, Inf, 1e200 and 1e-160 blocks: a WeightRangeError naming the head, not a crash (run apart from pytest)."""
     proc = subprocess.run([sys.executable, "-c", KERNEL_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -223,6 +227,7 @@ def mp_singular_values(wq: np.ndarray, wk: np.ndarray, digits: int = 60) -> np.n
         return np.array([float(s[i]) for i in range(wq.shape[0])])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("q_kappas", "k_kappas"),
     [((1e4, 1e6, 1e7, 1e8), (10.0, 10.0)), ((1.0, 3e4, 1e6, 1e8), (1e8, 1e6))],
@@ -322,6 +327,7 @@ def zero_heads_dataset(base_model, tmp_path_factory):
     return model, out
 
 
+@pytest.mark.slow
 def test_zero_heads_build_with_nan_metrics_and_minus_inf_log_det(zero_heads_dataset):
     model, out = zero_heads_dataset
     rows = read_rows(out, "Trust", model.name)
@@ -341,6 +347,7 @@ def test_zero_heads_build_with_nan_metrics_and_minus_inf_log_det(zero_heads_data
                 assert np.isfinite(rows[name][i]), (layer, head, name)
 
 
+@pytest.mark.slow
 def test_analysis_leaves_zero_heads_out_with_a_warning(zero_heads_dataset):
     from qk_spectra_ds.analysis.layer_boxplots import layer_stats
     from qk_spectra_ds.analysis.loading import load_spectra

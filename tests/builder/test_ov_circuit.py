@@ -224,6 +224,7 @@ def test_folded_ov_spectra_equal_the_model_modules(case_id, tmp_path):
             assert abs(row["symmetry"] - sym) <= 1e-6
 
 
+@pytest.mark.slow
 def test_circuits_qk_rows_do_not_depend_on_the_ov_circuit(tmp_path):
     """--circuits qk writes exactly the qk rows a qk,ov build writes (same numbers, same columns); ov rows follow."""
     from qk_spectra_ds import schema

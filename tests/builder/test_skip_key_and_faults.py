@@ -161,6 +161,7 @@ def _enospc_writer(real, victim: str):
     return write
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_one_model_in_one_line_and_the_next_ones_are_built(tiny, tmp_path, monkeypatch):
     from qk_spectra_ds import dataset_repo
     from qk_spectra_ds.errors import BuildError
@@ -224,6 +225,7 @@ def test_temporaries_of_killed_writers_are_swept_and_live_ones_kept(tmp_path):
     assert {p.name for p in target.parent.glob(".*.tmp")} == {legacy_new.name, foreign_new.name}
 
 
+@pytest.mark.slow
 def test_a_build_sweeps_what_a_killed_build_left(tiny, tmp_path, caplog):
     out = tmp_path / "out"
     _leave_a_temporary(out / "data" / FAMILY / "tiny.parquet")

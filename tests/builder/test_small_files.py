@@ -40,6 +40,7 @@ def _failure(exc: BuildError) -> str:
     return failed.error
 
 
+@pytest.mark.slow
 def test_a_huge_local_config_is_one_line_and_the_other_model_is_built(models, low_limit, tmp_path):
     good, padded = models
     assert (padded / "config.json").stat().st_size > LIMIT > (good / "config.json").stat().st_size

@@ -50,6 +50,7 @@ transformers = pytest.importorskip("transformers")
 ROTARY = ["llama", "llama-yarn", "qwen3", "gemma2", "gemma3", "gpt_neox", "phi3", "gptj"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ROTARY + ["bert"])
 def test_folded_and_positional_match_the_modules(case_id, tmp_path):
     """Folded and positional (raw and folded) spectra: <= 1e-6 vs the module-level reference, 1e-8 exact level."""
@@ -92,6 +93,7 @@ def test_gemma3_local_and_global_layers_rotate_differently(tmp_path):
     assert not torch.equal(rot.sliding_attention_inv_freq, rot.full_attention_inv_freq)
 
 
+@pytest.mark.slow
 def test_null_variant(tmp_path):
     """Null: |c| s(R_q G_q O G_k R_k^T) with O Haar from the recorded seed; same factor norms, other spectrum."""
     case = CASES["qwen3"]
@@ -144,6 +146,7 @@ def test_variants_flag_and_offsets(tmp_path):
     assert offsets == [0] + [2**i for i in range(12)]
 
 
+@pytest.mark.slow
 def test_minilm_folded_differs_from_raw_and_matches_its_reference(tmp_path):
     """The real all-MiniLM-L6-v2 checkpoint (post-norm BERT): folded != raw, folded matches the module reference."""
     directory = catalog.packaged_model_dir("sentence-transformers/all-MiniLM-L6-v2")
@@ -168,6 +171,7 @@ def test_minilm_folded_differs_from_raw_and_matches_its_reference(tmp_path):
         assert not np.allclose(folded / folded.max(), raw / raw.max(), rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_checkpoint_without_norms_builds_raw_by_default_and_refuses_folded_when_asked(tmp_path):
     """Only Q/K in the checkpoint: the default builds raw rows (and says so); --variants folded is one line."""
     from safetensors.numpy import load_file, save_file

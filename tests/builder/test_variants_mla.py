@@ -236,6 +236,7 @@ def _stack(column) -> np.ndarray:
 # ------------------------------------------------------------------ tests
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_mla_folded_and_positional_match_the_modules(case_id, tmp_path):
     """Folded and positional (raw and folded) MLA spectra vs the modules: module level at p = 0, exact at p = 12345."""
@@ -259,6 +260,7 @@ def test_mla_folded_and_positional_match_the_modules(case_id, tmp_path):
         assert not np.allclose(np.stack(folded["singular_values"]), np.stack(raw["singular_values"]), rtol=1e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["v3-qlora", "v2-qlora-yarn"])
 def test_mla_null_pairs_the_folded_factors_through_the_recorded_rotation(case_id, tmp_path):
     """Null: |c| s(R_q O R_k^T), R_q, R_k the folded factors (same Frobenius norms), O Haar from the card's seed."""
@@ -275,6 +277,7 @@ def test_mla_null_pairs_the_folded_factors_through_the_recorded_rotation(case_id
             assert not np.allclose(null[h], folded[h], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_mla_latent_norms_are_in_the_local_revision_and_required_for_folded(tmp_path):
     """A changed kv_a_layernorm changes the revision and the folded rows; without it: raw by default, one line if asked."""
     from safetensors.torch import load_file, save_file
@@ -302,6 +305,7 @@ def test_mla_latent_norms_are_in_the_local_revision_and_required_for_folded(tmp_
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_attention_factor_scales_only_the_rotating_dims_of_partial_rotary(tmp_path):
     """Phi-3 partial rotary (0.5) with LongRoPE (a = 1.105): a multiplies the rotated dims only, not the pass dims.
 

@@ -98,6 +98,7 @@ def copy_model(tiny, directory: Path) -> Path:
 # ------------------------------------------------------------------ 1. stale local models
 
 
+@pytest.mark.slow
 def test_new_weights_under_the_same_names_and_shapes_rebuild(tiny, tmp_path):
     model_dir, out = copy_model(tiny, tmp_path / "m"), tmp_path / "out"
     first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False)
@@ -114,6 +115,7 @@ def test_new_weights_under_the_same_names_and_shapes_rebuild(tiny, tmp_path):
     assert set(pq.read_table(second.path)["model_revision"].to_pylist()) == {second.revision}
 
 
+@pytest.mark.slow
 def test_a_changed_config_alone_changes_the_revision(tiny, tmp_path):
     model_dir, out = copy_model(tiny, tmp_path / "m"), tmp_path / "out"
     first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False)
@@ -166,6 +168,7 @@ def test_the_read_digest_ignores_order_and_repeats():
 # ------------------------------------------------------------------ 2. the method version
 
 
+@pytest.mark.slow
 def test_a_new_method_version_rebuilds_and_only_an_exact_match_skips(tiny, tmp_path, monkeypatch):
     model_dir, out = copy_model(tiny, tmp_path / "m"), tmp_path / "out"
     first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False)
@@ -189,6 +192,7 @@ def _as_schema_v1(path: Path) -> None:
     pq.write_table(table, path)
 
 
+@pytest.mark.slow
 def test_schema_v1_files_are_read_and_rebuilt(tiny, tmp_path):
     model_dir, out = copy_model(tiny, tmp_path / "old-model"), tmp_path / "out"
     first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False, circuits=["qk"])  # v1 had qk rows only
@@ -263,6 +267,7 @@ def no_retry_wait(monkeypatch):
     monkeypatch.setattr(hub_source, "RANGE_RETRY_WAIT", 0.0)
 
 
+@pytest.mark.slow
 def test_one_wrong_content_range_per_request_is_retried(hub_server, hosted, tiny, tmp_path, no_retry_wait):
     """A flaky proxy: the first answer to every range is other bytes of the right length."""
     hub_server.clear_faults()
@@ -292,6 +297,7 @@ def test_a_server_that_always_answers_the_wrong_range_is_refused(hub_server, hos
     one_line(info.value, hosted, "model.safetensors", "bytes 8-39", f"{hub_source.RANGE_ATTEMPTS} tries")
 
 
+@pytest.mark.slow
 def test_cli_always_wrong_ranges_exit_non_zero_and_write_nothing(hub_server, hosted, tmp_path):
     out = tmp_path / "out"
     hub_server.clear_faults()
@@ -412,6 +418,7 @@ def _shift_q_offsets_negative(model_dir: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
 
 
+@pytest.mark.slow
 def test_a_model_with_negative_offsets_fails_in_one_line_and_writes_nothing(tiny, tmp_path):
     good = copy_model(tiny, tmp_path / "good")
     bad = copy_model(tiny, tmp_path / "bad")
@@ -445,6 +452,7 @@ def split_in_two(tensors: dict[str, np.ndarray]) -> tuple[dict, dict]:
 A, B = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 
 
+@pytest.mark.slow
 def test_the_index_decides_which_shard_a_tensor_comes_from(tiny, tmp_path):
     tensors = load_file(str(tiny[1] / "model.safetensors"))
     first, second = split_in_two(tensors)

@@ -111,6 +111,7 @@ def test_unknown_or_missing_analyze_command(argv, words, analyze_cli, capsys):
     assert_one_error(analyze_cli(argv), capsys.readouterr().err, *words)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -143,6 +144,7 @@ def test_bad_build_command_line_is_one_line_before_any_work(argv, words, build_c
     assert builds == [] and not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, words",
     [
@@ -174,6 +176,7 @@ def test_bad_analyze_values_are_refused_before_reading(flags, words, analyze_cli
 # ------------------------------------------------------------------ item 13: values stay as typed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["1e3", "0x10", "007"])
 def test_family_that_looks_like_a_number_stays_a_string(family, build_cli, model_dir, tmp_path, capsys):
     """fire made 1e3 -> 1000.0, 0x10 -> 16 and 007 -> 7, building into the wrong config."""
@@ -182,6 +185,7 @@ def test_family_that_looks_like_a_number_stays_a_string(family, build_cli, model
     assert [p.relative_to(out).as_posix() for p in dataset_repo.model_files(out)] == [f"data/{family}/tiny.parquet"]
 
 
+@pytest.mark.slow
 def test_switch_spellings(build_cli, builds, model_dir, tmp_path, capsys):
     """--force, --force=true, --noforce and --force=false are the documented spellings of a switch."""
     out = tmp_path / "out"
@@ -260,6 +264,7 @@ BLOCK_TORCH = (
 )
 
 
+@pytest.mark.slow
 def test_building_without_torch_says_to_install_the_build_extra(model_dir, tmp_path):
     out = tmp_path / "out"
     code = BLOCK_TORCH.format(script=str(ROOT / "build_dataset.py"))
@@ -331,6 +336,7 @@ def closed_endpoint():
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
+@pytest.mark.slow
 def test_publish_without_network_is_one_line(closed_endpoint, build_cli, model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert build_cli(["--family", "Tiny", "--models", str(model_dir), "--out", str(out), "--quiet"]) == 0
@@ -395,6 +401,7 @@ def test_falcon_switch_that_is_not_a_boolean(field):
         arch.shape(config), arch.layout(config)
 
 
+@pytest.mark.slow
 def test_bad_config_through_the_cli_keeps_the_good_model(build_cli, model_dir, tmp_path, capsys):
     bad = write_qk_llama(tmp_path / "bad", {**CONFIG, "num_key_value_heads": 0})
     out = tmp_path / "out"
@@ -429,6 +436,7 @@ def test_unexpected_exception_is_one_line_with_a_debug_hint(monkeypatch, capsys)
     assert err.splitlines()[-1] == "error: unexpected RuntimeError: something nobody foresaw on a second line"
 
 
+@pytest.mark.slow
 def test_unexpected_exception_inside_an_analysis_is_one_line(analyze_cli, monkeypatch, tmp_path, capsys):
     from qk_spectra_ds.analysis import loading
 
@@ -445,6 +453,7 @@ def test_errors_are_qkspectra_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_output_into_a_closed_pipe_is_not_an_error():
     """``--list | head``: the reader goes away before the CLI writes; exit 0 and nothing on stderr."""
     code = ("import sys, time; sys.argv = ['build_dataset.py', '--list']; time.sleep(2); "

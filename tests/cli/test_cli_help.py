@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qk_spectra_ds.analysis import cli_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +32,7 @@ def _help(*args: str) -> tuple[str, str]:
     return done.stdout, done.stderr
 
 
+@pytest.mark.slow
 def test_help_does_not_import_the_analysis_stack():
     for args in (("--help",), ("report", "--help"), ("compare", "--help")):
         out, err = _help(*args)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qk_spectra_ds.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,7 @@ def test_on_a_terminal_the_bar_is_tqdms():
     assert silent.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_a_build_into_a_pipe_logs_plain_lines(tmp_path):
     done = subprocess.run([sys.executable, "build_dataset.py", "--family", "MiniLM", "--out", str(tmp_path / "ds"),
                            "--variants", "raw", "--offsets", "none"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip

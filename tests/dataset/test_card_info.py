@@ -36,6 +36,7 @@ def test_dataset_info_is_what_datasets_writes(splits):
     assert card_info.dataset_info(splits) == datasets_block(splits)
 
 
+@pytest.mark.slow
 def test_card_yaml_has_no_aliases_and_building_a_card_does_not_import_datasets(tmp_path):
     summaries = [{"config": f, "path": f"data/{f}/m.parquet", "n_rows": 4, "n_bytes": 100, "model_id": "m",
                   "variant": "raw"} for f in ("A", "B")]  # fmt: skip

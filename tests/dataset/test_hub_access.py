@@ -57,6 +57,7 @@ def no_retry_wait(monkeypatch):
 # ------------------------------------------------------------------ 10. a truncated body
 
 
+@pytest.mark.slow
 def test_a_truncated_body_is_retried(hub_server, hosted, tiny_dir, no_retry_wait):
     source = HubSource(hosted)
     source.size("model.safetensors")
@@ -82,6 +83,7 @@ def test_a_server_that_always_truncates_is_refused_in_one_line(hub_server, hoste
     one_line(str(info.value), hosted, "model.safetensors", "bytes 8-999", f"{hub_source.RANGE_ATTEMPTS} tries")
 
 
+@pytest.mark.slow
 def test_a_build_through_one_truncated_answer_per_range_is_right(hub_server, hosted, tiny_dir, tmp_path, no_retry_wait):
     from qk_spectra_ds.builder.pipeline import build_model
 
@@ -147,6 +149,7 @@ except Exception as exc:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_a_hub_dataset_without_a_network_fails_at_once_in_one_line(kind):
     """One request, no retries: refused at once; a network that swallows requests after REACH_TIMEOUT (2 s here)."""

@@ -25,6 +25,7 @@ from qk_spectra_ds.errors import BuildError
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILY = "Tiny"
+pytestmark = pytest.mark.slow  # every test here builds, publishes or loads through the Hub test server
 
 
 @pytest.fixture(scope="module")

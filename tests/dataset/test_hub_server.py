@@ -105,6 +105,7 @@ def test_history_refs_and_tree(hub_server, published):
     assert commits[-1].title == "initial commit"
 
 
+@pytest.mark.slow
 def test_load_dataset_at_tags_in_subprocess(hub_server, published):
     script = textwrap.dedent(
         """
@@ -180,6 +181,7 @@ def test_errors_map_to_client_exceptions(hub_server, published, tmp_path):
     assert api.file_exists(repo, "data/Fam/part-1.parquet", repo_type="dataset", revision="v0.2.0")
 
 
+@pytest.mark.slow
 def test_fault_injection_and_retries(hub_server, published, tmp_path):
     repo = published["repo"]
     hub_server.reset_counters()

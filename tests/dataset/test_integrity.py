@@ -79,6 +79,7 @@ def rewrite(path: Path, edit) -> None:
 # ---------------------------------------------------------------- item 1: the file and the card
 
 
+@pytest.mark.slow
 def test_written_file_is_what_datasets_wrote_with_page_checksums(built, tmp_path):
     """pyarrow writes the same schema, features metadata and values as ``Dataset.to_parquet`` did."""
     from datasets import Dataset, load_dataset
@@ -101,6 +102,7 @@ def test_written_file_is_what_datasets_wrote_with_page_checksums(built, tmp_path
         pq.read_table(bad, columns=["ev_mean"], page_checksum_verification=True)
 
 
+@pytest.mark.slow
 def test_writing_a_model_file_does_not_import_datasets(tmp_path):
     code = (
         "import sys; from qk_spectra_ds import dataset_repo, schema\n"
@@ -112,6 +114,7 @@ def test_writing_a_model_file_does_not_import_datasets(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_card_records_each_file_sha256_and_size_and_keeps_them(built, tmp_path):
     out, path = copy_of(built, tmp_path)
     digest = integrity.file_digest(path)
@@ -136,6 +139,7 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_changed_file_is_refused_in_one_line_and_a_later_card_keeps_the_record(built, tmp_path, monkeypatch):
     out, path = copy_of(built, tmp_path)
     recorded = card_metadata.read_card_models(out)[0]["sha256"]
@@ -156,6 +160,7 @@ def test_a_changed_file_is_refused_in_one_line_and_a_later_card_keeps_the_record
     one_line(info.value, "data/fam/tiny-llama.parquet", "bytes")
 
 
+@pytest.mark.slow
 def test_publish_refuses_a_file_the_card_does_not_vouch_for(built, tmp_path):
     from qk_spectra_ds.builder.publish import PublishError, publish
 
@@ -166,6 +171,7 @@ def test_publish_refuses_a_file_the_card_does_not_vouch_for(built, tmp_path):
     one_line(info.value, "data/fam/tiny-llama.parquet", "nothing was published")
 
 
+@pytest.mark.slow
 def test_files_without_checksums_load_with_one_warning(built, tmp_path):
     """Datasets written before checksums were recorded (schema v1-v3 cards) still load, unverified."""
     out, _ = copy_of(built, tmp_path)
@@ -179,6 +185,7 @@ def test_files_without_checksums_load_with_one_warning(built, tmp_path):
         load_spectra(built, FAMILY, variant="raw")  # the recorded dataset: verified, no warning
 
 
+@pytest.mark.slow
 def test_legacy_fixture_dataset_loads(tmp_path):
     from qk_spectra_ds.analysis.legacy import import_legacy
 
@@ -188,6 +195,7 @@ def test_legacy_fixture_dataset_loads(tmp_path):
     assert set(frame["variant"]) == {"legacy"}
 
 
+@pytest.mark.slow
 @pytest.mark.hub
 def test_hub_revision_is_checked_against_the_hubs_lfs_sha256(built, hub_server, tmp_path, unique_repo_name):
     """A parquet replaced on the Hub without its card is refused at that revision; the tagged one still loads."""
@@ -303,6 +311,7 @@ def _null_row(path: Path) -> int:
     return pq.read_table(path, columns=["variant"]).column(0).to_pylist().index("null")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MUTATIONS))
 def test_every_stored_value_is_recomputed_on_load(name, built, tmp_path):
     out, path = copy_of(built, tmp_path)
@@ -315,6 +324,7 @@ def test_every_stored_value_is_recomputed_on_load(name, built, tmp_path):
     one_line(info.value, "data/fam/tiny-llama.parquet", words)
 
 
+@pytest.mark.slow
 def test_correct_builds_pass_every_check(built):
     for variant in ("raw", "folded", "null"):
         frame = load_spectra(built, FAMILY, variant=variant, keep_spectra=True, keep_positional=True)

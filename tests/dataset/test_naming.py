@@ -190,6 +190,7 @@ def test_a_file_under_the_old_name_is_replaced_and_another_models_kept(tiny_dir,
     assert sorted(p.name for p in (out / "data" / "F").iterdir()) == sorted([second.path.name, old.name])
 
 
+@pytest.mark.slow
 def test_a_file_holding_another_models_rows_is_never_overwritten(tiny_dir, tmp_path):
     """Where two ids name one file (on a case-insensitive file system, Org/M and org/m), the second is refused."""
     from qk_spectra_ds.builder.pipeline import build_model

@@ -113,6 +113,7 @@ def rewrite(path: Path, edit) -> None:
 # ---------------------------------------------------------------- item 9: legacy and built data
 
 
+@pytest.mark.slow
 def test_import_legacy_refuses_to_replace_a_built_model_without_force(tmp_path):
     out = built_dataset(tmp_path / "ds", "tiny")
     target = dataset_repo.model_path(out, FAMILY, "tiny")
@@ -127,6 +128,7 @@ def test_import_legacy_refuses_to_replace_a_built_model_without_force(tmp_path):
     assert set(pq.read_table(target).column("variant").to_pylist()) == {schema.VARIANT_LEGACY}
 
 
+@pytest.mark.slow
 def test_rebuild_refuses_to_replace_a_legacy_table_without_force(tiny_model, tmp_path):
     out = tmp_path / "ds"
     import_legacy(write_pickle(tmp_path / "pickles", tiny_model.name, legacy_data(n_layers=2)), FAMILY, out)
@@ -142,6 +144,7 @@ def test_rebuild_refuses_to_replace_a_legacy_table_without_force(tiny_model, tmp
     assert set(pq.read_table(target).column("variant").to_pylist()) == set(schema.BUILT_VARIANTS)  # legacy replaced
 
 
+@pytest.mark.slow
 def test_import_legacy_into_a_family_of_built_models_needs_pool_legacy(tmp_path, analyze_cli, capsys):
     out = built_dataset(tmp_path / "ds", "org/built")
     pickles = tmp_path / "pickles"
@@ -162,6 +165,7 @@ def mixed_dataset(tmp_path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_analysis_does_not_pool_legacy_with_built_spectra_unless_asked(mixed_dataset):
     with pytest.raises(LoadError) as info:
         load_spectra(mixed_dataset, FAMILY)
@@ -173,6 +177,7 @@ def test_analysis_does_not_pool_legacy_with_built_spectra_unless_asked(mixed_dat
         assert set(frame["model_id"]) == {"old-model", "org/built"} and len(frame) == 2 * 3 * 4
 
 
+@pytest.mark.slow
 def test_cards_say_where_the_numbers_come_from(tmp_path, mixed_dataset):
     legacy_only = tmp_path / "legacy-ds"
     import_legacy(write_pickle(tmp_path / "p2", "old-model", legacy_data()), FAMILY, legacy_only)
@@ -258,6 +263,7 @@ IMPOSSIBLE = {  # name: (edit of the table of 3 layers x 4 heads (d_head 8), wor
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
 def test_impossible_rows_are_one_line_naming_the_file(case, tmp_path):
     out = built_dataset(tmp_path / "ds", "org/good", "org/bad")
@@ -269,6 +275,7 @@ def test_impossible_rows_are_one_line_naming_the_file(case, tmp_path):
     assert len(load_spectra(out, FAMILY, models="org/good")) == 12  # the good model alone still loads
 
 
+@pytest.mark.slow
 def test_report_refuses_negative_eigenvalues_with_exit_1(tmp_path, analyze_cli, capsys):
     out = built_dataset(tmp_path / "ds", "org/bad")
     rewrite(dataset_repo.model_path(out, FAMILY, "org/bad"), _negative_eigenvalue(0))
@@ -324,6 +331,7 @@ def test_import_legacy_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- item 11: card out of step with the files
 
 
+@pytest.mark.slow
 def test_analysis_reads_the_files_when_the_card_is_behind_them(tmp_path):
     out = built_dataset(tmp_path / "ds", "org/a")
     # kill -9 between a parquet's rename and the card's rewrite: files the card does not know
@@ -337,6 +345,7 @@ def test_analysis_reads_the_files_when_the_card_is_behind_them(tmp_path):
     assert set(load_spectra(out, "all")["model_id"]) == {"org/a", "org/b", "org/c"}
 
 
+@pytest.mark.slow
 def test_a_rerun_repairs_a_card_left_behind_by_an_interrupted_build(tiny_model, tmp_path):
     out = tmp_path / "ds"
     [first] = build.build_family(FAMILY, out, [str(tiny_model)], device="cpu", progress=False)
@@ -349,6 +358,7 @@ def test_a_rerun_repairs_a_card_left_behind_by_an_interrupted_build(tiny_model, 
     assert [m["model_id"] for m in card_metadata.card_metadata(card)["models"]] == [tiny_model.name]
 
 
+@pytest.mark.slow
 def test_enospc_while_writing_the_card_loses_no_model(tiny_model, tmp_path, monkeypatch, capsys):
     from qk_spectra_ds.cli_util import run_cli
 
@@ -563,6 +573,7 @@ def malicious_outcomes(tmp_path_factory) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(MALICIOUS))
 def test_crafted_pickle_is_refused_before_it_allocates_or_loops(case, malicious_outcomes):
     _, kind, words = MALICIOUS[case]

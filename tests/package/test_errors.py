@@ -27,6 +27,7 @@ def _error_classes() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_every_exception_class_is_defined_in_errors():
     outside = [f"{path}:{name}" for path, name in _error_classes() if path != "errors.py"]
     assert not outside, outside

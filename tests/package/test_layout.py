@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import qk_spectra_ds
 from qk_spectra_ds import analysis, builder
 
@@ -45,6 +47,7 @@ def test_the_tree_shows_the_two_halves():
     }
 
 
+@pytest.mark.slow
 def test_analysis_and_core_import_without_torch_safetensors_or_transformers():
     core = [f"qk_spectra_ds.{m.name}" for m in pkgutil.iter_modules(qk_spectra_ds.__path__) if not m.ispkg]
     names = ["qk_spectra_ds", *core, *_modules(analysis)]

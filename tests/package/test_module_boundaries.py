@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2] / "qk_spectra_ds"
 CLI_MODULES = {"cli_util.py", "builder/cli.py", "analysis/cli.py", "analysis/cli_defaults.py"}
 
@@ -22,6 +24,7 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
+@pytest.mark.slow
 def test_library_modules_import_no_cli_module():
     found = []
     for rel, tree in _modules():
@@ -35,6 +38,7 @@ def test_library_modules_import_no_cli_module():
     assert not found, found
 
 
+@pytest.mark.slow
 def test_no_module_uses_another_modules_private_names():
     found = []
     for rel, tree in _modules():
@@ -88,6 +92,7 @@ def test_module_map_lists_every_module():
     assert not missing, missing
 
 
+@pytest.mark.slow
 def test_no_reference_to_files_outside_the_repository():
     """Docstrings cite the README or the card, not DESIGN.md or shared/legacy (absent from the repository)."""
     stale = ("DESIGN.md", "shared/legacy", "qk_spectra_ds.legacy`", "qk_spectra_ds.legacy ")
@@ -109,6 +114,7 @@ def test_schema_constants_are_not_repeated():
     assert layer_boxplots.STAT_NAMES == tuple(s.upper() for s in schema.STATISTICS)
 
 
+@pytest.mark.slow
 def test_no_undeclared_transport_library_is_imported():
     """httpx/httpx2/requests are huggingface_hub's, not declared by this package: reach them through its export."""
     found = []
@@ -120,6 +126,7 @@ def test_no_undeclared_transport_library_is_imported():
     assert not found, found
 
 
+@pytest.mark.slow
 def test_no_test_file_imports_another():
     """Shared test helpers live in helper modules (helpers, tiny_models, variant_cases, planted_models), not in tests."""
     found = []

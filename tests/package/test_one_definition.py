@@ -6,6 +6,8 @@ import dataclasses
 import inspect
 import re
 
+import pytest
+
 from qk_spectra_ds.analysis import cli
 from qk_spectra_ds.analysis.report import Params
 
@@ -59,6 +61,7 @@ def _definitions(*names: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_each_shared_helper_is_defined_once():
     """One error formatter, one comma-list parser, one way to silence datasets (they existed 2-4 times)."""
     for job in (("one_line", "_one_line", "_first_line"), ("as_list", "parse_models"),
@@ -128,6 +131,7 @@ def test_hub_and_yaml_errors_are_recognised_by_class(monkeypatch):
 # ---------------------------------------------------------------- item 9: dead code, private library API
 
 
+@pytest.mark.slow
 def test_no_private_library_api_and_no_dead_helpers():
     """The package calls no private ``datasets`` API, and the removed dead helpers stay removed."""
     from pathlib import Path

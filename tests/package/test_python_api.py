@@ -84,6 +84,7 @@ def _layer_reference(weights: dict, layer: int, heads: int, d_head: int, ref: di
 # ---------------------------------------------------------------- item 1: the API, as the README shows it
 
 
+@pytest.mark.slow
 def test_readme_examples_run_and_build_load_classify_and_test(readme_run):
     namespace, work, n_blocks = readme_run
     assert n_blocks >= 5  # build, load, taxonomy, per-layer tests, report: none silently dropped
@@ -105,6 +106,7 @@ def test_readme_examples_run_and_build_load_classify_and_test(readme_run):
     assert (work / "analysis" / "MiniLM" / "index.md").is_file()
 
 
+@pytest.mark.slow
 def test_readme_default_method_gives_the_reports_classes_and_leads_the_api(readme_run):
     """ConsensusHeadClassifier labels MiniLM's heads as the README's report did (consensus_labels.csv, of the variant
     the report analysed); the API and the README present the default method before the original's."""
@@ -131,6 +133,7 @@ def test_readme_default_method_gives_the_reports_classes_and_leads_the_api(readm
     assert text.index("ConsensusHeadClassifier") < text.index("SpectralHeadClassifier")
 
 
+@pytest.mark.slow
 def test_the_retired_layer_stat_still_works_with_a_warning(readme_run):
     import qk_spectra_ds as qk
 
@@ -141,6 +144,7 @@ def test_the_retired_layer_stat_still_works_with_a_warning(readme_run):
     assert "layer_stat" not in qk.__all__ and "layer_stat" not in dir(qk)
 
 
+@pytest.mark.slow
 def test_load_spectra_keeps_singular_values_only_when_asked(readme_run):
     from qk_spectra_ds import load_spectra
 
@@ -164,6 +168,7 @@ def test_transformer_lens_names():
     assert "tl_module" not in frame.columns  # a copy
 
 
+@pytest.mark.slow
 def test_package_import_is_light_and_the_analysis_api_never_imports_torch():
     code = (
         "import importlib.abc, sys\n"
@@ -283,6 +288,7 @@ def test_card_of_a_local_build_shows_its_local_origin_and_a_published_one_its_re
     assert "year         = {2026}" in published and "not (yet) published" not in published
 
 
+@pytest.mark.slow
 def test_built_card_links_the_packaged_minilm_to_its_hub_card(readme_run):
     _, work, _ = readme_run
     body = (work / "qk-spectra" / "README.md").read_text().split("\n---\n", 1)[1]
@@ -356,6 +362,7 @@ def test_cli_shard_auto_outside_an_array_stops_before_any_work(tmp_path, monkeyp
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_shard_auto_builds_this_tasks_models(tmp_path, monkeypatch, capsys):
     from tiny_models import make_saved
 
@@ -403,6 +410,7 @@ def test_list_pluralises():
     assert "One (1 model)\n" in text and "Two (2 models)\n" in text
 
 
+@pytest.mark.slow
 def test_tables_round_to_six_digits_and_keep_exact_values_beside(readme_run):
     _, work, _ = readme_run
     namespace = readme_run[0]
@@ -429,6 +437,7 @@ def test_tables_round_to_six_digits_and_keep_exact_values_beside(readme_run):
         assert all(len(re.sub(r"e.*|[-.]", "", v).lstrip("0")) <= 6 for v in floats), path.name
 
 
+@pytest.mark.slow
 def test_index_says_class_numbers_are_arbitrary_and_a_local_dataset_has_no_revision(readme_run):
     _, work, _ = readme_run
     index = (work / "analysis" / "MiniLM" / "index.md").read_text()
@@ -449,6 +458,7 @@ def test_gitignore_covers_the_readme_output_folders():
     assert subprocess.run(["git", "check-ignore", "-q", "qk_spectra_ds/analysis/cli.py"], cwd=ROOT).returncode == 1
 
 
+@pytest.mark.slow
 def test_slurm_array_tasks_meet_in_one_hub_repo_and_are_tagged_once(tmp_path, monkeypatch, capsys, hub_server,
                                                                       unique_repo_name):
     """The README's SLURM recipe: each array task builds its shard into its own directory and pushes to one
