@@ -318,7 +318,7 @@ def help_text(component: Any, path: list[str], name: str, *, deprecated: Collect
     prints parameter names with underscores; each flag line here shows
     :func:`long_flag` and the :func:`short_flags` letter the parser accepts.
     """
-    from fire import helptext, trace
+    from fire import helptext, trace  # lazy, as in show_help
 
     commands = component if isinstance(component, Mapping) else None
     view = {key: help_view(value) for key, value in commands.items()} if commands is not None else help_view(component)

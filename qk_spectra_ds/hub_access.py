@@ -9,6 +9,10 @@ answer means it is reachable (what the answer means is left to the real request)
 
 from __future__ import annotations
 
+from huggingface_hub import constants, get_session
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import httpx, validate_repo_id
+
 from .errors import HubAccessError, one_line
 
 REACH_TIMEOUT = 5.0
@@ -18,9 +22,6 @@ REPO_FORM = "a Hub repo id of the form ORG/NAME (letters, digits, '-', '_', '.';
 
 def check_repo_id(repo_id: object, flag: str) -> str:
     """``repo_id`` if it has the form ORG/NAME the Hub accepts, else one line naming the flag and the form."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise HubAccessError(f"{flag} {repo_id!r} is not {REPO_FORM}")
     try:
@@ -36,9 +37,6 @@ def check_reachable(what: str, timeout: float | None = None) -> None:
     Skipped in offline mode (``HF_HUB_OFFLINE=1``), where the clients read their caches.
     ``timeout`` (default :data:`REACH_TIMEOUT`): seconds for the connection and the answer.
     """
-    from huggingface_hub import constants, get_session
-    from huggingface_hub.utils import httpx
-
     if constants.HF_HUB_OFFLINE:
         return
     try:

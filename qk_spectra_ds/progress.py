@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
 LOG_INTERVAL_S = 30.0
 """Off a terminal: at most one progress line per this many seconds (plus the first and the last)."""
 
@@ -44,8 +46,6 @@ def is_terminal(stream: Any) -> bool:
 
 def progress_bar(iterable: Iterable | None = None, enabled: bool = True, file: TextIO | None = None, **kwargs):
     """``tqdm(iterable, **kwargs)`` on ``file`` (default stderr): the usual bar on a terminal, else plain lines."""
-    from tqdm.auto import tqdm
-
     stream = sys.stderr if file is None else file
     if not enabled:
         return tqdm(iterable, disable=True, **kwargs)

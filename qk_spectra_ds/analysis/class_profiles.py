@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from . import plots
 
 METRICS = ("stable_rank", "effective_rank", "positivity", "log_det", "spectral_norm", "positional_norm_ratio_min",
            "positivity_z", "symmetry_z")
@@ -53,8 +56,6 @@ def relative_depth(rows: pd.DataFrame) -> np.ndarray:
 
 def auc_with_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     """``(AUC, low, high)``: P(a > b) + P(a = b) / 2 with a 95% Hanley-McNeil interval (NaN if a side is empty)."""
-    from scipy.stats import mannwhitneyu
-
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) == 0 or len(b) == 0:
@@ -159,8 +160,6 @@ class_profiles = describe
 def plot_profiles(profiles: pd.DataFrame, names: dict[int, str], path, title: str, dpi: float | None = None,
                   variant: str | None = None, circuit: str | None = None):  # fmt: skip
     """Each class's median ``s_k / s_1`` by rank with its interquartile band, Gaussian heads dashed (log scale)."""
-    from . import plots
-
     with plots.style():
         fig = plots.new_figure((10, 6))
         ax = fig.add_subplot()

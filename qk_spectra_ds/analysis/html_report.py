@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ import pandas as pd
 
 from .. import __version__
 from ..atomic import write_text
+from . import plots, summary
+from .taxonomy import EMBEDDINGS
+
+# plotly and itables (about 1 s together) are imported where a page is written, not with the report's modules.
 
 HTML_TEMPLATE = "index.html"
 _TEMPLATES = Path(__file__).parents[1] / "templates"
@@ -117,9 +122,6 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     """
     import plotly.graph_objects as go
 
-    from . import plots
-    from .taxonomy import EMBEDDINGS
-
     colors = plots.class_colors(max(n_classes, int(embedding["class"].max()) + 1 if len(embedding) else 1))
     models = [m for m in order if (embedding["model"] == m).any()]
     fig = go.Figure()
@@ -164,12 +166,9 @@ def _circuit(part: pd.DataFrame) -> str:
 def _embedding_title(model: str, method: str | None, variants: Sequence[str] = (), analysis: str | None = None,
                      circuit: str | None = None) -> str:  # fmt: skip
     """The interactive figure's title for ``model``: which classes colour it, ending with the variant and circuit."""
-    from .plots import variant_suffix
-    from .taxonomy import EMBEDDINGS
-
     name = EMBEDDINGS.get(method, "embedding")
     classes = {"consensus": ", consensus classes", "original": ", the original method's KMeans classes"}.get(analysis or "", "")
-    return f"{model}: {name} of the heads' eigenvalue histograms{classes}{variant_suffix(sorted(map(str, variants)) or None, circuit)}"
+    return f"{model}: {name} of the heads' eigenvalue histograms{classes}{plots.variant_suffix(sorted(map(str, variants)) or None, circuit)}"
 
 
 def _table_html(name: str, frame: pd.DataFrame) -> str:
@@ -213,12 +212,10 @@ def _figure_groups(figures: dict[str, list[str]], order: Sequence[str], family_d
 
 def _figure_entry(path: str, family_dir: Path | None) -> dict[str, Any]:
     """How the page shows one figure: PNG/SVG inline; a PDF by its PNG preview (:func:`plots.preview_path`) when written."""
-    from .plots import preview_path
-
     suffix = Path(path).suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return {"path": path, "image": True, "src": path}
-    preview = preview_path(path).as_posix() if suffix == ".pdf" else None
+    preview = plots.preview_path(path).as_posix() if suffix == ".pdf" else None
     if preview is not None and family_dir is not None and (Path(family_dir) / preview).is_file():
         return {"path": path, "image": True, "src": preview}
     return {"path": path, "image": False, "src": None}
@@ -258,8 +255,6 @@ def render_html(
 
 def _summary_html(outputs, order: Sequence[str]) -> str:
     """The run's summary (:mod:`.summary`) as HTML, from the tables it wrote; '' when it wrote none."""
-    from . import summary
-
     lines = summary.summarize(summary.read_tables(outputs.family_dir, outputs.tables), outputs.tables, order)
     return summary.to_html(lines) if lines else ""
 
@@ -269,8 +264,6 @@ def write_html(
     order: Sequence[str] | None = None,
 ) -> Path:
     """Write ``<family_dir>/index.html`` atomically; ``order``: models in display order (default: by size)."""
-    from dataclasses import asdict
-
     order = list(order) if order is not None else size_order(frame)
     order += [m for m in outputs.models if m not in order]
     parameters = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()}

@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
+
 from ..errors import CatalogError
 
 __all__ = ["CatalogError", "FAMILIES", "PACKAGED_MODELS", "load_catalog", "family_models", "packaged_model_dir", "format_catalog"]
@@ -87,8 +89,6 @@ def load_catalog(path: str | os.PathLike | None = None) -> dict[str, list[str]]:
         if file.suffix == ".json":
             user = json.loads(text)
         else:
-            import yaml
-
             user = yaml.safe_load(text)  # safe: a !!python tag is refused, never run
     except Exception as exc:
         kind = "JSON" if file.suffix == ".json" else "YAML"

@@ -9,6 +9,7 @@ Examples:
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 from ..cli_util import UsageError, as_list, call_cli, long_flag, program_name, run_cli
@@ -121,6 +122,9 @@ def build(
     branch = branch_flag(branch, revision)
     probe = None
     if behaviour:
+        if importlib.util.find_spec("transformers") is None:  # the behaviour extra
+            raise UsageError("--behaviour runs each model with transformers, which is not installed: "
+                             "pip install 'qk-spectra-ds[behaviour]' (or leave the flag out)")
         from .probes import check_probe  # numpy; the steps below are lazy too, so that --help and --list start fast
 
         probe = check_probe(probe_seed, probe_sequences, probe_length, probe_local_window)  # before any work

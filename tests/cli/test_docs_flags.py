@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "qk_spectra_ds" / "templates" / "dataset_card.md", *sorted((ROOT / "docs").glob("*.md"))]
 CLI_MODULES = [ROOT / "qk_spectra_ds" / name for name in ("cli_util.py", "builder/cli.py", "analysis/cli.py", "analysis/cli_defaults.py")]
 MENTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")  # not the "--" inside a file slug (Qwen--Qwen3)
-OTHER_TOOLS = {"--array", "--gres", "--time", "--job-name", "--dependency"}  # the README's SLURM lines (sbatch)
+OTHER_TOOLS = {"--array", "--gres", "--time", "--job-name", "--dependency",  # the README's SLURM lines (sbatch)
+               "--strict-markers"}  # pytest's
 
 
 def _cli_flags() -> set[str]:
