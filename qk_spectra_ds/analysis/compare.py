@@ -96,14 +96,14 @@ def load_sides(
     name_b = describe(dataset_b, family_b, revision_b)
     if (same_dataset, family_b, revision_b, variant_b, against_models) == (True, family, revision, variant, None):
         raise CompareError("both sides of the comparison are the same selection: give --against DATASET, "
-                           "--against_variant, --against_family, --against_revision or --against_models")  # fmt: skip
+                           "--against-variant, --against-family, --against-revision or --against-models")  # fmt: skip
     frame_b = load_spectra(dataset_b, family_b, revision=revision_b, models=models_b, variant=variant_b,
                            skip_nonfinite=skip_nonfinite, pool_legacy=True, circuit=circuit)  # fmt: skip
     same_source = same_dataset and (family_b, revision_b) == (family, revision)
     if same_source and set(selection(frame_a)) == set(selection(frame_b)):
         chosen = ", ".join(f"{m} [{v}]" for m, v in sorted(set(selection(frame_a)))[:3])
         raise CompareError(f"both sides of the comparison select the same rows ({chosen}): name both variants "
-                           "(--variant and --against_variant), or give --against, --against_family or --against_revision")  # fmt: skip
+                           "(--variant and --against-variant), or give --against, --against-family or --against-revision")  # fmt: skip
     if name_b == name_a:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
     return Side(frame_a, name_a), Side(frame_b, name_b)

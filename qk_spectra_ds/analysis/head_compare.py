@@ -116,7 +116,7 @@ def pair_models(a: Side, b: Side) -> list[tuple[str, str]]:
     if not pairs:
         raise CompareError(
             f"no model of {a.name} ({', '.join(models_a[:5])}) is in {b.name} ({', '.join(models_b[:5])}): "
-            "name one model on each side with --models and --against_models"
+            "name one model on each side with --models and --against-models"
         )
     if unmatched:
         warnings.warn(f"{len(unmatched)} model(s) of {a.name} have no partner in {b.name} and are left out: "
@@ -206,7 +206,7 @@ def compare_heads(a: Side, b: Side) -> pd.DataFrame:
     mismatch is reported before anything is written.
     """
     check_one_variant(a, "--variant")
-    check_one_variant(b, "--against_variant")
+    check_one_variant(b, "--against-variant")
     groups_a = dict(tuple(a.frame.groupby("model_id", sort=False)))
     groups_b = dict(tuple(b.frame.groupby("model_id", sort=False)))
     pairs = pair_models(a, b)

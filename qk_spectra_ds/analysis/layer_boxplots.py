@@ -133,7 +133,7 @@ def layer_stat(rows: pd.DataFrame, stat: str, skip_layers_below: int = SKIP_LAYE
     kept = rows.loc[rows["layer"] >= int(skip_layers_below), ["layer", "head", column]]
     if kept.empty:
         raise AnalysisError(
-            f"{model_id}: no layer left after --skip_layers_below {skip_layers_below} "
+            f"{model_id}: no layer left after --skip-layers-below {skip_layers_below} "
             f"(layers {int(rows['layer'].min())}..{int(rows['layer'].max())})"
         )
     kept = kept.sort_values(["layer", "head"], kind="stable")

@@ -76,7 +76,7 @@ def check_finite(frame: pd.DataFrame, skip: bool) -> pd.DataFrame:
     if not skip:
         raise LoadError(
             f"{int(bad.sum())} head(s) have non-finite or missing spectra (first: {where}, {what}); "
-            "pass --skip_nonfinite to drop them"
+            "pass --skip-nonfinite to drop them"
         )
     warnings.warn(
         f"skipped {int(bad.sum())} head(s) with non-finite or missing spectra (first: {where}, {what})",

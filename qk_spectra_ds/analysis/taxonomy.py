@@ -314,7 +314,7 @@ class SpectralHeadClassifier(ClusterMixin, BaseEstimator):
         except ValueError as exc:
             raise AnalysisError(f"{prefix}{exc}") from exc
         if len(hists) < n_clusters:
-            raise AnalysisError(f"{prefix}{len(hists)} head(s) cannot form {n_clusters} classes: lower --n_clusters")
+            raise AnalysisError(f"{prefix}{len(hists)} head(s) cannot form {n_clusters} classes: lower --n-clusters")
         kmeans = KMeans(n_clusters=n_clusters, random_state=self.random_state, n_init="auto").fit(hists)
         raw = kmeans.labels_.astype(np.int64)
         relabel = canonical_relabelling(hists, raw, n_clusters) if self.canonical_order else np.arange(n_clusters)
