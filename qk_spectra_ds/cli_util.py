@@ -105,7 +105,7 @@ def parse_flags(
     and ``output_dirs`` that cannot be written.
     """
     flags = signature_flags(function)
-    short = short_flags([function]) if short is None else short
+    short = short_flags([function]) if short is None else {k: v for k, v in short.items() if v in flags}  # this command's
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     i = 0

@@ -113,3 +113,10 @@ def test_compare_letters_that_were_shown_or_read_inconsistently(letter, capfd, m
     assert not re.search(rf"^    -{letter}, ", text, re.MULTILINE)
     rc, seen = _run("analyze", "compare", [f"-{letter}"], monkeypatch)
     assert rc == 1 and not seen and f"unknown flag -{letter}" in capfd.readouterr().err
+
+
+def test_a_letter_of_another_command_is_refused_naming_this_commands_short_flags(capfd, monkeypatch):
+    """-r is --revision in report, but import_legacy has no --revision: refused, listing import_legacy's own letters."""
+    rc, seen = _run("analyze", "import_legacy", ["-r", "x"], monkeypatch)
+    err = capfd.readouterr().err
+    assert rc == 1 and not seen and "unknown flag -r" in err and "its short flags are -o (" in err, err
