@@ -173,6 +173,46 @@ def original_pairing(wq_head: np.ndarray, wk_head: np.ndarray, correct: bool = F
     return torch.linalg.svdvals(core).numpy()
 
 
+def one_line(error, *words: str) -> str:
+    """``str(error)`` (an exception or a message) is one line, no traceback, containing ``words``; returns it."""
+    message = str(error)
+    assert message and "\n" not in message and "Traceback" not in message, repr(message)
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+def assert_bad_config_is_one_line(model: Path, out: Path, words) -> None:
+    """Building ``model`` fails with one CheckpointError line naming config.json and ``words``; nothing is written."""
+    import pytest
+
+    from qk_spectra_ds.builder.pipeline import build_model
+    from qk_spectra_ds.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as info:
+        build_model(str(model), "Bad", out, device="cpu", progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "config.json" in message, message
+    for word in words:
+        assert word in message, (word, message)
+    assert not out.exists()
+
+
+def record_builds(monkeypatch) -> list:
+    """Every model spec the builder starts on from now (each still built as usual): to show that no work began."""
+    from qk_spectra_ds.builder import pipeline
+
+    started = []
+    real = pipeline.build_model
+
+    def recording(spec, *args, **kwargs):
+        started.append(spec)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_model", recording)
+    return started
+
+
 def assert_one_error(rc: int, stderr: str, *words: str) -> str:
     """Exit status 1 and stderr exactly one ``error: ...`` line containing ``words``."""
     lines = stderr.strip().splitlines()

@@ -1,11 +1,7 @@
 """Behaviour scores on models whose heads are planted by hand, and against an independent computation.
 
-A 2-layer GPT-2 (learned absolute positions, MLPs zeroed) whose residual stream is laid out by hand:
-token one-hot, position one-hot and a "previous token" slot, each mirrored (x = [u, -u]) so that
-LayerNorm only rescales. Planted: layer 0 head 0 attends to the previous position and copies its token
-into the previous-token slot; layer 0 head 1 sinks to position 0 (a constant query bias against a
-position-0 key); layer 1 head 0 is an induction head (query: the current token; key: the previous-token
-slot written by layer 0 head 0); layer 1 head 1 is all zeros (uniform attention).
+The model is planted_models.planted_gpt2 (its docstring says which head does what): previous-token,
+first-token and induction heads, and one head of all zeros.
 """
 
 from __future__ import annotations

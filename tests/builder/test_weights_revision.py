@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import one_line
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from tiny_models import CASES_BY_ID, dense_singular_values, make_saved, save
@@ -47,14 +48,6 @@ FAMILY = "Trust"
 CASE = CASES_BY_ID["llama-gqa"]  # 2 layers, 4 query heads over 2 key heads, d_model 32, d_head 8, float32
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 K0 = "model.layers.0.self_attn.k_proj.weight"
-
-
-def one_line(exc: BaseException, *words: str) -> str:
-    message = str(exc)
-    assert message and "\n" not in message and "Traceback" not in message, repr(message)
-    for word in words:
-        assert word in message, (word, message)
-    return message
 
 
 def reference(model) -> np.ndarray:

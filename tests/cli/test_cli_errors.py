@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QK_LLAMA, assert_one_error, run_script, write_qk_llama
+from helpers import QK_LLAMA, assert_bad_config_is_one_line, assert_one_error, record_builds, run_script, write_qk_llama
 
 from qk_spectra_ds import dataset_repo
 from qk_spectra_ds.builder import pipeline as build
@@ -53,15 +53,7 @@ def build_cli():
 @pytest.fixture
 def builds(monkeypatch) -> list:
     """Records every model the builder starts on (and builds it as usual), to show no work began."""
-    started = []
-    real = build.build_model
-
-    def recording(spec, *args, **kwargs):
-        started.append(spec)
-        return real(spec, *args, **kwargs)
-
-    monkeypatch.setattr(build, "build_model", recording)
-    return started
+    return record_builds(monkeypatch)
 
 
 # ------------------------------------------------------------------ item 13: unknown flags, before any work
@@ -369,13 +361,7 @@ CONFIG_DAMAGE = {
 def test_bad_config_value_is_one_line_naming_the_field(damage, tmp_path):
     changes, words = CONFIG_DAMAGE[damage]
     model = write_qk_llama(tmp_path / damage, {**CONFIG, **changes})
-    with pytest.raises(CheckpointError) as info:
-        build_model(str(model), "Bad", tmp_path / "out", device="cpu", progress=False)
-    message = str(info.value)
-    assert "\n" not in message and "config.json" in message, message
-    for word in words:
-        assert word in message, (word, message)
-    assert not (tmp_path / "out").exists()
+    assert_bad_config_is_one_line(model, tmp_path / "out", words)
 
 
 @pytest.mark.parametrize("config, kind", [([CONFIG], "array"), ("llama", "string"), (None, "null")])

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import write_qk_llama
+from helpers import one_line, record_builds, write_qk_llama
 
 from qk_spectra_ds.builder import hub_source
 from qk_spectra_ds.builder.hub_source import HubSource
@@ -27,13 +27,6 @@ from qk_spectra_ds.errors import ModelSourceError
 from qk_spectra_ds.hub_access import HubAccessError, check_reachable, check_repo_id
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def one_line(message: str, *words: str) -> str:
-    assert message and "\n" not in message and "Traceback" not in message, message
-    for word in words:
-        assert word in message, (word, message)
-    return message
 
 
 @pytest.fixture(scope="module")
@@ -201,17 +194,8 @@ def test_a_dataset_that_is_neither_a_directory_nor_an_id_is_one_line(tmp_path):
 def build_cli(monkeypatch):
     """(cli(argv) -> exit status, the models the builder started on)."""
     from qk_spectra_ds.builder import cli as build_cli_module
-    from qk_spectra_ds.builder import pipeline
 
-    started = []
-    real = pipeline.build_model
-
-    def recording(spec, *args, **kwargs):
-        started.append(spec)
-        return real(spec, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "build_model", recording)
-    return build_cli_module.cli, started
+    return build_cli_module.cli, record_builds(monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import one_line
 
 from qk_spectra_ds import card_metadata, dataset_card, dataset_repo, integrity, schema
 from qk_spectra_ds.analysis.loading import load_spectra
@@ -36,14 +37,6 @@ pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[2]
 FAMILY = "fam"
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
-
-
-def one_line(exc: BaseException, *words: str) -> str:
-    message = str(exc)
-    assert message and "\n" not in message and "Traceback" not in message, repr(message)
-    for word in words:
-        assert word in message, (word, message)
-    return message
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import make_dataset, write_qk_llama
+from helpers import make_dataset, one_line, write_qk_llama
 
 from qk_spectra_ds import card_metadata, dataset_card, dataset_repo, schema
 from qk_spectra_ds.analysis.legacy import LegacyFormatError, import_legacy, read_legacy
@@ -43,14 +43,6 @@ from qk_spectra_ds.builder.layouts import AttentionShape
 from qk_spectra_ds.errors import BuildError, QKSpectraError
 
 FAMILY = "syn"
-
-
-def one_line(exc: BaseException, *words: str) -> str:
-    message = str(exc)
-    assert message and "\n" not in message and "Traceback" not in message, repr(message)
-    for word in words:
-        assert word in message, f"{word!r} not in {message!r}"
-    return message
 
 
 # ---------------------------------------------------------------- data made here, independently of the readers
