@@ -119,7 +119,7 @@ def require_build_extra():
     """The torch module, or a one-line error naming what to install (the analysis half runs without it)."""
     try:
         import threadpoolctl  # noqa: F401 - the kernel's BLAS thread control, also from the build extra
-        import torch
+        import torch  # deliberately lazy: a raw CPU build never imports torch (:mod:`.route`)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or "torch"
         raise QKSpectraError(

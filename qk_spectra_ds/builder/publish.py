@@ -18,8 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, HfApi, constants
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from huggingface_hub.utils import httpx  # huggingface_hub's public export of its HTTP client (no transport import)
+
 from .. import card_metadata, dataset_card, dataset_repo
-from ..errors import PublishError, one_line
+from ..errors import HubAccessError, PublishError, one_line
+from ..hub_access import check_repo_id
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +80,6 @@ def publish(
         return _publish(out_dir, local_files, repo_id, version, private, branch or "main", force, message, token,
                         max_attempts)  # fmt: skip
     except _network_errors() as exc:
-        from huggingface_hub import constants
-
         raise PublishError(
             f"cannot reach the Hub at {constants.ENDPOINT} to publish {repo_id} ({type(exc).__name__}: "
             f"{one_line(exc, first_line=True)}): check the network or HF_ENDPOINT; {out_dir} is unchanged, rerun to publish it"
@@ -85,8 +88,6 @@ def publish(
 
 def check_target(repo_id: str, version: str | None = None) -> None:
     """Refuse a repo id or a version the Hub would refuse, before any work (a build can take hours)."""
-    from ..hub_access import HubAccessError, check_repo_id
-
     try:
         check_repo_id(repo_id, "--push-to-hub")  # ORG/NAME exactly: a bare NAME would land in the token's namespace
     except HubAccessError as exc:
@@ -97,16 +98,11 @@ def check_target(repo_id: str, version: str | None = None) -> None:
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     """The exceptions of a request that never got an HTTP answer (refused, DNS, timeout, offline mode)."""
-    from huggingface_hub.utils import httpx  # huggingface_hub's public export of its HTTP client (no transport import)
-
     return ConnectionError, TimeoutError, httpx.TransportError
 
 
 def _publish(out_dir, local_files, repo_id, version, private, branch, force, message, token, max_attempts):
     """``publish`` once its arguments are checked: every Hub call, HTTP errors as PublishError."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -160,9 +156,6 @@ def _publish(out_dir, local_files, repo_id, version, private, branch, force, mes
 
 
 def _commit_once(api, repo_id, branch, out_dir, local, local_sha, local_summaries, version, message) -> PublishResult:
-    from huggingface_hub import CommitOperationAdd
-    from huggingface_hub.errors import EntryNotFoundError
-
     head = api.dataset_info(repo_id, revision=branch).sha
     remote_sha = _remote_lfs_sha(api, repo_id, head)
     try:

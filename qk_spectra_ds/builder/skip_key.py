@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from .. import schema
 
 POSITIONAL_VARIANTS = (schema.VARIANT_RAW, schema.VARIANT_FOLDED)
@@ -99,8 +101,6 @@ def wanted_key(*, variants: Any, **options: Any) -> dict[str, Any]:
 
 def held_key(path: str | Path) -> dict[str, Any] | None:
     """The key of the rows a model file holds (None if the file is missing or unreadable: it is rebuilt)."""
-    import pyarrow.parquet as pq
-
     try:
         present = set(pq.read_schema(path).names)
         names = sorted({c for o in ROW_OPTIONS for c in o.columns} & present)
