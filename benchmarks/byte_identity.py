@@ -85,10 +85,13 @@ def main() -> None:
     parser.add_argument("--legacy", type=Path, default=REPO / "tests" / "data" / "legacy",
                         help="directory of the original study's pickles to import (default: tests/data/legacy)")
     parser.add_argument("--manifest", type=Path, help="also write the two manifests (JSON) here")
+    parser.add_argument("--keep", type=Path, help="keep the outputs of both runs in this (new) directory")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        before = outputs_at(args.before, Path(tmp), args.legacy)
-        after = outputs_at(args.after, Path(tmp), args.legacy)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        before = outputs_at(args.before, work, args.legacy)
+        after = outputs_at(args.after, work, args.legacy)
     if args.manifest:
         args.manifest.write_text(json.dumps({"before": before, "after": after}, indent=1))
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
