@@ -64,7 +64,6 @@ def _third_party_imports() -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # the scan of every module: about 1.3 s
 def test_every_import_is_declared_for_its_half():
     imports = _third_party_imports()
@@ -75,7 +74,6 @@ def test_every_import_is_declared_for_its_half():
             assert dist in allowed, f"{half} imports {dist}, which setup.cfg does not declare for it"
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.parametrize("section", ["install_requires", "build", "analysis", "umap", "original", "behaviour"])
 def test_every_declared_requirement_is_imported(section):
