@@ -44,7 +44,9 @@ tests/package/test_module_boundaries.py keeps this map complete):
                   positional, head_compare and depth_profiles (compare: the run)
     writing       plots (style and saving), class_figures, layer_boxplot_figures,
                   compare_figures, head_maps, table_files, html_report, summary,
-                  report (one config end to end), cli_defaults, cli (qk-spectra-analyze)
+                  report (one config end to end, as a pipeline: report_params, scheduling,
+                  model_analysis, joint_analysis, report_tables, report_index),
+                  cli_defaults, cli (qk-spectra-analyze)
 
 The public Python API (README, "Python API") is exported here lazily: ``import
 qk_spectra_ds`` imports nothing heavy, and a name is imported from its module
@@ -84,7 +86,7 @@ _EXPORTS: dict[str, str] = {
     # classification B (per-layer statistics; bds_table: asymptotic BDS p-values, invalid at 10-80 layers)
     "SpectralHeadClassifier": "qk_spectra_ds.analysis.taxonomy",
     "joint_taxonomy": "qk_spectra_ds.analysis.taxonomy",
-    "model_heads": "qk_spectra_ds.analysis.report",
+    "model_heads": "qk_spectra_ds.analysis.joint_analysis",
     "layer_stats": "qk_spectra_ds.analysis.layer_boxplots",
     "bds_table": "qk_spectra_ds.analysis.layer_boxplots",
     # figures and the whole report

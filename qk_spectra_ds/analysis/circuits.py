@@ -38,7 +38,7 @@ from ..errors import AnalysisError
 from ..markdown_text import md_text
 from ..naming import model_slug
 from . import plots
-from .loading import load_spectra
+from .loading import select_spectra
 from .table_files import TABLES, write_table
 from .taxonomy import depth_bands
 
@@ -104,11 +104,12 @@ def label_tables(outputs, circuit: str) -> list[str]:
     return changed
 
 
-def load_circuit_rows(dataset: str, family: str, revision: str | None, frame: pd.DataFrame, circuit: str) -> pd.DataFrame | None:
+def load_circuit_rows(source, frame: pd.DataFrame, circuit: str) -> pd.DataFrame | None:
     """The rows of ``circuit`` for the models and variants of ``frame``; None when the dataset holds none.
 
-    One load per variant of ``frame`` (each model has one). Frames without a ``circuit`` column come from schema
-    v1-v3 files only, which hold qk rows: nothing is loaded for them.
+    ``source``: the config the report read once (:class:`~.reading.LoadedConfig`). One selection per variant of
+    ``frame`` (each model has one). Frames without a ``circuit`` column come from schema v1-v3 files only, which
+    hold qk rows: nothing is selected for them.
     """
     if "circuit" not in frame.columns and circuit != schema.CIRCUIT_QK:
         return None
@@ -118,8 +119,8 @@ def load_circuit_rows(dataset: str, family: str, revision: str | None, frame: pd
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                parts.append(load_spectra(dataset, family, revision=revision, models=models, variant=str(variant),
-                                          skip_nonfinite=True, circuit=circuit))  # fmt: skip
+                parts.append(select_spectra(source, models=models, variant=str(variant), skip_nonfinite=True,
+                                            circuit=circuit))  # fmt: skip
         except AnalysisError:  # no such rows (schema v1-v3 files, a qk-only build, a legacy variant)
             continue
     return pd.concat(parts, ignore_index=True) if parts else None
@@ -289,7 +290,7 @@ def depth_figure(paired: pd.DataFrame, family: str, order: Sequence[str]):
 
 
 def _markdown_table(frame: pd.DataFrame, columns: Sequence[str], limit: int | None = None) -> list[str]:
-    from .report import format_value  # lazily: report imports this module
+    from .report_index import format_value  # lazily: report_index imports this module
 
     shown = frame if limit is None else frame.head(limit)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -343,15 +344,16 @@ def class_labels(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:
     return None
 
 
-def store_circuits(outputs, frame: pd.DataFrame, dataset: str, family: str, revision: str | None, params,
+def store_circuits(outputs, frame: pd.DataFrame, source, family: str, params,
                    log: Callable[[str], None] | None = None, order: Sequence[str] | None = None) -> str | None:  # fmt: skip
     """The report's hook: the section's tables and figures, and its Markdown; None (one log line) without OV rows.
 
-    ``frame``: the rows the report analysed (one circuit); the other circuit is loaded for the same models and variants.
+    ``frame``: the rows the report analysed (one circuit); the other circuit is selected from ``source`` (the config
+    read once, :class:`~.reading.LoadedConfig`) for the same models and variants.
     """
     circuit = circuit_of(frame)
     other = schema.CIRCUIT_OV if circuit == schema.CIRCUIT_QK else schema.CIRCUIT_QK
-    other_rows = load_circuit_rows(dataset, family, revision, frame, other)
+    other_rows = load_circuit_rows(source, frame, other)
     if other_rows is None or not len(other_rows):
         stale = _remove_section_tables(outputs.family_dir / TABLES)
         if log is not None:

@@ -99,7 +99,8 @@ def test_figure_titles_name_the_circuit():
 
 
 def test_circuit_of_and_label_tables(tmp_path):
-    from qk_spectra_ds.analysis.report import Outputs, write_table
+    from qk_spectra_ds.analysis.report import Outputs
+    from qk_spectra_ds.analysis.table_files import write_table
 
     assert circuits.circuit_of(pd.DataFrame({"variant": ["raw"]})) == "qk"  # schema v1-v3: qk rows
     assert circuits.circuit_of(_rows("ov")) == "ov"
@@ -119,26 +120,27 @@ def test_circuit_of_and_label_tables(tmp_path):
     assert "circuit" not in pd.read_csv(tmp_path / "tables" / "d.csv").columns
 
 
-def _fail_load(*args, **kwargs):
-    raise AssertionError("no load should be tried for a frame of schema v1-v3 rows")
+class _NoSource:
+    """A config read that fails the test when anything is selected from it."""
+
+    def __getattr__(self, name):
+        raise AssertionError("no load should be tried for a frame of schema v1-v3 rows")
 
 
 def test_no_ov_rows_is_one_log_line_and_no_tables(tmp_path, monkeypatch):
-    from qk_spectra_ds.analysis import loading
     from qk_spectra_ds.analysis.report import Outputs, Params
 
-    monkeypatch.setattr(loading, "load_spectra", _fail_load)
     frame = _rows("qk").drop(columns="circuit")  # as a v1-v3 file loads
     lines: list[str] = []
     outputs = Outputs(tmp_path)
-    assert circuits.store_circuits(outputs, frame, "ds", "F", None, Params(), lines.append) is None
+    assert circuits.store_circuits(outputs, frame, _NoSource(), "F", Params(), lines.append) is None
     assert len(lines) == 1 and "no ov rows" in lines[0]
     assert outputs.tables == {} and not (tmp_path / "tables").exists()
     (tmp_path / "tables").mkdir()
     kept = tmp_path / "tables" / "labels.csv"
     for path in (tmp_path / "tables" / "qk_ov.csv", tmp_path / "tables" / "copying_heads.parquet", kept):
         path.write_text("x\n")  # an earlier report's section tables, and a table of another section
-    assert circuits.store_circuits(outputs, frame, "ds", "F", None, Params(), lines.append) is None
+    assert circuits.store_circuits(outputs, frame, _NoSource(), "F", Params(), lines.append) is None
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["labels.csv"]
     assert "removed an earlier run's copying_heads.parquet, qk_ov.csv" in lines[-1]
 
@@ -150,7 +152,7 @@ def test_section_tables_figures_and_summary(tmp_path, monkeypatch):
     qk, ov = _rows("qk"), _ov_with_planted_z()
     asked = []
 
-    def other_circuit(dataset, family, revision, frame, circuit):
+    def other_circuit(source, frame, circuit):
         asked.append(circuit)
         return ov
 
@@ -159,7 +161,7 @@ def test_section_tables_figures_and_summary(tmp_path, monkeypatch):
     labels = qk[["model_id", "layer", "head"]].rename(columns={"model_id": "model"}).assign(variant="folded", **{"class": 1})
     outputs.frames["consensus_labels"] = labels
     lines: list[str] = []
-    section = circuits.store_circuits(outputs, qk, "ds", "F", None, Params(), lines.append, list(MODELS))
+    section = circuits.store_circuits(outputs, qk, None, "F", Params(), lines.append, list(MODELS))
     assert asked == ["ov"]
     assert section.startswith("## QK and OV") and "### Copying heads" in section and "QK class" in section
     for name in ("circuit_heads", "copying_heads", "suppression_heads", "circuit_depth", "qk_ov"):
@@ -184,8 +186,8 @@ def test_section_tables_figures_and_summary(tmp_path, monkeypatch):
 def test_an_ov_run_loads_the_qk_rows_and_colours_by_its_own_classes(tmp_path, monkeypatch):
     from qk_spectra_ds.analysis.report import Outputs, Params
 
-    monkeypatch.setattr(circuits, "load_circuit_rows", lambda dataset, family, revision, frame, circuit: _rows("qk"))
-    section = circuits.store_circuits(Outputs(tmp_path), _ov_with_planted_z(), "ds", "F", None, Params(), None)
+    monkeypatch.setattr(circuits, "load_circuit_rows", lambda source, frame, circuit: _rows("qk"))
+    section = circuits.store_circuits(Outputs(tmp_path), _ov_with_planted_z(), None, "F", Params(), None)
     assert "OV class" in section
     heads = pd.read_parquet(tmp_path / "tables" / "circuit_heads.parquet")
     assert heads["qk_positivity"].tolist() == circuits.pair_heads(_rows("qk"), _ov_with_planted_z())["qk_positivity"].tolist()

@@ -10,7 +10,8 @@ import pytest
 from helpers import synthetic_columns
 
 from qk_spectra_ds.analysis import consensus, layer_permutation_tests, rmt_null
-from qk_spectra_ds.analysis.report import CONSENSUS_TABLES, Params, run_boxplots, run_clusters
+from qk_spectra_ds.analysis.report import Params, run_boxplots, run_clusters
+from qk_spectra_ds.analysis.report_tables import CONSENSUS_TABLES
 
 
 def _synthetic_columns():

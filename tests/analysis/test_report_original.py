@@ -637,9 +637,9 @@ def test_default_jobs_one_per_core_for_large_configs_only():
     """In-process for one model or few heads; else one worker per core, at most 4 (joblib's count of usable CPUs)."""
     import joblib
 
-    from qk_spectra_ds.analysis import report
+    from qk_spectra_ds.analysis import scheduling
 
-    assert report.default_jobs(1, 10_000) == 1
-    assert report.default_jobs(5, report.PARALLEL_MIN_HEADS - 1) == 1
-    assert report.default_jobs(5, 10_000) == min(5, joblib.cpu_count(), 4)
-    assert report.default_jobs(2, 10_000) == min(2, joblib.cpu_count())
+    assert scheduling.default_jobs(1, 10_000) == 1
+    assert scheduling.default_jobs(5, scheduling.PARALLEL_MIN_HEADS - 1) == 1
+    assert scheduling.default_jobs(5, 10_000) == min(5, joblib.cpu_count(), 4)
+    assert scheduling.default_jobs(2, 10_000) == min(2, joblib.cpu_count())
