@@ -215,6 +215,7 @@ def build_family(
         raise ModelSourceError(f"{missing[0]}{more}; nothing was built")
     results: list[ModelResult] = []
     taken_ids: dict[str, str] = {}
+    card_current = False  # the card was written after the last change to the files (a render is ~0.3 s)
     for spec in progress_bar(specs, progress, desc=f"{family} models", unit="model", leave=False):
         try:
             result = build_model(spec, family, out_dir, taken_ids=taken_ids, options=options)
@@ -225,10 +226,9 @@ def build_family(
             log.debug("unexpected error while building %s", spec, exc_info=True)
             result = ModelResult(str(spec), "failed", error=f"{type(exc).__name__}: {exc}")
         results.append(result)
-        if result.status == "built":
-            refresh_card(out_dir)  # a failure here is retried below; the next models still run
-    # Always, so that a rerun repairs a card an interrupted build left behind its files.
-    card_error = refresh_card(out_dir) if dataset_repo.model_files(out_dir) else None
+        card_current = result.status == "built" and refresh_card(out_dir) is None  # a failure is retried below
+    # Always (unless just written), so that a rerun repairs a card an interrupted build left behind its files.
+    card_error = refresh_card(out_dir) if dataset_repo.model_files(out_dir) and not card_current else None
     failed = [r for r in results if r.status == "failed"]
     if failed or card_error:
         parts = [f"{len(failed)} of {len(results)} model(s) failed ({'; '.join(f'{r.model_id}: {r.error}' for r in failed)})"] if failed else []
