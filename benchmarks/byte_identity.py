@@ -9,10 +9,9 @@ For each revision (a commit, tag or branch of this repository), in a throwaway `
    ``tests/data/legacy``, the original study's published spectra, Apache-2.0, see its NOTICE.md);
 3. ``analyze.py report`` on both datasets, with the default method and with ``--method original``.
 
-Every file written is hashed (SHA-256). Files whose bytes legitimately differ between two runs of the
-*same* revision are normalised first and listed: the timings table (wall-clock seconds) and, in the
-indexes and the card, lines that name the package version, the revision, dates or the output path.
-The script prints the files that differ and exits non-zero if any does.
+Every file written is hashed (SHA-256), with the run's own directories (which the indexes and the card
+name) replaced by placeholders and nothing else changed. The script prints the files that differ and
+exits non-zero if any does.
 
     python benchmarks/byte_identity.py BEFORE AFTER [--legacy DIR] [--keep DIR]
 """
@@ -31,13 +30,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VOLATILE_FILES = ("timings.csv",)  # wall-clock seconds: differ run to run
-VOLATILE_LINE = re.compile(
-    r"\b(seconds|elapsed|generated|built_at|created|date|timestamp|package_version|version|revision|commit)\b"
-    r"|/tmp/|\btmp[a-z0-9_]{6,}|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}",
-    re.IGNORECASE,
-)
-
 
 def run(cmd: list[str], cwd: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -46,16 +38,15 @@ def run(cmd: list[str], cwd: Path) -> None:
         sys.exit(f"error: {' '.join(cmd)} failed in {cwd}:\n{done.stderr[-3000:]}")
 
 
-def normalised_digest(path: Path) -> str:
-    """SHA-256 of the file; of a text file, without its volatile lines (and how many were left out, after a colon)."""
+def normalised_digest(path: Path, roots: tuple[Path, ...]) -> str:
+    """SHA-256 of the file's bytes with the run's own directories (output root, worktree) written as placeholders.
+
+    Reports and cards name the dataset directory they were made from; the two runs necessarily use different
+    directories. Nothing else is normalised: every other byte is compared.
+    """
     data = path.read_bytes()
-    if path.name in VOLATILE_FILES:
-        return "volatile"
-    if path.suffix in {".md", ".html", ".json", ".csv", ".txt", ".yaml"}:
-        lines = data.decode("utf-8", errors="replace").splitlines()
-        kept = [line for line in lines if not VOLATILE_LINE.search(line)]
-        digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()
-        return digest if len(kept) == len(lines) else f"{digest}:{len(lines) - len(kept)}"
+    for i, root in enumerate(roots):
+        data = data.replace(str(root.resolve()).encode(), f"<ROOT{i}>".encode())
     return hashlib.sha256(data).hexdigest()
 
 
@@ -73,7 +64,7 @@ def outputs_at(revision: str, work: Path, legacy: Path) -> dict[str, str]:
             for method in ("consensus", "original"):
                 run([py, "analyze.py", "report", "--dataset", str(dataset), "--family", family,
                      "--out", str(out / f"an-{family}-{method}"), "--method", method, "--quiet"], tree)
-        return {str(p.relative_to(out)): normalised_digest(p) for p in sorted(out.rglob("*")) if p.is_file()}
+        return {str(p.relative_to(out)): normalised_digest(p, (out, tree)) for p in sorted(out.rglob("*")) if p.is_file()}
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
 
@@ -95,12 +86,7 @@ def main() -> None:
     if args.manifest:
         args.manifest.write_text(json.dumps({"before": before, "after": after}, indent=1))
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    volatile = sorted(k for k, v in after.items() if v == "volatile")
-    dropped = {k: v.split(":")[1] for k, v in after.items() if ":" in v}
-    print(f"{len(after)} files compared ({len(before)} before); volatile, not compared: {', '.join(volatile) or 'none'}")
-    print(f"{len(after) - len(dropped) - len(volatile)} compared byte for byte; {len(dropped)} text files compared without "
-          f"their lines naming versions, revisions, dates or temporary paths: "
-          + ", ".join(f"{k} ({n} lines)" for k, n in sorted(dropped.items())))
+    print(f"{len(after)} files compared byte for byte ({len(before)} before; the run's directories as placeholders)")
     for name in differ:
         print(f"DIFFERS: {name} ({'missing before' if name not in before else 'missing after' if name not in after else 'bytes'})")
     if differ:

@@ -266,11 +266,11 @@ def test_failed_write_keeps_the_previous_file_and_no_temp_file(repo, monkeypatch
 
 
 def cli_flags() -> list[str]:
-    """The flags of build_dataset.py: the parameters of its ``main`` (fire turns each into --name)."""
+    """The flags of build_dataset.py: the parameters of its ``build`` (fire turns each into --name)."""
     spec = importlib.util.spec_from_file_location("build_dataset_cli", ROOT / "build_dataset.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(inspect.signature(module.main).parameters)
+    return list(inspect.signature(module.build).parameters)
 
 
 def test_cli_help_mentions_every_flag():
@@ -280,9 +280,9 @@ def test_cli_help_mentions_every_flag():
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr  # fire writes help to stderr when it is not a terminal
     assert "Traceback" not in text
-    for flag in flags:
+    for flag in (f.replace("_", "-") for f in flags):  # the help spells flags with hyphens
         assert re.search(rf"--{flag}=", text), flag
-        # ... and documents it: the Args section of main's docstring becomes the flag's help
+        # ... and documents it: the Args section of build's docstring becomes the flag's help
         assert re.search(rf"--{flag}=\S+\n(?:[ ]+(?:Type|Default):.*\n)*[ ]+(?!Type:|Default:)[^ \n-]", text), flag
 
 
