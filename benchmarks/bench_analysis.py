@@ -144,10 +144,14 @@ def baseline(pickles: str, out: str) -> dict:
             (a, theta), _ = curve_fit(gamma_pdf, centers, mean, p0=(3.0, 0.5), sigma=mean.std(), absolute_sigma=True)
             pdf = gamma_pdf(centers, a, theta)
             fits.append((k, mean, std, a, theta, pdf, jsd(mean, pdf)))
-            classes.append(dict(model=path.stem, cls=k, n_heads=int((labels == k).sum()), alpha=a, theta=theta, jsd=fits[-1][-1]))
+            classes.append(
+                dict(model=path.stem, cls=k, n_heads=int((labels == k).sum()), alpha=a, theta=theta, jsd=fits[-1][-1])
+            )
         s = tick("A gamma fits + JSD", s)
         n_rows = int(3 + max(np.ceil((N_CLUSTERS - 6) / 5), 0))
-        fig, axs = plt.subplots(n_rows, 5, figsize=(15, 2.8 * n_rows), gridspec_kw={"width_ratios": [0.65, 0.65, 0.65, 1, 1]})
+        fig, axs = plt.subplots(
+            n_rows, 5, figsize=(15, 2.8 * n_rows), gridspec_kw={"width_ratios": [0.65, 0.65, 0.65, 1, 1]}
+        )
         gs = axs[0, 0].get_gridspec()
         for ax in axs[:3, :3].ravel():
             ax.remove()
@@ -161,8 +165,16 @@ def baseline(pickles: str, out: str) -> dict:
             ax.errorbar(range(N_BINS), mean, yerr=std, fmt="none", capsize=2.0, color="black", alpha=0.7, elinewidth=2)
             ax.plot(range(N_BINS), pdf, color="red", linestyle="--", lw=0.8)
             ax.set_ylim((0, ax.get_ylim()[1]))
-            ax.text(0.6, 0.9, f"α : {a:.2f}\nθ : {theta:.2f}", transform=ax.transAxes, ha="left", va="top",
-                    fontsize=16, bbox=dict(facecolor="white", alpha=0.6, edgecolor="none"))  # fmt: skip
+            ax.text(
+                0.6,
+                0.9,
+                f"α : {a:.2f}\nθ : {theta:.2f}",
+                transform=ax.transAxes,
+                ha="left",
+                va="top",
+                fontsize=16,
+                bbox=dict(facecolor="white", alpha=0.6, edgecolor="none"),
+            )
             ax.set_title(f"Class_{k} (JSD:{div:.3f})")
         fig.suptitle(path.stem)
         plt.tight_layout()
@@ -204,8 +216,15 @@ def baseline(pickles: str, out: str) -> dict:
 # ---------------------------------------------------------------- ours: stages not logged separately by the report
 
 
-STAGES = ("histograms", "fit: bins + KMeans", "embedding (pca)", "embedding (umap)", "gamma fits + JSD",
-          "box-plot stats (BDS, spline)", "joint taxonomy")  # fmt: skip
+STAGES = (
+    "histograms",
+    "fit: bins + KMeans",
+    "embedding (pca)",
+    "embedding (umap)",
+    "gamma fits + JSD",
+    "box-plot stats (BDS, spline)",
+    "joint taxonomy",
+)
 
 
 def our_stages(dataset: str, repeats: int) -> dict:
@@ -247,7 +266,9 @@ def our_stages(dataset: str, repeats: int) -> dict:
                     taxonomy.embed(hists, method, params.seed)
                     t[f"embedding ({method})"] += time.perf_counter() - s
                 s = time.perf_counter()
-                taxonomy.describe_classes(hists, classifier.labels_, features.bin_centers(edges), params.n_clusters, model_id)
+                taxonomy.describe_classes(
+                    hists, classifier.labels_, features.bin_centers(edges), params.n_clusters, model_id
+                )
                 t["gamma fits + JSD"] += time.perf_counter() - s
                 s = time.perf_counter()
                 layer_boxplots.layer_stats(rows, None, params.skip_layers_below, model_id)
@@ -280,12 +301,29 @@ def cold_warm(dataset: Path, tmp: Path, repeats: int) -> dict[str, dict[str, lis
     from qk_spectra_ds.analysis.taxonomy import EMBEDDINGS
 
     times: dict[str, dict[str, list[float]]] = {m: {"cold": [], "warm": []} for m in EMBEDDINGS}
-    caches = {m: {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix=f"numba_{m}_", dir=tmp),
-                  "MPLCONFIGDIR": tempfile.mkdtemp(prefix=f"mpl_{m}_", dir=tmp)} for m in EMBEDDINGS}  # fmt: skip
+    caches = {
+        m: {
+            "NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix=f"numba_{m}_", dir=tmp),
+            "MPLCONFIGDIR": tempfile.mkdtemp(prefix=f"mpl_{m}_", dir=tmp),
+        }
+        for m in EMBEDDINGS
+    }
     for i in range(1 + repeats):
         for method in EMBEDDINGS:
-            cmd = [sys.executable, "analyze.py", "report", "--dataset", str(dataset), "--family", "MiniLM",
-                   "--out", str(tmp / f"minilm_{method}_{i}"), "--embedding", method, "--quiet"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "analyze.py",
+                "report",
+                "--dataset",
+                str(dataset),
+                "--family",
+                "MiniLM",
+                "--out",
+                str(tmp / f"minilm_{method}_{i}"),
+                "--embedding",
+                method,
+                "--quiet",
+            ]
             wall, _ = run_timed(cmd, env=caches[method])
             times[method]["cold" if i == 0 else "warm"].append(wall)
     return times
@@ -303,7 +341,9 @@ def print_cold_warm(times: dict[str, dict[str, list[float]]]) -> None:
 # ---------------------------------------------------------------- driver
 
 
-def run_timed(cmd: list[str], timeout: float = 900, env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def run_timed(
+    cmd: list[str], timeout: float = 900, env: dict | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0", **(env or {}))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -329,7 +369,11 @@ def report_timings(stderr: str) -> dict[str, float]:
 
 def tree_hashes(family_dir: Path) -> dict[str, str]:
     """sha256 of the tables (CSVs), the figures (PNGs) and index.md of one report output."""
-    groups: dict[str, hashlib._Hash] = {"tables": hashlib.sha256(), "figures": hashlib.sha256(), "index": hashlib.sha256()}
+    groups: dict[str, hashlib._Hash] = {
+        "tables": hashlib.sha256(),
+        "figures": hashlib.sha256(),
+        "index": hashlib.sha256(),
+    }
     for path in sorted(p for p in family_dir.rglob("*") if p.is_file()):
         group = "tables" if path.suffix == ".csv" else "figures" if path.suffix == ".png" else "index"
         groups[group].update(path.relative_to(family_dir).as_posix().encode() + b"\0" + path.read_bytes())
@@ -366,9 +410,19 @@ def agreement(base: dict, family_dir: Path) -> str:
 
 WALL_KEY = re.compile(r"\(wall, jobs=(\d+)\)")
 BASELINE_ROWS = (
-    "clusters (incl. UMAP)", "A load", "A histograms", "A KMeans", "A UMAP", "A gamma fits + JSD", "A figures",
-    "box plots", "B load", "B BDS + spline", "B figures", "loader import (excluded)",
-)  # fmt: skip
+    "clusters (incl. UMAP)",
+    "A load",
+    "A histograms",
+    "A KMeans",
+    "A UMAP",
+    "A gamma fits + JSD",
+    "A figures",
+    "box plots",
+    "B load",
+    "B BDS + spline",
+    "B figures",
+    "loader import (excluded)",
+)
 
 
 def print_baseline(base_runs: list[tuple[float, dict]], agree: str) -> float:
@@ -379,8 +433,12 @@ def print_baseline(base_runs: list[tuple[float, dict]], agree: str) -> float:
     startup = med([w - x for (w, _), x in zip(base_runs, work)])
     print(f"baseline: the original study's algorithm shape (fresh process each, warm; median of {len(base_runs)})")
     print(f"  reference for the original code on this machine: {REFERENCE}")
-    print("  UMAP unseeded, as the original (numba-parallel; UMAP's numba functions recompile in every process, as there)")
-    print(f"  {'total wall (process, imports incl.)':40s} {total:7.2f}s   runs: {', '.join(f'{w:.1f}' for w, _ in base_runs)}")
+    print(
+        "  UMAP unseeded, as the original (numba-parallel; UMAP's numba functions recompile in every process, as there)"
+    )
+    print(
+        f"  {'total wall (process, imports incl.)':40s} {total:7.2f}s   runs: {', '.join(f'{w:.1f}' for w, _ in base_runs)}"
+    )
     print(f"  {'  startup + imports':40s} {startup:7.2f}s")
     for key in BASELINE_ROWS:
         indent = "    " if key[:2] in ("A ", "B ") else "  "
@@ -392,8 +450,10 @@ def print_baseline(base_runs: list[tuple[float, dict]], agree: str) -> float:
 
 def print_ours(ours: dict[str, list[tuple[float, dict]]], stages: dict, repeats: int) -> None:
     """Our wall times and logged stage timings per --jobs variant, then the re-timed stages."""
-    print(f"ours: python analyze.py report --dataset DS --family {FAMILY} --out OUT [--jobs N] "
-          f"(fresh process each, warm; median of {repeats})")  # fmt: skip
+    print(
+        f"ours: python analyze.py report --dataset DS --family {FAMILY} --out OUT [--jobs N] "
+        f"(fresh process each, warm; median of {repeats})"
+    )
     labels: list[str] = []
     for runs in ours.values():
         for _, timings in runs:
@@ -404,19 +464,30 @@ def print_ours(ours: dict[str, list[tuple[float, dict]]], stages: dict, repeats:
         return f"{med(values):15.2f}s" if values else f"{'-':>16s}"
 
     print(f"  {'stage (from the timings the report logs)':44s}" + "".join(f"{v:>16s}" for v in ours))
-    print(f"  {'total wall (process, imports incl.)':44s}" + "".join(cell([w for w, _ in runs]) for runs in ours.values()))
+    print(
+        f"  {'total wall (process, imports incl.)':44s}" + "".join(cell([w for w, _ in runs]) for runs in ours.values())
+    )
     for label in labels:
-        row = [cell([v for _, t in runs for k, v in t.items() if WALL_KEY.sub("(wall)", k) == label]) for runs in ours.values()]
+        row = [
+            cell([v for _, t in runs for k, v in t.items() if WALL_KEY.sub("(wall)", k) == label])
+            for runs in ours.values()
+        ]
         print(f"  {'  ' + label:44s}" + "".join(row))
-    print(f"  {'  startup + imports (wall - total)':44s}" + "".join(
-        cell([w - t["total"] for w, t in runs if "total" in t]) for runs in ours.values()))  # fmt: skip
+    print(
+        f"  {'  startup + imports (wall - total)':44s}"
+        + "".join(cell([w - t["total"] for w, t in runs if "total" in t]) for runs in ours.values())
+    )
     chosen = [WALL_KEY.search(k).group(1) for _, t in ours["default"] for k in t if WALL_KEY.search(k)]
     loads = ", ".join(f"{t['_load1']:.2f}" for _, t in ours["default"])
-    print(f"  default --jobs chose {', '.join(chosen)} (1-min load average before each run: {loads}; "
-          "it includes this benchmark's previous runs)")
+    print(
+        f"  default --jobs chose {', '.join(chosen)} (1-min load average before each run: {loads}; "
+        "it includes this benchmark's previous runs)"
+    )
     print("  'sum over models' = time inside the workers: with several jobs they overlap and include contention")
-    print(f"  stages re-timed in one process, single-threaded as in the workers (sum over models, "
-          f"median of {repeats} after a warm pass):")  # fmt: skip
+    print(
+        f"  stages re-timed in one process, single-threaded as in the workers (sum over models, "
+        f"median of {repeats} after a warm pass):"
+    )
     print(f"    {'imports':38s} {stages['imports']:6.2f}s")
     print(f"    {'load (load_spectra)':38s} {stages['load']:6.2f}s")
     for key, value in stages["median"].items():
@@ -427,6 +498,7 @@ def print_ours(ours: dict[str, list[tuple[float, dict]]], stages: dict, repeats:
 
 def print_identity(hashes: dict[str, dict[str, str]], variants) -> bool:
     """Whether every report run wrote the same tables, and the same figures and index per embedding; hashes if not."""
+
     def method_of(name: str) -> str:
         return "original" if "method=original" in name else "consensus"
 
@@ -438,8 +510,10 @@ def print_identity(hashes: dict[str, dict[str, str]], variants) -> bool:
         for embedding in sorted({embedding_of(name) for name in hashes}):
             versions = {h[group] for name, h in hashes.items() if embedding_of(name) == embedding}
             label = f"{group} ({embedding})"
-            print(f"  {label:16s} {'identical' if len(versions) == 1 else f'DIFFERENT ({len(versions)} versions)'}  "
-                  f"sha256 {sorted(versions)[0][:16]}...")  # fmt: skip
+            print(
+                f"  {label:16s} {'identical' if len(versions) == 1 else f'DIFFERENT ({len(versions)} versions)'}  "
+                f"sha256 {sorted(versions)[0][:16]}..."
+            )
             same = same and len(versions) == 1
     if not same:
         for name, h in hashes.items():
@@ -449,13 +523,18 @@ def print_identity(hashes: dict[str, dict[str, str]], variants) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each command after the warm-up (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each command after the warm-up (median reported)"
+    )
     parser.add_argument("--pickles", default=str(DEFAULT_PICKLES), help="directory of the legacy Qwen3 pickles")
     parser.add_argument("--skip-baseline", action="store_true", help="time only ours (no ratio against the baseline)")
     parser.add_argument("--minilm", help="MiniLM dataset directory for the cold/warm runs (default: built here)")
     parser.add_argument("--skip-minilm", action="store_true", help="no cold/warm runs on MiniLM")
-    parser.add_argument("--methods-only", action="store_true",
-                        help="only the default method and --method original (the issue-13 ratio), no other variants")
+    parser.add_argument(
+        "--methods-only",
+        action="store_true",
+        help="only the default method and --method original (the issue-13 ratio), no other variants",
+    )
     parser.add_argument("--_worker", choices=["baseline", "stages"], help=argparse.SUPPRESS)
     parser.add_argument("--_arg", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -470,11 +549,18 @@ def main() -> None:
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     load_start = os.getloadavg()
     repeats = max(1, args.repeats)
-    print(f"machine: {nproc} usable core(s), load average {' '.join(f'{x:.2f}' for x in load_start)} at start; "
-          f"python {sys.version.split()[0]}")  # fmt: skip
+    print(
+        f"machine: {nproc} usable core(s), load average {' '.join(f'{x:.2f}' for x in load_start)} at start; "
+        f"python {sys.version.split()[0]}"
+    )
     me = [sys.executable, str(Path(__file__).resolve())]
-    variants = {"default": [], "jobs=1": ["--jobs", "1"], f"jobs={nproc}": ["--jobs", str(nproc)],
-                "embedding=umap": ["--embedding", "umap"], "method=original": ["--method", "original"]}  # fmt: skip
+    variants = {
+        "default": [],
+        "jobs=1": ["--jobs", "1"],
+        f"jobs={nproc}": ["--jobs", str(nproc)],
+        "embedding=umap": ["--embedding", "umap"],
+        "method=original": ["--method", "original"],
+    }
     if args.methods_only:
         variants = {v: variants[v] for v in ("default", "method=original")}
     ours: dict[str, list[tuple[float, dict]]] = {v: [] for v in variants}
@@ -490,14 +576,26 @@ def main() -> None:
             written = import_legacy(args.pickles, FAMILY, dataset)
         except Exception as exc:  # a missing or unreadable pickle directory
             sys.exit(f"error: cannot import the legacy pickles from {args.pickles}: {exc} (see --pickles)")
-        print(f"import_legacy: {len(written)} model(s) from {args.pickles} in {time.perf_counter() - t0:.2f}s (not timed below)")
+        print(
+            f"import_legacy: {len(written)} model(s) from {args.pickles} in {time.perf_counter() - t0:.2f}s (not timed below)"
+        )
 
         kept: dict[str, Path] = {}  # the first --method original output: only it has classes.csv and bds.csv (issue 13)
 
         def run_ours(variant: str, record: bool) -> None:
             out = tmp / f"out{len(hashes) + 1}"
             load = os.getloadavg()[0]
-            cmd = [sys.executable, "analyze.py", "report", "--dataset", str(dataset), "--family", FAMILY, "--out", str(out)]
+            cmd = [
+                sys.executable,
+                "analyze.py",
+                "report",
+                "--dataset",
+                str(dataset),
+                "--family",
+                FAMILY,
+                "--out",
+                str(out),
+            ]
             wall, proc = run_timed(cmd + variants[variant])
             timings = report_timings(proc.stderr)
             if "total" not in timings:
@@ -506,14 +604,18 @@ def main() -> None:
             hashes[f"run {len(hashes) + 1} ({variant}{'' if record else ', warm-up'})"] = tree_hashes(out / FAMILY)
             if record:
                 ours[variant].append((wall, timings))
-            if variant == "method=original" and "original" not in kept:  # the original's tables, for the agreement check
+            if (
+                variant == "method=original" and "original" not in kept
+            ):  # the original's tables, for the agreement check
                 kept["original"] = out
             elif len(hashes) > 1:  # the first output stays too
                 shutil.rmtree(out)
 
         def run_baseline(record: bool) -> None:
             out = tmp / "baseline_out"
-            source = args.pickles if record else str(legacy_files(args.pickles)[0])  # warm-up: one model fills the caches
+            source = (
+                args.pickles if record else str(legacy_files(args.pickles)[0])
+            )  # warm-up: one model fills the caches
             wall, proc = run_timed(me + ["--_worker", "baseline", "--_arg", source, str(out)])
             if record:
                 base_runs.append((wall, worker_json(proc)))
@@ -555,24 +657,36 @@ def main() -> None:
             print(f"RATIO baseline/ours ({v}, warm): {b_total / o:.2f}x  ({b_total:.2f}s / {o:.2f}s)")
     o_original = med([w for w, _ in ours["method=original"]])
     verdict = "MET" if o_default <= METHOD_RATIO_TARGET * o_original else "NOT MET"
-    print(f"RATIO default method (consensus)/--method original: {o_default / o_original:.2f}x  "
-          f"({o_default:.2f}s / {o_original:.2f}s; target <= {METHOD_RATIO_TARGET:.0f}x: {verdict})")
+    print(
+        f"RATIO default method (consensus)/--method original: {o_default / o_original:.2f}x  "
+        f"({o_default:.2f}s / {o_original:.2f}s; target <= {METHOD_RATIO_TARGET:.0f}x: {verdict})"
+    )
     verdict = "MET" if o_default <= TARGET_S else "NOT MET"
-    print(f"RATIO ours (default)/target: {o_default / TARGET_S:.2f}  ({o_default:.2f}s vs {TARGET_S:.0f}s: {verdict}); "
-          f"ours (jobs={nproc})/target: {o_parallel / TARGET_S:.2f}")  # fmt: skip
+    print(
+        f"RATIO ours (default)/target: {o_default / TARGET_S:.2f}  ({o_default:.2f}s vs {TARGET_S:.0f}s: {verdict}); "
+        f"ours (jobs={nproc})/target: {o_parallel / TARGET_S:.2f}"
+    )
     if b_total is not None:
         scaled = o_default * REFERENCE_S / b_total
-        print(f"RATIO ours (default) scaled to the reference's machine speed (ours x {REFERENCE_S:.0f}s / baseline): "
-              f"{scaled:.2f}s = {scaled / TARGET_S:.2f} of the target")  # fmt: skip
+        print(
+            f"RATIO ours (default) scaled to the reference's machine speed (ours x {REFERENCE_S:.0f}s / baseline): "
+            f"{scaled:.2f}s = {scaled / TARGET_S:.2f} of the target"
+        )
     if cold is not None:
         from qk_spectra_ds.analysis.taxonomy import DEFAULT_EMBEDDING
 
         for method, t in cold.items():
-            verdict = ("MET" if t["cold"][0] <= COLD_TARGET_S else "NOT MET") if method == DEFAULT_EMBEDDING else "no target"
-            print(f"RATIO MiniLM cold/target (--embedding {method}): {t['cold'][0] / COLD_TARGET_S:.2f}  "
-                  f"({t['cold'][0]:.2f}s vs {COLD_TARGET_S:.0f}s: {verdict}); warm {med(t['warm']):.2f}s")  # fmt: skip
-    print(f"RATIO machine: nproc {nproc}, load average {' '.join(f'{x:.2f}' for x in load_start)} at start, "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at end")  # fmt: skip
+            verdict = (
+                ("MET" if t["cold"][0] <= COLD_TARGET_S else "NOT MET") if method == DEFAULT_EMBEDDING else "no target"
+            )
+            print(
+                f"RATIO MiniLM cold/target (--embedding {method}): {t['cold'][0] / COLD_TARGET_S:.2f}  "
+                f"({t['cold'][0]:.2f}s vs {COLD_TARGET_S:.0f}s: {verdict}); warm {med(t['warm']):.2f}s"
+            )
+    print(
+        f"RATIO machine: nproc {nproc}, load average {' '.join(f'{x:.2f}' for x in load_start)} at start, "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at end"
+    )
     if not same:
         sys.exit(1)
 

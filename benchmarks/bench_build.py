@@ -107,14 +107,27 @@ def make_checkpoint(directory: Path) -> Path:
 def write_config(directory: Path) -> None:
     """Llama-3.2-1B's config (llama3 rope scaling, 131072 positions: 18 default offsets)."""
     config = {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": SHAPE["d_model"],
-        "intermediate_size": SHAPE["mlp"], "num_hidden_layers": SHAPE["layers"],
-        "num_attention_heads": SHAPE["heads"], "num_key_value_heads": SHAPE["kv_heads"],
-        "head_dim": SHAPE["d_head"], "vocab_size": SHAPE["vocab"], "torch_dtype": "bfloat16", "tie_word_embeddings": True,
-        "max_position_embeddings": 131072, "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192},
-    }  # fmt: skip
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": SHAPE["d_model"],
+        "intermediate_size": SHAPE["mlp"],
+        "num_hidden_layers": SHAPE["layers"],
+        "num_attention_heads": SHAPE["heads"],
+        "num_key_value_heads": SHAPE["kv_heads"],
+        "head_dim": SHAPE["d_head"],
+        "vocab_size": SHAPE["vocab"],
+        "torch_dtype": "bfloat16",
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    }
     (directory / "config.json").write_text(json.dumps(config, indent=1))
 
 
@@ -203,8 +216,22 @@ def run_timed_rss(argv: list[str], env: dict | None = None) -> dict:
 def cli_argv(ckpt: Path, out: Path) -> list[str]:
     """The builder's command for raw rows of the QK circuit without positional spectra (the original's output)."""
     root = Path(__file__).parents[1]
-    argv = [sys.executable, str(root / "build_dataset.py"), "--family", "Bench", "--models", str(ckpt), "--out", str(out),
-            "--variants", "raw", "--offsets", "none", "--force", "--quiet"]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(root / "build_dataset.py"),
+        "--family",
+        "Bench",
+        "--models",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--variants",
+        "raw",
+        "--offsets",
+        "none",
+        "--force",
+        "--quiet",
+    ]
     shown = subprocess.run(argv[:2] + ["--help"], capture_output=True, text=True, check=True)
     help_text = shown.stdout + shown.stderr  # fire shows help on stderr
     if "--circuits" in help_text:  # the OV circuit, when the builder has it, is work the original never did
@@ -221,8 +248,16 @@ def end_to_end(ckpt: Path, repeats: int, original_threads: int | None = None) ->
 def end_to_end_in(ckpt: Path, repeats: int, original_threads: int | None, out: Path) -> None:
     """:func:`end_to_end` with the builder writing into ``out`` (removed afterwards)."""
     argv = cli_argv(ckpt, out)
-    original = [sys.executable, "-c", ORIGINAL, str(ckpt), str(SHAPE["layers"]), str(SHAPE["heads"]),
-                str(SHAPE["kv_heads"]), str(SHAPE["d_head"])]  # fmt: skip
+    original = [
+        sys.executable,
+        "-c",
+        ORIGINAL,
+        str(ckpt),
+        str(SHAPE["layers"]),
+        str(SHAPE["heads"]),
+        str(SHAPE["kv_heads"]),
+        str(SHAPE["d_head"]),
+    ]
     import os
 
     env = None
@@ -232,20 +267,26 @@ def end_to_end_in(ckpt: Path, repeats: int, original_threads: int | None, out: P
     for _ in range(repeats):  # interleaved, so that a busy machine slows both alike
         runs["original"].append(run_timed_rss(original, env))
         runs["builder"].append(run_timed_rss(argv))
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "peak_mb")} for name, rs in runs.items()}
+    med = {
+        name: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "peak_mb")} for name, rs in runs.items()
+    }
     summary = [line for line in runs["builder"][-1]["stdout"].splitlines() if line.startswith("built")]
     print(f"end to end ({' '.join(argv[2:3] + argv[4:5] + argv[8:])}), median of {repeats}, interleaved:")
     print("  builder:  " + (summary[0] if summary else "?"))
     for name in ("builder", "original"):
         walls = ", ".join(f"{r['wall']:.2f}" for r in runs[name])
-        print(f"  {name:8s} wall {med[name]['wall']:.2f}s ({walls}), CPU {med[name]['cpu']:.2f}s, "
-              f"peak RSS {med[name]['peak_mb']:.0f} MB")
+        print(
+            f"  {name:8s} wall {med[name]['wall']:.2f}s ({walls}), CPU {med[name]['cpu']:.2f}s, "
+            f"peak RSS {med[name]['peak_mb']:.0f} MB"
+        )
     threads = f", the original on {original_threads} thread(s)" if original_threads else ""
     time_ratio = med["builder"]["wall"] / med["original"]["wall"]
     cpu_ratio = med["builder"]["cpu"] / med["original"]["cpu"]
     memory_ratio = med["builder"]["peak_mb"] / med["original"]["peak_mb"]
-    print(f"RATIO end to end: builder / original pipeline shape = {time_ratio:.2f}x time (target <= 0.8x), "
-          f"{cpu_ratio:.2f}x CPU time, {memory_ratio:.2f}x peak memory (target <= 0.8x){threads}")
+    print(
+        f"RATIO end to end: builder / original pipeline shape = {time_ratio:.2f}x time (target <= 0.8x), "
+        f"{cpu_ratio:.2f}x CPU time, {memory_ratio:.2f}x peak memory (target <= 0.8x){threads}"
+    )
 
 
 def run_child(mode: str, ckpt: Path) -> dict:
@@ -258,7 +299,9 @@ def run_child(mode: str, ckpt: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "qk-bench-llama1b"), help="checkpoint dir (reused)")
+    parser.add_argument(
+        "--dir", default=str(Path(tempfile.gettempdir()) / "qk-bench-llama1b"), help="checkpoint dir (reused)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="build runs (median reported)")
     parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end comparison with the original")
     parser.add_argument("--original-threads", type=int, help="OMP/MKL threads of the original (default: torch's own)")
@@ -287,13 +330,17 @@ def main() -> None:
         f"time split (median of {args.repeats}): read Q/K {med['read_io']:.2f}s (kernel waited {med['read']:.2f}s of it), "
         f"kernel {med['kernel']:.2f}s, statistics {med['statistics']:.3f}s, write {med['write']:.3f}s, "
         f"end-to-end {med['total']:.2f}s; fetched {med['bytes_fetched'] / 1e6:.1f} MB of {med['checkpoint_bytes'] / 1e6:.0f} MB"
-    )  # fmt: skip
-    print(f"RATIO memory: build adds {build_extra:.0f} MB over the baseline (target < 300 MB); "
-          f"load_file of one shard adds {load_extra:.0f} MB ({load_extra / max(build_extra, 1):.0f}x more)")  # fmt: skip
+    )
+    print(
+        f"RATIO memory: build adds {build_extra:.0f} MB over the baseline (target < 300 MB); "
+        f"load_file of one shard adds {load_extra:.0f} MB ({load_extra / max(build_extra, 1):.0f}x more)"
+    )
     print(f"RATIO throughput: end-to-end / (read + kernel) = {med['total'] / unavoidable:.2f} (target <= 1.25)")
-    print(f"RATIO variants: peak RSS all variants {med['peak_mb']:.0f} MB / raw only {raw['peak_mb']:.0f} MB = "
-          f"{med['peak_mb'] / raw['peak_mb']:.2f}x (target <= 1.5x); over the baseline +{build_extra:.0f} MB vs "
-          f"+{raw_extra:.0f} MB; time {med['total']:.1f}s vs {raw['total']:.1f}s ({med['total'] / raw['total']:.1f}x)")
+    print(
+        f"RATIO variants: peak RSS all variants {med['peak_mb']:.0f} MB / raw only {raw['peak_mb']:.0f} MB = "
+        f"{med['peak_mb'] / raw['peak_mb']:.2f}x (target <= 1.5x); over the baseline +{build_extra:.0f} MB vs "
+        f"+{raw_extra:.0f} MB; time {med['total']:.1f}s vs {raw['total']:.1f}s ({med['total'] / raw['total']:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -83,16 +83,20 @@ def small_problems_choice(q: torch.Tensor, k: torch.Tensor, device: str, repeats
         t0 = time.perf_counter()
         core_np, cross_np = core.cpu().numpy(), cross.cpu().numpy()
         with _single_threaded():
-            futures = [raw_numpy.submit(raw_numpy.core_problems, core_np[h.start : h.stop], cross_np[h.start : h.stop])
-                       for h in raw_numpy.head_chunks(core.shape[0])]  # fmt: skip
+            futures = [
+                raw_numpy.submit(raw_numpy.core_problems, core_np[h.start : h.stop], cross_np[h.start : h.stop])
+                for h in raw_numpy.head_chunks(core.shape[0])
+            ]
             [f.result() for f in futures]
         times["cpu"].append(time.perf_counter() - t0)
     best = {side: min(t) for side, t in times.items()}
     faster = min(best, key=best.get)
-    print(f"RESULT small problems of one layer ({core.shape[0]} cores and crosses of {core.shape[-1]} x {core.shape[-1]}): "
-          f"device (torch svdvals + eigvals) {best['device']:.3f}s, host LAPACK on {raw_numpy.cores()} threads "
-          f"{best['cpu']:.3f}s (with the copy to the host): faster on the {faster}"
-          + ("" if faster == "cpu" else f"; set {SMALL_PROBLEMS_ENV}=device"))
+    print(
+        f"RESULT small problems of one layer ({core.shape[0]} cores and crosses of {core.shape[-1]} x {core.shape[-1]}): "
+        f"device (torch svdvals + eigvals) {best['device']:.3f}s, host LAPACK on {raw_numpy.cores()} threads "
+        f"{best['cpu']:.3f}s (with the copy to the host): faster on the {faster}"
+        + ("" if faster == "cpu" else f"; set {SMALL_PROBLEMS_ENV}=device")
+    )
     return faster
 
 
@@ -152,8 +156,10 @@ def main() -> None:
         f"max rel err vs CPU float64 QR route ({len(sampled)} layers) {max_error:.1e} (target <= 1e-6)"
     )
     if plan is not None:
-        print(f"RATIO variants: raw + folded + null + {len(plan.offsets)} offsets for raw and folded {all_variants:.2f}s "
-              f"/ raw {kernel:.2f}s = {all_variants / kernel:.2f}x (target <= 3x); raw rows identical: {raw_identical}")
+        print(
+            f"RATIO variants: raw + folded + null + {len(plan.offsets)} offsets for raw and folded {all_variants:.2f}s "
+            f"/ raw {kernel:.2f}s = {all_variants / kernel:.2f}x (target <= 3x); raw rows identical: {raw_identical}"
+        )
 
 
 if __name__ == "__main__":

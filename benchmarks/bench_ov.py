@@ -43,19 +43,43 @@ def write_model(directory: Path, layers: int) -> None:
     tensors = {}
     for layer in range(layers):
         p = f"model.layers.{layer}."
-        for name, shape in (("self_attn.q_proj", (H * DH, D)), ("self_attn.k_proj", (HKV * DH, D)),
-                            ("self_attn.v_proj", (HKV * DH, D)), ("self_attn.o_proj", (D, H * DH)),
-                            ("mlp.gate_proj", (MLP, D)), ("mlp.up_proj", (MLP, D)), ("mlp.down_proj", (D, MLP))):
-            tensors[p + name + ".weight"] = torch.from_numpy(
-                rng.standard_normal(shape, dtype=np.float32) * 0.02).to(torch.bfloat16)
+        for name, shape in (
+            ("self_attn.q_proj", (H * DH, D)),
+            ("self_attn.k_proj", (HKV * DH, D)),
+            ("self_attn.v_proj", (HKV * DH, D)),
+            ("self_attn.o_proj", (D, H * DH)),
+            ("mlp.gate_proj", (MLP, D)),
+            ("mlp.up_proj", (MLP, D)),
+            ("mlp.down_proj", (D, MLP)),
+        ):
+            tensors[p + name + ".weight"] = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32) * 0.02).to(
+                torch.bfloat16
+            )
         for name in ("input_layernorm", "post_attention_layernorm"):
-            tensors[p + name + ".weight"] = torch.from_numpy(1 + 0.1 * rng.standard_normal(D, dtype=np.float32)).to(torch.bfloat16)
+            tensors[p + name + ".weight"] = torch.from_numpy(1 + 0.1 * rng.standard_normal(D, dtype=np.float32)).to(
+                torch.bfloat16
+            )
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    config = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": layers, "num_attention_heads": H,
-                  "num_key_value_heads": HKV, "head_dim": DH, "intermediate_size": MLP, "vocab_size": 128256,
-                  "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
-                  "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                    "original_max_position_embeddings": 8192}}  # fmt: skip
+    config = {
+        "model_type": "llama",
+        "hidden_size": D,
+        "num_hidden_layers": layers,
+        "num_attention_heads": H,
+        "num_key_value_heads": HKV,
+        "head_dim": DH,
+        "intermediate_size": MLP,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    }
     (directory / "config.json").write_text(json.dumps(config))
 
 
@@ -82,7 +106,9 @@ print(json.dumps(dict(wall=wall, peak=peak - base, read=r.bytes_fetched, floor=f
 
 
 def run(model: Path, out: Path, circuits: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(model), str(out), circuits], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model), str(out), circuits], capture_output=True, text=True, check=False
+    )
     if done.returncode:
         raise SystemExit(done.stderr[-2000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -101,8 +127,11 @@ def main() -> None:
         for circuits, done in runs.items():
             done.append(run(model, Path(args.dir) / "out", circuits))
             r = done[-1]
-            print(f"--circuits {circuits:6s} wall {r['wall']:.2f}s peak +{r['peak'] / 1e6:.0f} MB read {r['read'] / 1e6:.1f} MB "
-                  f"(floor {r['floor'] / 1e6:.1f} MB) rows {r['rows']} | " + ", ".join(f"{k} {v:.2f}s" for k, v in r["timings"].items()))
+            print(
+                f"--circuits {circuits:6s} wall {r['wall']:.2f}s peak +{r['peak'] / 1e6:.0f} MB read {r['read'] / 1e6:.1f} MB "
+                f"(floor {r['floor'] / 1e6:.1f} MB) rows {r['rows']} | "
+                + ", ".join(f"{k} {v:.2f}s" for k, v in r["timings"].items())
+            )
     med = {c: {k: statistics.median(r[k] for r in rs) for k in ("wall", "peak")} for c, rs in runs.items()}
     both = runs["qk,ov"][-1]
     print(f"time ratio (qk,ov / qk): {med['qk,ov']['wall'] / med['qk']['wall']:.2f}x (target <= 2.2x)")

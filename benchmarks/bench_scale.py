@@ -28,16 +28,23 @@ from qk_spectra_ds.builder.raw_numpy import core_problems, single_threaded_blas
 
 MODELS = {
     # Llama-3.1-405B: 126 layers, d_model 16384, 128 query / 8 key heads of 128, bf16
-    "Llama-3.1-405B (dense, GQA)": dict(layers=126, d_model=16384, heads=128, kv_heads=8, d_head=128,
-                                        qk_bytes=(128 * 128 + 8 * 128) * 16384 * 2),
+    "Llama-3.1-405B (dense, GQA)": dict(
+        layers=126, d_model=16384, heads=128, kv_heads=8, d_head=128, qk_bytes=(128 * 128 + 8 * 128) * 16384 * 2
+    ),
     # DeepSeek-V3 (671B MoE, MLA): 61 layers, d_model 7168, 128 heads of 192 (128 nope + 64 rope), FP8 e4m3
     # (+ one float32 scale per 128 x 128 block); per layer q_a (1536 x 7168), q_b (24576 x 1536),
     # kv_a_with_mqa (576 x 7168), kv_b (32768 x 512) read whole
-    "DeepSeek-V3 671B (MoE, MLA)": dict(layers=61, d_model=7168, heads=128, kv_heads=128, d_head=192, basis=2112,
-                                        host_flops=2 * 7168 * 2112**2 + 2 * (24576 * 1536 + 16384 * 512) * 2112,
-                                        qk_bytes=sum(o * i * (1 + 4 / 128**2) for o, i in
-                                                     ((1536, 7168), (24576, 1536), (576, 7168), (32768, 512)))),
-}  # fmt: skip
+    "DeepSeek-V3 671B (MoE, MLA)": dict(
+        layers=61,
+        d_model=7168,
+        heads=128,
+        kv_heads=128,
+        d_head=192,
+        basis=2112,
+        host_flops=2 * 7168 * 2112**2 + 2 * (24576 * 1536 + 16384 * 512) * 2112,
+        qk_bytes=sum(o * i * (1 + 4 / 128**2) for o, i in ((1536, 7168), (24576, 1536), (576, 7168), (32768, 512))),
+    ),
+}
 
 
 def factor_flops(m: dict) -> float:
@@ -90,13 +97,17 @@ def main() -> None:
         host = m.get("host_flops", 0) / (rate * 1e9 * args.host_cores)  # MLA: the reader composes in a reduced basis
         layer = max(read, gpu + small + host)
         total_bytes = m["qk_bytes"] * m["layers"]
-        print(f"{name}: {m['layers']} layers x {m['qk_bytes'] / 1e6:.0f} MB of Q/K = {total_bytes / 1e9:.1f} GB read; per layer: "
-              f"read {read:.2f}s at {args.gbps:g} Gbit/s; GPU factors {factor_flops(m) / 1e9:.0f} GFLOP = {gpu * 1e3:.1f} ms "
-              f"at {args.gpu_tflops:g} TFLOP/s; small problems {per_head * 1e3:.2f} ms/head (measured, one core) x "
-              f"{m['heads']} heads / {args.host_cores} cores = {small:.2f}s"
-              + (f"; host composition {m['host_flops'] / 1e9:.0f} GFLOP = {host:.2f}s" if host else ""))
-        print(f"ESTIMATE {name} on one H100 + {args.host_cores} host cores at {args.gbps:g} Gbit/s: "
-              f"{m['layers'] * layer / 60:.1f} min for raw QK rows ({'read-bound' if read >= layer else 'compute-bound'})")
+        print(
+            f"{name}: {m['layers']} layers x {m['qk_bytes'] / 1e6:.0f} MB of Q/K = {total_bytes / 1e9:.1f} GB read; per layer: "
+            f"read {read:.2f}s at {args.gbps:g} Gbit/s; GPU factors {factor_flops(m) / 1e9:.0f} GFLOP = {gpu * 1e3:.1f} ms "
+            f"at {args.gpu_tflops:g} TFLOP/s; small problems {per_head * 1e3:.2f} ms/head (measured, one core) x "
+            f"{m['heads']} heads / {args.host_cores} cores = {small:.2f}s"
+            + (f"; host composition {m['host_flops'] / 1e9:.0f} GFLOP = {host:.2f}s" if host else "")
+        )
+        print(
+            f"ESTIMATE {name} on one H100 + {args.host_cores} host cores at {args.gbps:g} Gbit/s: "
+            f"{m['layers'] * layer / 60:.1f} min for raw QK rows ({'read-bound' if read >= layer else 'compute-bound'})"
+        )
 
 
 if __name__ == "__main__":

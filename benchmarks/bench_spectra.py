@@ -77,13 +77,19 @@ def original_algorithm(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def variant_plan(n_heads: int, d_head: int, d_model: int, n_offsets: int = 16) -> LayerPlan:
     """raw + folded + null with Llama-3.1-8B's rope (llama3 scaling) at 0, 1, 2, 4, ... (n_offsets offsets)."""
     rng = np.random.default_rng(1)
-    scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                   original_max_position_embeddings=8192)  # fmt: skip
+    scaling = dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+    )
     inv, a, kind = inverse_frequencies(500000.0, d_head, scaling, 131072)
     folding = LayerFolding(rng.normal(1.0, 0.3, d_model), False, None, None, d_head**-0.5)
     offsets = (0,) + tuple(2**i for i in range(n_offsets - 1))
-    return LayerPlan(("raw", "folded", "null"), folding, Rotary(inv, a, False, kind), offsets,
-                     haar_rotations(0, "bench", 0, n_heads, d_head))  # fmt: skip
+    return LayerPlan(
+        ("raw", "folded", "null"),
+        folding,
+        Rotary(inv, a, False, kind),
+        offsets,
+        haar_rotations(0, "bench", 0, n_heads, d_head),
+    )
 
 
 def work_floor(q: torch.Tensor, k: torch.Tensor, plan: LayerPlan, t_raw: float, repeats: int, device: str):
@@ -116,19 +122,26 @@ def work_floor(q: torch.Tensor, k: torch.Tensor, plan: LayerPlan, t_raw: float, 
                 torch.set_num_threads(threads)
 
     threads = torch.get_num_threads()
-    t_small = median_time(lambda: per_core(lambda h: raw_numpy.core_problems(cores[h.start : h.stop], crosses[h.start : h.stop])),
-                          repeats, device)  # fmt: skip
+    t_small = median_time(
+        lambda: per_core(lambda h: raw_numpy.core_problems(cores[h.start : h.stop], crosses[h.start : h.stop])),
+        repeats,
+        device,
+    )
     lq_np, lk_np = lq_t.numpy(), lk.numpy()
 
     def one_offset(h: range):
-        block = np.matmul(lq_np[h.start : h.stop], lk_np[kv.numpy()[h.start : h.stop]])  # the cores against R(delta) L_k
+        block = np.matmul(
+            lq_np[h.start : h.stop], lk_np[kv.numpy()[h.start : h.stop]]
+        )  # the cores against R(delta) L_k
         return _core_singular_values(block[None], route[h.start : h.stop])
 
     t_offset = median_time(lambda: per_core(one_offset), repeats, device)
     n_pos = 2 * sum(1 for delta in plan.offsets if delta != 0)
     floor = 2 * t_raw + t_small + n_pos * t_offset
-    parts = (f"2 x raw kernel {t_raw:.3f}s + null small problems {t_small:.3f}s + {n_pos} positional offset passes "
-             f"x {t_offset * 1e3:.1f} ms")
+    parts = (
+        f"2 x raw kernel {t_raw:.3f}s + null small problems {t_small:.3f}s + {n_pos} positional offset passes "
+        f"x {t_offset * 1e3:.1f} ms"
+    )
     return floor, parts
 
 
@@ -194,12 +207,16 @@ def main() -> None:
         out = qk_layer_variants(q, k, plan)
         floor, parts = work_floor(q, k, plan, t_raw, args.repeats, args.device)
         same = np.array_equal(out["raw"].singular_values, qk_layer_spectra(q, k).singular_values)
-        print(f"{name}, head blocks with singular values spread {spread:g} ({what}): raw alone (with positivity) "
-              f"{t_raw:.3f}s | raw + folded + null + {len(plan.offsets)} offsets for raw and folded {t_var:.3f}s | "
-              f"raw rows identical to qk_layer_spectra: {same}")
+        print(
+            f"{name}, head blocks with singular values spread {spread:g} ({what}): raw alone (with positivity) "
+            f"{t_raw:.3f}s | raw + folded + null + {len(plan.offsets)} offsets for raw and folded {t_var:.3f}s | "
+            f"raw rows identical to qk_layer_spectra: {same}"
+        )
         print(f"  work floor {floor:.3f}s = {parts}")
-        lines.append(f"RATIO variants {name}, spread {spread:g}: all variants / raw alone = {t_var / t_raw:.2f}x "
-                     f"(target <= 3x); / work floor {floor / t_raw:.2f}x raw = {t_var / floor:.2f}x (target <= 1.2x)")
+        lines.append(
+            f"RATIO variants {name}, spread {spread:g}: all variants / raw alone = {t_var / t_raw:.2f}x "
+            f"(target <= 3x); / work floor {floor / t_raw:.2f}x raw = {t_var / floor:.2f}x (target <= 1.2x)"
+        )
     print("\n".join(lines))
 
 

@@ -37,7 +37,9 @@ def gaussian_heads(n, rng, d_head=32, d_model=256):
 
 
 def decay_heads(decay, rng, d_head=32, noise=0.1):
-    s = np.arange(1, d_head + 1)[None, :] ** -np.asarray(decay)[:, None] * np.exp(noise * rng.standard_normal((len(decay), d_head)))
+    s = np.arange(1, d_head + 1)[None, :] ** -np.asarray(decay)[:, None] * np.exp(
+        noise * rng.standard_normal((len(decay), d_head))
+    )
     return np.sort(s, axis=1)[:, ::-1] ** 2
 
 
@@ -56,15 +58,19 @@ def structure_table(reps: int, draws: int, n: int) -> None:
     cases = {
         "null: Gaussian cloud, features' covariance": lambda: rng.standard_normal((n, cov_root.shape[0])) @ cov_root.T,
         "no classes: Gaussian heads (one shape)": lambda: consensus.head_features(gaussian_heads(n, rng))[0],
-        "planted 2: Gaussian + low-rank heads (1:1)": lambda: consensus.head_features(np.vstack(
-            [gaussian_heads(n // 2, rng), decay_heads(rng.uniform(1.5, 2.0, n - n // 2), rng)]))[0],
-        "planted 2: Gaussian + low-rank heads (5:1)": lambda: consensus.head_features(np.vstack(
-            [gaussian_heads(n - n // 6, rng), decay_heads(rng.uniform(1.5, 2.0, n // 6), rng)]))[0],
-        "planted 2: decay 0.6 vs 1.0 (close)": lambda: consensus.head_features(decay_heads(
-            np.r_[np.full(n // 2, 0.6), np.full(n - n // 2, 1.0)] + 0.1 * rng.standard_normal(n), rng))[0],
-        "planted 2: Gaussian heads, d_model 64 vs 1024": lambda: consensus.head_features(np.vstack(
-            [gaussian_heads(n // 2, rng, d_model=64), gaussian_heads(n - n // 2, rng, d_model=1024)]))[0],
-    }  # fmt: skip
+        "planted 2: Gaussian + low-rank heads (1:1)": lambda: consensus.head_features(
+            np.vstack([gaussian_heads(n // 2, rng), decay_heads(rng.uniform(1.5, 2.0, n - n // 2), rng)])
+        )[0],
+        "planted 2: Gaussian + low-rank heads (5:1)": lambda: consensus.head_features(
+            np.vstack([gaussian_heads(n - n // 6, rng), decay_heads(rng.uniform(1.5, 2.0, n // 6), rng)])
+        )[0],
+        "planted 2: decay 0.6 vs 1.0 (close)": lambda: consensus.head_features(
+            decay_heads(np.r_[np.full(n // 2, 0.6), np.full(n - n // 2, 1.0)] + 0.1 * rng.standard_normal(n), rng)
+        )[0],
+        "planted 2: Gaussian heads, d_model 64 vs 1024": lambda: consensus.head_features(
+            np.vstack([gaussian_heads(n // 2, rng, d_model=64), gaussian_heads(n - n // 2, rng, d_model=1024)])
+        )[0],
+    }
     print(f"\nstructure test: {reps} data sets of {n} heads each, {draws} Monte Carlo draws, level 5%")
     print(f"{'case':48s} {'rejects (95% CI)':>24s}  {'median p':>8s}  time")
     for name, make in cases.items():
@@ -74,9 +80,13 @@ def structure_table(reps: int, draws: int, n: int) -> None:
 
 
 def layer_table(reps: int, permutations: int, lengths) -> None:
-    print(f"\nper-layer tests: {reps} series per cell, {permutations} permutations, Holm over 6 stats x 3 tests "
-          "(the other 15 p-values uniform), level 5%; profiles span 2 noise sd")  # fmt: skip
-    print(f"{'n':>3s} {'shape':7s} {'BDS':>7s} {'trend':>7s} {'profile':>8s}   | Monte Carlo approximation (report's power notes)")
+    print(
+        f"\nper-layer tests: {reps} series per cell, {permutations} permutations, Holm over 6 stats x 3 tests "
+        "(the other 15 p-values uniform), level 5%; profiles span 2 noise sd"
+    )
+    print(
+        f"{'n':>3s} {'shape':7s} {'BDS':>7s} {'trend':>7s} {'profile':>8s}   | Monte Carlo approximation (report's power notes)"
+    )
     for n in lengths:
         rng = np.random.default_rng(n)
         approx = layer_permutation_tests.simulated_power(n)
@@ -87,8 +97,11 @@ def layer_table(reps: int, permutations: int, lengths) -> None:
                 p = np.r_[res["p_bds"], res["p_trend_rho"], res["p_profile_r2"], rng.uniform(size=15)]
                 hits += layer_permutation_tests.holm(p)[:3] < 0.05
             a = approx[shape]
-            print(f"{n:3d} {shape:7s} {hits[0] / reps:7.1%} {hits[1] / reps:7.1%} {hits[2] / reps:8.1%}   | "
-                  f"{a['bds']:6.1%} {a['trend']:6.1%} {a['profile']:6.1%}", flush=True)
+            print(
+                f"{n:3d} {shape:7s} {hits[0] / reps:7.1%} {hits[1] / reps:7.1%} {hits[2] / reps:8.1%}   | "
+                f"{a['bds']:6.1%} {a['trend']:6.1%} {a['profile']:6.1%}",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+
 def run(cmd: list[str], cwd: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -52,19 +53,52 @@ def normalised_digest(path: Path, roots: tuple[Path, ...]) -> str:
 
 def outputs_at(revision: str, work: Path, legacy: Path) -> dict[str, str]:
     tree = work / f"tree-{re.sub(r'[^A-Za-z0-9]', '_', revision)}"
-    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), revision], cwd=REPO,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--force", str(tree), revision],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     try:
         out = work / f"out-{tree.name}"
         py = sys.executable
         run([py, "build_dataset.py", "--family", "MiniLM", "--out", str(out / "ds"), "--quiet"], tree)
-        run([py, "analyze.py", "import_legacy", "--pickles", str(legacy), "--family", "Legacy",
-             "--out", str(out / "legacy")], tree)
+        run(
+            [
+                py,
+                "analyze.py",
+                "import_legacy",
+                "--pickles",
+                str(legacy),
+                "--family",
+                "Legacy",
+                "--out",
+                str(out / "legacy"),
+            ],
+            tree,
+        )
         for dataset, family in ((out / "ds", "MiniLM"), (out / "legacy", "Legacy")):
             for method in ("consensus", "original"):
-                run([py, "analyze.py", "report", "--dataset", str(dataset), "--family", family,
-                     "--out", str(out / f"an-{family}-{method}"), "--method", method, "--quiet"], tree)
-        return {str(p.relative_to(out)): normalised_digest(p, (out, tree)) for p in sorted(out.rglob("*")) if p.is_file()}
+                run(
+                    [
+                        py,
+                        "analyze.py",
+                        "report",
+                        "--dataset",
+                        str(dataset),
+                        "--family",
+                        family,
+                        "--out",
+                        str(out / f"an-{family}-{method}"),
+                        "--method",
+                        method,
+                        "--quiet",
+                    ],
+                    tree,
+                )
+        return {
+            str(p.relative_to(out)): normalised_digest(p, (out, tree)) for p in sorted(out.rglob("*")) if p.is_file()
+        }
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
 
@@ -73,8 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", help="git revision before the change (e.g. a commit)")
     parser.add_argument("after", help="git revision after the change (e.g. HEAD)")
-    parser.add_argument("--legacy", type=Path, default=REPO / "tests" / "data" / "legacy",
-                        help="directory of the original study's pickles to import (default: tests/data/legacy)")
+    parser.add_argument(
+        "--legacy",
+        type=Path,
+        default=REPO / "tests" / "data" / "legacy",
+        help="directory of the original study's pickles to import (default: tests/data/legacy)",
+    )
     parser.add_argument("--manifest", type=Path, help="also write the two manifests (JSON) here")
     parser.add_argument("--keep", type=Path, help="keep the outputs of both runs in this (new) directory")
     args = parser.parse_args()
@@ -88,7 +126,9 @@ def main() -> None:
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     print(f"{len(after)} files compared byte for byte ({len(before)} before; the run's directories as placeholders)")
     for name in differ:
-        print(f"DIFFERS: {name} ({'missing before' if name not in before else 'missing after' if name not in after else 'bytes'})")
+        print(
+            f"DIFFERS: {name} ({'missing before' if name not in before else 'missing after' if name not in after else 'bytes'})"
+        )
     if differ:
         sys.exit(1)
     print(f"byte-identical: {args.before} and {args.after}")

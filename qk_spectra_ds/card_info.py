@@ -35,10 +35,13 @@ def dataset_info(splits: Mapping[str, tuple[int, int]]) -> dict[str, Any] | list
     else a list sorted by config name, ``config_name`` first.
     """
     infos = [  # a features list per config: one shared object would be written as YAML anchors and aliases
-        {"config_name": name, "features": features_yaml(),
-         "splits": [{"name": "train", "num_bytes": int(n_bytes), "num_examples": int(n_rows)}]}
+        {
+            "config_name": name,
+            "features": features_yaml(),
+            "splits": [{"name": "train", "num_bytes": int(n_bytes), "num_examples": int(n_rows)}],
+        }
         for name, (n_bytes, n_rows) in sorted(splits.items())
-    ]  # fmt: skip
+    ]
     if len(infos) == 1 and infos[0]["config_name"] == "default":
         infos[0].pop("config_name")
     return infos[0] if len(infos) == 1 else infos

@@ -59,7 +59,9 @@ def card_metadata(text: str | None, where: str = CARD_NAME) -> dict[str, list[di
     lists = {key: block.get(key) or [] for key in ("versions", "models")}
     for key, value in lists.items():
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise CardError(f"the card {where} has a qk_spectra_ds.{key} that is not a list of mappings: fix or delete the card")
+            raise CardError(
+                f"the card {where} has a qk_spectra_ds.{key} that is not a list of mappings: fix or delete the card"
+            )
     return {key: list(value) for key, value in lists.items()}
 
 

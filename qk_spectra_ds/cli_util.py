@@ -77,7 +77,12 @@ def flag_kind(annotation: Any, default: Any = None) -> type:
         annotation = options[0] if len(options) == 1 else str
     if annotation in (str, int, float, bool):
         return annotation
-    if annotation is None and default is not None and not isinstance(default, type) and type(default) in (int, float, bool):
+    if (
+        annotation is None
+        and default is not None
+        and not isinstance(default, type)
+        and type(default) in (int, float, bool)
+    ):
         return type(default)
     return str  # anything else (or no annotation) reaches the function as the string typed
 
@@ -105,7 +110,9 @@ def parse_flags(
     and ``output_dirs`` that cannot be written.
     """
     flags = signature_flags(function)
-    short = short_flags([function]) if short is None else {k: v for k, v in short.items() if v in flags}  # this command's
+    short = (
+        short_flags([function]) if short is None else {k: v for k, v in short.items() if v in flags}
+    )  # this command's
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     i = 0
@@ -120,7 +127,9 @@ def parse_flags(
             if i >= len(argv):
                 raise UsageError(f"{typed} needs a value ({prog} --help describes it)")
             if _looks_like_flag(argv[i]):
-                raise UsageError(f"{typed} needs a value, got the flag {argv[i]} (for a value that starts with -, write {typed}=VALUE)")
+                raise UsageError(
+                    f"{typed} needs a value, got the flag {argv[i]} (for a value that starts with -, write {typed}=VALUE)"
+                )
             value = argv[i]
             i += 1
         if name in values:
@@ -216,8 +225,11 @@ def short_flags(functions: Iterable[Callable], deprecated: Collection[str] = ())
     for function in functions:
         for name in signature_flags(function):
             claims.setdefault(name[0], set()).add(name)
-    return {letter: name for letter, (name, *others) in sorted(claims.items())
-            if not others and name not in deprecated and letter != "h"}
+    return {
+        letter: name
+        for letter, (name, *others) in sorted(claims.items())
+        if not others and name not in deprecated and letter != "h"
+    }
 
 
 def _looks_like_flag(token: str) -> bool:
@@ -283,7 +295,9 @@ def _pick_command(commands: Mapping[str, Callable], argv: list[str], name: str) 
     listing = ", ".join(commands)
     if not argv or argv[0] in HELP_TOKENS:
         if not argv:
-            raise UsageError(f"no command given: python {name} COMMAND [--flags], COMMAND one of {listing} (--help explains)")
+            raise UsageError(
+                f"no command given: python {name} COMMAND [--flags], COMMAND one of {listing} (--help explains)"
+            )
         return None
     command = argv[0].replace("-", "_")
     if command in commands:

@@ -28,10 +28,13 @@ from .markdown_text import md_code
 _TEMPLATE = Path(__file__).with_name("templates") / "dataset_card.md"
 
 _STAT_MEANINGS = {
-    "min": "smallest {one}", "max": "largest {one}", "mean": "mean of the {many}",
-    "std": "standard deviation (N-1) of the {many}", "skew": "skewness mean(z^3) of the {many}, z standardized",
+    "min": "smallest {one}",
+    "max": "largest {one}",
+    "mean": "mean of the {many}",
+    "std": "standard deviation (N-1) of the {many}",
+    "skew": "skewness mean(z^3) of the {many}, z standardized",
     "kurtosis": "excess kurtosis mean(z^4) - 3 of the {many}, z standardized",
-}  # fmt: skip
+}
 COLUMN_DESCRIPTIONS: dict[str, str] = {
     "model_id": "Hub id of the model (`org/name`), or the folder name of a local model",
     "model_revision": "40-hex commit of the model repo the weights were read at; local folders: `local:` + a digest "
@@ -61,7 +64,10 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "other rows",
     "singular_values": "the d_head singular values s_1 >= ... >= s_dhead >= 0 of W_QK = (W_Q^h)^T W_K^g",
     "eigenvalues": "their squares l_k = s_k^2, the eigenvalues of W_QK^T W_QK (the original study's name)",
-    **{f"sv_{k}": v.format(one="singular value of the head", many="head's singular values") for k, v in _STAT_MEANINGS.items()},
+    **{
+        f"sv_{k}": v.format(one="singular value of the head", many="head's singular values")
+        for k, v in _STAT_MEANINGS.items()
+    },
     **{f"ev_{k}": v.format(one="eigenvalue of the head", many="head's eigenvalues") for k, v in _STAT_MEANINGS.items()},
     "frobenius": "Frobenius norm of W_QK, sqrt(sum l)",
     "spectral_norm": "largest singular value s_1 (operator norm of W_QK)",
@@ -77,15 +83,22 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     **schema.CIRCUIT_DESCRIPTIONS,
     "rope_theta": "rotary base of the layer (Gemma 3's local and global layers differ); null without rotary "
     "(NoPE layers of Llama 4, SmolLM3, Cohere2, EXAONE 4; absolute positions; ALiBi; legacy rows)",
-    **{f"behaviour_{name}": f"{meaning} (see Behaviour scores); null unless built with --behaviour, on ov rows{extra}"
-       for name, meaning, extra in (
-           ("previous_token", "mean attention to the previous position", ""),
-           ("next_token", "mean attention to the next position", " and for causal models (encoders only)"),
-           ("induction", "mean attention, in the probe's second repeat, to the token after the current token's earlier "
-            "occurrence", " and for encoders"),
-           ("first_token", "mean attention to the first position (sink; [CLS] in encoders)", ""),
-           ("local", "mean attention mass within probe_local_window positions of the query, first token excluded", ""),
-           ("entropy", "mean entropy of the attention distribution divided by ln(context length)", ""))},
+    **{
+        f"behaviour_{name}": f"{meaning} (see Behaviour scores); null unless built with --behaviour, on ov rows{extra}"
+        for name, meaning, extra in (
+            ("previous_token", "mean attention to the previous position", ""),
+            ("next_token", "mean attention to the next position", " and for causal models (encoders only)"),
+            (
+                "induction",
+                "mean attention, in the probe's second repeat, to the token after the current token's earlier "
+                "occurrence",
+                " and for encoders",
+            ),
+            ("first_token", "mean attention to the first position (sink; [CLS] in encoders)", ""),
+            ("local", "mean attention mass within probe_local_window positions of the query, first token excluded", ""),
+            ("entropy", "mean entropy of the attention distribution divided by ln(context length)", ""),
+        )
+    },
     "probe_seed": "seed of the behaviour probes' random tokens (builder --probe-seed); null on unscored rows",
     "probe_sequences": "number of probe sequences the behaviour scores average over; null on unscored rows",
     "probe_length": "random tokens per repeat: each probe is a first token and the same probe_length tokens twice; "
@@ -112,13 +125,13 @@ def render_card(
             "default": True,
             "data_files": [{"split": "train", "path": f"{DATA_DIR}/*/*.parquet"}],
         }
-    ] + [
-        {"config_name": f, "data_files": [{"split": "train", "path": f"{DATA_DIR}/{f}/*.parquet"}]}
-        for f in families
-    ]
+    ] + [{"config_name": f, "data_files": [{"split": "train", "path": f"{DATA_DIR}/{f}/*.parquet"}]} for f in families]
     selections = {"all": list(summaries)}
     selections.update({f: [s for s in summaries if s["config"] == f] for f in families})
-    splits = {name: (sum(s["n_bytes"] for s in chosen), sum(s["n_rows"] for s in chosen)) for name, chosen in selections.items()}
+    splits = {
+        name: (sum(s["n_bytes"] for s in chosen), sum(s["n_rows"] for s in chosen))
+        for name, chosen in selections.items()
+    }
     card_data = DatasetCardData(
         license="apache-2.0",
         pretty_name="QK-circuit spectra of transformer attention heads",
@@ -130,12 +143,17 @@ def render_card(
             "schema_version": schema.SCHEMA_VERSION,
             "builder_version": __version__,
             "versions": [dict(v) for v in versions],
-            "models": [{k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes", "sha256")} for m in summaries],
+            "models": [
+                {k: m.get(k) for k in SUMMARY_COLUMNS + ("config", "path", "n_rows", "n_bytes", "sha256")}
+                for m in summaries
+            ],
         },
     )
     card_data["dataset_info"] = dataset_info(splits)  # per config: the features and the train split's size
-    shown = [{**s, "model_id_md": md_code(s.get("model_id")), "model_id_cell": md_code(s.get("model_id"), table=True)}
-             for s in summaries]  # ids shown as code, never as Markdown or HTML  # fmt: skip
+    shown = [
+        {**s, "model_id_md": md_code(s.get("model_id")), "model_id_cell": md_code(s.get("model_id"), table=True)}
+        for s in summaries
+    ]  # ids shown as code, never as Markdown or HTML
     legacy = [s for s in shown if s.get("variant") == schema.VARIANT_LEGACY]
     card = DatasetCard.from_template(
         card_data,
@@ -161,8 +179,16 @@ TASK_CATEGORIES = ("other",)
 """The card's ``task_categories``: none of the Hub's task categories (huggingface.js ``PIPELINE_DATA``, e.g.
 tabular-classification, feature-extraction, graph-ml) describes spectra of weights, so the Hub's own ``other``."""
 
-TAGS = ("interpretability", "mechanistic-interpretability", "attention", "transformers", "qk-circuits",
-        "spectral-analysis", "singular-values", "tabular")  # fmt: skip
+TAGS = (
+    "interpretability",
+    "mechanistic-interpretability",
+    "attention",
+    "transformers",
+    "qk-circuits",
+    "spectral-analysis",
+    "singular-values",
+    "tabular",
+)
 """Free-form ``tags`` of the card (the Hub lets a card choose these)."""
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -208,7 +234,9 @@ def dataset_citation(repo_id: str | None, versions: Sequence[Mapping[str, Any]] 
     fields = {
         "title": "{QK-circuit spectra of transformer attention heads}",
         "author": "{" + (repo_id.split("/")[0] if repo_id else "unknown") + "}",
-        "howpublished": "{\\url{https://huggingface.co/datasets/" + repo_id + "}}" if repo_id else "{a local build, not published}",
+        "howpublished": "{\\url{https://huggingface.co/datasets/" + repo_id + "}}"
+        if repo_id
+        else "{a local build, not published}",
         "version": "{" + str(latest["version"]) + "}" if latest.get("version") else None,
         "year": "{" + str(latest["date"])[:4] + "}" if latest.get("date") else None,
         "note": "{Built with qk-spectra-ds " + str(latest.get("builder_version") or __version__) + "}",
@@ -234,7 +262,9 @@ def write_card(
     versions = read_card_versions(out_dir)
     if new_version is not None:
         versions = add_version(versions, new_version)
-    summaries = with_digests(out_dir, [read_summary(p) for p in model_files(out_dir)], read_card_models(out_dir), rerecord)
+    summaries = with_digests(
+        out_dir, [read_summary(p) for p in model_files(out_dir)], read_card_models(out_dir), rerecord
+    )
     text = render_card(summaries, versions, repo_id=repo_id)
     path = Path(out_dir) / CARD_NAME
     if path.is_file() and path.read_text(encoding="utf-8") == text:

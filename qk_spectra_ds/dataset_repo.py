@@ -51,7 +51,7 @@ SUMMARY_COLUMNS = (
     "builder_version",
     "schema_version",
 )
-_BAD_FAMILY_CHARS = '<>:/\\|?*[]'  # datasets refuses <>:/\|?* in config names; [] would be a glob
+_BAD_FAMILY_CHARS = "<>:/\\|?*[]"  # datasets refuses <>:/\|?* in config names; [] would be a glob
 
 
 def check_family(family: str) -> str:
@@ -107,8 +107,13 @@ def written_digest(path: str | os.PathLike) -> dict[str, Any] | None:
 def _arrow_type(kind: str):
     if kind.startswith("list<"):
         return pa.list_(_arrow_type(kind[len("list<") : -1]))
-    return {"float32": pa.float32(), "float64": pa.float64(), "int32": pa.int32(), "int64": pa.int64(),
-            "string": pa.string()}[kind]  # fmt: skip
+    return {
+        "float32": pa.float32(),
+        "float64": pa.float64(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "string": pa.string(),
+    }[kind]
 
 
 def parquet_schema(version: int = schema.SCHEMA_VERSION):
@@ -129,8 +134,11 @@ def features_dict(version: int = schema.SCHEMA_VERSION) -> dict[str, Any]:
 
 def _arrow_column(values: Any, kind):
     """One column as an Arrow array of ``kind``; a list column of equal-length float arrays in one copy."""
-    if pa.types.is_list(kind) and not pa.types.is_list(kind.value_type) and len(values) and all(
-        isinstance(v, np.ndarray) and v.ndim == 1 for v in values
+    if (
+        pa.types.is_list(kind)
+        and not pa.types.is_list(kind.value_type)
+        and len(values)
+        and all(isinstance(v, np.ndarray) and v.ndim == 1 for v in values)
     ):
         lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
         offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)

@@ -40,7 +40,9 @@ def check_reachable(what: str, timeout: float | None = None) -> None:
     if constants.HF_HUB_OFFLINE:
         return
     try:
-        get_session().head(constants.ENDPOINT, timeout=REACH_TIMEOUT if timeout is None else timeout, follow_redirects=False)
+        get_session().head(
+            constants.ENDPOINT, timeout=REACH_TIMEOUT if timeout is None else timeout, follow_redirects=False
+        )
     except (httpx.TransportError, OSError) as exc:
         raise HubAccessError(
             f"cannot reach the Hub at {constants.ENDPOINT} for {what} ({type(exc).__name__}: "

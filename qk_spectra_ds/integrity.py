@@ -145,11 +145,16 @@ def _metric_bounds(s: np.ndarray, delta: np.ndarray, metrics: dict[str, np.ndarr
         effective = metrics["effective_rank"] * np.expm1(np.minimum(d_entropy, 700))
         tiny = (s <= 2 * delta).any(axis=-1)  # a value within rounding of zero: its log is unbounded
         log_det = np.where(tiny, np.inf, (delta / np.maximum(s - delta, TINY32)).sum(axis=-1))
-        frob = np.minimum(np.sqrt(d_total), d_total / (2 * np.sqrt(np.maximum(total - d_total, 0))))  # |sqrt(T + dT) - sqrt(T)|
+        frob = np.minimum(
+            np.sqrt(d_total), d_total / (2 * np.sqrt(np.maximum(total - d_total, 0)))
+        )  # |sqrt(T + dT) - sqrt(T)|
     return {
-        "frobenius": frob, "spectral_norm": delta.max(axis=-1), "stable_rank": stable,
-        "effective_rank": effective, "log_det": log_det,
-    }  # fmt: skip
+        "frobenius": frob,
+        "spectral_norm": delta.max(axis=-1),
+        "stable_rank": stable,
+        "effective_rank": effective,
+        "log_det": log_det,
+    }
 
 
 def legacy_units(d_head: int) -> float:
@@ -213,10 +218,17 @@ def value_problem(
         for name in names:
             if name in stored:
                 value = np.asarray(stored[name], dtype=np.float64)
-                checks.append((fine & ~_agree(value, metrics[name], SAFETY * bounds[name]), _describe(name, value, metrics[name])))
+                checks.append(
+                    (fine & ~_agree(value, metrics[name], SAFETY * bounds[name]), _describe(name, value, metrics[name]))
+                )
     if "positivity" in stored:
         value = np.asarray(stored["positivity"], dtype=np.float64)
-        checks.append((~(np.isnan(value) | ((value >= -1 - 1e-12) & (value <= 1 + 1e-12))), lambda i: f"positivity {value[i]:.6g} is outside [-1, 1]"))
+        checks.append(
+            (
+                ~(np.isnan(value) | ((value >= -1 - 1e-12) & (value <= 1 + 1e-12))),
+                lambda i: f"positivity {value[i]:.6g} is outside [-1, 1]",
+            )
+        )
     for bad, describe in checks:
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
@@ -253,7 +265,10 @@ def positional_problem(
         bad_values = ~(np.isfinite(pos) & (pos >= 0)).all(axis=(1, 2)) | (np.diff(pos, axis=2) > 0).any(axis=(1, 2))
     checks = [
         (bad_offsets, lambda i: f"offsets {offs[i].tolist()[:8]} are not non-negative and strictly increasing"),
-        (bad_values & ~bad_offsets, lambda i: "positional singular values are NaN, infinite, negative or not descending"),
+        (
+            bad_values & ~bad_offsets,
+            lambda i: "positional singular values are NaN, infinite, negative or not descending",
+        ),
     ]
     fine = ~bad_offsets & ~bad_values & np.isfinite(sv).all(axis=1)
     zero = offs == 0
@@ -261,7 +276,9 @@ def positional_problem(
         at_zero = np.where(zero[:, :, None], pos, 0.0).sum(axis=1)
         tol = SAFETY * (_rounding(sv, 1.0) + _rounding(at_zero, 1.0)) + 1e-6 * sv.max(axis=1, initial=0.0)[:, None]
         differs = zero.any(axis=1) & ~(np.abs(at_zero - sv) <= tol).all(axis=1)
-        checks.append((fine & differs, lambda i: "the positional spectrum at offset 0 is not the row's singular values"))
+        checks.append(
+            (fine & differs, lambda i: "the positional spectrum at offset 0 is not the row's singular values")
+        )
     # the summaries: every row of a block shares its offsets (else they were refused above)
     same = (offs == offs[:1]).all()
     if same and fine.any():
@@ -288,9 +305,15 @@ def positional_problem(
             ok_value = match.any(axis=1) & ~(surely & before).any(axis=1) & (maybe & match).any(axis=1)
             ok_null = np.isnan(value) & ~surely.any(axis=1)
             zero_head = ~np.isfinite(ratio).all(axis=1)  # s_1 = 0: no ratio (the builder writes null)
-            checks.append((fine & ~(ok_value | ok_null | (zero_head & np.isnan(value))),
-                           lambda i: f"half_norm_offset {value[i]:g} is not the first offset where s_1(delta)/s_1 < 1/2 "
-                           f"(recomputed: {summary['half_norm_offset'][i]})"))  # fmt: skip
+            checks.append(
+                (
+                    fine & ~(ok_value | ok_null | (zero_head & np.isnan(value))),
+                    lambda i: (
+                        f"half_norm_offset {value[i]:g} is not the first offset where s_1(delta)/s_1 < 1/2 "
+                        f"(recomputed: {summary['half_norm_offset'][i]})"
+                    ),
+                )
+            )
     for bad, describe in checks:
         if bad.any():
             first = int(np.flatnonzero(bad)[0])

@@ -37,6 +37,10 @@ def md_code(value: object, table: bool = False) -> str:
     text = _flat(value)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ") and text.strip()) else ""
+    pad = (
+        " "
+        if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ") and text.strip())
+        else ""
+    )
     span = f"{fence}{pad}{text}{pad}{fence}" if text else "` `"
     return span.replace("|", "\\|") if table else span

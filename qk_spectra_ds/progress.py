@@ -52,6 +52,13 @@ def progress_bar(iterable: Iterable | None = None, enabled: bool = True, file: T
     if is_terminal(stream):
         return tqdm(iterable, file=stream, **kwargs)
     kwargs.pop("position", None)
-    plain = {"mininterval": LOG_INTERVAL_S, "maxinterval": LOG_INTERVAL_S, "ascii": True, "ncols": 100, "position": 0,
-             "dynamic_ncols": False, "leave": True}  # fmt: skip
+    plain = {
+        "mininterval": LOG_INTERVAL_S,
+        "maxinterval": LOG_INTERVAL_S,
+        "ascii": True,
+        "ncols": 100,
+        "position": 0,
+        "dynamic_ncols": False,
+        "leave": True,
+    }
     return tqdm(iterable, file=LineWriter(stream), **{**kwargs, **plain})

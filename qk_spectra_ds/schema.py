@@ -71,7 +71,11 @@ INDEX_COLUMNS = ("layer", "head", "kv_head")
 SHAPE_COLUMNS = ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head")
 SPECTRUM_COLUMNS = ("singular_values", "eigenvalues")
 OFFSET_COLUMNS = (
-    "offsets", "positional_singular_values", "positional_norm_ratio_min", "positional_norm_ratio_max", "half_norm_offset",
+    "offsets",
+    "positional_singular_values",
+    "positional_norm_ratio_min",
+    "positional_norm_ratio_max",
+    "half_norm_offset",
 )
 """Positional (RoPE) spectra per token offset and their sortable summaries; null on null rows and layers without rotary."""
 LAYER_FACT_COLUMNS = ("attention_type", "sliding_window", "rope_theta")
@@ -90,10 +94,13 @@ CIRCUIT_COLUMNS = ("circuit",)
 MATCHED_NULL_METRICS = ("positivity", "copying_score", "symmetry")
 """Metrics compared per head with a matched null (the head's own singular values, Haar-random orientations)."""
 CIRCUIT_METRIC_COLUMNS = (
-    "symmetry", "copying_score", "copying_positive_share",
+    "symmetry",
+    "copying_score",
+    "copying_positive_share",
     *(f"{m}_{suffix}" for m in MATCHED_NULL_METRICS for suffix in ("null_mean", "null_sd", "z")),
-    "matched_null_draws", "matched_null_seed",
-)  # fmt: skip
+    "matched_null_draws",
+    "matched_null_seed",
+)
 """Symmetry (both circuits), copying score and positive share (ov rows; null on qk), the matched-null mean,
 sd and z of each :data:`MATCHED_NULL_METRICS` (null where the metric does not apply), and the Monte Carlo
 draws and seed behind them (draws null where the null moments are analytic)."""
@@ -149,9 +156,16 @@ COLUMNS_BY_VERSION: dict[int, tuple[str, ...]] = {
     1: _VALUE_COLUMNS + ("weights_dtype", "builder_version", "schema_version"),
     2: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + PROVENANCE_COLUMNS,
     3: _VALUE_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + NULL_COLUMNS + PROVENANCE_COLUMNS,
-    4: IDENTITY_COLUMNS[:-1] + CIRCUIT_COLUMNS + _VALUE_COLUMNS[len(IDENTITY_COLUMNS) - 1 :]
-    + CIRCUIT_METRIC_COLUMNS + LAYER_FACT_COLUMNS + OFFSET_COLUMNS + NULL_COLUMNS
-    + BEHAVIOUR_COLUMNS + PROBE_COLUMNS + PROVENANCE_COLUMNS,
+    4: IDENTITY_COLUMNS[:-1]
+    + CIRCUIT_COLUMNS
+    + _VALUE_COLUMNS[len(IDENTITY_COLUMNS) - 1 :]
+    + CIRCUIT_METRIC_COLUMNS
+    + LAYER_FACT_COLUMNS
+    + OFFSET_COLUMNS
+    + NULL_COLUMNS
+    + BEHAVIOUR_COLUMNS
+    + PROBE_COLUMNS
+    + PROVENANCE_COLUMNS,
 }
 """The columns of each schema version this package reads, in file order."""
 

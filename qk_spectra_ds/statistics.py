@@ -92,7 +92,9 @@ def positivity_from_eigenvalues(mu: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, mu.real.sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan)
 
 
-def positional_summaries(singular_values: np.ndarray, positional: np.ndarray, offsets: Sequence[int]) -> dict[str, np.ndarray]:
+def positional_summaries(
+    singular_values: np.ndarray, positional: np.ndarray, offsets: Sequence[int]
+) -> dict[str, np.ndarray]:
     """Sortable per-head summaries of the positional spectra (rows: heads).
 
     ``singular_values`` (n, dh), ``positional`` (n, n_off, dh). With r(delta) =
@@ -108,8 +110,11 @@ def positional_summaries(singular_values: np.ndarray, positional: np.ndarray, of
         ratio = positional[:, later, 0] / top[:, None]
     if not later.any():
         nan = np.full(len(top), np.nan)
-        return {"positional_norm_ratio_min": nan, "positional_norm_ratio_max": nan.copy(),
-                "half_norm_offset": np.full(len(top), -1, np.int64)}
+        return {
+            "positional_norm_ratio_min": nan,
+            "positional_norm_ratio_max": nan.copy(),
+            "half_norm_offset": np.full(len(top), -1, np.int64),
+        }
     below = ratio < 0.5
     first = np.where(below.any(axis=1), offs[later][below.argmax(axis=1)], -1)
     return {

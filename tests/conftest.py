@@ -53,8 +53,15 @@ os.environ.update(
         "HF_HUB_DOWNLOAD_TIMEOUT": "10",
     }
 )
-for _var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_HUB_TOKEN",
-             "HUGGINGFACE_CO_STAGING", "HF_HUB_ENABLE_HF_TRANSFER", "HF_TOKEN_PATH"):  # fmt: skip
+for _var in (
+    "HF_DATASETS_OFFLINE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HUGGINGFACE_HUB_TOKEN",
+    "HUGGINGFACE_CO_STAGING",
+    "HF_HUB_ENABLE_HF_TRANSFER",
+    "HF_TOKEN_PATH",
+):
     os.environ.pop(_var, None)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so tests can `from hub_server import ...`

@@ -20,8 +20,16 @@ from qk_spectra_ds.statistics import spectrum_metrics, spectrum_statistics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: int = 8, d_head: int = 16, seed: int = 0,
-                      variant: str = "raw", d_model: int | None = None) -> dict:  # fmt: skip
+def synthetic_columns(
+    model_id: str,
+    family: str,
+    n_layers: int = 4,
+    n_heads: int = 8,
+    d_head: int = 16,
+    seed: int = 0,
+    variant: str = "raw",
+    d_model: int | None = None,
+) -> dict:
     """Plausible schema-v1 rows: spectra of random d_head x d_head products with head-dependent decay.
 
     ``d_model`` defaults to ``4 * d_head``; columns the rows do not model are null.
@@ -59,8 +67,9 @@ def synthetic_columns(model_id: str, family: str, n_layers: int = 4, n_heads: in
     return _with_statistics(columns, s, ev, rng)
 
 
-def depth_columns(model_id: str, family: str, n_layers: int, n_heads: int, d_head: int, seed: int,
-                  variant: str = "raw") -> dict:  # fmt: skip
+def depth_columns(
+    model_id: str, family: str, n_layers: int, n_heads: int, d_head: int, seed: int, variant: str = "raw"
+) -> dict:
     """Schema rows of random spectra whose decay grows with depth (stable rank falls with the layer); MHA heads."""
     rng = np.random.default_rng(seed)
     n = n_layers * n_heads
@@ -70,14 +79,26 @@ def depth_columns(model_id: str, family: str, n_layers: int, n_heads: int, d_hea
     s = np.sort(s, axis=1)[:, ::-1].astype(np.float32)
     ev = (s.astype(np.float64) ** 2).astype(np.float32)
     columns = {
-        "model_id": [model_id] * n, "model_revision": ["local:" + "0" * 16] * n, "family": [family] * n,
-        "model_type": ["llama"] * n, "variant": [variant] * n, "layer": layer.tolist(),
-        "head": np.tile(np.arange(n_heads), n_layers).tolist(), "kv_head": np.tile(np.arange(n_heads), n_layers).tolist(),
-        "n_layers": [n_layers] * n, "n_heads": [n_heads] * n, "n_kv_heads": [n_heads] * n, "d_model": [4 * d_head] * n,
-        "d_head": [d_head] * n, "singular_values": list(s), "eigenvalues": list(ev), "weights_dtype": ["float32"] * n,
-        "builder_version": [__version__] * n, "method_version": [schema.METHOD_VERSION] * n,
+        "model_id": [model_id] * n,
+        "model_revision": ["local:" + "0" * 16] * n,
+        "family": [family] * n,
+        "model_type": ["llama"] * n,
+        "variant": [variant] * n,
+        "layer": layer.tolist(),
+        "head": np.tile(np.arange(n_heads), n_layers).tolist(),
+        "kv_head": np.tile(np.arange(n_heads), n_layers).tolist(),
+        "n_layers": [n_layers] * n,
+        "n_heads": [n_heads] * n,
+        "n_kv_heads": [n_heads] * n,
+        "d_model": [4 * d_head] * n,
+        "d_head": [d_head] * n,
+        "singular_values": list(s),
+        "eigenvalues": list(ev),
+        "weights_dtype": ["float32"] * n,
+        "builder_version": [__version__] * n,
+        "method_version": [schema.METHOD_VERSION] * n,
         "schema_version": [schema.SCHEMA_VERSION] * n,
-    }  # fmt: skip
+    }
     return _with_statistics(columns, s, ev, rng)
 
 
@@ -94,8 +115,9 @@ def _with_statistics(columns: dict, s: np.ndarray, ev: np.ndarray, rng: np.rando
     return columns
 
 
-def make_dataset(out: Path, family: str = "syn", models=(("org/tiny-a", 0), ("org/tiny-b", 1)),
-                 columns=synthetic_columns, **kwargs) -> Path:  # fmt: skip
+def make_dataset(
+    out: Path, family: str = "syn", models=(("org/tiny-a", 0), ("org/tiny-b", 1)), columns=synthetic_columns, **kwargs
+) -> Path:
     """A dataset of synthetic rows and its card: the tests' one dataset maker.
 
     ``models``: ``(model_id, seed)`` or ``(model_id, seed, {per-model arguments})``; ``columns`` makes each model's
@@ -104,7 +126,9 @@ def make_dataset(out: Path, family: str = "syn", models=(("org/tiny-a", 0), ("or
     from qk_spectra_ds import dataset_card, dataset_repo
 
     for model_id, seed, *own in models:
-        dataset_repo.write_model_table(out, family, model_id, columns(model_id, family, seed=seed, **kwargs, **dict(*own)))
+        dataset_repo.write_model_table(
+            out, family, model_id, columns(model_id, family, seed=seed, **kwargs, **dict(*own))
+        )
     dataset_card.write_card(out)
     return out
 
@@ -115,20 +139,37 @@ SIZES = {"org/m-0.6B": (4, 8, 64), "org/m-14B": (6, 10, 256), "org/m-4B": (5, 8,
 
 def sized_dataset(out: Path, models=tuple(SIZES)) -> Path:
     """A dataset of ``models`` of :data:`SIZES` (d_head 16): the test suite's synthetic rows, other columns null."""
-    sizes = [(model, seed, dict(zip(("n_layers", "n_heads", "d_model"), SIZES[model]))) for seed, model in enumerate(models)]
+    sizes = [
+        (model, seed, dict(zip(("n_layers", "n_heads", "d_model"), SIZES[model]))) for seed, model in enumerate(models)
+    ]
     return make_dataset(out, "syn", sizes, d_head=16)
 
 
 SIZE_ORDER = sorted(SIZES, key=lambda m: SIZES[m][0] * SIZES[m][1] * SIZES[m][2])
 
 
-QK_LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "hidden_size": 32}  # fmt: skip
+QK_LLAMA = {
+    "model_type": "llama",
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "hidden_size": 32,
+}
 """The smallest llama config the builder reads: 2 layers, 4 query heads over 2 key heads, d_model 32, d_head 8."""
 
 
-def write_qk_llama(directory: Path, config=QK_LLAMA, *, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                   d_model: int = 32, d_head: int = 8, projections: str = "qk", norms: bool = False) -> Path:  # fmt: skip
+def write_qk_llama(
+    directory: Path,
+    config=QK_LLAMA,
+    *,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    d_model: int = 32,
+    d_head: int = 8,
+    projections: str = "qk",
+    norms: bool = False,
+) -> Path:
     """A llama checkpoint written straight with safetensors (no torch, no transformers): ``config.json`` as given
     (any JSON value, so tests can write broken configs) and seeded float32 weights of the given shape.
 
@@ -222,8 +263,11 @@ def assert_one_error(rc: int, stderr: str, *words: str) -> str:
     return lines[0]
 
 
-def run_script(*args: str, env: dict | None = None, code: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_script(
+    *args: str, env: dict | None = None, code: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """``python build_dataset.py ARGS`` (or ``python -c CODE ARGS``) in a fresh interpreter: the tests' one CLI runner."""
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, str(ROOT / "build_dataset.py"), *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )

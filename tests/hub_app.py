@@ -468,8 +468,9 @@ class HubApp:
         recursive, expand = truthy(req.param("recursive")), truthy(req.param("expand"))
         dir_oids = self.store.dir_oids(commit)
         if path and path not in dir_oids:
-            raise HubError(404, f"Entry not found: {path} is not a directory", "EntryNotFound",
-                           {"X-Repo-Commit": commit.oid})  # fmt: skip
+            raise HubError(
+                404, f"Entry not found: {path} is not a directory", "EntryNotFound", {"X-Repo-Commit": commit.oid}
+            )
         prefix = path + "/" if path else ""
         depth = prefix.count("/")
 
@@ -496,17 +497,27 @@ class HubApp:
     def _refs(self, req: Request, repo_type: str, repo_id: str) -> Response:
         repo = self._readable_repo(req, repo_type, repo_id)
         with self.store.lock:
-            branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in sorted(repo.branches.items())]
+            branches = [
+                {"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in sorted(repo.branches.items())
+            ]
             tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": oid} for t, oid in sorted(repo.tags.items())]
         return json_response({"branches": branches, "converts": [], "tags": tags})
 
     def _commits(self, req: Request, repo_type: str, repo_id: str, revision: str) -> Response:
         repo = self._readable_repo(req, repo_type, repo_id)
         commit = self.store.resolve(repo, revision)
-        return json_response([
-            {"id": c.oid, "title": c.title, "message": c.message, "authors": [{"user": c.author, "avatar": None}], "date": c.date}
-            for c in self.store.history(repo, commit)
-        ])  # fmt: skip
+        return json_response(
+            [
+                {
+                    "id": c.oid,
+                    "title": c.title,
+                    "message": c.message,
+                    "authors": [{"user": c.author, "avatar": None}],
+                    "date": c.date,
+                }
+                for c in self.store.history(repo, commit)
+            ]
+        )
 
     def _resolve(self, req: Request, repo_type: str, repo_id: str, revision: str, path: str) -> Response:
         repo = self._readable_repo(req, repo_type, repo_id)
@@ -537,7 +548,9 @@ class HubApp:
             headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
             data = data[start : end + 1]
             if req.range_fault is not None:
-                status, data = _misserve(req.range_fault, headers, memoryview(self.store.blob(entry.sha256)), byte_range)
+                status, data = _misserve(
+                    req.range_fault, headers, memoryview(self.store.blob(entry.sha256)), byte_range
+                )
         headers["Content-Length"] = str(len(data))
         if req.range_fault == "short":  # announce every byte, send half: the client sees the connection close early
             data = data[: len(data) // 2]
@@ -588,7 +601,9 @@ class HubApp:
         for obj in body.get("objects", []):
             oid, size = obj["oid"], int(obj["size"])
             item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-            if oid not in repo.lfs_oids or oid not in self.store.blobs:  # present objects: no actions, the client skips them
+            if (
+                oid not in repo.lfs_oids or oid not in self.store.blobs
+            ):  # present objects: no actions, the client skips them
                 item["actions"] = {
                     "upload": {"href": f"{base}/{oid}", "header": {}},
                     "verify": {"href": f"{base}/{oid}/verify", "header": {}},
@@ -642,8 +657,11 @@ class HubApp:
                 oid = value["oid"]
                 blob = self.store.blobs.get(oid)
                 if blob is None:
-                    raise HubError(400, f"Your push was rejected because an LFS pointer pointed to a file that "
-                                        f"does not exist: {value['path']} ({oid})")  # fmt: skip
+                    raise HubError(
+                        400,
+                        f"Your push was rejected because an LFS pointer pointed to a file that "
+                        f"does not exist: {value['path']} ({oid})",
+                    )
                 if value.get("size") is not None and int(value["size"]) != len(blob):
                     raise HubError(400, f"LFS object {oid} has size {len(blob)}, not {value['size']}")
                 with self.store.lock:
@@ -656,8 +674,14 @@ class HubApp:
         title = header.get("summary") or ""
         if not title:
             raise HubError(400, "Commit summary (commit_message) cannot be empty")
-        commit = self.store.commit(repo, revision, ops, title=title, message=header.get("description") or "",
-                                   parent_commit=header.get("parentCommit"))  # fmt: skip
+        commit = self.store.commit(
+            repo,
+            revision,
+            ops,
+            title=title,
+            message=header.get("description") or "",
+            parent_commit=header.get("parentCommit"),
+        )
         commit_url = f"{self._repo_url(req, repo)}/commit/{commit.oid}"
         return json_response({"success": True, "commitOid": commit.oid, "commitUrl": commit_url, "hookOutput": ""})
 

@@ -23,11 +23,40 @@ DEFAULT_BRANCH = "main"
 # Files matching these globs (on the file name) are stored with LFS, like the Hub's default
 # .gitattributes. Binary content (a NUL byte in the first 512 bytes) and big files are LFS too.
 LFS_GLOBS = (
-    "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lz4",
-    "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb",
-    "*.pickle", "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors", "*.tar", "*.tflite", "*.tgz",
-    "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*",
-)  # fmt: skip
+    "*.7z",
+    "*.arrow",
+    "*.bin",
+    "*.bz2",
+    "*.ckpt",
+    "*.ftz",
+    "*.gz",
+    "*.h5",
+    "*.joblib",
+    "*.lz4",
+    "*.mlmodel",
+    "*.model",
+    "*.msgpack",
+    "*.npy",
+    "*.npz",
+    "*.onnx",
+    "*.ot",
+    "*.parquet",
+    "*.pb",
+    "*.pickle",
+    "*.pkl",
+    "*.pt",
+    "*.pth",
+    "*.rar",
+    "*.safetensors",
+    "*.tar",
+    "*.tflite",
+    "*.tgz",
+    "*.wasm",
+    "*.xz",
+    "*.zip",
+    "*.zst",
+    "*tfevents*",
+)
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"{g} filter=lfs diff=lfs merge=lfs -text\n" for g in LFS_GLOBS).encode()
 HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -53,9 +82,7 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 def should_use_lfs(path: str, size: int, sample: bytes = b"") -> bool:
     """The Hub's upload-mode rule, approximately: LFS globs, binary content or size > 10 MiB."""
     name = path.rsplit("/", 1)[-1]
-    return (
-        any(fnmatch.fnmatch(name, g) for g in LFS_GLOBS) or size > LFS_SIZE_THRESHOLD or b"\0" in sample[:512]
-    )
+    return any(fnmatch.fnmatch(name, g) for g in LFS_GLOBS) or size > LFS_SIZE_THRESHOLD or b"\0" in sample[:512]
 
 
 def validate_path(path: str) -> str:

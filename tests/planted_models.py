@@ -24,9 +24,19 @@ PLANTED = {"previous_token": (0, 0), "first_token": (0, 1), "induction": (1, 0)}
 def planted_gpt2(c: float = 10.0):
     import transformers
 
-    config = transformers.GPT2Config(vocab_size=V, n_positions=P, n_embd=2 * D, n_layer=2, n_head=2,
-                                     bos_token_id=1, eos_token_id=2, pad_token_id=0, resid_pdrop=0.0,
-                                     embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    config = transformers.GPT2Config(
+        vocab_size=V,
+        n_positions=P,
+        n_embd=2 * D,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
     d, dh = 2 * D, D  # d_model, d_head (2 heads)
     s0 = math.sqrt(d / 4)  # LayerNorm's scale at layer 0: ||x||^2 = 2 (token + position), std = ||x|| / sqrt(d)

@@ -36,32 +36,139 @@ def _case(id, model_type, cfg_cls, model_cls, config, ref, H, H_kv, d, dh):
 
 
 CASES = {
-    "llama": _case("llama", "llama", "LlamaConfig", "LlamaForCausalLM",
-                   _llama_style(kv=2, max_position_embeddings=2048), ref_llama_like, 4, 2, 32, 8),
-    "llama-yarn": _case("llama-yarn", "llama", "LlamaConfig", "LlamaForCausalLM",
-                        _llama_style(kv=2, max_position_embeddings=8192, rope_scaling=dict(
-                            rope_type="yarn", factor=4.0, original_max_position_embeddings=2048)),
-                        ref_llama_like, 4, 2, 32, 8),
-    "qwen3": _case("qwen3", "qwen3", "Qwen3Config", "Qwen3ForCausalLM",
-                   _llama_style(kv=2, head_dim=12, max_position_embeddings=2048), ref_llama_like, 4, 2, 32, 12),
-    "gemma2": _case("gemma2", "gemma2", "Gemma2Config", "Gemma2ForCausalLM",
-                    _llama_style(d=48, kv=2, head_dim=16, query_pre_attn_scalar=24, max_position_embeddings=2048),
-                    ref_llama_like, 4, 2, 48, 16),
-    "gemma3": _case("gemma3", "gemma3_text", "Gemma3TextConfig", "Gemma3ForCausalLM",
-                    _llama_style(kv=2, head_dim=16, query_pre_attn_scalar=20, max_position_embeddings=2048,
-                                 layer_types=["sliding_attention", "full_attention"], sliding_window=16),
-                    ref_llama_like, 4, 2, 32, 16),
-    "gpt_neox": _case("gpt_neox", "gpt_neox", "GPTNeoXConfig", "GPTNeoXForCausalLM",
-                      dict(TOKENS, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                           max_position_embeddings=2048), ref_gpt_neox, 4, 4, 64, 16),
-    "phi3": _case("phi3", "phi3", "Phi3Config", "Phi3ForCausalLM",
-                  _llama_style(kv=2, head_dim=16, partial_rotary_factor=0.5, max_position_embeddings=2048),
-                  ref_phi3, 4, 2, 32, 16),
-    "gptj": _case("gptj", "gptj", "GPTJConfig", "GPTJForCausalLM",
-                  dict(TOKENS, n_positions=2048, n_embd=64, n_layer=2, n_head=4, rotary_dim=8), ref_gptj, 4, 4, 64, 16),
-    "bert": _case("bert", "bert", "BertConfig", "BertForMaskedLM",
-                  dict(TOKENS, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       max_position_embeddings=32), ref_bert, 4, 4, 32, 8),
+    "llama": _case(
+        "llama",
+        "llama",
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        _llama_style(kv=2, max_position_embeddings=2048),
+        ref_llama_like,
+        4,
+        2,
+        32,
+        8,
+    ),
+    "llama-yarn": _case(
+        "llama-yarn",
+        "llama",
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        _llama_style(
+            kv=2,
+            max_position_embeddings=8192,
+            rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=2048),
+        ),
+        ref_llama_like,
+        4,
+        2,
+        32,
+        8,
+    ),
+    "qwen3": _case(
+        "qwen3",
+        "qwen3",
+        "Qwen3Config",
+        "Qwen3ForCausalLM",
+        _llama_style(kv=2, head_dim=12, max_position_embeddings=2048),
+        ref_llama_like,
+        4,
+        2,
+        32,
+        12,
+    ),
+    "gemma2": _case(
+        "gemma2",
+        "gemma2",
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        _llama_style(d=48, kv=2, head_dim=16, query_pre_attn_scalar=24, max_position_embeddings=2048),
+        ref_llama_like,
+        4,
+        2,
+        48,
+        16,
+    ),
+    "gemma3": _case(
+        "gemma3",
+        "gemma3_text",
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        _llama_style(
+            kv=2,
+            head_dim=16,
+            query_pre_attn_scalar=20,
+            max_position_embeddings=2048,
+            layer_types=["sliding_attention", "full_attention"],
+            sliding_window=16,
+        ),
+        ref_llama_like,
+        4,
+        2,
+        32,
+        16,
+    ),
+    "gpt_neox": _case(
+        "gpt_neox",
+        "gpt_neox",
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            TOKENS,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=2048,
+        ),
+        ref_gpt_neox,
+        4,
+        4,
+        64,
+        16,
+    ),
+    "phi3": _case(
+        "phi3",
+        "phi3",
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        _llama_style(kv=2, head_dim=16, partial_rotary_factor=0.5, max_position_embeddings=2048),
+        ref_phi3,
+        4,
+        2,
+        32,
+        16,
+    ),
+    "gptj": _case(
+        "gptj",
+        "gptj",
+        "GPTJConfig",
+        "GPTJForCausalLM",
+        dict(TOKENS, n_positions=2048, n_embd=64, n_layer=2, n_head=4, rotary_dim=8),
+        ref_gptj,
+        4,
+        4,
+        64,
+        16,
+    ),
+    "bert": _case(
+        "bert",
+        "bert",
+        "BertConfig",
+        "BertForMaskedLM",
+        dict(
+            TOKENS,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        ),
+        ref_bert,
+        4,
+        4,
+        32,
+        8,
+    ),
 }
 
 
@@ -78,7 +185,13 @@ def _layers(model):
 
 
 def _query_module(layer):
-    for path in ("self_attn.q_proj", "self_attn.qkv_proj", "attn.q_proj", "attention.query_key_value", "attention.self.query"):
+    for path in (
+        "self_attn.q_proj",
+        "self_attn.qkv_proj",
+        "attn.q_proj",
+        "attention.query_key_value",
+        "attention.self.query",
+    ):
         obj = layer
         try:
             for part in path.split("."):
@@ -93,18 +206,27 @@ def feeding_norms(model) -> list[torch.nn.Module]:
     """Per layer, the norm module whose output is exactly the Q projection's input (forward hooks)."""
     seen_inputs, outputs, hooks = {}, [], []
     for index, layer in enumerate(_layers(model)):
-        hooks.append(_query_module(layer).register_forward_pre_hook(
-            lambda mod, args, index=index: seen_inputs.setdefault(index, args[0].detach().clone())))
+        hooks.append(
+            _query_module(layer).register_forward_pre_hook(
+                lambda mod, args, index=index: seen_inputs.setdefault(index, args[0].detach().clone())
+            )
+        )
     for module in model.modules():
         if "norm" in type(module).__name__.lower() and module is not model:
-            hooks.append(module.register_forward_hook(lambda mod, args, out: outputs.append((mod, out.detach().clone()))))
+            hooks.append(
+                module.register_forward_hook(lambda mod, args, out: outputs.append((mod, out.detach().clone())))
+            )
     with torch.no_grad():
         model(input_ids=torch.tensor([[3, 5, 7, 11, 13]]))
     for hook in hooks:
         hook.remove()
     found = []
     for index in range(len(seen_inputs)):
-        hits = [mod for mod, out in outputs if out.shape == seen_inputs[index].shape and torch.equal(out, seen_inputs[index])]
+        hits = [
+            mod
+            for mod, out in outputs
+            if out.shape == seen_inputs[index].shape and torch.equal(out, seen_inputs[index])
+        ]
         assert hits, f"layer {index}: no norm output equals the Q projection input"
         found.append(hits[0])
     return found
@@ -226,17 +348,30 @@ def references(model, case: ArchCase, exact: bool):
     out = []
     for index, (layer, (wq, wk)) in enumerate(zip(_layers(model), blocks)):
         y = norm_linear_part(norms[index], case.d_model)
-        gq, gk = qk_norm_gains(layer, case.d_head) if hasattr(layer, "self_attn") else (np.ones(case.d_head), np.ones(case.d_head))
+        gq, gk = (
+            qk_norm_gains(layer, case.d_head)
+            if hasattr(layer, "self_attn")
+            else (np.ones(case.d_head), np.ones(case.d_head))
+        )
         c = attention_scale(layer)
         group = case.n_heads // case.n_kv_heads
         rope = None if case.model_type == "bert" else Rope(model, case.id, layer_types(model)[index])
-        rows = {"raw": [], "folded": [], "positional": {d: [] for d in OFFSETS}, "raw_positional": {d: [] for d in OFFSETS}}
+        rows = {
+            "raw": [],
+            "folded": [],
+            "positional": {d: [] for d in OFFSETS},
+            "raw_positional": {d: [] for d in OFFSETS},
+        }
         p = BIG_P if exact else 0
         deltas = OFFSETS if exact else SMALL
         cos_sin = {}
         if rope is not None:
             for pos in {p} | {p + delta for delta in deltas}:
-                cos_sin[pos] = rope.exact_cos_sin(pos, case.d_model) if exact else rope.module_cos_sin(pos, case.d_model, case.d_head)
+                cos_sin[pos] = (
+                    rope.exact_cos_sin(pos, case.d_model)
+                    if exact
+                    else rope.module_cos_sin(pos, case.d_model, case.d_head)
+                )
         for h in range(case.n_heads):
             qv = (y @ wq[h].T) * gq  # (d, dh): the query of each input direction
             kv = (y @ wk[h // group].T) * gk
@@ -246,7 +381,10 @@ def references(model, case: ArchCase, exact: bool):
             if rope is None:
                 continue
             for delta in deltas:
-                for name, (qq, kk, scale) in (("positional", (qv, kv, c)), ("raw_positional", (wq[h].T, wk[h // group].T, 1.0))):
+                for name, (qq, kk, scale) in (
+                    ("positional", (qv, kv, c)),
+                    ("raw_positional", (wq[h].T, wk[h // group].T, 1.0)),
+                ):
                     m = scale * rope.apply(qq, cos_sin[p + delta]) @ rope.apply(kk, cos_sin[p]).T
                     if name == "raw_positional":
                         m = m / a2  # raw rows leave the attention factor out

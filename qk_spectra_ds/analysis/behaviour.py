@@ -41,20 +41,51 @@ SEED = 0
 ALPHA = 0.05
 CORRECTION = "Benjamini-Hochberg (FDR)"
 
-HEAD_KINDS = {"previous_token": ("previous-token head", 0.4), "induction": ("induction head", 0.4),
-              "first_token": ("sink head", 0.5)}  # fmt: skip
+HEAD_KINDS = {
+    "previous_token": ("previous-token head", 0.4),
+    "induction": ("induction head", 0.4),
+    "first_token": ("sink head", 0.5),
+}
 """Score -> (the kind of head, threshold): a head is of that kind when its score is at least the threshold."""
 
-SCORE_LABELS = {"previous_token": "previous-token score", "next_token": "next-token score", "induction": "induction score",
-                "first_token": "first-token (sink) score", "local": "local score", "entropy": "attention entropy"}  # fmt: skip
+SCORE_LABELS = {
+    "previous_token": "previous-token score",
+    "next_token": "next-token score",
+    "induction": "induction score",
+    "first_token": "first-token (sink) score",
+    "local": "local score",
+    "entropy": "attention entropy",
+}
 
 METRICS = (*schema.METRICS, "symmetry", "ev_kurtosis")
 """The spectral metrics tried as predictors (those present with values in the data)."""
 
-CLASS_TABLES = {"consensus_labels": "consensus class", "labels": "original class", "taxonomy_labels": "joint taxonomy class"}
+CLASS_TABLES = {
+    "consensus_labels": "consensus class",
+    "labels": "original class",
+    "taxonomy_labels": "joint taxonomy class",
+}
 
-TABLE_COLUMNS = ["variant", "score", "predictor", "kind", "n_heads", "n_models", "statistic", "value", "ci_low", "ci_high",
-                 "auc_head_kind", "n_positive", "auc", "p_permutation", "p_adjusted", "significant", "note", "conclusion"]
+TABLE_COLUMNS = [
+    "variant",
+    "score",
+    "predictor",
+    "kind",
+    "n_heads",
+    "n_models",
+    "statistic",
+    "value",
+    "ci_low",
+    "ci_high",
+    "auc_head_kind",
+    "n_positive",
+    "auc",
+    "p_permutation",
+    "p_adjusted",
+    "significant",
+    "note",
+    "conclusion",
+]
 
 
 def has_behaviour(frame: pd.DataFrame) -> bool:
@@ -63,7 +94,11 @@ def has_behaviour(frame: pd.DataFrame) -> bool:
 
 
 def scores_present(frame: pd.DataFrame) -> list[str]:
-    return [s for s in schema.BEHAVIOUR_SCORES if f"behaviour_{s}" in frame.columns and frame[f"behaviour_{s}"].notna().any()]
+    return [
+        s
+        for s in schema.BEHAVIOUR_SCORES
+        if f"behaviour_{s}" in frame.columns and frame[f"behaviour_{s}"].notna().any()
+    ]
 
 
 # ---------------------------------------------------------------- statistics (pure)
@@ -154,8 +189,14 @@ def _metric_tests(score: str, block: _Block, frame: pd.DataFrame, metrics: Seque
     for metric in metrics:
         x_all = frame[metric].to_numpy(float)[block.index]
         ok = np.isfinite(x_all)
-        base = {"score": score, "predictor": metric, "kind": "metric", "n_heads": int(ok.sum()),
-                "n_models": len(np.unique(block.models[ok])), "statistic": "spearman_rho"}  # fmt: skip
+        base = {
+            "score": score,
+            "predictor": metric,
+            "kind": "metric",
+            "n_heads": int(ok.sum()),
+            "n_models": len(np.unique(block.models[ok])),
+            "statistic": "spearman_rho",
+        }
         if ok.sum() < 4 or np.ptp(x_all[ok]) == 0 or np.ptp(y[ok]) == 0:
             rows.append({**base, "value": np.nan, "note": "fewer than 4 heads or a constant column: not tested"})
             continue
@@ -171,7 +212,13 @@ def _metric_tests(score: str, block: _Block, frame: pd.DataFrame, metrics: Seque
         rho = float(xc @ yc / denom)
         null = (yc[perms] @ xc) / denom
         lo, hi = rho_ci(rho, int(ok.sum()))
-        row = {**base, "value": rho, "ci_low": lo, "ci_high": hi, "p_permutation": float(_p(np.array([rho]), null[:, None])[0])}
+        row = {
+            **base,
+            "value": rho,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p_permutation": float(_p(np.array([rho]), null[:, None])[0]),
+        }
         if kind is not None:
             name, threshold = kind
             label = (y[ok] >= threshold).astype(float)
@@ -194,8 +241,14 @@ def _class_tests(score: str, block: _Block, labels: Mapping[str, pd.Series], fra
     for name, classes in labels.items():
         cls = classes.to_numpy()[block.index]
         ok = pd.notna(cls)
-        base = {"score": score, "predictor": CLASS_TABLES.get(name, name), "kind": "classes", "n_heads": int(ok.sum()),
-                "n_models": len(np.unique(block.models[ok])), "statistic": "rank_eta_squared"}  # fmt: skip
+        base = {
+            "score": score,
+            "predictor": CLASS_TABLES.get(name, name),
+            "kind": "classes",
+            "n_heads": int(ok.sum()),
+            "n_models": len(np.unique(block.models[ok])),
+            "statistic": "rank_eta_squared",
+        }
         groups = pd.factorize(pd.Series(block.models[ok]).astype(str) + "\x00" + pd.Series(cls[ok]).astype(str))[0]
         if ok.sum() < 4 or groups.max() < 1 or len(np.unique(groups)) == len(np.unique(block.models[ok])):
             rows.append({**base, "value": np.nan, "note": "one class per model or too few heads: not tested"})
@@ -215,8 +268,12 @@ def _class_tests(score: str, block: _Block, labels: Mapping[str, pd.Series], fra
     return rows
 
 
-def predictor_table(frame: pd.DataFrame, class_labels: Mapping[str, pd.DataFrame] | None = None,
-                    permutations: int = N_PERMUTATIONS, seed: int = SEED) -> pd.DataFrame:  # fmt: skip
+def predictor_table(
+    frame: pd.DataFrame,
+    class_labels: Mapping[str, pd.DataFrame] | None = None,
+    permutations: int = N_PERMUTATIONS,
+    seed: int = SEED,
+) -> pd.DataFrame:
     """What predicts what: one row per (score, predictor, statistic), with permutation and adjusted p-values.
 
     ``frame``: one variant's qk rows with ``model_id``, ``layer``, ``head``, the metrics and the
@@ -231,7 +288,9 @@ def predictor_table(frame: pd.DataFrame, class_labels: Mapping[str, pd.DataFrame
         if table is None or not len(table):
             continue
         key = table.set_index(["model", "layer", "head"])["class"]
-        labels[name] = pd.Series(pd.MultiIndex.from_arrays([frame["model_id"], frame["layer"], frame["head"]]).map(key.to_dict()))
+        labels[name] = pd.Series(
+            pd.MultiIndex.from_arrays([frame["model_id"], frame["layer"], frame["head"]]).map(key.to_dict())
+        )
     rows: list[dict] = []
     shuffles: dict[bytes, np.ndarray] = {}  # the same heads get the same shuffles
     for score in scores_present(frame):
@@ -245,8 +304,17 @@ def predictor_table(frame: pd.DataFrame, class_labels: Mapping[str, pd.DataFrame
             auc = {k: row.pop(k) for k in ("auc", "p_auc_permutation") if k in row}
             rows.append(row)
             if auc:
-                rows.append({**row, "statistic": "roc_auc", "value": auc["auc"], "auc": auc["auc"], "ci_low": np.nan,
-                             "ci_high": np.nan, "p_permutation": auc["p_auc_permutation"]})  # fmt: skip
+                rows.append(
+                    {
+                        **row,
+                        "statistic": "roc_auc",
+                        "value": auc["auc"],
+                        "auc": auc["auc"],
+                        "ci_low": np.nan,
+                        "ci_high": np.nan,
+                        "p_permutation": auc["p_auc_permutation"],
+                    }
+                )
         rows.extend(_class_tests(score, block, labels, frame))
     table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c not in ("variant", "conclusion")])
     table.insert(0, "variant", variant)
@@ -280,8 +348,10 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
         if not len(hits):
             best = rho_rows.loc[rho_rows["value"].abs().idxmax()] if len(rho_rows) else tested.iloc[0]
             nor = " nor do the classes" if (tested["kind"] == "classes").any() else ""
-            out[score] = (f"no spectral metric predicts the {label}{',' + nor if nor else ''} ({n} heads; strongest: "
-                          f"{best['predictor']} {best['statistic']} {best['value']:.2f}, adjusted p {_fmt_p(best['p_adjusted'])})")  # fmt: skip
+            out[score] = (
+                f"no spectral metric predicts the {label}{',' + nor if nor else ''} ({n} heads; strongest: "
+                f"{best['predictor']} {best['statistic']} {best['value']:.2f}, adjusted p {_fmt_p(best['p_adjusted'])})"
+            )
             continue
         metric_hits = hits[hits["kind"] == "metric"]
         parts = []
@@ -294,14 +364,18 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
             auc = rows[(rows["predictor"] == lead["predictor"]) & (rows["statistic"] == "roc_auc")]
             text += f", adjusted p {_fmt_p(lead['p_adjusted'])}"
             if len(auc):
-                text += (f"; AUC {auc['value'].iloc[0]:.2f} for {auc['auc_head_kind'].iloc[0]}s, "
-                         f"adjusted p {_fmt_p(auc['p_adjusted'].iloc[0])}")  # fmt: skip
+                text += (
+                    f"; AUC {auc['value'].iloc[0]:.2f} for {auc['auc_head_kind'].iloc[0]}s, "
+                    f"adjusted p {_fmt_p(auc['p_adjusted'].iloc[0])}"
+                )
             text += ")"
             others = sorted(set(metric_hits["predictor"]) - {lead["predictor"]})
             parts.append(text + (f", also {', '.join(others)}" if others else ""))
         class_hits = hits[hits["kind"] == "classes"]
         for _, row in class_hits.iterrows():
-            parts.append(f"the {row['predictor']}es (rank eta² {row['value']:.2f}, adjusted p {_fmt_p(row['p_adjusted'])})")
+            parts.append(
+                f"the {row['predictor']}es (rank eta² {row['value']:.2f}, adjusted p {_fmt_p(row['p_adjusted'])})"
+            )
         out[score] = f"the {label} is predicted by " + "; ".join(parts)
     return out
 
@@ -309,8 +383,16 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
 # ---------------------------------------------------------------- figures and the report section
 
 
-def plot_behaviour(frame: pd.DataFrame, table: pd.DataFrame, score: str, colours: pd.Series | None, colour_label: str,
-                   path: Path, dpi: float = 100.0, top: int = 3) -> Path:  # fmt: skip
+def plot_behaviour(
+    frame: pd.DataFrame,
+    table: pd.DataFrame,
+    score: str,
+    colours: pd.Series | None,
+    colour_label: str,
+    path: Path,
+    dpi: float = 100.0,
+    top: int = 3,
+) -> Path:
     """One figure per behaviour: the score against its ``top`` metrics by |rho|, heads coloured by class."""
     import matplotlib  # lazily, with pyplot: selecting the Agg backend is a global change, made only when drawing
 
@@ -319,7 +401,9 @@ def plot_behaviour(frame: pd.DataFrame, table: pd.DataFrame, score: str, colours
 
     rho = table[(table["score"] == score) & (table["statistic"] == "spearman_rho") & table["value"].notna()]
     chosen = rho.reindex(rho["value"].abs().sort_values(ascending=False).index).head(top)
-    fig, axes = plt.subplots(1, max(len(chosen), 1), figsize=(4.2 * max(len(chosen), 1), 3.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, max(len(chosen), 1), figsize=(4.2 * max(len(chosen), 1), 3.8), squeeze=False, layout="constrained"
+    )
     y = frame[f"behaviour_{score}"].to_numpy(float)
     groups = colours.astype(str).to_numpy() if colours is not None else np.array(["all heads"] * len(frame))
     for ax, (_, row) in zip(axes[0], chosen.iterrows()):
@@ -335,7 +419,9 @@ def plot_behaviour(frame: pd.DataFrame, table: pd.DataFrame, score: str, colours
         axes[0][0].text(0.5, 0.5, "no metric could be tested", ha="center", va="center")
     if len(set(groups)) > 1:
         axes[0][-1].legend(title=colour_label, fontsize=7, title_fontsize=8, loc="best", markerscale=1.2)
-    fig.suptitle(f"{SCORE_LABELS.get(score, score)} against the spectral metrics (* significant after {CORRECTION})", fontsize=11)
+    fig.suptitle(
+        f"{SCORE_LABELS.get(score, score)} against the spectral metrics (* significant after {CORRECTION})", fontsize=11
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -360,12 +446,18 @@ def colour_classes(frame: pd.DataFrame, class_labels: Mapping[str, pd.DataFrame]
 
 def section_markdown(table: pd.DataFrame, figures: Sequence[str], table_path: str) -> str:
     """The report's behaviour section: the sentences, the significant predictors, the figures."""
-    lines = ["## Does the spectrum predict what heads do?", "",
-             (f"Behaviour scores from the dataset's probes against the spectral metrics and classes ([{Path(table_path).name}]"
-             f"({table_path})): Spearman rho on within-model ranks with an approximate 95% CI (Fisher z, Bonett-Wright), ROC AUC for previous-token / induction / sink "
-             f"heads (thresholds {', '.join(f'{k} >= {t}' for k, (_, t) in HEAD_KINDS.items())}), rank eta² for classes; "
-             f"permutation p-values (scores shuffled within each model), adjusted by {CORRECTION} over all "
-             f"{int(table['p_permutation'].notna().sum())} tests."), ""]  # fmt: skip
+    lines = [
+        "## Does the spectrum predict what heads do?",
+        "",
+        (
+            f"Behaviour scores from the dataset's probes against the spectral metrics and classes ([{Path(table_path).name}]"
+            f"({table_path})): Spearman rho on within-model ranks with an approximate 95% CI (Fisher z, Bonett-Wright), ROC AUC for previous-token / induction / sink "
+            f"heads (thresholds {', '.join(f'{k} >= {t}' for k, (_, t) in HEAD_KINDS.items())}), rank eta² for classes; "
+            f"permutation p-values (scores shuffled within each model), adjusted by {CORRECTION} over all "
+            f"{int(table['p_permutation'].notna().sum())} tests."
+        ),
+        "",
+    ]
     for sentence in dict(zip(table["score"], table["conclusion"])).values():
         lines.append(f"- {sentence[:1].upper() + sentence[1:]}.")
     lines.append("")
@@ -406,8 +498,10 @@ def store_behaviour(outputs, frame: pd.DataFrame, params, log=None) -> str | Non
         figures.append(relative)
     outputs.figures.setdefault("behaviour", []).extend(figures)
     if log is not None:
-        log(f"behaviour: {int(table['significant'].sum())} of {int(table['p_permutation'].notna().sum())} tests significant "
-            f"after {CORRECTION}")  # fmt: skip
+        log(
+            f"behaviour: {int(table['significant'].sum())} of {int(table['p_permutation'].notna().sum())} tests significant "
+            f"after {CORRECTION}"
+        )
     return section_markdown(table, figures, f"{TABLES}/behaviour.csv")
 
 

@@ -53,11 +53,41 @@ QK_METRICS = ("positivity", "stable_rank")
 """The QK metrics each head's OV copying score is drawn against."""
 
 ROLE_COPYING, ROLE_SUPPRESSION = "copying", "suppression"
-HEAD_COLUMNS = ["model", "variant", "circuit", "layer", "head", "n_layers", "relative_depth", "band", "class",
-                "qk_positivity", "qk_stable_rank", "qk_symmetry", "qk_positivity_z", "ov_copying_score",
-                "ov_copying_positive_share", "ov_copying_score_z", "ov_symmetry", "ov_stable_rank", "role"]  # fmt: skip
-ROLE_COLUMNS = ["model", "variant", "circuit", "layer", "head", "relative_depth", "class", "ov_copying_score",
-                "ov_copying_score_z", "ov_copying_positive_share", "qk_positivity", "qk_stable_rank"]  # fmt: skip
+HEAD_COLUMNS = [
+    "model",
+    "variant",
+    "circuit",
+    "layer",
+    "head",
+    "n_layers",
+    "relative_depth",
+    "band",
+    "class",
+    "qk_positivity",
+    "qk_stable_rank",
+    "qk_symmetry",
+    "qk_positivity_z",
+    "ov_copying_score",
+    "ov_copying_positive_share",
+    "ov_copying_score_z",
+    "ov_symmetry",
+    "ov_stable_rank",
+    "role",
+]
+ROLE_COLUMNS = [
+    "model",
+    "variant",
+    "circuit",
+    "layer",
+    "head",
+    "relative_depth",
+    "class",
+    "ov_copying_score",
+    "ov_copying_score_z",
+    "ov_copying_positive_share",
+    "qk_positivity",
+    "qk_stable_rank",
+]
 PAIRED = f"{schema.CIRCUIT_QK}+{schema.CIRCUIT_OV}"
 SECTION_TABLES = ("circuit_heads", "copying_heads", "suppression_heads", "circuit_depth", "qk_ov")
 """The tables the section writes (``tables/<name>.csv`` and ``.parquet``)."""
@@ -119,8 +149,9 @@ def load_circuit_rows(source, frame: pd.DataFrame, circuit: str) -> pd.DataFrame
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                parts.append(select_spectra(source, models=models, variant=str(variant), skip_nonfinite=True,
-                                            circuit=circuit))  # fmt: skip
+                parts.append(
+                    select_spectra(source, models=models, variant=str(variant), skip_nonfinite=True, circuit=circuit)
+                )
         except AnalysisError:  # no such rows (schema v1-v3 files, a qk-only build, a legacy variant)
             continue
     return pd.concat(parts, ignore_index=True) if parts else None
@@ -132,7 +163,9 @@ def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(frame[column], errors="coerce").astype("float64")
 
 
-def pair_heads(qk: pd.DataFrame, ov: pd.DataFrame, labels: pd.DataFrame | None = None, n_bands: int = 5) -> pd.DataFrame:
+def pair_heads(
+    qk: pd.DataFrame, ov: pd.DataFrame, labels: pd.DataFrame | None = None, n_bands: int = 5
+) -> pd.DataFrame:
     """One row per head that has both circuits (:data:`HEAD_COLUMNS`), in model, variant, layer, head order.
 
     ``labels``: a class table (model, layer, head, class) to name each head's class (NA where it has none).
@@ -168,8 +201,9 @@ def pair_heads(qk: pd.DataFrame, ov: pd.DataFrame, labels: pd.DataFrame | None =
 def role_table(paired: pd.DataFrame, role: str) -> pd.DataFrame:
     """The heads of one role (``copying`` strongest z first, ``suppression`` most negative first); circuit ``ov``."""
     picked = paired[paired["role"] == role]
-    picked = picked.sort_values(["model", "ov_copying_score_z"], ascending=[True, role == ROLE_SUPPRESSION],
-                                kind="stable", ignore_index=True)  # fmt: skip
+    picked = picked.sort_values(
+        ["model", "ov_copying_score_z"], ascending=[True, role == ROLE_SUPPRESSION], kind="stable", ignore_index=True
+    )
     return picked[ROLE_COLUMNS].assign(circuit=schema.CIRCUIT_OV)
 
 
@@ -180,16 +214,39 @@ def depth_table(paired: pd.DataFrame, n_bands: int = 5) -> pd.DataFrame:
         for band in range(int(n_bands)):
             heads = part[part["band"] == band]
             tested = heads["ov_copying_score_z"].notna()
-            rows.append({
-                "model": model, "variant": variant, "circuit": PAIRED, "band": band, "depth_lo": band / n_bands,
-                "depth_hi": (band + 1) / n_bands, "n_heads": len(heads), "n_tested": int(tested.sum()),
-                "qk_positivity_median": float(heads["qk_positivity"].median()) if len(heads) else np.nan,
-                "ov_copying_score_median": float(heads["ov_copying_score"].median()) if len(heads) else np.nan,
-                "n_copying": int((heads["role"] == ROLE_COPYING).sum()),
-                "n_suppression": int((heads["role"] == ROLE_SUPPRESSION).sum()),
-            })  # fmt: skip
-    return pd.DataFrame(rows, columns=["model", "variant", "circuit", "band", "depth_lo", "depth_hi", "n_heads", "n_tested",
-                                       "qk_positivity_median", "ov_copying_score_median", "n_copying", "n_suppression"])
+            rows.append(
+                {
+                    "model": model,
+                    "variant": variant,
+                    "circuit": PAIRED,
+                    "band": band,
+                    "depth_lo": band / n_bands,
+                    "depth_hi": (band + 1) / n_bands,
+                    "n_heads": len(heads),
+                    "n_tested": int(tested.sum()),
+                    "qk_positivity_median": float(heads["qk_positivity"].median()) if len(heads) else np.nan,
+                    "ov_copying_score_median": float(heads["ov_copying_score"].median()) if len(heads) else np.nan,
+                    "n_copying": int((heads["role"] == ROLE_COPYING).sum()),
+                    "n_suppression": int((heads["role"] == ROLE_SUPPRESSION).sum()),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "model",
+            "variant",
+            "circuit",
+            "band",
+            "depth_lo",
+            "depth_hi",
+            "n_heads",
+            "n_tested",
+            "qk_positivity_median",
+            "ov_copying_score_median",
+            "n_copying",
+            "n_suppression",
+        ],
+    )
 
 
 def _spearman(x: pd.Series, y: pd.Series) -> float:
@@ -213,14 +270,27 @@ def model_table(paired: pd.DataFrame) -> pd.DataFrame:
         if tested == 0:
             said = f"{name} [{variant}]: OV copying not tested (no matched-null z-scores on {variant} rows)"
         else:
-            said = (f"{name} [{variant}]: {copying} of {tested} heads copy (OV copying_score_z > {Z_THRESHOLD:g}) and "
-                    f"{suppression} suppress (< -{Z_THRESHOLD:g}), about {chance:.2g} per side expected by chance if z "
-                    f"were standard normal; QK positivity vs OV copying score rank correlation "
-                    f"{'NaN' if math.isnan(rho) else f'{rho:+.2f}'} (descriptive)")  # fmt: skip
-        rows.append({"model": model, "variant": variant, "circuit": PAIRED, "n_heads": len(part), "n_tested": tested,
-                     "n_copying": copying, "n_suppression": suppression, "expected_by_chance_per_side": chance,
-                     "ov_copying_score_median": float(part["ov_copying_score"].median()),
-                     "spearman_qk_positivity_ov_copying": rho, "conclusion": said})  # fmt: skip
+            said = (
+                f"{name} [{variant}]: {copying} of {tested} heads copy (OV copying_score_z > {Z_THRESHOLD:g}) and "
+                f"{suppression} suppress (< -{Z_THRESHOLD:g}), about {chance:.2g} per side expected by chance if z "
+                f"were standard normal; QK positivity vs OV copying score rank correlation "
+                f"{'NaN' if math.isnan(rho) else f'{rho:+.2f}'} (descriptive)"
+            )
+        rows.append(
+            {
+                "model": model,
+                "variant": variant,
+                "circuit": PAIRED,
+                "n_heads": len(part),
+                "n_tested": tested,
+                "n_copying": copying,
+                "n_suppression": suppression,
+                "expected_by_chance_per_side": chance,
+                "ov_copying_score_median": float(part["ov_copying_score"].median()),
+                "spearman_qk_positivity_ov_copying": rho,
+                "conclusion": said,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -243,18 +313,32 @@ def scatter_figure(heads: pd.DataFrame, model: str, class_label: str, variant: s
         for role, marker, size in (("", "o", 22), (ROLE_COPYING, "^", 60), (ROLE_SUPPRESSION, "v", 60)):
             keep = (heads["role"] == role).to_numpy()
             if keep.any():
-                ax.scatter(heads["ov_copying_score"][keep], heads[f"qk_{metric}"][keep], c=list(colours[keep]), marker=marker,
-                           s=size, edgecolors="k" if role else "none", linewidths=0.6, alpha=0.85)  # fmt: skip
+                ax.scatter(
+                    heads["ov_copying_score"][keep],
+                    heads[f"qk_{metric}"][keep],
+                    c=list(colours[keep]),
+                    marker=marker,
+                    s=size,
+                    edgecolors="k" if role else "none",
+                    linewidths=0.6,
+                    alpha=0.85,
+                )
         ax.set_xlabel("OV copying score", fontsize=11)
         ax.set_ylabel({"positivity": "QK positivity", "stable_rank": "QK stable rank"}[metric], fontsize=11)
         ax.tick_params(labelsize=9)
         ax.axvline(0.0, color="0.7", lw=0.8, zorder=0)
-    handles = [Line2D([], [], ls="", marker="o", color=c, label=f"{class_label} {k}")
-               for k, c in zip(known, plots.class_colors(max(len(known), 1)))]  # fmt: skip
-    handles += [Line2D([], [], ls="", marker="^", mec="k", color="w", label=f"copying (z > {Z_THRESHOLD:g})"),
-                Line2D([], [], ls="", marker="v", mec="k", color="w", label=f"suppression (z < -{Z_THRESHOLD:g})")]
+    handles = [
+        Line2D([], [], ls="", marker="o", color=c, label=f"{class_label} {k}")
+        for k, c in zip(known, plots.class_colors(max(len(known), 1)))
+    ]
+    handles += [
+        Line2D([], [], ls="", marker="^", mec="k", color="w", label=f"copying (z > {Z_THRESHOLD:g})"),
+        Line2D([], [], ls="", marker="v", mec="k", color="w", label=f"suppression (z < -{Z_THRESHOLD:g})"),
+    ]
     axes[1].legend(handles=handles, fontsize=7, loc="best")
-    fig.suptitle(f"{model}: QK metrics against OV copying score per head{plots.variant_suffix(variant, PAIRED)}", fontsize=11)
+    fig.suptitle(
+        f"{model}: QK metrics against OV copying score per head{plots.variant_suffix(variant, PAIRED)}", fontsize=11
+    )
     fig.tight_layout()
     return fig
 
@@ -269,20 +353,31 @@ def depth_figure(paired: pd.DataFrame, family: str, order: Sequence[str]):
     mappable = None
     for ax, model in zip(axes, models):
         part = paired[paired["model"] == model]
-        mappable = ax.scatter(part["relative_depth"], part["ov_copying_score"], c=part["qk_positivity"], cmap="coolwarm",
-                              vmin=-1.0, vmax=1.0, s=18, edgecolors="none")  # fmt: skip
+        mappable = ax.scatter(
+            part["relative_depth"],
+            part["ov_copying_score"],
+            c=part["qk_positivity"],
+            cmap="coolwarm",
+            vmin=-1.0,
+            vmax=1.0,
+            s=18,
+            edgecolors="none",
+        )
         ax.axhline(0.0, color="0.7", lw=0.8, zorder=0)
         ax.set_title(str(model).split("/")[-1], fontsize=9)
         ax.set_xlabel("relative depth, layer / (n_layers - 1)", fontsize=10)
         ax.set_ylabel("OV copying score", fontsize=10)
         ax.tick_params(labelsize=9)
-    for ax in axes[len(models):]:
+    for ax in axes[len(models) :]:
         ax.set_visible(False)
     if mappable is not None:
         fig.colorbar(mappable, ax=list(axes[: len(models)]), label="QK positivity")
     variants = sorted(set(map(str, paired["variant"])))
-    fig.suptitle(f"{family}: OV copying score by relative depth, coloured by QK positivity"
-                 f"{plots.variant_suffix(variants, PAIRED)}", fontsize=11)  # fmt: skip
+    fig.suptitle(
+        f"{family}: OV copying score by relative depth, coloured by QK positivity"
+        f"{plots.variant_suffix(variants, PAIRED)}",
+        fontsize=11,
+    )
     return fig
 
 
@@ -299,21 +394,47 @@ def _markdown_table(frame: pd.DataFrame, columns: Sequence[str], limit: int | No
     return lines
 
 
-def section_markdown(models: pd.DataFrame, copying: pd.DataFrame, suppression: pd.DataFrame, figures: Sequence[str],
-                     links: Mapping[str, str], class_label: str, limit: int = 20) -> str:  # fmt: skip
+def section_markdown(
+    models: pd.DataFrame,
+    copying: pd.DataFrame,
+    suppression: pd.DataFrame,
+    figures: Sequence[str],
+    links: Mapping[str, str],
+    class_label: str,
+    limit: int = 20,
+) -> str:
     """The report's "QK and OV" section: what it shows, the per-model counts, the heads of each role, the figures."""
-    lines = ["## QK and OV", "",
-             (f"Each head's QK circuit (where it looks) beside its OV circuit (what it writes), paired by model, variant, "
-              f"layer and head ([per head]({links['circuit_heads']}), [by depth]({links['circuit_depth']})). "
-              f"Copying heads have an OV copying score beyond its matched null (copying_score_z > {Z_THRESHOLD:g}), "
-              f"suppression heads below it (< -{Z_THRESHOLD:g}); this is a per-head threshold, not corrected for the "
-              f"number of heads: the table says how many a model would show by chance if z were standard normal. "
-              f"Points are coloured by {class_label}; the rank correlation is descriptive."), ""]  # fmt: skip
-    lines += _markdown_table(models, ["model", "variant", "n_tested", "n_copying", "n_suppression",
-                                      "expected_by_chance_per_side", "ov_copying_score_median",
-                                      "spearman_qk_positivity_ov_copying"]) + [""]  # fmt: skip
+    lines = [
+        "## QK and OV",
+        "",
+        (
+            f"Each head's QK circuit (where it looks) beside its OV circuit (what it writes), paired by model, variant, "
+            f"layer and head ([per head]({links['circuit_heads']}), [by depth]({links['circuit_depth']})). "
+            f"Copying heads have an OV copying score beyond its matched null (copying_score_z > {Z_THRESHOLD:g}), "
+            f"suppression heads below it (< -{Z_THRESHOLD:g}); this is a per-head threshold, not corrected for the "
+            f"number of heads: the table says how many a model would show by chance if z were standard normal. "
+            f"Points are coloured by {class_label}; the rank correlation is descriptive."
+        ),
+        "",
+    ]
+    lines += _markdown_table(
+        models,
+        [
+            "model",
+            "variant",
+            "n_tested",
+            "n_copying",
+            "n_suppression",
+            "expected_by_chance_per_side",
+            "ov_copying_score_median",
+            "spearman_qk_positivity_ov_copying",
+        ],
+    ) + [""]
     columns = ["model", "variant", "layer", "head", "class", "ov_copying_score", "ov_copying_score_z", "qk_positivity"]
-    for title, table, name in (("Copying heads", copying, "copying_heads"), ("Suppression heads", suppression, "suppression_heads")):
+    for title, table, name in (
+        ("Copying heads", copying, "copying_heads"),
+        ("Suppression heads", suppression, "suppression_heads"),
+    ):
         more = f", the first {limit} shown" if len(table) > limit else ""
         lines += [f"### {title}", "", f"{len(table)} head(s) ([{Path(links[name]).name}]({links[name]}){more}).", ""]
         if len(table):
@@ -344,8 +465,15 @@ def class_labels(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:
     return None
 
 
-def store_circuits(outputs, frame: pd.DataFrame, source, family: str, params,
-                   log: Callable[[str], None] | None = None, order: Sequence[str] | None = None) -> str | None:  # fmt: skip
+def store_circuits(
+    outputs,
+    frame: pd.DataFrame,
+    source,
+    family: str,
+    params,
+    log: Callable[[str], None] | None = None,
+    order: Sequence[str] | None = None,
+) -> str | None:
     """The report's hook: the section's tables and figures, and its Markdown; None (one log line) without OV rows.
 
     ``frame``: the rows the report analysed (one circuit); the other circuit is selected from ``source`` (the config
@@ -357,8 +485,10 @@ def store_circuits(outputs, frame: pd.DataFrame, source, family: str, params,
     if other_rows is None or not len(other_rows):
         stale = _remove_section_tables(outputs.family_dir / TABLES)
         if log is not None:
-            log(f"QK and OV: no {other} rows for these models in the dataset (schema v1-v3, or built with --circuits "
-                f"{circuit}): no section" + (f"; removed an earlier run's {', '.join(stale)}" if stale else ""))  # fmt: skip
+            log(
+                f"QK and OV: no {other} rows for these models in the dataset (schema v1-v3, or built with --circuits "
+                f"{circuit}): no section" + (f"; removed an earlier run's {', '.join(stale)}" if stale else "")
+            )
         return None
     qk, ov = (frame, other_rows) if circuit == schema.CIRCUIT_QK else (other_rows, frame)
     n_bands = int(getattr(params, "n_bands", 5))
@@ -367,9 +497,13 @@ def store_circuits(outputs, frame: pd.DataFrame, source, family: str, params,
         if log is not None:
             log("QK and OV: no head has rows of both circuits in the same variant: no section")
         return None
-    tables = {"circuit_heads": paired, "copying_heads": role_table(paired, ROLE_COPYING),
-              "suppression_heads": role_table(paired, ROLE_SUPPRESSION), "circuit_depth": depth_table(paired, n_bands),
-              "qk_ov": model_table(paired)}  # fmt: skip
+    tables = {
+        "circuit_heads": paired,
+        "copying_heads": role_table(paired, ROLE_COPYING),
+        "suppression_heads": role_table(paired, ROLE_SUPPRESSION),
+        "circuit_depth": depth_table(paired, n_bands),
+        "qk_ov": model_table(paired),
+    }
     for name, table in tables.items():
         write_table(table, outputs.family_dir / TABLES / f"{name}.csv")
         outputs.tables[name] = f"{TABLES}/{name}.csv"
@@ -381,7 +515,9 @@ def store_circuits(outputs, frame: pd.DataFrame, source, family: str, params,
         for (model, variant), heads in paired.groupby(["model", "variant"], sort=False):
             relative = f"circuits/{model_slug(str(model))}.{fmt}"
             (outputs.family_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-            plots.save_figure(scatter_figure(heads, str(model), class_label, str(variant)), outputs.family_dir / relative, dpi)
+            plots.save_figure(
+                scatter_figure(heads, str(model), class_label, str(variant)), outputs.family_dir / relative, dpi
+            )
             figures.append(relative)
             outputs.figures.setdefault(str(model), []).append(relative)
         relative = f"circuits/depth.{fmt}"
@@ -389,7 +525,10 @@ def store_circuits(outputs, frame: pd.DataFrame, source, family: str, params,
         figures.append(relative)
         outputs.figures.setdefault("circuits", []).append(relative)
     if log is not None:
-        log(f"QK and OV: {len(paired)} heads paired, {len(tables['copying_heads'])} copying and "
-            f"{len(tables['suppression_heads'])} suppression heads (|copying_score_z| > {Z_THRESHOLD:g})")  # fmt: skip
-    return section_markdown(tables["qk_ov"], tables["copying_heads"], tables["suppression_heads"], figures,
-                            outputs.tables, class_label)  # fmt: skip
+        log(
+            f"QK and OV: {len(paired)} heads paired, {len(tables['copying_heads'])} copying and "
+            f"{len(tables['suppression_heads'])} suppression heads (|copying_score_z| > {Z_THRESHOLD:g})"
+        )
+    return section_markdown(
+        tables["qk_ov"], tables["copying_heads"], tables["suppression_heads"], figures, outputs.tables, class_label
+    )

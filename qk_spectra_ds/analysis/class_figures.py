@@ -60,8 +60,16 @@ def _class_panel(ax, klass, edges: np.ndarray, color: str, label: str | None = N
     centers = 0.5 * (edges[:-1] + edges[1:])
     mean = np.nan_to_num(klass.mean_hist)
     ax.bar(centers, mean, width=np.diff(edges) * 0.9, color=color, edgecolor="none")
-    ax.errorbar(centers, mean, yerr=np.nan_to_num(klass.std_hist), fmt="none", capsize=1.5, color="black", alpha=0.7,
-                elinewidth=1)  # fmt: skip
+    ax.errorbar(
+        centers,
+        mean,
+        yerr=np.nan_to_num(klass.std_hist),
+        fmt="none",
+        capsize=1.5,
+        color="black",
+        alpha=0.7,
+        elinewidth=1,
+    )
     if np.isfinite(klass.alpha):
         ax.plot(centers, klass.pdf, color=GAMMA_COLOR, linestyle="--", lw=1.2)
         text = f"α : {klass.alpha:.2f}\nθ : {klass.theta:.2f}"
@@ -70,8 +78,16 @@ def _class_panel(ax, klass, edges: np.ndarray, color: str, label: str | None = N
     _, top = ax.get_ylim()
     ax.set_ylim((0, top))
     ax.set_xlim(edges[0], edges[-1])
-    ax.text(0.6, 0.9, text, transform=ax.transAxes, ha="left", va="top", fontsize=PANEL_FONT + 1,
-            bbox=dict(facecolor="white", alpha=0.6, edgecolor="none"))  # fmt: skip
+    ax.text(
+        0.6,
+        0.9,
+        text,
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=PANEL_FONT + 1,
+        bbox=dict(facecolor="white", alpha=0.6, edgecolor="none"),
+    )
     ax.tick_params(labelsize=PANEL_FONT - 1)
     ax.set_xlabel("λ / mean λ of the head", fontsize=PANEL_FONT)
     ax.set_ylabel("density", fontsize=PANEL_FONT)
@@ -98,10 +114,18 @@ def _embedding_axes(big, classifier, colors: list[str]) -> None:
     method = EMBEDDINGS.get(classifier.embedding, "no")
     point_colors = np.asarray(colors, dtype=object)[labels]
     big.scatter(emb[:, 0], emb[:, 1], c=list(point_colors), s=10, alpha=0.75, rasterized=len(labels) > 2000)
-    handles = [Line2D([], [], marker="o", linestyle="none", color=colors[k.klass], label=f"Class {k.klass} (n={k.n_heads})")
-               for k in classifier.class_fits_]  # fmt: skip
-    big.legend(handles=handles, fontsize=PANEL_FONT + 1, loc="best", framealpha=0.8, title="class",
-               title_fontsize=PANEL_FONT + 1)  # fmt: skip
+    handles = [
+        Line2D([], [], marker="o", linestyle="none", color=colors[k.klass], label=f"Class {k.klass} (n={k.n_heads})")
+        for k in classifier.class_fits_
+    ]
+    big.legend(
+        handles=handles,
+        fontsize=PANEL_FONT + 1,
+        loc="best",
+        framealpha=0.8,
+        title="class",
+        title_fontsize=PANEL_FONT + 1,
+    )
     unit = "principal component" if method == "PCA" else f"{method} dimension"
     big.set_xlabel(f"{unit} 1 (arbitrary units)")
     big.set_ylabel(f"{unit} 2 (arbitrary units)")
@@ -119,14 +143,22 @@ def clusters_figure(classifier, title: str, variant: str | None = None, circuit:
     _embedding_axes(big, classifier, colors)
     for ax, klass in zip(panels, classifier.class_fits_):
         _class_panel(ax, klass, classifier.bin_edges_, colors[klass.klass])
-    fig.suptitle(f"{title}: classes of heads by normalized-eigenvalue histogram{plots.variant_suffix(variant, circuit)}")
+    fig.suptitle(
+        f"{title}: classes of heads by normalized-eigenvalue histogram{plots.variant_suffix(variant, circuit)}"
+    )
     _panel_legend(fig)
     plots.tight_layout(fig, rect=(0, 0.05, 1, 1))
     return fig
 
 
-def plot_clusters(classifier, path: str | os.PathLike, title: str, dpi: float = plots.DEFAULT_DPI,
-                  variant: str | None = None, circuit: str | None = None) -> Path:  # fmt: skip
+def plot_clusters(
+    classifier,
+    path: str | os.PathLike,
+    title: str,
+    dpi: float = plots.DEFAULT_DPI,
+    variant: str | None = None,
+    circuit: str | None = None,
+) -> Path:
     """Write :func:`clusters_figure` to ``path`` (format from its suffix) at ``dpi``."""
     with plots.style():
         return plots.save_figure(clusters_figure(classifier, title, variant, circuit), path, dpi)
@@ -142,8 +174,17 @@ def _share_heatmap(
     by seaborn (``"auto"``) when there are too many to read.
     """
     sns.heatmap(
-        matrix.astype(float), ax=ax, cmap="viridis", vmin=0.0, vmax=vmax, cbar=cbar, annot=matrix.size <= 400, fmt=".0%",
-        annot_kws={"fontsize": fontsize}, xticklabels="auto", yticklabels="auto",
+        matrix.astype(float),
+        ax=ax,
+        cmap="viridis",
+        vmin=0.0,
+        vmax=vmax,
+        cbar=cbar,
+        annot=matrix.size <= 400,
+        fmt=".0%",
+        annot_kws={"fontsize": fontsize},
+        xticklabels="auto",
+        yticklabels="auto",
         cbar_kws={"format": matplotlib.ticker.PercentFormatter(1.0, decimals=0)} if cbar else None,
     )
     if cbar:
@@ -162,8 +203,13 @@ def _display_models(taxonomy, order: Sequence[str] | None) -> list[str]:
 
 
 def plot_taxonomy_classes(
-    taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy", order: Sequence[str] | None = None,
-    dpi: float = plots.DEFAULT_DPI, variant: str | Sequence[str] | None = None, circuit: str | None = None,
+    taxonomy,
+    path: str | os.PathLike | None,
+    title: str = "Joint taxonomy",
+    order: Sequence[str] | None = None,
+    dpi: float = plots.DEFAULT_DPI,
+    variant: str | Sequence[str] | None = None,
+    circuit: str | None = None,
 ) -> Path:
     """The joint classes: share of each model's heads per class (heat map, left) and one panel per class.
 
@@ -195,8 +241,12 @@ def plot_taxonomy_classes(
 
 
 def plot_taxonomy_depth(
-    taxonomy, path: str | os.PathLike | None, title: str = "Joint taxonomy by relative depth",
-    order: Sequence[str] | None = None, dpi: float = plots.DEFAULT_DPI, variant: str | Sequence[str] | None = None,
+    taxonomy,
+    path: str | os.PathLike | None,
+    title: str = "Joint taxonomy by relative depth",
+    order: Sequence[str] | None = None,
+    dpi: float = plots.DEFAULT_DPI,
+    variant: str | Sequence[str] | None = None,
     circuit: str | None = None,
 ) -> Path:
     """One heat map per class: share of the heads of each (model, relative-depth band) in that class.
@@ -210,8 +260,12 @@ def plot_taxonomy_depth(
     n_classes = len(classes)
     n_cols = min(3, n_classes)
     n_rows = math.ceil(n_classes / n_cols)
-    bands = [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(np.arange(taxonomy.n_bands) / taxonomy.n_bands,
-                                                      np.arange(1, taxonomy.n_bands + 1) / taxonomy.n_bands)]
+    bands = [
+        f"{lo:.1f}-{hi:.1f}"
+        for lo, hi in zip(
+            np.arange(taxonomy.n_bands) / taxonomy.n_bands, np.arange(1, taxonomy.n_bands + 1) / taxonomy.n_bands
+        )
+    ]
     vmax = max(float(shares["share"].max()), 1e-9)
     height = max(2.8, 0.45 * len(models) + 2.0)
     with plots.style():

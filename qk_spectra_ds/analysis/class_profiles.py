@@ -29,8 +29,16 @@ from scipy.stats import mannwhitneyu
 
 from . import plots
 
-METRICS = ("stable_rank", "effective_rank", "positivity", "log_det", "spectral_norm", "positional_norm_ratio_min",
-           "positivity_z", "symmetry_z")
+METRICS = (
+    "stable_rank",
+    "effective_rank",
+    "positivity",
+    "log_det",
+    "spectral_norm",
+    "positional_norm_ratio_min",
+    "positivity_z",
+    "symmetry_z",
+)
 """Used when the rows have them; ``*_z``: the head against its matched null (schema v4), where the dataset has it."""
 DEPTH = "relative_depth"
 STRONG = 0.3
@@ -74,22 +82,40 @@ def rank_profile(singular_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return np.median(ratio, axis=0), np.quantile(ratio, 0.25, axis=0), np.quantile(ratio, 0.75, axis=0)
 
 
-def profile_table(model_id: str, eigenvalues: np.ndarray, labels: np.ndarray, null_eigenvalues: np.ndarray | None = None) -> pd.DataFrame:
+def profile_table(
+    model_id: str, eigenvalues: np.ndarray, labels: np.ndarray, null_eigenvalues: np.ndarray | None = None
+) -> pd.DataFrame:
     """``class_profiles`` rows: per class and rank, median and IQR of ``s_k / s_1``, and the Gaussian heads' median."""
     s = np.sqrt(np.clip(np.asarray(eigenvalues, np.float64), 0.0, None))
-    null_median = rank_profile(np.sqrt(np.clip(null_eigenvalues, 0.0, None)))[0] if null_eigenvalues is not None else None
+    null_median = (
+        rank_profile(np.sqrt(np.clip(null_eigenvalues, 0.0, None)))[0] if null_eigenvalues is not None else None
+    )
     parts = []
     for c in np.unique(labels):
         med, q25, q75 = rank_profile(s[labels == c])
-        parts.append(pd.DataFrame({"model": model_id, "class": int(c), "rank": np.arange(1, s.shape[1] + 1),
-                                   "s_over_s1_median": med, "s_over_s1_q25": q25, "s_over_s1_q75": q75,
-                                   "gaussian_null_median": null_median if null_median is not None else np.nan}))  # fmt: skip
+        parts.append(
+            pd.DataFrame(
+                {
+                    "model": model_id,
+                    "class": int(c),
+                    "rank": np.arange(1, s.shape[1] + 1),
+                    "s_over_s1_median": med,
+                    "s_over_s1_q25": q25,
+                    "s_over_s1_q75": q75,
+                    "gaussian_null_median": null_median if null_median is not None else np.nan,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
 def metric_values(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """The continuous metrics the rows have (finite somewhere), and the relative depth."""
-    out = {m: rows[m].to_numpy(dtype=np.float64) for m in METRICS if m in rows and np.isfinite(rows[m].to_numpy(np.float64)).any()}
+    out = {
+        m: rows[m].to_numpy(dtype=np.float64)
+        for m in METRICS
+        if m in rows and np.isfinite(rows[m].to_numpy(np.float64)).any()
+    }
     out[DEPTH] = relative_depth(rows)
     return out
 
@@ -104,12 +130,21 @@ def metrics_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.D
             inside, rest = x[member], x[~member]
             auc, low, high = auc_with_interval(inside, rest)
             finite = inside[np.isfinite(inside)]
-            out.append({"model": model_id, "class": int(c), "metric": metric, "n_heads": int(member.sum()),
-                        "class_median": float(np.median(finite)) if len(finite) else np.nan,
-                        "class_q25": float(np.quantile(finite, 0.25)) if len(finite) else np.nan,
-                        "class_q75": float(np.quantile(finite, 0.75)) if len(finite) else np.nan,
-                        "others_median": float(np.nanmedian(rest)) if np.isfinite(rest).any() else np.nan,
-                        "auc_vs_others": auc, "auc_low": low, "auc_high": high})  # fmt: skip
+            out.append(
+                {
+                    "model": model_id,
+                    "class": int(c),
+                    "metric": metric,
+                    "n_heads": int(member.sum()),
+                    "class_median": float(np.median(finite)) if len(finite) else np.nan,
+                    "class_q25": float(np.quantile(finite, 0.25)) if len(finite) else np.nan,
+                    "class_q75": float(np.quantile(finite, 0.75)) if len(finite) else np.nan,
+                    "others_median": float(np.nanmedian(rest)) if np.isfinite(rest).any() else np.nan,
+                    "auc_vs_others": auc,
+                    "auc_low": low,
+                    "auc_high": high,
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -144,8 +179,13 @@ class ClassDescription:
     """Class -> the few words :func:`class_name` derives from the AUCs."""
 
 
-def describe(model_id: str, rows: pd.DataFrame, eigenvalues: np.ndarray, labels: np.ndarray,
-             null_eigenvalues: np.ndarray | None = None) -> ClassDescription:  # fmt: skip
+def describe(
+    model_id: str,
+    rows: pd.DataFrame,
+    eigenvalues: np.ndarray,
+    labels: np.ndarray,
+    null_eigenvalues: np.ndarray | None = None,
+) -> ClassDescription:
     """The profiles, separating metrics and names of one model's classes (rows in the labels' order)."""
     metrics = metrics_table(model_id, rows, labels)
     n = len(np.unique(labels))
@@ -157,16 +197,28 @@ class_profiles = describe
 """The public name of :func:`describe` (``qk_spectra_ds.class_profiles``): what each class is, in tables and a name."""
 
 
-def plot_profiles(profiles: pd.DataFrame, names: dict[int, str], path, title: str, dpi: float | None = None,
-                  variant: str | None = None, circuit: str | None = None):  # fmt: skip
+def plot_profiles(
+    profiles: pd.DataFrame,
+    names: dict[int, str],
+    path,
+    title: str,
+    dpi: float | None = None,
+    variant: str | None = None,
+    circuit: str | None = None,
+):
     """Each class's median ``s_k / s_1`` by rank with its interquartile band, Gaussian heads dashed (log scale)."""
     with plots.style():
         fig = plots.new_figure((10, 6))
         ax = fig.add_subplot()
         colors = plots.class_colors(profiles["class"].nunique())
         for color, (c, part) in zip(colors, profiles.groupby("class", sort=True)):
-            ax.plot(part["rank"], part["s_over_s1_median"], color=color, lw=2,
-                    label=f"class {c}: {names.get(int(c), '')} (median; band: IQR)")  # fmt: skip
+            ax.plot(
+                part["rank"],
+                part["s_over_s1_median"],
+                color=color,
+                lw=2,
+                label=f"class {c}: {names.get(int(c), '')} (median; band: IQR)",
+            )
             ax.fill_between(part["rank"], part["s_over_s1_q25"], part["s_over_s1_q75"], color=color, alpha=0.25, lw=0)
         null = profiles.groupby("rank")["gaussian_null_median"].first()
         if null.notna().any():

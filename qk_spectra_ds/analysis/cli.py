@@ -48,31 +48,31 @@ FLAG_HELP = {
     "models": "comma-separated models to keep (id, file slug or last path part); default all.",
     "variant": "keep only rows of this variant (e.g. raw, legacy); needed if a model has several.",
     "circuit": "which circuit of each head to analyse: qk (default: W_Q^T W_K, where it looks) or ov (W_O W_V, what it "
-               "writes; schema v4 datasets built with --circuits qk,ov). Tables get a circuit column, titles name it.",
+    "writes; schema v4 datasets built with --circuits qk,ov). Tables get a circuit column, titles name it.",
     "n_clusters": "number of KMeans classes, per model and for the joint taxonomy (default: as the original).",
     "n_bins": "number of histogram bins (default: as the original).",
     "quantile": "upper bin edge = this quantile of all normalized eigenvalues of the model (for the joint taxonomy: of "
-                "all models; default: as the original).",
+    "all models; default: as the original).",
     "seed": "random_state of KMeans and of the embedding (default: as the original's KMeans; its UMAP was unseeded).",
     "embedding": "2-D display of the heads in the ESD figures: pca (principal components, "
-                 "fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, "
-                 "~15 s more per process). Tables do not depend on it.",
+    "fast) or umap (the original's seeded UMAP(2, n_neighbors=10, min_dist=0.1); compiles numba code, "
+    "~15 s more per process). Tables do not depend on it.",
     "stats": f"comma-separated statistics for the box plots among {', '.join(Defaults.stats)}.",
     "skip_layers_below": "box plots leave out layers with index below this "
-                         "(default: as the original; it used 5 for its 70B Llamas).",
+    "(default: as the original; it used 5 for its 70B Llamas).",
     "n_bands": "number of relative-depth bands of the joint taxonomy.",
     "skip_nonfinite": "drop heads with NaN/Inf spectra (with a warning counting them) instead of failing.",
     "jobs": "worker processes for the per-model work; default: one per core (at most 4) for configs of 2,000+ heads "
-            "(results do not depend on it).",
+    "(results do not depend on it).",
     "quiet": "no progress bar, summary or timings on stderr (warnings and errors still show).",
     "method": "consensus (default: order-independent consensus classes with their stability, k from the data, "
-              "permutation tests of the per-layer series, a random-matrix null, heads by rotary offset) or original "
-              "(the original study's method only, and its tables classes.csv, labels.csv, bds.csv, which depend on "
-              "the row order; its BDS p-values are asymptotic, invalid at 16-36 layers).",
+    "permutation tests of the per-layer series, a random-matrix null, heads by rotary offset) or original "
+    "(the original study's method only, and its tables classes.csv, labels.csv, bds.csv, which depend on "
+    "the row order; its BDS p-values are asymptotic, invalid at 16-36 layers).",
     "features": "consensus features: log (default: density histogram of log10(l / mean l) on a fixed range, the whole "
-                "spectrum) or linear (the original's [0, q] histogram, which drops the tail above q).",
+    "spectrum) or linear (the original's [0, q] histogram, which drops the tail above q).",
     "k": "number of consensus classes: auto (default: among k = 2..8 with mean bootstrap ARI >= 0.8 the best "
-         "silhouette, else the most stable k) or a whole number (6: the original's).",
+    "silhouette, else the most stable k) or a whole number (6: the original's).",
     "permutations": "shufflings of the layer order for the permutation BDS and depth-trend tests (>= 99; default 999).",
     "min_layers": "per-layer series shorter than this are not tested, and say so (default 10).",
     "format": "file type of every figure: png (default), pdf or svg (vector, for papers).",
@@ -88,8 +88,11 @@ def with_flag_help(function):
     """
     doc = inspect.cleandoc(function.__doc__ or "")
     documented = doc.partition("Args:")[2]
-    missing = [name for name in inspect.signature(function).parameters
-               if name in FLAG_HELP and f"    {name}: " not in documented]
+    missing = [
+        name
+        for name in inspect.signature(function).parameters
+        if name in FLAG_HELP and f"    {name}: " not in documented
+    ]
     if missing:
         doc += ("" if "Args:" in doc else "\n\nArgs:") + "".join(f"\n    {name}: {FLAG_HELP[name]}" for name in missing)
     function.__doc__ = doc
@@ -149,8 +152,15 @@ def _load(dataset, family, revision, models, variant, skip_nonfinite, circuit="q
         raise _usage("--dataset is required (a local dataset directory or a Hub dataset repo id)")
     if family is None:
         raise _usage("--family is required (a config of the dataset, e.g. Qwen3, or all)")
-    return load_spectra(str(dataset), str(family), revision=None if revision is None else str(revision),
-                        models=models, variant=variant, skip_nonfinite=bool(skip_nonfinite), circuit=str(circuit))
+    return load_spectra(
+        str(dataset),
+        str(family),
+        revision=None if revision is None else str(revision),
+        models=models,
+        variant=variant,
+        skip_nonfinite=bool(skip_nonfinite),
+        circuit=str(circuit),
+    )
 
 
 def _usage(message: str):
@@ -205,9 +215,18 @@ def report(
         _load(dataset, family, revision, models, variant, skip_nonfinite)  # raises the usage error
     t0 = time.perf_counter()
     outputs = run_report(
-        str(dataset), str(family), out, revision=None if revision is None else str(revision), models=models,
-        variant=variant, skip_nonfinite=bool(skip_nonfinite), params=params, jobs=jobs, progress=not quiet,
-        log=None if quiet else (lambda line: print(line, file=sys.stderr)), circuit=str(circuit),
+        str(dataset),
+        str(family),
+        out,
+        revision=None if revision is None else str(revision),
+        models=models,
+        variant=variant,
+        skip_nonfinite=bool(skip_nonfinite),
+        params=params,
+        jobs=jobs,
+        progress=not quiet,
+        log=None if quiet else (lambda line: print(line, file=sys.stderr)),
+        circuit=str(circuit),
     )
     _summary(quiet, "report", outputs, t0, extra=f"open {outputs.family_dir / 'index.html'} (also index.md)")
 
@@ -216,8 +235,20 @@ DATA_FLAGS = ("dataset", "family", "out", "revision", "models", "variant", "circ
 """The flags that choose what to analyse and where the results go."""
 
 
-@flags_of(report, *DATA_FLAGS, "n_clusters", "n_bins", "quantile", "seed", "embedding", "format", "dpi",
-          "skip_nonfinite", "jobs", "quiet")  # fmt: skip
+@flags_of(
+    report,
+    *DATA_FLAGS,
+    "n_clusters",
+    "n_bins",
+    "quantile",
+    "seed",
+    "embedding",
+    "format",
+    "dpi",
+    "skip_nonfinite",
+    "jobs",
+    "quiet",
+)
 def clusters(**flags):
     """Classification A per model, as the original study: ESD figures and class/label tables.
 
@@ -233,8 +264,9 @@ def clusters(**flags):
     from .report import run_clusters
 
     params, t0 = dataclasses.replace(_params(flags), method="original"), time.perf_counter()  # the original's method
-    outputs = run_clusters(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
-                               progress=not flags["quiet"])  # fmt: skip
+    outputs = run_clusters(
+        _frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"], progress=not flags["quiet"]
+    )
     _summary(flags["quiet"], "clusters", outputs, t0)
 
 
@@ -253,13 +285,25 @@ def boxplots(**flags):
     from .report import run_boxplots
 
     params, t0 = dataclasses.replace(_params(flags), method="original"), time.perf_counter()  # the original's method
-    outputs = run_boxplots(_frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"],
-                               progress=not flags["quiet"])  # fmt: skip
+    outputs = run_boxplots(
+        _frame(flags), flags["out"], str(flags["family"]), params, jobs=flags["jobs"], progress=not flags["quiet"]
+    )
     _summary(flags["quiet"], "boxplots", outputs, t0)
 
 
-@flags_of(report, *DATA_FLAGS, "n_clusters", "n_bins", "quantile", "seed", "n_bands", "format", "dpi",
-          "skip_nonfinite", "quiet")  # fmt: skip
+@flags_of(
+    report,
+    *DATA_FLAGS,
+    "n_clusters",
+    "n_bins",
+    "quantile",
+    "seed",
+    "n_bands",
+    "format",
+    "dpi",
+    "skip_nonfinite",
+    "quiet",
+)
 def taxonomy(**flags):
     """Joint taxonomy: one set of classes across all models of a config (beyond the original).
 
@@ -282,12 +326,25 @@ def taxonomy(**flags):
 
 def _frame(flags):
     """The rows ``flags`` select (dataset, family, revision, models, variant, skip_nonfinite, circuit)."""
-    return _load(flags["dataset"], flags["family"], flags["revision"], flags["models"], flags["variant"],
-                 flags["skip_nonfinite"], flags["circuit"])  # fmt: skip
+    return _load(
+        flags["dataset"],
+        flags["family"],
+        flags["revision"],
+        flags["models"],
+        flags["variant"],
+        flags["skip_nonfinite"],
+        flags["circuit"],
+    )
 
 
-def import_legacy(pickles: str = None, family: str = None, out: str = None, force: bool = False,
-                  pool_legacy: bool = False, quiet: bool = False):
+def import_legacy(
+    pickles: str = None,
+    family: str = None,
+    out: str = None,
+    force: bool = False,
+    pool_legacy: bool = False,
+    quiet: bool = False,
+):
     """Convert the original study's pickles into a schema-v1 dataset directory.
 
     Each <model>.pkl (dict of layer -> arrays: singular_values, eigen_values and
@@ -315,8 +372,9 @@ def import_legacy(pickles: str = None, family: str = None, out: str = None, forc
     if pickles is None or family is None or out is None:
         raise _usage("import_legacy needs --pickles DIR, --family NAME and --out DATASET_DIR")
     t0 = time.perf_counter()
-    written = legacy.import_legacy(str(pickles), str(family), str(out), progress=not quiet, force=bool(force),
-                         pool_legacy=bool(pool_legacy))
+    written = legacy.import_legacy(
+        str(pickles), str(family), str(out), progress=not quiet, force=bool(force), pool_legacy=bool(pool_legacy)
+    )
     _say(quiet, f"import_legacy: {len(written)} model(s) -> {out}/data/{family}/ in {time.perf_counter() - t0:.1f}s")
 
 
@@ -374,9 +432,18 @@ def compare(
     params = _params(flags)  # checks --format and --dpi before any work
     t0 = time.perf_counter()
     side_a, side_b = load_sides(
-        str(dataset), str(family), revision=revision, models=models, variant=variant, against=against,
-        against_family=against_family, against_revision=against_revision, against_models=against_models,
-        against_variant=against_variant, skip_nonfinite=bool(skip_nonfinite), circuit=str(circuit),
+        str(dataset),
+        str(family),
+        revision=revision,
+        models=models,
+        variant=variant,
+        against=against,
+        against_family=against_family,
+        against_revision=against_revision,
+        against_models=against_models,
+        against_variant=against_variant,
+        skip_nonfinite=bool(skip_nonfinite),
+        circuit=str(circuit),
     )
     outputs = run_compare(side_a, side_b, out, str(family), chosen, params.format, params.dpi)
     if "compare_summary" in outputs.frames:
@@ -404,15 +471,34 @@ COMMANDS = {
     "compare": compare,
 }
 
-LIST_FLAGS = ("models", "stats", "against_models", "metrics")  # comma-separated: a value naming nothing is refused, not read as "all"
-MINIMUMS = {"jobs": 1, "seed": 0, "skip_layers_below": 0, "permutations": 99, "min_layers": 4}  # the others are checked by report.Params
+LIST_FLAGS = (
+    "models",
+    "stats",
+    "against_models",
+    "metrics",
+)  # comma-separated: a value naming nothing is refused, not read as "all"
+MINIMUMS = {
+    "jobs": 1,
+    "seed": 0,
+    "skip_layers_below": 0,
+    "permutations": 99,
+    "min_layers": 4,
+}  # the others are checked by report.Params
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI: flags are checked against the command's signature before any work, errors are one line."""
+
     def run() -> None:
         with warnings.catch_warnings():
             _setup_warnings()
-            call_cli(COMMANDS, argv, name=program_name("analyze.py"), list_flags=LIST_FLAGS, minimums=MINIMUMS, output_dirs=("out",))
+            call_cli(
+                COMMANDS,
+                argv,
+                name=program_name("analyze.py"),
+                list_flags=LIST_FLAGS,
+                minimums=MINIMUMS,
+                output_dirs=("out",),
+            )
 
     return run_cli(run)

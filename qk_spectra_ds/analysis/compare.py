@@ -67,9 +67,18 @@ def selection(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def load_sides(
-    dataset: str, family: str, revision: str | None = None, models=None, variant=None,
-    against: str | None = None, against_family: str | None = None, against_revision: str | None = None,
-    against_models=None, against_variant=None, skip_nonfinite: bool = False, circuit: str = "qk",
+    dataset: str,
+    family: str,
+    revision: str | None = None,
+    models=None,
+    variant=None,
+    against: str | None = None,
+    against_family: str | None = None,
+    against_revision: str | None = None,
+    against_models=None,
+    against_variant=None,
+    skip_nonfinite: bool = False,
+    circuit: str = "qk",
 ) -> tuple[Side, Side | None]:
     """Load side A and, if any ``against*`` is given, side B (each through ``load_spectra``).
 
@@ -80,8 +89,16 @@ def load_sides(
     comparison is the explicit request to put them side by side; every label
     says which they are). ``circuit``: both sides' rows, ``qk`` (default) or ``ov`` (schema v4).
     """
-    frame_a = load_spectra(dataset, family, revision=revision, models=models, variant=variant,
-                           skip_nonfinite=skip_nonfinite, pool_legacy=True, circuit=circuit)  # fmt: skip
+    frame_a = load_spectra(
+        dataset,
+        family,
+        revision=revision,
+        models=models,
+        variant=variant,
+        skip_nonfinite=skip_nonfinite,
+        pool_legacy=True,
+        circuit=circuit,
+    )
     name_a = describe(dataset, family, revision)
     if all(x is None for x in (against, against_family, against_revision, against_models, against_variant)):
         return Side(frame_a, name_a), None
@@ -95,15 +112,27 @@ def load_sides(
         models_b = list(dict.fromkeys(short_name(m) for m in frame_a["model_id"]))
     name_b = describe(dataset_b, family_b, revision_b)
     if (same_dataset, family_b, revision_b, variant_b, against_models) == (True, family, revision, variant, None):
-        raise CompareError("both sides of the comparison are the same selection: give --against DATASET, "
-                           "--against-variant, --against-family, --against-revision or --against-models")  # fmt: skip
-    frame_b = load_spectra(dataset_b, family_b, revision=revision_b, models=models_b, variant=variant_b,
-                           skip_nonfinite=skip_nonfinite, pool_legacy=True, circuit=circuit)  # fmt: skip
+        raise CompareError(
+            "both sides of the comparison are the same selection: give --against DATASET, "
+            "--against-variant, --against-family, --against-revision or --against-models"
+        )
+    frame_b = load_spectra(
+        dataset_b,
+        family_b,
+        revision=revision_b,
+        models=models_b,
+        variant=variant_b,
+        skip_nonfinite=skip_nonfinite,
+        pool_legacy=True,
+        circuit=circuit,
+    )
     same_source = same_dataset and (family_b, revision_b) == (family, revision)
     if same_source and set(selection(frame_a)) == set(selection(frame_b)):
         chosen = ", ".join(f"{m} [{v}]" for m, v in sorted(set(selection(frame_a)))[:3])
-        raise CompareError(f"both sides of the comparison select the same rows ({chosen}): name both variants "
-                           "(--variant and --against-variant), or give --against, --against-family or --against-revision")  # fmt: skip
+        raise CompareError(
+            f"both sides of the comparison select the same rows ({chosen}): name both variants "
+            "(--variant and --against-variant), or give --against, --against-family or --against-revision"
+        )
     if name_b == name_a:
         name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
     return Side(frame_a, name_a), Side(frame_b, name_b)
@@ -155,10 +184,14 @@ def run_compare(
         write_table(summary, family_dir / "tables" / "compare_summary.csv")
         outputs.tables.update(compare_heads="tables/compare_heads.csv", compare_summary="tables/compare_summary.csv")
         (family_dir / "compare").mkdir(exist_ok=True)
-        for (model_a, va, model_b, vb), part in heads.groupby(["model_a", "variant_a", "model_b", "variant_b"], sort=False):
+        for (model_a, va, model_b, vb), part in heads.groupby(
+            ["model_a", "variant_a", "model_b", "variant_b"], sort=False
+        ):
             name = f"compare/{model_slug(model_a)}.{fmt}"
-            title = (f"{side_label(model_b, vb)} ({b.name}) against {side_label(model_a, va)} ({a.name}): "
-                     f"per-head relative error of the singular values")  # fmt: skip
+            title = (
+                f"{side_label(model_b, vb)} ({b.name}) against {side_label(model_a, va)} ({a.name}): "
+                f"per-head relative error of the singular values"
+            )
             plot_head_errors(part, family_dir / name, title, dpi)
             outputs.figures.setdefault("compare", []).append(name)
     outputs.frames["depth"] = depth
@@ -167,8 +200,9 @@ def run_compare(
     (family_dir / "depth").mkdir(exist_ok=True)
     for metric in metrics:
         name = f"depth/{metric}.{fmt}"
-        title = (f"{family}: {METRIC_TITLES[metric]} by relative depth"
-                 + plots.variant_suffix(sorted(set(depth["variant"])), circuit_of(frame)))  # fmt: skip
+        title = f"{family}: {METRIC_TITLES[metric]} by relative depth" + plots.variant_suffix(
+            sorted(set(depth["variant"])), circuit_of(frame)
+        )
         plot_metric_depth(depth, metric, family_dir / name, title, dpi)
         outputs.figures.setdefault("depth", []).append(name)
     label_tables(outputs, circuit_of(frame))

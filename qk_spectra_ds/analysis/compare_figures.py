@@ -24,8 +24,14 @@ def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str, d
             values = [heads.loc[heads["layer"] == layer, column].to_numpy(np.float64) for layer in layers]
             finite = np.concatenate(values)
             finite = finite[np.isfinite(finite)]
-            ax.boxplot([v[np.isfinite(v)] for v in values], positions=np.arange(len(layers)), widths=0.5,
-                       showmeans=True, showfliers=True, manage_ticks=False)  # fmt: skip
+            ax.boxplot(
+                [v[np.isfinite(v)] for v in values],
+                positions=np.arange(len(layers)),
+                widths=0.5,
+                showmeans=True,
+                showfliers=True,
+                manage_ticks=False,
+            )
             if len(finite) and finite.min() > 0:
                 ax.set_yscale("log")
             ax.set_ylabel(f"{what} over the head's\nsingular values")
@@ -36,11 +42,14 @@ def plot_head_errors(heads: pd.DataFrame, path: str | os.PathLike, title: str, d
         axes[-1].set_xlim(-0.5, len(layers) - 0.5)
         fig.suptitle(textwrap.fill(title, 90), fontsize="medium")
         plots.tight_layout(fig)
-        return plots.save_figure(fig, path, plots.DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
+        return plots.save_figure(
+            fig, path, plots.DEFAULT_DPI if dpi is None else dpi, preview=False
+        )  # no page shows compare's figures
 
 
-def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike, title: str | None = None,
-                      dpi: float | None = None) -> Path:  # fmt: skip
+def plot_metric_depth(
+    depth: pd.DataFrame, metric: str, path: str | os.PathLike, title: str | None = None, dpi: float | None = None
+) -> Path:
     """One metric against relative depth: per model the per-layer median line and its interquartile band.
 
     ``depth`` is a :func:`depth_table`; models without any value of the metric
@@ -72,7 +81,12 @@ def plot_metric_depth(depth: pd.DataFrame, metric: str, path: str | os.PathLike,
         ax.set_xlabel(xlabel)
         legacy = any(is_legacy(k[2]) for k in labels)
         default = f"{METRIC_TITLES.get(metric, metric)} by relative depth"
-        ax.set_title((title or default) + ("\n(dashed: legacy spectra, with the original study's pairing error)" if legacy else ""),
-                     fontsize="medium")  # fmt: skip
+        ax.set_title(
+            (title or default)
+            + ("\n(dashed: legacy spectra, with the original study's pairing error)" if legacy else ""),
+            fontsize="medium",
+        )
         plots.tight_layout(fig)
-        return plots.save_figure(fig, path, plots.DEFAULT_DPI if dpi is None else dpi, preview=False)  # no page shows compare's figures
+        return plots.save_figure(
+            fig, path, plots.DEFAULT_DPI if dpi is None else dpi, preview=False
+        )  # no page shows compare's figures

@@ -87,8 +87,13 @@ def linear_energy_kept(eigenvalues: np.ndarray, top: float) -> np.ndarray:
     return np.where(total > 0, (ev * (norm <= top)).sum(axis=1) / np.where(total > 0, total, 1.0), 1.0)
 
 
-def head_features(eigenvalues: np.ndarray, kind: str = DEFAULT_FEATURES, n_bins: int = original_features.N_BINS,
-                  quantile: float = original_features.QUANTILE, log_low: float = LOG_RANGE[0]):  # fmt: skip
+def head_features(
+    eigenvalues: np.ndarray,
+    kind: str = DEFAULT_FEATURES,
+    n_bins: int = original_features.N_BINS,
+    quantile: float = original_features.QUANTILE,
+    log_low: float = LOG_RANGE[0],
+):
     """``(histograms, edges, energy_kept)`` for the ``kind`` of features (:data:`FEATURES`)."""
     if kind == "log":
         return log_histograms(eigenvalues, n_bins, (log_low, LOG_RANGE[1]))
@@ -131,7 +136,9 @@ def kmeans_runs(X: np.ndarray, k: int, n_runs: int = N_RUNS, seed: int = 0) -> n
             rng = np.random.default_rng(child)
             sample = X[rng.integers(0, n, n)]
             state = int(rng.integers(0, 2**31 - 1))
-            km = KMeans(n_clusters=min(int(k), len(np.unique(sample, axis=0))), n_init=1, random_state=state).fit(sample)
+            km = KMeans(n_clusters=min(int(k), len(np.unique(sample, axis=0))), n_init=1, random_state=state).fit(
+                sample
+            )
             out[r] = km.predict(X)
     return out
 
@@ -156,8 +163,12 @@ def consensus_labels(coassoc: np.ndarray, k: int, X: np.ndarray) -> np.ndarray:
     tree = linkage(np.clip(1.0 - coassoc[iu].astype(np.float64), 0.0, None), method="average")
     raw = fcluster(tree, t=int(k), criterion="maxclust") - 1
     ids = np.unique(raw)
-    centre = np.array([(X[raw == c].mean(axis=0) * np.arange(X.shape[1])).sum() / max(X[raw == c].mean(axis=0).sum(), 1e-300)
-                       for c in ids])  # fmt: skip
+    centre = np.array(
+        [
+            (X[raw == c].mean(axis=0) * np.arange(X.shape[1])).sum() / max(X[raw == c].mean(axis=0).sum(), 1e-300)
+            for c in ids
+        ]
+    )
     order = ids[np.argsort(centre, kind="stable")]
     relabel = np.empty(raw.max() + 1, dtype=np.int64)
     relabel[order] = np.arange(len(order))
@@ -215,28 +226,65 @@ def k_scan(X: np.ndarray, ks=K_RANGE, n_runs: int = N_RUNS, seed: int = 0) -> tu
         labels, conf, runs = consensus(X, k, n_runs, seed)
         pair = mean_pairwise_ari(runs)
         results[k] = (labels, conf, runs)
-        rows.append({"k": int(k), "stability_ari_mean": float(pair.mean()), "stability_ari_min": float(pair.min()),
-                     "silhouette": silhouette(X, labels), "n_classes": int(len(np.unique(labels)))})  # fmt: skip
+        rows.append(
+            {
+                "k": int(k),
+                "stability_ari_mean": float(pair.mean()),
+                "stability_ari_min": float(pair.min()),
+                "silhouette": silhouette(X, labels),
+                "n_classes": int(len(np.unique(labels))),
+            }
+        )
     return pd.DataFrame(rows), results
 
 
 def ari_summary(kind: str, aris) -> dict:
     aris = np.asarray(list(aris), dtype=np.float64)
-    return {"perturbation": kind, "n": int(len(aris)), "ari_median": float(np.median(aris)), "ari_min": float(aris.min()),
-            "ari_q05": float(np.quantile(aris, 0.05)), "ari_q95": float(np.quantile(aris, 0.95))}
+    return {
+        "perturbation": kind,
+        "n": int(len(aris)),
+        "ari_median": float(np.median(aris)),
+        "ari_min": float(aris.min()),
+        "ari_q05": float(np.quantile(aris, 0.05)),
+        "ari_q95": float(np.quantile(aris, 0.95)),
+    }
 
 
-def stability_rows(eigenvalues: np.ndarray, labels: np.ndarray, runs: np.ndarray, k: int, kind: str, n_bins: int,
-                   quantile: float, n_runs: int = N_RUNS, seed: int = 0) -> list[dict]:  # fmt: skip
+def stability_rows(
+    eigenvalues: np.ndarray,
+    labels: np.ndarray,
+    runs: np.ndarray,
+    k: int,
+    kind: str,
+    n_bins: int,
+    quantile: float,
+    n_runs: int = N_RUNS,
+    seed: int = 0,
+) -> list[dict]:
     """ARI of the consensus ``labels`` against the consensus under each perturbation (see the module docstring)."""
     rows = []
     X, _, _ = head_features(eigenvalues, kind, n_bins, quantile)
-    rows.append(ari_summary("consensus: master seed", (ari(labels, consensus(X, k, n_runs, seed + s)[0]) for s in PERTURBED_SEEDS)))
-    rows.append(ari_summary("consensus: bins", (
-        ari(labels, consensus(head_features(eigenvalues, kind, b, quantile)[0], k, n_runs, seed)[0]) for b in PERTURBED_BINS)))
+    rows.append(
+        ari_summary(
+            "consensus: master seed", (ari(labels, consensus(X, k, n_runs, seed + s)[0]) for s in PERTURBED_SEEDS)
+        )
+    )
+    rows.append(
+        ari_summary(
+            "consensus: bins",
+            (
+                ari(labels, consensus(head_features(eigenvalues, kind, b, quantile)[0], k, n_runs, seed)[0])
+                for b in PERTURBED_BINS
+            ),
+        )
+    )
     if kind == "log":
         others = (head_features(eigenvalues, kind, n_bins, quantile, low)[0] for low in PERTURBED_LOG_LOW)
-        rows.append(ari_summary("consensus: log range low edge", (ari(labels, consensus(Y, k, n_runs, seed)[0]) for Y in others)))
+        rows.append(
+            ari_summary(
+                "consensus: log range low edge", (ari(labels, consensus(Y, k, n_runs, seed)[0]) for Y in others)
+            )
+        )
     else:
         others = (head_features(eigenvalues, kind, n_bins, q)[0] for q in PERTURBED_QUANTILES)
         rows.append(ari_summary("consensus: quantile", (ari(labels, consensus(Y, k, n_runs, seed)[0]) for Y in others)))
@@ -302,9 +350,17 @@ def choose_classes(name: str, X: np.ndarray, k: int | str = "auto", seed: int = 
     return chosen, scan, results, test.assign(k=chosen)
 
 
-def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: int | str = "auto",
-            n_bins: int = original_features.N_BINS, quantile: float = original_features.QUANTILE, seed: int = 0,
-            null_eigenvalues: np.ndarray | None = None, structure_draws: int | None = None) -> ConsensusResult:  # fmt: skip
+def analyze(
+    model_id: str,
+    rows: pd.DataFrame,
+    kind: str = DEFAULT_FEATURES,
+    k: int | str = "auto",
+    n_bins: int = original_features.N_BINS,
+    quantile: float = original_features.QUANTILE,
+    seed: int = 0,
+    null_eigenvalues: np.ndarray | None = None,
+    structure_draws: int | None = None,
+) -> ConsensusResult:
     """Consensus classes, k curve, stability, energy and the random-matrix null for one model's rows.
 
     Returns a :class:`.consensus_result.ConsensusResult`: the tables (each with
@@ -322,19 +378,42 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
     if chosen >= 2:
         stability = pd.DataFrame(stability_rows(ev, labels, runs, chosen, kind, n_bins, quantile, N_RUNS, seed))
     else:
-        stability = pd.DataFrame([{"perturbation": "k = 1 (no classes): stability not applicable", "n": 0,
-                                   "ari_median": np.nan, "ari_min": np.nan}])  # fmt: skip
+        stability = pd.DataFrame(
+            [
+                {
+                    "perturbation": "k = 1 (no classes): stability not applicable",
+                    "n": 0,
+                    "ari_median": np.nan,
+                    "ari_min": np.nan,
+                }
+            ]
+        )
     _, lin_edges, lin_energy = head_features(ev, "linear", n_bins, quantile)
-    energy_table = pd.DataFrame([
-        {"features": "linear (original: [0, q] bins)", "energy_kept_median": float(np.median(lin_energy)),
-         "energy_kept_min": float(lin_energy.min())},
-        {"features": f"log (log10 range {LOG_RANGE[0]}..{LOG_RANGE[1]}, in range)", "energy_kept_median": float(np.median(energy if kind == "log" else head_features(ev, "log")[2])),
-         "energy_kept_min": float((energy if kind == "log" else head_features(ev, "log")[2]).min())},
-    ])  # fmt: skip
+    energy_table = pd.DataFrame(
+        [
+            {
+                "features": "linear (original: [0, q] bins)",
+                "energy_kept_median": float(np.median(lin_energy)),
+                "energy_kept_min": float(lin_energy.min()),
+            },
+            {
+                "features": f"log (log10 range {LOG_RANGE[0]}..{LOG_RANGE[1]}, in range)",
+                "energy_kept_median": float(np.median(energy if kind == "log" else head_features(ev, "log")[2])),
+                "energy_kept_min": float((energy if kind == "log" else head_features(ev, "log")[2]).min()),
+            },
+        ]
+    )
     d_model, d_source = rmt_null.d_model_of(model_id, rows)
     d_head = ev.shape[1]
-    labels_table = pd.DataFrame({"model": model_id, "layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(),
-                                 "class": labels, "confidence": conf})  # fmt: skip
+    labels_table = pd.DataFrame(
+        {
+            "model": model_id,
+            "layer": rows["layer"].to_numpy(),
+            "head": rows["head"].to_numpy(),
+            "class": labels,
+            "confidence": conf,
+        }
+    )
     null_classes = pd.DataFrame()
     null_c, null_features, mc = None, None, None
     if d_model is not None and d_model >= d_head:
@@ -343,7 +422,11 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
         frob = np.sqrt(ev.sum(axis=1))
         mc = rmt_null.matched_monte_carlo(d_head, d_model, frob, rmt_null.N_MONTE_CARLO, seed)
         mc_dist, mc_out = rmt_null.head_distances(mc, c)
-        var_dist = rmt_null.head_distances(null_eigenvalues, c)[0] if null_eigenvalues is not None and len(null_eigenvalues) else None
+        var_dist = (
+            rmt_null.head_distances(null_eigenvalues, c)[0]
+            if null_eigenvalues is not None and len(null_eigenvalues)
+            else None
+        )
         labels_table["ks_distance_to_null"] = dist
         labels_table["fraction_outside_null_edges"] = outside
         null_classes = rmt_null.class_null_table(model_id, labels, dist, outside, mc_dist, var_dist, seed=seed)
@@ -351,27 +434,58 @@ def analyze(model_id: str, rows: pd.DataFrame, kind: str = DEFAULT_FEATURES, k: 
         null_classes["d_model_source"] = d_source
         null_c, null_features = c, head_features(mc, kind, n_bins, quantile)[0] if kind == "log" else None
     described = class_profiles.describe(model_id, rows, ev, labels, mc)
-    classes = pd.DataFrame([
-        {"model": model_id, "class": int(c_), "name": described.names[int(c_)], "n_heads": int((labels == c_).sum()),
-         "share": float((labels == c_).mean()),
-         "confidence_mean": float(conf[labels == c_].mean()), "confidence_min": float(conf[labels == c_].min())}
-        for c_ in np.unique(labels)
-    ])  # fmt: skip
-    frames = {"consensus_classes": classes, "consensus_labels": labels_table,
-              "k_selection": scan.assign(model=model_id), "stability": stability.assign(model=model_id, k=chosen),
-              "energy": energy_table.assign(model=model_id), "null_classes": null_classes, "structure": test,
-              "class_profiles": described.class_profiles, "class_metrics": described.class_metrics}  # fmt: skip
+    classes = pd.DataFrame(
+        [
+            {
+                "model": model_id,
+                "class": int(c_),
+                "name": described.names[int(c_)],
+                "n_heads": int((labels == c_).sum()),
+                "share": float((labels == c_).mean()),
+                "confidence_mean": float(conf[labels == c_].mean()),
+                "confidence_min": float(conf[labels == c_].min()),
+            }
+            for c_ in np.unique(labels)
+        ]
+    )
+    frames = {
+        "consensus_classes": classes,
+        "consensus_labels": labels_table,
+        "k_selection": scan.assign(model=model_id),
+        "stability": stability.assign(model=model_id, k=chosen),
+        "energy": energy_table.assign(model=model_id),
+        "null_classes": null_classes,
+        "structure": test,
+        "class_profiles": described.class_profiles,
+        "class_metrics": described.class_metrics,
+    }
     for name, frame in frames.items():
         if len(frame):
             frame = frame[["model"] + [col for col in frame.columns if col != "model"]]
             frames[name] = frame.assign(legacy_pairing_error=legacy)
     means = np.array([X[labels == c_].mean(axis=0) for c_ in np.unique(labels)])
-    return ConsensusResult(model=model_id, k=chosen, kind=kind, legacy=legacy, **frames, class_means=means, edges=edges,
-                           null_c=null_c, null_features=null_features, d_model_source=d_source)  # fmt: skip
+    return ConsensusResult(
+        model=model_id,
+        k=chosen,
+        kind=kind,
+        legacy=legacy,
+        **frames,
+        class_means=means,
+        edges=edges,
+        null_c=null_c,
+        null_features=null_features,
+        d_model_source=d_source,
+    )
 
 
-def plot_consensus(result: ConsensusResult, path, title: str, dpi: float | None = None, variant: str | None = None,
-                   circuit: str | None = None):  # fmt: skip
+def plot_consensus(
+    result: ConsensusResult,
+    path,
+    title: str,
+    dpi: float | None = None,
+    variant: str | None = None,
+    circuit: str | None = None,
+):
     """k curve (stability, silhouette; chosen k marked) and each class's mean histogram with the null overlaid.
 
     ``variant``, ``circuit``: of the spectra, named at the end of the title.
@@ -391,13 +505,18 @@ def plot_consensus(result: ConsensusResult, path, title: str, dpi: float | None 
         ax.set_ylabel("stability ARI / silhouette")
         ax.legend(fontsize=9)
         test = result.structure_row
-        said = (f"structure test p = {test['p_value']:.3f}: {test['conclusion']}" if test.get("tested")
-                else str(test.get("conclusion", "")))  # fmt: skip
+        said = (
+            f"structure test p = {test['p_value']:.3f}: {test['conclusion']}"
+            if test.get("tested")
+            else str(test.get("conclusion", ""))
+        )
         ax.set_title(f"k = {result.k}\n{said}", fontsize=9)
         centers = (edges[:-1] + edges[1:]) / 2
         expected = None
         if result.null_c is not None:
-            expected = rmt_null.null_histogram(result.null_c, edges, log10=result.kind == "log", clip=result.kind == "log")
+            expected = rmt_null.null_histogram(
+                result.null_c, edges, log10=result.kind == "log", clip=result.kind == "log"
+            )
         table = result.consensus_classes
         sizes = [int(x) for x in table["n_heads"]] if len(table) == n else None
         for i, axc in enumerate(axes[1:]):
@@ -411,7 +530,9 @@ def plot_consensus(result: ConsensusResult, path, title: str, dpi: float | None 
             axc.set_title(f"class {i}" + (f" (n={sizes[i]} heads)" if sizes else ""))
             axc.legend(fontsize=8)
             axc.set_xlim(*plots.occupied_range(edges, [means[i]] + ([expected] if expected is not None else [])))
-        fig.suptitle(title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result.legacy else ""), fontsize=12)
+        fig.suptitle(
+            title + plots.variant_suffix(variant, circuit) + (f" [{LEGACY_NOTE}]" if result.legacy else ""), fontsize=12
+        )
         plots.tight_layout(fig)
         return plots.save_figure(fig, path, plots.DEFAULT_DPI if dpi is None else dpi)
 

@@ -25,7 +25,9 @@ def _eigenvalue_array(X, min_heads: int = 1) -> np.ndarray:
     """``(heads, d_head)`` float64 eigenvalues of a frame's ``eigenvalues`` column or of an array; finite, >= 0."""
     if isinstance(X, pd.DataFrame):
         if SPECTRUM_COLUMN not in X:
-            raise AnalysisError(f"the frame has no {SPECTRUM_COLUMN!r} column: load it with load_spectra(..., keep_spectra=True)")
+            raise AnalysisError(
+                f"the frame has no {SPECTRUM_COLUMN!r} column: load it with load_spectra(..., keep_spectra=True)"
+            )
         lengths = {len(s) for s in X[SPECTRUM_COLUMN]}
         if len(lengths) > 1:
             raise AnalysisError(f"heads have spectra of different lengths {sorted(lengths)}: fit one model at a time")
@@ -128,8 +130,17 @@ class ConsensusHeadClassifier(ClusterMixin, BaseEstimator):
         rows, model = _model_rows(X)
         name = name or model or "model"
         k = self.k if self.k == "auto" else int(self.k)
-        result = consensus.analyze(name, rows, self.features, k, int(self.n_bins), float(self.quantile),
-                                   int(self.seed), null_eigenvalues, self.structure_draws)  # fmt: skip
+        result = consensus.analyze(
+            name,
+            rows,
+            self.features,
+            k,
+            int(self.n_bins),
+            float(self.quantile),
+            int(self.seed),
+            null_eigenvalues,
+            self.structure_draws,
+        )
         order = consensus.canonical_order(rows.assign(_position=np.arange(len(rows))))["_position"].to_numpy()
         labels = np.empty(len(rows), dtype=np.int64)
         labels[order] = result.labels

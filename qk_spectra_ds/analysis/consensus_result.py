@@ -12,8 +12,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-TABLE_NAMES = ("consensus_classes", "consensus_labels", "k_selection", "stability", "energy", "null_classes",
-               "structure", "class_profiles", "class_metrics")  # fmt: skip
+TABLE_NAMES = (
+    "consensus_classes",
+    "consensus_labels",
+    "k_selection",
+    "stability",
+    "energy",
+    "null_classes",
+    "structure",
+    "class_profiles",
+    "class_metrics",
+)
 """The tables of one model, as the report names them (``tables/<name>.csv``)."""
 
 
@@ -77,8 +86,13 @@ class ConsensusResult:
         return {name: getattr(self, name) for name in TABLE_NAMES}
 
 
-JOINT_TABLE_NAMES = ("taxonomy_structure", "taxonomy_k_selection", "taxonomy_consensus_classes",
-                     "taxonomy_consensus_labels", "taxonomy_stability")  # fmt: skip
+JOINT_TABLE_NAMES = (
+    "taxonomy_structure",
+    "taxonomy_k_selection",
+    "taxonomy_consensus_classes",
+    "taxonomy_consensus_labels",
+    "taxonomy_stability",
+)
 """The joint taxonomy's tables, as the report names them."""
 
 

@@ -16,8 +16,14 @@ import pandas as pd
 
 from .head_compare import note, side_label
 
-_STAT_NAMES = {"min": "minimum", "max": "maximum", "mean": "mean", "std": "standard deviation",
-               "skew": "skewness", "kurtosis": "excess kurtosis"}  # fmt: skip
+_STAT_NAMES = {
+    "min": "minimum",
+    "max": "maximum",
+    "mean": "mean",
+    "std": "standard deviation",
+    "skew": "skewness",
+    "kurtosis": "excess kurtosis",
+}
 METRIC_TITLES = {
     "frobenius": "Frobenius norm ‖W_QK‖_F",
     "spectral_norm": "spectral norm σ₁",
@@ -70,12 +76,23 @@ def depth_table(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
                 values = heads[metric].to_numpy(np.float64, na_value=np.nan)
                 values = values[~np.isnan(values)]
                 quartiles = np.percentile(values, [25, 50, 75]) if len(values) else [np.nan] * 3
-                rows.append({
-                    "source": source, "model": model, "variant": variant, "metric": metric, "layer": int(layer),
-                    "n_layers": n_layers, "relative_depth": float(relative_depth(layer, n_layers)),
-                    "n_heads": len(values), "median": quartiles[1], "q25": quartiles[0], "q75": quartiles[2],
-                    "mean": float(values.mean()) if len(values) else np.nan, "note": note(variant),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "source": source,
+                        "model": model,
+                        "variant": variant,
+                        "metric": metric,
+                        "layer": int(layer),
+                        "n_layers": n_layers,
+                        "relative_depth": float(relative_depth(layer, n_layers)),
+                        "n_heads": len(values),
+                        "median": quartiles[1],
+                        "q25": quartiles[0],
+                        "q75": quartiles[2],
+                        "mean": float(values.mean()) if len(values) else np.nan,
+                        "note": note(variant),
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -35,7 +35,9 @@ def normalize_by_mean(eigenvalues: np.ndarray) -> np.ndarray:
     mean = ev.mean(axis=-1)[..., np.newaxis]
     zero = mean[:, 0] == 0
     if zero.any():
-        warnings.warn(f"{int(zero.sum())} head(s) have an all-zero spectrum; their histogram is a spike at 0", stacklevel=2)
+        warnings.warn(
+            f"{int(zero.sum())} head(s) have an all-zero spectrum; their histogram is a spike at 0", stacklevel=2
+        )
         mean = np.where(mean == 0, np.ones_like(mean), mean)
     return ev / mean
 
@@ -87,7 +89,9 @@ def histograms(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     totals = counts.sum(axis=1, keepdims=True)
     empty = totals[:, 0] == 0
     if empty.any():
-        warnings.warn(f"{int(empty.sum())} head(s) have no value inside the bins; their histogram is zero", stacklevel=2)
+        warnings.warn(
+            f"{int(empty.sum())} head(s) have no value inside the bins; their histogram is zero", stacklevel=2
+        )
         totals = np.where(totals == 0, 1, totals)
     return counts / widths / totals
 

@@ -119,8 +119,12 @@ def pair_models(a: Side, b: Side) -> list[tuple[str, str]]:
             "name one model on each side with --models and --against-models"
         )
     if unmatched:
-        warnings.warn(f"{len(unmatched)} model(s) of {a.name} have no partner in {b.name} and are left out: "
-                      f"{', '.join(unmatched[:5])}", UserWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{len(unmatched)} model(s) of {a.name} have no partner in {b.name} and are left out: "
+            f"{', '.join(unmatched[:5])}",
+            UserWarning,
+            stacklevel=2,
+        )
     return pairs
 
 
@@ -150,12 +154,17 @@ def head_errors(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> pd.DataFrame:
     common = a.index.intersection(b.index, sort=False).sort_values()
     missing = len(a.index.union(b.index)) - len(common)
     if missing:
-        warnings.warn(f"{missing} head(s) of {rows_a['model_id'].iloc[0]} are on one side only and are left out",
-                      UserWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{missing} head(s) of {rows_a['model_id'].iloc[0]} are on one side only and are left out",
+            UserWarning,
+            stacklevel=2,
+        )
     if len(common) == 0:
         raise CompareError(f"{rows_a['model_id'].iloc[0]}: no (layer, head) is on both sides")
     a, b = a.loc[common], b.loc[common]
-    table = pd.DataFrame({"layer": common.get_level_values(0).astype(int), "head": common.get_level_values(1).astype(int)})
+    table = pd.DataFrame(
+        {"layer": common.get_level_values(0).astype(int), "head": common.get_level_values(1).astype(int)}
+    )
     sv = relative_error(singular_value_matrix(b), singular_value_matrix(a))
     ev = relative_error(np.stack(b["eigenvalues"].tolist()), np.stack(a["eigenvalues"].tolist()))
     for prefix, err in (("sv", sv), ("ev", ev)):
@@ -182,13 +191,17 @@ def summarize(heads: pd.DataFrame) -> pd.DataFrame:
             values = part[quantity].to_numpy(np.float64)
             finite = ~np.isnan(values)
             worst = part.iloc[int(np.nanargmax(values))] if finite.any() else None
-            rows.append({
-                **dict(zip(keys, key)), "quantity": quantity, "n_heads": int(finite.sum()),
-                "median": float(np.median(values[finite])) if finite.any() else np.nan,
-                "max": float(values[finite].max()) if finite.any() else np.nan,
-                "max_layer": int(worst["layer"]) if worst is not None else -1,
-                "max_head": int(worst["head"]) if worst is not None else -1,
-            })  # fmt: skip
+            rows.append(
+                {
+                    **dict(zip(keys, key)),
+                    "quantity": quantity,
+                    "n_heads": int(finite.sum()),
+                    "median": float(np.median(values[finite])) if finite.any() else np.nan,
+                    "max": float(values[finite].max()) if finite.any() else np.nan,
+                    "max_layer": int(worst["layer"]) if worst is not None else -1,
+                    "max_head": int(worst["head"]) if worst is not None else -1,
+                }
+            )
     summary = pd.DataFrame(rows)
     summary["note"] = [_pair_note(va, vb) for va, vb in zip(summary["variant_a"], summary["variant_b"])]
     return summary

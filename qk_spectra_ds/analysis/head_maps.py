@@ -53,7 +53,9 @@ def _grid_axes(ax, values: np.ndarray, cmap, norm, title: str) -> object:
     return mesh
 
 
-def head_map_figure(labels: pd.DataFrame, title: str, metric: pd.DataFrame | None = None, metric_name: str = MAP_METRIC):
+def head_map_figure(
+    labels: pd.DataFrame, title: str, metric: pd.DataFrame | None = None, metric_name: str = MAP_METRIC
+):
     """The class of each head on a layer x head grid (class colours of every figure), ``metric`` beside it.
 
     ``labels``: columns layer, head, class (one model); ``metric``: columns layer, head and ``metric_name``.
@@ -83,8 +85,9 @@ def head_map_figure(labels: pd.DataFrame, title: str, metric: pd.DataFrame | Non
     return fig
 
 
-def store_head_maps(outputs, frame: pd.DataFrame, fmt: str, dpi: float,
-                    title_suffix: Callable[[str], str] = lambda model: "") -> None:  # fmt: skip
+def store_head_maps(
+    outputs, frame: pd.DataFrame, fmt: str, dpi: float, title_suffix: Callable[[str], str] = lambda model: ""
+) -> None:
     """Per model with consensus labels: ``maps/<model>`` (classes and :data:`MAP_METRIC`), recorded in
     ``outputs.figures`` under the model."""
     labels = outputs.frames.get("consensus_labels")
@@ -101,13 +104,24 @@ def store_head_maps(outputs, frame: pd.DataFrame, fmt: str, dpi: float,
             metric = own[["layer", "head", MAP_METRIC]] if len(own) and own[MAP_METRIC].notna().any() else None
         with plots.style():
             path = f"maps/{slug}.{fmt}"
-            plots.save_figure(head_map_figure(rows, f"{model}: classes by layer and head{title_suffix(model)}", metric),
-                        outputs.family_dir / path, dpi)  # fmt: skip
+            plots.save_figure(
+                head_map_figure(rows, f"{model}: classes by layer and head{title_suffix(model)}", metric),
+                outputs.family_dir / path,
+                dpi,
+            )
             outputs.figures.setdefault(model, []).append(path)
 
 
-def plot_head_map(labels: pd.DataFrame, path: str | os.PathLike, title: str, metric: pd.DataFrame | None = None,
-                  metric_name: str = MAP_METRIC, dpi: float | None = None) -> Path:  # fmt: skip
+def plot_head_map(
+    labels: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str,
+    metric: pd.DataFrame | None = None,
+    metric_name: str = MAP_METRIC,
+    dpi: float | None = None,
+) -> Path:
     """Write :func:`head_map_figure` to ``path`` (format from its suffix)."""
     with plots.style():
-        return plots.save_figure(head_map_figure(labels, title, metric, metric_name), path, plots.DEFAULT_DPI if dpi is None else dpi)
+        return plots.save_figure(
+            head_map_figure(labels, title, metric, metric_name), path, plots.DEFAULT_DPI if dpi is None else dpi
+        )

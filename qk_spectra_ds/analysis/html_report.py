@@ -46,7 +46,7 @@ TABLE_DESCRIPTIONS = {
     "labels": "classification A, per head: model, layer, head, class",
     "bds": "classification B, per model and statistic: BDS statistic and p-value of the per-layer medians",
     "positional": "positional spectra, per head: spectral norm at each query-key offset relative to offset 0 "
-                  "(norm_ratio_<delta>) and the dataset's summaries",
+    "(norm_ratio_<delta>) and the dataset's summaries",
     "taxonomy_classes": "joint taxonomy: classes over all models (n_heads, share, alpha, theta, JSD)",
     "taxonomy_labels": "joint taxonomy, per head: model, layer, head, depth band, class",
     "taxonomy_shares_model": "joint taxonomy: share of each model's heads per class",
@@ -67,9 +67,17 @@ def embedding_table(model_id: str, rows: pd.DataFrame, classifier) -> pd.DataFra
         return pd.DataFrame(columns=["model", "variant", "layer", "head", "class", "x", "y"])
     emb = np.asarray(classifier.embedding_, dtype=np.float64)
     variant = rows["variant"].astype(str).to_numpy() if "variant" in rows else np.full(len(rows), "")
-    table = pd.DataFrame({"model": model_id, "variant": variant, "layer": rows["layer"].to_numpy(),
-                          "head": rows["head"].to_numpy(), "class": np.asarray(classifier.labels_),
-                          "x": emb[:, 0], "y": emb[:, 1]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "model": model_id,
+            "variant": variant,
+            "layer": rows["layer"].to_numpy(),
+            "head": rows["head"].to_numpy(),
+            "class": np.asarray(classifier.labels_),
+            "x": emb[:, 0],
+            "y": emb[:, 1],
+        }
+    )
     if "circuit" in rows:  # schema v4: which circuit's spectra (named in the figure's title)
         table.insert(2, "circuit", rows["circuit"].fillna("qk").astype(str).to_numpy())
     return table
@@ -114,8 +122,9 @@ def in_display_order(frame: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     return frame.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str | None, n_classes: int,
-                     analysis: str | None = None):
+def embedding_figure(
+    embedding: pd.DataFrame, order: Sequence[str], method: str | None, n_classes: int, analysis: str | None = None
+):
     """A plotly figure: per model one trace per class (model chosen in a menu), hover = model/layer/head/class/variant.
 
     ``analysis``: the report's ``--method``, whose classes colour the points (named in the title).
@@ -126,35 +135,68 @@ def embedding_figure(embedding: pd.DataFrame, order: Sequence[str], method: str 
     models = [m for m in order if (embedding["model"] == m).any()]
     fig = go.Figure()
     owner = []
-    titles = {m: _embedding_title(m, method, embedding.loc[embedding["model"] == m, "variant"].unique(), analysis,
-                                  _circuit(embedding[embedding["model"] == m]))
-              for m in models}  # fmt: skip
+    titles = {
+        m: _embedding_title(
+            m,
+            method,
+            embedding.loc[embedding["model"] == m, "variant"].unique(),
+            analysis,
+            _circuit(embedding[embedding["model"] == m]),
+        )
+        for m in models
+    }
     for i, model in enumerate(models):
         part = embedding[embedding["model"] == model]
         for k in sorted(part["class"].unique()):
             sub = part[part["class"] == k]
-            fig.add_trace(go.Scatter(
-                x=sub["x"], y=sub["y"], mode="markers", name=f"class {k} (n={len(sub)})", visible=i == 0,
-                marker={"color": colors[int(k)], "size": 7, "opacity": 0.8, "line": {"width": 0}},
-                customdata=np.column_stack([sub["layer"], sub["head"], sub["class"], sub["variant"]]),
-                hovertemplate=(f"model: {html.escape(model)}<br>layer: %{{customdata[0]}}<br>head: %{{customdata[1]}}"
-                               "<br>class: %{customdata[2]}<br>variant: %{customdata[3]}<extra></extra>"),
-            ))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["x"],
+                    y=sub["y"],
+                    mode="markers",
+                    name=f"class {k} (n={len(sub)})",
+                    visible=i == 0,
+                    marker={"color": colors[int(k)], "size": 7, "opacity": 0.8, "line": {"width": 0}},
+                    customdata=np.column_stack([sub["layer"], sub["head"], sub["class"], sub["variant"]]),
+                    hovertemplate=(
+                        f"model: {html.escape(model)}<br>layer: %{{customdata[0]}}<br>head: %{{customdata[1]}}"
+                        "<br>class: %{customdata[2]}<br>variant: %{customdata[3]}<extra></extra>"
+                    ),
+                )
+            )
             owner.append(model)
     buttons = [
-        {"label": model, "method": "update",
-         "args": [{"visible": [o == model for o in owner]}, {"title.text": titles[model]}]}
+        {
+            "label": model,
+            "method": "update",
+            "args": [{"visible": [o == model for o in owner]}, {"title.text": titles[model]}],
+        }
         for model in models
-    ]  # fmt: skip
+    ]
     name = EMBEDDINGS.get(method, "embedding")
     unit = "principal component" if name == "PCA" else f"{name} dimension"
     fig.update_layout(
         title={"text": titles[models[0]] if models else "", "x": 0.5, "xanchor": "center"},
-        xaxis_title=f"{unit} 1 (arbitrary units)", yaxis_title=f"{unit} 2 (arbitrary units)",
-        legend_title_text="class (n heads)", template="plotly_white", height=620, margin={"t": 90},
-        updatemenus=[{"buttons": buttons, "direction": "down", "x": 0.0, "xanchor": "left", "y": 1.2,
-                      "yanchor": "top", "showactive": True}] if len(models) > 1 else [],
-    )  # fmt: skip
+        xaxis_title=f"{unit} 1 (arbitrary units)",
+        yaxis_title=f"{unit} 2 (arbitrary units)",
+        legend_title_text="class (n heads)",
+        template="plotly_white",
+        height=620,
+        margin={"t": 90},
+        updatemenus=[
+            {
+                "buttons": buttons,
+                "direction": "down",
+                "x": 0.0,
+                "xanchor": "left",
+                "y": 1.2,
+                "yanchor": "top",
+                "showactive": True,
+            }
+        ]
+        if len(models) > 1
+        else [],
+    )
     return fig
 
 
@@ -163,11 +205,18 @@ def _circuit(part: pd.DataFrame) -> str:
     return "+".join(sorted(set(part["circuit"].astype(str)))) if "circuit" in part and len(part) else "qk"
 
 
-def _embedding_title(model: str, method: str | None, variants: Sequence[str] = (), analysis: str | None = None,
-                     circuit: str | None = None) -> str:  # fmt: skip
+def _embedding_title(
+    model: str,
+    method: str | None,
+    variants: Sequence[str] = (),
+    analysis: str | None = None,
+    circuit: str | None = None,
+) -> str:
     """The interactive figure's title for ``model``: which classes colour it, ending with the variant and circuit."""
     name = EMBEDDINGS.get(method, "embedding")
-    classes = {"consensus": ", consensus classes", "original": ", the original method's KMeans classes"}.get(analysis or "", "")
+    classes = {"consensus": ", consensus classes", "original": ", the original method's KMeans classes"}.get(
+        analysis or "", ""
+    )
     return f"{model}: {name} of the heads' eigenvalue histograms{classes}{plots.variant_suffix(sorted(map(str, variants)) or None, circuit)}"
 
 
@@ -176,10 +225,16 @@ def _table_html(name: str, frame: pd.DataFrame) -> str:
     from itables import to_html_datatable
 
     return to_html_datatable(
-        frame, connected=False, maxBytes=0, maxColumns=0, table_id=f"table-{name}", display_logo_when_loading=False,
-        classes="display compact cell-border", pageLength=PAGE_LENGTH,
+        frame,
+        connected=False,
+        maxBytes=0,
+        maxColumns=0,
+        table_id=f"table-{name}",
+        display_logo_when_loading=False,
+        classes="display compact cell-border",
+        pageLength=PAGE_LENGTH,
         layout={"topStart": "pageLength", "topEnd": "search", "bottomStart": "info", "bottomEnd": "paging"},
-    )  # fmt: skip
+    )
 
 
 def _datatables_bundle() -> str:
@@ -196,15 +251,20 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
-def _figure_groups(figures: dict[str, list[str]], order: Sequence[str], family_dir: Path | None = None) -> list[dict[str, Any]]:
+def _figure_groups(
+    figures: dict[str, list[str]], order: Sequence[str], family_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """Figures grouped for the page: joint taxonomy, then each model (display order), then any other stage's."""
     groups = []
     if figures.get("taxonomy"):
         groups.append({"title": "Joint taxonomy", "figures": figures["taxonomy"]})
     models = [m for m in order if figures.get(m)]
     groups += [{"title": m, "figures": figures[m]} for m in models]
-    groups += [{"title": key, "figures": paths} for key, paths in figures.items()
-               if key != "taxonomy" and key not in models and paths]  # fmt: skip
+    groups += [
+        {"title": key, "figures": paths}
+        for key, paths in figures.items()
+        if key != "taxonomy" and key not in models and paths
+    ]
     for group in groups:
         group["figures"] = [_figure_entry(p, family_dir) for p in group["figures"]]
     return groups
@@ -222,7 +282,12 @@ def _figure_entry(path: str, family_dir: Path | None) -> dict[str, Any]:
 
 
 def render_html(
-    outputs, family: str, dataset: str, revision: str | None, parameters: dict[str, Any], frame: pd.DataFrame,
+    outputs,
+    family: str,
+    dataset: str,
+    revision: str | None,
+    parameters: dict[str, Any],
+    frame: pd.DataFrame,
     order: Sequence[str],
 ) -> str:
     """The text of ``index.html``: provenance, the interactive embedding, every table and every figure of ``outputs``."""
@@ -233,21 +298,46 @@ def render_html(
     if embedding is not None and len(embedding):
         n_classes = int(parameters.get("n_clusters", 0) or 0)
         fig = embedding_figure(embedding, order, parameters.get("embedding"), n_classes, parameters.get("method"))
-        plot_html = fig.to_html(full_html=False, include_plotlyjs=False, div_id=EMBEDDING_DIV,
-                                config={"responsive": True, "displaylogo": False})  # fmt: skip
+        plot_html = fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=EMBEDDING_DIV,
+            config={"responsive": True, "displaylogo": False},
+        )
     tables = []
     for name, path in outputs.tables.items():
         table = in_display_order(pd.read_csv(outputs.family_dir / path), order)
-        tables.append({"name": name, "path": path, "description": TABLE_DESCRIPTIONS.get(name, ""),
-                       "rows": len(table), "html": _table_html(name, table)})  # fmt: skip
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True, trim_blocks=True,
-                             lstrip_blocks=True, undefined=jinja2.StrictUndefined)  # fmt: skip
+        tables.append(
+            {
+                "name": name,
+                "path": path,
+                "description": TABLE_DESCRIPTIONS.get(name, ""),
+                "rows": len(table),
+                "html": _table_html(name, table),
+            }
+        )
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     text = env.get_template(HTML_TEMPLATE).render(
-        family=family, dataset=dataset, revision=revision, version=__version__, n_heads=len(frame),
+        family=family,
+        dataset=dataset,
+        revision=revision,
+        version=__version__,
+        n_heads=len(frame),
         variants=sorted(map(str, frame["variant"].unique())) if len(frame) else [],
-        parameters=parameters, models=list(order), plot_html=plot_html, plot_div=EMBEDDING_DIV,
-        plotly_js=_plotly_js() if plot_html else "", datatables=_datatables_bundle() if tables else "",
-        tables=tables, figure_groups=_figure_groups(outputs.figures, order, outputs.family_dir),
+        parameters=parameters,
+        models=list(order),
+        plot_html=plot_html,
+        plot_div=EMBEDDING_DIV,
+        plotly_js=_plotly_js() if plot_html else "",
+        datatables=_datatables_bundle() if tables else "",
+        tables=tables,
+        figure_groups=_figure_groups(outputs.figures, order, outputs.family_dir),
         summary_html=_summary_html(outputs, order),
     )
     return text.rstrip() + "\n"
@@ -260,7 +350,12 @@ def _summary_html(outputs, order: Sequence[str]) -> str:
 
 
 def write_html(
-    outputs, family: str, dataset: str, revision: str | None, params, frame: pd.DataFrame,
+    outputs,
+    family: str,
+    dataset: str,
+    revision: str | None,
+    params,
+    frame: pd.DataFrame,
     order: Sequence[str] | None = None,
 ) -> Path:
     """Write ``<family_dir>/index.html`` atomically; ``order``: models in display order (default: by size)."""

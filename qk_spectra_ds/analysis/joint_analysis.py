@@ -39,9 +39,15 @@ def model_heads(frame: pd.DataFrame) -> list[taxonomy.ModelHeads]:
     return out
 
 
-def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str, params: Params,
-                  order: Sequence[str] | None = None, variant: str | Sequence[str] | None = None,
-                  circuit: str | None = None) -> dict[str, Any]:  # fmt: skip
+def taxonomy_task(
+    heads: list[taxonomy.ModelHeads],
+    family_dir: str,
+    family: str,
+    params: Params,
+    order: Sequence[str] | None = None,
+    variant: str | Sequence[str] | None = None,
+    circuit: str | None = None,
+) -> dict[str, Any]:
     """Fit the joint taxonomy and draw its figures (models in ``order``); tables returned (worker or in-process).
 
     ``variant``, ``circuit``: the variant(s) and circuit of the models' spectra, named in the figures' titles.
@@ -62,15 +68,30 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
         }
         title = f"{family}: joint taxonomy of {len(heads)} model(s)"
         names = [f"taxonomy/classes.{params.format}", f"taxonomy/depth.{params.format}"]
-        class_figures.plot_taxonomy_classes(joint, family_dir_path / names[0], title=title, order=order, dpi=params.dpi,
-                                            variant=variant, circuit=circuit)  # fmt: skip
-        class_figures.plot_taxonomy_depth(joint, family_dir_path / names[1], title=f"{family}: class shares by relative depth",
-                                          order=order, dpi=params.dpi, variant=variant, circuit=circuit)  # fmt: skip
+        class_figures.plot_taxonomy_classes(
+            joint,
+            family_dir_path / names[0],
+            title=title,
+            order=order,
+            dpi=params.dpi,
+            variant=variant,
+            circuit=circuit,
+        )
+        class_figures.plot_taxonomy_depth(
+            joint,
+            family_dir_path / names[1],
+            title=f"{family}: class shares by relative depth",
+            order=order,
+            dpi=params.dpi,
+            variant=variant,
+            circuit=circuit,
+        )
         out["figures"] = names
         if params.method == "consensus":  # the default method's joint classes: structure test first, k = 1 possible
             t2 = time.perf_counter()
-            fitted = joint_consensus.joint_consensus(heads, params.features, params.k, params.n_bins, params.quantile,
-                                                     params.seed, params.n_bands)  # fmt: skip
+            fitted = joint_consensus.joint_consensus(
+                heads, params.features, params.k, params.n_bins, params.quantile, params.seed, params.n_bands
+            )
             out["frames"].update(fitted.tables())
             out["timings"]["taxonomy consensus"] = time.perf_counter() - t2
         out["timings"]["taxonomy"] = t1 - t0
@@ -82,6 +103,17 @@ def taxonomy_task(heads: list[taxonomy.ModelHeads], family_dir: str, family: str
 def joint_task(frame: pd.DataFrame, family_dir: Path, family: str, params: Params) -> Task:
     """The joint taxonomy of every model of ``frame`` as one :class:`~.scheduling.Task` (models in display order)."""
     variants = model_variants(frame)
-    return Task(JOINT_TASK, float(TAXONOMY_COST_HEADS), taxonomy_task,
-                (model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
-                 sorted(set(variants.values())), circuit_of(frame)))  # fmt: skip
+    return Task(
+        JOINT_TASK,
+        float(TAXONOMY_COST_HEADS),
+        taxonomy_task,
+        (
+            model_heads(frame),
+            str(family_dir),
+            family,
+            params,
+            html_report.size_order(frame),
+            sorted(set(variants.values())),
+            circuit_of(frame),
+        ),
+    )

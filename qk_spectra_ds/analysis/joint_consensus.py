@@ -47,13 +47,23 @@ def _key_rank(model: str, layers: np.ndarray, heads: np.ndarray, seed: int) -> n
     return out
 
 
-def pooled(models: list[ModelHeads], kind: str, n_bins: int, quantile: float) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def pooled(
+    models: list[ModelHeads], kind: str, n_bins: int, quantile: float
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """``(keys, eigenvalues, features)`` of every head, models sorted by id and heads by (layer, head)."""
     keys, evs = [], []
     for m in sorted(models, key=lambda m: m.model_id):
         order = np.lexsort((m.heads, m.layers))
-        keys.append(pd.DataFrame({"model": m.model_id, "layer": np.asarray(m.layers)[order],
-                                  "head": np.asarray(m.heads)[order], "n_layers": m.n_layers}))  # fmt: skip
+        keys.append(
+            pd.DataFrame(
+                {
+                    "model": m.model_id,
+                    "layer": np.asarray(m.layers)[order],
+                    "head": np.asarray(m.heads)[order],
+                    "n_layers": m.n_layers,
+                }
+            )
+        )
         evs.append(np.asarray(m.eigenvalues, dtype=np.float64)[order])
     widths = {e.shape[1] for e in evs}
     if len(widths) > 1:  # different d_head: compare normalised spectra by their histograms only (same bins)
@@ -63,15 +73,23 @@ def pooled(models: list[ModelHeads], kind: str, n_bins: int, quantile: float) ->
     return pd.concat(keys, ignore_index=True), evs, features
 
 
-def joint_consensus(models: list[ModelHeads], kind: str = consensus.DEFAULT_FEATURES, k: int | str = "auto",
-                    n_bins: int = 24, quantile: float = 0.96, seed: int = 0, n_bands: int = 5,
-                    structure_draws: int | None = None) -> JointConsensusResult:  # fmt: skip
+def joint_consensus(
+    models: list[ModelHeads],
+    kind: str = consensus.DEFAULT_FEATURES,
+    k: int | str = "auto",
+    n_bins: int = 24,
+    quantile: float = 0.96,
+    seed: int = 0,
+    n_bands: int = 5,
+    structure_draws: int | None = None,
+) -> JointConsensusResult:
     """The joint classes as a :class:`.consensus_result.JointConsensusResult`: the k used and the tables
     ``taxonomy_structure``, ``taxonomy_k_selection``, ``taxonomy_consensus_classes``, ``taxonomy_consensus_labels``,
     ``taxonomy_stability``."""
     keys, evs, X = pooled(models, kind, n_bins, quantile)
-    rank = np.concatenate([_key_rank(m, g["layer"].to_numpy(), g["head"].to_numpy(), seed)
-                           for m, g in keys.groupby("model", sort=True)])  # fmt: skip
+    rank = np.concatenate(
+        [_key_rank(m, g["layer"].to_numpy(), g["head"].to_numpy(), seed) for m, g in keys.groupby("model", sort=True)]
+    )
     pool = np.sort(np.argsort(rank, kind="stable")[:MAX_POOL]) if len(X) > MAX_POOL else np.arange(len(X))
     Xp = X[pool]
     chosen, scan, results, test = consensus.choose_classes(JOINT, Xp, k, seed, structure_draws)
@@ -80,28 +98,60 @@ def joint_consensus(models: list[ModelHeads], kind: str = consensus.DEFAULT_FEAT
     centres = np.array([Xp[pool_labels == c].mean(axis=0) for c in classes])
     labels = classes[np.argmin(((X[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2), axis=1)]
     labels[pool] = pool_labels
-    bands = np.concatenate([depth_bands(g["layer"].to_numpy(), int(g["n_layers"].iloc[0]), n_bands)
-                            for _, g in keys.groupby("model", sort=True)])  # fmt: skip
+    bands = np.concatenate(
+        [
+            depth_bands(g["layer"].to_numpy(), int(g["n_layers"].iloc[0]), n_bands)
+            for _, g in keys.groupby("model", sort=True)
+        ]
+    )
     out_labels = keys.assign(band=bands, **{"class": labels})
     if chosen >= 2:
         bootstrap = consensus.mean_pairwise_ari(runs)
-        seeds = [consensus.ari(pool_labels, consensus.consensus(Xp, chosen, consensus.N_RUNS, seed + s)[0])
-                 for s in consensus.PERTURBED_SEEDS]  # fmt: skip
-        stability = pd.DataFrame([consensus.ari_summary("bootstrap runs (pairwise)", bootstrap),
-                                  consensus.ari_summary("consensus: master seed", seeds)])  # fmt: skip
+        seeds = [
+            consensus.ari(pool_labels, consensus.consensus(Xp, chosen, consensus.N_RUNS, seed + s)[0])
+            for s in consensus.PERTURBED_SEEDS
+        ]
+        stability = pd.DataFrame(
+            [
+                consensus.ari_summary("bootstrap runs (pairwise)", bootstrap),
+                consensus.ari_summary("consensus: master seed", seeds),
+            ]
+        )
     else:
-        stability = pd.DataFrame([{"perturbation": "k = 1 (no classes): stability not applicable", "n": 0,
-                                   "ari_median": np.nan, "ari_min": np.nan, "ari_q05": np.nan, "ari_q95": np.nan}])  # fmt: skip
+        stability = pd.DataFrame(
+            [
+                {
+                    "perturbation": "k = 1 (no classes): stability not applicable",
+                    "n": 0,
+                    "ari_median": np.nan,
+                    "ari_min": np.nan,
+                    "ari_q05": np.nan,
+                    "ari_q95": np.nan,
+                }
+            ]
+        )
     ev_all = np.vstack(evs) if len({e.shape[1] for e in evs}) == 1 else None
     rows = pd.DataFrame({"layer": keys["layer"], "n_layers": keys["n_layers"]})
     if ev_all is not None:  # the metrics the eigenvalues give (the rest of the rows is not in ModelHeads)
         metrics_of = spectrum_metrics(np.sqrt(np.clip(ev_all, 0.0, None)))
-        rows = rows.assign(stable_rank=metrics_of["stable_rank"], effective_rank=metrics_of["effective_rank"],
-                           spectral_norm=metrics_of["spectral_norm"])  # fmt: skip
+        rows = rows.assign(
+            stable_rank=metrics_of["stable_rank"],
+            effective_rank=metrics_of["effective_rank"],
+            spectral_norm=metrics_of["spectral_norm"],
+        )
     metrics = class_profiles.metrics_table(JOINT, rows, labels)
     names = {int(c): class_profiles.class_name(metrics[metrics["class"] == c], len(classes)) for c in classes}
-    table = pd.DataFrame([{"class": int(c), "name": names[int(c)], "n_heads": int((labels == c).sum()),
-                           "share": float((labels == c).mean())} for c in classes])  # fmt: skip
+    table = pd.DataFrame(
+        [
+            {
+                "class": int(c),
+                "name": names[int(c)],
+                "n_heads": int((labels == c).sum()),
+                "share": float((labels == c).mean()),
+            }
+            for c in classes
+        ]
+    )
     return JointConsensusResult(
         k=chosen,
         taxonomy_structure=test.assign(pooled_heads=len(pool), all_heads=len(X)),
@@ -120,16 +170,25 @@ def crosswalk(a: pd.DataFrame, b: pd.DataFrame, system_a: str, system_b: str) ->
 
     ``a``, ``b``: label tables (model, layer, head, class) of two class systems, matched on (model, layer, head).
     """
-    merged = a[["model", "layer", "head", "class"]].merge(b[["model", "layer", "head", "class"]],
-                                                          on=["model", "layer", "head"], suffixes=("_a", "_b"))  # fmt: skip
+    merged = a[["model", "layer", "head", "class"]].merge(
+        b[["model", "layer", "head", "class"]], on=["model", "layer", "head"], suffixes=("_a", "_b")
+    )
     parts = []
     for model, g in merged.groupby("model", sort=True):
         counts = g.groupby(["class_a", "class_b"]).size().rename("n_heads").reset_index()
-        parts.append(counts.assign(model=model, system_a=system_a, system_b=system_b,
-                                   ari=consensus.ari(g["class_a"].to_numpy(), g["class_b"].to_numpy())))  # fmt: skip
+        parts.append(
+            counts.assign(
+                model=model,
+                system_a=system_a,
+                system_b=system_b,
+                ari=consensus.ari(g["class_a"].to_numpy(), g["class_b"].to_numpy()),
+            )
+        )
     if not parts:
         return pd.DataFrame(columns=CROSSWALK_COLUMNS)
     table = pd.concat(parts, ignore_index=True)[CROSSWALK_COLUMNS]
     if "variant" in a.columns:  # as every table of a report: the variant the classes were computed on
-        table.insert(table.columns.get_loc("model") + 1, "variant", table["model"].map(a.groupby("model")["variant"].first()))
+        table.insert(
+            table.columns.get_loc("model") + 1, "variant", table["model"].map(a.groupby("model")["variant"].first())
+        )
     return table

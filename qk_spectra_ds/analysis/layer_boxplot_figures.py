@@ -34,8 +34,14 @@ STAT_TITLES = {
 }
 """The full name of each per-head statistic of the box plots (the eigenvalues are l = s^2 of W_QK)."""
 
-STAT_UNITS = {"MIN": "λ = σ² of W_QK", "MAX": "λ = σ² of W_QK", "MEAN": "λ = σ² of W_QK", "STD": "λ = σ² of W_QK",
-              "SKEW": "dimensionless", "KURTOSIS": "dimensionless"}
+STAT_UNITS = {
+    "MIN": "λ = σ² of W_QK",
+    "MAX": "λ = σ² of W_QK",
+    "MEAN": "λ = σ² of W_QK",
+    "STD": "λ = σ² of W_QK",
+    "SKEW": "dimensionless",
+    "KURTOSIS": "dimensionless",
+}
 """Units of each statistic: those of an eigenvalue λ = σ²(W_QK) (squared weight units), or none."""
 
 MEDIAN_COLOR, MEAN_COLOR, SPLINE_COLOR = "C1", "C2", "C0"
@@ -57,9 +63,15 @@ def _layer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True, min_n_ticks=2))
 
 
-def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi: float = plots.DEFAULT_DPI,
-                     variant: str | None = None, tests: Sequence[str] | None = None,
-                     skipped: str | None = None, circuit: str | None = None) -> list[Path]:  # fmt: skip
+def plot_layer_stats(
+    results: Sequence,
+    paths: Sequence[str | os.PathLike],
+    dpi: float = plots.DEFAULT_DPI,
+    variant: str | None = None,
+    tests: Sequence[str] | None = None,
+    skipped: str | None = None,
+    circuit: str | None = None,
+) -> list[Path]:
     """Classification B figures of one model, one per statistic (:class:`~qk_spectra_ds.analysis.layer_boxplots.LayerStat`).
 
     Each figure is the original's box plot, 20 x 8 inches (35 wide above 100
@@ -71,20 +83,30 @@ def plot_layer_stats(results: Sequence, paths: Sequence[str | os.PathLike], dpi:
     """
     tests = list(tests) if tests is not None else [None] * len(results)
     with plots.style():
-        return [plots.save_figure(layer_stat_figure(result, variant, text, skipped, circuit), path, dpi)
-                for result, path, text in zip(results, paths, tests)]  # fmt: skip
+        return [
+            plots.save_figure(layer_stat_figure(result, variant, text, skipped, circuit), path, dpi)
+            for result, path, text in zip(results, paths, tests)
+        ]
 
 
-def layer_stat_figure(result, variant: str | None = None, tests: str | None = None, skipped: str | None = None,
-                      circuit: str | None = None):  # fmt: skip
+def layer_stat_figure(
+    result, variant: str | None = None, tests: str | None = None, skipped: str | None = None, circuit: str | None = None
+):
     """The box plot of one :class:`~qk_spectra_ds.analysis.layer_boxplots.LayerStat` (see :func:`plot_layer_stats`); call inside :func:`plots.style`."""
     layers = np.asarray(result.layers, dtype=np.float64)
     n = len(layers)
     fig = plots.new_figure((35 if n > WIDE_LAYERS else 20, 8))
     ax = fig.add_subplot()
-    ax.boxplot(result.values, positions=layers, widths=0.5, showmeans=True, showfliers=False, manage_ticks=False,
-               medianprops={"color": MEDIAN_COLOR, "lw": 2},
-               meanprops={"marker": "^", "markerfacecolor": MEAN_COLOR, "markeredgecolor": MEAN_COLOR})  # fmt: skip
+    ax.boxplot(
+        result.values,
+        positions=layers,
+        widths=0.5,
+        showmeans=True,
+        showfliers=False,
+        manage_ticks=False,
+        medianprops={"color": MEDIAN_COLOR, "lw": 2},
+        meanprops={"marker": "^", "markerfacecolor": MEAN_COLOR, "markeredgecolor": MEAN_COLOR},
+    )
     spline = result.spline_x is not None
     if spline:  # the spline is fitted on positions 0..n-1: put it at the layer numbers
         x = np.interp(result.spline_x, np.arange(n), layers)
@@ -98,11 +120,16 @@ def layer_stat_figure(result, variant: str | None = None, tests: str | None = No
     ax.set_xlabel("layer" + (f" ({skipped})" if skipped else ""))
     ax.set_ylabel(f"{name} of a head ({unit})" if unit else f"{name} of a head")
     if tests is not None:  # the default method: valid tests only, never the asymptotic p-value
-        ax.set_title(f"{result.model_id}: {name} by layer{plots.variant_suffix(variant, circuit)}\nper-layer medians: {tests}", fontsize=13)
+        ax.set_title(
+            f"{result.model_id}: {name} by layer{plots.variant_suffix(variant, circuit)}\nper-layer medians: {tests}",
+            fontsize=13,
+        )
     else:
         bds = "NaN" if not np.isfinite(result.bds) else f"{result.bds:.2f}"
-        ax.set_title(f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
-                     f"asymptotic p-value: {result.p_value:.2e}){plots.variant_suffix(variant, circuit)}")  # fmt: skip
+        ax.set_title(
+            f"{result.model_id}: {name} by layer (BDS of the per-layer medians: {bds}, "
+            f"asymptotic p-value: {result.p_value:.2e}){plots.variant_suffix(variant, circuit)}"
+        )
     _box_legend(ax, spline)
     plots.tight_layout(fig)
     return fig

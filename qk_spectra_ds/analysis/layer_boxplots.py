@@ -125,7 +125,9 @@ def smoothing_spline(means: np.ndarray, s: float = SPLINE_S, k: int = SPLINE_K, 
     return x_new, np.asarray(spline(x_new))
 
 
-def layer_stat(rows: pd.DataFrame, stat: str, skip_layers_below: int = SKIP_LAYERS_BELOW, model_id: str | None = None) -> LayerStat:
+def layer_stat(
+    rows: pd.DataFrame, stat: str, skip_layers_below: int = SKIP_LAYERS_BELOW, model_id: str | None = None
+) -> LayerStat:
     """Classification B of one statistic for one model's rows (columns layer, head, ``ev_<stat>``)."""
     column = stat_column(stat)
     stat = str(stat).upper()
@@ -145,11 +147,16 @@ def layer_stat(rows: pd.DataFrame, stat: str, skip_layers_below: int = SKIP_LAYE
     means = np.array([v.mean() for v in values])
     bds_stat, p_value = bds_test(medians, name=f"{model_id} {stat}")
     spline_x, spline_y = smoothing_spline(means)
-    return LayerStat(model_id, stat, [int(x) for x in layers], values, medians, means, bds_stat, p_value, spline_x, spline_y)
+    return LayerStat(
+        model_id, stat, [int(x) for x in layers], values, medians, means, bds_stat, p_value, spline_x, spline_y
+    )
 
 
 def layer_stats(
-    rows: pd.DataFrame, stats: list[str] | None = None, skip_layers_below: int = SKIP_LAYERS_BELOW, model_id: str | None = None
+    rows: pd.DataFrame,
+    stats: list[str] | None = None,
+    skip_layers_below: int = SKIP_LAYERS_BELOW,
+    model_id: str | None = None,
 ) -> list[LayerStat]:
     """:func:`layer_stat` for each statistic (default: all six)."""
     return [layer_stat(rows, s, skip_layers_below, model_id) for s in (stats or STAT_NAMES)]

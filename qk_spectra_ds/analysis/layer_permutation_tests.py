@@ -105,7 +105,8 @@ def permutation_pvalues(
         null = fn(perms)
         null = null[np.isfinite(null)]
         out[f"{name}_null_q025"], out[f"{name}_null_q975"] = (
-            (float(np.quantile(null, 0.025)), float(np.quantile(null, 0.975))) if len(null) else (np.nan, np.nan))
+            (float(np.quantile(null, 0.025)), float(np.quantile(null, 0.975))) if len(null) else (np.nan, np.nan)
+        )
         if not np.isfinite(observed):
             out[name], out[f"p_{name}"] = float("nan"), float("nan")
             continue
@@ -158,15 +159,35 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
 
 
 def series_tests(
-    model_id: str, stat: str, medians: np.ndarray, original_p: float = float("nan"),
-    n_permutations: int = N_PERMUTATIONS, min_layers: int = MIN_LAYERS, seed: int = 0,
+    model_id: str,
+    stat: str,
+    medians: np.ndarray,
+    original_p: float = float("nan"),
+    n_permutations: int = N_PERMUTATIONS,
+    min_layers: int = MIN_LAYERS,
+    seed: int = 0,
 ) -> dict:
     """One row of the layer-test table for one model and statistic (permutation BDS, trend; untested if short)."""
     x = np.asarray(medians, dtype=np.float64)
-    row = {"model": model_id, "stat": stat, "n_layers": len(x), "bds": np.nan, "bds_null_q025": np.nan,
-           "bds_null_q975": np.nan, "p_bds_permutation": np.nan, "trend_rho": np.nan, "trend_rho_low": np.nan,
-           "trend_rho_high": np.nan, "p_trend_permutation": np.nan, "profile_r2": np.nan, "profile_r2_null_q975": np.nan,
-           "p_profile_permutation": np.nan, "p_bds_asymptotic": float(original_p), "note": "", "power_note": ""}  # fmt: skip
+    row = {
+        "model": model_id,
+        "stat": stat,
+        "n_layers": len(x),
+        "bds": np.nan,
+        "bds_null_q025": np.nan,
+        "bds_null_q975": np.nan,
+        "p_bds_permutation": np.nan,
+        "trend_rho": np.nan,
+        "trend_rho_low": np.nan,
+        "trend_rho_high": np.nan,
+        "p_trend_permutation": np.nan,
+        "profile_r2": np.nan,
+        "profile_r2_null_q975": np.nan,
+        "p_profile_permutation": np.nan,
+        "p_bds_asymptotic": float(original_p),
+        "note": "",
+        "power_note": "",
+    }
     if len(x) < int(min_layers):
         row["note"] = f"not tested: {len(x)} layers < {int(min_layers)}"
         return row
@@ -176,23 +197,54 @@ def series_tests(
     rng = np.random.default_rng(seed_for(model_id, stat, seed=seed))
     res = permutation_pvalues(x, n_permutations, rng)
     low, high = spearman_interval(res["trend_rho"], len(x))
-    row.update(bds=res["bds"], bds_null_q025=res["bds_null_q025"], bds_null_q975=res["bds_null_q975"],
-               p_bds_permutation=res["p_bds"], trend_rho=res["trend_rho"], trend_rho_low=low, trend_rho_high=high,
-               p_trend_permutation=res["p_trend_rho"], profile_r2=res["profile_r2"],
-               profile_r2_null_q975=res["profile_r2_null_q975"], p_profile_permutation=res["p_profile_r2"],
-               power_note=power_note(len(x)))  # fmt: skip
+    row.update(
+        bds=res["bds"],
+        bds_null_q025=res["bds_null_q025"],
+        bds_null_q975=res["bds_null_q975"],
+        p_bds_permutation=res["p_bds"],
+        trend_rho=res["trend_rho"],
+        trend_rho_low=low,
+        trend_rho_high=high,
+        p_trend_permutation=res["p_trend_rho"],
+        profile_r2=res["profile_r2"],
+        profile_r2_null_q975=res["profile_r2_null_q975"],
+        p_profile_permutation=res["p_profile_r2"],
+        power_note=power_note(len(x)),
+    )
     return row
 
 
 TESTS = ("bds", "trend", "profile")
 
 LAYER_TEST_COLUMNS = [
-    "model", "stat", "n_layers", "bds", "bds_null_q025", "bds_null_q975", "p_bds_permutation", "p_bds_permutation_holm",
-    "p_bds_permutation_holm_all", "trend_rho", "trend_rho_low", "trend_rho_high", "p_trend_permutation",
-    "p_trend_permutation_holm", "p_trend_permutation_holm_all", "profile_r2", "profile_r2_null_q975",
-    "p_profile_permutation", "p_profile_permutation_holm", "p_profile_permutation_holm_all", "correction",
-    "p_bds_asymptotic", "p_bds_asymptotic_kind", "original_significant", "survives", "note", "power_note",
-]  # fmt: skip
+    "model",
+    "stat",
+    "n_layers",
+    "bds",
+    "bds_null_q025",
+    "bds_null_q975",
+    "p_bds_permutation",
+    "p_bds_permutation_holm",
+    "p_bds_permutation_holm_all",
+    "trend_rho",
+    "trend_rho_low",
+    "trend_rho_high",
+    "p_trend_permutation",
+    "p_trend_permutation_holm",
+    "p_trend_permutation_holm_all",
+    "profile_r2",
+    "profile_r2_null_q975",
+    "p_profile_permutation",
+    "p_profile_permutation_holm",
+    "p_profile_permutation_holm_all",
+    "correction",
+    "p_bds_asymptotic",
+    "p_bds_asymptotic_kind",
+    "original_significant",
+    "survives",
+    "note",
+    "power_note",
+]
 """``*_holm``: Holm within the model (its statistics x the three tests); ``*_holm_all``: Holm across every
 test of the report (all models), filled by :func:`correct_across`; ``survives`` uses the report-wide column."""
 
@@ -220,7 +272,7 @@ def _holm_columns(table: pd.DataFrame, idx, suffix: str) -> None:
     stacked = np.concatenate([table.loc[idx, f"p_{t}_permutation"].to_numpy(np.float64) for t in TESTS])
     adjusted = holm(stacked)
     for i, test in enumerate(TESTS):
-        table.loc[idx, f"p_{test}_permutation_{suffix}"] = adjusted[i * len(idx):(i + 1) * len(idx)]
+        table.loc[idx, f"p_{test}_permutation_{suffix}"] = adjusted[i * len(idx) : (i + 1) * len(idx)]
 
 
 def correct_across(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
@@ -234,7 +286,10 @@ def correct_across(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     m = int(sum(np.isfinite(table[f"p_{t}_permutation"].to_numpy(np.float64)).sum() for t in TESTS))
     table["correction"] = CORRECTION.format(m=m)
     table["survives"] = table["original_significant"].astype(bool) & (table["p_bds_permutation_holm_all"] < alpha)
-    return table[[c for c in LAYER_TEST_COLUMNS if c in table.columns] + [c for c in table.columns if c not in LAYER_TEST_COLUMNS]]
+    return table[
+        [c for c in LAYER_TEST_COLUMNS if c in table.columns]
+        + [c for c in table.columns if c not in LAYER_TEST_COLUMNS]
+    ]
 
 
 POWER_SIMULATIONS = 400
@@ -249,9 +304,16 @@ def shapes(n: int, effect: float = POWER_EFFECT_SD) -> dict[str, np.ndarray]:
     return {"linear": effect * (t - t.min()) / np.ptp(t), "hump": effect * (1.0 - t**2)}
 
 
-def simulated_power(n: int, n_sim: int = POWER_SIMULATIONS, effect: float = POWER_EFFECT_SD, alpha: float = ALPHA,
-                    seed: int = 0, n_stats: int = 6, null_draws: int = POWER_NULL_DRAWS,
-                    n_permutations: int = N_PERMUTATIONS) -> dict:  # fmt: skip
+def simulated_power(
+    n: int,
+    n_sim: int = POWER_SIMULATIONS,
+    effect: float = POWER_EFFECT_SD,
+    alpha: float = ALPHA,
+    seed: int = 0,
+    n_stats: int = 6,
+    null_draws: int = POWER_NULL_DRAWS,
+    n_permutations: int = N_PERMUTATIONS,
+) -> dict:
     """Rejection rates of the three tests at ``alpha`` after Holm over ``3 * n_stats`` tests, per shape.
 
     Shapes: ``null`` (i.i.d. Gaussian noise), ``linear`` and ``hump``
@@ -298,12 +360,14 @@ def power_at(n: int) -> dict:
 def power_note(n: int) -> str:
     """The power of the three tests at ``n`` layers, in words (for the table's notes)."""
     p = power_at(int(n))
-    return (f"power at {n} layers, Holm over 6 stats x 3 tests, {POWER_SIMULATIONS} simulations; profile spanning "
-            f"{POWER_EFFECT_SD:g} noise sd: "
-            f"linear: trend {p['linear']['trend']:.0%}, BDS {p['linear']['bds']:.0%}, "
-            f"profile {p['linear']['profile']:.0%}; hump: trend {p['hump']['trend']:.0%}, "
-            f"BDS {p['hump']['bds']:.0%}, profile {p['hump']['profile']:.0%}; i.i.d. noise: "
-            f"{max(p['null'].values()):.0%} at most")  # fmt: skip
+    return (
+        f"power at {n} layers, Holm over 6 stats x 3 tests, {POWER_SIMULATIONS} simulations; profile spanning "
+        f"{POWER_EFFECT_SD:g} noise sd: "
+        f"linear: trend {p['linear']['trend']:.0%}, BDS {p['linear']['bds']:.0%}, "
+        f"profile {p['linear']['profile']:.0%}; hump: trend {p['hump']['trend']:.0%}, "
+        f"BDS {p['hump']['bds']:.0%}, profile {p['hump']['profile']:.0%}; i.i.d. noise: "
+        f"{max(p['null'].values()):.0%} at most"
+    )
 
 
 def figure_title_text(row: pd.Series | dict, n_permutations: int = N_PERMUTATIONS, min_layers: int = MIN_LAYERS) -> str:
@@ -312,16 +376,24 @@ def figure_title_text(row: pd.Series | dict, n_permutations: int = N_PERMUTATION
     Never the asymptotic BDS p-value, which is invalid at these lengths.
     """
     row = dict(row)
-    if not np.isfinite(row.get("p_bds_permutation", np.nan)) and not np.isfinite(row.get("p_trend_permutation", np.nan)):
+    if not np.isfinite(row.get("p_bds_permutation", np.nan)) and not np.isfinite(
+        row.get("p_trend_permutation", np.nan)
+    ):
         note = str(row.get("note") or "")
         n = int(row.get("n_layers", 0))
-        return f"not tested (n = {n} < {int(min_layers)} layers)" if "layers <" in note or not note else f"not tested ({note.removeprefix('not tested: ')})"
+        return (
+            f"not tested (n = {n} < {int(min_layers)} layers)"
+            if "layers <" in note or not note
+            else f"not tested ({note.removeprefix('not tested: ')})"
+        )
 
     def p(name: str) -> str:
         value = row.get(f"p_{name}_permutation_holm", np.nan)
         return "NaN" if not np.isfinite(value) else f"{value:.3f}"
 
-    return (f"permutation tests ({n_permutations} shufflings), p Holm-adjusted within the model: "
-            f"BDS {row['bds']:.2f} (null 95%: {row['bds_null_q025']:.2f}..{row['bds_null_q975']:.2f}), p = {p('bds')}; "
-            f"trend ρ = {row['trend_rho']:.2f} [{row['trend_rho_low']:.2f}, {row['trend_rho_high']:.2f}], p = {p('trend')}; "
-            f"profile R² = {row['profile_r2']:.2f}, p = {p('profile')}")  # fmt: skip
+    return (
+        f"permutation tests ({n_permutations} shufflings), p Holm-adjusted within the model: "
+        f"BDS {row['bds']:.2f} (null 95%: {row['bds_null_q025']:.2f}..{row['bds_null_q975']:.2f}), p = {p('bds')}; "
+        f"trend ρ = {row['trend_rho']:.2f} [{row['trend_rho_low']:.2f}, {row['trend_rho_high']:.2f}], p = {p('trend')}; "
+        f"profile R² = {row['profile_r2']:.2f}, p = {p('profile')}"
+    )

@@ -61,15 +61,44 @@ _DTYPE_STATE = (3, "<", None, None, None, -1, -1, 0)
 
 _DATA_OPCODES = frozenset(
     {
-        "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK",
-        "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
-        "SETITEM", "SETITEMS", "APPEND", "APPENDS",
-        "NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2",
-        "SHORT_BINUNICODE", "BINUNICODE", "SHORT_BINBYTES", "BINBYTES",
-        "MEMOIZE", "BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET",
-        "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD",
+        "PROTO",
+        "FRAME",
+        "STOP",
+        "MARK",
+        "POP",
+        "POP_MARK",
+        "EMPTY_DICT",
+        "EMPTY_LIST",
+        "EMPTY_TUPLE",
+        "TUPLE",
+        "TUPLE1",
+        "TUPLE2",
+        "TUPLE3",
+        "SETITEM",
+        "SETITEMS",
+        "APPEND",
+        "APPENDS",
+        "NONE",
+        "NEWTRUE",
+        "NEWFALSE",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "SHORT_BINBYTES",
+        "BINBYTES",
+        "MEMOIZE",
+        "BINPUT",
+        "LONG_BINPUT",
+        "BINGET",
+        "LONG_BINGET",
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "REDUCE",
+        "BUILD",
     }
-)  # fmt: skip
+)
 """Opcodes of protocol 2-4 pickles of dicts, lists and numpy arrays; no object-construction opcodes."""
 _PUT_OPCODES = frozenset({"MEMOIZE", "BINPUT", "LONG_BINPUT"})
 _GET_OPCODES = frozenset({"BINGET", "LONG_BINGET"})
@@ -285,7 +314,9 @@ def _materialize(obj: Any, seen: set[int], depth: int = 0) -> Any:
         return obj.array
     if isinstance(obj, (dict, list)):
         if depth >= MAX_DEPTH:
-            raise LegacyFormatError(f"containers nested more than {MAX_DEPTH} deep: not the layout of the legacy pickles")
+            raise LegacyFormatError(
+                f"containers nested more than {MAX_DEPTH} deep: not the layout of the legacy pickles"
+            )
         if id(obj) in seen:
             raise LegacyFormatError(
                 "a dict or list is referenced twice (shared or self-referencing): not the layout of the legacy pickles"
@@ -324,4 +355,3 @@ def safe_load(source: str | os.PathLike | bytes) -> Any:
         raise type(exc)(f"{name}: {exc}") from None
     except Exception as exc:  # a malformed stream the opcode walk let through
         raise LegacyFormatError(f"{name} is not a readable pickle: {type(exc).__name__}: {exc}") from None
-

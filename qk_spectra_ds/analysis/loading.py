@@ -93,8 +93,16 @@ def load_spectra(
         ``keep_spectra``. :func:`add_transformer_lens_names` adds the
         TransformerLens names of the heads.
     """
-    return select_spectra(read_config(dataset, family, revision), models, variant, skip_nonfinite, pool_legacy,
-                          keep_spectra, keep_positional, circuit)  # fmt: skip
+    return select_spectra(
+        read_config(dataset, family, revision),
+        models,
+        variant,
+        skip_nonfinite,
+        pool_legacy,
+        keep_spectra,
+        keep_positional,
+        circuit,
+    )
 
 
 def select_spectra(
@@ -123,7 +131,9 @@ def select_spectra(
     check_values(frame, singular_values, source.where)
     check_stored_values(table, frame, source.where)  # every stored statistic, metric and summary against the arrays
     if keep_spectra:
-        frame.insert(frame.columns.get_loc(SPECTRUM_COLUMN), "singular_values", [singular_values[i] for i in frame.index])
+        frame.insert(
+            frame.columns.get_loc(SPECTRUM_COLUMN), "singular_values", [singular_values[i] for i in frame.index]
+        )
     if keep_positional:
         offsets = list_column(table, "offsets", np.int64)
         positional = nested_list_column(table, "positional_singular_values")
@@ -153,4 +163,3 @@ def add_transformer_lens_names(frame: pd.DataFrame) -> pd.DataFrame:
     out["tl_module"] = [transformer_lens_name(layer, 0)[0] for layer in out["layer"]]
     out["tl_head"] = out["head"].astype("int64")
     return out
-

@@ -64,14 +64,21 @@ def with_consensus_classes(embedding: pd.DataFrame, consensus_labels: pd.DataFra
 
 def label_table(model_id: str, rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Columns model, layer, head, class: one row per head, sorted by layer then head."""
-    table = pd.DataFrame({"model": model_id, "layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(),
-                          "class": labels})  # fmt: skip
+    table = pd.DataFrame(
+        {"model": model_id, "layer": rows["layer"].to_numpy(), "head": rows["head"].to_numpy(), "class": labels}
+    )
     return table.sort_values(["layer", "head"], kind="stable").reset_index(drop=True)
 
 
 def analyze_model(
-    model_id: str, rows: pd.DataFrame, family_dir: str, params: Params, do_clusters: bool, do_boxplots: bool,
-    null_eigenvalues: np.ndarray | None = None, other_rows: pd.DataFrame | None = None,
+    model_id: str,
+    rows: pd.DataFrame,
+    family_dir: str,
+    params: Params,
+    do_clusters: bool,
+    do_boxplots: bool,
+    null_eigenvalues: np.ndarray | None = None,
+    other_rows: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Classification A and/or B of one model; figures written, tables returned (runs in a worker).
 
@@ -91,8 +98,9 @@ def analyze_model(
             t1 = time.perf_counter()
             figure = Path("ESDs") / f"{slug}.{params.format}"
             esd_title = model_id if params.method == "original" else f"{model_id}: {ORIGINAL_CLASSES_NOTE}"
-            class_figures.plot_clusters(classifier, family_dir_path / figure, title=esd_title, dpi=params.dpi, variant=variant,
-                                        circuit=circuit)  # fmt: skip
+            class_figures.plot_clusters(
+                classifier, family_dir_path / figure, title=esd_title, dpi=params.dpi, variant=variant, circuit=circuit
+            )
             out["timings"]["clusters"] = t1 - t0
             out["timings"]["clusters figures"] = time.perf_counter() - t1
             out["classes"] = classifier.class_table().assign(model=model_id)[CLASS_COLUMNS]
@@ -101,26 +109,56 @@ def analyze_model(
             out["figures"].append(figure.as_posix())
             if params.method == "consensus":
                 t0 = time.perf_counter()
-                result = consensus.analyze(model_id, rows, params.features, params.k, params.n_bins, params.quantile,
-                                           params.seed, null_eigenvalues)  # fmt: skip
+                result = consensus.analyze(
+                    model_id,
+                    rows,
+                    params.features,
+                    params.k,
+                    params.n_bins,
+                    params.quantile,
+                    params.seed,
+                    null_eigenvalues,
+                )
                 figure = Path("consensus") / f"{slug}.{params.format}"
-                consensus.plot_consensus(result, family_dir_path / figure, title=f"{model_id}: consensus classes",
-                                         dpi=params.dpi, variant=variant, circuit=circuit)  # fmt: skip
+                consensus.plot_consensus(
+                    result,
+                    family_dir_path / figure,
+                    title=f"{model_id}: consensus classes",
+                    dpi=params.dpi,
+                    variant=variant,
+                    circuit=circuit,
+                )
                 out["figures"].append(figure.as_posix())
                 figure = Path("consensus") / f"{slug}_class_profiles.{params.format}"
                 named = dict(zip(result.consensus_classes["class"], result.consensus_classes["name"]))
-                class_profiles.plot_profiles(result.class_profiles, named, family_dir_path / figure,
-                                             f"{model_id}: singular-value profile of each class", params.dpi, variant,
-                                             circuit)  # fmt: skip
+                class_profiles.plot_profiles(
+                    result.class_profiles,
+                    named,
+                    family_dir_path / figure,
+                    f"{model_id}: singular-value profile of each class",
+                    params.dpi,
+                    variant,
+                    circuit,
+                )
                 out["figures"].append(figure.as_posix())
                 out["consensus"] = result.tables()
                 out["k"] = result.k
                 out["embedding"] = with_consensus_classes(out["embedding"], result.consensus_labels)
                 if other_rows is not None and len(other_rows):
-                    pair = sorted([(variant, rows), (variant_of(other_rows), other_rows)],
-                                  key=lambda item: item[0] != "raw")  # raw first: transitions read raw -> folded
-                    summary, moves = variants_compare.compare(model_id, pair[0][1], pair[1][1], (pair[0][0], pair[1][0]),
-                                                              params.features, params.k, params.n_bins, params.quantile, params.seed)  # fmt: skip
+                    pair = sorted(
+                        [(variant, rows), (variant_of(other_rows), other_rows)], key=lambda item: item[0] != "raw"
+                    )  # raw first: transitions read raw -> folded
+                    summary, moves = variants_compare.compare(
+                        model_id,
+                        pair[0][1],
+                        pair[1][1],
+                        (pair[0][0], pair[1][0]),
+                        params.features,
+                        params.k,
+                        params.n_bins,
+                        params.quantile,
+                        params.seed,
+                    )
                     out["consensus"] = {**out["consensus"], "variants_ari": summary, "variants_transitions": moves}
                 out["timings"]["consensus"] = time.perf_counter() - t0
         if do_boxplots:
@@ -130,18 +168,33 @@ def analyze_model(
             titles, skipped = None, None
             if params.method == "consensus":  # tests first: the box plots' titles show them, not the asymptotic p
                 t2 = time.perf_counter()
-                tested = [layer_permutation_tests.series_tests(model_id, r.stat, r.medians, r.p_value, params.permutations,
-                                                   params.min_layers, params.seed) for r in results]  # fmt: skip
+                tested = [
+                    layer_permutation_tests.series_tests(
+                        model_id, r.stat, r.medians, r.p_value, params.permutations, params.min_layers, params.seed
+                    )
+                    for r in results
+                ]
                 legacy = bool((rows["variant"] == "legacy").any())
-                out["layer_tests"] = layer_permutation_tests.layer_test_table(tested).assign(legacy_pairing_error=legacy)
-                titles = [layer_permutation_tests.figure_title_text(r, params.permutations, params.min_layers)
-                          for r in out["layer_tests"].to_dict("records")]  # fmt: skip
+                out["layer_tests"] = layer_permutation_tests.layer_test_table(tested).assign(
+                    legacy_pairing_error=legacy
+                )
+                titles = [
+                    layer_permutation_tests.figure_title_text(r, params.permutations, params.min_layers)
+                    for r in out["layer_tests"].to_dict("records")
+                ]
                 skipped = layer_boxplots.skipped_layers_text(rows, params.skip_layers_below)
                 out["timings"]["layer tests"] = time.perf_counter() - t2
             t1 = time.perf_counter()
             figures = [Path("plots") / res.stat / f"{slug}_{res.stat}_box.{params.format}" for res in results]
-            layer_boxplot_figures.plot_layer_stats(results, [family_dir_path / f for f in figures], dpi=params.dpi, variant=variant,
-                                                   tests=titles, skipped=skipped, circuit=circuit)  # fmt: skip
+            layer_boxplot_figures.plot_layer_stats(
+                results,
+                [family_dir_path / f for f in figures],
+                dpi=params.dpi,
+                variant=variant,
+                tests=titles,
+                skipped=skipped,
+                circuit=circuit,
+            )
             out["figures"].extend(f.as_posix() for f in figures)
             out["timings"]["boxplots"] = t1 - t0
             out["timings"]["boxplots figures"] = time.perf_counter() - t1
@@ -150,13 +203,31 @@ def analyze_model(
     return out
 
 
-def model_tasks(models, family_dir: Path, params: Params, do_clusters: bool, do_boxplots: bool,
-                 null_rows: dict[str, np.ndarray] | None = None,
-                 other: dict[str, pd.DataFrame] | None = None) -> list[Task]:  # fmt: skip
+def model_tasks(
+    models,
+    family_dir: Path,
+    params: Params,
+    do_clusters: bool,
+    do_boxplots: bool,
+    null_rows: dict[str, np.ndarray] | None = None,
+    other: dict[str, pd.DataFrame] | None = None,
+) -> list[Task]:
     null_rows, other = null_rows or {}, other or {}
     return [
-        Task(model_id, float(len(rows)), analyze_model,
-             (model_id, rows, str(family_dir), params, do_clusters, do_boxplots, null_rows.get(model_id),
-              other.get(model_id)))  # fmt: skip
+        Task(
+            model_id,
+            float(len(rows)),
+            analyze_model,
+            (
+                model_id,
+                rows,
+                str(family_dir),
+                params,
+                do_clusters,
+                do_boxplots,
+                null_rows.get(model_id),
+                other.get(model_id),
+            ),
+        )
         for model_id, rows in models
     ]

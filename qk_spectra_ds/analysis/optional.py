@@ -26,5 +26,7 @@ def require(module: str, needed_by: str) -> None:
     """Nothing if ``module`` is installed, else a one-line :class:`AnalysisError` naming the extra to install."""
     if not available(module):
         package, extra = PACKAGES[module]
-        raise AnalysisError(f"{needed_by} needs {package}, which is not installed: "
-                            f"pip install 'qk-spectra-ds[{extra}]' (or leave the flag out)")  # fmt: skip
+        raise AnalysisError(
+            f"{needed_by} needs {package}, which is not installed: "
+            f"pip install 'qk-spectra-ds[{extra}]' (or leave the flag out)"
+        )

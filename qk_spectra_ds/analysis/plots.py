@@ -107,8 +107,9 @@ CHAR_WIDTH_EM = 0.62
 def wrap_to(text: str, width_in: float, fontsize_pt: float) -> str:
     """``text`` with each line wrapped at word boundaries so that it fits ``width_in`` inches at ``fontsize_pt``."""
     chars = max(12, int(width_in * 72.0 / (CHAR_WIDTH_EM * float(fontsize_pt))))
-    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) if len(line) > chars else line
-                     for line in text.split("\n"))  # fmt: skip
+    return "\n".join(
+        textwrap.fill(line, chars, break_on_hyphens=False) if len(line) > chars else line for line in text.split("\n")
+    )
 
 
 MIN_TITLE_IN = 3.5
@@ -124,9 +125,11 @@ def fit_texts(fig) -> None:
             text.set_text(wrap_to(text.get_text(), 0.96 * width, text.get_fontsize()))
     for ax in fig.axes:
         box = ax.get_position()
-        for text, room in ((ax.title, min(0.96 * width, max(box.width * width, MIN_TITLE_IN))),
-                           (ax.xaxis.label, max(box.width * width, 1.0)),
-                           (ax.yaxis.label, max(box.height * height, 1.0))):  # fmt: skip
+        for text, room in (
+            (ax.title, min(0.96 * width, max(box.width * width, MIN_TITLE_IN))),
+            (ax.xaxis.label, max(box.width * width, 1.0)),
+            (ax.yaxis.label, max(box.height * height, 1.0)),
+        ):
             if text.get_text():
                 text.set_text(wrap_to(text.get_text(), room, text.get_fontsize()))
 

@@ -88,7 +88,7 @@ def positional_table(model_id: str, rows: pd.DataFrame, variant: str) -> pd.Data
 
 def offsets_of(table: pd.DataFrame) -> list[int]:
     """The offsets a :func:`positional_table` holds, ascending."""
-    return sorted(int(c[len(RATIO_PREFIX):]) for c in table.columns if c.startswith(RATIO_PREFIX))
+    return sorted(int(c[len(RATIO_PREFIX) :]) for c in table.columns if c.startswith(RATIO_PREFIX))
 
 
 def offset_label(delta: int) -> str:
@@ -107,7 +107,7 @@ def colour_norm(values: np.ndarray):
     finite = values[np.isfinite(values) & (values > 0)]
     spread = float(np.abs(np.log10(finite)).max()) if len(finite) else 0.0
     spread = max(spread, math.log10(1 / 0.9))
-    return LogNorm(vmin=10 ** -spread, vmax=10 ** spread)
+    return LogNorm(vmin=10**-spread, vmax=10**spread)
 
 
 def positional_figure(table: pd.DataFrame, n_layers: int, title: str):
@@ -131,13 +131,22 @@ def positional_figure(table: pd.DataFrame, n_layers: int, title: str):
         heads, matrix = _layer_matrix(table, layer, offsets)
         ax.set_title(f"layer {layer}", fontsize=11)
         if not len(heads):
-            ax.text(0.5, 0.5, "no rotary\n(no positional\nspectra)", ha="center", va="center", fontsize=9,
-                    transform=ax.transAxes, color="0.4")  # fmt: skip
+            ax.text(
+                0.5,
+                0.5,
+                "no rotary\n(no positional\nspectra)",
+                ha="center",
+                va="center",
+                fontsize=9,
+                transform=ax.transAxes,
+                color="0.4",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             continue
-        image = ax.imshow(np.where(matrix > 0, matrix, np.nan), aspect="auto", cmap="RdBu_r", norm=norm,
-                          interpolation="nearest")  # fmt: skip
+        image = ax.imshow(
+            np.where(matrix > 0, matrix, np.nan), aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest"
+        )
         xs = range(0, len(offsets), max(1, math.ceil(len(offsets) / 5)))  # thinned: readable at 20 offsets
         ax.set_xticks(list(xs), [offset_label(offsets[i]) for i in xs], fontsize=8)
         ys = range(0, len(heads), max(1, math.ceil(len(heads) / 8)))
@@ -161,7 +170,11 @@ def _colour_bar(fig, image, norm) -> None:
     bar.set_label("s₁(δ) / s₁(0): spectral norm at offset δ\nrelative to no offset (log scale)", fontsize=10)
 
 
-def plot_positional(table: pd.DataFrame, n_layers: int, path: str | os.PathLike, title: str, dpi: float | None = None) -> Path:
+def plot_positional(
+    table: pd.DataFrame, n_layers: int, path: str | os.PathLike, title: str, dpi: float | None = None
+) -> Path:
     """Write :func:`positional_figure` to ``path`` (format from its suffix) at ``dpi``."""
     with plots.style():
-        return plots.save_figure(positional_figure(table, n_layers, title), path, plots.DEFAULT_DPI if dpi is None else dpi)
+        return plots.save_figure(
+            positional_figure(table, n_layers, title), path, plots.DEFAULT_DPI if dpi is None else dpi
+        )

@@ -63,7 +63,9 @@ def read_config(dataset: str | os.PathLike, family: str = "all", revision: str |
         root = Path(os.path.expanduser(dataset))
         if root.is_dir():
             files = config_files(root, family)
-            verification.verify_local(root, files)  # each file's SHA-256 and size against the card, before anything is read
+            verification.verify_local(
+                root, files
+            )  # each file's SHA-256 and size against the card, before anything is read
             owners = check_local_files(root, files)
     load_revision = revision
     if not is_local_dataset(dataset):  # the Hub's LFS SHA-256 of each file at the commit against its card
@@ -124,15 +126,21 @@ def check_local_files(root: Path, files: Sequence[Path]) -> dict[tuple[str, str]
     for path in files:
         name = path.relative_to(root).as_posix()
         if path.stat().st_size == 0:
-            raise LoadError(f"{name} is empty (0 bytes), so corrupt (an interrupted copy?): rebuild that model or remove the file")
+            raise LoadError(
+                f"{name} is empty (0 bytes), so corrupt (an interrupted copy?): rebuild that model or remove the file"
+            )
         try:
             parquet = pq.ParquetFile(path)
             columns = [c for c in ("model_id", "variant") if c in parquet.schema_arrow.names]
             keys = parquet.read(columns=columns).to_pydict() if len(columns) == 2 else None
         except Exception as exc:  # ArrowInvalid, OSError, ...: the bytes are not a parquet file
-            raise LoadError(f"{name} is corrupt (not a readable parquet file: {one_line(exc)}): rebuild that model or remove the file") from None
+            raise LoadError(
+                f"{name} is corrupt (not a readable parquet file: {one_line(exc)}): rebuild that model or remove the file"
+            ) from None
         if parquet.metadata.num_rows == 0:
-            raise LoadError(f"{name} has no rows (a model file holds one row per head): rebuild that model or remove the file")
+            raise LoadError(
+                f"{name} has no rows (a model file holds one row per head): rebuild that model or remove the file"
+            )
         if keys is None:
             continue  # a missing column is reported by the schema check, naming the file
         for key in dict.fromkeys(zip(keys["model_id"], keys["variant"])):
@@ -199,9 +207,13 @@ def _load_arrow(dataset: str, family: str, revision: str | None, files: Sequence
         source, name = dataset, family
     try:
         with quiet_datasets():
-            ds = datasets.load_dataset(source, name, revision=revision, split="train", **kwargs, **verification.page_checksum_options())
+            ds = datasets.load_dataset(
+                source, name, revision=revision, split="train", **kwargs, **verification.page_checksum_options()
+            )
     except DatasetNotFoundError as exc:
-        raise LoadError(f"dataset {dataset!r} not found{'' if revision is None else f' at revision {revision!r}'}: {one_line(exc)}") from exc
+        raise LoadError(
+            f"dataset {dataset!r} not found{'' if revision is None else f' at revision {revision!r}'}: {one_line(exc)}"
+        ) from exc
     except datasets.exceptions.DatasetGenerationError as exc:
         raise LoadError(_describe_generation_error(dataset, family, exc)) from exc
     except datasets.exceptions.NonMatchingSplitsSizesError as exc:
@@ -262,7 +274,9 @@ def _verify_hub_or_error(dataset: str, family: str, revision: str | None) -> str
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise LoadError(f"dataset {dataset!r} not found{at}: {one_line(exc, first_line=True)}") from None
     except hub_errors() as exc:
-        raise LoadError(f"cannot load {dataset!r}{at}: {type(exc).__name__}: {one_line(exc, first_line=True)}") from None
+        raise LoadError(
+            f"cannot load {dataset!r}{at}: {type(exc).__name__}: {one_line(exc, first_line=True)}"
+        ) from None
 
 
 def _describe_generation_error(dataset: str, family: str, exc: BaseException) -> str:
@@ -308,7 +322,9 @@ def _is_corrupt_file_error(exc: BaseException) -> bool:
     while cause is not None:
         if isinstance(cause, (pa.ArrowInvalid, pa.ArrowIOError)):  # a CastError (schema mismatch) is neither
             text = str(cause).lower()
-            if any(word in text for word in ("magic", "footer", "parquet", "corrupt", "truncat", "eof", "size", "checksum")):
+            if any(
+                word in text for word in ("magic", "footer", "parquet", "corrupt", "truncat", "eof", "size", "checksum")
+            ):
                 return True
         cause = cause.__cause__ or cause.__context__
     return False
@@ -358,16 +374,28 @@ def nested_list_column(table, name: str) -> list[np.ndarray | None]:
         lengths = inner_lengths[starts[row] : starts[row + 1]]
         width = int(lengths[0]) if len(lengths) else 0
         if (lengths != width).any():
-            raise LoadError(f"column {name}: row {row} holds lists of different lengths ({sorted(set(lengths.tolist()))})")
+            raise LoadError(
+                f"column {name}: row {row} holds lists of different lengths ({sorted(set(lengths.tolist()))})"
+            )
         lo = value_starts[starts[row]]
         out.append(values[lo : lo + width * len(lengths)].reshape(len(lengths), width))
     return out
 
 
 REQUIRED_COLUMNS = (
-    "model_id", "family", "variant", "layer", "head", "n_layers", "n_heads", "d_head",
-    "eigenvalues", *schema.EV_STAT_COLUMNS, "builder_version", "schema_version",
-)  # fmt: skip
+    "model_id",
+    "family",
+    "variant",
+    "layer",
+    "head",
+    "n_layers",
+    "n_heads",
+    "d_head",
+    "eigenvalues",
+    *schema.EV_STAT_COLUMNS,
+    "builder_version",
+    "schema_version",
+)
 """Columns the analysis needs in every row (the others may be null, e.g. in legacy rows)."""
 
 
@@ -402,4 +430,3 @@ def _local_files_lacking(dataset: str, family: str, column: str) -> list[str]:
         except Exception:  # unreadable: datasets would have said so
             continue
     return lacking
-

@@ -79,7 +79,9 @@ def _check_positional(table, frame: pd.DataFrame, rows: np.ndarray, where, sv_va
     pos_values = inner.values.to_numpy(zero_copy_only=False)
     offsets_values = off_col.values.to_numpy(zero_copy_only=False)
     d_head = frame["d_head"].to_numpy(dtype=np.int64)
-    stored_all = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in SUMMARY_COLUMNS if c in frame.columns}
+    stored_all = {
+        c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in SUMMARY_COLUMNS if c in frame.columns
+    }
     has_off, has_pos = off_valid[rows], pos_valid[rows]
     summaries = np.zeros(len(rows), dtype=bool)
     for values in stored_all.values():
@@ -91,7 +93,11 @@ def _check_positional(table, frame: pd.DataFrame, rows: np.ndarray, where, sv_va
         first_inner = pos_starts[rows]
         counts = pos_len[rows]
         owner = np.repeat(np.arange(len(rows)), counts)
-        lists = np.concatenate([np.arange(s, s + c) for s, c in zip(first_inner, counts)]) if counts.sum() else np.zeros(0, np.int64)
+        lists = (
+            np.concatenate([np.arange(s, s + c) for s, c in zip(first_inner, counts)])
+            if counts.sum()
+            else np.zeros(0, np.int64)
+        )
         wrong = inner_len[lists] != d_head[owner]
         np.logical_and.at(inner_ok, owner[wrong], False)
     checks = [

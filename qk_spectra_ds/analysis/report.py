@@ -103,9 +103,12 @@ def run_report(
     if swept and log is not None:
         log(f"removed {len(swept)} temporary file(s) an interrupted report left in {family_dir}")
     t0 = time.perf_counter()
-    source = read_config(dataset, family, revision)  # the one read of the dataset: every frame below is selected from it
-    frame = select_spectra(source, models, variant, skip_nonfinite, keep_positional=params.method == "consensus",
-                           circuit=circuit)  # fmt: skip
+    source = read_config(
+        dataset, family, revision
+    )  # the one read of the dataset: every frame below is selected from it
+    frame = select_spectra(
+        source, models, variant, skip_nonfinite, keep_positional=params.method == "consensus", circuit=circuit
+    )
     frame, positional_rows = split_positional(frame)  # the workers need only the eigenvalues
     null_rows, other = {}, {}
     if params.method == "consensus":  # the null variant; raw against folded where the dataset has both
@@ -116,8 +119,10 @@ def run_report(
     per_model = split_models(frame)
     outputs.models = [m for m, _ in per_model]
     outputs.order = html_report.size_order(frame) if len(frame) else []
-    tasks = [*model_tasks(per_model, family_dir, params, True, True, null_rows, other),
-             joint_task(frame, family_dir, family, params)]  # fmt: skip
+    tasks = [
+        *model_tasks(per_model, family_dir, params, True, True, null_rows, other),
+        joint_task(frame, family_dir, family, params),
+    ]
     t1 = time.perf_counter()
     n_jobs = jobs_for(jobs, per_model)
     results = run_tasks(tasks, n_jobs, progress, desc="report")
@@ -135,8 +140,7 @@ def run_report(
     write_index(outputs, family, str(dataset), revision, params, frame)
     for section in sections:
         append_section(outputs.family_dir / "index.md", section)
-    html_report.write_html(outputs, family, str(dataset), revision, params, frame,
-                           html_report.size_order(frame))  # fmt: skip
+    html_report.write_html(outputs, family, str(dataset), revision, params, frame, html_report.size_order(frame))
     outputs.timings["tables + index"] = time.perf_counter() - t2
     outputs.timings["total"] = time.perf_counter() - t0
     if log is not None:
@@ -144,15 +148,23 @@ def run_report(
     return outputs
 
 
-def store_sections(outputs: Outputs, frame: pd.DataFrame, positional_rows: pd.DataFrame | None, source: LoadedConfig,
-                   params: Params, variants: dict[str, str], log: Callable[[str], None] | None) -> list[str]:  # fmt: skip
+def store_sections(
+    outputs: Outputs,
+    frame: pd.DataFrame,
+    positional_rows: pd.DataFrame | None,
+    source: LoadedConfig,
+    params: Params,
+    variants: dict[str, str],
+    log: Callable[[str], None] | None,
+) -> list[str]:
     """The sections drawn from the whole run: layer x head maps, crosswalk, positional, behaviour, QK and OV.
 
     Returns the Markdown of the sections that append to ``index.md`` (behaviour, QK and OV; where the data has them).
     """
     t2 = time.perf_counter()
-    store_head_maps(outputs, frame, params.format, params.dpi,
-                    lambda model: variant_suffix(variants.get(model), circuit_of(frame)))  # fmt: skip
+    store_head_maps(
+        outputs, frame, params.format, params.dpi, lambda model: variant_suffix(variants.get(model), circuit_of(frame))
+    )
     outputs.timings["layer x head maps (wall, all models)"] = time.perf_counter() - t2
     store_crosswalk(outputs)
     if positional_rows is not None:
@@ -175,7 +187,9 @@ def null_variant_rows(source: LoadedConfig, frame: pd.DataFrame) -> dict[str, np
 
     Nothing for legacy data (the original study made no null rows) or when ``frame`` is the null variant itself.
     """
-    return {m: eigenvalue_matrix(rows).astype(np.float64) for m, rows in other_variant_rows(source, frame, "null").items()}
+    return {
+        m: eigenvalue_matrix(rows).astype(np.float64) for m, rows in other_variant_rows(source, frame, "null").items()
+    }
 
 
 def other_variant_rows(source: LoadedConfig, frame: pd.DataFrame, variant: str) -> dict[str, pd.DataFrame]:
@@ -190,15 +204,22 @@ def other_variant_rows(source: LoadedConfig, frame: pd.DataFrame, variant: str) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            other = select_spectra(source, models=wanted, variant=variant, skip_nonfinite=True, circuit=circuit_of(frame))
+            other = select_spectra(
+                source, models=wanted, variant=variant, skip_nonfinite=True, circuit=circuit_of(frame)
+            )
     except AnalysisError:
         return {}
     return dict(split_models(other))
 
 
 def run_clusters(
-    frame: pd.DataFrame, out: str | os.PathLike, family: str, params: Params | None = None,
-    jobs: int | None = None, progress: bool = True, outputs: Outputs | None = None,
+    frame: pd.DataFrame,
+    out: str | os.PathLike,
+    family: str,
+    params: Params | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+    outputs: Outputs | None = None,
 ) -> Outputs:
     """Classification A for every model of ``frame``: ESD figures; ``classes.csv``, ``labels.csv`` under ``method="original"``.
 
@@ -208,8 +229,13 @@ def run_clusters(
 
 
 def run_boxplots(
-    frame: pd.DataFrame, out: str | os.PathLike, family: str, params: Params | None = None,
-    jobs: int | None = None, progress: bool = True, outputs: Outputs | None = None,
+    frame: pd.DataFrame,
+    out: str | os.PathLike,
+    family: str,
+    params: Params | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+    outputs: Outputs | None = None,
 ) -> Outputs:
     """Classification B for every model of ``frame``: box plots; ``bds.csv`` under ``method="original"``, else ``layer_tests.csv``."""
     return _run_per_model(frame, out, family, params or Params(), jobs, progress, outputs, False, True)
@@ -223,7 +249,9 @@ def _run_per_model(frame, out, family, params, jobs, progress, outputs, do_clust
     outputs.order = outputs.order or html_report.size_order(frame)
     desc = "clusters" if do_clusters else "boxplots"
     t0 = time.perf_counter()
-    results = run_tasks(model_tasks(models, family_dir, params, do_clusters, do_boxplots), jobs_for(jobs, models), progress, desc)
+    results = run_tasks(
+        model_tasks(models, family_dir, params, do_clusters, do_boxplots), jobs_for(jobs, models), progress, desc
+    )
     outputs.timings[f"{desc} (wall)"] = time.perf_counter() - t0
     store_models(outputs, list(results.values()), do_clusters, do_boxplots, params.method)
     label_tables(outputs, circuit_of(frame))
@@ -231,8 +259,12 @@ def _run_per_model(frame, out, family, params, jobs, progress, outputs, do_clust
 
 
 def run_taxonomy(
-    frame: pd.DataFrame, out: str | os.PathLike, family: str, params: Params | None = None,
-    progress: bool = True, outputs: Outputs | None = None,
+    frame: pd.DataFrame,
+    out: str | os.PathLike,
+    family: str,
+    params: Params | None = None,
+    progress: bool = True,
+    outputs: Outputs | None = None,
 ) -> Outputs:
     """Joint taxonomy across the models of ``frame``: figures under ``taxonomy/``, tables under ``tables/``."""
     params = params or Params()
@@ -243,11 +275,17 @@ def run_taxonomy(
     outputs.order = outputs.order or html_report.size_order(frame)
     t0 = time.perf_counter()
     variants = model_variants(frame)
-    result = taxonomy_task(model_heads(frame), str(family_dir), family, params, html_report.size_order(frame),
-                           sorted(set(variants.values())), circuit_of(frame))  # fmt: skip
+    result = taxonomy_task(
+        model_heads(frame),
+        str(family_dir),
+        family,
+        params,
+        html_report.size_order(frame),
+        sorted(set(variants.values())),
+        circuit_of(frame),
+    )
     replay_warnings(result.pop("warnings", []))
     outputs.timings["taxonomy (wall)"] = time.perf_counter() - t0
     store_taxonomy(outputs, result, variants)
     label_tables(outputs, circuit_of(frame))
     return outputs
-

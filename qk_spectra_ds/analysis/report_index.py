@@ -22,8 +22,17 @@ from .model_analysis import model_variants
 from .report_params import Params
 from .report_tables import JOINT_CONSENSUS_TABLES, Outputs
 
-_FORMATS = {"alpha": "{:.2f}", "theta": "{:.2f}", "jsd": "{:.3f}", "share": "{:.1%}", "bds": "{:.2f}", "p_value": "{:.2e}",
-            "p_bds_asymptotic": "{:.2e}", "p_bds_permutation_holm": "{:.3f}", "p_trend_permutation_holm": "{:.3f}"}
+_FORMATS = {
+    "alpha": "{:.2f}",
+    "theta": "{:.2f}",
+    "jsd": "{:.3f}",
+    "share": "{:.1%}",
+    "bds": "{:.2f}",
+    "p_value": "{:.2e}",
+    "p_bds_asymptotic": "{:.2e}",
+    "p_bds_permutation_holm": "{:.3f}",
+    "p_trend_permutation_holm": "{:.3f}",
+}
 """As the original figures print them: alpha/theta to 2 decimals, JSD to 3, BDS 2, p-values 2e."""
 
 
@@ -49,13 +58,21 @@ def _model_section(model: str, figures: list[str], classes: pd.DataFrame | None,
         stat = Path(path).parent.name
         row = bds[(bds["model"] == model) & (bds["stat"] == stat)] if bds is not None else []
         found = len(row) > 0
-        boxes.append({"stat": stat, "path": path, "bds": float(row["bds"].iloc[0]) if found else None,
-                      "p_value": float(row["p_value"].iloc[0]) if found else None})  # fmt: skip
+        boxes.append(
+            {
+                "stat": stat,
+                "path": path,
+                "bds": float(row["bds"].iloc[0]) if found else None,
+                "p_value": float(row["p_value"].iloc[0]) if found else None,
+            }
+        )
     esd = [f for f in figures if f.startswith("ESDs/")]
     return {
         "id": model,
         "esd": esd[0] if esd else None,
-        "classes": None if classes is None else classes[classes["model"] == model].drop(columns=["model", "variant", "circuit"], errors="ignore"),
+        "classes": None
+        if classes is None
+        else classes[classes["model"] == model].drop(columns=["model", "variant", "circuit"], errors="ignore"),
         "boxes": boxes,
     }
 
@@ -82,26 +99,81 @@ def _consensus_section(outputs: Outputs, model: str) -> dict:
         "class_profiles": profiles[0] if profiles else None,
         "maps": [f for f in outputs.figures.get(model, []) if f.startswith("maps/")],
         "k": chosen,
-        "classes": _rows_of(outputs, "consensus_classes", model, ["class", "name", "n_heads", "share", "confidence_mean"]),
-        "structure": _rows_of(outputs, "structure", model, ["statistic", "null_median", "null_q05", "p_value", "n_draws",
-                                                            "seed", "conclusion", "k"]),
-        "metrics": _rows_of(outputs, "class_metrics", model, ["class", "metric", "class_median", "class_q25", "class_q75",
-                                                              "others_median", "auc_vs_others", "auc_low", "auc_high"]),
-        "stability": _rows_of(outputs, "stability", model, ["perturbation", "n", "ari_median", "ari_min", "ari_q05", "ari_q95"]),
-        "null": _rows_of(outputs, "null_classes", model, ["class", "n_heads", "median_ks_distance", "ks_excess",
-                                                          "ks_excess_low", "ks_excess_high", "median_fraction_outside",
-                                                          "share_beyond_null", "mc_ks_q99", "mc_ks_q99_low", "mc_ks_q99_high",
-                                                          "distinguishable_from_gaussian",
-                                                          "distinguishable_from_null_variant"]),
-        "variants": _rows_of(outputs, "variants_ari", model, ["variant_a", "variant_b", "n_heads", "k_a", "k_b", "ari"]),
-        "tests": _rows_of(outputs, "layer_tests", model, ["stat", "n_layers", "bds", "p_bds_permutation_holm",
-                                                          "p_bds_permutation_holm_all", "trend_rho", "trend_rho_low",
-                                                          "trend_rho_high", "p_trend_permutation_holm",
-                                                          "p_trend_permutation_holm_all", "profile_r2",
-                                                          "p_profile_permutation_holm", "p_profile_permutation_holm_all",
-                                                          "survives", "note"]),
+        "classes": _rows_of(
+            outputs, "consensus_classes", model, ["class", "name", "n_heads", "share", "confidence_mean"]
+        ),
+        "structure": _rows_of(
+            outputs,
+            "structure",
+            model,
+            ["statistic", "null_median", "null_q05", "p_value", "n_draws", "seed", "conclusion", "k"],
+        ),
+        "metrics": _rows_of(
+            outputs,
+            "class_metrics",
+            model,
+            [
+                "class",
+                "metric",
+                "class_median",
+                "class_q25",
+                "class_q75",
+                "others_median",
+                "auc_vs_others",
+                "auc_low",
+                "auc_high",
+            ],
+        ),
+        "stability": _rows_of(
+            outputs, "stability", model, ["perturbation", "n", "ari_median", "ari_min", "ari_q05", "ari_q95"]
+        ),
+        "null": _rows_of(
+            outputs,
+            "null_classes",
+            model,
+            [
+                "class",
+                "n_heads",
+                "median_ks_distance",
+                "ks_excess",
+                "ks_excess_low",
+                "ks_excess_high",
+                "median_fraction_outside",
+                "share_beyond_null",
+                "mc_ks_q99",
+                "mc_ks_q99_low",
+                "mc_ks_q99_high",
+                "distinguishable_from_gaussian",
+                "distinguishable_from_null_variant",
+            ],
+        ),
+        "variants": _rows_of(
+            outputs, "variants_ari", model, ["variant_a", "variant_b", "n_heads", "k_a", "k_b", "ari"]
+        ),
+        "tests": _rows_of(
+            outputs,
+            "layer_tests",
+            model,
+            [
+                "stat",
+                "n_layers",
+                "bds",
+                "p_bds_permutation_holm",
+                "p_bds_permutation_holm_all",
+                "trend_rho",
+                "trend_rho_low",
+                "trend_rho_high",
+                "p_trend_permutation_holm",
+                "p_trend_permutation_holm_all",
+                "profile_r2",
+                "p_profile_permutation_holm",
+                "p_profile_permutation_holm_all",
+                "survives",
+                "note",
+            ],
+        ),
         "power": _rows_of(outputs, "layer_tests", model, ["power_note"]),
-    }  # fmt: skip
+    }
 
 
 def render_index(
@@ -109,9 +181,13 @@ def render_index(
 ) -> str:
     """The text of ``index.md`` (template ``templates/index.md``): the run's provenance, tables and figures."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_TEMPLATES), trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined, autoescape=False,
-    )  # fmt: skip
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
     env.filters["fmt"] = format_value
     env.filters["md"], env.filters["code"] = md_text, md_code  # user text (model ids, names) shown as itself
     joint = outputs.frames.get("taxonomy_classes")
@@ -126,12 +202,21 @@ def render_index(
         parameters={k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
         tables=outputs.tables,
         joint_classes=None if joint is None else joint.drop(columns=["variant", "circuit"], errors="ignore"),
-        joint_variant=None if joint is None or "variant" not in joint else "+".join(sorted(set(map(str, joint["variant"])))),
+        joint_variant=None
+        if joint is None or "variant" not in joint
+        else "+".join(sorted(set(map(str, joint["variant"])))),
         joint_figures=outputs.figures.get("taxonomy", []),
-        joint_consensus={name: outputs.frames.get(name) for name in JOINT_CONSENSUS_TABLES if outputs.frames.get(name) is not None},
+        joint_consensus={
+            name: outputs.frames.get(name) for name in JOINT_CONSENSUS_TABLES if outputs.frames.get(name) is not None
+        },
         models=[
-            {**_model_section(m, outputs.figures.get(m, []), outputs.frames.get("classes"), outputs.frames.get("bds")),
-             "consensus": _consensus_section(outputs, m), "variant": variants.get(m)}
+            {
+                **_model_section(
+                    m, outputs.figures.get(m, []), outputs.frames.get("classes"), outputs.frames.get("bds")
+                ),
+                "consensus": _consensus_section(outputs, m),
+                "variant": variants.get(m),
+            }
             for m in outputs.models
         ],
         method=params.method,

@@ -88,6 +88,11 @@ class Params:
 
     def classifier(self, **overrides: Any) -> taxonomy.SpectralHeadClassifier:
         """The classification-A estimator with these parameters (``overrides``: other estimator parameters)."""
-        settings = dict(n_clusters=self.n_clusters, n_bins=self.n_bins, quantile=self.quantile,
-                        random_state=self.seed, embedding=self.embedding)  # fmt: skip
+        settings = dict(
+            n_clusters=self.n_clusters,
+            n_bins=self.n_bins,
+            quantile=self.quantile,
+            random_state=self.seed,
+            embedding=self.embedding,
+        )
         return taxonomy.SpectralHeadClassifier(**{**settings, **overrides})

@@ -24,16 +24,33 @@ from .report_params import DEFAULT_METHOD, Params
 from .selection import split_models
 from .table_files import TABLES, write_table
 
-CONSENSUS_TABLES = ("consensus_classes", "consensus_labels", "k_selection", "stability", "energy", "null_classes",
-                    "variants_ari", "variants_transitions", "structure", "class_profiles", "class_metrics")
+CONSENSUS_TABLES = (
+    "consensus_classes",
+    "consensus_labels",
+    "k_selection",
+    "stability",
+    "energy",
+    "null_classes",
+    "variants_ari",
+    "variants_transitions",
+    "structure",
+    "class_profiles",
+    "class_metrics",
+)
 
 
 ORIGINAL_TABLES = ("classes", "labels", "bds")
 """The tables only ``--method original`` writes (order-dependent KMeans, asymptotic BDS)."""
 
 
-JOINT_CONSENSUS_TABLES = ("taxonomy_structure", "taxonomy_k_selection", "taxonomy_consensus_classes",
-                          "taxonomy_consensus_labels", "taxonomy_stability", "crosswalk")
+JOINT_CONSENSUS_TABLES = (
+    "taxonomy_structure",
+    "taxonomy_k_selection",
+    "taxonomy_consensus_classes",
+    "taxonomy_consensus_labels",
+    "taxonomy_stability",
+    "crosswalk",
+)
 """The default method's joint taxonomy (``joint_consensus``) and the crosswalk between class systems."""
 
 
@@ -97,8 +114,9 @@ def ordered(outputs: Outputs, table: pd.DataFrame) -> pd.DataFrame:
     return html_report.in_display_order(table, outputs.order) if outputs.order else table
 
 
-def store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: bool, do_boxplots: bool,
-                  method: str = DEFAULT_METHOD) -> None:  # fmt: skip
+def store_models(
+    outputs: Outputs, results: list[dict[str, Any]], do_clusters: bool, do_boxplots: bool, method: str = DEFAULT_METHOD
+) -> None:
     """Write the per-model tables from the results (model order) and record the figures.
 
     The original method's ``classes``/``labels``/``bds`` tables (its single
@@ -113,7 +131,9 @@ def store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: b
     if do_clusters:
         outputs.frames["embedding"] = pd.concat([r["embedding"] for r in results], ignore_index=True)
     if do_clusters and original:
-        classes = ordered(outputs, with_variant(pd.concat([r["classes"] for r in results], ignore_index=True), variants))
+        classes = ordered(
+            outputs, with_variant(pd.concat([r["classes"] for r in results], ignore_index=True), variants)
+        )
         labels = ordered(outputs, with_variant(pd.concat([r["labels"] for r in results], ignore_index=True), variants))
         write_table(classes, tables / "classes.csv")
         write_table(labels, tables / "labels.csv")
@@ -126,8 +146,10 @@ def store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: b
         write_table(bds, tables / "bds.csv")
         outputs.tables["bds"] = f"{TABLES}/bds.csv"
         outputs.frames["bds"] = bds
-    per_model = {name: [r["consensus"][name] for r in results if len(r.get("consensus", {}).get(name, ()))]
-                 for name in CONSENSUS_TABLES}  # fmt: skip
+    per_model = {
+        name: [r["consensus"][name] for r in results if len(r.get("consensus", {}).get(name, ()))]
+        for name in CONSENSUS_TABLES
+    }
     per_model["layer_tests"] = [r["layer_tests"] for r in results if "layer_tests" in r]
     for name, parts in per_model.items():
         if parts:
@@ -135,7 +157,9 @@ def store_models(outputs: Outputs, results: list[dict[str, Any]], do_clusters: b
             if name == "layer_tests":  # Holm across every test of the report, beside the per-model column;
                 # the original's asymptotic p-value is invalid at these lengths: only whether it called the series
                 # significant is kept (original_significant), never the number
-                table = layer_permutation_tests.correct_across(table).drop(columns=["p_bds_asymptotic", "p_bds_asymptotic_kind"])
+                table = layer_permutation_tests.correct_across(table).drop(
+                    columns=["p_bds_asymptotic", "p_bds_asymptotic_kind"]
+                )
             table = ordered(outputs, with_variant(table, variants))
             write_table(table, tables / f"{name}.csv")
             outputs.tables[name] = f"{TABLES}/{name}.csv"
@@ -164,9 +188,17 @@ def store_crosswalk(outputs: Outputs) -> None:
         return
     parts = []
     if outputs.frames.get("consensus_labels") is not None:
-        parts.append(ordered(outputs, crosswalk(outputs.frames["consensus_labels"], joint, "per-model consensus", "joint consensus")))
+        parts.append(
+            ordered(
+                outputs, crosswalk(outputs.frames["consensus_labels"], joint, "per-model consensus", "joint consensus")
+            )
+        )
     if outputs.frames.get("taxonomy_labels") is not None:
-        parts.append(ordered(outputs, crosswalk(outputs.frames["taxonomy_labels"], joint, "joint original KMeans", "joint consensus")))
+        parts.append(
+            ordered(
+                outputs, crosswalk(outputs.frames["taxonomy_labels"], joint, "joint original KMeans", "joint consensus")
+            )
+        )
     if parts:
         table = pd.concat(parts, ignore_index=True)
         write_table(table, outputs.family_dir / TABLES / "crosswalk.csv")
@@ -181,13 +213,20 @@ def split_positional(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | 
     """``(frame without the positional lists, the rows' keys, summaries and lists)``; None when not loaded."""
     if not all(c in frame.columns for c in POSITIONAL_COLUMNS):
         return frame, None
-    keep = ["model_id", "variant", "layer", "head", "n_layers", "spectral_norm", *POSITIONAL_COLUMNS,
-            *(c for c in SUMMARY_COLUMNS if c in frame.columns)]  # fmt: skip
+    keep = [
+        "model_id",
+        "variant",
+        "layer",
+        "head",
+        "n_layers",
+        "spectral_norm",
+        *POSITIONAL_COLUMNS,
+        *(c for c in SUMMARY_COLUMNS if c in frame.columns),
+    ]
     return frame.drop(columns=list(POSITIONAL_COLUMNS)), frame[keep]
 
 
-def store_positional(outputs: Outputs, rows: pd.DataFrame, params: Params,
-                      log: Callable[[str], None] | None) -> None:  # fmt: skip
+def store_positional(outputs: Outputs, rows: pd.DataFrame, params: Params, log: Callable[[str], None] | None) -> None:
     """Per model with positional spectra: ``positional/<model>`` figure; all of them in ``tables/positional.csv``.
 
     Models without any (no rotary, built without offsets, legacy or null rows)
@@ -203,18 +242,24 @@ def store_positional(outputs: Outputs, rows: pd.DataFrame, params: Params,
         n_layers = part["n_layers"].dropna()
         n = int(n_layers.iloc[0]) if len(n_layers) else int(part["layer"].max()) + 1
         figure = f"positional/{model_slug(model_id)}.{params.format}"
-        title = (f"{model_id}: each head's spectral norm by query-key offset, s₁(δ) / s₁(0), per layer"
-                 + plots.variant_suffix(variant, circuit_of(part)))  # fmt: skip
+        title = (
+            f"{model_id}: each head's spectral norm by query-key offset, s₁(δ) / s₁(0), per layer"
+            + plots.variant_suffix(variant, circuit_of(part))
+        )
         positional.plot_positional(table, n, outputs.family_dir / figure, title, params.dpi)
         outputs.figures.setdefault(model_id, []).append(figure)
         tables.append(table)
     if without and log is not None:
-        log(f"positional: no positional spectra for {', '.join(without)} (no rotary layers, built without offsets, "
-            "or a legacy/null variant): no positional figure for them")  # fmt: skip
+        log(
+            f"positional: no positional spectra for {', '.join(without)} (no rotary layers, built without offsets, "
+            "or a legacy/null variant): no positional figure for them"
+        )
     if tables:
         table = pd.concat(tables, ignore_index=True)
         ratio_columns = [positional.ratio_column(d) for d in positional.offsets_of(table)]  # offsets ascending
-        table = ordered(outputs, table[["model", "variant", "layer", "head", *ratio_columns, *positional.SUMMARY_COLUMNS]])
+        table = ordered(
+            outputs, table[["model", "variant", "layer", "head", *ratio_columns, *positional.SUMMARY_COLUMNS]]
+        )
         write_table(table, outputs.family_dir / TABLES / "positional.csv")
         outputs.tables["positional"] = f"{TABLES}/positional.csv"
         outputs.frames["positional"] = table

@@ -68,11 +68,21 @@ NULL_QUANTILE = 0.99
 GRID_POINTS = 2000
 
 KNOWN_D_MODEL = {
-    "Qwen3-0.6B": 1024, "Qwen3-1.7B": 2048, "Qwen3-4B": 2560, "Qwen3-8B": 4096, "Qwen3-14B": 5120,
-    "Llama-3.2-1B-Instruct": 2048, "Llama-3.2-3B-Instruct": 3072, "Llama-3.1-8B-Instruct": 4096,
-    "Mistral-7B-Instruct-v0.1": 4096, "Mistral-7B-Instruct-v0.2": 4096, "Mistral-7B-Instruct-v0.3": 4096,
-    "gemma-2-2b-it": 2304, "gemma-2-9b-it": 3584, "gemma-2-27b-it": 4608,
-}  # fmt: skip
+    "Qwen3-0.6B": 1024,
+    "Qwen3-1.7B": 2048,
+    "Qwen3-4B": 2560,
+    "Qwen3-8B": 4096,
+    "Qwen3-14B": 5120,
+    "Llama-3.2-1B-Instruct": 2048,
+    "Llama-3.2-3B-Instruct": 3072,
+    "Llama-3.1-8B-Instruct": 4096,
+    "Mistral-7B-Instruct-v0.1": 4096,
+    "Mistral-7B-Instruct-v0.2": 4096,
+    "Mistral-7B-Instruct-v0.3": 4096,
+    "gemma-2-2b-it": 2304,
+    "gemma-2-9b-it": 3584,
+    "gemma-2-27b-it": 4608,
+}
 """``hidden_size`` from the published config.json of each of the original study's 14 models.
 
 Used only for legacy rows, whose pickles do not record ``d_model`` (the
@@ -213,8 +223,14 @@ def head_distances(eigenvalues: np.ndarray, c: float) -> tuple[np.ndarray, np.nd
 
 
 def class_null_table(
-    model_id: str, labels: np.ndarray, distance: np.ndarray, outside: np.ndarray, mc_distance: np.ndarray,
-    variant_distance: np.ndarray | None = None, quantile: float = NULL_QUANTILE, seed: int = 0,
+    model_id: str,
+    labels: np.ndarray,
+    distance: np.ndarray,
+    outside: np.ndarray,
+    mc_distance: np.ndarray,
+    variant_distance: np.ndarray | None = None,
+    quantile: float = NULL_QUANTILE,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Per class: median KS distance, median fraction outside, and whether it is distinguishable from the null(s)."""
     threshold = float(np.quantile(mc_distance, quantile))
@@ -223,22 +239,35 @@ def class_null_table(
     mc_boot = mc[rng.integers(0, len(mc), (N_BOOTSTRAP, len(mc)))]
     t_low, t_high = np.quantile(np.quantile(mc_boot, quantile, axis=1), [0.025, 0.975])
     mc_median_boot = np.median(mc_boot, axis=1)
-    v_threshold = float(np.quantile(variant_distance, quantile)) if variant_distance is not None and len(variant_distance) else np.nan
+    v_threshold = (
+        float(np.quantile(variant_distance, quantile))
+        if variant_distance is not None and len(variant_distance)
+        else np.nan
+    )
     rows = []
     for k in np.unique(labels):
         member = labels == k
         med = float(np.median(distance[member]))
         own = distance[member]
         excess = np.median(own[rng.integers(0, len(own), (N_BOOTSTRAP, len(own)))], axis=1) - mc_median_boot
-        rows.append({
-            "model": model_id, "class": int(k), "n_heads": int(member.sum()),
-            "median_ks_distance": med, "median_fraction_outside": float(np.median(outside[member])),
-            "ks_excess": med - float(np.median(mc)), "ks_excess_low": float(np.quantile(excess, 0.025)),
-            "ks_excess_high": float(np.quantile(excess, 0.975)),
-            "share_beyond_null": float((distance[member] > threshold).mean()),
-            "mc_ks_q99": threshold, "mc_ks_q99_low": float(t_low), "mc_ks_q99_high": float(t_high),
-            "n_monte_carlo": len(mc), "distinguishable_from_gaussian": bool(med > t_high),
-            "null_variant_ks_q99": v_threshold,
-            "distinguishable_from_null_variant": bool(med > v_threshold) if np.isfinite(v_threshold) else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": model_id,
+                "class": int(k),
+                "n_heads": int(member.sum()),
+                "median_ks_distance": med,
+                "median_fraction_outside": float(np.median(outside[member])),
+                "ks_excess": med - float(np.median(mc)),
+                "ks_excess_low": float(np.quantile(excess, 0.025)),
+                "ks_excess_high": float(np.quantile(excess, 0.975)),
+                "share_beyond_null": float((distance[member] > threshold).mean()),
+                "mc_ks_q99": threshold,
+                "mc_ks_q99_low": float(t_low),
+                "mc_ks_q99_high": float(t_high),
+                "n_monte_carlo": len(mc),
+                "distinguishable_from_gaussian": bool(med > t_high),
+                "null_variant_ks_q99": v_threshold,
+                "distinguishable_from_null_variant": bool(med > v_threshold) if np.isfinite(v_threshold) else None,
+            }
+        )
     return pd.DataFrame(rows)

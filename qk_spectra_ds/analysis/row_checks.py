@@ -72,7 +72,11 @@ def check_finite(frame: pd.DataFrame, skip: bool) -> pd.DataFrame:
         return frame
     first = frame.loc[bad].iloc[0]
     where = f"{first['model_id']} layer {first['layer']} head {first['head']}"
-    what = "an empty or null spectrum" if null[bad][0] else ("NaN/Inf eigenvalues" if bad_values[bad][0] else "NaN/Inf eigenvalue statistics")
+    what = (
+        "an empty or null spectrum"
+        if null[bad][0]
+        else ("NaN/Inf eigenvalues" if bad_values[bad][0] else "NaN/Inf eigenvalue statistics")
+    )
     if not skip:
         raise LoadError(
             f"{int(bad.sum())} head(s) have non-finite or missing spectra (first: {where}, {what}); "
@@ -99,26 +103,53 @@ def check_structure(frame: pd.DataFrame, singular_values: Sequence[np.ndarray | 
     every layer present with all its n_heads heads.
     """
     index = frame.index.to_numpy()
-    ints = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("layer", "head", "kv_head", "n_layers", "n_heads", "n_kv_heads", "d_head")}
+    ints = {
+        c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        for c in ("layer", "head", "kv_head", "n_layers", "n_heads", "n_kv_heads", "d_head")
+    }
     layer, head, n_layers, n_heads, d_head = (ints[c] for c in ("layer", "head", "n_layers", "n_heads", "d_head"))
     kv, n_kv = ints["kv_head"], ints["n_kv_heads"]
     ev_len = np.array([len(s) for s in frame[SPECTRUM_COLUMN]], dtype=np.float64)
-    sv_len = np.array([np.nan if singular_values[i] is None else len(singular_values[i]) for i in index], dtype=np.float64)
+    sv_len = np.array(
+        [np.nan if singular_values[i] is None else len(singular_values[i]) for i in index], dtype=np.float64
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         group = np.where(n_kv >= 1, n_heads // np.where(n_kv >= 1, n_kv, 1), np.nan)
         checks = [
-            (~((n_layers >= 1) & (n_heads >= 1) & (d_head >= 1)), lambda r: f"n_layers {r.n_layers}, n_heads {r.n_heads}, d_head {r.d_head}: each must be at least 1"),
-            (~((layer >= 0) & (layer < n_layers)), lambda r: f"layer {r.layer} is outside 0..{r.n_layers - 1} (n_layers {r.n_layers})"),
-            (~((head >= 0) & (head < n_heads)), lambda r: f"head {r.head} is outside 0..{r.n_heads - 1} (n_heads {r.n_heads})"),
-            (~np.isnan(n_kv) & ~((n_kv >= 1) & (n_heads % np.where(n_kv >= 1, n_kv, 1) == 0)), lambda r: f"n_heads {r.n_heads} is not a multiple of n_kv_heads {r.n_kv_heads}"),
-            (~np.isnan(kv) & ~np.isnan(group) & (kv != head // group), lambda r: f"kv_head {r.kv_head} is not head // (n_heads / n_kv_heads) = {int(r.head // (r.n_heads // r.n_kv_heads))}"),
+            (
+                ~((n_layers >= 1) & (n_heads >= 1) & (d_head >= 1)),
+                lambda r: f"n_layers {r.n_layers}, n_heads {r.n_heads}, d_head {r.d_head}: each must be at least 1",
+            ),
+            (
+                ~((layer >= 0) & (layer < n_layers)),
+                lambda r: f"layer {r.layer} is outside 0..{r.n_layers - 1} (n_layers {r.n_layers})",
+            ),
+            (
+                ~((head >= 0) & (head < n_heads)),
+                lambda r: f"head {r.head} is outside 0..{r.n_heads - 1} (n_heads {r.n_heads})",
+            ),
+            (
+                ~np.isnan(n_kv) & ~((n_kv >= 1) & (n_heads % np.where(n_kv >= 1, n_kv, 1) == 0)),
+                lambda r: f"n_heads {r.n_heads} is not a multiple of n_kv_heads {r.n_kv_heads}",
+            ),
+            (
+                ~np.isnan(kv) & ~np.isnan(group) & (kv != head // group),
+                lambda r: (
+                    f"kv_head {r.kv_head} is not head // (n_heads / n_kv_heads) = {int(r.head // (r.n_heads // r.n_kv_heads))}"
+                ),
+            ),
             (ev_len != d_head, lambda r: f"{len(r.eigenvalues)} eigenvalues, but d_head is {r.d_head}"),
-            (~np.isnan(sv_len) & (sv_len != d_head), lambda r: f"{len(singular_values[r.Index])} singular values, but d_head is {r.d_head}"),
+            (
+                ~np.isnan(sv_len) & (sv_len != d_head),
+                lambda r: f"{len(singular_values[r.Index])} singular values, but d_head is {r.d_head}",
+            ),
         ]
     for bad, describe in checks:
         if bad.any():
             row = next(frame.loc[bad].itertuples())
-            raise AnalysisError(f"{where(row.model_id, row.variant)}: layer {row.layer} head {row.head}: {describe(row)}")
+            raise AnalysisError(
+                f"{where(row.model_id, row.variant)}: layer {row.layer} head {row.head}: {describe(row)}"
+            )
     keys = ["model_id", "variant"]
     for column in ("n_layers", "n_heads", "d_head"):
         counts = frame.groupby(keys, sort=False)[column].nunique()
@@ -137,7 +168,9 @@ def check_structure(frame: pd.DataFrame, singular_values: Sequence[np.ndarray | 
     short = heads[heads["count"] != heads["n_heads"]]
     if len(short):
         (model, variant, layer_id), row = next(iter(short.iterrows()))
-        raise AnalysisError(f"{where(model, variant)}: layer {layer_id} has {row['count']} of its {row['n_heads']} heads")
+        raise AnalysisError(
+            f"{where(model, variant)}: layer {layer_id} has {row['count']} of its {row['n_heads']} heads"
+        )
 
 
 def spectrum_problem(
@@ -166,9 +199,17 @@ def spectrum_problem(
         return np.abs(a - b) <= 1e-5 * np.abs(b) + scale
 
     checks = [
-        (((sv < 0) | (ev < 0)).any(axis=1), lambda i: f"negative {'eigenvalue' if (ev[i] < 0).any() else 'singular value'} {min(ev[i].min(), sv[i].min()):.6g}"),
+        (
+            ((sv < 0) | (ev < 0)).any(axis=1),
+            lambda i: (
+                f"negative {'eigenvalue' if (ev[i] < 0).any() else 'singular value'} {min(ev[i].min(), sv[i].min()):.6g}"
+            ),
+        ),
         ((np.diff(sv, axis=1) > 0).any(axis=1), lambda i: "singular values are not in descending order"),
-        (~close(ev, sv**2, atol[:, None]).all(axis=1), lambda i: "eigenvalues are not the squares of the singular values"),
+        (
+            ~close(ev, sv**2, atol[:, None]).all(axis=1),
+            lambda i: "eigenvalues are not the squares of the singular values",
+        ),
     ]
     for name, values, scale in (("ev", ev, atol), ("sv", sv, sv_atol)):
         for stat, reduce in (("min", np.min), ("max", np.max)):
@@ -178,7 +219,14 @@ def spectrum_problem(
             published = np.asarray(published, dtype=np.float64)
             actual = reduce(values, axis=1)
             bad = np.isfinite(published) & ~close(published, actual, scale)
-            checks.append((bad, lambda i, n=f"{name}_{stat}", p=published, a=actual: f"{n} {p[i]:.6g} is not the spectrum's {n[3:]} {a[i]:.6g}"))
+            checks.append(
+                (
+                    bad,
+                    lambda i, n=f"{name}_{stat}", p=published, a=actual: (
+                        f"{n} {p[i]:.6g} is not the spectrum's {n[3:]} {a[i]:.6g}"
+                    ),
+                )
+            )
     for bad, describe in checks:
         bad = bad & finite
         if bad.any():
@@ -200,4 +248,3 @@ def check_values(frame: pd.DataFrame, singular_values: Sequence[np.ndarray | Non
             if problem is not None:
                 row = part.iloc[problem[0]]
                 raise AnalysisError(f"{where(model, variant)}: layer {row['layer']} head {row['head']}: {problem[1]}")
-

@@ -52,7 +52,9 @@ def _keyed(key: str, fn: Callable[..., dict[str, Any]], args: tuple) -> tuple[st
     return key, fn(*args)
 
 
-def run_tasks(tasks: list[Task], jobs: int = 1, progress: bool = True, desc: str = "models") -> dict[str, dict[str, Any]]:
+def run_tasks(
+    tasks: list[Task], jobs: int = 1, progress: bool = True, desc: str = "models"
+) -> dict[str, dict[str, Any]]:
     """Run the tasks with joblib: in-process and in order (``jobs <= 1``) or in worker processes, largest first.
 
     Each task records its warnings; they are re-issued here in task order, so

@@ -28,7 +28,11 @@ def select_circuit(frame: pd.DataFrame, dataset: str, family: str, circuit: str)
     circuit = str(circuit).strip().lower()
     if circuit not in schema.CIRCUITS:
         raise LoadError(f"--circuit {circuit!r}: choose {' or '.join(schema.CIRCUITS)}")
-    held = frame["circuit"].fillna(schema.CIRCUIT_QK) if "circuit" in frame else pd.Series(schema.CIRCUIT_QK, index=frame.index)
+    held = (
+        frame["circuit"].fillna(schema.CIRCUIT_QK)
+        if "circuit" in frame
+        else pd.Series(schema.CIRCUIT_QK, index=frame.index)
+    )
     kept = frame[held == circuit]
     if kept.empty and not frame.empty:
         raise LoadError(
@@ -38,7 +42,9 @@ def select_circuit(frame: pd.DataFrame, dataset: str, family: str, circuit: str)
     return kept
 
 
-def select_rows(frame: pd.DataFrame, dataset: str, family: str, models: list[str] | None, variants: list[str] | None) -> pd.DataFrame:
+def select_rows(
+    frame: pd.DataFrame, dataset: str, family: str, models: list[str] | None, variants: list[str] | None
+) -> pd.DataFrame:
     """The rows of these models (None: all) and variants (None: folded where a model has it, else its own); one line
     when a name or variant is not there, the selection is empty or a model is left with several variants."""
     available = list(dict.fromkeys(frame["model_id"].tolist()))
@@ -52,8 +58,7 @@ def select_rows(frame: pd.DataFrame, dataset: str, family: str, models: list[str
             chosen.extend(h for h in hits if h not in chosen)
         if unknown:
             raise LoadError(
-                f"model(s) {', '.join(unknown)} not in {dataset!r} config {family!r}; "
-                f"available: {', '.join(available)}"
+                f"model(s) {', '.join(unknown)} not in {dataset!r} config {family!r}; available: {', '.join(available)}"
             )
         frame = frame[frame["model_id"].isin(chosen)]
     if variants is None:  # default: the folded variant where a model has it, else what the model has
@@ -75,9 +80,7 @@ def select_rows(frame: pd.DataFrame, dataset: str, family: str, models: list[str
     if (mixed > 1).any():
         model = mixed[mixed > 1].index[0]
         present = sorted({str(v) for v in frame.loc[frame["model_id"] == model, "variant"].unique()})
-        raise LoadError(
-            f"model {model} has rows of several variants ({', '.join(present)}): choose one with --variant"
-        )
+        raise LoadError(f"model {model} has rows of several variants ({', '.join(present)}): choose one with --variant")
     return frame
 
 
@@ -116,4 +119,3 @@ def eigenvalue_matrix(rows: pd.DataFrame) -> np.ndarray:
         model = rows["model_id"].iloc[0]
         raise AnalysisError(f"{model}: heads have spectra of different lengths {sorted(lengths)}")
     return np.stack(spectra).astype(np.float32, copy=False)
-

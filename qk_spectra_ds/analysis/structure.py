@@ -44,8 +44,21 @@ LLOYD_ITERATIONS = 30
 CHUNK_ELEMENTS = 4_000_000
 """Reference draws are processed in chunks of at most this many floats (n x r x draws)."""
 
-STRUCTURE_COLUMNS = ["model", "n_heads", "n_dims", "statistic", "null_median", "null_q05", "p_value", "n_draws",
-                     "seed", "alpha", "tested", "structure", "conclusion"]  # fmt: skip
+STRUCTURE_COLUMNS = [
+    "model",
+    "n_heads",
+    "n_dims",
+    "statistic",
+    "null_median",
+    "null_q05",
+    "p_value",
+    "n_draws",
+    "seed",
+    "alpha",
+    "tested",
+    "structure",
+    "conclusion",
+]
 """``statistic``: 2-means cluster index of the heads' features; ``null_*``: of the Gaussian reference draws;
 ``structure``: p <= alpha (False when not ``tested``); ``conclusion``: the words the report uses."""
 CONTINUUM = "no evidence of classes: a continuum"
@@ -93,7 +106,9 @@ def two_means_index(Z: np.ndarray, iterations: int = LLOYD_ITERATIONS) -> np.nda
     n0 = member.shape[1] - n1
     m1 = np.einsum("bn,bni->bi", member, Zc) / np.maximum(n1, 1)[:, None]
     m0 = np.einsum("bn,bni->bi", ~member, Zc) / np.maximum(n0, 1)[:, None]
-    within = np.where(member, ((Zc - m1[:, None, :]) ** 2).sum(axis=2), ((Zc - m0[:, None, :]) ** 2).sum(axis=2)).sum(axis=1)
+    within = np.where(member, ((Zc - m1[:, None, :]) ** 2).sum(axis=2), ((Zc - m0[:, None, :]) ** 2).sum(axis=2)).sum(
+        axis=1
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(total > 0, within / np.where(total > 0, total, 1.0), np.nan)
     return out.reshape(Z.shape[:-2])
@@ -147,9 +162,20 @@ def structure_test(X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: 
     """
     X = np.asarray(X, dtype=np.float64)
     n = len(X)
-    out = StructureTest(n_heads=int(n), n_dims=0, statistic=np.nan, null_median=np.nan, null_q05=np.nan,
-                        p_value=np.nan, n_draws=int(n_draws), seed=int(seed), alpha=float(alpha), tested=False,
-                        structure=False, conclusion="not tested: fewer than 4 heads or no variance")  # fmt: skip
+    out = StructureTest(
+        n_heads=int(n),
+        n_dims=0,
+        statistic=np.nan,
+        null_median=np.nan,
+        null_q05=np.nan,
+        p_value=np.nan,
+        n_draws=int(n_draws),
+        seed=int(seed),
+        alpha=float(alpha),
+        tested=False,
+        structure=False,
+        conclusion="not tested: fewer than 4 heads or no variance",
+    )
     if n < 4:
         return out
     Z = principal_scores(X, max_dims=n - 2)
@@ -158,15 +184,26 @@ def structure_test(X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: 
     rng = np.random.default_rng(seed)
     observed = float(two_means_index(Z))
     chunk = max(1, CHUNK_ELEMENTS // (Z.shape[0] * Z.shape[1]))
-    null = np.concatenate([two_means_index(gaussian_references(Z, min(chunk, n_draws - i), rng))
-                           for i in range(0, int(n_draws), chunk)])  # fmt: skip
+    null = np.concatenate(
+        [two_means_index(gaussian_references(Z, min(chunk, n_draws - i), rng)) for i in range(0, int(n_draws), chunk)]
+    )
     p = (1 + np.count_nonzero(null <= observed + 1e-12)) / (1 + len(null))
     structure = bool(p <= alpha)
-    return replace(out, n_dims=int(Z.shape[1]), statistic=observed, null_median=float(np.median(null)),
-                   null_q05=float(np.quantile(null, 0.05)), p_value=float(p), tested=True, structure=structure,
-                   conclusion=CLASSES if structure else CONTINUUM)  # fmt: skip
+    return replace(
+        out,
+        n_dims=int(Z.shape[1]),
+        statistic=observed,
+        null_median=float(np.median(null)),
+        null_q05=float(np.quantile(null, 0.05)),
+        p_value=float(p),
+        tested=True,
+        structure=structure,
+        conclusion=CLASSES if structure else CONTINUUM,
+    )
 
 
-def structure_row(name: str, X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
+def structure_row(
+    name: str, X: np.ndarray, n_draws: int = N_DRAWS, seed: int = 0, alpha: float = ALPHA
+) -> pd.DataFrame:
     """One row of ``structure.csv`` for ``name`` (a model, or the joint taxonomy)."""
     return pd.DataFrame([{"model": name, **asdict(structure_test(X, n_draws, seed, alpha))}])[STRUCTURE_COLUMNS]

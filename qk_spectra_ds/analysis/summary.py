@@ -133,7 +133,9 @@ def _data_line(tables, links, models) -> Line | None:
             rows = frame[frame["model"] == model]
             b.say(", " if i else "").code(model).say(": ")
             if "layer" in rows and "head" in rows:
-                b.num(rows["layer"].nunique(), per_head).say(" layers × ").num(rows["head"].nunique(), per_head).say(" heads")
+                b.num(rows["layer"].nunique(), per_head).say(" layers × ").num(rows["head"].nunique(), per_head).say(
+                    " heads"
+                )
             else:
                 b.num(len(rows), per_head).say(" heads")
         b.say(")")
@@ -153,8 +155,13 @@ def _structure_line(tables, links, models) -> Line | None:
         decision = next((c for c in _DECISION_COLUMNS if c in test.columns and test[c].dtype == bool), None)
         p_col = next((c for c in test.columns if re.fullmatch(r"p(_value)?(_.*)?", str(c))), None)
         if decision is None and p_col is None:
-            return _Builder(links).say("a structure test ran (").num(len(test), "structure").say(
-                " rows) but its table has no decision or p-value column this summary knows.").line("structure")
+            return (
+                _Builder(links)
+                .say("a structure test ran (")
+                .num(len(test), "structure")
+                .say(" rows) but its table has no decision or p-value column this summary knows.")
+                .line("structure")
+            )
         tested = test["tested"].astype(bool) if "tested" in test.columns else pd.Series(True, index=test.index)
         yes = (test[decision].astype(bool) if decision else test[p_col] < ALPHA) & tested
         chosen = _chosen_k(tables)
@@ -199,8 +206,10 @@ def _structure_line(tables, links, models) -> Line | None:
         for i, (k, n) in enumerate(counts.items()):
             b.say(", " if i else "").num(int(k), "k_selection").say(" in ").num(int(n), "k_selection").say(" models")
     if int(scan["k"].min()) >= 2:
-        b.say(". Whether the heads form classes at all was not tested in this run (no structure test table): "
-              "this k scan starts at ").num(int(scan["k"].min()), "k_selection").say(", so classes are imposed, not found")
+        b.say(
+            ". Whether the heads form classes at all was not tested in this run (no structure test table): "
+            "this k scan starts at "
+        ).num(int(scan["k"].min()), "k_selection").say(", so classes are imposed, not found")
     return b.say(".").line("structure")
 
 
@@ -228,7 +237,9 @@ def _class_lines(tables, links, models) -> list[Line]:
     if len(listed) > MAX_MODELS_LISTED:
         sizes = classes.groupby("model")["class"].nunique()
         b = _Builder(links).say(f"{len(listed)} models, ").num(int(sizes.min()), source).say("–")
-        b.num(int(sizes.max()), source).say(" classes each; per class: ").num(len(classes), source).say(" rows in its table.")
+        b.num(int(sizes.max()), source).say(" classes each; per class: ").num(len(classes), source).say(
+            " rows in its table."
+        )
         return [b.line("classes")]
     for model in listed:
         rows = classes[classes["model"] == model]
@@ -243,7 +254,9 @@ def _class_lines(tables, links, models) -> list[Line]:
             if "confidence_mean" in row:
                 b.say(", confidence ").num(float(row["confidence_mean"]), source, "{:.2f}")
             if "alpha" in row and "theta" in row:
-                b.say(", gamma α ").num(float(row["alpha"]), source, "{:.2f}").say(" θ ").num(float(row["theta"]), source, "{:.2f}")
+                b.say(", gamma α ").num(float(row["alpha"]), source, "{:.2f}").say(" θ ").num(
+                    float(row["theta"]), source, "{:.2f}"
+                )
             if null is not None and len(null):
                 match = null[(null["model"] == model) & (null["class"] == row["class"])]
                 if len(match) and "median_fraction_outside" in match:
@@ -290,7 +303,9 @@ def _variants_line(tables, links, models) -> Line | None:
     b = _Builder(links)
     rows = ari if len(ari) <= MAX_MODELS_LISTED else ari.iloc[:0]
     for i, row in enumerate(rows.itertuples(index=False)):
-        b.say("; " if i else "").code(_short(row.model)).say(f": {row.variant_a} k = ").num(int(row.k_a), "variants_ari")
+        b.say("; " if i else "").code(_short(row.model)).say(f": {row.variant_a} k = ").num(
+            int(row.k_a), "variants_ari"
+        )
         b.say(f", {row.variant_b} k = ").num(int(row.k_b), "variants_ari").say(", agreement ARI ")
         b.num(float(row.ari), "variants_ari", "{:.2f}")
     if not len(rows):
@@ -364,7 +379,9 @@ def _extra_lines(tables, links, models) -> list[Line]:
             b = _Builder(links)
             if text_col is not None:
                 said = [str(t) for t in dict.fromkeys(frame[text_col].dropna()) if str(t).strip()]
-                b.num("; ".join(said[:6]) or "no conclusion stated", name).say(" (").num(len(frame), name).say(" rows, ")
+                b.num("; ".join(said[:6]) or "no conclusion stated", name).say(" (").num(len(frame), name).say(
+                    " rows, "
+                )
                 b.code(name).say(")")
             else:
                 b.num(len(frame), name).say(" rows in ").code(name).say("; its table states no conclusion column")
@@ -372,16 +389,21 @@ def _extra_lines(tables, links, models) -> list[Line]:
     return lines
 
 
-def summarize(tables: Mapping[str, pd.DataFrame], links: Mapping[str, str] | None = None,
-              order: Sequence[str] | None = None) -> list[Line]:  # fmt: skip
+def summarize(
+    tables: Mapping[str, pd.DataFrame], links: Mapping[str, str] | None = None, order: Sequence[str] | None = None
+) -> list[Line]:
     """The summary's lines from a run's ``tables`` (``links``: table name -> relative path; ``order``: models' display order)."""
     links = dict(links or {})
     tables = {k: v for k, v in tables.items() if v is not None}
     models = _models(tables, order)
     lines: list[Line | None] = [_data_line(tables, links, models), _structure_line(tables, links, models)]
     lines += _class_lines(tables, links, models)
-    lines += [_trend_line(tables, links, models), _variants_line(tables, links, models),
-              _null_line(tables, links, models), _joint_line(tables, links, models)]  # fmt: skip
+    lines += [
+        _trend_line(tables, links, models),
+        _variants_line(tables, links, models),
+        _null_line(tables, links, models),
+        _joint_line(tables, links, models),
+    ]
     lines += _extra_lines(tables, links, models)
     return [line for line in lines if line is not None]
 
@@ -395,9 +417,11 @@ def to_markdown(lines: Sequence[Line]) -> str:
     out = []
     for line in lines:
         body = "".join(
-            f"`{p.text.replace('`', '')}`" if p.code else (f"[{_md_text(p.text)}]({p.link})" if p.link else _md_text(p.text))
+            f"`{p.text.replace('`', '')}`"
+            if p.code
+            else (f"[{_md_text(p.text)}]({p.link})" if p.link else _md_text(p.text))
             for p in line.parts
-        )  # fmt: skip
+        )
         out.append(f"- **{line.topic}**: {body}")
     return "\n".join(out)
 
@@ -407,9 +431,10 @@ def to_html(lines: Sequence[Line]) -> str:
     items = []
     for line in lines:
         body = "".join(
-            f"<code>{html.escape(p.text)}</code>" if p.code
+            f"<code>{html.escape(p.text)}</code>"
+            if p.code
             else (f'<a href="{html.escape(p.link)}">{html.escape(p.text)}</a>' if p.link else html.escape(p.text))
             for p in line.parts
-        )  # fmt: skip
+        )
         items.append(f"<li><strong>{html.escape(line.topic)}</strong>: {body}</li>")
     return '<ul class="summary">\n' + "\n".join(items) + "\n</ul>"

@@ -162,7 +162,9 @@ def umap_embedding(
         warnings.filterwarnings("ignore", message=".*Falling back to random initialisation.*")
         warnings.filterwarnings("ignore", message=".*n_neighbors is larger than the dataset size.*")
         warnings.filterwarnings("ignore", message=".*graph is not fully connected.*")
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(int(n_neighbors), n - 1), min_dist=min_dist, random_state=seed)
+        reducer = umap.UMAP(
+            n_components=2, n_neighbors=min(int(n_neighbors), n - 1), min_dist=min_dist, random_state=seed
+        )
         return np.asarray(reducer.fit_transform(hists), dtype=np.float64)
 
 

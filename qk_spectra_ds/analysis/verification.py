@@ -28,9 +28,7 @@ from ..errors import FileChecksumError, IntegrityError, LoadError, one_line
 from ..integrity import check_digests, file_digest, recorded_digests
 
 LOCAL_REMEDY = "rebuild that model (qk-spectra-build --force) or copy the dataset again"
-HUB_REMEDY = (
-    "the publisher must rebuild and republish that model; load another --revision meanwhile"
-)
+HUB_REMEDY = "the publisher must rebuild and republish that model; load another --revision meanwhile"
 
 
 class UnverifiedFilesWarning(UserWarning):
@@ -76,14 +74,18 @@ def verify_hub(repo_id: str, family: str, revision: str | None) -> str:
     api = HfApi()
     commit = api.dataset_info(repo_id, revision=revision).sha
     try:
-        text = Path(hf_hub_download(repo_id, CARD_NAME, repo_type="dataset", revision=commit)).read_text(encoding="utf-8")
+        text = Path(hf_hub_download(repo_id, CARD_NAME, repo_type="dataset", revision=commit)).read_text(
+            encoding="utf-8"
+        )
     except EntryNotFoundError:
         text = None
     recorded = recorded_digests(_card_models(text, f"{repo_id}@{commit[:12]}/{CARD_NAME}"))
     pattern = f"{DATA_DIR}/*/*.parquet" if family == "all" else f"{DATA_DIR}/{family}/*.parquet"
     actual, unverifiable = {}, []
     try:
-        entries = list(api.list_repo_tree(repo_id, path_in_repo=DATA_DIR, repo_type="dataset", revision=commit, recursive=True))
+        entries = list(
+            api.list_repo_tree(repo_id, path_in_repo=DATA_DIR, repo_type="dataset", revision=commit, recursive=True)
+        )
     except EntryNotFoundError:
         entries = []
     for entry in entries:
@@ -98,7 +100,9 @@ def verify_hub(repo_id: str, family: str, revision: str | None) -> str:
     try:
         unverified = check_digests(actual, recorded, HUB_REMEDY)
     except IntegrityError as exc:
-        raise FileChecksumError(f"{repo_id}@{revision or 'main'} ({commit[:12]}): {one_line(exc, limit=None)}") from None
+        raise FileChecksumError(
+            f"{repo_id}@{revision or 'main'} ({commit[:12]}): {one_line(exc, limit=None)}"
+        ) from None
     _warn_unverified(sorted(unverified + unverifiable), f"{repo_id}@{revision or 'main'}")
     return commit
 

@@ -61,7 +61,9 @@ def check_model_class(config: Mapping[str, Any], model_id: str) -> None:
     )
 
     model_type = str(config.get("model_type"))
-    if model_type not in MODEL_MAPPING_NAMES or not (is_encoder(config) or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+    if model_type not in MODEL_MAPPING_NAMES or not (
+        is_encoder(config) or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ):
         raise BehaviourError(
             f"{model_id}: --behaviour runs the model, and transformers has no causal-LM or encoder class for "
             f"model_type {model_type!r}: build it without --behaviour"
@@ -70,8 +72,14 @@ def check_model_class(config: Mapping[str, Any], model_id: str) -> None:
 
 def check_positions(config: Mapping[str, Any], spec: ProbeSpec, model_id: str) -> None:
     """One line when a probe is longer than the model's positions (learned absolute positions end there)."""
-    limit = next((config[n] for n in ("max_position_embeddings", "n_positions")
-                  if isinstance(config.get(n), int) and not isinstance(config.get(n), bool)), None)  # fmt: skip
+    limit = next(
+        (
+            config[n]
+            for n in ("max_position_embeddings", "n_positions")
+            if isinstance(config.get(n), int) and not isinstance(config.get(n), bool)
+        ),
+        None,
+    )
     if limit is not None and spec.n_positions > limit:
         raise BehaviourError(
             f"{model_id}: --probe-length {spec.length} makes probes of {spec.n_positions} tokens, more than the model's "
@@ -88,7 +96,9 @@ def _tokenizer_json(source) -> dict | None:
             return json.loads(path.read_text("utf-8")) if path.is_file() else None
         from huggingface_hub import hf_hub_download  # deliberately lazy: a local model never needs it
 
-        path = hf_hub_download(source.model_id, "tokenizer.json", revision=source.revision, token=getattr(source, "token", None))
+        path = hf_hub_download(
+            source.model_id, "tokenizer.json", revision=source.revision, token=getattr(source, "token", None)
+        )
         return json.loads(Path(path).read_text("utf-8"))
     except Exception as exc:  # no tokenizer.json: fall back to the config's special ids
         log.debug("%s: no tokenizer.json (%s)", source.model_id, exc)
@@ -160,7 +170,9 @@ def model_behaviour(
                 out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
                 attentions = getattr(out, "attentions", None)
                 if not attentions:
-                    raise BehaviourError(f"{source.model_id}: the model returned no attention weights: build it without --behaviour")
+                    raise BehaviourError(
+                        f"{source.model_id}: the model returned no attention weights: build it without --behaviour"
+                    )
                 for layer, attn in enumerate(attentions):
                     if attn is None:  # a layer without softmax attention (hybrid models)
                         continue
@@ -179,8 +191,9 @@ def model_behaviour(
 # ---------------------------------------------------------------- columns
 
 
-def behaviour_columns(layers: Sequence[int], heads: Sequence[int], result: BehaviourResult | None,
-                      measured: Sequence[bool] | None = None) -> dict[str, list]:  # fmt: skip
+def behaviour_columns(
+    layers: Sequence[int], heads: Sequence[int], result: BehaviourResult | None, measured: Sequence[bool] | None = None
+) -> dict[str, list]:
     """schema.BEHAVIOUR_COLUMNS + PROBE_COLUMNS for rows (layer, head): null without a result, on rows not
     ``measured`` (ov rows), for scores that do not apply (induction of encoders, next-token of causal
     models) and for layers the model reported no attention for."""
@@ -218,7 +231,11 @@ def add_behaviour_columns(columns: dict[str, Any], result: BehaviourResult) -> d
     circuits = columns.get("circuit")
     measured = None if circuits is None else [c == schema.CIRCUIT_QK for c in circuits]
     columns.update(behaviour_columns(list(columns["layer"]), list(columns["head"]), result, measured))
-    log.info("%s: behaviour scores in %.1f s, %s %.0f MB", columns["model_id"][0] if len(columns["model_id"]) else "?",
-             result.seconds, result.memory_kind, result.peak_memory_mb)
+    log.info(
+        "%s: behaviour scores in %.1f s, %s %.0f MB",
+        columns["model_id"][0] if len(columns["model_id"]) else "?",
+        result.seconds,
+        result.memory_kind,
+        result.peak_memory_mb,
+    )
     return columns
-

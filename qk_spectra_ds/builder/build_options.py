@@ -20,7 +20,6 @@ from .route import default_device
 DEFAULT_VARIANTS = schema.BUILT_VARIANTS
 
 
-
 @dataclass(frozen=True)
 class BuildOptions:
     """The keywords of :func:`.pipeline.build_model` and :func:`.pipeline.build_family`, gathered.
@@ -99,7 +98,9 @@ def check_offsets(offsets: Sequence[int] | None) -> tuple[int, ...] | None:
     try:
         values = [int(str(o).strip()) for o in offsets if str(o).strip().lower() != "none"]
     except ValueError:
-        raise BuildError(f"--offsets {','.join(map(str, offsets))!r}: give whole numbers >= 0 (e.g. 0,1,16,256) or none") from None
+        raise BuildError(
+            f"--offsets {','.join(map(str, offsets))!r}: give whole numbers >= 0 (e.g. 0,1,16,256) or none"
+        ) from None
     if any(v < 0 or v >= 2**31 for v in values):
         raise BuildError(f"--offsets {','.join(map(str, offsets))!r}: offsets must be whole numbers from 0 to 2^31 - 1")
     return tuple(sorted(set(values)))

@@ -19,7 +19,15 @@ import yaml
 
 from ..errors import CatalogError
 
-__all__ = ["CatalogError", "FAMILIES", "PACKAGED_MODELS", "load_catalog", "family_models", "packaged_model_dir", "format_catalog"]
+__all__ = [
+    "CatalogError",
+    "FAMILIES",
+    "PACKAGED_MODELS",
+    "load_catalog",
+    "family_models",
+    "packaged_model_dir",
+    "format_catalog",
+]
 
 FAMILIES: dict[str, list[str]] = {
     "Qwen3": [

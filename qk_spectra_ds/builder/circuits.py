@@ -73,7 +73,9 @@ def positive_share(mu: np.ndarray) -> np.ndarray:
     size = np.abs(mu)
     denom = size.sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denom > 0, np.where(mu.real > 0, size, 0.0).sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan)
+        return np.where(
+            denom > 0, np.where(mu.real > 0, size, 0.0).sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan
+        )
 
 
 def symmetry_null_moments(singular_values: np.ndarray, d_model: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +120,10 @@ def haar_block_draws(rng: np.random.Generator, n: int, d_model: int, d_head: int
 
 
 def positivity_null_moments(
-    singular_values: np.ndarray, d_model: int, rng: np.random.Generator, eigvals=None,
+    singular_values: np.ndarray,
+    d_model: int,
+    rng: np.random.Generator,
+    eigvals=None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(mean 0, Monte Carlo sd, draws) of sum(Re mu)/sum(|mu|) of U diag(s) V^T per head (rows of s).
 
@@ -167,4 +172,6 @@ def z_scores(value: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
 
 def matched_null_rng(seed: int, model_key: int, layer: int, circuit: int, variant: int) -> np.random.Generator:
     """The matched null's generator: PCG64 from SeedSequence(seed, spawn_key=(model key, layer, circuit, variant, 2**32))."""
-    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(model_key, layer, circuit, variant, 2**32)))
+    return np.random.default_rng(
+        np.random.SeedSequence(entropy=seed, spawn_key=(model_key, layer, circuit, variant, 2**32))
+    )

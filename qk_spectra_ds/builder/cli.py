@@ -15,7 +15,18 @@ import sys
 from ..cli_util import UsageError, as_list, call_cli, long_flag, program_name, run_cli
 from .catalog import format_catalog, load_catalog
 
-BUILD_ONLY = ("family", "models", "device", "shard", "catalog", "variants", "offsets", "null_seed", "circuits", "behaviour")
+BUILD_ONLY = (
+    "family",
+    "models",
+    "device",
+    "shard",
+    "catalog",
+    "variants",
+    "offsets",
+    "null_seed",
+    "circuits",
+    "behaviour",
+)
 PROBE_FLAGS = ("probe_seed", "probe_sequences", "probe_length", "probe_local_window")
 PUBLISH_ONLY = ("version", "private", "branch", "revision", "message")
 DEPRECATED = ("revision",)
@@ -123,8 +134,10 @@ def build(
     probe = None
     if behaviour:
         if importlib.util.find_spec("transformers") is None:  # the behaviour extra
-            raise UsageError("--behaviour runs each model with transformers, which is not installed: "
-                             "pip install 'qk-spectra-ds[behaviour]' (or leave the flag out)")
+            raise UsageError(
+                "--behaviour runs each model with transformers, which is not installed: "
+                "pip install 'qk-spectra-ds[behaviour]' (or leave the flag out)"
+            )
         from .probes import check_probe  # numpy; the steps below are lazy too, so that --help and --list start fast
 
         probe = check_probe(probe_seed, probe_sequences, probe_length, probe_local_window)  # before any work
@@ -160,8 +173,9 @@ def build(
     if push_to_hub:
         from .publish import publish
 
-        result = publish(out, push_to_hub, version=version, private=private, branch=branch, force=force,
-                         message=message)  # fmt: skip
+        result = publish(
+            out, push_to_hub, version=version, private=private, branch=branch, force=force, message=message
+        )
         print(result.summary())
 
 
@@ -171,8 +185,10 @@ def branch_flag(branch: str | None, revision: str | None) -> str | None:
         return branch
     if branch is not None and str(branch) != str(revision):
         raise UsageError(f"--branch {branch!r} and the deprecated --revision {revision!r} disagree: give --branch only")
-    print("warning: --revision is deprecated in the build (it names the branch to commit to): use --branch",
-          file=sys.stderr)
+    print(
+        "warning: --revision is deprecated in the build (it names the branch to commit to): use --branch",
+        file=sys.stderr,
+    )
     return revision
 
 
@@ -188,8 +204,10 @@ def check_flag_combination(given: set[str]) -> None:
         raise UsageError("no --family given: pass --family NAME (see --list)")
     probes = [long_flag(name) for name in PROBE_FLAGS if name in given]
     if probes and "behaviour" not in given:
-        raise UsageError(f"{', '.join(probes)} only {'applies' if len(probes) == 1 else 'apply'} with --behaviour: "
-                         "add it, or leave them out")
+        raise UsageError(
+            f"{', '.join(probes)} only {'applies' if len(probes) == 1 else 'apply'} with --behaviour: "
+            "add it, or leave them out"
+        )
     if "push_to_hub" not in given:
         ignored = [long_flag(name) for name in PUBLISH_ONLY if name in given]
         if ignored:

@@ -30,32 +30,39 @@ def weights_dtype(checkpoint, tensor_names: Sequence[str]) -> str:
 
 
 def model_rows(
-    plan: ModelPlan, spectra_by_variant: Mapping[tuple[str, str], list], tensor_names: Sequence[str], *,
-    revision: str, family: str, null_seed: int,
+    plan: ModelPlan,
+    spectra_by_variant: Mapping[tuple[str, str], list],
+    tensor_names: Sequence[str],
+    *,
+    revision: str,
+    family: str,
+    null_seed: int,
 ) -> dict[str, list]:
     """Every row of a built model: one :func:`model_columns` block per (circuit, variant), concatenated."""
     dtype = weights_dtype(plan.checkpoint, tensor_names)
-    return concat_columns([
-        model_columns(
-            np.stack([s.singular_values for s in per_layer]),
-            np.stack([s.positivity for s in per_layer]),
-            plan.shape if circuit == schema.CIRCUIT_QK else replace(plan.shape, d_head=plan.d_v),
-            facts=plan.facts,
-            model_id=plan.model_id,
-            revision=revision,
-            family=family,
-            model_type=plan.config["model_type"],
-            weights_dtype=dtype,
-            variant=name,
-            positional=[s.positional for s in per_layer],
-            offsets=plan.offsets,
-            null_seed=null_seed,
-            circuit=circuit,
-            eigenvalues=np.stack([s.eigenvalues for s in per_layer]),
-            matched_null_seed=null_seed,
-        )
-        for (circuit, name), per_layer in spectra_by_variant.items()
-    ])
+    return concat_columns(
+        [
+            model_columns(
+                np.stack([s.singular_values for s in per_layer]),
+                np.stack([s.positivity for s in per_layer]),
+                plan.shape if circuit == schema.CIRCUIT_QK else replace(plan.shape, d_head=plan.d_v),
+                facts=plan.facts,
+                model_id=plan.model_id,
+                revision=revision,
+                family=family,
+                model_type=plan.config["model_type"],
+                weights_dtype=dtype,
+                variant=name,
+                positional=[s.positional for s in per_layer],
+                offsets=plan.offsets,
+                null_seed=null_seed,
+                circuit=circuit,
+                eigenvalues=np.stack([s.eigenvalues for s in per_layer]),
+                matched_null_seed=null_seed,
+            )
+            for (circuit, name), per_layer in spectra_by_variant.items()
+        ]
+    )
 
 
 def model_columns(
@@ -121,10 +128,19 @@ def model_columns(
             columns[f"{prefix}_{name}"] = stat
     columns.update(spectrum_metrics(s, positivity.reshape(n)))
     columns.update(positional_columns(s.reshape(n_layers, n_heads, -1), positional, offsets))
-    columns.update(circuit_metric_columns(
-        circuit, variant, singular_values, eigenvalues, shape.d_model, [f.layer for f in facts],
-        model_key=null_seed_key(model_id), seed=matched_null_seed, eigvals=eigvals_per_core,
-    ))
+    columns.update(
+        circuit_metric_columns(
+            circuit,
+            variant,
+            singular_values,
+            eigenvalues,
+            shape.d_model,
+            [f.layer for f in facts],
+            model_key=null_seed_key(model_id),
+            seed=matched_null_seed,
+            eigvals=eigvals_per_core,
+        )
+    )
     for name in schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS:
         columns.setdefault(name, [None] * n)
     return columns

@@ -30,11 +30,32 @@ MAX_POSITIONS = 2**31 - 1
 SIZE_LIMITS = {
     **dict.fromkeys(("num_hidden_layers", "n_layer"), MAX_LAYERS),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_key_value_heads", "num_kv_heads"), MAX_HEADS),
-    **dict.fromkeys(("hidden_size", "n_embd", "n_embed", "head_dim", "rotary_dim", "qk_nope_head_dim",
-                     "qk_rope_head_dim", "kv_lora_rank", "q_lora_rank"), MAX_WIDTH),
-    **dict.fromkeys(("sliding_window", "max_position_embeddings", "n_positions", "original_max_position_embeddings",
-                     "attention_chunk_size", "local_attention"), MAX_POSITIONS),
-}  # fmt: skip
+    **dict.fromkeys(
+        (
+            "hidden_size",
+            "n_embd",
+            "n_embed",
+            "head_dim",
+            "rotary_dim",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "kv_lora_rank",
+            "q_lora_rank",
+        ),
+        MAX_WIDTH,
+    ),
+    **dict.fromkeys(
+        (
+            "sliding_window",
+            "max_position_embeddings",
+            "n_positions",
+            "original_max_position_embeddings",
+            "attention_chunk_size",
+            "local_attention",
+        ),
+        MAX_POSITIONS,
+    ),
+}
 """The largest value :func:`whole` accepts for a size field, by its config.json name."""
 
 NON_ATTENTION_KINDS = ("linear_attention",)
@@ -69,13 +90,17 @@ def whole(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -
     return value
 
 
-def real(name: str, value: Any, *, above: float | None = None, at_least: float | None = None, below: float | None = None) -> float:
+def real(
+    name: str, value: Any, *, above: float | None = None, at_least: float | None = None, below: float | None = None
+) -> float:
     """A finite JSON number (not a string or boolean), > ``above``, >= ``at_least``, < ``below``."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
     ok = ok and (below is None or value < below)
     if not ok:
-        bounds = [f"{sign} {bound:g}" for sign, bound in ((">", above), (">=", at_least), ("<", below)) if bound is not None]
+        bounds = [
+            f"{sign} {bound:g}" for sign, bound in ((">", above), (">=", at_least), ("<", below)) if bound is not None
+        ]
         refuse(name, value, " ".join(["a finite number", " and ".join(bounds)]).strip())
     return float(value)
 
@@ -173,13 +198,17 @@ def rope_scaling(
 def factor_list(name: str, value: Any, length: int) -> list[float]:
     """longrope's short_factor / long_factor: ``length`` finite numbers > 0 (one per rotary frequency)."""
     ok = isinstance(value, list) and len(value) == length
-    ok = ok and all(not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in value)
+    ok = ok and all(
+        not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in value
+    )
     if not ok:
         refuse(name, value, f"a list of {length} finite numbers > 0 (one per rotary frequency)")
     return [float(x) for x in value]
 
 
-def check_layers_present(model_id: str, config: Mapping[str, Any], layout: Any, checkpoint: Any, n_layers: int, layers) -> None:
+def check_layers_present(
+    model_id: str, config: Mapping[str, Any], layout: Any, checkpoint: Any, n_layers: int, layers
+) -> None:
     """The last attention layer config.json implies is in the checkpoint's headers (no data read).
 
     Run before any layer is read, so that a ``num_hidden_layers`` far beyond the weights is one

@@ -131,7 +131,9 @@ def read_folding(ckpt, config: Mapping[str, Any], layer: int, shape, anchor: str
             if facts.qk_norm_width == "head":
                 g = np.tile(gain_vector(ckpt, info, shape.d_head, f"{side}_norm gain"), (heads[side], 1))
             else:
-                g = gain_vector(ckpt, info, heads[side] * shape.d_head, f"{side}_norm gain").reshape(heads[side], shape.d_head)
+                g = gain_vector(ckpt, info, heads[side] * shape.d_head, f"{side}_norm gain").reshape(
+                    heads[side], shape.d_head
+                )
             gains[side] = g + facts.qk_offset
             read.append(info.name)
         q_gain, k_gain = gains["q"], gains["k"]

@@ -60,7 +60,9 @@ class HubSource(ModelSource):
                 "cannot see it): check the path, or the id and HF_TOKEN"
             ) from None
         except HfHubHTTPError as exc:
-            raise ModelSourceError(f"{repo_id}: the Hub answered {_status(exc)}: {one_line(exc, first_line=True)}") from None
+            raise ModelSourceError(
+                f"{repo_id}: the Hub answered {_status(exc)}: {one_line(exc, first_line=True)}"
+            ) from None
         except Exception as exc:  # connection refused, DNS, timeouts after retries
             raise ModelSourceError(
                 f"cannot reach the Hub for {repo_id} ({type(exc).__name__}: {one_line(exc, first_line=True)}): check the network or HF_ENDPOINT"
@@ -134,7 +136,9 @@ class HubSource(ModelSource):
             return None, f"{len(data)} bytes"
         return data, None
 
-    def _get_with_retries(self, filename: str, byte_range: tuple[int, int] | None) -> tuple[bytearray | None, str | None]:
+    def _get_with_retries(
+        self, filename: str, byte_range: tuple[int, int] | None
+    ) -> tuple[bytearray | None, str | None]:
         """:meth:`_get`, tried :data:`RANGE_ATTEMPTS` times while the answer is wrong or cut short."""
         for attempt in range(RANGE_ATTEMPTS):
             if attempt:

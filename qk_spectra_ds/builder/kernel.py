@@ -32,7 +32,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-
 def qk_layer_spectra(q: torch.Tensor, k: torch.Tensor, with_positivity: bool = True) -> LayerSpectra:
     """Singular values of W_QK for every query head of a layer, and their positivity.
 
@@ -83,7 +82,10 @@ def _device_batch(q: torch.Tensor, k: torch.Tensor, group: int, with_positivity:
     with _single_threaded():
         for heads in raw_numpy.head_chunks(n):
             core, cross = query_matrices(q, k, lk, heads, group, with_positivity)
-            core, cross = core.cpu().numpy(), None if cross is None else cross.cpu().numpy()  # waits for this batch only
+            core, cross = (
+                core.cpu().numpy(),
+                None if cross is None else cross.cpu().numpy(),
+            )  # waits for this batch only
             pending.append(raw_numpy.submit(raw_numpy.core_problems, core, cross))
         return [p.result() for p in pending]
 
@@ -142,7 +144,9 @@ def qk_layer_variants(q: torch.Tensor, k: torch.Tensor, plan) -> dict:
         raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} key heads")
     group = n_heads // n_kv
     want_folded = FOLDED in plan.variants or NULL in plan.variants
-    factors = (_variant_factors_cpu if q.device.type == "cpu" else _variant_factors_device)(q, k, group, plan, want_folded)
+    factors = (_variant_factors_cpu if q.device.type == "cpu" else _variant_factors_device)(
+        q, k, group, plan, want_folded
+    )
     with _single_threaded():
         parts = _per_core(lambda heads: _variant_small_problems(factors, heads, group, plan, want_folded), n_heads)
     out = {}
@@ -175,8 +179,12 @@ def _variant_factors_cpu(q, k, group, plan, want_folded) -> dict:
         if want_folded:
             f = plan.folding
             fq, fk = plan.folded_blocks or (q, k)
-            factors["lk_f"] = torch.cat(_per_core(lambda kv: folded_r_factors(fk[kv.start : kv.stop], f, kv.start, group), n_kv))
-            factors["lq_f"] = torch.cat(_per_core(lambda h: folded_r_factors(fq[h.start : h.stop], f, h.start), n_heads))
+            factors["lk_f"] = torch.cat(
+                _per_core(lambda kv: folded_r_factors(fk[kv.start : kv.stop], f, kv.start, group), n_kv)
+            )
+            factors["lq_f"] = torch.cat(
+                _per_core(lambda h: folded_r_factors(fq[h.start : h.stop], f, h.start), n_heads)
+            )
             factors["cross_f"] = torch.cat(_per_core(lambda h: folded_cross(fq, fk, f, h, group), n_heads))
     return factors
 
@@ -207,10 +215,17 @@ def _variant_small_problems(factors, heads: range, group: int, plan, want_folded
     if RAW in plan.variants:
         lq_t = factors["lq"][heads.start : heads.stop].transpose(-1, -2)
         sv, mu = raw_numpy.small_problems(
-            factors["lq"][heads.start : heads.stop].numpy(), factors["lk"].numpy(),
-            factors["cross"][heads.start : heads.stop].numpy(), heads, group,
-        )  # fmt: skip
-        pos = positional_singular_values(lq_t, factors["lk"], kv_index, plan.rotary, plan.offsets, sv) if positional else None
+            factors["lq"][heads.start : heads.stop].numpy(),
+            factors["lk"].numpy(),
+            factors["cross"][heads.start : heads.stop].numpy(),
+            heads,
+            group,
+        )
+        pos = (
+            positional_singular_values(lq_t, factors["lk"], kv_index, plan.rotary, plan.offsets, sv)
+            if positional
+            else None
+        )
         out[RAW] = (sv, mu, pos)
     if not want_folded:
         return out

@@ -45,11 +45,14 @@ def read_layer(plan: ModelPlan, layer: int) -> tuple[tuple[LayerQK, Any, Any], f
     for info, array in zip(("q", "k"), (qk.q, qk.k)):
         if not np.isfinite(array).all():
             names = ", ".join(t.name for t in qk.tensors)
-            raise CheckpointError(f"{plan.model_id}: NaN or Inf in the {info.upper()} weights of layer {layer} ({names})")
+            raise CheckpointError(
+                f"{plan.model_id}: NaN or Inf in the {info.upper()} weights of layer {layer} ({names})"
+            )
     ov_blocks = (
         read_ov_layer(plan.layout, checkpoint, config, layer, shape, plan.d_v, plan.want_folding, folding)
-        if plan.want_ov else None
-    )  # fmt: skip
+        if plan.want_ov
+        else None
+    )
     return (qk, folding, ov_blocks), time.perf_counter() - t0
 
 
@@ -78,11 +81,17 @@ def compute_layers(
             else:
                 pending = None  # the last layer's arrays are freed as soon as the locals below let go of them
             tensor_names.extend(t.name for t in qk.tensors)
-            kernel_plan = None if numpy_only else layer_plan(
-                variants, folding, plan.rotaries.get(layer), offsets, model_id, layer, plan.shape, null_seed, device
-            )  # fmt: skip
+            kernel_plan = (
+                None
+                if numpy_only
+                else layer_plan(
+                    variants, folding, plan.rotaries.get(layer), offsets, model_id, layer, plan.shape, null_seed, device
+                )
+            )
             t0 = time.perf_counter()
-            if ov_blocks is not None:  # OV first (no positional work), its blocks freed before the larger QK kernel runs
+            if (
+                ov_blocks is not None
+            ):  # OV first (no positional work), its blocks freed before the larger QK kernel runs
                 tensor_names.extend(t.name for t in ov_blocks[0].tensors)
                 ov_spectra = ov_layer_variants(ov_blocks, variants, model_id, layer, null_seed, device, numpy_only)
                 ov_blocks = None
@@ -96,7 +105,9 @@ def compute_layers(
     return spectra_by_variant, tensor_names
 
 
-def layer_variants_or_error(q, k, plan, model_id: str, layer: int, device: str = "cpu", circuit: str = schema.CIRCUIT_QK) -> dict:
+def layer_variants_or_error(
+    q, k, plan, model_id: str, layer: int, device: str = "cpu", circuit: str = schema.CIRCUIT_QK
+) -> dict:
     """Every variant's spectra of a layer (numpy Q, K blocks; plan None: raw through numpy alone, see :mod:`.route`),
     or a one-line CheckpointError naming model, layer, head (and variant)."""
     try:
@@ -113,7 +124,9 @@ def layer_variants_or_error(q, k, plan, model_id: str, layer: int, device: str =
     return spectra
 
 
-def read_ov_layer(layout, checkpoint, config, layer: int, shape: AttentionShape, d_v: int, folded: bool, qk_folding=None):
+def read_ov_layer(
+    layout, checkpoint, config, layer: int, shape: AttentionShape, d_v: int, folded: bool, qk_folding=None
+):
     """(raw LayerOV, folded (A, B) blocks or None) of one layer: V and O, and for folded/null the gains.
 
     ``qk_folding``: the gains the QK read already holds (read once); MLA's, composed into its Q/K blocks, are read again.
@@ -134,7 +147,9 @@ def read_ov_layer(layout, checkpoint, config, layer: int, shape: AttentionShape,
     return ov, fold_ov(ov, folding, output_norm_gain(checkpoint, config, layer, shape.d_model, anchor))
 
 
-def ov_layer_variants(ov_blocks, variants, model_id: str, layer: int, null_seed: int, device: str, numpy_only: bool) -> dict:
+def ov_layer_variants(
+    ov_blocks, variants, model_id: str, layer: int, null_seed: int, device: str, numpy_only: bool
+) -> dict:
     """Every variant's OV spectra of a layer: the QK kernel on A = (W_O^h)^T and B = W_V^g blocks (:mod:`.ov`).
 
     The null rotations are drawn as for QK from the key ``model_id + "#ov"``: independent of the QK null's.

@@ -56,12 +56,18 @@ def local_revision_after_build(source: ModelSource, before: str | None) -> str:
     """
     after = local_revision(source)
     if before is not None and after != before:
-        log.warning("%s: the build read bytes its revision pre-pass did not; read_layer should read them", source.model_id)
+        log.warning(
+            "%s: the build read bytes its revision pre-pass did not; read_layer should read them", source.model_id
+        )
     return after
 
 
 def revision_before_build(
-    source: ModelSource, previous: Mapping[str, Any] | None, force: bool, read_layer, layers: Iterable[int],
+    source: ModelSource,
+    previous: Mapping[str, Any] | None,
+    force: bool,
+    read_layer,
+    layers: Iterable[int],
     timings: dict[str, float],
 ) -> str | None:
     """The revision to compare with the model's file: the Hub commit, or a local folder's pre-pass digest.

@@ -47,4 +47,6 @@ def remove_legacy_file(model_id: str, written: Path) -> None:
         return
     if held == {model_id}:
         old.unlink()
-        log.warning("%s: removed %s, its file under the name older versions gave it (now %s)", model_id, old.name, written.name)
+        log.warning(
+            "%s: removed %s, its file under the name older versions gave it (now %s)", model_id, old.name, written.name
+        )

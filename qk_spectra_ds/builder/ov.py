@@ -109,7 +109,9 @@ def read_ov(layout, ckpt, layer: int, shape: AttentionShape, d_v: int | None = N
     elif isinstance(layout, FusedGroups):
         per_group = (shape.group_size + 2) * dh
         first = (shape.group_size + 1) * dh
-        v = np.stack([ckpt.read_rows(info, g * per_group + first, (g + 1) * per_group) for g in range(hkv)]).astype(np.float64)
+        v = np.stack([ckpt.read_rows(info, g * per_group + first, (g + 1) * per_group) for g in range(hkv)]).astype(
+            np.float64
+        )
     elif isinstance(layout, Conv1DFused):
         w = ckpt.read_rows(info)  # (d, 3 h dh), Conv1D: columns [Q, K, V]
         v = np.ascontiguousarray(w[:, 2 * h * dh :].T, dtype=np.float64).reshape(h, dh, d)
@@ -132,7 +134,9 @@ def _read_latent_ov(layout: LatentAttention, ckpt, layer: int, shape: AttentionS
     latent = ckpt.read_rows(kva_info, 0, rkv).astype(np.float64)
     vb = ckpt.read_rows(kvb_info).astype(np.float64).reshape(h, dn + d_v, rkv)[:, dn:]
     vb = np.ascontiguousarray(vb)
-    return LayerOV(layer, _output_rows(ckpt, o_info, h, d_v, d), vb @ latent, (kva_info, kvb_info, o_info), (vb, latent))
+    return LayerOV(
+        layer, _output_rows(ckpt, o_info, h, d_v, d), vb @ latent, (kva_info, kvb_info, o_info), (vb, latent)
+    )
 
 
 def output_norm_gain(ckpt, config: Mapping[str, Any], layer: int, d_model: int, anchor: str) -> np.ndarray | None:
@@ -149,7 +153,9 @@ def output_norm_gain(ckpt, config: Mapping[str, Any], layer: int, d_model: int, 
     name = f"layers.{layer}.post_attention_layernorm.weight"
     info = nearest_tensor(ckpt, name, anchor)
     if info is None:
-        raise CheckpointError(f"{ckpt.source.model_id}: no tensor *{name} (the norm on layer {layer}'s attention output)")
+        raise CheckpointError(
+            f"{ckpt.source.model_id}: no tensor *{name} (the norm on layer {layer}'s attention output)"
+        )
     return gain_vector(ckpt, info, d_model, "post-attention norm gain") + offset
 
 

@@ -80,9 +80,17 @@ def build_model(
     :func:`build_family` passes them), instead of the keywords.
     """
     options = BuildOptions.given(
-        options, device=device, force=force, progress=progress, token=token, variants=variants, offsets=offsets,
-        null_seed=null_seed, circuits=circuits, behaviour=behaviour,
-    )  # fmt: skip
+        options,
+        device=device,
+        force=force,
+        progress=progress,
+        token=token,
+        variants=variants,
+        offsets=offsets,
+        null_seed=null_seed,
+        circuits=circuits,
+        behaviour=behaviour,
+    )
     memory.fix_mmap_threshold()  # freed per-layer buffers go back to the OS: flat memory over the layers
     # read_io: time spent reading Q/K (in the prefetch thread); read: time the kernel waited for it.
     timings = {"read_io": 0.0, "read": 0.0, "kernel": 0.0, "statistics": 0.0, "write": 0.0}
@@ -96,9 +104,12 @@ def build_model(
     result = ModelResult(source.model_id, "built", revision=revision)
     model_file = dataset_repo.model_path(out_dir, family, source.model_id)
     wanted = skip_key.wanted_key(
-        variants=plan.variants, offsets=plan.offsets, null_seed=options.null_seed, circuits=plan.circuits,
+        variants=plan.variants,
+        offsets=plan.offsets,
+        null_seed=options.null_seed,
+        circuits=plan.circuits,
         behaviour=options.behaviour,
-    )  # fmt: skip
+    )
     if not options.force and skip_key.is_current(previous, model_file, revision, wanted):
         result.status, result.path, result.n_rows = "skipped", model_file, previous["n_rows"]
         return result
@@ -118,7 +129,9 @@ def build_model(
     return result
 
 
-def open_model(spec: str | ModelSource, token: str | bool | None, taken_ids: Mapping[str, str] | None) -> tuple[ModelSource, dict]:
+def open_model(
+    spec: str | ModelSource, token: str | bool | None, taken_ids: Mapping[str, str] | None
+) -> tuple[ModelSource, dict]:
     """(the model's source, its config.json): one line for an id built earlier in the run, or a folder without a config."""
     source = spec if isinstance(spec, ModelSource) else resolve_source(spec, token=token)
     if taken_ids and source.model_id in taken_ids:
@@ -198,9 +211,16 @@ def build_family(
     if swept:
         log.warning("removed %d temporary file(s) an interrupted run left in %s", len(swept), out_dir)
     options = BuildOptions.checked(
-        variants=variants, offsets=offsets, null_seed=null_seed, circuits=circuits, device=device,
-        force=force, progress=progress, token=token, behaviour=behaviour,
-    )  # fmt: skip
+        variants=variants,
+        offsets=offsets,
+        null_seed=null_seed,
+        circuits=circuits,
+        device=device,
+        force=force,
+        progress=progress,
+        token=token,
+        behaviour=behaviour,
+    )
     if not numpy_route(options.variants or DEFAULT_VARIANTS, options.offsets, options.device):
         require_build_extra()  # before any model: one line if torch is missing
     specs = list(models) if models else catalog.family_models(family, catalog.load_catalog(catalog_file))
@@ -231,7 +251,13 @@ def build_family(
     card_error = refresh_card(out_dir) if dataset_repo.model_files(out_dir) and not card_current else None
     failed = [r for r in results if r.status == "failed"]
     if failed or card_error:
-        parts = [f"{len(failed)} of {len(results)} model(s) failed ({'; '.join(f'{r.model_id}: {r.error}' for r in failed)})"] if failed else []
+        parts = (
+            [
+                f"{len(failed)} of {len(results)} model(s) failed ({'; '.join(f'{r.model_id}: {r.error}' for r in failed)})"
+            ]
+            if failed
+            else []
+        )
         parts += [f"{card_error} (the model files are in place)"] if card_error else []
         raise BuildError("; ".join(parts), results, report=summarize(results))
     return results
@@ -247,7 +273,9 @@ def refresh_card(out_dir: str | Path) -> str | None:
         dataset_card.write_card(out_dir)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        return f"the card {Path(out_dir) / dataset_repo.CARD_NAME} could not be written ({reason}); rerun to regenerate it"
+        return (
+            f"the card {Path(out_dir) / dataset_repo.CARD_NAME} could not be written ({reason}); rerun to regenerate it"
+        )
     except QKSpectraError as exc:
         return str(exc)
     return None

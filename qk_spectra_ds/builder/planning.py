@@ -90,7 +90,9 @@ def plan_model(source: ModelSource, config: Mapping[str, Any], options: BuildOpt
     return ModelPlan(source, config, layout, shape, facts, checkpoint, variants, circuits, offsets, rotaries, d_v)
 
 
-def usable_variants(checkpoint, config, layers, variants: tuple[str, ...], asked: bool, model_id: str) -> tuple[str, ...]:
+def usable_variants(
+    checkpoint, config, layers, variants: tuple[str, ...], asked: bool, model_id: str
+) -> tuple[str, ...]:
     """``variants``, or raw alone when the checkpoint cannot give the folded/null ones and they were not asked for."""
     if any(v in variants for v in (schema.VARIANT_FOLDED, schema.VARIANT_NULL)):
         problem = folding_problem(checkpoint, config, layers)
@@ -113,7 +115,9 @@ def check_stored_layers(model_id: str, arch, layout, config, checkpoint, shape: 
     check_layers_present(model_id, config, layout, checkpoint, shape.n_layers, layers)
 
 
-def usable_circuits(layout, checkpoint, layers, circuits: tuple[str, ...], asked: bool, model_id: str) -> tuple[str, ...]:
+def usable_circuits(
+    layout, checkpoint, layers, circuits: tuple[str, ...], asked: bool, model_id: str
+) -> tuple[str, ...]:
     """``circuits``, or qk alone when the checkpoint has no V/O (e.g. a Q/K-only extract) and ov was not asked for."""
     if schema.CIRCUIT_OV in circuits:
         problem = ov_problem(layout, checkpoint, layers)
@@ -149,13 +153,25 @@ def layer_rotaries(
     if not rotaries:
         return {}, ()
     if offsets is None:
-        longest = max((m or 0) for _, m in rotaries.values()) or config.get("n_positions") or config.get("max_position_embeddings")
+        longest = (
+            max((m or 0) for _, m in rotaries.values())
+            or config.get("n_positions")
+            or config.get("max_position_embeddings")
+        )
         offsets = default_offsets(longest)
     return {layer: r for layer, (r, _) in rotaries.items()}, tuple(int(o) for o in offsets)
 
 
 def layer_plan(
-    variants, folding, rotary, offsets, model_id: str, layer: int, shape: AttentionShape, null_seed: int, device: str = "cpu"
+    variants,
+    folding,
+    rotary,
+    offsets,
+    model_id: str,
+    layer: int,
+    shape: AttentionShape,
+    null_seed: int,
+    device: str = "cpu",
 ):
     """The kernel's plan for one layer: variants, numeric folding, offsets, null draws.
 
@@ -182,7 +198,9 @@ def layer_plan(
             blocks = tuple(torch.from_numpy(b).to(device=device, dtype=torch.float64) for b in folding.blocks)
     if schema.VARIANT_NULL in variants:
         rotations = haar_rotations(null_seed, model_id, layer, shape.n_heads, shape.d_head)
-    return LayerPlan(tuple(variants), layer_folding, rotary if offsets else None, tuple(offsets), rotations, folded_blocks=blocks)
+    return LayerPlan(
+        tuple(variants), layer_folding, rotary if offsets else None, tuple(offsets), rotations, folded_blocks=blocks
+    )
 
 
 def rotary_factor_gains(gains, rotary, n_heads: int, d_head: int) -> np.ndarray:

@@ -56,12 +56,21 @@ class ProbeSpec:
     local_window: int = PROBE_LOCAL_WINDOW
 
     def __post_init__(self) -> None:
-        for name, low, high in (("seed", 0, 2**63 - 1), ("sequences", 1, 4096), ("length", 2, 4096), ("local_window", 1, 64)):
+        for name, low, high in (
+            ("seed", 0, 2**63 - 1),
+            ("sequences", 1, 4096),
+            ("length", 2, 4096),
+            ("local_window", 1, 64),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-                raise BehaviourError(f"--probe-{name.replace('_', '-')} {value!r}: give a whole number from {low} to {high}")
+                raise BehaviourError(
+                    f"--probe-{name.replace('_', '-')} {value!r}: give a whole number from {low} to {high}"
+                )
         if self.local_window + 1 > 2 * self.length:
-            raise BehaviourError(f"--probe-local-window {self.local_window} is too long for --probe-length {self.length}")
+            raise BehaviourError(
+                f"--probe-local-window {self.local_window} is too long for --probe-length {self.length}"
+            )
 
     @property
     def n_positions(self) -> int:
@@ -75,10 +84,16 @@ class ProbeSpec:
 def check_probe(seed=None, sequences=None, length=None, local_window=None) -> ProbeSpec:
     """A :class:`ProbeSpec` from flag values (None: the default); one line for a value that is not a whole number."""
     if not set(schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS) <= set(schema.COLUMNS):
-        raise BehaviourError(f"--behaviour: this builder writes schema v{schema.SCHEMA_VERSION}, which has no behaviour columns")
+        raise BehaviourError(
+            f"--behaviour: this builder writes schema v{schema.SCHEMA_VERSION}, which has no behaviour columns"
+        )
     values = {}
-    for name, value, default in (("seed", seed, PROBE_SEED), ("sequences", sequences, PROBE_SEQUENCES),
-                                 ("length", length, PROBE_LENGTH), ("local_window", local_window, PROBE_LOCAL_WINDOW)):
+    for name, value, default in (
+        ("seed", seed, PROBE_SEED),
+        ("sequences", sequences, PROBE_SEQUENCES),
+        ("length", length, PROBE_LENGTH),
+        ("local_window", local_window, PROBE_LOCAL_WINDOW),
+    ):
         text = str(default if value is None else value).strip()
         if isinstance(value, bool) or not text.isdigit():
             raise BehaviourError(f"--probe-{name.replace('_', '-')} {value!r}: give a whole number")
@@ -102,8 +117,16 @@ def probe_vocabulary(config: Mapping[str, Any], tokenizer: Mapping[str, Any] | N
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise BehaviourError(f"config.json has no usable vocab_size ({vocab_size!r}): cannot draw probe tokens")
     special: set[int] = set()
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id",
-                 "unk_token_id", "decoder_start_token_id"):
+    for name in (
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "cls_token_id",
+        "sep_token_id",
+        "mask_token_id",
+        "unk_token_id",
+        "decoder_start_token_id",
+    ):
         value = config.get(name)
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, int) and not isinstance(v, bool):
@@ -134,8 +157,14 @@ def probe_vocabulary(config: Mapping[str, Any], tokenizer: Mapping[str, Any] | N
     for i in special:
         if 0 <= i < vocab_size:
             allowed[i] = False
-    first = next((config[n] for n in ("bos_token_id", "cls_token_id")
-                  if isinstance(config.get(n), int) and 0 <= config[n] < vocab_size), None)  # fmt: skip
+    first = next(
+        (
+            config[n]
+            for n in ("bos_token_id", "cls_token_id")
+            if isinstance(config.get(n), int) and 0 <= config[n] < vocab_size
+        ),
+        None,
+    )
     if first is None:
         first = next((by_name[n] for n in _FIRST_TOKEN_NAMES if n in by_name), None)
     pool = np.flatnonzero(allowed)

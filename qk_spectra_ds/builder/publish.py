@@ -73,12 +73,15 @@ def publish(
     local_files = dataset_repo.model_files(out_dir)
     if not local_files:
         raise PublishError(f"{out_dir} has no data/<family>/*.parquet to publish: build a family first")
-    problem = card_metadata.local_digest_problem(out_dir, local_files)  # never publish a file the card does not vouch for
+    problem = card_metadata.local_digest_problem(
+        out_dir, local_files
+    )  # never publish a file the card does not vouch for
     if problem:
         raise PublishError(f"{problem}; nothing was published")
     try:
-        return _publish(out_dir, local_files, repo_id, version, private, branch or "main", force, message, token,
-                        max_attempts)  # fmt: skip
+        return _publish(
+            out_dir, local_files, repo_id, version, private, branch or "main", force, message, token, max_attempts
+        )
     except _network_errors() as exc:
         raise PublishError(
             f"cannot reach the Hub at {constants.ENDPOINT} to publish {repo_id} ({type(exc).__name__}: "
@@ -148,8 +151,13 @@ def _publish(out_dir, local_files, repo_id, version, private, branch, force, mes
             if force:
                 _delete_tag_if_present(api, repo_id, version)
             target = result.commit or api.dataset_info(repo_id, revision=branch).sha
-            api.create_tag(repo_id, tag=version, revision=target, repo_type="dataset",
-                           tag_message=f"qk-spectra-ds dataset {version}")  # fmt: skip
+            api.create_tag(
+                repo_id,
+                tag=version,
+                revision=target,
+                repo_type="dataset",
+                tag_message=f"qk-spectra-ds dataset {version}",
+            )
         except HfHubHTTPError as exc:
             raise PublishError(_http_message(repo_id, exc)) from None
     return result
@@ -171,7 +179,9 @@ def _commit_once(api, repo_id, branch, out_dir, local, local_sha, local_summarie
     summaries = card_metadata.merge_summaries(remote_meta["models"], local_summaries)
     versions = remote_meta["versions"]
     if version is not None and not any(v.get("version") == version for v in versions):
-        versions = card_metadata.add_version(versions, {"version": version, "changes": message or _describe(changed, remote_sha)})
+        versions = card_metadata.add_version(
+            versions, {"version": version, "changes": message or _describe(changed, remote_sha)}
+        )
     card = dataset_card.render_card(summaries, versions, repo_id=repo_id)
 
     operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(local[p])) for p in changed]
@@ -182,7 +192,8 @@ def _commit_once(api, repo_id, branch, out_dir, local, local_sha, local_summarie
     info = api.create_commit(
         repo_id,
         operations,
-        commit_message=message or f"qk-spectra-ds: {_describe(changed, remote_sha)}" + (f" ({version})" if version else ""),
+        commit_message=message
+        or f"qk-spectra-ds: {_describe(changed, remote_sha)}" + (f" ({version})" if version else ""),
         repo_type="dataset",
         revision=branch,
         parent_commit=head,
@@ -250,4 +261,3 @@ def _http_message(repo_id: str, exc: Exception) -> str:
     if status == 403:
         return f"no write access to {repo_id} (HTTP 403): check the token's permissions and the organization"
     return f"publishing {repo_id} failed (HTTP {status}): {one_line(exc, first_line=True)}"
-

@@ -122,7 +122,9 @@ def _yarn(rp: Mapping[str, Any], dim: int, base: float, original: int, max_pos: 
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
     if attention is None:
-        attention = float(get_mscale(f, mscale) / get_mscale(f, mscale_all)) if (mscale and mscale_all) else get_mscale(f)
+        attention = (
+            float(get_mscale(f, mscale) / get_mscale(f, mscale_all)) if (mscale and mscale_all) else get_mscale(f)
+        )
     fast, slow = rp.get("beta_fast") or 32, rp.get("beta_slow") or 1
 
     def correction_dim(rotations):
@@ -150,8 +152,15 @@ def rotary_from_spec(rope: Any, config: Mapping[str, Any]) -> Rotary | None:
         original = text.get("original_max_position_embeddings")
     original = positions("original_max_position_embeddings", original)
     scaling = json.dumps(rope.scaling, sort_keys=True, default=repr)
-    return _rotary(rope.theta, rope.rotary_dim, scaling, rope.max_position_embeddings, original,
-                   bool(rope.interleaved), int(getattr(rope, "rotary_start", 0) or 0))  # fmt: skip
+    return _rotary(
+        rope.theta,
+        rope.rotary_dim,
+        scaling,
+        rope.max_position_embeddings,
+        original,
+        bool(rope.interleaved),
+        int(getattr(rope, "rotary_start", 0) or 0),
+    )
 
 
 @functools.lru_cache(maxsize=64)

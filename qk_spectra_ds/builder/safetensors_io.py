@@ -61,10 +61,29 @@ def _e4m3_values() -> np.ndarray:
 E4M3_VALUES = _e4m3_values()
 
 DTYPE_BITS = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
-    "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
-}  # fmt: skip
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
 """Bits per element of every dtype the safetensors library (0.8) accepts; any other is refused."""
 
 _USIZE_MAX = 2**64 - 1  # the library's offsets and sizes are 64-bit unsigned
@@ -167,9 +186,7 @@ def parse_header_json(raw: bytes) -> dict[str, Any]:
 
 def check_metadata(entry: Any) -> None:
     """``__metadata__`` is absent, null or a map of strings to strings, as the library requires."""
-    if entry is not None and not (
-        isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())
-    ):
+    if entry is not None and not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
         raise _HeaderProblem("__metadata__ is not a map of strings to strings")
 
 
@@ -308,7 +325,9 @@ class Checkpoint:
         try:
             index = strict_json(self.source.read_file(INDEX_NAME))
         except _HeaderProblem as exc:  # a tensor listed twice would be ambiguous
-            raise CheckpointError(f"{self.source.model_id}: {INDEX_NAME} is not valid ({exc}): re-download it") from None
+            raise CheckpointError(
+                f"{self.source.model_id}: {INDEX_NAME} is not valid ({exc}): re-download it"
+            ) from None
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         return {} if weight_map is None else weight_map  # {}: refused by shard_names as "no weight_map"
 
@@ -388,7 +407,9 @@ class Checkpoint:
         stop = info.start + row_stop * info.row_bytes
         data = self.source.read_range(info.filename, start, stop)
         if len(data) != stop - start:
-            raise CheckpointError(f"{self.source.model_id}: {info.filename} is truncated inside {info.name}: re-download it")
+            raise CheckpointError(
+                f"{self.source.model_id}: {info.filename} is truncated inside {info.name}: re-download it"
+            )
         array = np.frombuffer(data, dtype=_NUMPY_DTYPES[info.dtype]).reshape((row_stop - row_start,) + info.shape[1:])
         if info.dtype == "BF16":
             return _bf16_to_float32(array)

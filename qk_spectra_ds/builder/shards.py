@@ -28,7 +28,9 @@ def slurm_array_shard(environ: Mapping[str, str]) -> str:
     try:
         task, count, low = (int(str(environ[n]).strip()) for n in names)
     except ValueError:
-        raise BuildError(f"--shard auto: {', '.join(f'{n}={environ[n]!r}' for n in names)} are not whole numbers") from None
+        raise BuildError(
+            f"--shard auto: {', '.join(f'{n}={environ[n]!r}' for n in names)} are not whole numbers"
+        ) from None
     step = str(environ.get("SLURM_ARRAY_TASK_STEP", "1")).strip() or "1"
     high = str(environ.get("SLURM_ARRAY_TASK_MAX", "")).strip()
     index = task - low

@@ -121,7 +121,9 @@ def is_up_to_date(previous: Mapping[str, Any] | None, revision: str) -> bool:
     )
 
 
-def is_current(previous: Mapping[str, Any] | None, path: str | Path, revision: str | None, wanted: Mapping[str, Any]) -> bool:
+def is_current(
+    previous: Mapping[str, Any] | None, path: str | Path, revision: str | None, wanted: Mapping[str, Any]
+) -> bool:
     """True if the file at ``path`` holds rows of this revision and method version built with the ``wanted`` key.
 
     ``revision`` None (nothing to compare: a local model's first build or --force) is never current;

@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # torch is imported where a function needs it: raw CPU builds
     import torch
 
 
-
 _F64 = np.finfo(np.float64)
 _F32 = np.finfo(np.float32)
 

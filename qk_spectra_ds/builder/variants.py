@@ -44,6 +44,7 @@ from .spectra import GRAM_FLOOR, check_range, gram_ceiling, qr_fallback
 
 RAW, FOLDED, NULL = VARIANT_RAW, VARIANT_FOLDED, VARIANT_NULL  # short names for the schema's (defined there)
 
+
 @dataclass(frozen=True)
 class LayerFolding:
     """One layer's numeric folding: gain D (None: identity), centring P, q/k gains, scale c."""
@@ -186,7 +187,11 @@ Real heads are far inside it (MiniLM's head blocks: condition 2 to 6 each); anyt
 
 
 def positional_singular_values(
-    lq_t: torch.Tensor, lk: torch.Tensor, kv_index: torch.Tensor, rotary: Rotary, offsets: Sequence[int],
+    lq_t: torch.Tensor,
+    lk: torch.Tensor,
+    kv_index: torch.Tensor,
+    rotary: Rotary,
+    offsets: Sequence[int],
     base: torch.Tensor | None = None,
 ) -> np.ndarray:
     """(n_off, n, d_head) unscaled s(lq_t @ R(delta)^T lk[kv]) per offset, descending.

@@ -249,9 +249,7 @@ def open_source(spec: str, model_id: str | None = None, token: str | bool | None
         raise ModelSourceError(missing)
     repo_id, _, revision = spec.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ModelSourceError(
-            f"{spec!r} is neither a local directory nor a Hub id of the form org/name[@revision]"
-        )
+        raise ModelSourceError(f"{spec!r} is neither a local directory nor a Hub id of the form org/name[@revision]")
     from .hub_source import HubSource  # deliberately lazy: hub_source imports this module (its base class)
 
     return HubSource(repo_id, revision or None, token=token)
@@ -260,5 +258,7 @@ def open_source(spec: str, model_id: str | None = None, token: str | bool | None
 def too_large(model_id: str, filename: str, size: int | None) -> str:
     """The one-line error for a config or index over :data:`SMALL_FILE_LIMIT`."""
     actual = "" if size is None else f" ({size / 2**20:.0f} MiB)"
-    return (f"{model_id}: {filename} is larger than {SMALL_FILE_LIMIT >> 20} MiB{actual}, far beyond any real "
-            "config or index: the model folder or repo is corrupt")
+    return (
+        f"{model_id}: {filename} is larger than {SMALL_FILE_LIMIT >> 20} MiB{actual}, far beyond any real "
+        "config or index: the model folder or repo is corrupt"
+    )

@@ -16,8 +16,14 @@ def synthetic(seed: int, models=("m/a", "m/b", "m/c"), layers=6, heads=12, plant
     parts = []
     for i, model in enumerate(models):
         n = layers * heads
-        part = pd.DataFrame({"model_id": model, "variant": "raw", "layer": np.repeat(np.arange(layers), heads),
-                             "head": np.tile(np.arange(heads), layers)})  # fmt: skip
+        part = pd.DataFrame(
+            {
+                "model_id": model,
+                "variant": "raw",
+                "layer": np.repeat(np.arange(layers), heads),
+                "head": np.tile(np.arange(heads), layers),
+            }
+        )
         for metric in schema.METRICS:
             part[metric] = rng.gamma(2.0, 1.0 + i, n)  # models differ in scale: ranks are within model
         for score in schema.BEHAVIOUR_SCORES:
@@ -57,7 +63,11 @@ def test_planted_relation_is_found_and_said():
     sentence = table.loc[table["score"] == "previous_token", "conclusion"].iloc[0]
     assert sentence.startswith("the previous-token score is predicted by stable_rank (spearman_rho 0.8")
     assert "; AUC 0.9" in sentence and "for previous-token heads, adjusted p" in sentence
-    assert table.loc[table["score"] == "induction", "conclusion"].iloc[0].startswith("no spectral metric predicts the induction score")
+    assert (
+        table.loc[table["score"] == "induction", "conclusion"]
+        .iloc[0]
+        .startswith("no spectral metric predicts the induction score")
+    )
     assert "next_token" not in set(table["score"])  # a score no row has is not tested
 
 
@@ -82,7 +92,9 @@ def test_one_model_statistics_equal_scipy_and_sklearn():
     table = ab.predictor_table(frame, permutations=99)
     for metric in ("stable_rank", "positivity"):
         rows = table[(table["score"] == "previous_token") & (table["predictor"] == metric)].set_index("statistic")
-        assert rows.loc["spearman_rho", "value"] == pytest.approx(spearmanr(frame[metric], frame["behaviour_previous_token"])[0])
+        assert rows.loc["spearman_rho", "value"] == pytest.approx(
+            spearmanr(frame[metric], frame["behaviour_previous_token"])[0]
+        )
         label = frame["behaviour_previous_token"] >= ab.HEAD_KINDS["previous_token"][1]
         assert rows.loc["roc_auc", "value"] == pytest.approx(roc_auc_score(label, frame[metric]))
 
@@ -99,7 +111,9 @@ def test_stratified_permutations_stay_inside_each_model():
 def test_classes_are_tested_and_untestable_cases_say_so():
     frame = synthetic(2, models=("m/a",))
     labels = frame[["model_id", "layer", "head"]].rename(columns={"model_id": "model"})
-    labels["class"] = (frame["behaviour_first_token"] > frame["behaviour_first_token"].median()).astype(int)  # classes = the score
+    labels["class"] = (frame["behaviour_first_token"] > frame["behaviour_first_token"].median()).astype(
+        int
+    )  # classes = the score
     table = ab.predictor_table(frame, {"consensus_labels": labels}, permutations=1999)
     row = table[(table["score"] == "first_token") & (table["kind"] == "classes")].iloc[0]
     assert row["predictor"] == "consensus class" and row["significant"] and row["value"] > 0.5
@@ -133,5 +147,9 @@ def test_report_section_writes_table_figures_and_sentences(tmp_path):
     index.write_text("# report\n")
     ab.append_section(index, section)
     assert index.read_text().startswith("# report\n\n## Does the spectrum predict what heads do?")
-    assert ab.store_behaviour(Outputs(tmp_path / "none"), frame.drop(columns=[c for c in frame if c.startswith("behaviour_")]),
-                              Params()) is None  # fmt: skip
+    assert (
+        ab.store_behaviour(
+            Outputs(tmp_path / "none"), frame.drop(columns=[c for c in frame if c.startswith("behaviour_")]), Params()
+        )
+        is None
+    )

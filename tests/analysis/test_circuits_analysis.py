@@ -23,9 +23,15 @@ def _rows(circuit: str, variant: str = "folded", seed: int = 0) -> pd.DataFrame:
     keys = [(m, layer, head) for m in MODELS for layer in range(N_LAYERS) for head in range(N_HEADS)]
     frame = pd.DataFrame(keys, columns=["model_id", "layer", "head"])
     n = len(frame)
-    frame = frame.assign(variant=variant, circuit=circuit, n_layers=N_LAYERS, positivity=rng.uniform(-1, 1, n),
-                         stable_rank=rng.uniform(1, 8, n), symmetry=rng.uniform(0.4, 0.6, n),
-                         positivity_z=rng.normal(size=n))  # fmt: skip
+    frame = frame.assign(
+        variant=variant,
+        circuit=circuit,
+        n_layers=N_LAYERS,
+        positivity=rng.uniform(-1, 1, n),
+        stable_rank=rng.uniform(1, 8, n),
+        symmetry=rng.uniform(0.4, 0.6, n),
+        positivity_z=rng.normal(size=n),
+    )
     if circuit == "ov":
         frame["copying_score"] = frame["positivity"]
         frame["copying_positive_share"] = rng.uniform(0, 1, n)
@@ -35,8 +41,14 @@ def _rows(circuit: str, variant: str = "folded", seed: int = 0) -> pd.DataFrame:
 
 def _ov_with_planted_z() -> pd.DataFrame:
     ov = _rows("ov")
-    planted = {("org/a", 0, 1): 7.5, ("org/a", 2, 3): 3.01, ("org/a", 1, 0): 3.0, ("org/b", 1, 2): -4.0,
-               ("org/b", 0, 0): -3.0, ("org/b", 2, 2): float("nan")}  # fmt: skip
+    planted = {
+        ("org/a", 0, 1): 7.5,
+        ("org/a", 2, 3): 3.01,
+        ("org/a", 1, 0): 3.0,
+        ("org/b", 1, 2): -4.0,
+        ("org/b", 0, 0): -3.0,
+        ("org/b", 2, 2): float("nan"),
+    }
     for (model, layer, head), z in planted.items():
         ov.loc[(ov["model_id"] == model) & (ov["layer"] == layer) & (ov["head"] == head), "copying_score_z"] = z
     return ov
@@ -44,19 +56,31 @@ def _ov_with_planted_z() -> pd.DataFrame:
 
 def test_roles_are_strictly_beyond_three_and_tables_count_them():
     qk, ov = _rows("qk"), _ov_with_planted_z()
-    labels = pd.DataFrame([(m, layer, head, (layer + head) % 2) for m, layer, head in qk[["model_id", "layer", "head"]].itertuples(index=False)],
-                          columns=["model", "layer", "head", "class"])  # fmt: skip
+    labels = pd.DataFrame(
+        [
+            (m, layer, head, (layer + head) % 2)
+            for m, layer, head in qk[["model_id", "layer", "head"]].itertuples(index=False)
+        ],
+        columns=["model", "layer", "head", "class"],
+    )
     paired = circuits.pair_heads(qk, ov, labels, n_bands=3)
     assert len(paired) == len(qk) and set(paired["circuit"]) == {"qk+ov"}
     assert list(paired["class"]) == list((paired["layer"] + paired["head"]) % 2)  # each head's own class
     copying = circuits.role_table(paired, circuits.ROLE_COPYING)
     suppression = circuits.role_table(paired, circuits.ROLE_SUPPRESSION)
-    assert list(zip(copying["model"], copying["layer"], copying["head"])) == [("org/a", 0, 1), ("org/a", 2, 3)]  # 3.0: not > 3
-    assert list(zip(suppression["model"], suppression["layer"], suppression["head"])) == [("org/b", 1, 2)]  # -3.0: not < -3
+    assert list(zip(copying["model"], copying["layer"], copying["head"])) == [
+        ("org/a", 0, 1),
+        ("org/a", 2, 3),
+    ]  # 3.0: not > 3
+    assert list(zip(suppression["model"], suppression["layer"], suppression["head"])) == [
+        ("org/b", 1, 2)
+    ]  # -3.0: not < -3
     assert set(copying["circuit"]) == {"ov"} and copying["ov_copying_score_z"].is_monotonic_decreasing
     models = circuits.model_table(paired).set_index("model")
     assert models.loc["org/a", "n_copying"] == 2 and models.loc["org/a", "n_suppression"] == 0
-    assert models.loc["org/b", "n_suppression"] == 1 and models.loc["org/b", "n_tested"] == N_LAYERS * N_HEADS - 1  # NaN z
+    assert (
+        models.loc["org/b", "n_suppression"] == 1 and models.loc["org/b", "n_tested"] == N_LAYERS * N_HEADS - 1
+    )  # NaN z
     from scipy.stats import norm
 
     assert models.loc["org/b", "expected_by_chance_per_side"] == pytest.approx(11 * norm.sf(3.0), rel=1e-12)
@@ -67,7 +91,9 @@ def test_roles_are_strictly_beyond_three_and_tables_count_them():
     depth = circuits.depth_table(paired, n_bands=3)
     assert depth.groupby("model")["n_heads"].sum().tolist() == [N_LAYERS * N_HEADS] * 2
     assert depth.groupby("model")["n_copying"].sum().tolist() == [2, 0]
-    assert depth.loc[(depth["model"] == "org/a") & (depth["band"] == 0), "n_copying"].item() == 1  # layer 0 of 3: band 0
+    assert (
+        depth.loc[(depth["model"] == "org/a") & (depth["band"] == 0), "n_copying"].item() == 1
+    )  # layer 0 of 3: band 0
 
 
 def test_heads_pair_only_within_one_variant():
@@ -91,8 +117,18 @@ def test_variant_suffix_names_the_circuit():
 
 
 def test_figure_titles_name_the_circuit():
-    result = LayerStat("m", "MEAN", [0, 1, 2], [np.ones(3), np.ones(3) * 2, np.ones(3) * 3], np.array([1.0, 2, 3]),
-                       np.array([1.0, 2, 3]), float("nan"), float("nan"), None, None)  # fmt: skip
+    result = LayerStat(
+        "m",
+        "MEAN",
+        [0, 1, 2],
+        [np.ones(3), np.ones(3) * 2, np.ones(3) * 3],
+        np.array([1.0, 2, 3]),
+        np.array([1.0, 2, 3]),
+        float("nan"),
+        float("nan"),
+        None,
+        None,
+    )
     with plots.style():
         fig = layer_boxplot_figures.layer_stat_figure(result, "folded", circuit="ov")
     assert plots.figure_title(fig).endswith("· folded OV spectra")
@@ -106,10 +142,12 @@ def test_circuit_of_and_label_tables(tmp_path):
     assert circuits.circuit_of(_rows("ov")) == "ov"
     outputs = Outputs(tmp_path)
     (tmp_path / "tables").mkdir()
-    tables = {"a": pd.DataFrame({"model": ["m"], "variant": ["folded"], "x": [1.0]}),
-              "b": pd.DataFrame({"model_a": ["m"], "variant_a": ["raw"], "model_b": ["m"], "variant_b": ["folded"]}),
-              "c": pd.DataFrame({"model": ["m"], "variant": ["folded"], "circuit": ["qk+ov"]}),
-              "d": pd.DataFrame({"model": ["m"], "x": [1]})}  # fmt: skip
+    tables = {
+        "a": pd.DataFrame({"model": ["m"], "variant": ["folded"], "x": [1.0]}),
+        "b": pd.DataFrame({"model_a": ["m"], "variant_a": ["raw"], "model_b": ["m"], "variant_b": ["folded"]}),
+        "c": pd.DataFrame({"model": ["m"], "variant": ["folded"], "circuit": ["qk+ov"]}),
+        "d": pd.DataFrame({"model": ["m"], "x": [1]}),
+    }
     for name, table in tables.items():
         write_table(table, tmp_path / "tables" / f"{name}.csv")
         outputs.tables[name], outputs.frames[name] = f"tables/{name}.csv", table
@@ -158,7 +196,9 @@ def test_section_tables_figures_and_summary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(circuits, "load_circuit_rows", other_circuit)
     outputs = Outputs(tmp_path)
-    labels = qk[["model_id", "layer", "head"]].rename(columns={"model_id": "model"}).assign(variant="folded", **{"class": 1})
+    labels = (
+        qk[["model_id", "layer", "head"]].rename(columns={"model_id": "model"}).assign(variant="folded", **{"class": 1})
+    )
     outputs.frames["consensus_labels"] = labels
     lines: list[str] = []
     section = circuits.store_circuits(outputs, qk, None, "F", Params(), lines.append, list(MODELS))
@@ -190,7 +230,10 @@ def test_an_ov_run_loads_the_qk_rows_and_colours_by_its_own_classes(tmp_path, mo
     section = circuits.store_circuits(Outputs(tmp_path), _ov_with_planted_z(), None, "F", Params(), None)
     assert "OV class" in section
     heads = pd.read_parquet(tmp_path / "tables" / "circuit_heads.parquet")
-    assert heads["qk_positivity"].tolist() == circuits.pair_heads(_rows("qk"), _ov_with_planted_z())["qk_positivity"].tolist()
+    assert (
+        heads["qk_positivity"].tolist()
+        == circuits.pair_heads(_rows("qk"), _ov_with_planted_z())["qk_positivity"].tolist()
+    )
 
 
 # ---------------------------------------------------------------- end to end on a tiny model build
@@ -212,8 +255,12 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("circuits")
     _, model_dir = make_saved("llama-gqa", root / "model")
     both, qk_only = root / "both", root / "qk_only"
-    build_family("T", both, models=[str(model_dir)], progress=False, variants=["folded"], offsets=[], circuits=["qk", "ov"])
-    build_family("T", qk_only, models=[str(model_dir)], progress=False, variants=["folded"], offsets=[], circuits=["qk"])
+    build_family(
+        "T", both, models=[str(model_dir)], progress=False, variants=["folded"], offsets=[], circuits=["qk", "ov"]
+    )
+    build_family(
+        "T", qk_only, models=[str(model_dir)], progress=False, variants=["folded"], offsets=[], circuits=["qk"]
+    )
     return both, qk_only
 
 
@@ -231,15 +278,49 @@ def test_end_to_end_circuit_selection_section_and_titles(built, tmp_path, analyz
     with pytest.raises(AnalysisError, match="no ov rows"):
         load_spectra(qk_only, "T", circuit="ov")
 
-    assert analyze_cli(["clusters", "--dataset", str(both), "--family", "T", "--out", str(tmp_path / "ov"), "--circuit", "ov",
-                 "--quiet"]) == 0  # fmt: skip
+    assert (
+        analyze_cli(
+            [
+                "clusters",
+                "--dataset",
+                str(both),
+                "--family",
+                "T",
+                "--out",
+                str(tmp_path / "ov"),
+                "--circuit",
+                "ov",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     labels = pd.read_csv(tmp_path / "ov" / "T" / "tables" / "labels.csv")
     assert list(labels.columns[:3]) == ["model", "variant", "circuit"] and set(labels["circuit"]) == {"ov"}
     esd = next((tmp_path / "ov" / "T" / "ESDs").glob("*.png"))
     assert Image.open(esd).info["Title"].endswith("· folded OV spectra")
 
-    assert analyze_cli(["report", "--dataset", str(both), "--family", "T", "--out", str(tmp_path / "qk"), "--method", "original",
-                 "--skip_layers_below", "0", "--embedding", "pca", "--quiet"]) == 0  # fmt: skip
+    assert (
+        analyze_cli(
+            [
+                "report",
+                "--dataset",
+                str(both),
+                "--family",
+                "T",
+                "--out",
+                str(tmp_path / "qk"),
+                "--method",
+                "original",
+                "--skip_layers_below",
+                "0",
+                "--embedding",
+                "pca",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     family_dir = tmp_path / "qk" / "T"
     assert set(pd.read_csv(family_dir / "tables" / "classes.csv")["circuit"]) == {"qk"}
     heads = pd.read_parquet(family_dir / "tables" / "circuit_heads.parquet")
@@ -249,8 +330,27 @@ def test_end_to_end_circuit_selection_section_and_titles(built, tmp_path, analyz
     assert "## QK and OV" in index and "**QK and OV**" in index
     assert Image.open(family_dir / "taxonomy" / "classes.png").info["Title"].endswith("· folded QK spectra")
 
-    assert analyze_cli(["report", "--dataset", str(qk_only), "--family", "T", "--out", str(tmp_path / "v3"), "--method", "original",
-                 "--skip_layers_below", "0", "--embedding", "pca", "--quiet"]) == 0  # fmt: skip
+    assert (
+        analyze_cli(
+            [
+                "report",
+                "--dataset",
+                str(qk_only),
+                "--family",
+                "T",
+                "--out",
+                str(tmp_path / "v3"),
+                "--method",
+                "original",
+                "--skip_layers_below",
+                "0",
+                "--embedding",
+                "pca",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "QK and OV" not in (tmp_path / "v3" / "T" / "index.md").read_text()
     assert not (tmp_path / "v3" / "T" / "tables" / "qk_ov.csv").exists()
     assert math.isfinite(float(heads["qk_positivity"].iloc[0]))
@@ -265,7 +365,9 @@ def test_interactive_embedding_title_names_the_circuit():
     table = html_report.embedding_table("org/a", rows, fitted)
     assert list(table.columns[:3]) == ["model", "variant", "circuit"] and set(table["circuit"]) == {"ov"}
     assert html_report._embedding_title("org/a", "pca", ["folded"], "consensus", html_report._circuit(table)).endswith(
-        "· folded OV spectra")
+        "· folded OV spectra"
+    )
     legacy = table.drop(columns="circuit")  # schema v1-v3 rows: QK
     assert html_report._embedding_title("org/a", "pca", ["legacy"], None, html_report._circuit(legacy)).endswith(
-        "· legacy QK spectra")
+        "· legacy QK spectra"
+    )

@@ -73,8 +73,19 @@ def rel(actual, reference):
 @pytest.mark.slow
 def test_legacy_against_built_reports_the_original_pairing_error(tiny, analyze_cli, capsys, tmp_path):
     root = tiny["root"]
-    argv = ["compare", "--dataset", str(root / "built"), "--family", "Tiny", "--variant", "raw",
-            "--against", str(root / "legacy"), "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "compare",
+        "--dataset",
+        str(root / "built"),
+        "--family",
+        "Tiny",
+        "--variant",
+        "raw",
+        "--against",
+        str(root / "legacy"),
+        "--out",
+        str(tmp_path),
+    ]
     assert analyze_cli(argv) == 0
     err = capsys.readouterr().err
     heads = pd.read_csv(tmp_path / "Tiny" / "tables" / "compare_heads.csv").set_index(["layer", "head"])
@@ -116,8 +127,9 @@ def test_legacy_against_built_reports_the_original_pairing_error(tiny, analyze_c
 @pytest.mark.slow
 def test_the_same_model_built_twice_compares_equal(tiny, tmp_path):
     root = tiny["root"]
-    a, b = compare.load_sides(str(root / "built"), "Tiny", variant="raw", against=str(root / "built2"),
-                              against_variant="raw")
+    a, b = compare.load_sides(
+        str(root / "built"), "Tiny", variant="raw", against=str(root / "built2"), against_variant="raw"
+    )
     outputs = compare.run_compare(a, b, tmp_path, "Tiny", ["stable_rank"])
     heads = outputs.frames["compare_heads"]
     errors = heads[[c for c in heads.columns if c.endswith("_rel_err") or c.endswith(("_err_max", "_err_median"))]]
@@ -130,8 +142,19 @@ def test_the_same_model_built_twice_compares_equal(tiny, tmp_path):
 def test_shapes_that_differ_are_one_line(tiny, analyze_cli, capsys, tmp_path):
     other = tmp_path / "other"
     write_synthetic(other, "Tiny", "tiny-llama", n_layers=3, n_heads=4, d_head=8, seed=5)
-    argv = ["compare", "--dataset", str(tiny["root"] / "built"), "--family", "Tiny", "--variant", "raw",
-            "--against", str(other), "--out", str(tmp_path / "out")]  # fmt: skip
+    argv = [
+        "compare",
+        "--dataset",
+        str(tiny["root"] / "built"),
+        "--family",
+        "Tiny",
+        "--variant",
+        "raw",
+        "--against",
+        str(other),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert analyze_cli(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot compare tiny-llama [raw]"), err
@@ -157,14 +180,21 @@ def test_raw_against_folded_in_one_dataset(tmp_path):
     table = pq.read_table(dataset_repo.model_path(out, "syn", "org/m"))
     factor = 1.0 + 0.01 * np.arange(len(raw["layer"]))  # head i: every singular value scaled by 1 + i/100
     s = np.stack(raw["singular_values"]).astype(np.float64) * factor[:, None]
-    folded = {**raw, "variant": ["folded"] * len(factor), "singular_values": list(s.astype(np.float32)),
-              "eigenvalues": list((s**2).astype(np.float32))}  # fmt: skip
+    folded = {
+        **raw,
+        "variant": ["folded"] * len(factor),
+        "singular_values": list(s.astype(np.float32)),
+        "eigenvalues": list((s**2).astype(np.float32)),
+    }
     for prefix, values in (("sv", s.astype(np.float32)), ("ev", (s**2).astype(np.float32))):
         for name, stat in spectrum_statistics(values).items():
             folded[f"{prefix}_{name}"] = stat.tolist()
     for name, value in spectrum_metrics(s.astype(np.float32), positivity=np.array(raw["positivity"])).items():
         folded[name] = value.tolist()
-    pq.write_table(pa.table({c: folded[c] for c in table.column_names}, schema=table.schema), out / "data" / "syn" / "org--m-folded.parquet")
+    pq.write_table(
+        pa.table({c: folded[c] for c in table.column_names}, schema=table.schema),
+        out / "data" / "syn" / "org--m-folded.parquet",
+    )
     a, b = compare.load_sides(str(out), "syn", variant="raw", against_variant="folded")
     heads = head_compare.compare_heads(a, b)
     order = np.array([h + 4 * layer for layer, h in zip(heads["layer"], heads["head"])])
@@ -180,8 +210,18 @@ def test_metrics_against_relative_depth_for_models_of_different_depth(tmp_path, 
     out = tmp_path / "ds"
     small = write_synthetic(out, "fam", "org/small", n_layers=3, n_heads=4, d_head=8, seed=2)
     large = write_synthetic(out, "fam", "org/large", n_layers=7, n_heads=6, d_head=8, seed=3)
-    argv = ["compare", "--dataset", str(out), "--family", "fam", "--out", str(tmp_path / "out"),
-            "--metrics", "stable_rank,sv_mean", "--quiet"]  # fmt: skip
+    argv = [
+        "compare",
+        "--dataset",
+        str(out),
+        "--family",
+        "fam",
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        "stable_rank,sv_mean",
+        "--quiet",
+    ]
     assert analyze_cli(argv) == 0
     depth = pd.read_csv(tmp_path / "out" / "fam" / "tables" / "depth.csv")
     assert list(dict.fromkeys(depth["model"])) == ["org/small", "org/large"]  # smallest first
@@ -194,7 +234,9 @@ def test_metrics_against_relative_depth_for_models_of_different_depth(tmp_path, 
             np.testing.assert_allclose(rows["relative_depth"], np.arange(n_layers) / (n_layers - 1), rtol=1e-5)
             for layer, row in zip(range(n_layers), rows.itertuples()):
                 q25, q50, q75 = np.percentile(values[layers == layer], [25, 50, 75])
-                assert (row.median, row.q25, row.q75) == pytest.approx((q50, q25, q75), rel=1e-5)  # CSV: 6 significant digits
+                assert (row.median, row.q25, row.q75) == pytest.approx(
+                    (q50, q25, q75), rel=1e-5
+                )  # CSV: 6 significant digits
     assert not (tmp_path / "out" / "fam" / "tables" / "compare_heads.csv").exists()  # no --against: depth only
     for metric in ("stable_rank", "sv_mean"):
         assert (tmp_path / "out" / "fam" / "depth" / f"{metric}.png").is_file()
@@ -207,7 +249,9 @@ def test_unknown_metric_and_same_selection_are_one_line(tmp_path, analyze_cli, c
         (["--metrics", "stable_rank,rank"], "unknown metric(s) rank"),
         (["--against", str(out)], "both sides of the comparison are the same selection"),
     ):
-        assert analyze_cli(["compare", "--dataset", str(out), "--family", "fam", "--out", str(tmp_path / "o"), *argv]) == 1
+        assert (
+            analyze_cli(["compare", "--dataset", str(out), "--family", "fam", "--out", str(tmp_path / "o"), *argv]) == 1
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
 
@@ -231,8 +275,21 @@ def test_models_are_paired_by_name_across_datasets(tmp_path, analyze_cli, capsys
     expected = np.max(rel(np.stack(old["singular_values"]), np.stack(x["singular_values"])), axis=1)
     np.testing.assert_allclose(heads["sv_err_max"], expected, rtol=1e-6)  # rows in (layer, head) order, as written
     # --models names one model; side B looks it up by its short name
-    argv = ["compare", "--dataset", str(built), "--family", "fam", "--models", "org/Model-X", "--against", str(legacy),
-            "--out", str(tmp_path / "out"), "--metrics", "sv_max"]  # fmt: skip
+    argv = [
+        "compare",
+        "--dataset",
+        str(built),
+        "--family",
+        "fam",
+        "--models",
+        "org/Model-X",
+        "--against",
+        str(legacy),
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        "sv_max",
+    ]
     assert analyze_cli(argv) == 0
     assert "Model-X [legacy, original pairing error] vs Model-X [raw]" in capsys.readouterr().err
     depth = pd.read_csv(tmp_path / "out" / "fam" / "tables" / "depth.csv")
@@ -279,8 +336,18 @@ def test_compare_figures_follow_format_and_dpi(tmp_path, analyze_cli, capsys):
     out, other = tmp_path / "ds", tmp_path / "other"
     write_synthetic(out, "fam", "org/small", n_layers=3, n_heads=4, d_head=8, seed=2)
     write_synthetic(other, "fam", "org/small", n_layers=3, n_heads=4, d_head=8, seed=5)
-    base = ["compare", "--dataset", str(out), "--family", "fam", "--against", str(other),
-            "--metrics", "stable_rank", "--quiet"]  # fmt: skip
+    base = [
+        "compare",
+        "--dataset",
+        str(out),
+        "--family",
+        "fam",
+        "--against",
+        str(other),
+        "--metrics",
+        "stable_rank",
+        "--quiet",
+    ]
     assert analyze_cli([*base, "--out", str(tmp_path / "out"), "--format", "pdf", "--dpi", "72"]) == 0
     figures = sorted(p.relative_to(tmp_path / "out" / "fam").as_posix() for p in (tmp_path / "out").rglob("*.pdf"))
     assert figures == ["compare/org--small.pdf", "depth/stable_rank.pdf"], figures

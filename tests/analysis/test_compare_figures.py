@@ -12,8 +12,14 @@ from qk_spectra_ds.analysis import compare_figures
 def _heads() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     n = 3 * 4  # 3 layers x 4 heads
-    heads = pd.DataFrame({"layer": np.repeat(np.arange(3), 4), "head": np.tile(np.arange(4), 3),
-                          "sv_err_max": rng.uniform(1e-7, 1e-3, n), "sv_err_median": rng.uniform(1e-8, 1e-4, n)})  # fmt: skip
+    heads = pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(3), 4),
+            "head": np.tile(np.arange(4), 3),
+            "sv_err_max": rng.uniform(1e-7, 1e-3, n),
+            "sv_err_median": rng.uniform(1e-8, 1e-4, n),
+        }
+    )
     heads.loc[5, "sv_err_max"] = np.nan  # a head without a comparable spectrum is left out of its box, not fatal
     return heads
 

@@ -62,8 +62,14 @@ def test_the_estimator_gives_the_reports_labels_in_input_order_and_predicts_new_
 @pytest.mark.slow
 def test_the_estimator_follows_scikit_learn_conventions():
     clf = ConsensusHeadClassifier(k=2, structure_draws=19, seed=3)
-    assert clf.get_params() == {"features": "log", "k": 2, "n_bins": 24, "quantile": 0.96, "seed": 3,
-                                "structure_draws": 19}  # fmt: skip
+    assert clf.get_params() == {
+        "features": "log",
+        "k": 2,
+        "n_bins": 24,
+        "quantile": 0.96,
+        "seed": 3,
+        "structure_draws": 19,
+    }
     assert clone(clf).get_params() == clf.get_params()
     assert clf.set_params(n_bins=16).n_bins == 16
     with pytest.raises(NotFittedError):
@@ -83,13 +89,18 @@ def test_a_fixed_k_of_one_is_one_class_without_a_stability():
 
 @pytest.mark.parametrize(
     ("make", "words"),
-    [(lambda ev, rows: ConsensusHeadClassifier(k="six").fit(ev), "k must be 'auto'"),
-     (lambda ev, rows: ConsensusHeadClassifier(features="cubic").fit(ev), "unknown features"),
-     (lambda ev, rows: ConsensusHeadClassifier(k=2).fit(-ev), "must be >= 0"),
-     (lambda ev, rows: ConsensusHeadClassifier(k=2).fit(ev[:2]), "minimum of 3"),
-     (lambda ev, rows: ConsensusHeadClassifier(k=2).fit(pd.concat([rows, rows.assign(model_id="org/b")])), "2 models"),
-     (lambda ev, rows: ConsensusHeadClassifier(k=2).fit(rows.drop(columns="eigenvalues")), "keep_spectra=True")],
-)  # fmt: skip
+    [
+        (lambda ev, rows: ConsensusHeadClassifier(k="six").fit(ev), "k must be 'auto'"),
+        (lambda ev, rows: ConsensusHeadClassifier(features="cubic").fit(ev), "unknown features"),
+        (lambda ev, rows: ConsensusHeadClassifier(k=2).fit(-ev), "must be >= 0"),
+        (lambda ev, rows: ConsensusHeadClassifier(k=2).fit(ev[:2]), "minimum of 3"),
+        (
+            lambda ev, rows: ConsensusHeadClassifier(k=2).fit(pd.concat([rows, rows.assign(model_id="org/b")])),
+            "2 models",
+        ),
+        (lambda ev, rows: ConsensusHeadClassifier(k=2).fit(rows.drop(columns="eigenvalues")), "keep_spectra=True"),
+    ],
+)
 def test_user_errors_are_one_line(make, words):
     rows, _ = planted_rows()
     ev = np.stack(rows["eigenvalues"].tolist())
@@ -98,8 +109,15 @@ def test_user_errors_are_one_line(make, words):
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
-FAST_CHECKS = ("check_no_attributes_set_in_init", "check_parameters_default_constructible", "check_get_params_invariance",
-               "check_set_params", "check_estimators_unfitted", "check_estimator_repr", "check_estimator_cloneable")  # fmt: skip
+FAST_CHECKS = (
+    "check_no_attributes_set_in_init",
+    "check_parameters_default_constructible",
+    "check_get_params_invariance",
+    "check_set_params",
+    "check_estimators_unfitted",
+    "check_estimator_repr",
+    "check_estimator_cloneable",
+)
 FIT_CHECKS = ("check_fit_check_is_fitted", "check_n_features_in", "check_fit2d_predict1d")
 """scikit-learn's own estimator checks that apply. Not applicable: those fitting on data with negative values
 (check_clustering, check_estimators_overwrite_params, ...): eigenvalues are >= 0, and the estimator says so."""
@@ -121,4 +139,6 @@ def test_scikit_learn_checks_that_fit():
     for check in FIT_CHECKS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # KMeans on sklearn's small test data: duplicate points
-            getattr(estimator_checks, check)("ConsensusHeadClassifier", ConsensusHeadClassifier(k=2, structure_draws=19))
+            getattr(estimator_checks, check)(
+                "ConsensusHeadClassifier", ConsensusHeadClassifier(k=2, structure_draws=19)
+            )

@@ -11,8 +11,15 @@ from qk_spectra_ds.analysis import joint_consensus
 
 def _labels(model: str, classes: list[int], variant: str = "raw") -> pd.DataFrame:
     n = len(classes)
-    return pd.DataFrame({"model": model, "variant": variant, "layer": [i // 2 for i in range(n)],
-                         "head": [i % 2 for i in range(n)], "class": classes})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "model": model,
+            "variant": variant,
+            "layer": [i // 2 for i in range(n)],
+            "head": [i % 2 for i in range(n)],
+            "class": classes,
+        }
+    )
 
 
 def test_counts_and_ari_are_per_model_on_matched_heads():
@@ -26,7 +33,11 @@ def test_counts_and_ari_are_per_model_on_matched_heads():
         assert np.allclose(g["ari"], adjusted_rand_score(merged["class_x"], merged["class_y"]), rtol=1e-12, atol=1e-12)
     assert set(walk.loc[walk["model"] == "org/a", "ari"]) == {1.0}  # the same partition under other names
     assert walk.loc[walk["model"] == "org/b", "ari"].iloc[0] < 0.5
-    assert set(walk["system_a"]) == {"per-model"} and set(walk["system_b"]) == {"joint"} and set(walk["variant"]) == {"raw"}
+    assert (
+        set(walk["system_a"]) == {"per-model"}
+        and set(walk["system_b"]) == {"joint"}
+        and set(walk["variant"]) == {"raw"}
+    )
 
 
 def test_no_shared_heads_is_an_empty_table_with_the_columns():

@@ -141,7 +141,9 @@ def test_trend_test_finds_a_trend_and_short_series_are_not_tested():
 
 
 def test_holm_adjustment():
-    assert np.allclose(layer_permutation_tests.holm(np.array([0.01, 0.04, np.nan, 0.03])), [0.03, 0.06, np.nan, 0.06], equal_nan=True)
+    assert np.allclose(
+        layer_permutation_tests.holm(np.array([0.01, 0.04, np.nan, 0.03])), [0.03, 0.06, np.nan, 0.06], equal_nan=True
+    )
 
 
 # ---------------------------------------------------------------- consensus classes
@@ -173,7 +175,9 @@ def test_k_is_selected_in_one_place(monkeypatch):
             assert "k_scan(" not in text and "choose_k(" not in text and "K_RANGE" not in text, path
     calls = []
     real = consensus.select_k
-    monkeypatch.setattr(consensus, "select_k", lambda *a, **kw: calls.append(kw.get("structure", "?")) or real(*a, **kw))
+    monkeypatch.setattr(
+        consensus, "select_k", lambda *a, **kw: calls.append(kw.get("structure", "?")) or real(*a, **kw)
+    )
     raw = _frame([("org/a", 0)], permute=False)
     summary, _ = variants_compare.compare("org/a", raw, raw.assign(variant="folded"), ("raw", "folded"), k=2)
     assert calls == [None, None] and summary["k_a"].iloc[0] == 2 and summary["ari"].iloc[0] == 1.0
@@ -226,8 +230,9 @@ def test_shuffled_rows_give_identical_default_tables_and_original_is_unchanged(t
     assert tests["n_layers"].eq(10).all() and tests["p_bds_permutation"].notna().all()
     # the original's row-order-dependent tables: written by --method original only, not beside the default's (issue 13)
     assert not {"classes", "labels", "bds"} & {p.stem for p in (out1.family_dir / "tables").glob("*.csv")}
-    original = _default_tables(_frame(models, permute=False), tmp_path / "o3",
-                               Params(stats=("MEAN", "STD"), n_clusters=3, method="original"))  # fmt: skip
+    original = _default_tables(
+        _frame(models, permute=False), tmp_path / "o3", Params(stats=("MEAN", "STD"), n_clusters=3, method="original")
+    )
     written = {p.stem for p in (original.family_dir / "tables").glob("*.csv")}
     assert written == {"classes", "labels", "bds"}
 

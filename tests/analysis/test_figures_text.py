@@ -26,7 +26,10 @@ SLACK_PX = 1.0
 
 def _dataset(out, models: dict[str, tuple[int, int]], d_head: int = 32):
     """A dataset of ``models`` (id -> (n_layers, n_heads)): the suite's synthetic rows, other columns null."""
-    sizes = [(model, seed, dict(n_layers=layers, n_heads=heads)) for seed, (model, (layers, heads)) in enumerate(models.items())]
+    sizes = [
+        (model, seed, dict(n_layers=layers, n_heads=heads))
+        for seed, (model, (layers, heads)) in enumerate(models.items())
+    ]
     return make_dataset(out, "fig", sizes, d_head=d_head)
 
 
@@ -52,12 +55,16 @@ def text_problems(fig, monkeypatch) -> list[str]:
     texts = drawn_texts(fig, monkeypatch)
     problems = []
     for text, box in texts:
-        if (box.x0 < canvas.x0 - SLACK_PX or box.y0 < canvas.y0 - SLACK_PX or box.x1 > canvas.x1 + SLACK_PX
-                or box.y1 > canvas.y1 + SLACK_PX):  # fmt: skip
+        if (
+            box.x0 < canvas.x0 - SLACK_PX
+            or box.y0 < canvas.y0 - SLACK_PX
+            or box.x1 > canvas.x1 + SLACK_PX
+            or box.y1 > canvas.y1 + SLACK_PX
+        ):
             problems.append(f"outside the canvas: {text!r}")
     for i, (text_a, a) in enumerate(texts):
         shrunk = a.expanded(1.0, 1.0).padded(-SLACK_PX)
-        for text_b, b in texts[i + 1:]:
+        for text_b, b in texts[i + 1 :]:
             if shrunk.overlaps(b.padded(-SLACK_PX)):
                 problems.append(f"overlap: {text_a!r} and {text_b!r}")
     return problems
@@ -103,15 +110,29 @@ def test_figures_of_a_72_head_model(tmp_path, checked_figures):
     models = {LONG_ID: (6, 12)}
     _report(tmp_path, models)
     _compare(tmp_path, models)
-    _assert_clean(checked_figures, ("ESDs/", "consensus/", "plots/MEAN", "taxonomy/classes", "taxonomy/depth",
-                                    "maps/", "_class_profiles", "compare/", "depth/stable_rank"))  # fmt: skip
+    _assert_clean(
+        checked_figures,
+        (
+            "ESDs/",
+            "consensus/",
+            "plots/MEAN",
+            "taxonomy/classes",
+            "taxonomy/depth",
+            "maps/",
+            "_class_profiles",
+            "compare/",
+            "depth/stable_rank",
+        ),
+    )
 
 
 @pytest.mark.slow
 def test_figures_at_5000_heads(tmp_path, checked_figures):
     models = {"org/wide-model-with-5000-heads": (40, 126), LONG_ID: (6, 12), "org/m-1.7B": (28, 16)}  # 5,040 heads
     _report(tmp_path, models)
-    _assert_clean(checked_figures, ("ESDs/", "consensus/", "plots/KURTOSIS", "taxonomy/classes", "taxonomy/depth", "maps/"))
+    _assert_clean(
+        checked_figures, ("ESDs/", "consensus/", "plots/KURTOSIS", "taxonomy/classes", "taxonomy/depth", "maps/")
+    )
 
 
 def test_the_check_sees_clipped_and_overlapping_text(monkeypatch):
@@ -141,7 +162,9 @@ def test_consensus_figure_names_its_axes_and_shows_where_the_data_is(monkeypatch
     rows["eigenvalues"], rows["singular_values"] = list(ev.astype(np.float32)), list(np.sqrt(ev).astype(np.float32))
     result = consensus.analyze(LONG_ID, rows, k=2, structure_draws=19)
     captured = {}
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=plots.DEFAULT_DPI, **_: captured.setdefault("fig", fig))
+    monkeypatch.setattr(
+        plots, "save_figure", lambda fig, path, dpi=plots.DEFAULT_DPI, **_: captured.setdefault("fig", fig)
+    )
     consensus.plot_consensus(result, "unused.png", title=f"{LONG_ID}: consensus classes")
     fig = captured["fig"]
     sizes = result.consensus_classes["n_heads"].tolist()

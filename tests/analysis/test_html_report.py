@@ -30,7 +30,9 @@ def html_run(tmp_path_factory):
     """One report (the original's method, one statistic: fast) on the models of :data:`SIZES`."""
     root = tmp_path_factory.mktemp("html")
     dataset = sized_dataset(root / "ds")
-    outputs = run_report(str(dataset), "syn", root / "out", params=Params(method="original", stats=("MEAN",)), jobs=1, progress=False)
+    outputs = run_report(
+        str(dataset), "syn", root / "out", params=Params(method="original", stats=("MEAN",)), jobs=1, progress=False
+    )
     return outputs
 
 
@@ -57,8 +59,12 @@ def test_html_is_offline_and_lists_every_table_and_figure(html_run):
 
 @pytest.mark.slow
 def test_models_ordered_by_size_not_name(html_run):
-    frame = pd.concat([pd.DataFrame(synthetic_columns(m, "syn", n_layers=s[0], n_heads=s[1], d_head=16)).assign(d_model=s[2])
-                       for m, s in SIZES.items()])  # fmt: skip
+    frame = pd.concat(
+        [
+            pd.DataFrame(synthetic_columns(m, "syn", n_layers=s[0], n_heads=s[1], d_head=16)).assign(d_model=s[2])
+            for m, s in SIZES.items()
+        ]
+    )
     assert html_report.size_order(frame) == SIZE_ORDER != sorted(SIZES)
     legacy = frame.assign(d_model=None)  # no d_model (legacy imports): heads x d_head for every model
     heads = {m: SIZES[m][0] * SIZES[m][1] for m in SIZES}
@@ -71,7 +77,16 @@ def test_embedding_table_matches_the_classifier():
     rows = pd.DataFrame(synthetic_columns("org/x", "syn", n_layers=3, n_heads=8, d_head=16))
     fitted = taxonomy.SpectralHeadClassifier(n_clusters=3).fit(np.stack(rows["eigenvalues"]))
     table = html_report.embedding_table("org/x", rows, fitted)
-    assert list(table.columns) == ["model", "variant", "circuit", "layer", "head", "class", "x", "y"]  # circuit: v4 rows
+    assert list(table.columns) == [
+        "model",
+        "variant",
+        "circuit",
+        "layer",
+        "head",
+        "class",
+        "x",
+        "y",
+    ]  # circuit: v4 rows
     assert (table["class"].to_numpy() == fitted.labels_).all()
     assert np.array_equal(table[["x", "y"]].to_numpy(), fitted.embedding_)
     assert table[["layer", "head"]].values.tolist() == rows[["layer", "head"]].values.tolist()
@@ -138,10 +153,21 @@ def browser_page(html_run, tmp_path_factory):
     pytest.importorskip("websocket")
     profile = Path(tempfile.mkdtemp(prefix="qk-chromium-"))
     process = subprocess.Popen(
-        [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            executable,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 60
         while not (port_file.is_file() and port_file.read_text().strip()):
@@ -155,8 +181,13 @@ def browser_page(html_run, tmp_path_factory):
         page.call("Page.navigate", url=(html_run.family_dir / "index.html").resolve().as_uri())
         deadline = time.monotonic() + 90
         status = "#render-status"
-        while page.evaluate(f"document.querySelector('{status}') && document.querySelector('{status}').dataset.ready") != "yes":
-            assert time.monotonic() < deadline, page.evaluate(f"JSON.stringify(document.querySelector('{status}').dataset)")
+        while (
+            page.evaluate(f"document.querySelector('{status}') && document.querySelector('{status}').dataset.ready")
+            != "yes"
+        ):
+            assert time.monotonic() < deadline, page.evaluate(
+                f"JSON.stringify(document.querySelector('{status}').dataset)"
+            )
             time.sleep(0.2)
         shot = base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"])
         (tmp_path_factory.getbasetemp() / "report_screenshot.png").write_bytes(shot)
@@ -191,11 +222,13 @@ def test_browser_renders_plot_tables_and_figures_without_errors(browser_page, ht
 @pytest.mark.browser
 def test_hover_shows_model_layer_head_class_variant(browser_page):
     page, _ = browser_page
-    box = json.loads(page.evaluate(
-        "(() => { const p = document.querySelector('#embedding-plot .scatterlayer path.point');"
-        " p.scrollIntoView({block: 'center'}); const r = p.getBoundingClientRect();"
-        " return JSON.stringify({x: r.x + r.width / 2, y: r.y + r.height / 2}); })()"
-    ))  # fmt: skip
+    box = json.loads(
+        page.evaluate(
+            "(() => { const p = document.querySelector('#embedding-plot .scatterlayer path.point');"
+            " p.scrollIntoView({block: 'center'}); const r = p.getBoundingClientRect();"
+            " return JSON.stringify({x: r.x + r.width / 2, y: r.y + r.height / 2}); })()"
+        )
+    )
     page.call("Input.dispatchMouseEvent", type="mouseMoved", x=box["x"], y=box["y"])
     deadline, text = time.monotonic() + 10, ""
     while not text and time.monotonic() < deadline:
@@ -230,7 +263,7 @@ def _tick_labels_apart(fig, axis) -> bool:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
-    return all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    return all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
 @pytest.mark.slow
@@ -242,7 +275,11 @@ def test_box_plot_titles_legend_and_readable_layer_ticks(n_layers):
         ax = fig.axes[0]
         assert ax.get_xlabel() == "layer" and "mean eigenvalue" in ax.get_ylabel() and "λ" in ax.get_ylabel()
         assert "mean eigenvalue" in ax.get_title() and "BDS" in ax.get_title()
-        assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"median", "mean", "smoothing spline of the means"}
+        assert {t.get_text() for t in ax.get_legend().get_texts()} >= {
+            "median",
+            "mean",
+            "smoothing spline of the means",
+        }
         ticks = [t for t in ax.get_xticks() if 2 <= t <= n_layers - 1]
         assert 3 <= len(ticks) < n_layers - 2 and all(float(t).is_integer() for t in ticks)  # thinned, whole layers
         assert _tick_labels_apart(fig, ax.xaxis)
@@ -269,8 +306,12 @@ def test_cluster_colours_match_between_embedding_and_panels():
 
 
 def _joint(n_models: int):
-    models = [taxonomy.ModelHeads(f"org/m{i}", np.stack(_rows(2, 4, seed=i)["eigenvalues"]), np.repeat([0, 1], 4),
-                                  np.tile(np.arange(4), 2), 2) for i in range(n_models)]  # fmt: skip
+    models = [
+        taxonomy.ModelHeads(
+            f"org/m{i}", np.stack(_rows(2, 4, seed=i)["eigenvalues"]), np.repeat([0, 1], 4), np.tile(np.arange(4), 2), 2
+        )
+        for i in range(n_models)
+    ]
     return taxonomy.joint_taxonomy(models, n_bands=3), [m.model_id for m in models][::-1]
 
 
@@ -337,8 +378,25 @@ def test_report_writes_every_figure_in_the_chosen_format(tmp_path, analyze_cli, 
     """--format svg reaches every figure of the default report (the consensus figures included), none left in PNG."""
     dataset = sized_dataset(tmp_path / "ds", models=("org/m-0.6B",))
     out = tmp_path / "o"
-    assert analyze_cli(["report", "--dataset", str(dataset), "--family", "syn", "--stats", "MEAN", "--quiet",
-                        "--out", str(out), "--format", "svg"]) == 0  # fmt: skip
+    assert (
+        analyze_cli(
+            [
+                "report",
+                "--dataset",
+                str(dataset),
+                "--family",
+                "syn",
+                "--stats",
+                "MEAN",
+                "--quiet",
+                "--out",
+                str(out),
+                "--format",
+                "svg",
+            ]
+        )
+        == 0
+    )
     figures = [p for p in (out / "syn").rglob("*") if p.suffix in (".png", ".svg", ".pdf")]
     assert any(p.parent.name == "consensus" for p in figures)
     assert figures and all(p.suffix == ".svg" for p in figures), sorted(p.name for p in figures if p.suffix != ".svg")

@@ -162,10 +162,16 @@ def test_import_legacy_cli(tmp_path, capsys, analyze_cli):
     pickles.mkdir()
     shutil.copy(QWEN, pickles / QWEN.name)
     out = tmp_path / "ds"
-    assert analyze_cli(["import_legacy", "--pickles", str(pickles), "--family", "Qwen3", "--out", str(out), "--quiet"]) == 0
+    assert (
+        analyze_cli(["import_legacy", "--pickles", str(pickles), "--family", "Qwen3", "--out", str(out), "--quiet"])
+        == 0
+    )
     assert (out / "data" / "Qwen3" / "Qwen3-0.6B.parquet").exists()
     (pickles / "evil.pkl").write_bytes(pickle.dumps(Exploit()))
-    assert analyze_cli(["import_legacy", "--pickles", str(pickles), "--family", "Qwen3", "--out", str(out), "--quiet"]) == 1
+    assert (
+        analyze_cli(["import_legacy", "--pickles", str(pickles), "--family", "Qwen3", "--out", str(out), "--quiet"])
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "refusing" in err[0]
     assert CALLS == []

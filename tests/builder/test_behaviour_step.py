@@ -17,8 +17,10 @@ def test_probe_vocabulary_excludes_special_and_unused_tokens():
     config = {"vocab_size": 12, "bos_token_id": 1, "eos_token_id": [2, 3], "pad_token_id": 0}
     pool, first = bp.probe_vocabulary(config)
     assert first == 1 and pool.tolist() == list(range(4, 12))
-    tokenizer = {"model": {"vocab": {"[PAD]": 0, "[unused0]": 1, "a": 2, "b": 3, "c": 4, "[CLS]": 5}},
-                 "added_tokens": [{"id": 5, "content": "[CLS]", "special": True}, {"id": 6, "content": "<x>", "special": False}]}
+    tokenizer = {
+        "model": {"vocab": {"[PAD]": 0, "[unused0]": 1, "a": 2, "b": 3, "c": 4, "[CLS]": 5}},
+        "added_tokens": [{"id": 5, "content": "[CLS]", "special": True}, {"id": 6, "content": "<x>", "special": False}],
+    }
     pool, first = bp.probe_vocabulary({"vocab_size": 9, "pad_token_id": 0}, tokenizer)
     assert first == 5  # no bos/cls id in the config: the tokenizer's [CLS]
     assert pool.tolist() == [2, 3, 4, 6]  # 7, 8: beyond the tokenizer's vocabulary; 1: [unused0]
@@ -58,7 +60,10 @@ def test_encoder_scores_equal_loops_on_random_attention():
 
 def test_columns_fill_qk_rows_only_and_record_the_probe():
     spec = bp.ProbeSpec(seed=3, sequences=2, length=4, local_window=2)
-    scores = {"previous_token": {0: np.array([0.1, 0.2]), 2: np.array([0.3, 0.4])}, "entropy": {0: np.array([0.5, 0.6])}}
+    scores = {
+        "previous_token": {0: np.array([0.1, 0.2]), 2: np.array([0.3, 0.4])},
+        "entropy": {0: np.array([0.5, 0.6])},
+    }
     result = bb.BehaviourResult(spec, True, scores)
     layers, heads = [0, 0, 2, 2, 0], [0, 1, 0, 1, 1]
     columns = bb.behaviour_columns(layers, heads, result, measured=[True, True, True, True, False])
@@ -137,13 +142,17 @@ def test_minilm_encoder_scores():
     source = resolve_source("sentence-transformers/all-MiniLM-L6-v2")
     config = source.read_json("config.json")
     pool, first = bp.probe_vocabulary(config, bb._tokenizer_json(source))
-    assert first == 101 and 100 not in pool and 102 not in pool and 1 not in pool  # [CLS]; [UNK], [SEP], [unused0] excluded
+    assert (
+        first == 101 and 100 not in pool and 102 not in pool and 1 not in pool
+    )  # [CLS]; [UNK], [SEP], [unused0] excluded
     result = bb.model_behaviour(source, config, bp.ProbeSpec(sequences=2, length=8), "float32")
     assert not result.causal and set(result.scores) == set(bp.score_names(False))
     for per_layer in result.scores.values():
         assert sorted(per_layer) == list(range(6))
         values = np.stack(list(per_layer.values()))
-        assert values.shape == (6, 12) and np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-6).all()
+        assert (
+            values.shape == (6, 12) and np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-6).all()
+        )
 
 
 def test_probes_longer_than_the_positions_are_refused():

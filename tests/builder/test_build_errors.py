@@ -206,10 +206,17 @@ def test_damaged_model_does_not_lose_the_others(damaged, good_model, tmp_path):
         build_family("Mixed", out, models=[str(first), str(model_dir), str(last)], progress=False)
     assert_one_clear_line(info.value, ["1 of 3 model(s) failed", model_dir.name, *words[:1]])
     assert [(r.model_id, r.status) for r in info.value.results] == [
-        ("first-good", "built"), (str(model_dir), "failed"), ("last-good", "built")
+        ("first-good", "built"),
+        (str(model_dir), "failed"),
+        ("last-good", "built"),
     ]
     for good in ("first-good", "last-good"):
-        assert pq.read_table(dataset_repo.model_path(out, "Mixed", good), filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).num_rows == 8
+        assert (
+            pq.read_table(
+                dataset_repo.model_path(out, "Mixed", good), filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]
+            ).num_rows
+            == 8
+        )
     card = (out / "README.md").read_text()
     assert "`first-good`" in card and "`last-good`" in card and model_dir.name not in card
     assert_nothing_written_for(out, "Mixed", model_dir.name)
@@ -324,8 +331,16 @@ def test_cli_family_with_a_slash(good_model, tmp_path):
 
 @pytest.mark.slow
 def test_cli_unreachable_hub(closed_endpoint, tmp_path):
-    proc = run_script("--family", "X", "--models", "some-org/some-model", "--out", str(tmp_path / "out"), "--quiet",
-                      env={"HF_ENDPOINT": closed_endpoint})  # fmt: skip
+    proc = run_script(
+        "--family",
+        "X",
+        "--models",
+        "some-org/some-model",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        env={"HF_ENDPOINT": closed_endpoint},
+    )
     assert_cli_error(proc, "some-org/some-model", "cannot reach the Hub")
 
 

@@ -42,12 +42,22 @@ def test_build_family_checks_the_options_once_and_passes_them_down(tiny, tmp_pat
         return ModelResult(str(spec), "skipped")
 
     monkeypatch.setattr(pipeline, "build_model", recording)
-    pipeline.build_family("Fam", tmp_path / "out", models=[str(tiny)], device="cpu", progress=False,
-                          variants=["null", "raw"], offsets=["4", "0", "4"], null_seed="7", circuits=["qk"])  # fmt: skip
+    pipeline.build_family(
+        "Fam",
+        tmp_path / "out",
+        models=[str(tiny)],
+        device="cpu",
+        progress=False,
+        variants=["null", "raw"],
+        offsets=["4", "0", "4"],
+        null_seed="7",
+        circuits=["qk"],
+    )
     [kwargs] = seen
     assert set(kwargs) == {"taken_ids", "options"}
-    assert kwargs["options"] == BuildOptions(device="cpu", progress=False, variants=("raw", "null"), offsets=(0, 4),
-                                             null_seed=7, circuits=("qk",))  # fmt: skip
+    assert kwargs["options"] == BuildOptions(
+        device="cpu", progress=False, variants=("raw", "null"), offsets=(0, 4), null_seed=7, circuits=("qk",)
+    )
 
 
 def test_a_wrong_option_stops_the_family_before_any_model(tiny, tmp_path, monkeypatch):

@@ -29,8 +29,18 @@ def qk_only_llama(directory: Path, seed: int) -> Path:
         tensors[prefix + "q_proj.weight"] = rng.standard_normal((32, 32)).astype(np.float32)
         tensors[prefix + "k_proj.weight"] = rng.standard_normal((16, 32)).astype(np.float32)
     save_file(tensors, str(directory / "model.safetensors"))
-    config = dict(model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  head_dim=8, vocab_size=64, intermediate_size=64, max_position_embeddings=256, torch_dtype="float32")  # fmt: skip
+    config = dict(
+        model_type="llama",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=64,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        torch_dtype="float32",
+    )
     (directory / "config.json").write_text(json.dumps(config))
     return directory
 

@@ -130,8 +130,11 @@ NO_TORCH_BUILD = textwrap.dedent(
 def test_raw_cpu_build_never_imports_torch_and_writes_the_torch_routes_raw_rows(llama_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", NO_TORCH_BUILD, str(llama_dir), str(tmp_path / "numpy")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert json.loads(lines[-1][len("RESULT ") :]) == {"code": 0, "torch": False}, proc.stderr[-2000:]

@@ -41,7 +41,8 @@ def max_relative_error(actual, expected) -> float:
 def temp_files(out_dir: Path) -> list[Path]:
     """Anything in the dataset dir that is not a finished parquet file or the card."""
     return [
-        p for p in Path(out_dir).rglob("*")
+        p
+        for p in Path(out_dir).rglob("*")
         if p.is_file() and not (p.suffix == ".parquet" and not p.name.startswith(".")) and p.name != "README.md"
     ]
 
@@ -93,7 +94,11 @@ def repo(tmp_path_factory, minilm_dir):
 @pytest.fixture(scope="module")
 def minilm_rows(repo):
     path = dataset_repo.model_path(repo["out"], "MiniLM", MINILM)
-    return pq.read_table(path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pandas().set_index(["layer", "head"], drop=False)
+    return (
+        pq.read_table(path, filters=[("variant", "=", "raw"), ("circuit", "=", "qk")])
+        .to_pandas()
+        .set_index(["layer", "head"], drop=False)
+    )
 
 
 @pytest.mark.slow
@@ -163,7 +168,9 @@ def test_original_pairing_fails_on_random_gqa_heads():
 @pytest.mark.slow
 def test_build_results(repo):
     assert [(r.model_id, r.status) for r in repo["results"]] == [
-        (MINILM, "built"), ("tiny-llama", "built"), ("tiny-gpt2", "built")
+        (MINILM, "built"),
+        ("tiny-llama", "built"),
+        ("tiny-gpt2", "built"),
     ]
     out = repo["out"]
     assert sorted(p.relative_to(out).as_posix() for p in dataset_repo.model_files(out)) == [

@@ -48,7 +48,9 @@ def _null_reference(model, case, model_id: str, seed: int, layer: int) -> np.nda
     for h in range(case.n_heads):
         a = _unique_r(y @ wq[h].T) * gq[None, :]
         b = _unique_r(y @ wk[h // group].T) * gk[None, :]
-        refs.append(abs(attention_scale(blk)) * _svd(a @ _haar(seed, model_id, layer, h, case.d_head) @ b.T, case.d_head))
+        refs.append(
+            abs(attention_scale(blk)) * _svd(a @ _haar(seed, model_id, layer, h, case.d_head) @ b.T, case.d_head)
+        )
     return np.stack(refs)
 
 
@@ -84,8 +86,10 @@ def test_null_seed_is_used_recorded_and_a_change_rebuilds(tmp_path):
     assert max(_rel(o, r) for o, r in zip(ours0, ref0)) <= RTOL
     assert not np.allclose(ours0, np.stack(rows_of(table, "null", 0)["singular_values"]), rtol=1e-3)
     for variant in ("raw", "folded"):  # only the null rows depend on the seed
-        assert np.array_equal(np.stack(rows_of(rebuilt, variant, 0)["singular_values"]),
-                              np.stack(rows_of(table, variant, 0)["singular_values"]))
+        assert np.array_equal(
+            np.stack(rows_of(rebuilt, variant, 0)["singular_values"]),
+            np.stack(rows_of(table, variant, 0)["singular_values"]),
+        )
 
     raw_only = run_script(*common, "--variants", "raw", "--force")  # no null rows: no seed recorded, nothing stale
     assert raw_only.returncode == 0, raw_only.stderr

@@ -87,7 +87,9 @@ def reference_layer(directory: Path, layer: int) -> np.ndarray:
 
 
 def read_rows(out: Path, family: str, model_id: str) -> dict:
-    return pq.read_table(dataset_repo.model_path(out, family, model_id), filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]).to_pydict()
+    return pq.read_table(
+        dataset_repo.model_path(out, family, model_id), filters=[("variant", "=", "raw"), ("circuit", "=", "qk")]
+    ).to_pydict()
 
 
 def assert_one_line(message: str, *words: str) -> None:
@@ -147,9 +149,22 @@ def test_huge_f64_weights_and_overflow_fail_in_one_line_and_the_good_model_is_wr
     shutil.copytree(base_model, good)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "build_dataset.py"), "--family", "Trust", "--models", f"{huge},{overflow},{good}",
-         "--out", str(out), "--quiet"],  # fmt: skip
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+        [
+            sys.executable,
+            str(ROOT / "build_dataset.py"),
+            "--family",
+            "Trust",
+            "--models",
+            f"{huge},{overflow},{good}",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
     )
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
@@ -268,8 +283,14 @@ def original_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
     mean = x.mean(axis=-1)
     std = x.std(axis=-1, ddof=1)
     z = (x - mean[..., None]) / np.maximum(std, 1e-9)[..., None]
-    return {"min": x.min(-1), "max": x.max(-1), "mean": mean, "std": std,
-            "skew": (z**3).mean(-1), "kurtosis": (z**4).mean(-1) - 3.0}  # fmt: skip
+    return {
+        "min": x.min(-1),
+        "max": x.max(-1),
+        "mean": mean,
+        "std": std,
+        "skew": (z**3).mean(-1),
+        "kurtosis": (z**4).mean(-1) - 3.0,
+    }
 
 
 def test_non_degenerate_statistics_are_the_original_bit_for_bit():
@@ -336,7 +357,15 @@ def test_zero_heads_build_with_nan_metrics_and_minus_inf_log_det(zero_heads_data
     for i, (layer, head) in enumerate(zip(rows["layer"], rows["head"])):
         if (layer, head) in zero:
             assert rows["singular_values"][i] == [0.0] * CASE.d_head
-            for name in ("effective_rank", "stable_rank", "positivity", "sv_skew", "sv_kurtosis", "ev_skew", "ev_kurtosis"):
+            for name in (
+                "effective_rank",
+                "stable_rank",
+                "positivity",
+                "sv_skew",
+                "sv_kurtosis",
+                "ev_skew",
+                "ev_kurtosis",
+            ):
                 assert np.isnan(rows[name][i]), (layer, head, name)
             assert rows["log_det"][i] == -np.inf
             assert rows["ev_max"][i] == 0.0 and rows["frobenius"][i] == 0.0

@@ -40,7 +40,9 @@ def _sites(model) -> dict[int, tuple[torch.nn.Module, torch.nn.Module, bool]]:
         if hasattr(module, "self") and hasattr(module, "output"):  # BertAttention: self-attention, then output.dense
             sites[layer] = (module.self, module.output.dense, True)
             continue
-        out = next((getattr(module, n) for n in _OUT_NAMES if isinstance(getattr(module, n, None), torch.nn.Module)), None)
+        out = next(
+            (getattr(module, n) for n in _OUT_NAMES if isinstance(getattr(module, n, None), torch.nn.Module)), None
+        )
         if out is not None:
             sites[layer] = (module, out, False)
     return sites
@@ -61,7 +63,9 @@ def _prepare(model) -> float:
             if name.endswith("sinks"):
                 param.fill_(-1e30)
     for module in model.modules():
-        if type(module).__name__.endswith("Experts"):  # grouped GEMMs take no float64; no layer before the probe matters
+        if type(module).__name__.endswith(
+            "Experts"
+        ):  # grouped GEMMs take no float64; no layer before the probe matters
             module.forward = lambda hidden_states, *args, **kwargs: torch.zeros_like(hidden_states)
         if hasattr(module, "kv_a_layernorm"):
             module.kv_a_layernorm.forward = lambda x: x  # raw OV: the latent's RMS norm is outside the linear map
@@ -174,10 +178,16 @@ def _decoder_layers(model):
 
 FOLDED_NORMS = {  # case -> layer -> (the norm feeding the attention or None, the norm on its output or None)
     "llama-gqa": lambda m, i: (_decoder_layers(m)[i].input_layernorm, None),
-    "gemma2-headdim": lambda m, i: (_decoder_layers(m)[i].input_layernorm, _decoder_layers(m)[i].post_attention_layernorm),
+    "gemma2-headdim": lambda m, i: (
+        _decoder_layers(m)[i].input_layernorm,
+        _decoder_layers(m)[i].post_attention_layernorm,
+    ),
     "olmo2-gqa": lambda m, i: (None, _decoder_layers(m)[i].post_attention_layernorm),
     "gpt2-conv1d": lambda m, i: (_decoder_layers(m)[i].ln_1, None),
-    "bert-prefixed": lambda m, i: (m.bert.embeddings.LayerNorm if i == 0 else m.bert.encoder.layer[i - 1].output.LayerNorm, None),
+    "bert-prefixed": lambda m, i: (
+        m.bert.embeddings.LayerNorm if i == 0 else m.bert.encoder.layer[i - 1].output.LayerNorm,
+        None,
+    ),
     "deepseek_v2-qlora": lambda m, i: (_decoder_layers(m)[i].input_layernorm, None),
 }
 

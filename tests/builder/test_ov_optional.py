@@ -28,7 +28,9 @@ def test_default_circuits_build_the_qk_rows_with_a_warning(qk_only, tmp_path, ca
 
 def test_asking_for_ov_without_v_and_o_is_one_line(qk_only, tmp_path):
     with pytest.raises(BuildError) as info:
-        build_family("T", tmp_path / "ds", models=[str(qk_only)], variants=["raw"], circuits=["qk", "ov"], progress=False)
+        build_family(
+            "T", tmp_path / "ds", models=[str(qk_only)], variants=["raw"], circuits=["qk", "ov"], progress=False
+        )
     message = str(info.value)
     assert "cannot build the ov circuit" in message and "v_proj" in message and "\n" not in message
     assert not list((tmp_path / "ds").glob("data/*/*.parquet"))

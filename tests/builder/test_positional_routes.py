@@ -52,7 +52,9 @@ def test_each_head_takes_a_route_that_keeps_every_singular_value_exact(interleav
     kv = np.array([0, 0, 1, 1])
     inv_freq = 1.0 / 10000.0 ** (np.arange(0, D_HEAD, 2) / D_HEAD)
     rotary = Rotary(inv_freq, 1.0, interleaved, "default")
-    ours = positional_singular_values(torch.from_numpy(lq_t), torch.from_numpy(lk), torch.from_numpy(kv), rotary, OFFSETS)
+    ours = positional_singular_values(
+        torch.from_numpy(lq_t), torch.from_numpy(lk), torch.from_numpy(kv), rotary, OFFSETS
+    )
     assert 3.0 * 10.0 <= GRAM_ROUTE_COND_MAX < 1e6 * 10.0  # both routes are exercised
     for o, delta in enumerate(OFFSETS):
         for h in range(len(conds)):
@@ -67,6 +69,8 @@ def test_a_rank_deficient_head_takes_the_svd_and_keeps_its_zeros():
     a[-3:] = 0.0  # rank d_head - 3
     b = _factor(rng, 5.0)
     rotary = Rotary(1.0 / 500000.0 ** (np.arange(0, D_HEAD, 2) / D_HEAD), 1.0, False, "default")
-    ours = positional_singular_values(torch.from_numpy(a[None]), torch.from_numpy(b[None]), torch.tensor([0]), rotary, (5,))
+    ours = positional_singular_values(
+        torch.from_numpy(a[None]), torch.from_numpy(b[None]), torch.tensor([0]), rotary, (5,)
+    )
     ref = np.linalg.svd(a @ _rotation(rotary, 5).T @ b, compute_uv=False)
     assert np.allclose(ours[0, 0, :-3], ref[:-3], rtol=1e-12) and np.all(ours[0, 0, -3:] <= 1e-14 * ref[0])

@@ -31,7 +31,9 @@ def test_tiny_cross_has_eigenvalues_and_they_match_numpy():
 
 def test_scaling_by_a_power_of_two_leaves_ordinary_eigenvalues_as_they_were():
     rng = np.random.default_rng(0)
-    matrices = torch.from_numpy(rng.standard_normal((6, 40, 40)) * np.array([1e-30, 1e-3, 1.0, 7.0, 1e6, 0.0])[:, None, None])
+    matrices = torch.from_numpy(
+        rng.standard_normal((6, 40, 40)) * np.array([1e-30, 1e-3, 1.0, 7.0, 1e6, 0.0])[:, None, None]
+    )
     ours = scaled_eigvals(matrices).numpy()
     plain = torch.linalg.eigvals(matrices).numpy()
     for i in range(6):

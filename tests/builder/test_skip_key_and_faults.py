@@ -64,7 +64,9 @@ def tiny(tmp_path_factory):
 def test_every_build_option_is_in_the_skip_key_or_said_not_to_change_rows():
     parameters = set(inspect.signature(build_family).parameters)
     unclassified = parameters - set(ROW_OPTIONS) - set(NOT_ROW_OPTIONS)
-    assert not unclassified, f"classify {unclassified}: in skip_key.ROW_OPTIONS (and ROW_OPTIONS here), or NOT_ROW_OPTIONS"
+    assert not unclassified, (
+        f"classify {unclassified}: in skip_key.ROW_OPTIONS (and ROW_OPTIONS here), or NOT_ROW_OPTIONS"
+    )
     in_key = {o.name for o in skip_key.ROW_OPTIONS}
     assert parameters & set(ROW_OPTIONS) <= in_key, "an option that changes rows must be in skip_key.ROW_OPTIONS"
     assert in_key <= set(ROW_OPTIONS), "each option of the key needs two values here, to prove that it rebuilds"
@@ -93,7 +95,9 @@ def test_another_value_of_each_row_option_rebuilds_and_the_same_value_skips(opti
 
 def test_offsets_are_read_back_from_the_rows(tiny, tmp_path):
     result = build_model(str(tiny), FAMILY, tmp_path, device="cpu", progress=False, variants=["raw"], offsets=[0, 3])
-    offsets = {tuple(o) for o in pq.read_table(result.path, columns=["offsets"])["offsets"].to_pylist() if o is not None}
+    offsets = {
+        tuple(o) for o in pq.read_table(result.path, columns=["offsets"])["offsets"].to_pylist() if o is not None
+    }
     assert offsets == {(0, 3)} and skip_key.held_key(result.path)["offsets"] == (0, 3)
 
 
@@ -116,7 +120,9 @@ def test_a_local_rebuild_counts_each_byte_once(tiny, tmp_path):
     out = tmp_path / "out"
     qk_only = {"circuits": ["qk"]} if "circuits" in inspect.signature(build_model).parameters else {}
     build_model(str(model_dir), FAMILY, out, device="cpu", progress=False, variants=["raw"], offsets=[], **qk_only)
-    rebuilt = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False, variants=["raw"], offsets=[0, 1], **qk_only)
+    rebuilt = build_model(
+        str(model_dir), FAMILY, out, device="cpu", progress=False, variants=["raw"], offsets=[0, 1], **qk_only
+    )
     assert rebuilt.status == "built"
     floor = _distinct_floor(model_dir, ("q_proj.weight", "k_proj.weight"))
     assert rebuilt.bytes_fetched == floor  # Q/K, header and config, each byte once
@@ -170,7 +176,9 @@ def test_a_full_disk_fails_one_model_in_one_line_and_the_next_ones_are_built(tin
     for name in ("m1", "m2", "m3"):
         shutil.copytree(tiny, tmp_path / name)
         models.append(str(tmp_path / name))
-    monkeypatch.setattr(pipeline.dataset_repo, "write_model_table", _enospc_writer(dataset_repo.write_model_table, "m2"))
+    monkeypatch.setattr(
+        pipeline.dataset_repo, "write_model_table", _enospc_writer(dataset_repo.write_model_table, "m2")
+    )
     out = tmp_path / "out"
     with pytest.raises(BuildError) as info:
         build_family(FAMILY, out, models=models, progress=False, variants=["raw"], offsets=[])

@@ -81,8 +81,11 @@ def test_folded_and_positional_match_the_modules(case_id, tmp_path):
         ratio = pos_f[:, 1:, 0] / pos_f[:, :1, 0]
         np.testing.assert_allclose(folded["positional_norm_ratio_max"], ratio.max(axis=1), rtol=1e-6)
         np.testing.assert_allclose(folded["positional_norm_ratio_min"], ratio.min(axis=1), rtol=1e-6)
-    assert not np.allclose(np.stack(table[table.variant == "raw"]["singular_values"]),
-                           np.stack(table[table.variant == "folded"]["singular_values"]), rtol=1e-3)
+    assert not np.allclose(
+        np.stack(table[table.variant == "raw"]["singular_values"]),
+        np.stack(table[table.variant == "folded"]["singular_values"]),
+        rtol=1e-3,
+    )
 
 
 def test_gemma3_local_and_global_layers_rotate_differently(tmp_path):
@@ -122,12 +125,19 @@ def test_null_variant(tmp_path):
     # reproducible from the seed, different with another one
     again = pipeline.build_model(str(tmp_path / case.id), "fam2", tmp_path / "out2", progress=False, offsets=OFFSETS)
     table2 = pq.read_table(again.path, filters=[("circuit", "=", "qk")]).to_pandas()
-    assert np.array_equal(np.stack(table2[table2.variant == "null"]["singular_values"]),
-                          np.stack(table[table.variant == "null"]["singular_values"]))
-    other = pipeline.build_model(str(tmp_path / case.id), "fam3", tmp_path / "out3", progress=False, offsets=(0,), null_seed=7)
+    assert np.array_equal(
+        np.stack(table2[table2.variant == "null"]["singular_values"]),
+        np.stack(table[table.variant == "null"]["singular_values"]),
+    )
+    other = pipeline.build_model(
+        str(tmp_path / case.id), "fam3", tmp_path / "out3", progress=False, offsets=(0,), null_seed=7
+    )
     table3 = pq.read_table(other.path, filters=[("circuit", "=", "qk")]).to_pandas()
-    assert not np.allclose(np.stack(table3[table3.variant == "null"]["singular_values"]),
-                           np.stack(table[table.variant == "null"]["singular_values"]), rtol=1e-3)
+    assert not np.allclose(
+        np.stack(table3[table3.variant == "null"]["singular_values"]),
+        np.stack(table[table.variant == "null"]["singular_values"]),
+        rtol=1e-3,
+    )
 
 
 def test_variants_flag_and_offsets(tmp_path):
@@ -152,7 +162,9 @@ def test_minilm_folded_differs_from_raw_and_matches_its_reference(tmp_path):
     directory = catalog.packaged_model_dir("sentence-transformers/all-MiniLM-L6-v2")
     if directory is None:
         pytest.skip("the packaged MiniLM checkpoint is not installed")
-    result = pipeline.build_model(str(directory), "MiniLM", tmp_path / "out", progress=False, variants=["raw", "folded"])
+    result = pipeline.build_model(
+        str(directory), "MiniLM", tmp_path / "out", progress=False, variants=["raw", "folded"]
+    )
     table = pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
     model = transformers.BertModel.from_pretrained(str(directory)).eval().double()
     n_heads, d_model = model.config.num_attention_heads, model.config.hidden_size
@@ -179,8 +191,11 @@ def test_checkpoint_without_norms_builds_raw_by_default_and_refuses_folded_when_
     case = CASES["llama"]
     directory = save(case.make(), tmp_path / "m", case)
     tensors = load_file(str(directory / "model.safetensors"))
-    save_file({n: t for n, t in tensors.items() if "layernorm" not in n}, str(directory / "model.safetensors"),
-              metadata={"format": "pt"})  # fmt: skip
+    save_file(
+        {n: t for n, t in tensors.items() if "layernorm" not in n},
+        str(directory / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     result = pipeline.build_model(str(directory), "fam", tmp_path / "out", progress=False)
     assert set(pq.read_table(result.path).column("variant").to_pylist()) == {"raw"}
     with pytest.raises(Exception, match="cannot build the folded/null variants: no tensor .*input_layernorm") as info:

@@ -35,7 +35,9 @@ SMALL = (0, 1, 2, 4, 8)  # module level: float32 cos/sin (V2 also rotates in flo
 BIG_P = 12345
 RTOL = 1e-6  # the stored float32 values are within 6e-8 of the float64 ones
 
-_BASE = dict(_MLA, num_hidden_layers=2, first_k_dense_replace=2, max_position_embeddings=2048)  # dense MLPs: float64 runs
+_BASE = dict(
+    _MLA, num_hidden_layers=2, first_k_dense_replace=2, max_position_embeddings=2048
+)  # dense MLPs: float64 runs
 _YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=512, mscale=1.0, mscale_all_dim=0.8)
 CASES = {
     "v3-qlora": ("DeepseekV3Config", "DeepseekV3ForCausalLM", dict(_BASE, q_lora_rank=32)),
@@ -64,7 +66,9 @@ def build(case_id: str, tmp_path, **kw):
     model = make(case_id)
     directory = tmp_path / case_id
     model.save_pretrained(str(directory))
-    result = pipeline.build_model(str(directory), "fam", tmp_path / f"out-{case_id}", progress=False, offsets=OFFSETS, **kw)
+    result = pipeline.build_model(
+        str(directory), "fam", tmp_path / f"out-{case_id}", progress=False, offsets=OFFSETS, **kw
+    )
     assert result.status == "built", result
     return model, directory, pq.read_table(result.path, filters=[("circuit", "=", "qk")]).to_pandas()
 
@@ -79,18 +83,25 @@ def _feeds(model) -> dict:
         attn = layer.self_attn
         for name in ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj"):
             if getattr(attn, name, None) is not None:
-                hooks.append(getattr(attn, name).register_forward_pre_hook(
-                    lambda mod, args, key=(index, name): inputs.setdefault(key, args[0].detach().clone())))
+                hooks.append(
+                    getattr(attn, name).register_forward_pre_hook(
+                        lambda mod, args, key=(index, name): inputs.setdefault(key, args[0].detach().clone())
+                    )
+                )
     for module in model.modules():
         if "norm" in type(module).__name__.lower():
-            hooks.append(module.register_forward_hook(lambda mod, args, out: outputs.append((mod, out.detach().clone()))))
+            hooks.append(
+                module.register_forward_hook(lambda mod, args, out: outputs.append((mod, out.detach().clone())))
+            )
     with torch.no_grad():
         model(input_ids=torch.tensor([[3, 5, 7, 11, 13]]))
     for hook in hooks:
         hook.remove()
     found = {}
     for key, seen in inputs.items():
-        hits = [mod for mod, out in outputs if out.numel() == seen.numel() and torch.equal(out.flatten(), seen.flatten())]
+        hits = [
+            mod for mod, out in outputs if out.numel() == seen.numel() and torch.equal(out.flatten(), seen.flatten())
+        ]
         found[key] = hits[0] if hits else None
     return found
 
@@ -199,17 +210,29 @@ def references(model, exact: bool):
         c = float(attn.scaling)
         qr, kr = query_key_vectors(attn, d, False, feeds, index)
         qf, kf = query_key_vectors(attn, d, True, feeds, index)
-        rows = {"raw": [], "folded": [], "positional": {t: [] for t in deltas}, "raw_positional": {t: [] for t in deltas},
-                "scale": c, "qf": [], "kf": []}
+        rows = {
+            "raw": [],
+            "folded": [],
+            "positional": {t: [] for t in deltas},
+            "raw_positional": {t: [] for t in deltas},
+            "scale": c,
+            "qf": [],
+            "kf": [],
+        }
         for h in range(qr.shape[1]):
             qa, ka = rope.apply(qf[:, h], zero, True), rope.apply(kf[:, h], zero, True)  # position 0 (V3 reorders dims)
             rope_dims = np.r_[np.ones(rope.dn), np.full(qf.shape[-1] - rope.dn, rope.a)]  # a, as the folded check shows
-            rows["qf"].append(qf[:, h] * rope_dims)  # the folded factors in the head's own dim order (null's O acts there)
+            rows["qf"].append(
+                qf[:, h] * rope_dims
+            )  # the folded factors in the head's own dim order (null's O acts there)
             rows["kf"].append(kf[:, h] * rope_dims)
             rows["raw"].append(_svd(qr[:, h] @ kr[:, h].T))
             rows["folded"].append(_svd(c * qa @ ka.T))
             for delta in deltas:
-                for name, (qq, kk, scale, table) in (("positional", (qf, kf, c, cs)), ("raw_positional", (qr, kr, 1.0, cs_raw))):
+                for name, (qq, kk, scale, table) in (
+                    ("positional", (qf, kf, c, cs)),
+                    ("raw_positional", (qr, kr, 1.0, cs_raw)),
+                ):
                     m = scale * rope.apply(qq[:, h], table[p + delta], exact) @ rope.apply(kk[:, h], table[p], exact).T
                     rows[name][delta].append(_svd(m))
         out.append(rows)
@@ -267,7 +290,10 @@ def test_mla_null_pairs_the_folded_factors_through_the_recorded_rotation(case_id
     model, _, table = build(case_id, tmp_path)
     model_id = table["model_id"].iloc[0]
     for layer, ref in enumerate(references(model, exact=True)):
-        null, folded = np.stack(_rows(table, "null", layer)["singular_values"]), np.stack(_rows(table, "folded", layer)["singular_values"])
+        null, folded = (
+            np.stack(_rows(table, "null", layer)["singular_values"]),
+            np.stack(_rows(table, "folded", layer)["singular_values"]),
+        )
         for h in range(null.shape[0]):
             ra, rb = _unique_r(ref["qf"][h]), _unique_r(ref["kf"][h])
             assert np.isclose(np.linalg.norm(ra), np.linalg.norm(ref["qf"][h]))  # the factor keeps the block's norm
@@ -289,14 +315,21 @@ def test_mla_latent_norms_are_in_the_local_revision_and_required_for_folded(tmp_
     name = next(n for n in tensors if n.endswith("layers.1.self_attn.kv_a_layernorm.weight"))
     tensors[name] = tensors[name] * 1.5
     save_file(tensors, str(path), metadata={"format": "pt"})
-    again = pipeline.build_model(str(directory), "fam", tmp_path / "out-v3-qlora", progress=False, offsets=(0,), variants=["raw", "folded"])
+    again = pipeline.build_model(
+        str(directory), "fam", tmp_path / "out-v3-qlora", progress=False, offsets=(0,), variants=["raw", "folded"]
+    )
     changed = pq.read_table(again.path, filters=[("circuit", "=", "qk")]).to_pandas()
     assert again.status == "built" and changed["model_revision"].iloc[0] != table["model_revision"].iloc[0]
     raw_after = pipeline.build_model(str(directory), "fam", tmp_path / "raw-after", progress=False, variants=["raw"])
     assert raw_after.revision == raw_only.revision  # the raw rows never read the norm: only the folding's read did
-    assert np.array_equal(np.stack(_rows(changed, "raw", 1)["singular_values"]), np.stack(_rows(table, "raw", 1)["singular_values"]))
-    assert not np.allclose(np.stack(_rows(changed, "folded", 1)["singular_values"]),
-                           np.stack(_rows(table, "folded", 1)["singular_values"]), rtol=1e-3)
+    assert np.array_equal(
+        np.stack(_rows(changed, "raw", 1)["singular_values"]), np.stack(_rows(table, "raw", 1)["singular_values"])
+    )
+    assert not np.allclose(
+        np.stack(_rows(changed, "folded", 1)["singular_values"]),
+        np.stack(_rows(table, "folded", 1)["singular_values"]),
+        rtol=1e-3,
+    )
     save_file({n: t for n, t in tensors.items() if "kv_a_layernorm" not in n}, str(path), metadata={"format": "pt"})
     result = pipeline.build_model(str(directory), "fam2", tmp_path / "out2", progress=False, offsets=(0,))
     assert set(pq.read_table(result.path).column("variant").to_pylist()) == {"raw"}
@@ -315,11 +348,31 @@ def test_attention_factor_scales_only_the_rotating_dims_of_partial_rotary(tmp_pa
     """
     import variant_cases as tv
 
-    rope_scaling = dict(rope_type="longrope", short_factor=[1.0, 1.3, 1.7, 2.5], long_factor=[1.0, 2.0, 3.0, 5.0],
-                        original_max_position_embeddings=512)
-    case = tv._case("phi3-longrope", "phi3", "Phi3Config", "Phi3ForCausalLM",
-                    tv._llama_style(d=64, kv=2, partial_rotary_factor=0.5, max_position_embeddings=2048,
-                                    original_max_position_embeddings=512, rope_scaling=rope_scaling), tv.ref_phi3, 4, 2, 64, 16)
+    rope_scaling = dict(
+        rope_type="longrope",
+        short_factor=[1.0, 1.3, 1.7, 2.5],
+        long_factor=[1.0, 2.0, 3.0, 5.0],
+        original_max_position_embeddings=512,
+    )
+    case = tv._case(
+        "phi3-longrope",
+        "phi3",
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        tv._llama_style(
+            d=64,
+            kv=2,
+            partial_rotary_factor=0.5,
+            max_position_embeddings=2048,
+            original_max_position_embeddings=512,
+            rope_scaling=rope_scaling,
+        ),
+        tv.ref_phi3,
+        4,
+        2,
+        64,
+        16,
+    )
     model, table = tv.build(case, tmp_path, variants=["raw", "folded"])
     assert abs(float(model.model.rotary_emb.attention_scaling) - 1.0) > 0.05
     module_ref, exact_ref = tv.references(model, case, exact=False), tv.references(model, case, exact=True)
@@ -334,12 +387,23 @@ def test_attention_factor_scales_only_the_rotating_dims_of_partial_rotary(tmp_pa
 
 
 @pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3"])
-@pytest.mark.parametrize("rope", [
-    None,
-    dict(type="yarn", factor=40, mscale=1.0, mscale_all_dim=1.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1),
-    dict(type="yarn", factor=40, mscale=0.707, mscale_all_dim=0.707, original_max_position_embeddings=4096),
-    dict(rope_type="yarn", factor=4.0, mscale=1.0, original_max_position_embeddings=4096),
-])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        None,
+        dict(
+            type="yarn",
+            factor=40,
+            mscale=1.0,
+            mscale_all_dim=1.0,
+            original_max_position_embeddings=4096,
+            beta_fast=32,
+            beta_slow=1,
+        ),
+        dict(type="yarn", factor=40, mscale=0.707, mscale_all_dim=0.707, original_max_position_embeddings=4096),
+        dict(rope_type="yarn", factor=4.0, mscale=1.0, original_max_position_embeddings=4096),
+    ],
+)
 def test_mla_scale_and_rotary_from_config_json_match_the_modules(model_type, rope):
     """The published DeepSeek rope configs (legacy ``type`` key): c = the attention module's scaling, and the
     rotary frequencies and attention factor = the rotary module's, from config.json alone."""

@@ -133,7 +133,11 @@ def test_the_revision_pre_pass_reads_only_config_headers_and_qk(tiny, tmp_path):
     shard = model_dir / "model.safetensors"
     header = header_bytes(shard)
     entries = json.loads(header[8:])
-    qk = sum(e["data_offsets"][1] - e["data_offsets"][0] for n, e in entries.items() if n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "input_layernorm.weight")))
+    qk = sum(
+        e["data_offsets"][1] - e["data_offsets"][0]
+        for n, e in entries.items()
+        if n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "input_layernorm.weight"))
+    )
     assert source.fetched.total == (model_dir / "config.json").stat().st_size + len(header) + qk
     assert source.fetched.total < 0.5 * shard.stat().st_size
 
@@ -188,7 +192,9 @@ def _as_schema_v1(path: Path) -> None:
 @pytest.mark.slow
 def test_schema_v1_files_are_read_and_rebuilt(tiny, tmp_path):
     model_dir, out = copy_model(tiny, tmp_path / "old-model"), tmp_path / "out"
-    first = build_model(str(model_dir), FAMILY, out, device="cpu", progress=False, circuits=["qk"])  # v1 had qk rows only
+    first = build_model(
+        str(model_dir), FAMILY, out, device="cpu", progress=False, circuits=["qk"]
+    )  # v1 had qk rows only
     _as_schema_v1(first.path)
     dataset_card.write_card(out)
     frame = load_spectra(out, FAMILY)  # v1 alone
@@ -297,10 +303,25 @@ def test_cli_always_wrong_ranges_exit_non_zero_and_write_nothing(hub_server, hos
     hub_server.misserve_ranges(10**6, "shift", path_contains=".safetensors")
     try:
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "build_dataset.py"), "--family", FAMILY, "--models", hosted, "--out", str(out),
-             "--device", "cpu", "--quiet"],
-            cwd=ROOT, capture_output=True, text=True, timeout=180, env=dict(os.environ),
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(ROOT / "build_dataset.py"),
+                "--family",
+                FAMILY,
+                "--models",
+                hosted,
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=dict(os.environ),
+        )
     finally:
         hub_server.clear_faults()
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
@@ -322,7 +343,9 @@ GOOD = {
 def write_raw(directory: Path, header: str | bytes, data_bytes: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     raw = header.encode() if isinstance(header, str) else header
-    (directory / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(range(256)) * (data_bytes // 256) + bytes(data_bytes % 256))
+    (directory / "model.safetensors").write_bytes(
+        struct.pack("<Q", len(raw)) + raw + bytes(range(256)) * (data_bytes // 256) + bytes(data_bytes % 256)
+    )
     return directory / "model.safetensors"
 
 
@@ -427,7 +450,9 @@ def test_a_model_with_negative_offsets_fails_in_one_line_and_writes_nothing(tiny
 # ------------------------------------------------------------------ 5. the index
 
 
-def write_sharded(directory: Path, config_from: Path, shards: dict[str, dict[str, np.ndarray]], weight_map: dict) -> Path:
+def write_sharded(
+    directory: Path, config_from: Path, shards: dict[str, dict[str, np.ndarray]], weight_map: dict
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(config_from / "config.json", directory / "config.json")
     for name, tensors in shards.items():

@@ -51,6 +51,10 @@ def test_docs_spell_flags_with_hyphens():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    for path in (root / "README.md", root / "qk_spectra_ds" / "builder" / "cli.py", root / "qk_spectra_ds" / "analysis" / "cli.py"):
+    for path in (
+        root / "README.md",
+        root / "qk_spectra_ds" / "builder" / "cli.py",
+        root / "qk_spectra_ds" / "analysis" / "cli.py",
+    ):
         found = re.findall(r"--[a-z]+_[a-z_]+", path.read_text(encoding="utf-8"))
         assert not found, (path.name, found)

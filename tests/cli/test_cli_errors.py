@@ -61,10 +61,17 @@ def builds(monkeypatch) -> list:
 
 @pytest.mark.parametrize(
     "typo, suggestion",
-    [(["--forse"], "--force"), (["--devcie", "cuda"], "--device"), (["--famly", "X"], "--family"),
-     (["--push_to_hb", "a/b"], "--push_to_hub"), (["--skip-bild"], "--skip-build")],  # fmt: skip
+    [
+        (["--forse"], "--force"),
+        (["--devcie", "cuda"], "--device"),
+        (["--famly", "X"], "--family"),
+        (["--push_to_hb", "a/b"], "--push_to_hub"),
+        (["--skip-bild"], "--skip-build"),
+    ],
 )
-def test_misspelt_build_flag_is_refused_before_building(typo, suggestion, build_cli, builds, model_dir, tmp_path, capsys):
+def test_misspelt_build_flag_is_refused_before_building(
+    typo, suggestion, build_cli, builds, model_dir, tmp_path, capsys
+):
     out = tmp_path / "out"
     rc = build_cli(["--family", "Tiny", "--models", str(model_dir), "--out", str(out), "--quiet", *typo])
     assert_one_error(rc, capsys.readouterr().err, f"unknown flag {typo[0]}", f"did you mean {suggestion}?")
@@ -77,7 +84,11 @@ ANALYZE_COMMANDS = ["clusters", "boxplots", "taxonomy", "report", "import_legacy
 @pytest.mark.parametrize("command", ANALYZE_COMMANDS)
 def test_misspelt_analyze_flag_is_refused_before_reading(command, analyze_cli, tmp_path, capsys):
     """The dataset does not exist: had the command started, the error would be about it instead."""
-    source = ["--pickles", str(tmp_path / "nowhere")] if command == "import_legacy" else ["--dataset", str(tmp_path / "nowhere")]
+    source = (
+        ["--pickles", str(tmp_path / "nowhere")]
+        if command == "import_legacy"
+        else ["--dataset", str(tmp_path / "nowhere")]
+    )
     out = tmp_path / "out"
     rc = analyze_cli([command, *source, "--family", "X", "--out", str(out), "--quite"])
     assert_one_error(rc, capsys.readouterr().err, "unknown flag --quite", "did you mean --quiet?")
@@ -86,7 +97,9 @@ def test_misspelt_analyze_flag_is_refused_before_reading(command, analyze_cli, t
 
 def test_analyze_suggests_the_flag_of_its_own_command(analyze_cli, tmp_path, capsys):
     rc = analyze_cli(["boxplots", "--dataset", str(tmp_path), "--family", "X", "--stat", "MEAN"])
-    assert_one_error(rc, capsys.readouterr().err, "unknown flag --stat for analyze.py boxplots", "did you mean --stats?")
+    assert_one_error(
+        rc, capsys.readouterr().err, "unknown flag --stat for analyze.py boxplots", "did you mean --stats?"
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,7 +141,9 @@ def test_unknown_or_missing_analyze_command(argv, words, analyze_cli, capsys):
         (["--skip-build", "--push-to-hub", "a/b", "--family", "Tiny"], ["--family would be ignored"]),
     ],
 )
-def test_bad_build_command_line_is_one_line_before_any_work(argv, words, build_cli, builds, model_dir, tmp_path, capsys):
+def test_bad_build_command_line_is_one_line_before_any_work(
+    argv, words, build_cli, builds, model_dir, tmp_path, capsys
+):
     out = tmp_path / "out"
     extra = [] if "--models" in argv or "--skip-build" in argv else ["--models", str(model_dir)]
     rc = build_cli([*argv, *extra, "--out", str(out), "--quiet"] if "--out" not in argv else [*argv, "--quiet"])
@@ -173,7 +188,9 @@ def test_bad_analyze_values_are_refused_before_reading(flags, words, analyze_cli
 def test_family_that_looks_like_a_number_stays_a_string(family, build_cli, model_dir, tmp_path, capsys):
     """fire made 1e3 -> 1000.0, 0x10 -> 16 and 007 -> 7, building into the wrong config."""
     out = tmp_path / "out"
-    assert build_cli(["--family", family, "--models", str(model_dir), "--out", str(out), "--quiet"]) == 0, capsys.readouterr()
+    assert build_cli(["--family", family, "--models", str(model_dir), "--out", str(out), "--quiet"]) == 0, (
+        capsys.readouterr()
+    )
     assert [p.relative_to(out).as_posix() for p in dataset_repo.model_files(out)] == [f"data/{family}/tiny.parquet"]
 
 
@@ -182,8 +199,14 @@ def test_switch_spellings(build_cli, builds, model_dir, tmp_path, capsys):
     """--force, --force=true, --noforce and --force=false are the documented spellings of a switch."""
     out = tmp_path / "out"
     argv = ["--family", "Tiny", "--models", str(model_dir), "--out", str(out), "--quiet"]
-    for extra, status in (([], "built"), (["--noforce"], "skipped"), (["--force=false"], "skipped"),
-                          (["--force"], "built"), (["--force=True"], "built"), (["--no-force"], "skipped")):  # fmt: skip
+    for extra, status in (
+        ([], "built"),
+        (["--noforce"], "skipped"),
+        (["--force=false"], "skipped"),
+        (["--force"], "built"),
+        (["--force=True"], "built"),
+        (["--no-force"], "skipped"),
+    ):
         assert build_cli([*argv, *extra]) == 0
         statuses = re.findall(r"^(built|skipped)\s+tiny\b", capsys.readouterr().out, re.M)
         assert statuses == [status], (extra, statuses)
@@ -305,7 +328,9 @@ def test_bad_catalog_file_is_one_line(name, text, words, build_cli, tmp_path, ca
         path.write_bytes(text)
     else:
         path.write_text(text)
-    assert_one_error(build_cli(["--list", "--catalog", str(path)]), capsys.readouterr().err, f"catalog file {path}", *words)
+    assert_one_error(
+        build_cli(["--list", "--catalog", str(path)]), capsys.readouterr().err, f"catalog file {path}", *words
+    )
 
 
 def test_catalog_python_tag_is_refused_and_never_run(build_cli, tmp_path, capsys):
@@ -313,7 +338,9 @@ def test_catalog_python_tag_is_refused_and_never_run(build_cli, tmp_path, capsys
     path = tmp_path / "evil.yaml"
     path.write_text(f"X: !!python/object/apply:os.mkdir [{str(marker)!r}]\n")  # yaml.unsafe_load would run it
     rc = build_cli(["--list", "--catalog", str(path)])
-    assert_one_error(rc, capsys.readouterr().err, "is not valid YAML", "could not determine a constructor", "python/object")
+    assert_one_error(
+        rc, capsys.readouterr().err, "is not valid YAML", "could not determine a constructor", "python/object"
+    )
     assert not marker.exists()
 
 
@@ -333,8 +360,17 @@ def test_publish_without_network_is_one_line(closed_endpoint, build_cli, model_d
     out = tmp_path / "out"
     assert build_cli(["--family", "Tiny", "--models", str(model_dir), "--out", str(out), "--quiet"]) == 0
     before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
-    proc = run_script("--skip-build", "--push-to-hub", "org/name", "--version", "v0.1.0", "--out", str(out), "--quiet",
-                      env={"HF_ENDPOINT": closed_endpoint})  # fmt: skip
+    proc = run_script(
+        "--skip-build",
+        "--push-to-hub",
+        "org/name",
+        "--version",
+        "v0.1.0",
+        "--out",
+        str(out),
+        "--quiet",
+        env={"HF_ENDPOINT": closed_endpoint},
+    )
     assert_one_error(proc.returncode, proc.stderr, "cannot reach the Hub", closed_endpoint, "org/name", "HF_ENDPOINT")
     assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
 
@@ -352,7 +388,10 @@ CONFIG_DAMAGE = {
     "layers-negative": ({"num_hidden_layers": -1}, ["num_hidden_layers is -1"]),
     "head-dim-zero": ({"head_dim": 0}, ["head_dim is 0"]),
     "head-dim-list": ({"head_dim": [8]}, ["head_dim is [8]"]),
-    "kv-heads-do-not-divide": ({"num_key_value_heads": 3}, ["num_attention_heads 4 is not a multiple of num_key_value_heads 3"]),
+    "kv-heads-do-not-divide": (
+        {"num_key_value_heads": 3},
+        ["num_attention_heads 4 is not a multiple of num_key_value_heads 3"],
+    ),
     "width-does-not-split": ({"hidden_size": 30}, ["hidden_size 30 is not a multiple of num_attention_heads 4"]),
 }
 
@@ -381,7 +420,13 @@ def test_model_type_that_is_not_a_string_is_unsupported():
 @pytest.mark.parametrize("field", ["multi_query", "new_decoder_architecture"])
 def test_falcon_switch_that_is_not_a_boolean(field):
     """The string "false" is truthy: read as is, it would pick the wrong Q/K layout silently."""
-    config = {"model_type": "falcon", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 32, field: "false"}
+    config = {
+        "model_type": "falcon",
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "hidden_size": 32,
+        field: "false",
+    }
     with pytest.raises(CheckpointError, match=f'config.json: {field} is "false", but must be true or false'):
         arch = model_type_for(config)
         arch.shape(config), arch.layout(config)
@@ -442,8 +487,10 @@ def test_errors_are_qkspectra_errors(tmp_path):
 @pytest.mark.slow
 def test_output_into_a_closed_pipe_is_not_an_error():
     """``--list | head``: the reader goes away before the CLI writes; exit 0 and nothing on stderr."""
-    code = ("import sys, time; sys.argv = ['build_dataset.py', '--list']; time.sleep(2); "
-            "from qk_spectra_ds.builder.cli import cli; sys.exit(cli())")  # fmt: skip
+    code = (
+        "import sys, time; sys.argv = ['build_dataset.py', '--list']; time.sleep(2); "
+        "from qk_spectra_ds.builder.cli import cli; sys.exit(cli())"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     proc.stdout.close()  # before the CLI prints anything
     err = proc.stderr.read().decode()

@@ -40,7 +40,9 @@ def test_help_does_not_import_the_analysis_stack():
         assert loaded == "LOADED", (args, loaded, err[-500:])
         assert "CODE 0" in out or "CODE None" in out, (args, out, err[-500:])
     out, err = _help("report", "--help")
-    assert "--n-clusters" in out + err and "--permutations" in out + err  # the help is still the whole help (flags with hyphens since issue 19)
+    assert (
+        "--n-clusters" in out + err and "--permutations" in out + err
+    )  # the help is still the whole help (flags with hyphens since issue 19)
 
 
 def test_cli_defaults_equal_params_defaults():

@@ -16,11 +16,25 @@ from qk_spectra_ds.builder import cli as builder_cli
 from qk_spectra_ds.cli_util import long_flag, signature_flags
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", ROOT / "qk_spectra_ds" / "templates" / "dataset_card.md", *sorted((ROOT / "docs").glob("*.md"))]
-CLI_MODULES = [ROOT / "qk_spectra_ds" / name for name in ("cli_util.py", "builder/cli.py", "analysis/cli.py", "analysis/cli_defaults.py")]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "qk_spectra_ds" / "templates" / "dataset_card.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
+CLI_MODULES = [
+    ROOT / "qk_spectra_ds" / name
+    for name in ("cli_util.py", "builder/cli.py", "analysis/cli.py", "analysis/cli_defaults.py")
+]
 MENTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")  # not the "--" inside a file slug (Qwen--Qwen3)
-OTHER_TOOLS = {"--array", "--gres", "--time", "--job-name", "--dependency",  # the README's SLURM lines (sbatch)
-               "--strict-markers"}  # pytest's
+OTHER_TOOLS = {
+    "--array",
+    "--gres",
+    "--time",
+    "--job-name",
+    "--dependency",  # the README's SLURM lines (sbatch)
+    "--strict-markers",
+    "--check",  # ruff format --check
+}  # pytest's
 
 
 def _cli_flags() -> set[str]:
@@ -50,5 +64,7 @@ def test_every_flag_the_docs_name_exists():
 
 
 def test_the_mention_pattern_finds_flags_and_skips_slugs():
-    text = "run `--n-clusters 3` or --push-to-hub ORG/x; the file Qwen--Qwen3-0.6B and sentence-transformers--all-MiniLM"
+    text = (
+        "run `--n-clusters 3` or --push-to-hub ORG/x; the file Qwen--Qwen3-0.6B and sentence-transformers--all-MiniLM"
+    )
     assert MENTION.findall(text) == ["--n-clusters", "--push-to-hub"]

@@ -45,8 +45,24 @@ def test_on_a_terminal_the_bar_is_tqdms():
 
 @pytest.mark.slow
 def test_a_build_into_a_pipe_logs_plain_lines(tmp_path):
-    done = subprocess.run([sys.executable, "build_dataset.py", "--family", "MiniLM", "--out", str(tmp_path / "ds"),
-                           "--variants", "raw", "--offsets", "none"], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "build_dataset.py",
+            "--family",
+            "MiniLM",
+            "--out",
+            str(tmp_path / "ds"),
+            "--variants",
+            "raw",
+            "--offsets",
+            "none",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "\r" not in done.stderr and "\x1b" not in done.stderr, repr(done.stderr[:500])
     assert any(line.startswith("MiniLM models: 100%") for line in done.stderr.splitlines()), done.stderr

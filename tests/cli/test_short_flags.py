@@ -78,7 +78,10 @@ def test_every_short_flag_in_the_help_is_unique_and_is_what_the_parser_reads(cap
                 rc, seen = _run(cli, command, [f"-{long[0]}"], monkeypatch)
                 err = capfd.readouterr().err
                 if all(letter_ != long[0] for letter_, _ in shown):
-                    assert rc == 1 and not seen and err.count("\n") == 1 and f"unknown flag -{long[0]}" in err, (where, err)
+                    assert rc == 1 and not seen and err.count("\n") == 1 and f"unknown flag -{long[0]}" in err, (
+                        where,
+                        err,
+                    )
     assert {letter: longs for letter, longs in meaning.items() if len(longs) > 1} == {}  # one meaning per letter
     assert "q" not in meaning or meaning["q"] == {"quiet"}
 

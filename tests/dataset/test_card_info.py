@@ -38,11 +38,15 @@ def test_dataset_info_is_what_datasets_writes(splits):
 
 @pytest.mark.slow
 def test_card_yaml_has_no_aliases_and_building_a_card_does_not_import_datasets(tmp_path):
-    summaries = [{"config": f, "path": f"data/{f}/m.parquet", "n_rows": 4, "n_bytes": 100, "model_id": "m",
-                  "variant": "raw"} for f in ("A", "B")]  # fmt: skip
+    summaries = [
+        {"config": f, "path": f"data/{f}/m.parquet", "n_rows": 4, "n_bytes": 100, "model_id": "m", "variant": "raw"}
+        for f in ("A", "B")
+    ]
     text = dataset_card.render_card(summaries)
     assert "&id" not in text and "*id" not in text
-    assert card_metadata.card_yaml(text)["dataset_info"] == datasets_block({"all": (200, 8), "A": (100, 4), "B": (100, 4)})
+    assert card_metadata.card_yaml(text)["dataset_info"] == datasets_block(
+        {"all": (200, 8), "A": (100, 4), "B": (100, 4)}
+    )
     probe = (
         "import sys; from qk_spectra_ds import dataset_card; "
         f"dataset_card.render_card({summaries!r}); print('datasets' in sys.modules)"

@@ -83,11 +83,14 @@ def test_a_build_through_one_truncated_answer_per_range_is_right(hub_server, hos
     hub_server.clear_faults()
     hub_server.misserve_ranges(10**6, "short", path_contains=".safetensors", once_per_range=True)
     try:
-        result = build_model(hosted, "Trust", tmp_path / "out", device="cpu", progress=False, variants=["raw"], offsets=[])
+        result = build_model(
+            hosted, "Trust", tmp_path / "out", device="cpu", progress=False, variants=["raw"], offsets=[]
+        )
     finally:
         hub_server.clear_faults()
-    reference = build_model(str(tiny_dir), "Trust", tmp_path / "ref", device="cpu", progress=False, variants=["raw"],
-                            offsets=[])  # fmt: skip
+    reference = build_model(
+        str(tiny_dir), "Trust", tmp_path / "ref", device="cpu", progress=False, variants=["raw"], offsets=[]
+    )
     import pyarrow.parquet as pq
 
     got = pq.read_table(result.path, columns=["singular_values"])["singular_values"].to_pylist()
@@ -97,7 +100,9 @@ def test_a_build_through_one_truncated_answer_per_range_is_right(hub_server, hos
 # ------------------------------------------------------------------ 11. no network, and ids of the wrong form
 
 
-@pytest.mark.parametrize("repo_id", ["foo", "a/b/c", "a//b", "/b", "a/", "-a/b", "a/b-", "a/b--c", "a b/c", "a/b.git", "", 3])
+@pytest.mark.parametrize(
+    "repo_id", ["foo", "a/b/c", "a//b", "/b", "a/", "-a/b", "a/b-", "a/b--c", "a b/c", "a/b.git", "", 3]
+)
 def test_repo_ids_that_are_not_org_name_are_one_line(repo_id):
     with pytest.raises(HubAccessError) as info:
         check_repo_id(repo_id, "--push-to-hub")
@@ -155,8 +160,15 @@ def test_a_hub_dataset_without_a_network_fails_at_once_in_one_line(kind):
         server, stop, held = _silent_endpoint()
         endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
     try:
-        proc = subprocess.run([sys.executable, "-c", LOAD], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "HF_ENDPOINT": endpoint}, check=False)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "HF_ENDPOINT": endpoint},
+            check=False,
+        )
     finally:
         if server is not None:
             stop.set()

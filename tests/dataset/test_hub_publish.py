@@ -67,7 +67,9 @@ def test_remote_build_fetches_only_qk_bytes_and_matches_local(hub_server, hosted
         (n,) = struct.unpack("<Q", raw[:8])
         expected += 8 + n
         for name, entry in json.loads(raw[8 : 8 + n]).items():
-            if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "input_layernorm.weight")):
+            if name.endswith(
+                ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "input_layernorm.weight")
+            ):
                 qk_bytes += entry["data_offsets"][1] - entry["data_offsets"][0]
     expected += qk_bytes
     served = hub_server.bytes_served(repo_id=repo_id)
@@ -95,7 +97,9 @@ def _load_in_subprocess(repo_id: str, config: str, revision: str) -> dict:
         f"ds = datasets.load_dataset({repo_id!r}, {config!r}, revision={revision!r}, split='train')\n"
         "print(json.dumps({'n': ds.num_rows, 'models': sorted(set(ds['model_id']))}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -146,7 +150,9 @@ def test_analysis_runs_on_pushed_dataset(hub_server, hosted_models, tmp_path, un
     loading = pytest.importorskip("qk_spectra_ds.analysis.loading")
     dataset = unique_repo_name("spectra-analysis")
     out = tmp_path / "ds"
-    build.build_family(FAMILY, out, models=[hosted_models["a"][0], hosted_models["sharded"][0]], device="cpu", progress=False)
+    build.build_family(
+        FAMILY, out, models=[hosted_models["a"][0], hosted_models["sharded"][0]], device="cpu", progress=False
+    )
     publish(out, dataset, version="v1.0.0")
     frame = loading.load_spectra(dataset, FAMILY, revision="v1.0.0")
     assert len(frame) == 8 + 12
@@ -163,7 +169,10 @@ def test_concurrent_publishers_both_land(hub_server, hosted_models, tmp_path, un
     publish(dirs[0], dataset)  # the repo exists before the race; both then race on main
     hub_server.reset_counters()
     cmd = [sys.executable, str(ROOT / "build_dataset.py"), "--skip-build", "--push-to-hub", dataset, "--quiet"]
-    procs = [subprocess.Popen(cmd + ["--out", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in dirs]
+    procs = [
+        subprocess.Popen(cmd + ["--out", str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for d in dirs
+    ]
     outputs = [p.communicate(timeout=180) for p in procs]
     for proc, (_stdout, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stderr
@@ -193,7 +202,9 @@ def test_commit_conflict_is_retried(hub_server, hosted_models, tmp_path, unique_
 def test_missing_repo_and_revision_are_one_line_errors(hub_server, hosted_models, tmp_path):
     repo_a = hosted_models["a"][0]
     with pytest.raises(BuildError) as err:
-        build.build_family(FAMILY, tmp_path, models=["qk-test/does-not-exist", f"{repo_a}@no-such-branch"], progress=False)
+        build.build_family(
+            FAMILY, tmp_path, models=["qk-test/does-not-exist", f"{repo_a}@no-such-branch"], progress=False
+        )
     message = str(err.value)
     assert "\n" not in message
     assert "qk-test/does-not-exist is not a local directory and not found on the Hub" in message

@@ -156,8 +156,13 @@ def test_download_and_ranged_reads(hub_server, published, tmp_path):
 def test_errors_map_to_client_exceptions(hub_server, published, tmp_path):
     api, repo = HfApi(), published["repo"]
     with pytest.raises(HfHubHTTPError) as exc:  # stale parent commit
-        api.create_commit(repo, [CommitOperationAdd("x.txt", b"x")], commit_message="stale",
-                          repo_type="dataset", parent_commit=published["c1"])  # fmt: skip
+        api.create_commit(
+            repo,
+            [CommitOperationAdd("x.txt", b"x")],
+            commit_message="stale",
+            repo_type="dataset",
+            parent_commit=published["c1"],
+        )
     assert exc.value.response.status_code == 412
     with pytest.raises(HfHubHTTPError) as exc:  # existing tag
         api.create_tag(repo, tag="v0.1.0", repo_type="dataset")
@@ -283,8 +288,13 @@ def test_concurrent_commits_are_serialized(hub_server, unique_repo_name):
     def push(worker: int) -> None:
         try:
             for i in range(4):
-                api.upload_file(path_or_fileobj=f"{worker}-{i}".encode(), path_in_repo=f"w{worker}/{i}.txt",
-                                repo_id=repo, repo_type="dataset", commit_message=f"w{worker} {i}")  # fmt: skip
+                api.upload_file(
+                    path_or_fileobj=f"{worker}-{i}".encode(),
+                    path_in_repo=f"w{worker}/{i}.txt",
+                    repo_id=repo,
+                    repo_type="dataset",
+                    commit_message=f"w{worker} {i}",
+                )
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 

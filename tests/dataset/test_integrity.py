@@ -49,8 +49,15 @@ def built(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("integrity")
     _, model_dir = make_saved("llama-gqa", root / "tiny-llama")
     out = root / "ds"
-    result = pipeline.build_model(str(model_dir), FAMILY, out, device="cpu", progress=False,
-                                  variants=["raw", "folded", "null"], offsets=(0, 1, 4, 64))  # fmt: skip
+    result = pipeline.build_model(
+        str(model_dir),
+        FAMILY,
+        out,
+        device="cpu",
+        progress=False,
+        variants=["raw", "folded", "null"],
+        offsets=(0, 1, 4, 64),
+    )
     dataset_card.write_card(out)
     assert result.status == "built"
     return out
@@ -85,7 +92,7 @@ def test_written_file_is_what_datasets_wrote_with_page_checksums(built, tmp_path
     assert ours.equals(reference)
     assert load_dataset(str(built), FAMILY, split="train").features == schema.features()
     # a flipped byte inside a data page fails pyarrow's page checksum verification
-    (start, size), = [(start, size) for column, start, size in column_chunks(path) if column == "ev_mean"]
+    ((start, size),) = [(start, size) for column, start, size in column_chunks(path) if column == "ev_mean"]
     data = bytearray(path.read_bytes())
     data[start + size - 3] ^= 0x01
     bad = tmp_path / "bad.parquet"
@@ -136,7 +143,7 @@ def _flip(path: Path, offset: int) -> None:
 def test_a_changed_file_is_refused_in_one_line_and_a_later_card_keeps_the_record(built, tmp_path, monkeypatch):
     out, path = copy_of(built, tmp_path)
     recorded = card_metadata.read_card_models(out)[0]["sha256"]
-    (start, size), = [(start, size) for column, start, size in column_chunks(path) if column == "ev_mean"]
+    ((start, size),) = [(start, size) for column, start, size in column_chunks(path) if column == "ev_mean"]
     _flip(path, start + size - 3)  # one value of ev_mean changes; the file stays a readable parquet file
     with pytest.raises(integrity.IntegrityError) as info:
         load_spectra(out, FAMILY)
@@ -203,8 +210,13 @@ def test_hub_revision_is_checked_against_the_hubs_lfs_sha256(built, hub_server, 
     table = pq.read_table(path)
     other = tmp_path / "other.parquet"
     pq.write_table(table.slice(0, table.num_rows - 1), other)  # a valid parquet file, one row short
-    HfApi().upload_file(path_or_fileobj=str(other), path_in_repo="data/fam/tiny-llama.parquet", repo_id=repo,
-                        repo_type="dataset", commit_message="replace a file, not the card")  # fmt: skip
+    HfApi().upload_file(
+        path_or_fileobj=str(other),
+        path_in_repo="data/fam/tiny-llama.parquet",
+        repo_id=repo,
+        repo_type="dataset",
+        commit_message="replace a file, not the card",
+    )
     with pytest.raises(integrity.IntegrityError) as info:
         load_spectra(repo, FAMILY)
     one_line(info.value, repo, "data/fam/tiny-llama.parquet", "the card records", "republish")
@@ -224,7 +236,9 @@ def test_the_hub_check_s_own_failures_are_one_line(monkeypatch):
         raise ProxyRefused("connection refused by proxy")
 
     monkeypatch.setattr(HfApi, "dataset_info", refuse)
-    monkeypatch.setattr("qk_spectra_ds.hub_access.check_reachable", lambda what, timeout=None: None)  # test_trust_hub_access
+    monkeypatch.setattr(
+        "qk_spectra_ds.hub_access.check_reachable", lambda what, timeout=None: None
+    )  # test_trust_hub_access
     with pytest.raises(LoadError) as info:
         load_spectra("org/name", FAMILY, revision="v1")
     one_line(info.value, "org/name", "'v1'", "ProxyRefused", "proxy")
@@ -277,17 +291,38 @@ MUTATIONS = {
     "positivity": (lambda p: _set("positivity", 0, 1.5), "positivity"),
     "nan singular value": (lambda p: _positional_free_sv(0, float("nan")), "singular values are NaN"),
     "negative singular value": (lambda p: _positional_free_sv(0, -1.0), "negative singular value"),
-    "norm ratio min": (lambda p: _set("positional_norm_ratio_min", _first_positional_row(p), 0.0588), "positional_norm_ratio_min"),
-    "norm ratio max": (lambda p: _set("positional_norm_ratio_max", _first_positional_row(p), 1.086), "positional_norm_ratio_max"),
+    "norm ratio min": (
+        lambda p: _set("positional_norm_ratio_min", _first_positional_row(p), 0.0588),
+        "positional_norm_ratio_min",
+    ),
+    "norm ratio max": (
+        lambda p: _set("positional_norm_ratio_max", _first_positional_row(p), 1.086),
+        "positional_norm_ratio_max",
+    ),
     "half norm offset": (lambda p: _set("half_norm_offset", _first_positional_row(p), -7), "half_norm_offset"),
     "duplicate offsets": (lambda p: _set("offsets", _first_positional_row(p), [0, 1, 1, 64]), "strictly increasing"),
     "negative offset": (lambda p: _set("offsets", _first_positional_row(p), [-1, 1, 4, 64]), "strictly increasing"),
-    "nan positional": (lambda p: _positional(_first_positional_row(p), lambda v: v[2].__setitem__(0, float("nan"))), "positional singular values are NaN"),
-    "inf positional": (lambda p: _positional(_first_positional_row(p), lambda v: v[2].__setitem__(0, float("inf"))), "positional singular values are NaN"),
-    "negative positional": (lambda p: _positional(_first_positional_row(p), lambda v: v[1].__setitem__(-1, -1.03)), "negative"),
-    "offset 0 not the spectrum": (lambda p: _positional(_first_positional_row(p), lambda v: v[0].__setitem__(0, v[0][0] * 1.01)), "offset 0"),
-    "positional summaries on a row without": (lambda p: _set("positional_norm_ratio_min", _null_row(p), 0.5), "without positional spectra"),
-}  # fmt: skip
+    "nan positional": (
+        lambda p: _positional(_first_positional_row(p), lambda v: v[2].__setitem__(0, float("nan"))),
+        "positional singular values are NaN",
+    ),
+    "inf positional": (
+        lambda p: _positional(_first_positional_row(p), lambda v: v[2].__setitem__(0, float("inf"))),
+        "positional singular values are NaN",
+    ),
+    "negative positional": (
+        lambda p: _positional(_first_positional_row(p), lambda v: v[1].__setitem__(-1, -1.03)),
+        "negative",
+    ),
+    "offset 0 not the spectrum": (
+        lambda p: _positional(_first_positional_row(p), lambda v: v[0].__setitem__(0, v[0][0] * 1.01)),
+        "offset 0",
+    ),
+    "positional summaries on a row without": (
+        lambda p: _set("positional_norm_ratio_min", _null_row(p), 0.5),
+        "without positional spectra",
+    ),
+}
 
 
 def _positional_free_sv(row: int, value: float):
@@ -338,7 +373,9 @@ def column_chunks(path: Path):
 
 
 def _load_all(out: Path):
-    return [load_spectra(out, FAMILY, variant=v, keep_spectra=True, keep_positional=True) for v in ("raw", "folded", "null")]
+    return [
+        load_spectra(out, FAMILY, variant=v, keep_spectra=True, keep_positional=True) for v in ("raw", "folded", "null")
+    ]
 
 
 def _same(frames, clean) -> bool:
@@ -427,8 +464,14 @@ def test_legacy_statistics_of_the_wrong_shape_are_refused(tmp_path):
     one_line(info.value, "m.pkl", "eigen_values_stats", "(mean)", f"expected shape ({n_heads}, 1)")
 
 
-@pytest.mark.parametrize("key, index, column", [("eigen_values_stats", 2, "ev_mean"), ("singular_values_stats", 3, "sv_std"),
-                                                ("eigen_values_stats", 5, "ev_kurtosis")])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, index, column",
+    [
+        ("eigen_values_stats", 2, "ev_mean"),
+        ("singular_values_stats", 3, "sv_std"),
+        ("eigen_values_stats", 5, "ev_kurtosis"),
+    ],
+)
 def test_legacy_statistics_that_are_not_the_spectra_s_are_refused(key, index, column, tmp_path):
     from qk_spectra_ds.analysis.legacy import (
         LegacyFormatError,

@@ -41,7 +41,11 @@ print("live ok", repo, published.summary())
 
 @pytest.mark.skipif(not TOKEN, reason="set QK_SPECTRA_LIVE_HF_TOKEN to run against the real Hub")
 def test_live_round_trip():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_ENDPOINT", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE"))
+    }
     env.update(HF_TOKEN=TOKEN, HF_HOME=tempfile.mkdtemp(prefix="qk_live_hf_"))
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -20,10 +20,44 @@ from qk_spectra_ds.builder import catalog
 from qk_spectra_ds.naming import is_ordinary, model_slug
 
 HOSTILE = [
-    "m x", "m-x", "m_x", "m--x", "m/x", "m//x", "org/m", "org--m", "..", ".", "", " ", "model", "model---0",
-    "/", "a/b/c", "a-/b", "a/-b", "-a", "a-", ".hidden", "a..b", "Org/M", "org/m ", "<script>alert(1)</script>",
-    "x" * 20_000, "x" * 20_001, "é/ü", "日本語/モデル", "a\nb", "a\tb", "a\0b", "a|b", "a*b", "a?b", "con", "nul.txt",
-]  # fmt: skip
+    "m x",
+    "m-x",
+    "m_x",
+    "m--x",
+    "m/x",
+    "m//x",
+    "org/m",
+    "org--m",
+    "..",
+    ".",
+    "",
+    " ",
+    "model",
+    "model---0",
+    "/",
+    "a/b/c",
+    "a-/b",
+    "a/-b",
+    "-a",
+    "a-",
+    ".hidden",
+    "a..b",
+    "Org/M",
+    "org/m ",
+    "<script>alert(1)</script>",
+    "x" * 20_000,
+    "x" * 20_001,
+    "é/ü",
+    "日本語/モデル",
+    "a\nb",
+    "a\tb",
+    "a\0b",
+    "a|b",
+    "a*b",
+    "a?b",
+    "con",
+    "nul.txt",
+]
 
 
 def test_file_names_are_injective_safe_and_short():
@@ -31,7 +65,10 @@ def test_file_names_are_injective_safe_and_short():
     assert len(set(slugs)) == len(HOSTILE), [s for s in slugs if slugs.count(s) > 1]
     for model_id, slug in zip(HOSTILE, slugs):
         assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", slug), (model_id, slug)  # no hidden file, no separator
-        assert len(slug.encode()) <= 130, (model_id[:40], len(slug))  # + ".parquet", a temporary prefix, a box-plot suffix
+        assert len(slug.encode()) <= 130, (
+            model_id[:40],
+            len(slug),
+        )  # + ".parquet", a temporary prefix, a box-plot suffix
         assert len(f".{slug}_KURTOSIS_box.parquet.123456-123456-abcdefgh.tmp".encode()) < 255
 
 
@@ -63,8 +100,14 @@ def test_two_local_models_whose_plain_slugs_collide_get_two_files(tiny_dir, tmp_
 
     for name in ("m x", "m-x"):
         shutil.copytree(tiny_dir, tmp_path / name)
-    results = build_family("F", tmp_path / "out", models=[str(tmp_path / "m x"), str(tmp_path / "m-x")],
-                           progress=False, variants=["raw"], offsets=[])  # fmt: skip
+    results = build_family(
+        "F",
+        tmp_path / "out",
+        models=[str(tmp_path / "m x"), str(tmp_path / "m-x")],
+        progress=False,
+        variants=["raw"],
+        offsets=[],
+    )
     assert [r.status for r in results] == ["built", "built"]
     assert results[0].path != results[1].path
     for result in results:
@@ -84,12 +127,19 @@ def hostile_report(tiny_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("hostile")
     for model_id in REPORT_IDS:
-        result = build_model(LocalSource(tiny_dir, model_id=model_id), "F", root / "ds", progress=False,
-                             variants=["raw"], offsets=[])  # fmt: skip
+        result = build_model(
+            LocalSource(tiny_dir, model_id=model_id), "F", root / "ds", progress=False, variants=["raw"], offsets=[]
+        )
         assert result.status == "built"
     dataset_card.write_card(root / "ds")
-    outputs = run_report(str(root / "ds"), "F", root / "report", params=Params(stats=("MEAN",), k="2", permutations=99, skip_layers_below=0),
-                         jobs=1, progress=False)  # fmt: skip
+    outputs = run_report(
+        str(root / "ds"),
+        "F",
+        root / "report",
+        params=Params(stats=("MEAN",), k="2", permutations=99, skip_layers_below=0),
+        jobs=1,
+        progress=False,
+    )
     return outputs
 
 
@@ -122,9 +172,22 @@ def test_index_md_shows_hostile_ids_as_text(hostile_report):
 
 
 MARKDOWN_HOSTILE = HOSTILE + [
-    "[x](javascript:alert(1))", "![i](http://e/x.png)", "**b** _i_ ~~s~~ `c` ``d``", "&amp; &lt;", "\\<b>\\", "a\r\nb",
-    "<img src=x onerror=alert(1)>", "http://example.com", "# h", "> q", "1. l", "| a | b |", "$x$", "{{ x }}", "__init__",
-]  # fmt: skip
+    "[x](javascript:alert(1))",
+    "![i](http://e/x.png)",
+    "**b** _i_ ~~s~~ `c` ``d``",
+    "&amp; &lt;",
+    "\\<b>\\",
+    "a\r\nb",
+    "<img src=x onerror=alert(1)>",
+    "http://example.com",
+    "# h",
+    "> q",
+    "1. l",
+    "| a | b |",
+    "$x$",
+    "{{ x }}",
+    "__init__",
+]
 
 
 def _shown(text: str) -> str:

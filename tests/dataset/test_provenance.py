@@ -48,8 +48,15 @@ FAMILY = "syn"
 # ---------------------------------------------------------------- data made here, independently of the readers
 
 
-def built_columns(model_id: str, family: str = FAMILY, n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2,
-                  d_head: int = 8, seed: int = 0) -> dict:  # fmt: skip
+def built_columns(
+    model_id: str,
+    family: str = FAMILY,
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_head: int = 8,
+    seed: int = 0,
+) -> dict:
     """Rows of a model 'built from weights': spectra of random heads (dense SVD of random Q, K blocks)."""
     rng = np.random.default_rng(seed)
     d_model = 3 * d_head
@@ -61,9 +68,16 @@ def built_columns(model_id: str, family: str = FAMILY, n_layers: int = 3, n_head
         for head in range(n_heads):
             sv[layer, head] = np.linalg.svd(wq[layer, head].T @ wk[layer, head // group], compute_uv=False)[:d_head]
     shape = AttentionShape(n_layers, n_heads, n_kv_heads, d_model, d_head)
-    return model_columns(sv, rng.uniform(-1, 1, (n_layers, n_heads)), shape, model_id=model_id,
-                               revision="local:" + "0" * 40, family=family, model_type="llama",
-                               weights_dtype="float32")  # fmt: skip
+    return model_columns(
+        sv,
+        rng.uniform(-1, 1, (n_layers, n_heads)),
+        shape,
+        model_id=model_id,
+        revision="local:" + "0" * 40,
+        family=family,
+        model_type="llama",
+        weights_dtype="float32",
+    )
 
 
 def legacy_data(n_layers: int = 3, n_heads: int = 4, d_head: int = 8, seed: int = 0) -> collections.defaultdict:
@@ -164,8 +178,10 @@ def test_analysis_does_not_pool_legacy_with_built_spectra_unless_asked(mixed_dat
     one_line(info.value, "old-model", "org/built", "pairing error", "--variant raw,legacy")
     assert set(load_spectra(mixed_dataset, FAMILY, variant="legacy")["model_id"]) == {"old-model"}
     assert set(load_spectra(mixed_dataset, FAMILY, variant="raw")["model_id"]) == {"org/built"}
-    for frame in (load_spectra(mixed_dataset, FAMILY, pool_legacy=True),
-                  load_spectra(mixed_dataset, FAMILY, variant="raw,legacy")):  # fmt: skip
+    for frame in (
+        load_spectra(mixed_dataset, FAMILY, pool_legacy=True),
+        load_spectra(mixed_dataset, FAMILY, variant="raw,legacy"),
+    ):
         assert set(frame["model_id"]) == {"old-model", "org/built"} and len(frame) == 2 * 3 * 4
 
 
@@ -291,7 +307,9 @@ def test_a_corrupt_or_empty_parquet_says_it_is_corrupt(damage, tmp_path):
     out = built_dataset(tmp_path / "ds", "org/a", "org/b")
     path = dataset_repo.model_path(out, FAMILY, "org/b")
     data = path.read_bytes()
-    path.write_bytes({"garbage": b"not a parquet file at all" * 40, "empty": b"", "truncated": data[: len(data) // 2]}[damage])
+    path.write_bytes(
+        {"garbage": b"not a parquet file at all" * 40, "empty": b"", "truncated": data[: len(data) // 2]}[damage]
+    )
     with pytest.raises(LoadError) as info:
         load_spectra(out, FAMILY)
     message = one_line(info.value, "data/syn/org--b.parquet")
@@ -436,17 +454,57 @@ def _get(i: int) -> bytes:
 
 def _ndarray_call(*shape: int) -> bytes:
     """``numpy.ndarray(shape, 'f4')``: uninitialised memory of any size the pickle names."""
-    return _global("numpy", "ndarray") + P.MARK + P.MARK + b"".join(map(_int, shape)) + P.TUPLE + _str("f4") + P.TUPLE + P.REDUCE
+    return (
+        _global("numpy", "ndarray")
+        + P.MARK
+        + P.MARK
+        + b"".join(map(_int, shape))
+        + P.TUPLE
+        + _str("f4")
+        + P.TUPLE
+        + P.REDUCE
+    )
 
 
 def _array(shape: tuple[int, ...], data: bytes) -> bytes:
     """numpy's own protocol-2+ array: ``_reconstruct(ndarray, (0,), b'b')`` then BUILD with ``data`` (an opcode)."""
-    dtype = (_global("numpy", "dtype") + _str("f4") + P.NEWFALSE + P.NEWTRUE + P.TUPLE3 + P.REDUCE
-             + P.MARK + _int(3) + _str("<") + P.NONE * 3 + _int(-1) + _int(-1) + _int(0) + P.TUPLE + P.BUILD)  # fmt: skip
-    return (_global("numpy._core.multiarray", "_reconstruct") + _global("numpy", "ndarray") + _int(0) + P.TUPLE1
-            + P.SHORT_BINBYTES + b"\x01b" + P.TUPLE3 + P.REDUCE
-            + P.MARK + _int(1) + P.MARK + b"".join(map(_int, shape)) + P.TUPLE + dtype + P.NEWFALSE + data + P.TUPLE
-            + P.BUILD)  # fmt: skip
+    dtype = (
+        _global("numpy", "dtype")
+        + _str("f4")
+        + P.NEWFALSE
+        + P.NEWTRUE
+        + P.TUPLE3
+        + P.REDUCE
+        + P.MARK
+        + _int(3)
+        + _str("<")
+        + P.NONE * 3
+        + _int(-1)
+        + _int(-1)
+        + _int(0)
+        + P.TUPLE
+        + P.BUILD
+    )
+    return (
+        _global("numpy._core.multiarray", "_reconstruct")
+        + _global("numpy", "ndarray")
+        + _int(0)
+        + P.TUPLE1
+        + P.SHORT_BINBYTES
+        + b"\x01b"
+        + P.TUPLE3
+        + P.REDUCE
+        + P.MARK
+        + _int(1)
+        + P.MARK
+        + b"".join(map(_int, shape))
+        + P.TUPLE
+        + dtype
+        + P.NEWFALSE
+        + data
+        + P.TUPLE
+        + P.BUILD
+    )
 
 
 def _legacy_layout(spectrum: bytes, stat: bytes, n_layers: int = 1, prelude: bytes = b"") -> bytes:
@@ -467,7 +525,13 @@ def _shared_buffer() -> bytes:
     layers = 32
     out = P.PROTO + b"\x02" + buffer + stat + _put(1) + P.POP + P.EMPTY_DICT + P.MARK
     for key in ("singular_values", "eigen_values"):
-        out += _str(key) + P.EMPTY_DICT + P.MARK + b"".join(_int(k) + _array((512, 512), _get(0)) for k in range(layers)) + P.SETITEMS
+        out += (
+            _str(key)
+            + P.EMPTY_DICT
+            + P.MARK
+            + b"".join(_int(k) + _array((512, 512), _get(0)) for k in range(layers))
+            + P.SETITEMS
+        )
     for key in ("singular_values_stats", "eigen_values_stats"):
         stats = P.EMPTY_LIST + P.MARK + _get(1) * 6 + P.APPENDS
         out += _str(key) + P.EMPTY_DICT + P.MARK + b"".join(_int(k) + stats for k in range(layers)) + P.SETITEMS
@@ -497,22 +561,49 @@ def _self_reference() -> bytes:
 MALICIOUS = {  # name: (pickle bytes, exception class name, words of its message)
     "ndarray-1.6GB": (P.PROTO + b"\x02" + _ndarray_call(400_000_000) + P.STOP, "UnsafePickleError", ["numpy.ndarray"]),
     "reconstruct-400MB": (
-        P.PROTO + b"\x02" + _global("numpy._core.multiarray", "_reconstruct") + _global("numpy", "ndarray")
-        + _int(400_000_000) + P.TUPLE1 + P.SHORT_BINBYTES + b"\x01b" + P.TUPLE3 + P.REDUCE + P.STOP,
-        "UnsafePickleError", ["_reconstruct"],
-    ),  # fmt: skip
-    "4000x4000-model": (_legacy_layout(_ndarray_call(4000, 4000), _ndarray_call(4000, 1)), "UnsafePickleError", ["numpy.ndarray"]),
-    "uninitialised-arrays": (_legacy_layout(_ndarray_call(16, 128), _ndarray_call(16, 1)), "UnsafePickleError", ["numpy.ndarray"]),
+        P.PROTO
+        + b"\x02"
+        + _global("numpy._core.multiarray", "_reconstruct")
+        + _global("numpy", "ndarray")
+        + _int(400_000_000)
+        + P.TUPLE1
+        + P.SHORT_BINBYTES
+        + b"\x01b"
+        + P.TUPLE3
+        + P.REDUCE
+        + P.STOP,
+        "UnsafePickleError",
+        ["_reconstruct"],
+    ),
+    "4000x4000-model": (
+        _legacy_layout(_ndarray_call(4000, 4000), _ndarray_call(4000, 1)),
+        "UnsafePickleError",
+        ["numpy.ndarray"],
+    ),
+    "uninitialised-arrays": (
+        _legacy_layout(_ndarray_call(16, 128), _ndarray_call(16, 1)),
+        "UnsafePickleError",
+        ["numpy.ndarray"],
+    ),
     "oversized-shape": (
         _legacy_layout(_array((4000, 4000), P.NONE), _array((4000, 1), P.NONE)),
-        "LegacyFormatError", ["shape (4000, 4000)", "at most 1024"],
+        "LegacyFormatError",
+        ["shape (4000, 4000)", "at most 1024"],
     ),
     "shared-buffer-64x": (_shared_buffer(), "LegacyFormatError", ["more bytes than the pickle itself"]),
     "dict-dag-2^40": (_dag(40), "LegacyFormatError", ["not the layout of the legacy pickles"]),
     "shared-layer-dict": (_shared_layer_dict(), "LegacyFormatError", ["referenced twice"]),
     "self-referencing-dict": (_self_reference(), "LegacyFormatError", ["referenced twice"]),
-    "memo-index-2^31": (P.PROTO + b"\x04" + P.NONE + P.LONG_BINPUT + struct.pack("<I", 2**31 - 1) + P.STOP, "LegacyFormatError", ["memo index 2147483647"]),
-    "truncated-4GB-bytes": (P.PROTO + b"\x03" + P.BINBYTES + struct.pack("<I", 2**32 - 1) + b"x" * 16 + P.STOP, "LegacyFormatError", ["expected 4294967295 bytes", "but only"]),
+    "memo-index-2^31": (
+        P.PROTO + b"\x04" + P.NONE + P.LONG_BINPUT + struct.pack("<I", 2**31 - 1) + P.STOP,
+        "LegacyFormatError",
+        ["memo index 2147483647"],
+    ),
+    "truncated-4GB-bytes": (
+        P.PROTO + b"\x03" + P.BINBYTES + struct.pack("<I", 2**32 - 1) + b"x" * 16 + P.STOP,
+        "LegacyFormatError",
+        ["expected 4294967295 bytes", "but only"],
+    ),
 }
 
 CASE_SECONDS = 10
@@ -559,8 +650,12 @@ def malicious_outcomes(tmp_path_factory) -> dict:
     directory = tmp_path_factory.mktemp("malicious")
     for name, (data, _, _) in MALICIOUS.items():
         (directory / f"{name}.pkl").write_bytes(data)
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(directory), str(CASE_SECONDS)], capture_output=True,
-                          text=True, timeout=CASE_SECONDS * len(MALICIOUS) + 120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(directory), str(CASE_SECONDS)],
+        capture_output=True,
+        text=True,
+        timeout=CASE_SECONDS * len(MALICIOUS) + 120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -591,7 +686,10 @@ def test_legacy_arrays_of_strings_are_one_line_naming_the_file(tmp_path):
     "edit, words",
     [
         (lambda d: d["eigen_values"][2].__setitem__((1, 7), -0.25), ["layer 2 head 1", "negative eigenvalue"]),
-        (lambda d: d["eigen_values"][0].__setitem__((3, 0), d["eigen_values"][0][3, 0] * 1.5), ["layer 0 head 3", "not the squares"]),
+        (
+            lambda d: d["eigen_values"][0].__setitem__((3, 0), d["eigen_values"][0][3, 0] * 1.5),
+            ["layer 0 head 3", "not the squares"],
+        ),
         (lambda d: d["eigen_values_stats"][1][1].__setitem__((2, 0), 99.0), ["layer 1 head 2", "ev_max 99"]),
         (lambda d: d.__setitem__("extra", {}), ["unexpected key(s) extra"]),
     ],
@@ -624,9 +722,26 @@ def test_well_formed_legacy_pickle_reads_exactly(tmp_path):
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random llama (GQA, 2 layers, only what the builder reads) saved as safetensors, named tiny-llama."""
     n_layers, n_heads, n_kv_heads, d_head, d_model = 2, 4, 2, 4, 16
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": n_layers,
-              "hidden_size": d_model, "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads,
-              "head_dim": d_head, "intermediate_size": 32, "vocab_size": 64, "rms_norm_eps": 1e-6,
-              "torch_dtype": "float32"}  # fmt: skip
-    return write_qk_llama(tmp_path_factory.mktemp("model") / "tiny-llama", config, layers=n_layers, heads=n_heads,
-                          kv_heads=n_kv_heads, d_model=d_model, d_head=d_head, norms=True)  # fmt: skip
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "num_hidden_layers": n_layers,
+        "hidden_size": d_model,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "head_dim": d_head,
+        "intermediate_size": 32,
+        "vocab_size": 64,
+        "rms_norm_eps": 1e-6,
+        "torch_dtype": "float32",
+    }
+    return write_qk_llama(
+        tmp_path_factory.mktemp("model") / "tiny-llama",
+        config,
+        layers=n_layers,
+        heads=n_heads,
+        kv_heads=n_kv_heads,
+        d_model=d_model,
+        d_head=d_head,
+        norms=True,
+    )

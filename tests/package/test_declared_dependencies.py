@@ -22,8 +22,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "qk_spectra_ds"
-SCOPES = {"core": ("install_requires",), "builder": ("install_requires", "build", "behaviour"),
-          "analysis": ("install_requires", "analysis", "umap", "original")}  # fmt: skip
+SCOPES = {
+    "core": ("install_requires",),
+    "builder": ("install_requires", "build", "behaviour"),
+    "analysis": ("install_requires", "analysis", "umap", "original"),
+}
 
 
 def _normal(name: str) -> str:

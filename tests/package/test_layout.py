@@ -42,9 +42,17 @@ def test_the_tree_shows_the_two_halves():
     assert {"cli", "loading", "legacy", "features", "taxonomy", "layer_boxplots", "plots", "report"} <= {
         name.rsplit(".", 1)[1] for name in _modules(analysis)
     }
-    assert {"catalog", "weights", "safetensors_io", "architectures", "spectra", "kernel", "pipeline", "publish", "cli"} <= {
-        name.rsplit(".", 1)[1] for name in _modules(builder)
-    }
+    assert {
+        "catalog",
+        "weights",
+        "safetensors_io",
+        "architectures",
+        "spectra",
+        "kernel",
+        "pipeline",
+        "publish",
+        "cli",
+    } <= {name.rsplit(".", 1)[1] for name in _modules(builder)}
 
 
 @pytest.mark.slow
@@ -67,13 +75,25 @@ def test_the_blocker_really_blocks():
 def test_no_analysis_module_imports_the_builder_or_torch():
     for path in (ROOT / "qk_spectra_ds" / "analysis").glob("*.py"):
         text = path.read_text()
-        for bad in ("from ..builder", "qk_spectra_ds.builder", "import torch", "import safetensors", "import transformers"):
+        for bad in (
+            "from ..builder",
+            "qk_spectra_ds.builder",
+            "import torch",
+            "import safetensors",
+            "import transformers",
+        ):
             assert bad not in text, (path.name, bad)
     for path in (ROOT / "qk_spectra_ds").glob("*.py"):  # the shared core
         if path.name == "__init__.py":
             continue  # names both halves' modules for its lazy exports; tests/package/test_python_api.py checks what it imports
         text = path.read_text()
-        for bad in ("from .builder", "from .analysis", "qk_spectra_ds.builder", "qk_spectra_ds.analysis", "import torch"):
+        for bad in (
+            "from .builder",
+            "from .analysis",
+            "qk_spectra_ds.builder",
+            "qk_spectra_ds.analysis",
+            "import torch",
+        ):
             assert bad not in text, (path.name, bad)
 
 

@@ -96,15 +96,18 @@ def test_module_map_lists_every_module():
 def test_no_reference_to_files_outside_the_repository():
     """Docstrings cite the README or the card, not DESIGN.md or shared/legacy (absent from the repository)."""
     stale = ("DESIGN.md", "shared/legacy", "qk_spectra_ds.legacy`", "qk_spectra_ds.legacy ")
-    found = [f"{rel}: {word}" for rel, _ in _modules() for word in stale
-             if word in (ROOT / rel).read_text(encoding="utf-8")]  # fmt: skip
+    found = [
+        f"{rel}: {word}" for rel, _ in _modules() for word in stale if word in (ROOT / rel).read_text(encoding="utf-8")
+    ]
     assert not found, found
 
 
 def test_schema_constants_are_not_repeated():
     """The variant and statistic names come from schema; the unused duplicates stay removed."""
-    source = {rel: (ROOT / rel).read_text(encoding="utf-8") for rel in
-              ("builder/variants.py", "builder/folding.py", "analysis/layer_boxplots.py")}  # fmt: skip
+    source = {
+        rel: (ROOT / rel).read_text(encoding="utf-8")
+        for rel in ("builder/variants.py", "builder/folding.py", "analysis/layer_boxplots.py")
+    }
     assert '"folded"' not in source["builder/variants.py"] and "\nVARIANTS =" not in source["builder/variants.py"]
     assert "FOLDING_MODEL_TYPES" not in source["builder/folding.py"]
     assert '"KURTOSIS"' not in source["analysis/layer_boxplots.py"]

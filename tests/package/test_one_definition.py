@@ -64,8 +64,11 @@ def _definitions(*names: str) -> list[str]:
 @pytest.mark.slow
 def test_each_shared_helper_is_defined_once():
     """One error formatter, one comma-list parser, one way to silence datasets (they existed 2-4 times)."""
-    for job in (("one_line", "_one_line", "_first_line"), ("as_list", "parse_models"),
-                ("quiet_datasets", "_quiet_datasets")):  # fmt: skip
+    for job in (
+        ("one_line", "_one_line", "_first_line"),
+        ("as_list", "parse_models"),
+        ("quiet_datasets", "_quiet_datasets"),
+    ):
         assert len(_definitions(*job)) == 1, _definitions(*job)
 
 
@@ -113,15 +116,21 @@ def test_hub_and_yaml_errors_are_recognised_by_class(monkeypatch):
     from qk_spectra_ds.analysis import verification
     from qk_spectra_ds.analysis.loading import LoadError, load_spectra
 
-    for error, words in ((_ProxyRefused("connection refused by proxy"), ("org/name", "@v1", "_ProxyRefused", "proxy")),
-                         (_yaml_error(), ("YAML header", "mapping values"))):  # fmt: skip
+    for error, words in (
+        (_ProxyRefused("connection refused by proxy"), ("org/name", "@v1", "_ProxyRefused", "proxy")),
+        (_yaml_error(), ("YAML header", "mapping values")),
+    ):
 
         def fail(*args, error=error, **kwargs):
             raise error
 
         monkeypatch.setattr(datasets, "load_dataset", fail)
-        monkeypatch.setattr(verification, "verify_hub", lambda dataset, family, revision: revision)  # its own errors: test_integrity
-        monkeypatch.setattr("qk_spectra_ds.hub_access.check_reachable", lambda what, timeout=None: None)  # test_trust_hub_access
+        monkeypatch.setattr(
+            verification, "verify_hub", lambda dataset, family, revision: revision
+        )  # its own errors: test_integrity
+        monkeypatch.setattr(
+            "qk_spectra_ds.hub_access.check_reachable", lambda what, timeout=None: None
+        )  # test_trust_hub_access
         with pytest.raises(LoadError) as info:
             load_spectra("org/name", "fam", revision="v1" if isinstance(error, ConnectionError) else None)
         message = str(info.value)
@@ -153,9 +162,11 @@ def test_card_dataset_info_is_what_datasets_reads(tmp_path):
 
     from qk_spectra_ds import dataset_card, schema
 
-    summaries = [{"config": "A", "model_id": "org/a", "n_rows": 6, "n_bytes": 100, "path": "data/A/org--a.parquet"},
-                 {"config": "A", "model_id": "org/b", "n_rows": 4, "n_bytes": 50, "path": "data/A/org--b.parquet"},
-                 {"config": "B", "model_id": "org/c", "n_rows": 3, "n_bytes": 7, "path": "data/B/org--c.parquet"}]  # fmt: skip
+    summaries = [
+        {"config": "A", "model_id": "org/a", "n_rows": 6, "n_bytes": 100, "path": "data/A/org--a.parquet"},
+        {"config": "A", "model_id": "org/b", "n_rows": 4, "n_bytes": 50, "path": "data/A/org--b.parquet"},
+        {"config": "B", "model_id": "org/c", "n_rows": 3, "n_bytes": 7, "path": "data/B/org--c.parquet"},
+    ]
     path = tmp_path / "README.md"
     path.write_text(dataset_card.render_card(summaries), encoding="utf-8")
     infos = DatasetInfosDict.from_dataset_card_data(DatasetCard.load(path).data)

@@ -221,11 +221,24 @@ HUB_TASK_CATEGORIES = set(
 
 def _summary(model_id: str, revision: str | None, config: str = "Fam", variant: str = "raw") -> dict:
     return {
-        "model_id": model_id, "model_revision": revision, "family": config, "model_type": "llama", "variant": variant,
-        "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_model": 32, "d_head": 8, "weights_dtype": "bfloat16",
-        "builder_version": "0.1.0", "schema_version": 2, "config": config,
-        "path": f"data/{config}/{model_id.replace('/', '--')}.parquet", "n_rows": 8, "n_bytes": 100,
-    }  # fmt: skip
+        "model_id": model_id,
+        "model_revision": revision,
+        "family": config,
+        "model_type": "llama",
+        "variant": variant,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "d_model": 32,
+        "d_head": 8,
+        "weights_dtype": "bfloat16",
+        "builder_version": "0.1.0",
+        "schema_version": 2,
+        "config": config,
+        "path": f"data/{config}/{model_id.replace('/', '--')}.parquet",
+        "n_rows": 8,
+        "n_bytes": 100,
+    }
 
 
 def _card(summaries, versions=(), repo_id=None) -> str:
@@ -243,7 +256,9 @@ def test_card_metadata_follows_the_hub_conventions():
     data = DatasetCard(text).data
     assert data.task_categories and set(data.task_categories) <= HUB_TASK_CATEGORIES
     assert data.tags and "interpretability" in data.tags and data.license == "apache-2.0"
-    sizes = json.loads((Path(__import__("datasets").__file__).parent / "utils/resources/size_categories.json").read_text())
+    sizes = json.loads(
+        (Path(__import__("datasets").__file__).parent / "utils/resources/size_categories.json").read_text()
+    )
     assert data.size_categories in sizes
     configs = MetadataConfigs.from_dataset_card_data(data)  # datasets' own check of the configs' data_files
     assert set(configs) == {"all", "Fam"} and configs.get_default_config_name() == "all"
@@ -282,8 +297,11 @@ def test_card_of_a_local_build_shows_its_local_origin_and_a_published_one_its_re
     local = _card([_summary("model-b", "local:" + "d" * 40)]).split("\n---\n", 1)[1]
     assert "local\nbuild, not (yet) published" in local and "a local build, not published" in local
     assert "revision default" not in local and "Pin a\nversion" not in local
-    published = _card([_summary("org/m", "e" * 40)], [{"version": "v1.2.3", "date": "2026-01-02",
-                                                        "builder_version": "0.1.0", "changes": "x"}], "ORG/qk").split("\n---\n", 1)[1]  # fmt: skip
+    published = _card(
+        [_summary("org/m", "e" * 40)],
+        [{"version": "v1.2.3", "date": "2026-01-02", "builder_version": "0.1.0", "changes": "x"}],
+        "ORG/qk",
+    ).split("\n---\n", 1)[1]
     assert "https://huggingface.co/datasets/ORG/qk" in published and "version      = {v1.2.3}" in published
     assert "year         = {2026}" in published and "not (yet) published" not in published
 
@@ -310,9 +328,14 @@ def _slurm(task, count, low, high=None, step=None) -> dict:
 
 @pytest.mark.parametrize(
     "env, shard",
-    [(_slurm(0, 4, 0), "0/4"), (_slurm(3, 4, 0), "3/4"), (_slurm(1, 4, 1), "0/4"), (_slurm(7, 3, 5), "2/3"),
-     (_slurm(0, 1, 0), "0/1")],
-)  # fmt: skip
+    [
+        (_slurm(0, 4, 0), "0/4"),
+        (_slurm(3, 4, 0), "3/4"),
+        (_slurm(1, 4, 1), "0/4"),
+        (_slurm(7, 3, 5), "2/3"),
+        (_slurm(0, 1, 0), "0/1"),
+    ],
+)
 def test_shard_auto_reads_the_slurm_array_task(env, shard):
     from qk_spectra_ds.builder.shards import resolve_shard, select_shard
 
@@ -325,17 +348,23 @@ def test_shard_auto_reads_the_slurm_array_task(env, shard):
             mp.setenv(key, value)
         assert select_shard(specs, "auto") == specs[index::count]
     # every model in exactly one task of the array
-    tasks = [resolve_shard("auto", _slurm(int(env["SLURM_ARRAY_TASK_MIN"]) + t, count, int(env["SLURM_ARRAY_TASK_MIN"])))
-             for t in range(count)]  # fmt: skip
+    tasks = [
+        resolve_shard("auto", _slurm(int(env["SLURM_ARRAY_TASK_MIN"]) + t, count, int(env["SLURM_ARRAY_TASK_MIN"])))
+        for t in range(count)
+    ]
     assert sorted(m for t in tasks for m in select_shard(specs, t)) == specs
 
 
 @pytest.mark.parametrize(
     "env, words",
-    [({}, "not set (not a task of sbatch --array?)"), ({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT"),
-     (_slurm(2, 3, 0, step=2), "contiguous"), (_slurm(5, 3, 1, high=5), "contiguous"),
-     ({**_slurm(0, 2, 0), "SLURM_ARRAY_TASK_ID": "x"}, "not whole numbers")],
-)  # fmt: skip
+    [
+        ({}, "not set (not a task of sbatch --array?)"),
+        ({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT"),
+        (_slurm(2, 3, 0, step=2), "contiguous"),
+        (_slurm(5, 3, 1, high=5), "contiguous"),
+        ({**_slurm(0, 2, 0), "SLURM_ARRAY_TASK_ID": "x"}, "not whole numbers"),
+    ],
+)
 def test_shard_auto_outside_a_contiguous_array_is_one_line(env, words):
     from qk_spectra_ds.builder.shards import resolve_shard
     from qk_spectra_ds.errors import QKSpectraError
@@ -373,8 +402,19 @@ def test_cli_shard_auto_builds_this_tasks_models(tmp_path, monkeypatch, capsys):
     for key, value in _slurm(11, 2, 10).items():  # task 1 of --array=10-11
         monkeypatch.setenv(key, value)
     out = tmp_path / "ds"
-    argv = ["--family", "Tiny", "--models", ",".join(map(str, models)), "--shard", "auto", "--out", str(out), "--quiet",
-            "--device", "cpu"]  # fmt: skip
+    argv = [
+        "--family",
+        "Tiny",
+        "--models",
+        ",".join(map(str, models)),
+        "--shard",
+        "auto",
+        "--out",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert cli(argv) == 0, capsys.readouterr().err
     assert "shard 1/2 (from the SLURM array task)" in capsys.readouterr().out
     built = sorted(p.stem for p in (out / "data" / "Tiny").glob("*.parquet"))
@@ -417,11 +457,15 @@ def test_tables_round_to_six_digits_and_keep_exact_values_beside(readme_run):
     from qk_spectra_ds.analysis.report import Params
 
     # the original's classes/labels/bds tables come from --method original only (issue 13): run it beside the README's report
-    namespace["qk"].run_report(work / "qk-spectra", "MiniLM", out=work / "original", progress=False, params=Params(method="original"))
+    namespace["qk"].run_report(
+        work / "qk-spectra", "MiniLM", out=work / "original", progress=False, params=Params(method="original")
+    )
     tables = work / "original" / "MiniLM" / "tables"
     csvs = sorted(tables.glob("*.csv")) + sorted((work / "analysis" / "MiniLM" / "tables").glob("*.csv"))
     assert {"classes.csv", "labels.csv", "bds.csv", "consensus_classes.csv"} <= {p.name for p in csvs}
-    reported = namespace["qk"].load_spectra(work / "qk-spectra", "MiniLM")  # the rows the report ran on (its default variant)
+    reported = namespace["qk"].load_spectra(
+        work / "qk-spectra", "MiniLM"
+    )  # the rows the report ran on (its default variant)
     exact_classes = namespace["qk"].SpectralHeadClassifier().fit(reported).class_table()
     parquet = pd.read_parquet(tables / "classes.parquet")
     for column in ("alpha", "theta", "jsd"):
@@ -432,8 +476,12 @@ def test_tables_round_to_six_digits_and_keep_exact_values_beside(readme_run):
         assert list(rounded.columns) == list(exact.columns) and len(rounded) == len(exact)
         for column in exact.select_dtypes("float").columns:
             np.testing.assert_allclose(rounded[column], exact[column], rtol=5e-6, equal_nan=True)
-        floats = [v for line in path.read_text().splitlines()[1:] for v in line.split(",")
-                  if re.fullmatch(r"-?\d+\.\d+(e[-+]\d+)?", v)]  # fmt: skip
+        floats = [
+            v
+            for line in path.read_text().splitlines()[1:]
+            for v in line.split(",")
+            if re.fullmatch(r"-?\d+\.\d+(e[-+]\d+)?", v)
+        ]
         assert all(len(re.sub(r"e.*|[-.]", "", v).lstrip("0")) <= 6 for v in floats), path.name
 
 
@@ -442,7 +490,7 @@ def test_index_says_class_numbers_are_arbitrary_and_a_local_dataset_has_no_revis
     _, work, _ = readme_run
     index = (work / "analysis" / "MiniLM" / "index.md").read_text()
     assert "Class numbers (`class`, `Class_k`) are arbitrary labels" in index
-    assert "a local directory (no revision)" in index and 'revision `default`' not in index
+    assert "a local directory (no revision)" in index and "revision `default`" not in index
 
 
 def test_gitignore_covers_the_readme_output_folders():
@@ -459,8 +507,9 @@ def test_gitignore_covers_the_readme_output_folders():
 
 
 @pytest.mark.slow
-def test_slurm_array_tasks_meet_in_one_hub_repo_and_are_tagged_once(tmp_path, monkeypatch, capsys, hub_server,
-                                                                      unique_repo_name):
+def test_slurm_array_tasks_meet_in_one_hub_repo_and_are_tagged_once(
+    tmp_path, monkeypatch, capsys, hub_server, unique_repo_name
+):
     """The README's SLURM recipe: each array task builds its shard into its own directory and pushes to one
     repo; a last step tags the version from one task's directory (the card is merged with the remote one)."""
     from tiny_models import make_saved
@@ -474,8 +523,21 @@ def test_slurm_array_tasks_meet_in_one_hub_repo_and_are_tagged_once(tmp_path, mo
     for task in (1, 2):  # sbatch --array=1-2
         for key, value in _slurm(task, 2, 1).items():
             monkeypatch.setenv(key, value)
-        argv = ["--family", "Tiny", "--models", ",".join(map(str, models)), "--shard", "auto", "--quiet",
-                "--device", "cpu", "--out", str(tmp_path / f"task{task}"), "--push-to-hub", repo]  # fmt: skip
+        argv = [
+            "--family",
+            "Tiny",
+            "--models",
+            ",".join(map(str, models)),
+            "--shard",
+            "auto",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / f"task{task}"),
+            "--push-to-hub",
+            repo,
+        ]
         assert cli(argv) == 0, capsys.readouterr().err
     _clear_slurm(monkeypatch)
     argv = ["--skip-build", "--out", str(tmp_path / "task1"), "--push-to-hub", repo, "--version", "v0.1.0", "--quiet"]

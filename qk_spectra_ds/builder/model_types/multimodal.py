@@ -20,18 +20,34 @@ NESTED_TEXT = {"gemma3": "gemma3_text", "llama4": "llama4_text", "mistral3": "mi
 
 TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma3_text": dict(
-        hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-        sliding_window=4096, sliding_window_pattern=6, max_position_embeddings=131072,
+        hidden_size=2304,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        sliding_window=4096,
+        sliding_window_pattern=6,
+        max_position_embeddings=131072,
     ),
     "llama4_text": dict(
-        hidden_size=5120, num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8, head_dim=128,
-        attention_chunk_size=8192, no_rope_layer_interval=4, max_position_embeddings=131072,
+        hidden_size=5120,
+        num_hidden_layers=48,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        head_dim=128,
+        attention_chunk_size=8192,
+        no_rope_layer_interval=4,
+        max_position_embeddings=131072,
     ),
     "mistral": dict(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        sliding_window=4096, max_position_embeddings=131072,
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        sliding_window=4096,
+        max_position_embeddings=131072,
     ),
-}  # fmt: skip
+}
 """The transformers 5.x config-class defaults (Gemma3TextConfig, Llama4TextConfig, MistralConfig) of the
 fields the spectra and the per-layer facts read, for text_configs that leave them out (Gemma 3's Hub
 text_configs give only hidden_size, intermediate_size, num_hidden_layers, rope_scaling and sliding_window)."""
