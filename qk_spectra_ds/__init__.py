@@ -40,13 +40,14 @@ tests/package/test_module_boundaries.py keeps this map complete):
                   (classification B, the original), consensus (consensus_result: its values;
                   consensus_classifier: the estimator), joint_consensus,
                   structure, class_profiles, layer_permutation_tests (valid per-layer tests),
-                  rmt_null, variants_compare, circuits (QK vs OV), behaviour,
+                  rmt_null, variants_compare, circuits (QK vs OV), behaviour (its tests),
                   positional, head_compare and depth_profiles (compare: the run)
     writing       plots (style and saving), class_figures, layer_boxplot_figures,
-                  compare_figures, head_maps, table_files, html_report, summary,
+                  compare_figures, behaviour_figures, behaviour_report, head_maps,
+                  table_files, html_report, summary,
                   report (one config end to end, as a pipeline: report_params, scheduling,
                   model_analysis, joint_analysis, report_tables, report_index),
-                  cli_defaults, cli (qk-spectra-analyze)
+                  cli_defaults, cli_flags, cli_commands, cli (qk-spectra-analyze)
 
 The public Python API (README, "Python API") is exported here lazily: ``import
 qk_spectra_ds`` imports nothing heavy, and a name is imported from its module

@@ -18,6 +18,8 @@ two-sided (|rho|, |AUC - 0.5|, eta squared). The p-values of all tests of a run 
 together by Benjamini-Hochberg (false discovery rate 5%); a test is ``significant`` when its adjusted
 p-value is at most 0.05. Under no association at all this rejects anything in at most ~5% of runs
 (tests/analysis/test_behaviour_analysis.py checks it on null data).
+
+Its figures are :mod:`.behaviour_figures`'s, its part of the report :mod:`.behaviour_report`'s.
 """
 
 from __future__ import annotations
@@ -25,16 +27,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
 
 from .. import schema
-from ..atomic import write_text
-from . import plots
-from .table_files import TABLES, write_table
 
 N_PERMUTATIONS = 1999
 SEED = 0
@@ -329,7 +327,8 @@ def predictor_table(
 # ---------------------------------------------------------------- words
 
 
-def _fmt_p(p: float) -> str:
+def format_p(p: float) -> str:
+    """A p-value as the sentences and figure titles print it (two significant digits, NaN when untested)."""
     return f"{p:.2g}" if math.isfinite(p) else "NaN"
 
 
@@ -350,7 +349,7 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
             nor = " nor do the classes" if (tested["kind"] == "classes").any() else ""
             out[score] = (
                 f"no spectral metric predicts the {label}{',' + nor if nor else ''} ({n} heads; strongest: "
-                f"{best['predictor']} {best['statistic']} {best['value']:.2f}, adjusted p {_fmt_p(best['p_adjusted'])})"
+                f"{best['predictor']} {best['statistic']} {best['value']:.2f}, adjusted p {format_p(best['p_adjusted'])})"
             )
             continue
         metric_hits = hits[hits["kind"] == "metric"]
@@ -362,11 +361,11 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
             if lead["statistic"] == "spearman_rho" and math.isfinite(lead["ci_low"]):
                 text += f", 95% CI {lead['ci_low']:.2f} to {lead['ci_high']:.2f}"
             auc = rows[(rows["predictor"] == lead["predictor"]) & (rows["statistic"] == "roc_auc")]
-            text += f", adjusted p {_fmt_p(lead['p_adjusted'])}"
+            text += f", adjusted p {format_p(lead['p_adjusted'])}"
             if len(auc):
                 text += (
                     f"; AUC {auc['value'].iloc[0]:.2f} for {auc['auc_head_kind'].iloc[0]}s, "
-                    f"adjusted p {_fmt_p(auc['p_adjusted'].iloc[0])}"
+                    f"adjusted p {format_p(auc['p_adjusted'].iloc[0])}"
                 )
             text += ")"
             others = sorted(set(metric_hits["predictor"]) - {lead["predictor"]})
@@ -374,138 +373,7 @@ def conclusions(table: pd.DataFrame) -> dict[str, str]:
         class_hits = hits[hits["kind"] == "classes"]
         for _, row in class_hits.iterrows():
             parts.append(
-                f"the {row['predictor']}es (rank eta² {row['value']:.2f}, adjusted p {_fmt_p(row['p_adjusted'])})"
+                f"the {row['predictor']}es (rank eta² {row['value']:.2f}, adjusted p {format_p(row['p_adjusted'])})"
             )
         out[score] = f"the {label} is predicted by " + "; ".join(parts)
     return out
-
-
-# ---------------------------------------------------------------- figures and the report section
-
-
-def plot_behaviour(
-    frame: pd.DataFrame,
-    table: pd.DataFrame,
-    score: str,
-    colours: pd.Series | None,
-    colour_label: str,
-    path: Path,
-    dpi: float = 100.0,
-    top: int = 3,
-) -> Path:
-    """One figure per behaviour: the score against its ``top`` metrics by |rho|, heads coloured by class."""
-    import matplotlib  # lazily, with pyplot: selecting the Agg backend is a global change, made only when drawing
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rho = table[(table["score"] == score) & (table["statistic"] == "spearman_rho") & table["value"].notna()]
-    chosen = rho.reindex(rho["value"].abs().sort_values(ascending=False).index).head(top)
-    fig, axes = plt.subplots(
-        1, max(len(chosen), 1), figsize=(4.2 * max(len(chosen), 1), 3.8), squeeze=False, layout="constrained"
-    )
-    y = frame[f"behaviour_{score}"].to_numpy(float)
-    groups = colours.astype(str).to_numpy() if colours is not None else np.array(["all heads"] * len(frame))
-    for ax, (_, row) in zip(axes[0], chosen.iterrows()):
-        x = frame[row["predictor"]].to_numpy(float)
-        for g in sorted(set(groups)):
-            m = groups == g
-            ax.scatter(x[m], y[m], s=12, alpha=0.75, label=g)
-        star = " *" if row["significant"] else ""
-        ax.set_title(f"ρ {row['value']:.2f}, adj. p {_fmt_p(row['p_adjusted'])}{star}", fontsize=10)
-        ax.set_xlabel(row["predictor"])
-        ax.set_ylabel(SCORE_LABELS.get(score, score))
-    if not len(chosen):
-        axes[0][0].text(0.5, 0.5, "no metric could be tested", ha="center", va="center")
-    if len(set(groups)) > 1:
-        axes[0][-1].legend(title=colour_label, fontsize=7, title_fontsize=8, loc="best", markerscale=1.2)
-    fig.suptitle(
-        f"{SCORE_LABELS.get(score, score)} against the spectral metrics (* significant after {CORRECTION})", fontsize=11
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return plots.save_figure(fig, path, dpi)
-    finally:
-        plt.close(fig)
-
-
-def colour_classes(frame: pd.DataFrame, class_labels: Mapping[str, pd.DataFrame]) -> tuple[pd.Series | None, str]:
-    """Per row, the class to colour it by: the joint taxonomy's (one set across models) if present, else a model's own."""
-    for name in ("taxonomy_labels", "consensus_labels", "labels"):
-        table = class_labels.get(name)
-        if table is not None and len(table):
-            key = table.set_index(["model", "layer", "head"])["class"].to_dict()
-            keys = pd.MultiIndex.from_arrays([frame["model_id"], frame["layer"], frame["head"]])
-            values = pd.Series(keys.map(key), index=frame.index)
-            if name != "taxonomy_labels" and frame["model_id"].nunique() > 1:
-                values = frame["model_id"].astype(str).str.split("/").str[-1] + ": " + values.astype(str)
-            return values, CLASS_TABLES[name]
-    return None, ""
-
-
-def section_markdown(table: pd.DataFrame, figures: Sequence[str], table_path: str) -> str:
-    """The report's behaviour section: the sentences, the significant predictors, the figures."""
-    lines = [
-        "## Does the spectrum predict what heads do?",
-        "",
-        (
-            f"Behaviour scores from the dataset's probes against the spectral metrics and classes ([{Path(table_path).name}]"
-            f"({table_path})): Spearman rho on within-model ranks with an approximate 95% CI (Fisher z, Bonett-Wright), ROC AUC for previous-token / induction / sink "
-            f"heads (thresholds {', '.join(f'{k} >= {t}' for k, (_, t) in HEAD_KINDS.items())}), rank eta² for classes; "
-            f"permutation p-values (scores shuffled within each model), adjusted by {CORRECTION} over all "
-            f"{int(table['p_permutation'].notna().sum())} tests."
-        ),
-        "",
-    ]
-    for sentence in dict(zip(table["score"], table["conclusion"])).values():
-        lines.append(f"- {sentence[:1].upper() + sentence[1:]}.")
-    lines.append("")
-    hits = table[table["significant"]]
-    if len(hits):
-        cols = ["score", "predictor", "statistic", "value", "ci_low", "ci_high", "n_heads", "p_adjusted"]
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for _, row in hits.iterrows():
-            cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    for fig in figures:
-        lines += [f"![{Path(fig).stem}]({fig})", ""]
-    return "\n".join(lines)
-
-
-def store_behaviour(outputs, frame: pd.DataFrame, params, log=None) -> str | None:
-    """The report's hook: the table (``tables/behaviour.csv``), one figure per score, the section's Markdown.
-
-    Returns None (and logs one line) when no row carries behaviour scores.
-    """
-    if not has_behaviour(frame):
-        return None
-    if "circuit" in frame.columns:
-        frame = frame[frame["circuit"].fillna(schema.CIRCUIT_QK) == schema.CIRCUIT_QK]
-    frame = frame.reset_index(drop=True)
-    labels = {name: outputs.frames.get(name) for name in CLASS_TABLES if outputs.frames.get(name) is not None}
-    permutations = max(N_PERMUTATIONS, int(getattr(params, "permutations", 0) or 0))
-    table = predictor_table(frame, labels, permutations=permutations, seed=SEED)
-    write_table(table, outputs.family_dir / TABLES / "behaviour.csv")
-    outputs.tables["behaviour"] = f"{TABLES}/behaviour.csv"
-    outputs.frames["behaviour"] = table
-    colours, colour_label = colour_classes(frame, labels)
-    figures = []
-    for score in scores_present(frame):
-        relative = f"behaviour/{score}.{params.format}"
-        plot_behaviour(frame, table, score, colours, colour_label, outputs.family_dir / relative, params.dpi)
-        figures.append(relative)
-    outputs.figures.setdefault("behaviour", []).extend(figures)
-    if log is not None:
-        log(
-            f"behaviour: {int(table['significant'].sum())} of {int(table['p_permutation'].notna().sum())} tests significant "
-            f"after {CORRECTION}"
-        )
-    return section_markdown(table, figures, f"{TABLES}/behaviour.csv")
-
-
-def append_section(index: Path, markdown: str) -> Path:
-    """Add the behaviour section to the end of a written ``index.md`` (atomically: the whole file is rewritten)."""
-    index = Path(index)
-    return write_text(index, index.read_text("utf-8").rstrip() + "\n\n" + markdown.rstrip() + "\n")

@@ -8,6 +8,7 @@ import pytest
 
 from qk_spectra_ds import schema
 from qk_spectra_ds.analysis import behaviour as ab
+from qk_spectra_ds.analysis import behaviour_report
 
 
 def synthetic(seed: int, models=("m/a", "m/b", "m/c"), layers=6, heads=12, planted: float = 0.0) -> pd.DataFrame:
@@ -132,7 +133,7 @@ def test_report_section_writes_table_figures_and_sentences(tmp_path):
     outputs = Outputs(tmp_path)
     outputs.frames["consensus_labels"] = labels.rename(columns={"cls": "class"})
     lines = []
-    section = ab.store_behaviour(outputs, frame, Params(), lines.append)
+    section = behaviour_report.store_behaviour(outputs, frame, Params(), lines.append)
     assert (tmp_path / "tables" / "behaviour.csv").is_file() and outputs.tables["behaviour"] == "tables/behaviour.csv"
     written = pd.read_csv(tmp_path / "tables" / "behaviour.csv")
     assert len(written) == len(outputs.frames["behaviour"]) and written["conclusion"].notna().all()
@@ -145,10 +146,10 @@ def test_report_section_writes_table_figures_and_sentences(tmp_path):
     assert lines and "significant after Benjamini-Hochberg" in lines[0]
     index = tmp_path / "index.md"
     index.write_text("# report\n")
-    ab.append_section(index, section)
+    behaviour_report.append_section(index, section)
     assert index.read_text().startswith("# report\n\n## Does the spectrum predict what heads do?")
     assert (
-        ab.store_behaviour(
+        behaviour_report.store_behaviour(
             Outputs(tmp_path / "none"), frame.drop(columns=[c for c in frame if c.startswith("behaviour_")]), Params()
         )
         is None

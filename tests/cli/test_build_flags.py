@@ -55,6 +55,8 @@ def test_docs_spell_flags_with_hyphens():
         root / "README.md",
         root / "qk_spectra_ds" / "builder" / "cli.py",
         root / "qk_spectra_ds" / "analysis" / "cli.py",
+        root / "qk_spectra_ds" / "analysis" / "cli_commands.py",
+        root / "qk_spectra_ds" / "analysis" / "cli_flags.py",
     ):
         found = re.findall(r"--[a-z]+_[a-z_]+", path.read_text(encoding="utf-8"))
         assert not found, (path.name, found)

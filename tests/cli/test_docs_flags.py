@@ -23,7 +23,14 @@ DOCS = [
 ]
 CLI_MODULES = [
     ROOT / "qk_spectra_ds" / name
-    for name in ("cli_util.py", "builder/cli.py", "analysis/cli.py", "analysis/cli_defaults.py")
+    for name in (
+        "cli_util.py",
+        "builder/cli.py",
+        "analysis/cli.py",
+        "analysis/cli_commands.py",
+        "analysis/cli_flags.py",
+        "analysis/cli_defaults.py",
+    )
 ]
 MENTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")  # not the "--" inside a file slug (Qwen--Qwen3)
 OTHER_TOOLS = {

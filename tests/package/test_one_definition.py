@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from qk_spectra_ds.analysis import cli
+from qk_spectra_ds.analysis import cli, cli_commands, cli_flags
 from qk_spectra_ds.analysis.report import Params
 
 ANALYSIS_COMMANDS = ("clusters", "boxplots", "taxonomy", "report")
@@ -180,7 +180,7 @@ def test_card_dataset_info_is_what_datasets_reads(tmp_path):
 
 def test_commands_take_their_flags_from_one_declaration():
     """clusters/boxplots/taxonomy/compare declare no flag of their own that `report` declares: they take its."""
-    full = inspect.signature(cli.report).parameters
+    full = inspect.signature(cli_commands.report).parameters
     for name in ("clusters", "boxplots", "taxonomy", "compare"):
         command = cli.COMMANDS[name]
         declared = set(inspect.signature(command.__wrapped__).parameters) - {"flags"}
@@ -191,7 +191,7 @@ def test_commands_take_their_flags_from_one_declaration():
     def source(a: int = 1, b: str = "x", c: float = 2.0):
         """Args:\n    a: the a.\n    b: the b.\n    c: the c."""
 
-    @cli.flags_of(source, "a", "c")
+    @cli_flags.flags_of(source, "a", "c")
     def sub(*, d: bool = False, **flags):
         """A subset of source's flags and one of its own."""
         return flags, d
