@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qk_spectra_ds.analysis import consensus, layer_permutation_tests, structure
+from qk_spectra_ds.analysis import consensus_features, layer_permutation_tests, structure
 
 
 def gaussian_heads(n, rng, d_head=32, d_model=256):
@@ -53,21 +53,21 @@ def rate(pvalues, alpha=0.05):
 
 def structure_table(reps: int, draws: int, n: int) -> None:
     rng = np.random.default_rng(2026)
-    template = consensus.head_features(gaussian_heads(n, rng))[0]  # a covariance with the features' shape
+    template = consensus_features.head_features(gaussian_heads(n, rng))[0]  # a covariance with the features' shape
     cov_root = np.linalg.cholesky(np.cov(template, rowvar=False) + 1e-6 * np.eye(template.shape[1]))
     cases = {
         "null: Gaussian cloud, features' covariance": lambda: rng.standard_normal((n, cov_root.shape[0])) @ cov_root.T,
-        "no classes: Gaussian heads (one shape)": lambda: consensus.head_features(gaussian_heads(n, rng))[0],
-        "planted 2: Gaussian + low-rank heads (1:1)": lambda: consensus.head_features(
+        "no classes: Gaussian heads (one shape)": lambda: consensus_features.head_features(gaussian_heads(n, rng))[0],
+        "planted 2: Gaussian + low-rank heads (1:1)": lambda: consensus_features.head_features(
             np.vstack([gaussian_heads(n // 2, rng), decay_heads(rng.uniform(1.5, 2.0, n - n // 2), rng)])
         )[0],
-        "planted 2: Gaussian + low-rank heads (5:1)": lambda: consensus.head_features(
+        "planted 2: Gaussian + low-rank heads (5:1)": lambda: consensus_features.head_features(
             np.vstack([gaussian_heads(n - n // 6, rng), decay_heads(rng.uniform(1.5, 2.0, n // 6), rng)])
         )[0],
-        "planted 2: decay 0.6 vs 1.0 (close)": lambda: consensus.head_features(
+        "planted 2: decay 0.6 vs 1.0 (close)": lambda: consensus_features.head_features(
             decay_heads(np.r_[np.full(n // 2, 0.6), np.full(n - n // 2, 1.0)] + 0.1 * rng.standard_normal(n), rng)
         )[0],
-        "planted 2: Gaussian heads, d_model 64 vs 1024": lambda: consensus.head_features(
+        "planted 2: Gaussian heads, d_model 64 vs 1024": lambda: consensus_features.head_features(
             np.vstack([gaussian_heads(n // 2, rng, d_model=64), gaussian_heads(n - n // 2, rng, d_model=1024)])
         )[0],
     }

@@ -37,12 +37,15 @@ tests/package/test_module_boundaries.py keeps this map complete):
                   legacy (the original study's pickles imported: legacy_pickle, the
                   restricted unpickler; legacy_format, layout and rows), optional (umap, statsmodels)
     methods       features, taxonomy (classification A, the original), layer_boxplots
-                  (classification B, the original), consensus (consensus_result: its values;
-                  consensus_classifier: the estimator), joint_consensus,
+                  (classification B, the original), consensus (k selection, one model end
+                  to end: consensus_features, consensus_runs, consensus_stability;
+                  consensus_result: its values; consensus_classifier: the estimator),
+                  joint_consensus,
                   structure, class_profiles, layer_permutation_tests (valid per-layer tests),
-                  rmt_null, variants_compare, circuits (QK vs OV), behaviour (its tests),
+                  rmt_null, variants_compare, circuit_tables (QK vs OV), behaviour (its tests),
                   positional, head_compare and depth_profiles (compare: the run)
-    writing       plots (style and saving), class_figures, layer_boxplot_figures,
+    writing       plots (style and saving), class_figures, consensus_figures, layer_boxplot_figures,
+                  circuit_figures and circuits (the report's QK and OV section),
                   compare_figures, behaviour_figures, behaviour_report, head_maps,
                   table_files, html_report, summary,
                   report (one config end to end, as a pipeline: report_params, scheduling,

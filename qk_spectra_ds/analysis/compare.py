@@ -27,7 +27,7 @@ import pandas as pd
 from ..errors import CompareError
 from ..naming import model_slug
 from . import plots
-from .circuits import circuit_of, label_tables
+from .circuit_tables import circuit_of, label_tables
 from .compare_figures import plot_head_errors, plot_metric_depth
 from .depth_profiles import METRIC_TITLES, depth_table
 from .head_compare import COMPARED_VALUES, Side, compare_heads, short_name, side_label, summarize

@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..errors import AnalysisError
-from . import consensus
+from . import consensus, consensus_features
 from . import features as original_features
 
 SPECTRUM_COLUMN = "eigenvalues"
@@ -60,7 +60,7 @@ class ConsensusHeadClassifier(ClusterMixin, BaseEstimator):
 
     Features: a density histogram per head of ``log10(l / mean l)`` (``features="log"``,
     the whole spectrum) or the original's ``[0, q]`` bins (``"linear"``). Classes: the
-    consensus of :data:`.consensus.N_RUNS` bootstrap KMeans runs, cut at ``k``; with
+    consensus of :data:`.consensus_runs.N_RUNS` bootstrap KMeans runs, cut at ``k``; with
     ``k="auto"``, k = 1 when the structure test (:mod:`.structure`) finds no evidence
     of classes, else the k among 2..8 with the best silhouette of those whose
     bootstrap stability (mean ARI) is at least :data:`.consensus.STABLE_ARI`
@@ -98,7 +98,7 @@ class ConsensusHeadClassifier(ClusterMixin, BaseEstimator):
 
     def __init__(
         self,
-        features: str = consensus.DEFAULT_FEATURES,
+        features: str = consensus_features.DEFAULT_FEATURES,
         k: int | str = "auto",
         n_bins: int = original_features.N_BINS,
         quantile: float = original_features.QUANTILE,
@@ -113,8 +113,10 @@ class ConsensusHeadClassifier(ClusterMixin, BaseEstimator):
         self.structure_draws = structure_draws
 
     def _check_params(self) -> None:
-        if self.features not in consensus.FEATURES:
-            raise AnalysisError(f"unknown features {self.features!r}: choose from {', '.join(consensus.FEATURES)}")
+        if self.features not in consensus_features.FEATURES:
+            raise AnalysisError(
+                f"unknown features {self.features!r}: choose from {', '.join(consensus_features.FEATURES)}"
+            )
         if not (self.k == "auto" or (str(self.k).isdigit() and int(self.k) >= 1)):
             raise AnalysisError(f"k must be 'auto' or a whole number >= 1, got {self.k!r}")
         if int(self.n_bins) < 2:
@@ -141,7 +143,7 @@ class ConsensusHeadClassifier(ClusterMixin, BaseEstimator):
             null_eigenvalues,
             self.structure_draws,
         )
-        order = consensus.canonical_order(rows.assign(_position=np.arange(len(rows))))["_position"].to_numpy()
+        order = consensus_features.canonical_order(rows.assign(_position=np.arange(len(rows))))["_position"].to_numpy()
         labels = np.empty(len(rows), dtype=np.int64)
         labels[order] = result.labels
         confidence = np.empty(len(rows))
@@ -165,7 +167,7 @@ class ConsensusHeadClassifier(ClusterMixin, BaseEstimator):
         ev = _eigenvalue_array(X)
         edges = self.bin_edges_
         if self.result_.kind == "log":
-            return consensus.log_histograms(ev, len(edges) - 1, (float(edges[0]), float(edges[-1])))[0]
+            return consensus_features.log_histograms(ev, len(edges) - 1, (float(edges[0]), float(edges[-1])))[0]
         return original_features.eigenvalue_histograms(ev.astype(np.float32), edges=edges)[0]
 
     def predict(self, X) -> np.ndarray:

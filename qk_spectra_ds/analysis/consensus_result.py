@@ -1,7 +1,7 @@
 """The default method's results as values: one model's consensus classes (:class:`ConsensusResult`).
 
 :func:`.consensus.analyze` returns one; the report writes its :meth:`~ConsensusResult.tables`
-and draws its figure (:func:`.consensus.plot_consensus`) from it, and
+and draws its figure (:func:`.consensus_figures.plot_consensus`) from it, and
 :class:`.consensus_classifier.ConsensusHeadClassifier` keeps it as ``result_``.
 """
 
@@ -39,7 +39,7 @@ class ConsensusResult:
     k: int
     """The number of classes used: 1 when the structure test found no evidence of classes (and k was ``auto``)."""
     kind: str
-    """The features: ``log`` or ``linear`` (:data:`.consensus.FEATURES`)."""
+    """The features: ``log`` or ``linear`` (:data:`.consensus_features.FEATURES`)."""
     legacy: bool
     """Whether the rows are the original study's spectra, with its SVD pairing error."""
     consensus_classes: pd.DataFrame

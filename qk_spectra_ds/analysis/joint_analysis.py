@@ -14,7 +14,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from . import class_figures, html_report, joint_consensus, taxonomy
-from .circuits import circuit_of
+from .circuit_tables import circuit_of
 from .model_analysis import model_variants
 from .report_params import Params
 from .scheduling import Task, recorded_warnings

@@ -15,7 +15,7 @@ classes change with the seed and with the order of the models. Here:
    as for one model (:func:`.consensus.choose_classes`).
 4. **Stability.** Mean ARI between the bootstrap runs at the chosen k, and
    the ARI of the classes against the consensus with other master seeds
-   (:data:`.consensus.PERTURBED_SEEDS`), median and 5-95% range.
+   (:data:`.consensus_stability.PERTURBED_SEEDS`), median and 5-95% range.
 5. **Crosswalk** (:func:`crosswalk`). Two class systems side by side: heads
    per pair of classes and the ARI per model (each model's own consensus
    classes against the joint ones; the original's joint KMeans against the
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..statistics import spectrum_metrics
-from . import class_profiles, consensus
+from . import class_profiles, consensus, consensus_features, consensus_runs, consensus_stability
 from .consensus_result import JointConsensusResult
 from .taxonomy import ModelHeads, depth_bands
 
@@ -67,15 +67,15 @@ def pooled(
         evs.append(np.asarray(m.eigenvalues, dtype=np.float64)[order])
     widths = {e.shape[1] for e in evs}
     if len(widths) > 1:  # different d_head: compare normalised spectra by their histograms only (same bins)
-        features = np.vstack([consensus.head_features(e, kind, n_bins, quantile)[0] for e in evs])
+        features = np.vstack([consensus_features.head_features(e, kind, n_bins, quantile)[0] for e in evs])
     else:
-        features = consensus.head_features(np.vstack(evs), kind, n_bins, quantile)[0]
+        features = consensus_features.head_features(np.vstack(evs), kind, n_bins, quantile)[0]
     return pd.concat(keys, ignore_index=True), evs, features
 
 
 def joint_consensus(
     models: list[ModelHeads],
-    kind: str = consensus.DEFAULT_FEATURES,
+    kind: str = consensus_features.DEFAULT_FEATURES,
     k: int | str = "auto",
     n_bins: int = 24,
     quantile: float = 0.96,
@@ -106,15 +106,15 @@ def joint_consensus(
     )
     out_labels = keys.assign(band=bands, **{"class": labels})
     if chosen >= 2:
-        bootstrap = consensus.mean_pairwise_ari(runs)
+        bootstrap = consensus_runs.mean_pairwise_ari(runs)
         seeds = [
-            consensus.ari(pool_labels, consensus.consensus(Xp, chosen, consensus.N_RUNS, seed + s)[0])
-            for s in consensus.PERTURBED_SEEDS
+            consensus_runs.ari(pool_labels, consensus_runs.consensus(Xp, chosen, consensus_runs.N_RUNS, seed + s)[0])
+            for s in consensus_stability.PERTURBED_SEEDS
         ]
         stability = pd.DataFrame(
             [
-                consensus.ari_summary("bootstrap runs (pairwise)", bootstrap),
-                consensus.ari_summary("consensus: master seed", seeds),
+                consensus_stability.ari_summary("bootstrap runs (pairwise)", bootstrap),
+                consensus_stability.ari_summary("consensus: master seed", seeds),
             ]
         )
     else:
@@ -181,7 +181,7 @@ def crosswalk(a: pd.DataFrame, b: pd.DataFrame, system_a: str, system_b: str) ->
                 model=model,
                 system_a=system_a,
                 system_b=system_b,
-                ari=consensus.ari(g["class_a"].to_numpy(), g["class_b"].to_numpy()),
+                ari=consensus_runs.ari(g["class_a"].to_numpy(), g["class_b"].to_numpy()),
             )
         )
     if not parts:

@@ -21,13 +21,14 @@ from . import (
     class_figures,
     class_profiles,
     consensus,
+    consensus_figures,
     html_report,
     layer_boxplot_figures,
     layer_boxplots,
     layer_permutation_tests,
     variants_compare,
 )
-from .circuits import circuit_of
+from .circuit_tables import circuit_of
 from .report_params import Params
 from .scheduling import Task, recorded_warnings
 from .selection import eigenvalue_matrix, split_models
@@ -120,7 +121,7 @@ def analyze_model(
                     null_eigenvalues,
                 )
                 figure = Path("consensus") / f"{slug}.{params.format}"
-                consensus.plot_consensus(
+                consensus_figures.plot_consensus(
                     result,
                     family_dir_path / figure,
                     title=f"{model_id}: consensus classes",

@@ -48,7 +48,8 @@ from ..atomic import sweep_stale_temporaries
 from ..errors import AnalysisError
 from . import html_report
 from .behaviour_report import append_section, store_behaviour
-from .circuits import circuit_of, label_tables, store_circuits
+from .circuit_tables import circuit_of, label_tables
+from .circuits import store_circuits
 from .head_maps import store_head_maps
 from .joint_analysis import JOINT_TASK, joint_task, model_heads, taxonomy_task
 from .loading import select_spectra

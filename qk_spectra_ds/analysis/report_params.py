@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AnalysisError
-from . import consensus, features, layer_boxplots, layer_permutation_tests, optional, taxonomy
+from . import consensus_features, features, layer_boxplots, layer_permutation_tests, optional, taxonomy
 from .plots import check_dpi, check_figure_format
 
 METHODS = ("consensus", "original")
@@ -43,7 +43,7 @@ class Params:
     n_bands: int = taxonomy.N_BANDS
     embedding: str = taxonomy.DEFAULT_EMBEDDING
     method: str = DEFAULT_METHOD
-    features: str = consensus.DEFAULT_FEATURES
+    features: str = consensus_features.DEFAULT_FEATURES
     k: str = "auto"
     permutations: int = layer_permutation_tests.N_PERMUTATIONS
     min_layers: int = layer_permutation_tests.MIN_LAYERS
@@ -74,8 +74,10 @@ class Params:
         if self.method == "original":  # its BDS p-values are statsmodels' own
             optional.require("statsmodels", "--method original")
         self.features = str(self.features)
-        if self.features not in consensus.FEATURES:
-            raise AnalysisError(f"unknown --features {self.features!r}: choose from {', '.join(consensus.FEATURES)}")
+        if self.features not in consensus_features.FEATURES:
+            raise AnalysisError(
+                f"unknown --features {self.features!r}: choose from {', '.join(consensus_features.FEATURES)}"
+            )
         self.k = str(self.k)
         if self.k != "auto" and not (self.k.isdigit() and int(self.k) >= 1):
             raise AnalysisError(f"--k must be auto or a whole number >= 1, got {self.k!r}")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..naming import model_slug
 from . import html_report, layer_permutation_tests, plots, positional
-from .circuits import circuit_of
+from .circuit_tables import circuit_of
 from .joint_consensus import crosswalk
 from .model_analysis import variant_of
 from .positional import SUMMARY_COLUMNS

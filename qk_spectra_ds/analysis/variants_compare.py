@@ -14,16 +14,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import consensus
+from . import consensus, consensus_features, consensus_runs
 
 
 def variant_labels(
     rows: pd.DataFrame, kind: str, k, n_bins: int, quantile: float, seed: int
 ) -> tuple[pd.DataFrame, int]:
     """``(frame of layer, head, class in canonical order, k)``: consensus classes of one variant's rows."""
-    rows = consensus.canonical_order(rows)
+    rows = consensus_features.canonical_order(rows)
     ev = np.stack(rows["eigenvalues"].tolist()).astype(np.float64)
-    X, _, _ = consensus.head_features(ev, kind, n_bins, quantile)
+    X, _, _ = consensus_features.head_features(ev, kind, n_bins, quantile)
     name = str(rows["model_id"].iloc[0]) if "model_id" in rows and len(rows) else "variant"
     chosen, _, results = consensus.select_k(name, X, k, seed, structure=None)  # k from the k scan alone, as before
     return pd.DataFrame(
@@ -56,7 +56,7 @@ def compare(
                 "n_heads": len(both),
                 "k_a": ka,
                 "k_b": kb,
-                "ari": consensus.ari(ca, cb) if len(both) else np.nan,
+                "ari": consensus_runs.ari(ca, cb) if len(both) else np.nan,
             }
         ]
     )

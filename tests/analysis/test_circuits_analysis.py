@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qk_spectra_ds.analysis import circuits, layer_boxplot_figures, plots
+from qk_spectra_ds.analysis import circuit_tables, circuits, layer_boxplot_figures, plots
 from qk_spectra_ds.analysis.layer_boxplots import LayerStat
 
 MODELS = ("org/a", "org/b")
@@ -63,11 +63,11 @@ def test_roles_are_strictly_beyond_three_and_tables_count_them():
         ],
         columns=["model", "layer", "head", "class"],
     )
-    paired = circuits.pair_heads(qk, ov, labels, n_bands=3)
+    paired = circuit_tables.pair_heads(qk, ov, labels, n_bands=3)
     assert len(paired) == len(qk) and set(paired["circuit"]) == {"qk+ov"}
     assert list(paired["class"]) == list((paired["layer"] + paired["head"]) % 2)  # each head's own class
-    copying = circuits.role_table(paired, circuits.ROLE_COPYING)
-    suppression = circuits.role_table(paired, circuits.ROLE_SUPPRESSION)
+    copying = circuit_tables.role_table(paired, circuit_tables.ROLE_COPYING)
+    suppression = circuit_tables.role_table(paired, circuit_tables.ROLE_SUPPRESSION)
     assert list(zip(copying["model"], copying["layer"], copying["head"])) == [
         ("org/a", 0, 1),
         ("org/a", 2, 3),
@@ -76,7 +76,7 @@ def test_roles_are_strictly_beyond_three_and_tables_count_them():
         ("org/b", 1, 2)
     ]  # -3.0: not < -3
     assert set(copying["circuit"]) == {"ov"} and copying["ov_copying_score_z"].is_monotonic_decreasing
-    models = circuits.model_table(paired).set_index("model")
+    models = circuit_tables.model_table(paired).set_index("model")
     assert models.loc["org/a", "n_copying"] == 2 and models.loc["org/a", "n_suppression"] == 0
     assert (
         models.loc["org/b", "n_suppression"] == 1 and models.loc["org/b", "n_tested"] == N_LAYERS * N_HEADS - 1
@@ -88,7 +88,7 @@ def test_roles_are_strictly_beyond_three_and_tables_count_them():
     rho = models.loc["org/a", "spearman_qk_positivity_ov_copying"]
     part = paired[paired["model"] == "org/a"]
     assert rho == pytest.approx(part["qk_positivity"].rank().corr(part["ov_copying_score"].rank()))
-    depth = circuits.depth_table(paired, n_bands=3)
+    depth = circuit_tables.depth_table(paired, n_bands=3)
     assert depth.groupby("model")["n_heads"].sum().tolist() == [N_LAYERS * N_HEADS] * 2
     assert depth.groupby("model")["n_copying"].sum().tolist() == [2, 0]
     assert (
@@ -97,15 +97,15 @@ def test_roles_are_strictly_beyond_three_and_tables_count_them():
 
 
 def test_heads_pair_only_within_one_variant():
-    paired = circuits.pair_heads(_rows("qk", "folded"), _rows("ov", "raw"))
+    paired = circuit_tables.pair_heads(_rows("qk", "folded"), _rows("ov", "raw"))
     assert paired.empty
-    both = circuits.pair_heads(pd.concat([_rows("qk", "folded"), _rows("qk", "raw")]), _rows("ov", "raw"))
+    both = circuit_tables.pair_heads(pd.concat([_rows("qk", "folded"), _rows("qk", "raw")]), _rows("ov", "raw"))
     assert set(both["variant"]) == {"raw"} and len(both) == len(_rows("ov"))
 
 
 def test_model_without_z_scores_says_not_tested():
     ov = _rows("ov", "null").assign(copying_score_z=np.nan)  # null rows carry no matched-null z
-    table = circuits.model_table(circuits.pair_heads(_rows("qk", "null"), ov))
+    table = circuit_tables.model_table(circuit_tables.pair_heads(_rows("qk", "null"), ov))
     assert (table["n_tested"] == 0).all() and table["conclusion"].str.contains("not tested").all()
 
 
@@ -138,8 +138,8 @@ def test_circuit_of_and_label_tables(tmp_path):
     from qk_spectra_ds.analysis.report import Outputs
     from qk_spectra_ds.analysis.table_files import write_table
 
-    assert circuits.circuit_of(pd.DataFrame({"variant": ["raw"]})) == "qk"  # schema v1-v3: qk rows
-    assert circuits.circuit_of(_rows("ov")) == "ov"
+    assert circuit_tables.circuit_of(pd.DataFrame({"variant": ["raw"]})) == "qk"  # schema v1-v3: qk rows
+    assert circuit_tables.circuit_of(_rows("ov")) == "ov"
     outputs = Outputs(tmp_path)
     (tmp_path / "tables").mkdir()
     tables = {
@@ -151,7 +151,7 @@ def test_circuit_of_and_label_tables(tmp_path):
     for name, table in tables.items():
         write_table(table, tmp_path / "tables" / f"{name}.csv")
         outputs.tables[name], outputs.frames[name] = f"tables/{name}.csv", table
-    assert circuits.label_tables(outputs, "ov") == ["a", "b"]
+    assert circuit_tables.label_tables(outputs, "ov") == ["a", "b"]
     assert list(pd.read_csv(tmp_path / "tables" / "a.csv").columns) == ["model", "variant", "circuit", "x"]
     assert list(pd.read_parquet(tmp_path / "tables" / "b.parquet").columns)[-1] == "circuit"
     assert pd.read_csv(tmp_path / "tables" / "c.csv")["circuit"].tolist() == ["qk+ov"]  # kept
@@ -232,7 +232,7 @@ def test_an_ov_run_loads_the_qk_rows_and_colours_by_its_own_classes(tmp_path, mo
     heads = pd.read_parquet(tmp_path / "tables" / "circuit_heads.parquet")
     assert (
         heads["qk_positivity"].tolist()
-        == circuits.pair_heads(_rows("qk"), _ov_with_planted_z())["qk_positivity"].tolist()
+        == circuit_tables.pair_heads(_rows("qk"), _ov_with_planted_z())["qk_positivity"].tolist()
     )
 
 

@@ -9,7 +9,7 @@ from helpers import synthetic_columns
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from qk_spectra_ds.analysis import consensus
+from qk_spectra_ds.analysis import consensus_runs
 from qk_spectra_ds.analysis.consensus_classifier import ConsensusHeadClassifier
 from qk_spectra_ds.errors import AnalysisError
 
@@ -52,7 +52,7 @@ def test_the_estimator_gives_the_reports_labels_in_input_order_and_predicts_new_
     assert np.allclose(merged["confidence_report"], merged["confidence_estimator"])
     assert np.array_equal(clf.fit_predict(shuffled), clf.labels_)
     assert 0.8 <= clf.stability_ <= 1.0
-    assert consensus.ari(clf.labels_, truth[shuffled.index.to_numpy()]) > 0.8
+    assert consensus_runs.ari(clf.labels_, truth[shuffled.index.to_numpy()]) > 0.8
     # predict: fresh heads of each planted class land in the class most of its training heads are in
     fresh = planted_eigenvalues(10, 10, np.random.default_rng(99))
     majority = [np.bincount(clf.labels_[truth[shuffled.index.to_numpy()] == t]).argmax() for t in (0, 1)]
@@ -78,7 +78,7 @@ def test_the_estimator_follows_scikit_learn_conventions():
     assert clf.fit(ev) is clf  # an array: heads in the given order
     assert clf.labels_.shape == (24,) and clf.n_classes_ == 2 and clf.cluster_centers_.shape == (2, 16)
     assert clf.n_features_in_ == 16 and list(clf.classes_) == [0, 1]
-    assert consensus.ari(clf.labels_, np.repeat([0, 1], 12)) == 1.0
+    assert consensus_runs.ari(clf.labels_, np.repeat([0, 1], 12)) == 1.0
 
 
 def test_a_fixed_k_of_one_is_one_class_without_a_stability():

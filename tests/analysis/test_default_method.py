@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from helpers import synthetic_columns
 
-from qk_spectra_ds.analysis import consensus, layer_permutation_tests, rmt_null
+from qk_spectra_ds.analysis import consensus, consensus_features, consensus_runs, layer_permutation_tests, rmt_null
 from qk_spectra_ds.analysis.report import Params, run_boxplots, run_clusters
 from qk_spectra_ds.analysis.report_tables import CONSENSUS_TABLES
 
@@ -159,7 +159,7 @@ def test_k_is_chosen_from_the_data():
     assert k == 3
     labels, conf, _ = results[3]
     truth = np.repeat([0, 1, 2], 40)
-    assert consensus.ari(labels, truth) == 1.0 and conf.min() > 0.9
+    assert consensus_runs.ari(labels, truth) == 1.0 and conf.min() > 0.9
 
 
 @pytest.mark.slow
@@ -189,14 +189,14 @@ def test_fast_ari_equals_sklearn():
     rng = np.random.default_rng(1)
     for _ in range(5):
         a, b = rng.integers(0, 4, 300), rng.integers(0, 6, 300)
-        assert consensus.ari(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+        assert consensus_runs.ari(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
 
 
 def test_log_features_keep_the_whole_spectrum():
     ev = np.array([[100.0, 1.0, 1.0, 1e-9], [4.0, 3.0, 2.0, 1.0]])
-    hists, edges, energy = consensus.head_features(ev, "log", n_bins=8)
+    hists, edges, energy = consensus_features.head_features(ev, "log", n_bins=8)
     assert np.allclose((hists * np.diff(edges)).sum(axis=1), 1.0)  # every eigenvalue counted (clipped ones in end bins)
-    lin = consensus.linear_energy_kept(ev, top=1.0)
+    lin = consensus_features.linear_energy_kept(ev, top=1.0)
     assert lin[0] == pytest.approx(2 / 102, rel=1e-6)  # the original's bins drop the dominant eigenvalue's energy
 
 

@@ -154,7 +154,7 @@ def test_the_check_sees_clipped_and_overlapping_text(monkeypatch):
 @pytest.mark.slow
 def test_consensus_figure_names_its_axes_and_shows_where_the_data_is(monkeypatch):
     """λ (not l) on the x axis, 'class k (n=... heads)' titles, a y label on every panel, no empty x range."""
-    from qk_spectra_ds.analysis import consensus
+    from qk_spectra_ds.analysis import consensus, consensus_figures
 
     rows = pd.DataFrame(synthetic_columns(LONG_ID, "fig", n_layers=6, n_heads=12, d_head=32, seed=0))
     rng = np.random.default_rng(0)  # flat spectra: every l / mean l within a factor 3, a narrow part of the fixed range
@@ -165,7 +165,7 @@ def test_consensus_figure_names_its_axes_and_shows_where_the_data_is(monkeypatch
     monkeypatch.setattr(
         plots, "save_figure", lambda fig, path, dpi=plots.DEFAULT_DPI, **_: captured.setdefault("fig", fig)
     )
-    consensus.plot_consensus(result, "unused.png", title=f"{LONG_ID}: consensus classes")
+    consensus_figures.plot_consensus(result, "unused.png", title=f"{LONG_ID}: consensus classes")
     fig = captured["fig"]
     sizes = result.consensus_classes["n_heads"].tolist()
     panels = fig.axes[1:]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qk_spectra_ds.analysis import class_profiles, consensus, layer_permutation_tests, structure
+from qk_spectra_ds.analysis import class_profiles, consensus, consensus_runs, layer_permutation_tests, structure
 from qk_spectra_ds.statistics import spectrum_metrics
 
 
@@ -90,7 +90,7 @@ def test_structureless_heads_get_one_class_and_planted_classes_are_found():
     planted = consensus.analyze("org/m", rows_of(planted_ev[order]), structure_draws=99)
     assert planted.k >= 2 and planted.structure["structure"].iloc[0]
     labels = planted.consensus_labels["class"].to_numpy()
-    assert consensus.ari(labels, truth[order]) > 0.8
+    assert consensus_runs.ari(labels, truth[order]) > 0.8
     names = planted.consensus_classes["name"].tolist()
     assert any("low-rank" in n for n in names) and any("high-rank" in n for n in names), names
 
@@ -185,7 +185,7 @@ def test_joint_consensus_is_order_free_finds_k_1_on_structureless_models_and_cla
     a, b = (r.taxonomy_consensus_labels.sort_values(["model", "layer", "head"]) for r in (one, two))
     assert a["class"].tolist() == b["class"].tolist()
     labels = a.set_index("model")["class"]
-    assert consensus.ari(labels.to_numpy(), (labels.index == "org/b").astype(int)) > 0.8
+    assert consensus_runs.ari(labels.to_numpy(), (labels.index == "org/b").astype(int)) > 0.8
     walk = joint_consensus.crosswalk(a.assign(**{"class": a["class"]}), b, "x", "y")
     assert (walk["ari"] == 1.0).all() and walk["n_heads"].sum() == len(a)
 
