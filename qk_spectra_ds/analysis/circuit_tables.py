@@ -80,20 +80,6 @@ def circuit_of(rows: pd.DataFrame) -> str:
     return "+".join(sorted(set(rows["circuit"].fillna(schema.CIRCUIT_QK).astype(str))))
 
 
-def ov_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The OV rows of a frame (empty for schema v1-v3 frames, which hold only QK rows)."""
-    if "circuit" not in frame.columns:
-        return frame.iloc[0:0]
-    return frame[frame["circuit"] == schema.CIRCUIT_OV]
-
-
-def beyond_null(ov: pd.DataFrame, sign: int, threshold: float = Z_THRESHOLD) -> pd.DataFrame:
-    """OV rows with ``copying_score_z`` beyond ``sign * threshold`` (+1 copying, -1 suppression), strongest first."""
-    z = pd.to_numeric(ov["copying_score_z"], errors="coerce")
-    picked = ov[(z > threshold) if sign > 0 else (z < -threshold)]
-    return picked.sort_values("copying_score_z", ascending=sign < 0, kind="stable")
-
-
 def label_tables(outputs, circuit: str) -> list[str]:
     """Give every table of a run that has a ``variant`` column a ``circuit`` column right after it, rewritten in place.
 
